@@ -1,0 +1,91 @@
+#include "cli.h"
+
+#include <string.h>
+
+const struct lorad_command lorad_commands[] = {
+    {"serve", "run the fine-tuning daemon (HTTP API, job queue, workers)",
+     "usage: lorad serve [--config FILE] [--bind ADDR] [--port N] [--state-dir DIR]\n"
+     "                   [--models-dir DIR] [--workers N] [--threads-per-job N]\n"
+     "                   [--api-key-file FILE] [--log-level LEVEL]\n"
+     "Runs the daemon. Every key of the config file can also be given as a flag.\n",
+     lorad_cmd_serve},
+    {"train", "run one fine-tuning job in the foreground",
+     "usage: lorad train JOB.json --out DIR [--resume] [--skip-invalid]\n"
+     "Runs the job spec JOB.json (the body of POST /v1/fine_tuning/jobs) and writes metrics,\n"
+     "checkpoints and the final adapter under DIR.\n",
+     lorad_cmd_train},
+    {"generate", "generate text from a base model, optionally with an adapter",
+     "usage: lorad generate --model PATH [--adapter DIR] [--prompt TEXT | --prompt-ids 1,2,3]\n"
+     "                      [--max-tokens N] [--temperature T] [--top-p P] [--seed S] [--print-ids]\n",
+     lorad_cmd_generate},
+    {"inspect", "describe a model file or directory",
+     "usage: lorad inspect PATH [--seq-len N] [--batch N] [--lora-r N]\n"
+     "Detects the format (HF directory, GGUF, llama2.c .bin) and prints the architecture,\n"
+     "hyper-parameters, parameter count, dtypes, tokenizer and the memory a LoRA run needs.\n",
+     lorad_cmd_inspect},
+    {"tokenize", "tokenize text with a model's tokenizer",
+     "usage: lorad tokenize --model PATH [--ids] [TEXT]\n"
+     "Prints ids and pieces of TEXT. Without TEXT, tokenizes each line of standard input.\n",
+     lorad_cmd_tokenize},
+    {"export", "convert an adapter to another format",
+     "usage: lorad export --adapter DIR --format peft|gguf|merged --out PATH [--model PATH]\n",
+     lorad_cmd_export},
+    {"version", "print the version and build details",
+     "usage: lorad version\n",
+     lorad_cmd_version},
+    {NULL, NULL, NULL, NULL},
+};
+
+const struct lorad_command *lorad_command_find(const char *name) {
+    for (const struct lorad_command *c = lorad_commands; c->name; c++)
+        if (strcmp(c->name, name) == 0) return c;
+    return NULL;
+}
+
+void lorad_print_usage(FILE *f) {
+    fprintf(f, "usage: lorad COMMAND [OPTIONS]\n\ncommands:\n");
+    for (const struct lorad_command *c = lorad_commands; c->name; c++)
+        fprintf(f, "  %-10s %s\n", c->name, c->summary);
+    fprintf(f, "\nRun 'lorad COMMAND --help' for a command's options.\n");
+}
+
+void lorad_command_print_usage(const struct lorad_command *cmd, FILE *f) {
+    fputs(cmd->usage, f);
+}
+
+int lorad_wants_help(int argc, char **argv) {
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--") == 0) break;
+        if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) return 1;
+    }
+    return 0;
+}
+
+int lorad_not_implemented(const char *name) {
+    fprintf(stderr, "lorad %s: not implemented yet\n", name);
+    return LORAD_EXIT_USAGE;
+}
+
+int lorad_main(int argc, char **argv) {
+    if (argc < 2) {
+        lorad_print_usage(stderr);
+        return LORAD_EXIT_USAGE;
+    }
+    const char *name = argv[1];
+    if (strcmp(name, "-h") == 0 || strcmp(name, "--help") == 0 || strcmp(name, "help") == 0) {
+        lorad_print_usage(stdout);
+        return LORAD_EXIT_OK;
+    }
+    if (strcmp(name, "--version") == 0) name = "version";
+    const struct lorad_command *cmd = lorad_command_find(name);
+    if (!cmd) {
+        fprintf(stderr, "lorad: unknown command '%s'\n\n", name);
+        lorad_print_usage(stderr);
+        return LORAD_EXIT_USAGE;
+    }
+    if (lorad_wants_help(argc - 1, argv + 1)) {
+        lorad_command_print_usage(cmd, stdout);
+        return LORAD_EXIT_OK;
+    }
+    return cmd->run(argc - 1, argv + 1);
+}

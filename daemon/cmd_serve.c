@@ -1,0 +1,8 @@
+/* lorad serve: not built yet (see the issue that owns it). */
+#include "cli.h"
+
+int lorad_cmd_serve(int argc, char **argv) {
+    (void)argc;
+    (void)argv;
+    return lorad_not_implemented("serve");
+}
