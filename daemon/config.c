@@ -1,0 +1,238 @@
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <stdio.h>
+#include <string.h>
+#include <assert.h>
+
+#define FIELD(f) offsetof(struct lorad_config, f), sizeof(((struct lorad_config *)0)->f)
+
+const struct lorad_config_option lorad_config_options[] = {
+    {"bind", LORAD_CONFIG_STRING, FIELD(bind), 0, 0, "127.0.0.1", NULL, "address to listen on"},
+    {"port", LORAD_CONFIG_INT, FIELD(port), 0, 65535, "8420", NULL, "TCP port; 0 picks a free port and logs it"},
+    {"unix_socket", LORAD_CONFIG_STRING, FIELD(unix_socket), 0, 0, "", NULL, "also listen on this unix socket path"},
+    {"state_dir", LORAD_CONFIG_STRING, FIELD(state_dir), 0, 0, "/var/lib/lorad", NULL,
+     "database, uploaded files and job outputs"},
+    {"models_dir", LORAD_CONFIG_STRING, FIELD(models_dir), 0, 0, "/var/lib/lorad/models", NULL,
+     "base models: each entry (HF directory, .gguf or llama2.c .bin) is a model"},
+    {"workers", LORAD_CONFIG_INT, FIELD(workers), 1, 64, "1", NULL, "jobs trained at the same time"},
+    {"threads_per_job", LORAD_CONFIG_INT, FIELD(threads_per_job), 0, 256, "0", NULL,
+     "compute threads per job; 0 = cores / workers"},
+    {"max_upload_bytes", LORAD_CONFIG_BYTES, FIELD(max_upload_bytes), 1024, INT64_C(1) << 40, "1g", NULL,
+     "largest accepted dataset upload"},
+    {"max_request_body", LORAD_CONFIG_BYTES, FIELD(max_request_body), 1024, INT64_C(1) << 30, "1m", NULL,
+     "largest accepted JSON request body"},
+    {"max_json_depth", LORAD_CONFIG_INT, FIELD(max_json_depth), 2, 256, "32", NULL, "deepest accepted JSON nesting"},
+    {"max_connections", LORAD_CONFIG_INT, FIELD(max_connections), 1, 65536, "256", NULL,
+     "concurrent HTTP connections"},
+    {"connection_timeout_s", LORAD_CONFIG_INT, FIELD(connection_timeout_s), 1, 86400, "60", NULL,
+     "idle HTTP connection timeout in seconds"},
+    {"max_queued_jobs", LORAD_CONFIG_INT, FIELD(max_queued_jobs), 1, 1000000, "1000", NULL,
+     "jobs waiting at once; further jobs are refused with 429"},
+    {"api_key_file", LORAD_CONFIG_STRING, FIELD(api_key_file), 0, 0, "", NULL,
+     "file with one API key per line; empty means no authentication"},
+    {"log_level", LORAD_CONFIG_ENUM, FIELD(log_level), 0, 0, "info", "error|warning|info|debug", "log verbosity"},
+    {NULL, 0, 0, 0, 0, 0, NULL, NULL, NULL},
+};
+
+static const struct lorad_config_option *find_option(const char *name) {
+    char canon[64];
+    size_t n = strlen(name);
+    if (n >= sizeof canon) return NULL;
+    for (size_t i = 0; i <= n; i++) canon[i] = name[i] == '-' ? '_' : name[i];
+    for (const struct lorad_config_option *o = lorad_config_options; o->name; o++)
+        if (strcmp(o->name, canon) == 0) return o;
+    return NULL;
+}
+
+static int parse_int64(const char *s, bool allow_suffix, int64_t *ret) {
+    if (!*s) return -EINVAL;
+    errno = 0;
+    char *end = NULL;
+    long long v = strtoll(s, &end, 10);
+    if (errno == ERANGE) return -ERANGE;
+    if (end == s) return -EINVAL;
+    int shift = 0;
+    if (allow_suffix && *end) {
+        switch (tolower((unsigned char)*end)) {
+        case 'k': shift = 10; break;
+        case 'm': shift = 20; break;
+        case 'g': shift = 30; break;
+        case 't': shift = 40; break;
+        default: return -EINVAL;
+        }
+        end++;
+        if (tolower((unsigned char)*end) == 'b') end++;
+    }
+    if (*end) return -EINVAL;
+    if (shift && (v > (INT64_MAX >> shift) || v < -(INT64_MAX >> shift))) return -ERANGE;
+    *ret = (int64_t)v * ((int64_t)1 << shift);
+    return 0;
+}
+
+static bool choice_allowed(const char *choices, const char *value) {
+    size_t n = strlen(value);
+    for (const char *p = choices; *p;) {
+        const char *bar = strchr(p, '|');
+        size_t len = bar ? (size_t)(bar - p) : strlen(p);
+        if (len == n && strncmp(p, value, n) == 0) return true;
+        if (!bar) break;
+        p = bar + 1;
+    }
+    return false;
+}
+
+int lorad_config_set(struct lorad_config *cfg, const char *name, const char *value, struct lorad_error *err) {
+    const struct lorad_config_option *o = find_option(name);
+    if (!o) return lorad_error_set(err, -ENOENT, name, "unknown option '%s'", name);
+    char *field = (char *)cfg + o->offset;
+    switch (o->type) {
+    case LORAD_CONFIG_STRING:
+    case LORAD_CONFIG_ENUM:
+        if (o->type == LORAD_CONFIG_ENUM && !choice_allowed(o->choices, value))
+            return lorad_error_set(err, -EINVAL, o->name, "%s must be one of %s, got '%s'", o->name, o->choices,
+                                   value);
+        if (strlen(value) >= o->size)
+            return lorad_error_set(err, -ERANGE, o->name, "%s is longer than %zu bytes", o->name, o->size - 1);
+        memcpy(field, value, strlen(value) + 1);
+        return 0;
+    case LORAD_CONFIG_INT:
+    case LORAD_CONFIG_BYTES: {
+        int64_t v = 0;
+        int r = parse_int64(value, o->type == LORAD_CONFIG_BYTES, &v);
+        if (r < 0 || v < o->min || v > o->max)
+            return lorad_error_set(err, r < 0 ? r : -ERANGE, o->name,
+                                   "%s must be %s between %lld and %lld, got '%s'", o->name,
+                                   o->type == LORAD_CONFIG_BYTES ? "a size (k/m/g suffix allowed)" : "an integer",
+                                   (long long)o->min, (long long)o->max, value);
+        if (o->size == sizeof(int)) *(int *)field = (int)v;
+        else *(int64_t *)field = v;
+        return 0;
+    }
+    }
+    return -EINVAL;
+}
+
+void lorad_config_defaults(struct lorad_config *cfg) {
+    memset(cfg, 0, sizeof *cfg);
+    for (const struct lorad_config_option *o = lorad_config_options; o->name; o++) {
+        int r = lorad_config_set(cfg, o->name, o->def, NULL);
+        (void)r;
+        assert(r == 0);
+    }
+}
+
+static char *trim(char *s) {
+    while (isspace((unsigned char)*s)) s++;
+    char *end = s + strlen(s);
+    while (end > s && isspace((unsigned char)end[-1])) *--end = '\0';
+    return s;
+}
+
+int lorad_config_load_file(struct lorad_config *cfg, const char *path, bool missing_ok, struct lorad_error *err) {
+    FILE *f = fopen(path, "re");
+    if (!f) {
+        if (errno == ENOENT && missing_ok) return 0;
+        return lorad_error_set(err, -errno, "config", "%s: %s", path, strerror(errno));
+    }
+    char line[4096];
+    int lineno = 0, r = 0;
+    while (fgets(line, sizeof line, f)) {
+        lineno++;
+        if (!strchr(line, '\n') && !feof(f)) {
+            r = lorad_error_set(err, -E2BIG, "config", "%s:%d: line longer than %zu bytes", path, lineno,
+                                sizeof line - 2);
+            break;
+        }
+        char *hash = strchr(line, '#');
+        if (hash) *hash = '\0';
+        char *s = trim(line);
+        if (!*s) continue;
+        char *sep = s + strcspn(s, " \t=");
+        char *value = sep;
+        if (*sep) {
+            *sep = '\0';
+            value = sep + 1;
+            value += strspn(value, " \t");
+            if (*value == '=') value++;
+            value = trim(value);
+        }
+        if (strlen(value) >= 2 && (value[0] == '"' || value[0] == '\'') && value[strlen(value) - 1] == value[0]) {
+            value[strlen(value) - 1] = '\0';
+            value++;
+        }
+        struct lorad_error e = {0};
+        r = lorad_config_set(cfg, s, value, &e);
+        if (r < 0) {
+            lorad_error_set(err, r, e.param[0] ? e.param : s, "%s:%d: %s", path, lineno, e.message);
+            break;
+        }
+    }
+    fclose(f);
+    return r;
+}
+
+int lorad_config_from_args(struct lorad_config *cfg, int argc, char **argv, const char *default_config_path,
+                           struct lorad_error *err) {
+    /* The file is read first so that flags override it, wherever --config appears. */
+    const char *config_path = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--config") == 0) {
+            if (i + 1 >= argc) return lorad_error_set(err, -EINVAL, "config", "--config needs a value");
+            config_path = argv[++i];
+        } else if (strncmp(argv[i], "--config=", 9) == 0) {
+            config_path = argv[i] + 9;
+        }
+    }
+    int r;
+    if (config_path) r = lorad_config_load_file(cfg, config_path, false, err);
+    else if (default_config_path) r = lorad_config_load_file(cfg, default_config_path, true, err);
+    else r = 0;
+    if (r < 0) return r;
+
+    for (int i = 1; i < argc; i++) {
+        const char *arg = argv[i];
+        if (strcmp(arg, "--config") == 0) {
+            i++;
+            continue;
+        }
+        if (strncmp(arg, "--config=", 9) == 0) continue;
+        if (strncmp(arg, "--", 2) != 0)
+            return lorad_error_set(err, -EINVAL, arg, "unexpected argument '%s'", arg);
+        char name[128];
+        const char *value;
+        const char *eq = strchr(arg, '=');
+        if (eq) {
+            size_t n = (size_t)(eq - arg - 2);
+            if (n >= sizeof name) return lorad_error_set(err, -EINVAL, arg, "unknown flag '%s'", arg);
+            memcpy(name, arg + 2, n);
+            name[n] = '\0';
+            value = eq + 1;
+        } else {
+            snprintf(name, sizeof name, "%s", arg + 2);
+            if (!find_option(name)) return lorad_error_set(err, -ENOENT, name, "unknown flag '%s'", arg);
+            if (i + 1 >= argc) return lorad_error_set(err, -EINVAL, name, "flag '%s' needs a value", arg);
+            value = argv[++i];
+        }
+        struct lorad_error e = {0};
+        r = lorad_config_set(cfg, name, value, &e);
+        if (r == -ENOENT) return lorad_error_set(err, r, name, "unknown flag '--%s'", name);
+        if (r < 0) return lorad_error_set(err, r, e.param, "--%s: %s", name, e.message);
+    }
+    return 0;
+}
+
+void lorad_config_write_defaults(FILE *f) {
+    fprintf(f, "# lorad configuration. Every key can also be given as a flag: --key value.\n"
+               "# Unknown keys and bad values stop the daemon at start, naming the line.\n\n");
+    for (const struct lorad_config_option *o = lorad_config_options; o->name; o++) {
+        fprintf(f, "# %s", o->help);
+        if (o->type == LORAD_CONFIG_ENUM) fprintf(f, " (%s)", o->choices);
+        if (o->type == LORAD_CONFIG_INT || o->type == LORAD_CONFIG_BYTES)
+            fprintf(f, " [%lld..%lld]", (long long)o->min, (long long)o->max);
+        fprintf(f, "\n#%s %s\n\n", o->name, o->def[0] ? o->def : "\"\"");
+    }
+}

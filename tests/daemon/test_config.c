@@ -1,0 +1,143 @@
+/* The config table: defaults, file parsing with line numbers, flags overriding the file. */
+#include "testutil.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+
+static char *write_file(const char *dir, const char *text) {
+    char *path = test_path(dir, "lorad.conf");
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+    return path;
+}
+
+static void test_defaults(void **state) {
+    (void)state;
+    struct lorad_config c;
+    lorad_config_defaults(&c);
+    assert_string_equal(c.bind, "127.0.0.1");
+    assert_int_equal(c.workers, 1);
+    assert_true(c.max_upload_bytes == (int64_t)1 << 30);
+    assert_string_equal(c.log_level, "info");
+    assert_string_equal(c.api_key_file, "");
+}
+
+static void test_file_parses_and_names_bad_line(void **state) {
+    (void)state;
+    char *dir = test_mkdtemp("config");
+    char *path = write_file(dir, "# comment\n\nport 9000\nworkers = 2   # trailing comment\n"
+                                 "max_upload_bytes 64m\nlog_level debug\nstate_dir \"/tmp/x y\"\n");
+    struct lorad_config c;
+    lorad_config_defaults(&c);
+    struct lorad_error err = {0};
+    assert_int_equal(lorad_config_load_file(&c, path, false, &err), 0);
+    assert_int_equal(c.port, 9000);
+    assert_int_equal(c.workers, 2);
+    assert_true(c.max_upload_bytes == 64 * 1024 * 1024);
+    assert_string_equal(c.log_level, "debug");
+    assert_string_equal(c.state_dir, "/tmp/x y");
+    free(path);
+
+    path = write_file(dir, "port 9000\n\nbogus_key 1\n");
+    assert_int_equal(lorad_config_load_file(&c, path, false, &err), -ENOENT);
+    assert_non_null(strstr(err.message, "lorad.conf:3"));
+    assert_non_null(strstr(err.message, "bogus_key"));
+    free(path);
+
+    path = write_file(dir, "workers 0\n");
+    assert_int_equal(lorad_config_load_file(&c, path, false, &err), -ERANGE);
+    assert_non_null(strstr(err.message, "lorad.conf:1"));
+    assert_string_equal(err.param, "workers");
+    free(path);
+
+    path = write_file(dir, "log_level loud\n");
+    assert_int_equal(lorad_config_load_file(&c, path, false, &err), -EINVAL);
+    assert_non_null(strstr(err.message, "error|warning|info|debug"));
+    free(path);
+
+    path = write_file(dir, "port 80x\n");
+    assert_true(lorad_config_load_file(&c, path, false, &err) < 0);
+    assert_string_equal(err.param, "port");
+    free(path);
+    test_rmtree(dir);
+    free(dir);
+}
+
+static void test_flags_override_file(void **state) {
+    (void)state;
+    char *dir = test_mkdtemp("config");
+    char *path = write_file(dir, "port 9000\nworkers 3\n");
+    char *argv[] = {"serve", "--port", "0", "--config", path, "--threads-per-job=2", "--state-dir", "/s", NULL};
+    struct lorad_config c;
+    lorad_config_defaults(&c);
+    struct lorad_error err = {0};
+    assert_int_equal(lorad_config_from_args(&c, 8, argv, NULL, &err), 0);
+    assert_int_equal(c.port, 0);           /* flag beats file */
+    assert_int_equal(c.workers, 3);        /* from file */
+    assert_int_equal(c.threads_per_job, 2);
+    assert_string_equal(c.state_dir, "/s");
+
+    char *bad[] = {"serve", "--no-such-flag", "1", NULL};
+    assert_int_equal(lorad_config_from_args(&c, 3, bad, NULL, &err), -ENOENT);
+    assert_non_null(strstr(err.message, "--no-such-flag"));
+    char *missing[] = {"serve", "--port", NULL};
+    assert_true(lorad_config_from_args(&c, 2, missing, NULL, &err) < 0);
+    char *positional[] = {"serve", "extra", NULL};
+    assert_true(lorad_config_from_args(&c, 2, positional, NULL, &err) < 0);
+    free(path);
+    test_rmtree(dir);
+    free(dir);
+}
+
+static void test_written_defaults_parse_back(void **state) {
+    (void)state;
+    /* The commented default config that `cmake --install` ships, uncommented, must load. */
+    char *dir = test_mkdtemp("config");
+    char *path = test_path(dir, "defaults.conf");
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    lorad_config_write_defaults(f);
+    fclose(f);
+    char *uncommented = test_path(dir, "uncommented.conf");
+    FILE *in = fopen(path, "r"), *out = fopen(uncommented, "w");
+    char line[4096];
+    int keys = 0;
+    while (fgets(line, sizeof line, in)) {
+        if (line[0] == '#' && line[1] != ' ' && line[1] != '\n' && line[1] != '\0') {
+            fputs(line + 1, out);
+            keys++;
+        }
+    }
+    fclose(in);
+    fclose(out);
+    int n_options = 0;
+    for (const struct lorad_config_option *o = lorad_config_options; o->name; o++) n_options++;
+    assert_int_equal(keys, n_options);
+    struct lorad_config a, b;
+    lorad_config_defaults(&a);
+    memset(&b, 0x5a, sizeof b);
+    lorad_config_defaults(&b);
+    struct lorad_error err = {0};
+    assert_int_equal(lorad_config_load_file(&b, uncommented, false, &err), 0);
+    assert_memory_equal(&a, &b, sizeof a);
+    free(path);
+    free(uncommented);
+    test_rmtree(dir);
+    free(dir);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_file_parses_and_names_bad_line),
+        cmocka_unit_test(test_flags_override_file),
+        cmocka_unit_test(test_written_defaults_parse_back),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
