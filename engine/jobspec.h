@@ -1,0 +1,101 @@
+/* The fine-tuning job spec: the body of POST /v1/fine_tuning/jobs and the JSON file `lorad train`
+ * runs. One parser serves both, so the daemon and the CLI accept exactly the same jobs.
+ *
+ * Accepted shape (OpenAI's names where OpenAI has one):
+ *   {"model", "training_file", "validation_file"?, "seed"?, "suffix"?, "metadata"?,
+ *    "hyperparameters"?: {...}, "lora"?: {...}, "data"?: {...},
+ *    "method"?: {"type": "supervised", "supervised": {"hyperparameters": {...}}}}
+ * Every hyperparameter may be given as "auto", meaning its default. Unknown keys are errors that
+ * name the key. The defaults and bounds are the table in jobspec.c (documented in openapi.yaml). */
+#pragma once
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "error.h"
+
+#define LORAD_JOB_MAX_TARGETS 8
+#define LORAD_JOB_SUFFIX_MAX 64
+#define LORAD_JOB_REF_MAX 1024 /* model / file references: ids or local paths */
+
+enum lorad_lr_schedule { LORAD_LR_CONSTANT = 0, LORAD_LR_LINEAR = 1, LORAD_LR_COSINE = 2 };
+enum lorad_lora_init { LORAD_LORA_INIT_KAIMING = 0, LORAD_LORA_INIT_GAUSSIAN = 1 };
+enum lorad_data_format {
+    LORAD_DATA_AUTO = 0,
+    LORAD_DATA_TEXT,              /* {"text"} */
+    LORAD_DATA_PROMPT_COMPLETION, /* {"prompt","completion"} */
+    LORAD_DATA_ALPACA,            /* {"instruction","input","output"} */
+    LORAD_DATA_MESSAGES,          /* {"messages":[{"role","content","weight"?}]} */
+};
+enum lorad_chat_template {
+    LORAD_TEMPLATE_AUTO = 0,
+    LORAD_TEMPLATE_LLAMA2,
+    LORAD_TEMPLATE_LLAMA3,
+    LORAD_TEMPLATE_CHATML,
+    LORAD_TEMPLATE_NONE,
+};
+
+struct lorad_hyperparameters {
+    int n_epochs;
+    int batch_size;
+    double learning_rate;
+    int gradient_accumulation_steps;
+    int64_t max_steps;              /* 0 = no limit (JSON null) */
+    int max_seq_len;
+    enum lorad_lr_schedule lr_scheduler;
+    int64_t warmup_steps;
+    double weight_decay;
+    double max_grad_norm;           /* 0 = no clipping (JSON null) */
+    double adam_beta1;
+    double adam_beta2;
+    double adam_epsilon;
+    bool packing;
+    bool train_on_input;
+    int64_t eval_every_steps;       /* 0 = only at the end (JSON null) */
+    int64_t checkpoint_every_steps; /* 0 = only at the end (JSON null) */
+    int keep_checkpoints;
+    bool activation_checkpointing;
+    int threads;                    /* 0 = the runner decides (JSON null) */
+};
+
+struct lorad_lora_spec {
+    int r;
+    double alpha;
+    double dropout;
+    int n_targets;
+    char targets[LORAD_JOB_MAX_TARGETS][16]; /* expanded: "all-linear" becomes the seven projections */
+    bool use_rslora;
+    enum lorad_lora_init init;
+    char init_adapter[LORAD_JOB_REF_MAX];  /* "" = none */
+};
+
+struct lorad_job_spec {
+    char model[LORAD_JOB_REF_MAX];
+    char training_file[LORAD_JOB_REF_MAX];
+    char validation_file[LORAD_JOB_REF_MAX]; /* "" = none */
+    int64_t seed;
+    char suffix[LORAD_JOB_SUFFIX_MAX + 1];   /* "" = none */
+    json_t *metadata;                        /* owned; NULL = none */
+    struct lorad_hyperparameters hp;
+    struct lorad_lora_spec lora;
+    enum lorad_data_format data_format;
+    enum lorad_chat_template template;
+};
+
+/* Parses and validates body into a fully defaulted spec. body is borrowed. On failure returns
+ * -EINVAL and err names the offending key as a dotted path (e.g. "hyperparameters.batch_size" or
+ * "lora.target_modules[2]"). ret_spec is written only on success; release it with
+ * lorad_job_spec_clear(). */
+int lorad_job_spec_parse(const json_t *body, struct lorad_job_spec *ret_spec, struct lorad_error *err);
+
+/* The normalised spec as JSON in the canonical shape above (every default filled in, no "method"
+ * wrapper, nulls where a field is off). A new reference owned by the caller; NULL on ENOMEM.
+ * Parsing this JSON again yields the same spec. */
+json_t *lorad_job_spec_to_json(const struct lorad_job_spec *spec);
+
+/* Frees what the spec owns (its metadata). Safe to call twice. */
+void lorad_job_spec_clear(struct lorad_job_spec *spec);
+
+const char *lorad_lr_schedule_name(enum lorad_lr_schedule s);
+const char *lorad_data_format_name(enum lorad_data_format f);
+const char *lorad_chat_template_name(enum lorad_chat_template t);
