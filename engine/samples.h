@@ -1,0 +1,112 @@
+/* From a JSONL dataset to training batches.
+ *
+ * A corpus is an index over a dataset file: for each valid record, its byte offset, line number and
+ * token count. Building it validates and tokenises every line once (so "empty after templating" and
+ * truncation are known before the first step) but keeps only 16 bytes per record: samples are
+ * re-read and re-tokenised when a batch needs them, so the file is never held in memory.
+ *
+ * Each epoch has a plan: the records in an order shuffled from (seed, epoch), laid into rows of at
+ * most max_seq_len tokens. Without packing a row holds one sample; with packing, consecutive
+ * samples of the shuffled order share a row, positions restart at each sample and attention never
+ * crosses a sample boundary (seg_start marks where each token's sample begins). The plan depends only
+ * on (corpus, seed, epoch, packing, max_seq_len), so a resumed run rebuilds the same plan and
+ * continues from a row index. */
+#pragma once
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "chat_template.h"
+#include "dataset.h"
+#include "error.h"
+#include "jobspec.h"
+
+/* How the corpus tokenises text: the tokenizer, seen through the calls the pipeline needs. */
+struct lorad_encoder {
+    void *ctx;
+    /* Writes the ids of text (no BOS/EOS added, special-token strings not parsed) to out, at most
+     * cap ids, and their count to *ret_n. Returns 0, -ENOSPC when more than cap ids are needed, or
+     * -errno. */
+    int (*encode)(void *ctx, const char *text, size_t len, int32_t *out, int cap, int *ret_n);
+    /* The id of a special token given by its text, or -1 when the tokenizer has none. */
+    int (*special_id)(void *ctx, const char *piece);
+    int bos_id; /* -1: the model has none and BOS segments are dropped */
+    int eos_id;
+};
+
+/* One tokenised sample: ids and whether each token is a training target. */
+struct lorad_sample {
+    int n;
+    bool truncated;
+    int32_t *tokens; /* (n) */
+    uint8_t *train;  /* (n) 1 = this token is a label */
+};
+
+/* Tokenises rec into ret (whose tokens/train buffers hold cap entries), truncating at max_seq_len
+ * tokens. A sample with no trained label left is -EINVAL with *ret_problem = EMPTY. */
+int lorad_sample_build(struct lorad_sample *ret, int cap, const struct lorad_record *rec, enum lorad_chat_template tmpl,
+                       bool train_on_input, const struct lorad_encoder *enc, int max_seq_len,
+                       enum lorad_dataset_problem *ret_problem, struct lorad_error *err);
+
+struct lorad_corpus;
+
+struct lorad_corpus_options {
+    enum lorad_data_format format;     /* AUTO detects */
+    enum lorad_chat_template tmpl;     /* not AUTO: resolve it first with lorad_chat_template_auto() */
+    bool train_on_input;
+    int max_seq_len;
+    size_t max_line;                   /* 0 = LORAD_DATASET_DEFAULT_MAX_LINE */
+    bool skip_invalid;                 /* drop bad lines instead of failing */
+};
+
+/* Validates and indexes path. The report (bad lines, counts) is filled even when the corpus is
+ * refused. Returns 0 with *ret_corpus; -EINVAL when there are invalid lines (and !skip_invalid) or
+ * no usable record; -errno on I/O errors. err names the file. enc is borrowed for the corpus' life. */
+int lorad_corpus_open(struct lorad_corpus **ret_corpus, const char *path, const struct lorad_corpus_options *opt,
+                      const struct lorad_encoder *enc, struct lorad_dataset_report *ret_report,
+                      struct lorad_error *err);
+void lorad_corpus_free(struct lorad_corpus *c);
+
+int64_t lorad_corpus_size(const struct lorad_corpus *c);     /* records */
+int64_t lorad_corpus_truncated(const struct lorad_corpus *c); /* records cut at max_seq_len */
+int64_t lorad_corpus_tokens(const struct lorad_corpus *c);    /* tokens after truncation */
+int lorad_corpus_sample_length(const struct lorad_corpus *c, int64_t i);
+enum lorad_data_format lorad_corpus_format(const struct lorad_corpus *c);
+
+/* Re-reads and tokenises record i into ret (buffers of at least max_seq_len entries). */
+int lorad_corpus_sample(struct lorad_corpus *c, int64_t i, struct lorad_sample *ret, struct lorad_error *err);
+
+/* Records that are only evaluated: the last n_holdout records of the file's order are split off
+ * for validation loss when no validation file is given. The training corpus then skips them. */
+int lorad_corpus_split_holdout(struct lorad_corpus *train, int64_t n_holdout, struct lorad_corpus **ret_holdout);
+
+/* ---- epoch plans and batches ------------------------------------------------------------- */
+
+struct lorad_epoch_plan {
+    int64_t n_rows;
+    int64_t *row_first;  /* (n_rows + 1) index into order[] of each row's first sample */
+    int64_t *order;      /* (n_samples) record indices in this epoch's order */
+};
+
+/* Builds the plan for epoch (0-based). shuffle=false keeps file order (validation). */
+int lorad_epoch_plan_build(struct lorad_epoch_plan *ret, const struct lorad_corpus *c, uint64_t seed, int epoch,
+                           bool shuffle, bool packing, int max_seq_len);
+void lorad_epoch_plan_clear(struct lorad_epoch_plan *p);
+
+/* A micro-batch in the layout the engine takes. Every array is (B, T) row-major. */
+struct lorad_batch {
+    int B, T;            /* rows used, padded length (the longest row) */
+    int cap_B, cap_T;
+    int32_t *tokens;     /* (B, T) input ids; padding = eos or 0 */
+    int32_t *labels;     /* (B, T) next-token targets, -100 where not trained or padding */
+    int32_t *positions;  /* (B, T) position ids, restarting at each packed sample */
+    int32_t *seg_start;  /* (B, T) index in the row where this token's sample starts */
+    int64_t n_labels;    /* labels != -100 */
+    int64_t n_tokens;    /* non-padding tokens */
+};
+
+int lorad_batch_alloc(struct lorad_batch *b, int cap_B, int cap_T);
+void lorad_batch_free(struct lorad_batch *b);
+
+/* Fills b with rows [first_row, first_row + n_rows) of plan (n_rows <= cap_B; fewer at the end). */
+int lorad_batch_fill(struct lorad_batch *b, struct lorad_corpus *c, const struct lorad_epoch_plan *plan,
+                     int64_t first_row, int n_rows, struct lorad_error *err);
