@@ -4,7 +4,8 @@
 
 const struct lorad_command lorad_commands[] = {
     {"serve", "run the fine-tuning daemon (HTTP API, job queue, workers)",
-     "usage: lorad serve [--config FILE] [--bind ADDR] [--port N] [--state-dir DIR]\n"
+     "usage: lorad serve [--config FILE] [--check-config] [--print-default-config]\n"
+     "                   [--config FILE] [--bind ADDR] [--port N] [--state-dir DIR]\n"
      "                   [--models-dir DIR] [--workers N] [--threads-per-job N]\n"
      "                   [--api-key-file FILE] [--log-level LEVEL]\n"
      "Runs the daemon. Every key of the config file can also be given as a flag.\n",
