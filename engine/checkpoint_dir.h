@@ -1,0 +1,32 @@
+/* Checkpoint directories: ROOT/step-N/ appears atomically.
+ *
+ * A checkpoint is written into ROOT/.step-N.tmp/, every file fsynced, then the directory is renamed
+ * to ROOT/step-N and ROOT is fsynced. A directory named step-N is therefore always complete; a
+ * crash leaves at most a .tmp directory, which the next run removes. After a commit only the newest
+ * `keep` checkpoints stay. */
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+#include "error.h"
+
+#define LORAD_CHECKPOINT_PATH_MAX 4096
+
+/* Creates (emptying any leftover) ROOT/.step-N.tmp and returns its path in ret_tmp (cap bytes). */
+int lorad_checkpoint_begin(const char *root, int64_t step, char *ret_tmp, size_t cap, struct lorad_error *err);
+
+/* fsyncs the files in the temp dir, renames it to ROOT/step-N (replacing an older step-N, as a
+ * resumed run that repeats a step does), fsyncs ROOT, then deletes all but the newest keep
+ * checkpoints. ret_final (cap bytes, may be NULL) receives ROOT/step-N. */
+int lorad_checkpoint_commit(const char *root, int64_t step, int keep, char *ret_final, size_t cap,
+                            struct lorad_error *err);
+
+/* Finds the newest complete checkpoint. Returns 1 with *ret_step and ret_path, 0 when there is
+ * none (or ROOT does not exist), -errno on error. */
+int lorad_checkpoint_latest(const char *root, int64_t *ret_step, char *ret_path, size_t cap);
+
+/* Removes leftover ROOT/.step-*.tmp directories of an interrupted run. */
+int lorad_checkpoint_clean_temp(const char *root);
+
+/* Removes a directory tree (files and subdirectories). Returns 0 or -errno; missing is fine. */
+int lorad_remove_tree(const char *path);
