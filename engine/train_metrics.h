@@ -1,0 +1,40 @@
+/* The figures of one training step, as `metrics.jsonl` records them and the daemon stores them.
+ * One line per step:
+ *   {"step","total_steps","epoch","train_loss","train_mean_token_accuracy","lr","grad_norm",
+ *    "tokens_seen","tokens_per_s","elapsed_s","eta_s"[,"valid_loss","valid_mean_token_accuracy"]} */
+#pragma once
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+struct lorad_step_metrics {
+    int64_t step;        /* 1-based optimiser step just finished */
+    int64_t total_steps;
+    double epoch;        /* fractional: epochs completed, e.g. 1.25 */
+    double train_loss;   /* mean over the step's unmasked tokens */
+    double train_mean_token_accuracy;
+    double lr;           /* learning rate used for this step */
+    double grad_norm;    /* global L2 norm before clipping */
+    int64_t tokens_seen; /* input tokens (not padding) so far */
+    double tokens_per_s;
+    double elapsed_s;
+    double eta_s;
+    bool has_valid;      /* valid_* are set on evaluation steps */
+    double valid_loss;
+    double valid_mean_token_accuracy;
+};
+
+/* The metrics as a JSON object with the keys above. New reference, caller owns; NULL on ENOMEM. */
+json_t *lorad_step_metrics_json(const struct lorad_step_metrics *m);
+
+/* Parses one metrics.jsonl object back. Returns 0 or -EINVAL when a required key is missing. */
+int lorad_step_metrics_from_json(const json_t *o, struct lorad_step_metrics *ret);
+
+/* Appends one line to path (created if missing) and fsyncs it, so a line that is there survives a
+ * crash. Returns 0 or -errno. */
+int lorad_metrics_append(const char *path, const struct lorad_step_metrics *m);
+
+/* Keeps only the lines of path whose step <= last_step (atomically: temp + rename). A resumed run
+ * calls this with its checkpoint's step so the history has no gaps and no duplicates. A missing
+ * file is fine. Returns 0 or -errno. */
+int lorad_metrics_truncate_after(const char *path, int64_t last_step);
