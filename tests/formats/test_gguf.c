@@ -224,7 +224,14 @@ static void test_every_truncation_is_refused(void **state) {
     (void)state;
     struct buf b = build((struct spec){0});
     char *path = test_path(dir, "cut.gguf");
-    for (size_t n = 0; n < b.n; n++) {
+    fmt_write_file(path, b.p, b.n);
+    struct lorad_gguf *full;
+    struct lorad_error ferr = {0};
+    assert_int_equal(lorad_gguf_open(path, &full, &ferr), 0);
+    size_t data_start = (size_t)full->data_offset;
+    lorad_gguf_close(full);
+    /* Every cut inside the metadata; a sample of cuts inside the tensor data, and the last byte. */
+    for (size_t n = 0; n < b.n; n = n < data_start ? n + 1 : (n + 61 < b.n - 1 ? n + 61 : n == b.n - 1 ? b.n : b.n - 1)) {
         fmt_write_file(path, b.p, n);
         struct lorad_gguf *g = NULL;
         struct lorad_error err = {0};
