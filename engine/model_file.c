@@ -51,6 +51,11 @@ static int detect_file(const char *path, const struct stat *st, enum lorad_model
         *ret = LORAD_FORMAT_LLAMA2C;
         return 0;
     }
+    size_t len = strlen(path);
+    if ((len >= 12 && strcmp(path + len - 12, ".safetensors") == 0) || (len >= 11 && strcmp(path + len - 11, "config.json") == 0))
+        return lorad_error_set(err, -EINVAL, "model",
+                               "%s: a Hugging Face model is loaded from its directory (config.json + safetensors); "
+                               "pass the directory", path);
     return lorad_error_set(err, -EINVAL, "model",
                            "%s: not a recognised model file (no GGUF magic; as llama2.c .bin: %s)", path, herr.message);
 }

@@ -129,7 +129,11 @@ static void test_hf_f32_used_in_place(void **state) {
 
 static void test_hf_bf16_sharded_f16(void **state) {
     (void)state;
+    char *tok = test_path(dir, "hf_bf16/tokenizer.json");
+    fmt_write_file(tok, "{}", 2);
     struct lorad_model_file *mf = load_model("hf_bf16");
+    assert_string_equal(mf->tokenizer_path, tok);
+    free(tok);
     check_against_truth(mf, BF16_RNE);
     assert_true(mf->owned_bytes == 0);
     assert_int_equal(mf->weights.embed.dtype, LORAD_DTYPE_BF16);
@@ -141,6 +145,14 @@ static void test_hf_bf16_sharded_f16(void **state) {
     mf = load_model("hf_f16");
     check_against_truth(mf, F16_ROUND);
     assert_int_equal(mf->weights.embed.dtype, LORAD_DTYPE_F32); /* F16 converted at load */
+    lorad_model_file_close(mf);
+    /* A safetensors file given instead of its directory gets a hint. */
+    char *p = test_path(dir, "hf_f16/model.safetensors");
+    struct lorad_error err = {0};
+    assert_int_equal(lorad_model_file_open(p, &mf, &err), -EINVAL);
+    assert_non_null(strstr(err.message, "pass the directory"));
+    free(p);
+    mf = load_model("hf_f16");
     assert_true(mf->owned_bytes == truth_n * 4);
     lorad_model_file_close(mf);
 }
