@@ -246,6 +246,7 @@ static int place_tensors(struct lorad_gguf *g, struct cursor *c) {
                      (unsigned long long)t->offset, (unsigned long long)t->nbytes, (unsigned long long)data_len);
             r = tensor_err(g, c->err, t->name, what);
         }
+        if (r < 0) break; /* never form a pointer outside the mapping */
         t->data = g->map.data + start + t->offset;
         spans[i] = (struct span){t->offset, t->offset + t->nbytes, t->name};
     }

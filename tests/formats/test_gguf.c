@@ -243,11 +243,50 @@ static void test_every_truncation_is_refused(void **state) {
     free(b.p);
 }
 
+/* Seeded random corruption of header and metadata bytes: every outcome must be a clean success
+ * or a clean error (ASan and UBSan watch the reads). */
+static void test_random_corruptions_fail_cleanly(void **state) {
+    (void)state;
+    struct buf b = build((struct spec){0});
+    char *path = test_path(dir, "fuzz.gguf");
+    uint8_t *copy = malloc(b.n);
+    uint32_t seed = 12345;
+    int failures = 0;
+    for (int iter = 0; iter < 1500; iter++) {
+        memcpy(copy, b.p, b.n);
+        int flips = 1 + iter % 4;
+        for (int k = 0; k < flips; k++) {
+            seed = seed * 1103515245u + 12345u;
+            size_t at = (seed >> 8) % 1200; /* header, KVs and tensor infos live in the first ~1 KB */
+            seed = seed * 1103515245u + 12345u;
+            copy[at] ^= (uint8_t)(1u << ((seed >> 16) % 8));
+        }
+        fmt_write_file(path, copy, b.n);
+        struct lorad_base_weights w = {0};
+        struct lorad_vocab_arrays v;
+        struct lorad_error err = {0};
+        int r = lorad_load_gguf(path, &w, &v, &err);
+        if (r < 0) {
+            failures++;
+            assert_non_null(strstr(err.message, path));
+            assert_null(w.owner);
+        } else {
+            assert_int_equal(lorad_base_weights_validate(&w, &err), 0);
+            lorad_base_weights_release(&w);
+        }
+    }
+    assert_true(failures > 100); /* the corruption does hit structure */
+    free(copy);
+    free(path);
+    free(b.p);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_valid_file_loads),
         cmocka_unit_test(test_malformed_files_are_refused),
         cmocka_unit_test(test_every_truncation_is_refused),
+        cmocka_unit_test(test_random_corruptions_fail_cleanly),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
