@@ -64,6 +64,17 @@ static int parse_int(const char *flag, const char *s, int lo, int hi, int *out) 
     return 0;
 }
 
+/* A float as the shortest decimal that round-trips through float (1e-05, not 9.99999974e-06). */
+static double tidy(float f) {
+    char buf[32];
+    snprintf(buf, sizeof buf, "%.9g", (double)f);
+    for (int prec = 1; prec <= 9; prec++) {
+        snprintf(buf, sizeof buf, "%.*g", prec, (double)f);
+        if (strtof(buf, NULL) == f) break;
+    }
+    return strtod(buf, NULL);
+}
+
 static json_t *to_json(const struct lorad_model_file *mf, const struct memory_estimate *m, int seq_len, int batch, int r) {
     const struct lorad_llama_config *c = &mf->weights.cfg;
     json_t *dtypes = json_object();
@@ -82,7 +93,7 @@ static json_t *to_json(const struct lorad_model_file *mf, const struct memory_es
                             "hidden_size", c->dim, "intermediate_size", c->hidden_dim, "num_hidden_layers", c->n_layers,
                             "num_attention_heads", c->n_heads, "num_key_value_heads", c->n_kv_heads, "head_dim",
                             c->head_dim, "vocab_size", c->vocab_size, "max_position_embeddings", c->max_seq_len,
-                            "rms_norm_eps", (double)c->norm_eps, "rope_theta", (double)c->rope_theta, "rope_scaling", rope,
+                            "rms_norm_eps", tidy(c->norm_eps), "rope_theta", tidy(c->rope_theta), "rope_scaling", rope,
                             "tie_word_embeddings", c->tie_embeddings, "attention_bias", c->attention_bias,
                             "bos_token_id", c->bos_id, "eos_token_id", c->eos_id);
     json_t *mem = json_pack("{s:i, s:i, s:i, s:I, s:I, s:I, s:I, s:I, s:I, s:b}", "seq_len", seq_len, "batch", batch,

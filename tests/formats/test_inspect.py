@@ -36,6 +36,7 @@ def main():
            c["num_key_value_heads"], c["vocab_size"], c["max_position_embeddings"]) ==
           (dim, hidden, layers, heads, kv, vocab, seq), f"config {c}")
     check(c["tie_word_embeddings"] is (vocab > 0), "tied")
+    check(c["rms_norm_eps"] == 1e-5 and c["rope_theta"] == 10000.0, "llama2.c eps/theta")
     hd = dim // heads
     per_layer = 2 * dim * heads * hd + 2 * dim * kv * hd + 3 * dim * hidden + 2 * dim
     check(j["n_params"] == vocab * dim + layers * per_layer + dim, "n_params")
