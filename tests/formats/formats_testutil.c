@@ -1,0 +1,67 @@
+#include "formats_testutil.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "testutil.h"
+
+const struct lorad_tensor *fmt_hf_tensor(const struct lorad_base_weights *w, const char *name) {
+    if (strcmp(name, "model.embed_tokens.weight") == 0) return &w->embed;
+    if (strcmp(name, "model.norm.weight") == 0) return &w->final_norm;
+    if (strcmp(name, "lm_head.weight") == 0) return &w->lm_head;
+    int l, n = 0;
+    char rest[96];
+    if (sscanf(name, "model.layers.%d.%95s%n", &l, rest, &n) != 2 || l < 0 || l >= w->cfg.n_layers) return NULL;
+    const struct lorad_layer_weights *L = &w->layers[l];
+    static const struct { const char *suffix; size_t off; } map[] = {
+        {"input_layernorm.weight", offsetof(struct lorad_layer_weights, attn_norm)},
+        {"self_attn.q_proj.weight", offsetof(struct lorad_layer_weights, wq)},
+        {"self_attn.k_proj.weight", offsetof(struct lorad_layer_weights, wk)},
+        {"self_attn.v_proj.weight", offsetof(struct lorad_layer_weights, wv)},
+        {"self_attn.o_proj.weight", offsetof(struct lorad_layer_weights, wo)},
+        {"post_attention_layernorm.weight", offsetof(struct lorad_layer_weights, ffn_norm)},
+        {"mlp.gate_proj.weight", offsetof(struct lorad_layer_weights, w_gate)},
+        {"mlp.up_proj.weight", offsetof(struct lorad_layer_weights, w_up)},
+        {"mlp.down_proj.weight", offsetof(struct lorad_layer_weights, w_down)},
+    };
+    for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
+        if (strcmp(rest, map[i].suffix) == 0) return (const struct lorad_tensor *)((const char *)L + map[i].off);
+    return NULL;
+}
+
+float fmt_tensor_get(const struct lorad_tensor *t, int64_t i) {
+    switch (t->dtype) {
+    case LORAD_DTYPE_F32: return ((const float *)t->data)[i];
+    case LORAD_DTYPE_BF16: return lorad_bf16_to_f32(((const uint16_t *)t->data)[i]);
+    case LORAD_DTYPE_F16: return lorad_f16_to_f32(((const uint16_t *)t->data)[i]);
+    }
+    return 0;
+}
+
+void fmt_write_file(const char *path, const void *data, size_t len) {
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_true(fwrite(data, 1, len, f) == len || len == 0);
+    assert_int_equal(fclose(f), 0);
+}
+
+uint8_t *fmt_read_file(const char *path, size_t *ret_len) {
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    assert_int_equal(fseek(f, 0, SEEK_END), 0);
+    long n = ftell(f);
+    assert_true(n >= 0);
+    rewind(f);
+    uint8_t *buf = malloc((size_t)n + 1);
+    assert_non_null(buf);
+    assert_true(fread(buf, 1, (size_t)n, f) == (size_t)n);
+    fclose(f);
+    *ret_len = (size_t)n;
+    return buf;
+}
+
+void fmt_write_fixtures(const char *dir) {
+    char *argv[] = {LORAD_PYTHON, LORAD_SOURCE_DIR "/tests/formats/write_fixtures.py", (char *)dir, NULL};
+    assert_int_equal(test_run(argv), 0);
+}
