@@ -20,7 +20,7 @@ const struct lorad_command lorad_commands[] = {
      "                      [--max-tokens N] [--temperature T] [--top-p P] [--seed S] [--print-ids]\n",
      lorad_cmd_generate},
     {"inspect", "describe a model file or directory",
-     "usage: lorad inspect PATH [--seq-len N] [--batch N] [--lora-r N]\n"
+     "usage: lorad inspect PATH [--seq-len N] [--batch N] [--lora-r N] [--json]\n"
      "Detects the format (HF directory, GGUF, llama2.c .bin) and prints the architecture,\n"
      "hyper-parameters, parameter count, dtypes, tokenizer and the memory a LoRA run needs.\n",
      lorad_cmd_inspect},

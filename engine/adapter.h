@@ -58,8 +58,3 @@ int lorad_adapter_read_config(const char *dir, struct lorad_adapter_meta *ret_me
 
 /* PEFT scale of an adapter: alpha/r, or alpha/sqrt(r) with rslora. */
 double lorad_adapter_scale(const struct lorad_adapter_meta *meta);
-
-/* Rows of a q or k projection for one head of head_dim rows: HF row s*(head_dim/2)+i holds Meta
- * (GGUF, llama2.c) row 2*i+s. These map whole [n_heads*head_dim, cols] matrices between layouts. */
-void lorad_rope_rows_hf_to_meta(float *out, const float *in, int n_heads, int head_dim, int64_t cols);
-void lorad_rope_rows_meta_to_hf(float *out, const float *in, int n_heads, int head_dim, int64_t cols);

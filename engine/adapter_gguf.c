@@ -9,6 +9,7 @@
 
 #include "adapter.h"
 #include "fsutil.h"
+#include "load_common.h"
 
 enum { GGUF_TYPE_UINT32 = 4, GGUF_TYPE_FLOAT32 = 6, GGUF_TYPE_STRING = 8 };
 enum { GGML_TYPE_F32 = 0 };
@@ -154,7 +155,7 @@ int lorad_adapter_write_gguf(const char *path, const struct lorad_adapter_meta *
                 r = -ENOMEM;
                 break;
             }
-            lorad_rope_rows_hf_to_meta(permuted, t->data, heads, cfg->head_dim, t->cols);
+            lorad_rope_permute_rows(permuted, t->data, t->rows, (size_t)t->cols * sizeof(float), cfg->head_dim, 0);
             data = permuted;
         }
         r = lorad_write_all(fd, data, bytes);

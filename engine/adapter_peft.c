@@ -138,21 +138,3 @@ out:
     json_decref(root);
     return r;
 }
-
-void lorad_rope_rows_hf_to_meta(float *out, const float *in, int n_heads, int head_dim, int64_t cols) {
-    int half = head_dim / 2;
-    for (int h = 0; h < n_heads; h++)
-        for (int s = 0; s < 2; s++)
-            for (int i = 0; i < half; i++)
-                memcpy(out + ((int64_t)h * head_dim + 2 * i + s) * cols, in + ((int64_t)h * head_dim + s * half + i) * cols,
-                       (size_t)cols * sizeof(float));
-}
-
-void lorad_rope_rows_meta_to_hf(float *out, const float *in, int n_heads, int head_dim, int64_t cols) {
-    int half = head_dim / 2;
-    for (int h = 0; h < n_heads; h++)
-        for (int s = 0; s < 2; s++)
-            for (int i = 0; i < half; i++)
-                memcpy(out + ((int64_t)h * head_dim + s * half + i) * cols, in + ((int64_t)h * head_dim + 2 * i + s) * cols,
-                       (size_t)cols * sizeof(float));
-}

@@ -79,7 +79,7 @@ int lorad_st_writer_add(struct lorad_st_writer *w, const char *name, const char 
     e->name = strdup(name);
     if (!e->name) return -ENOMEM;
     snprintf(e->dtype, sizeof e->dtype, "%s", dtype);
-    memcpy(e->shape, shape, (size_t)ndim * sizeof *shape);
+    if (ndim > 0) memcpy(e->shape, shape, (size_t)ndim * sizeof *shape);
     e->ndim = ndim;
     e->data = data;
     e->nbytes = nbytes;
