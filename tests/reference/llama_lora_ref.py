@@ -80,8 +80,11 @@ class ModelConfig:
         self.kv_heads = int(kv) if kv is not None else self.heads
         hd = hf.get("head_dim")
         self.head_dim = int(hd) if hd is not None else self.dim // max(self.heads, 1)
-        self.eps = float(hf.get("rms_norm_eps", 1e-6) if hf.get("rms_norm_eps") is not None else 1e-6)
-        self.rope_theta = float(hf.get("rope_theta") or 10000.0)
+        def default(key, value):
+            return hf[key] if hf.get(key) is not None else value
+
+        self.eps = float(default("rms_norm_eps", 1e-6))
+        self.rope_theta = float(default("rope_theta", 10000.0))
         self.tied = bool(hf.get("tie_word_embeddings", False))
         self.attention_bias = bool(hf.get("attention_bias", False))
         self.max_pos = int(hf.get("max_position_embeddings") or 0)
@@ -623,7 +626,7 @@ def random_weights(cfg, lcfg, gen, dtype=torch.float64):
     """Random base + LoRA tensors: projections ~ N(0, 1/in), norms ~ 1 + N(0, 0.1^2),
     embeddings ~ N(0, 1), biases ~ N(0, 0.1^2), lora_B nonzero so every gradient is nonzero."""
     def randn(*shape, std=1.0):
-        return torch.randn(*shape, generator=gen, dtype=torch.float64).mul_(std).to(dtype)
+        return torch.randn(*shape, generator=gen, dtype=dtype).mul_(std)
 
     base = {}
     for name, shape in cfg.base_shapes().items():
