@@ -25,7 +25,8 @@ Readings of the contract where it leaves room (each follows torch / transformers
     padding is expressed only through -100 labels, never through an attention mask.
   * Config keys missing from the case take transformers' LlamaConfig defaults (head_dim =
     hidden/heads, num_key_value_heads = heads, rms_norm_eps 1e-6, rope_theta 10000, untied,
-    no attention bias). rope_scaling may name its type "rope_type" or the older "type".
+    no attention bias). rope_scaling may name its type "rope_type" or the older "type"; type
+    "default" means no scaling; any other type, hidden_act != silu or mlp_bias is refused (exit 2).
   * Weight decay applies to every LoRA tensor (A and B), as AdamW does to all params it holds.
   * With tied embeddings a LoRA on lm_head adapts the tied projection: logits = h E^T + s*B(A h).
   * The clip condition is the doc's "norm > max_grad_norm" (torch multiplies by
@@ -96,9 +97,13 @@ class ModelConfig:
                             f"num_key_value_heads {self.kv_heads}")
         if self.head_dim % 2:
             raise CaseError(f"config: head_dim {self.head_dim} must be even for RoPE")
+        if hf.get("hidden_act", "silu") != "silu":
+            raise CaseError(f"config: hidden_act {hf['hidden_act']!r} unsupported (only silu)")
+        if hf.get("mlp_bias"):
+            raise CaseError("config: mlp_bias unsupported")
         self.rope_scaling = None
         rs = hf.get("rope_scaling")
-        if rs is not None:
+        if rs is not None and rs.get("rope_type", rs.get("type")) != "default":
             kind = rs.get("rope_type", rs.get("type"))
             if kind != "llama3":
                 raise CaseError(f"config: rope_scaling type {kind!r} unsupported (only llama3)")
@@ -1021,6 +1026,28 @@ def selftest_roundtrip(ck):
     sink.close()
 
 
+def selftest_float32_attainable(ck):
+    """The same model run in float32 (as the C engine computes) must pass the contract's
+    tolerances against float64, or the tolerances would be unreachable for any engine."""
+    sink = open(os.devnull, "w")
+    with tempfile.TemporaryDirectory() as tmp:
+        for steps in (0, 20):
+            case = os.path.join(tmp, "f32.safetensors")
+            make_case(case, "tiny-llama3", seed=11,
+                      train_over={"steps": steps, "lr": 1e-3, "warmup_steps": 2, "lr_scheduler": "cosine",
+                                  "weight_decay": 0.01, "max_grad_norm": 1.0})
+            c = load_case(case)
+            expected = compute_result(c)
+            c.base = {n: t.float() for n, t in c.base.items()}
+            c.lora_init = {n: t.float() for n, t in c.lora_init.items()}
+            got = {n: a.astype(np.float32) for n, a in compute_result(c).items()}
+            worst = max(relative_error(got[n], expected[n]) / tolerance_for(n) for n in expected)
+            ck.check(f"float32 model within tolerance of float64 (steps={steps})",
+                     compare_results(expected, got, "float32 run", out=sink),
+                     f"(worst err/tol {worst:.1e})")
+    sink.close()
+
+
 def cmd_selftest():
     torch.manual_seed(0)
     start = time.time()
@@ -1029,6 +1056,7 @@ def cmd_selftest():
     selftest_properties(ck)
     selftest_optimizer(ck)
     selftest_roundtrip(ck)
+    selftest_float32_attainable(ck)
     print(f"selftest: {ck.failures} failure(s) in {time.time() - start:.1f} s")
     return 1 if ck.failures else 0
 
