@@ -423,13 +423,18 @@ static void ce_rows(void *c, int64_t b, int64_t e, int tid) {
         int64_t arg = 0;
         for (int64_t j = 1; j < V; j++)
             if (l[j] > mx) { mx = l[j]; arg = j; }
+        float ly = l[y];
         double sum = 0.0;
-        for (int64_t j = 0; j < V; j++) sum += expf(l[j] - mx);
-        x->row_loss[i] = (double)mx + log(sum) - (double)l[y];
+        if (x->grad) { /* keep the exponentials so the gradient pass needs no second expf */
+            for (int64_t j = 0; j < V; j++) sum += (l[j] = expf(l[j] - mx));
+        } else {
+            for (int64_t j = 0; j < V; j++) sum += expf(l[j] - mx);
+        }
+        x->row_loss[i] = (double)mx + log(sum) - (double)ly;
         x->row_correct[i] = arg == y;
         if (x->grad) {
             float r = (float)(1.0 / sum) * x->scale;
-            for (int64_t j = 0; j < V; j++) l[j] = expf(l[j] - mx) * r;
+            for (int64_t j = 0; j < V; j++) l[j] *= r;
             l[y] -= x->scale;
         }
     }
