@@ -1,5 +1,7 @@
 #include "kernels.h"
 
+#include "vec_math.h"
+
 #include <assert.h>
 #include <cblas.h>
 #include <float.h>
@@ -28,6 +30,7 @@ static void par_rows(struct lorad_pool *pool, int64_t n, rows_fn fn, void *ctx) 
     struct rows_job j = {fn, ctx, n};
     lorad_pool_run(pool, rows_thread, &j);
 }
+
 
 /* ---- embedding ---- */
 
@@ -244,10 +247,8 @@ static void attn_fwd_tasks(void *c, int64_t tb, int64_t te, int tid) {
             for (int i = i0; i < i1; i++) {
                 float *row = S + (int64_t)(i - i0) * nk, mx = -INFINITY, sum = 0.0f;
                 for (int j = 0; j < nk; j++) mx = row[j] > mx ? row[j] : mx;
-                for (int j = 0; j < nk; j++) {
-                    row[j] = expf(row[j] - mx);
-                    sum += row[j];
-                }
+                lorad_exp_shift_row(row, nk, mx);
+                for (int j = 0; j < nk; j++) sum += row[j];
                 float r = 1.0f / sum;
                 for (int j = 0; j < nk; j++) row[j] *= r;
                 a->lse[((int64_t)b * s->H + h) * s->T + i] = mx + logf(sum);
@@ -291,7 +292,7 @@ static void attn_bwd_tasks(void *c, int64_t tb, int64_t te, int tid) {
                 const float *Q = a->q + ((int64_t)b * s->T + i0) * ldq + h * s->hd;
                 for (int i = 0; i < nb; i++) {
                     float l = a->clse[((int64_t)b * s->H + h) * s->T + i0 + i], *row = P + (int64_t)i * nk;
-                    for (int j = 0; j < nk; j++) row[j] = expf(row[j] - l);
+                    lorad_exp_shift_row(row, nk, l);
                     float d = 0.0f;
                     for (int x = 0; x < s->hd; x++) d += dO[(int64_t)i * ldq + x] * O[(int64_t)i * ldq + x];
                     D[i] = d;
@@ -362,35 +363,27 @@ struct swiglu_ctx {
 #define SWIGLU_CHUNK 4096
 static void swiglu_fwd_rows(void *c, int64_t b, int64_t e, int tid) {
     struct swiglu_ctx *x = c;
-    for (int64_t i = b * SWIGLU_CHUNK; i < e * SWIGLU_CHUNK; i++) {
-        float g = x->gate[i];
-        x->out[i] = g / (1.0f + expf(-g)) * x->up[i];
-    }
+    lorad_swiglu_row(x->out + b * SWIGLU_CHUNK, x->gate + b * SWIGLU_CHUNK, x->up + b * SWIGLU_CHUNK,
+               (e - b) * SWIGLU_CHUNK);
 }
 static void swiglu_bwd_rows(void *c, int64_t b, int64_t e, int tid) {
     struct swiglu_ctx *x = c;
-    for (int64_t i = b * SWIGLU_CHUNK; i < e * SWIGLU_CHUNK; i++) {
-        float g = x->gate[i], sg = 1.0f / (1.0f + expf(-g)), d = x->dout[i];
-        x->dgate[i] = d * x->up[i] * sg * (1.0f + g * (1.0f - sg));
-        x->dup[i] = d * g * sg;
-    }
+    int64_t o = b * SWIGLU_CHUNK;
+    lorad_swiglu_back_row(x->dgate + o, x->dup + o, x->dout + o, x->gate + o, x->up + o, (e - b) * SWIGLU_CHUNK);
 }
 void lorad_swiglu_forward(struct lorad_pool *pool, float *out, const float *gate, const float *up, int64_t n) {
     struct swiglu_ctx x = {.out = out, .gate = gate, .up = up};
     int64_t full = n / SWIGLU_CHUNK;
     par_rows(pool, full, swiglu_fwd_rows, &x);
-    for (int64_t i = full * SWIGLU_CHUNK; i < n; i++) out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+    lorad_swiglu_row(out + full * SWIGLU_CHUNK, gate + full * SWIGLU_CHUNK, up + full * SWIGLU_CHUNK, n - full * SWIGLU_CHUNK);
 }
 void lorad_swiglu_backward(struct lorad_pool *pool, float *dgate, float *dup, const float *dout, const float *gate,
                            const float *up, int64_t n) {
     struct swiglu_ctx x = {.dgate = dgate, .dup = dup, .gate = gate, .up = up, .dout = dout};
     int64_t full = n / SWIGLU_CHUNK;
     par_rows(pool, full, swiglu_bwd_rows, &x);
-    for (int64_t i = full * SWIGLU_CHUNK; i < n; i++) {
-        float g = gate[i], sg = 1.0f / (1.0f + expf(-g));
-        dgate[i] = dout[i] * up[i] * sg * (1.0f + g * (1.0f - sg));
-        dup[i] = dout[i] * g * sg;
-    }
+    int64_t o = full * SWIGLU_CHUNK;
+    lorad_swiglu_back_row(dgate + o, dup + o, dout + o, gate + o, up + o, n - o);
 }
 void lorad_swiglu_forward_ref(float *out, const float *gate, const float *up, int64_t n) {
     for (int64_t i = 0; i < n; i++) out[i] = (float)((double)gate[i] / (1.0 + exp(-(double)gate[i])) * up[i]);
@@ -425,11 +418,8 @@ static void ce_rows(void *c, int64_t b, int64_t e, int tid) {
             if (l[j] > mx) { mx = l[j]; arg = j; }
         float ly = l[y];
         double sum = 0.0;
-        if (x->grad) { /* keep the exponentials so the gradient pass needs no second expf */
-            for (int64_t j = 0; j < V; j++) sum += (l[j] = expf(l[j] - mx));
-        } else {
-            for (int64_t j = 0; j < V; j++) sum += expf(l[j] - mx);
-        }
+        lorad_exp_shift_row(l, V, mx); /* logits are scratch: keep the exponentials for the gradient */
+        for (int64_t j = 0; j < V; j++) sum += l[j];
         x->row_loss[i] = (double)mx + log(sum) - (double)ly;
         x->row_correct[i] = arg == y;
         if (x->grad) {

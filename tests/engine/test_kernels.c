@@ -17,6 +17,7 @@
 #include "kernels.h"
 #include "threadpool.h"
 #include "tiny_model.h"
+#include "vec_math.h"
 
 static struct lorad_pool *pool;
 static float *scratch[LORAD_MAX_THREADS];
@@ -290,6 +291,23 @@ static void test_crossentropy(void **state) {
     free(l); free(lc); free(dr); free(num);
 }
 
+static void test_vector_exp(void **state) {
+    (void)state;
+    enum { n = 2003 };
+    static float in[n], v[n];
+    for (int i = 0; i < n; i++) in[i] = -100.0f + 189.5f * (float)i / n; /* x - 1.5 <= 88: the callers pass x <= 0 or -gate */
+    in[0] = -INFINITY;
+    memcpy(v, in, sizeof v);
+    lorad_exp_shift_row(v, n, 1.5f);
+    assert_true(v[0] == 0.0f);
+    for (int i = 1; i < n; i++) {
+        float x = in[i] - 1.5f;
+        double ref = exp((double)x);
+        if (x < -87.3f) assert_true(v[i] == 0.0f);
+        else if (fabs(v[i] - ref) > 1e-6 * ref) fail_msg("exp(%g) = %g, expected %g", (double)x, (double)v[i], ref);
+    }
+}
+
 static void test_pool_slices_cover_everything_once(void **state) {
     (void)state;
     for (int nt = 1; nt <= 5; nt++)
@@ -308,6 +326,7 @@ static void test_pool_slices_cover_everything_once(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_pool_slices_cover_everything_once),
+        cmocka_unit_test(test_vector_exp),
         cmocka_unit_test(test_gemm_matches_reference),
         cmocka_unit_test(test_rmsnorm),
         cmocka_unit_test(test_rope_llama3),
