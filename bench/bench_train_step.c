@@ -233,9 +233,15 @@ int main(int argc, char **argv) {
     struct base b = {0};
     if (make_base(&b, &a) < 0) return 1;
     double lora_flops, fpt = flops_per_token(&a, &b.w.cfg, &lora_flops);
+    /* the best of several sgemm samples around the run: on a shared machine a single sample can
+     * be slowed by other processes and would inflate MFU */
     double sg = sgemm_rate(a.threads);
     struct job j = {&a, &b.w, a.threads, a.steps, 0, 0, 0};
     run_job(&j);
+    for (int i = 0; i < 2; i++) {
+        double s2 = sgemm_rate(a.threads);
+        if (s2 > sg) sg = s2;
+    }
     if (j.rc < 0) return 1;
     double tokens = (double)a.batch * a.seq, tps = tokens / j.seconds, achieved = tps * fpt / 1e9;
     struct rusage ru;
@@ -246,7 +252,7 @@ int main(int argc, char **argv) {
            a.threads, a.ckpt ? " ckpt" : "", a.bf16 ? " bf16" : "");
     printf("flops/token = %d*N_mm + LoRA 6*r*sum(d_in+d_out) + attention 6*L*d*T = %.4f GFLOP (LoRA %.5f)\n",
            a.ckpt ? 6 : 4, fpt / 1e9, lora_flops / 1e9);
-    printf("step %.3f s  tokens/s %.1f  achieved %.1f GFLOP/s  sgemm(512x4096x4096, %d threads) %.1f GFLOP/s  "
+    printf("step %.3f s  tokens/s %.1f  achieved %.1f GFLOP/s  sgemm(512x4096x4096, %d threads, best of 3) %.1f GFLOP/s  "
            "MFU %.1f%%  peak RSS %.0f MB  loss %.4f\n",
            j.seconds, tps, achieved, a.threads, sg, 100 * achieved / sg, rss / 1e6, j.loss);
     if (a.concurrency) {
