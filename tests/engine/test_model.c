@@ -103,6 +103,52 @@ static void test_whole_model_finite_differences(void **state) {
     tiny_model_free(&tm);
 }
 
+/* With dropout the training loss is a function of the parameters for a fixed dropout counter:
+ * forward_backward at the same counter gives the loss, so its gradient can be checked by
+ * central differences too (masks on the inputs of every adapted module, incl. lm_head). */
+static void test_dropout_gradients_finite_differences(void **state) {
+    (void)state;
+    struct lorad_llama_config c = tiny_config();
+    struct tiny_model tm;
+    tiny_model_init(&tm, &c, 13, false, false);
+    struct lorad_model *m = new_model(&tm.w, all_lora(0.3f), opts(2, 1, 11));
+    randomize_lora(m, 0.2, 6);
+    int32_t ids[11], labels[11];
+    random_batch(ids, labels, 11, c.vocab_size);
+    struct lorad_batch b = {ids, labels, NULL, NULL, 1, 11};
+    int64_t denom = lorad_count_labels(labels, 11), corr;
+    struct lorad_error err = {0};
+    double ls, base_loss = eval_loss(m, &b);
+    lorad_model_set_dropout_counter(m, 7);
+    assert_int_equal(lorad_model_forward_backward(m, &b, denom, &ls, &corr, &err), 0);
+    assert_true(lorad_model_dropout_counter(m) == 8);
+    assert_true(fabs(ls / denom - base_loss) > 1e-4); /* dropout changed the loss */
+    size_t n;
+    float *p = lorad_model_params(m, &n), *g = lorad_model_grads(m, &n);
+    float *grad = malloc(n * sizeof(float));
+    memcpy(grad, g, n * sizeof(float));
+    for (int t = 0; t < lorad_model_n_lora_tensors(m); t += 3) {
+        const struct lorad_lora_tensor *lt = lorad_model_lora_tensor(m, t);
+        size_t i = lt->offset + (size_t)(lt->rows * lt->cols / 2);
+        float keep = p[i];
+        const float h = 1e-2f;
+        double lp, lm;
+        p[i] = keep + h;
+        lorad_model_set_dropout_counter(m, 7);
+        assert_int_equal(lorad_model_forward_backward(m, &b, denom, &lp, &corr, &err), 0);
+        p[i] = keep - h;
+        lorad_model_set_dropout_counter(m, 7);
+        assert_int_equal(lorad_model_forward_backward(m, &b, denom, &lm, &corr, &err), 0);
+        p[i] = keep;
+        double num = (lp - lm) / denom / (2 * h);
+        if (fabs(num - grad[i]) > 2e-3 * fabs(num) + 2e-4)
+            fail_msg("dropout %s: analytic %.6g numeric %.6g", lt->name, grad[i], num);
+    }
+    free(grad);
+    lorad_model_free(m);
+    tiny_model_free(&tm);
+}
+
 /* Replaces every adapted matrix of tm by the model's merged W + s B A. */
 static void merge_into(struct tiny_model *tm, const struct lorad_model *m) {
     const struct lorad_llama_config *c = &tm->w.cfg;
@@ -362,6 +408,16 @@ static void test_lora_names_init_and_set(void **state) {
     tiny_model_free(&tm);
 }
 
+static int double_grads(float *grads, size_t n, void *user) {
+    for (size_t i = 0; i < n; i++) grads[i] *= 2.0f;
+    ++*(int *)user;
+    return 0;
+}
+static int failing_reduce(float *grads, size_t n, void *user) {
+    (void)grads; (void)n; (void)user;
+    return -EIO;
+}
+
 static void test_schedules_and_adamw(void **state) {
     (void)state;
     struct lorad_optim_config c;
@@ -388,6 +444,16 @@ static void test_schedules_and_adamw(void **state) {
     assert_true(fabs(p[0] - (1.0 * (1 - 0.001) - 0.01)) < 1e-6);
     assert_true(fabs(p[1] - (-2.0 * (1 - 0.001) + 0.01)) < 1e-6);
     assert_true(g[0] == 0 && g[1] == 0 && a.step == 1);
+    /* the reduce hook sees the summed grads before the norm; a failing hook changes nothing */
+    int calls = 0;
+    g[0] = 3.0f; g[1] = 4.0f;
+    assert_int_equal(lorad_adamw_step(&a, &c, p, g, double_grads, &calls, &norm, &lr), 0);
+    assert_int_equal(calls, 1);
+    assert_true(fabs(norm - 10.0) < 1e-12);
+    float p_before[2] = {p[0], p[1]};
+    g[0] = 1.0f;
+    assert_int_equal(lorad_adamw_step(&a, &c, p, g, failing_reduce, NULL, &norm, &lr), -EIO);
+    assert_true(p[0] == p_before[0] && p[1] == p_before[1] && a.step == 2);
     lorad_adamw_destroy(&a);
 }
 
@@ -473,6 +539,7 @@ static void test_bad_input_is_named(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_whole_model_finite_differences),
+        cmocka_unit_test(test_dropout_gradients_finite_differences),
         cmocka_unit_test(test_merge_identity),
         cmocka_unit_test(test_infer_matches_training_forward),
         cmocka_unit_test(test_bf16_storage_and_determinism),
