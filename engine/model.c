@@ -368,7 +368,7 @@ static void lora_linear_forward(struct lorad_model *m, float *y, const float *x,
         xin = m->xd;
     }
     lorad_sgemm_par(&m->gemm, false, true, M, m->r, in, 1.0f, xin, in, A, in, 0.0f, u, m->r);
-    lorad_sgemm_par(&m->gemm, false, false, M, out, m->r, m->scale, u, m->r, B, m->r, 1.0f, y, out);
+    lorad_sgemm_par(&m->gemm, false, true, M, out, m->r, m->scale, u, m->r, B, m->r, 1.0f, y, out);
 }
 
 /* dx (M, in) (+)= dy W + LoRA path; grads of A and B accumulate. x is the forward input, u the
