@@ -182,7 +182,7 @@ static void run_case(const struct ref_case *rc) {
     free(names); free(step_loss); free(gnorm); free(ids); free(labels); free(init);
     lorad_model_free(m);
     tiny_model_free(&tm);
-    test_rmtree(dir);
+    if (!getenv("LORAD_KEEP_CASES")) test_rmtree(dir); /* set it to inspect the files */
     free(dir); free(case_path); free(result_path);
 }
 
