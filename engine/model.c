@@ -415,7 +415,8 @@ static struct block_acts *acts_of(struct lorad_model *m, int l) {
 }
 static float *x_at(struct lorad_model *m, int l) { return m->xs + (int64_t)l * m->N * m->d; }
 
-/* x_out (N, d) = block l applied to x_in (N, d); saves what backward needs in a. */
+/* x_out (N, d) = block l applied to x_in (N, d); saves what backward needs in a. x_out NULL
+ * (checkpointing recompute) skips the down projection, whose output backward does not need. */
 static void block_forward(struct lorad_model *m, int l, struct block_acts *a, float *x_out, const float *x_in,
                           const struct run *rn) {
     const struct lorad_layer_weights *W = &m->w->layers[l];
@@ -435,6 +436,20 @@ static void block_forward(struct lorad_model *m, int l, struct block_acts *a, fl
     lorad_rmsnorm_forward(m->pool, a->h2, a->inv2, a->x_mid, m->ffn_norm + l * d, c->norm_eps, N, d);
     lora_linear_forward(m, a->gate, a->h2, &W->w_gate, NULL, l, LORAD_GATE_PROJ, a->u[LORAD_GATE_PROJ], N, 0, false);
     lora_linear_forward(m, a->up, a->h2, &W->w_up, NULL, l, LORAD_UP_PROJ, a->u[LORAD_UP_PROJ], N, 0, false);
+    if (!x_out) {
+        /* recompute for backward: only u of down_proj's LoRA is needed, not its output */
+        int ai = lora_index(m, l, LORAD_DOWN_PROJ);
+        if (ai < 0) return;
+        lorad_swiglu_forward(m->pool, m->hb1, a->gate, a->up, N * m->hid);
+        const float *xin = m->hb1;
+        if (m->dropout_active && m->lc.dropout > 0) {
+            apply_dropout(m, m->xd, m->hb1, N, m->hid, 0, l, LORAD_DOWN_PROJ, false);
+            xin = m->xd;
+        }
+        lorad_sgemm_par(&m->gemm, false, true, N, m->r, m->hid, 1.0f, xin, m->hid, m->params + m->table[ai].offset,
+                        m->hid, 0.0f, a->u[LORAD_DOWN_PROJ], m->r);
+        return;
+    }
     lorad_swiglu_forward(m->pool, m->hb1, a->gate, a->up, N * m->hid);
     memcpy(x_out, a->x_mid, sizeof(float) * (size_t)(N * d));
     lora_linear_forward(m, x_out, m->hb1, &W->w_down, NULL, l, LORAD_DOWN_PROJ, a->u[LORAD_DOWN_PROJ], N, 0, true);
@@ -570,7 +585,7 @@ int lorad_model_forward_backward(struct lorad_model *m, const struct lorad_batch
     head_forward_backward(m, b->labels, &rn, true, (float)(1.0 / (double)denominator), &loss, &correct);
     for (int l = m->cfg.n_layers - 1; l >= 0; l--) {
         struct block_acts *a = acts_of(m, l);
-        if (m->opts.activation_checkpointing) block_forward(m, l, a, m->dh, x_at(m, l), &rn); /* recompute; x_out unused */
+        if (m->opts.activation_checkpointing) block_forward(m, l, a, NULL, x_at(m, l), &rn); /* recompute */
         block_backward(m, l, a, x_at(m, l), &rn);
     }
     m->dropout_active = false;
