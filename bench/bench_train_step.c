@@ -1,0 +1,279 @@
+/* One LoRA training step (forward, backward, AdamW) on random frozen weights; see bench/README.md.
+ *
+ *   bench_train_step [--dim 768 --layers 12 --heads 12 --kv-heads 12 --hidden 2048 --vocab 32000
+ *                     --seq 512 --batch 1 --r 8 --targets qv|all --threads 2 --steps 3 --ckpt
+ *                     --bf16 --concurrency --torch]
+ *
+ * Prints tokens/s, achieved GFLOP/s (formula printed), the partitioned cblas_sgemm rate at
+ * 512x4096x4096 with the same threads in the same run, MFU = achieved / sgemm, and peak RSS.
+ * --concurrency also times two 1-thread runs side by side against one 1-thread run.
+ * --torch runs bench/torch_train_step.py with the same shape (through /usr/bin/python3) and
+ * prints the ratios. Not a test: timings on a shared machine are noisy. */
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+#include "gemm.h"
+#include "model.h"
+#include "optim.h"
+#include "threadpool.h"
+
+struct args {
+    int dim, layers, heads, kv_heads, hidden, vocab, seq, batch, r, threads, steps;
+    bool all, ckpt, bf16, concurrency, torch;
+};
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static uint64_t rs = 88172645463325252ULL;
+static float frand(void) {
+    rs ^= rs << 13; rs ^= rs >> 7; rs ^= rs << 17;
+    return (float)((double)(rs >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+}
+
+struct base {
+    struct lorad_base_weights w;
+    void *mem;
+};
+
+static struct lorad_tensor make(char **p, int64_t rows, int64_t cols, bool bf16, float scale, float offset) {
+    struct lorad_tensor t = {*p, bf16 ? LORAD_DTYPE_BF16 : LORAD_DTYPE_F32, rows, cols};
+    for (int64_t i = 0; i < rows * cols; i++) {
+        float v = offset + scale * frand();
+        if (bf16) ((uint16_t *)*p)[i] = lorad_f32_to_bf16(v);
+        else ((float *)*p)[i] = v;
+    }
+    *p += rows * cols * (bf16 ? 2 : 4);
+    return t;
+}
+
+static int make_base(struct base *b, const struct args *a) {
+    struct lorad_llama_config *c = &b->w.cfg;
+    lorad_llama_config_defaults(c);
+    c->dim = a->dim; c->hidden_dim = a->hidden; c->n_layers = a->layers; c->n_heads = a->heads;
+    c->n_kv_heads = a->kv_heads; c->head_dim = a->dim / a->heads; c->vocab_size = a->vocab;
+    c->max_seq_len = a->seq > 4096 ? a->seq : 4096;
+    int64_t bytes = lorad_llama_config_n_params(c) * 4 + 4096;
+    b->mem = malloc((size_t)bytes);
+    b->w.layers = calloc((size_t)a->layers, sizeof *b->w.layers);
+    if (!b->mem || !b->w.layers) return -ENOMEM;
+    char *p = b->mem;
+    int64_t d = c->dim, q = (int64_t)c->n_heads * c->head_dim, kv = (int64_t)c->n_kv_heads * c->head_dim;
+    float s = 0.04f;
+    b->w.embed = make(&p, c->vocab_size, d, a->bf16, 1.0f, 0);
+    for (int l = 0; l < c->n_layers; l++) {
+        struct lorad_layer_weights *L = &b->w.layers[l];
+        L->attn_norm = make(&p, 1, d, false, 0.1f, 1);
+        L->wq = make(&p, q, d, a->bf16, s, 0);
+        L->wk = make(&p, kv, d, a->bf16, s, 0);
+        L->wv = make(&p, kv, d, a->bf16, s, 0);
+        L->wo = make(&p, d, q, a->bf16, s, 0);
+        L->ffn_norm = make(&p, 1, d, false, 0.1f, 1);
+        L->w_gate = make(&p, c->hidden_dim, d, a->bf16, s, 0);
+        L->w_up = make(&p, c->hidden_dim, d, a->bf16, s, 0);
+        L->w_down = make(&p, d, c->hidden_dim, a->bf16, s, 0);
+    }
+    b->w.final_norm = make(&p, 1, d, false, 0.1f, 1);
+    b->w.lm_head = make(&p, c->vocab_size, d, a->bf16, s, 0);
+    return 0;
+}
+
+static double flops_per_token(const struct args *a, const struct lorad_llama_config *c, double *ret_lora) {
+    double d = c->dim, kv = (double)c->n_kv_heads * c->head_dim, ff = c->hidden_dim, L = c->n_layers;
+    double nmm = L * (2 * d * d + 2 * d * kv + 3 * d * ff) + d * c->vocab_size;
+    double lora_io = a->all ? L * ((d + d) + (d + kv) * 2 + (d + d) + 2 * (d + ff) + (ff + d)) : L * ((d + d) + (d + kv));
+    double lora = 6.0 * a->r * lora_io;
+    double attn = 6.0 * L * d * a->seq;
+    *ret_lora = lora;
+    return (a->ckpt ? 6 : 4) * nmm + lora + attn;
+}
+
+struct job {
+    const struct args *a;
+    const struct lorad_base_weights *w;
+    int threads;
+    int steps;
+    double seconds;
+    double loss;
+    int rc;
+};
+
+static void *run_job(void *arg) {
+    struct job *j = arg;
+    const struct args *a = j->a;
+    struct lorad_lora_config lc = {.r = a->r, .alpha = 16, .dropout = 0.0f,
+                                   .targets = a->all ? LORAD_LORA_ALL_LINEAR
+                                                     : (1u << LORAD_Q_PROJ) | (1u << LORAD_V_PROJ)};
+    struct lorad_run_options o = {.threads = j->threads, .max_batch = a->batch, .max_seq = a->seq,
+                                  .activation_checkpointing = a->ckpt, .seed = 1};
+    struct lorad_model *m;
+    struct lorad_error err = {0};
+    if ((j->rc = lorad_model_new(&m, j->w, &lc, &o, &err)) < 0) {
+        fprintf(stderr, "model: %s\n", err.message);
+        return NULL;
+    }
+    int64_t n = (int64_t)a->batch * a->seq;
+    int32_t *ids = malloc((size_t)n * 4), *labels = malloc((size_t)n * 4);
+    for (int64_t i = 0; i < n; i++) {
+        ids[i] = (int32_t)((uint64_t)(i * 7919 + 13) % (uint64_t)a->vocab);
+        labels[i] = (int32_t)((uint64_t)(i * 104729 + 7) % (uint64_t)a->vocab);
+    }
+    struct lorad_optim_config oc;
+    lorad_optim_config_defaults(&oc);
+    oc.max_grad_norm = 1.0;
+    size_t np;
+    float *params = lorad_model_params(m, &np), *grads = lorad_model_grads(m, NULL);
+    struct lorad_adamw opt;
+    lorad_adamw_init(&opt, np);
+    struct lorad_batch b = {ids, labels, NULL, NULL, a->batch, a->seq};
+    double t0 = 0;
+    for (int s = 0; s <= j->steps; s++) {
+        if (s == 1) t0 = now(); /* step 0 warms up */
+        double ls, norm, lr;
+        int64_t corr;
+        lorad_model_forward_backward(m, &b, n, &ls, &corr, &err);
+        lorad_adamw_step(&opt, &oc, params, grads, NULL, NULL, &norm, &lr);
+        j->loss = ls / (double)n;
+    }
+    j->seconds = (now() - t0) / j->steps;
+    lorad_adamw_destroy(&opt);
+    free(ids);
+    free(labels);
+    lorad_model_free(m);
+    return NULL;
+}
+
+static double sgemm_rate(int threads) {
+    struct lorad_pool *pool;
+    struct lorad_gemm g;
+    if (lorad_pool_new(&pool, threads) < 0 || lorad_gemm_init(&g, pool) < 0) return 0;
+    int64_t M = 512, N = 4096, K = 4096;
+    float *A = malloc(sizeof(float) * (size_t)(M * K)), *B = malloc(sizeof(float) * (size_t)(N * K)),
+          *C = malloc(sizeof(float) * (size_t)(M * N));
+    for (int64_t i = 0; i < M * K; i++) A[i] = frand();
+    for (int64_t i = 0; i < N * K; i++) B[i] = frand();
+    struct lorad_tensor W = {B, LORAD_DTYPE_F32, N, K};
+    lorad_gemm_xwt(&g, C, A, &W, M, false);
+    double t0 = now();
+    int reps = 5;
+    for (int i = 0; i < reps; i++) lorad_gemm_xwt(&g, C, A, &W, M, false);
+    double rate = 2.0 * M * N * K * reps / (now() - t0) / 1e9;
+    free(A); free(B); free(C);
+    lorad_gemm_destroy(&g);
+    lorad_pool_free(pool);
+    return rate;
+}
+
+static int parse(struct args *a, int argc, char **argv) {
+    *a = (struct args){768, 12, 12, 12, 2048, 32000, 512, 1, 8, 2, 3, false, false, false, false, false};
+    for (int i = 1; i < argc; i++) {
+        const char *k = argv[i];
+        int *iv = NULL;
+        if (!strcmp(k, "--dim")) iv = &a->dim;
+        else if (!strcmp(k, "--layers")) iv = &a->layers;
+        else if (!strcmp(k, "--heads")) iv = &a->heads;
+        else if (!strcmp(k, "--kv-heads")) iv = &a->kv_heads;
+        else if (!strcmp(k, "--hidden")) iv = &a->hidden;
+        else if (!strcmp(k, "--vocab")) iv = &a->vocab;
+        else if (!strcmp(k, "--seq")) iv = &a->seq;
+        else if (!strcmp(k, "--batch")) iv = &a->batch;
+        else if (!strcmp(k, "--r")) iv = &a->r;
+        else if (!strcmp(k, "--threads")) iv = &a->threads;
+        else if (!strcmp(k, "--steps")) iv = &a->steps;
+        else if (!strcmp(k, "--ckpt")) a->ckpt = true;
+        else if (!strcmp(k, "--bf16")) a->bf16 = true;
+        else if (!strcmp(k, "--concurrency")) a->concurrency = true;
+        else if (!strcmp(k, "--torch")) a->torch = true;
+        else if (!strcmp(k, "--targets") && i + 1 < argc) a->all = !strcmp(argv[++i], "all");
+        else { fprintf(stderr, "unknown option %s\n", k); return -1; }
+        if (iv) {
+            if (i + 1 >= argc) return -1;
+            *iv = atoi(argv[++i]);
+        }
+    }
+    return 0;
+}
+
+static bool torch_run(const struct args *a, double *ret_tps, double *ret_rss) {
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd,
+             "/usr/bin/python3 %s/torch_train_step.py --dim %d --layers %d --heads %d --kv-heads %d --hidden %d "
+             "--vocab %d --seq %d --batch %d --r %d --targets %s --threads %d --steps %d",
+             LORAD_BENCH_DIR, a->dim, a->layers, a->heads, a->kv_heads, a->hidden, a->vocab, a->seq, a->batch, a->r,
+             a->all ? "all" : "qv", a->threads, a->steps);
+    printf("torch: %s\n", cmd);
+    fflush(stdout);
+    FILE *f = popen(cmd, "r");
+    if (!f) return false;
+    char line[4096] = "";
+    bool ok = false;
+    while (fgets(line, sizeof line, f)) {
+        char *t = strstr(line, "\"tokens_per_s\":"), *r = strstr(line, "\"peak_rss_bytes\":");
+        if (t && r) {
+            *ret_tps = strtod(t + 15, NULL);
+            *ret_rss = strtod(r + 17, NULL);
+            ok = true;
+        }
+    }
+    return pclose(f) == 0 && ok;
+}
+
+int main(int argc, char **argv) {
+    struct args a;
+    if (parse(&a, argc, argv) < 0) return 2;
+    if (a.kv_heads <= 0) a.kv_heads = a.heads;
+    struct base b = {0};
+    if (make_base(&b, &a) < 0) return 1;
+    double lora_flops, fpt = flops_per_token(&a, &b.w.cfg, &lora_flops);
+    /* the best of several sgemm samples around the run: on a shared machine a single sample can
+     * be slowed by other processes and would inflate MFU */
+    double sg = sgemm_rate(a.threads);
+    struct job j = {&a, &b.w, a.threads, a.steps, 0, 0, 0};
+    run_job(&j);
+    for (int i = 0; i < 2; i++) {
+        double s2 = sgemm_rate(a.threads);
+        if (s2 > sg) sg = s2;
+    }
+    if (j.rc < 0) return 1;
+    double tokens = (double)a.batch * a.seq, tps = tokens / j.seconds, achieved = tps * fpt / 1e9;
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    double rss = (double)ru.ru_maxrss * 1024.0;
+    printf("shape: dim %d layers %d heads %d kv %d hidden %d vocab %d seq %d batch %d r %d targets %s threads %d%s%s\n",
+           a.dim, a.layers, a.heads, a.kv_heads, a.hidden, a.vocab, a.seq, a.batch, a.r, a.all ? "all-linear" : "q,v",
+           a.threads, a.ckpt ? " ckpt" : "", a.bf16 ? " bf16" : "");
+    printf("flops/token = %d*N_mm + LoRA 6*r*sum(d_in+d_out) + attention 6*L*d*T = %.4f GFLOP (LoRA %.5f)\n",
+           a.ckpt ? 6 : 4, fpt / 1e9, lora_flops / 1e9);
+    printf("step %.3f s  tokens/s %.1f  achieved %.1f GFLOP/s  sgemm(512x4096x4096, %d threads, best of 3) %.1f GFLOP/s  "
+           "MFU %.1f%%  peak RSS %.0f MB  loss %.4f\n",
+           j.seconds, tps, achieved, a.threads, sg, 100 * achieved / sg, rss / 1e6, j.loss);
+    if (a.concurrency) {
+        struct job one = {&a, &b.w, 1, a.steps, 0, 0, 0}, two[2] = {one, one};
+        run_job(&one);
+        pthread_t th[2];
+        for (int i = 0; i < 2; i++) pthread_create(&th[i], NULL, run_job, &two[i]);
+        for (int i = 0; i < 2; i++) pthread_join(th[i], NULL);
+        double t1 = tokens / one.seconds, t2 = tokens / two[0].seconds + tokens / two[1].seconds;
+        printf("concurrency: one 1-thread run %.1f tokens/s; two 1-thread runs together %.1f tokens/s = %.2fx\n", t1,
+               t2, t2 / t1);
+    }
+    if (a.torch) {
+        double ttps = 0, trss = 0;
+        if (torch_run(&a, &ttps, &trss))
+            printf("torch: tokens/s %.1f  peak RSS %.0f MB  ->  lorad/torch tokens/s %.2fx  RSS ratio %.2f\n", ttps,
+                   trss / 1e6, tps / ttps, rss / trss);
+        else
+            printf("torch: not available (no torch in /usr/bin/python3?)\n");
+    }
+    free(b.mem);
+    free(b.w.layers);
+    return 0;
+}

@@ -1,0 +1,54 @@
+/* Matrix products over the engine's thread pool (see threadpool.h for the threading design).
+ *
+ * Frozen weights are struct lorad_tensor views in HF layout W (N, K) = [out, in]. F32 weights are
+ * handed to cblas_sgemm in place; BF16 weights are widened a tile of rows at a time into a
+ * per-thread scratch buffer and multiplied tile by tile, so a BF16 base stays half the size in
+ * memory. Every product is split statically over the pool (fixed slices for a fixed thread
+ * count), so results are bit-identical run to run. */
+#pragma once
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "threadpool.h"
+#include "weights.h"
+
+/* Floats of scratch each thread needs for BF16 tiles. */
+#define LORAD_GEMM_SCRATCH_FLOATS ((size_t)1 << 18)
+
+struct lorad_gemm {
+    struct lorad_pool *pool;            /* borrowed */
+    float *scratch[LORAD_MAX_THREADS];  /* one LORAD_GEMM_SCRATCH_FLOATS buffer per thread */
+};
+
+/* Allocates the per-thread scratch for pool (borrowed; must outlive g). 0 or -ENOMEM. */
+int lorad_gemm_init(struct lorad_gemm *g, struct lorad_pool *pool);
+void lorad_gemm_destroy(struct lorad_gemm *g);
+
+/* y (M, N) = x (M, K) · W^T, W (N, K); with accumulate, y += instead. */
+void lorad_gemm_xwt(struct lorad_gemm *g, float *y, const float *x, const struct lorad_tensor *w,
+                    int64_t M, bool accumulate);
+
+/* dx (M, K) = dy (M, N) · W, W (N, K); with accumulate, dx += instead. */
+void lorad_gemm_dyw(struct lorad_gemm *g, float *dx, const float *dy, const struct lorad_tensor *w,
+                    int64_t M, bool accumulate);
+
+/* Row-major C (M, N) = alpha * op(A) · op(B) + beta * C, split over the pool along the larger
+ * of M and N. op(A) is (M, K), op(B) is (K, N). */
+void lorad_sgemm_par(struct lorad_gemm *g, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
+                     float alpha, const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
+                     float *C, int64_t ldc);
+
+/* Plain reference loops (double accumulation) for the tests. */
+void lorad_gemm_xwt_ref(float *y, const float *x, const struct lorad_tensor *w, int64_t M, bool accumulate);
+void lorad_gemm_dyw_ref(float *dx, const float *dy, const struct lorad_tensor *w, int64_t M, bool accumulate);
+
+/* Element (row, col) of a frozen tensor as f32. */
+static inline float lorad_tensor_at(const struct lorad_tensor *t, int64_t row, int64_t col) {
+    int64_t i = row * t->cols + col;
+    if (t->dtype == LORAD_DTYPE_BF16) return lorad_bf16_to_f32(((const uint16_t *)t->data)[i]);
+    return ((const float *)t->data)[i];
+}
+
+/* Copies rows [r0, r0+n) columns [c0, c0+nc) of t into out (n, nc) as f32. */
+void lorad_tensor_rows_f32(float *out, const struct lorad_tensor *t, int64_t r0, int64_t n, int64_t c0, int64_t nc);

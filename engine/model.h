@@ -1,0 +1,113 @@
+/* A LlamaForCausalLM (Hugging Face semantics) with LoRA adapters, trained on the CPU.
+ *
+ * The model borrows frozen base weights (F32 or BF16, mixed allowed; compute is f32), owns the
+ * LoRA parameters and gradients as two flat buffers (see lora.h), and owns every activation
+ * buffer, sized once at creation for (max_batch, max_seq); nothing is allocated per step.
+ *
+ * How a trainer drives it (torchtune normalisation):
+ *   for each optimiser step:
+ *     denom = sum over the step's micro-batches of lorad_count_labels(...)
+ *     for each micro-batch: lorad_model_forward_backward(m, &batch, denom, &loss_sum, &correct, err)
+ *         (gradients ACCUMULATE into lorad_model_grads(); loss of the step = sum(loss_sum)/denom)
+ *     lorad_adamw_step(&opt, &ocfg, lorad_model_params(m,NULL), lorad_model_grads(m,NULL),
+ *                      reduce_hook, user, &grad_norm, &lr)   (clips, updates, zeroes the grads)
+ * Results are bit-identical for a fixed seed and thread count. */
+#pragma once
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "error.h"
+#include "lora.h"
+#include "weights.h"
+
+struct lorad_run_options {
+    int threads;                   /* exactly this many threads compute (caller + threads-1) */
+    int max_batch;                 /* B of every batch passed later */
+    int max_seq;                   /* T of every batch passed later; positions must be < max(max_seq, kv_cache_len) */
+    bool activation_checkpointing; /* keep only layer inputs; recompute each block in backward */
+    uint64_t seed;                 /* LoRA init and dropout masks */
+    int64_t memory_limit_bytes;    /* > 0: refuse when engine buffers + base weights exceed it */
+    int kv_cache_len;              /* > 0: tokens of KV cache for lorad_model_infer (batch 1) */
+};
+
+#define LORAD_MAX_BATCH_TOKENS ((int64_t)1 << 24)
+
+/* A (B, T) micro-batch. labels[t] is the target of position t (already shifted), -100 ignored.
+ * positions NULL means 0..T-1 per row; seg_start NULL means 0 (no packing). With packing,
+ * positions restart per sample and seg_start[b*T+t] is the index in the row of the first token of
+ * t's sample: t attends to [seg_start, t] only. labels may be NULL for lorad_model_infer-like use. */
+struct lorad_batch {
+    const int32_t *tokens;    /* (B, T) */
+    const int32_t *labels;    /* (B, T) */
+    const int32_t *positions; /* (B, T) or NULL */
+    const int32_t *seg_start; /* (B, T) or NULL */
+    int B, T;
+};
+
+struct lorad_model;
+
+/* Validates everything BEFORE allocating (errors name the field: "hidden_size", "lora.r",
+ * "lora.target_modules", "threads", "max_batch", "max_seq", "memory_limit_bytes", ...), then
+ * allocates all buffers and initialises the LoRA tensors from lc->init and opts->seed.
+ * w is borrowed and must outlive the model. Returns 0, -EINVAL, -E2BIG (memory_limit_bytes too
+ * small; err says how much is needed) or -ENOMEM (never aborts). */
+int lorad_model_new(struct lorad_model **ret_model, const struct lorad_base_weights *w,
+                    const struct lorad_lora_config *lc, const struct lorad_run_options *opts,
+                    struct lorad_error *err);
+void lorad_model_free(struct lorad_model *m);
+
+/* Bytes lorad_model_new would allocate for these inputs (no allocation; inputs assumed valid). */
+int64_t lorad_model_engine_bytes(const struct lorad_llama_config *cfg, const struct lorad_lora_config *lc,
+                                 const struct lorad_run_options *opts);
+
+/* Number of labels != -100 in n (for the denominator). */
+int64_t lorad_count_labels(const int32_t *labels, int64_t n);
+
+/* Forward and backward of one micro-batch with dropout active. Gradients of
+ * (sum of token CE) / denominator are ADDED into the grad buffer. *ret_loss_sum is the CE sum
+ * over the batch's unmasked labels, *ret_correct how many argmaxes equal their label.
+ * -EINVAL (err names input_ids/labels/positions/seg_start/denominator) on bad input. */
+int lorad_model_forward_backward(struct lorad_model *m, const struct lorad_batch *b, int64_t denominator,
+                                 double *ret_loss_sum, int64_t *ret_correct, struct lorad_error *err);
+
+/* Forward only, no dropout, no gradients: CE sum, correct count and unmasked-label count. */
+int lorad_model_eval(struct lorad_model *m, const struct lorad_batch *b, double *ret_loss_sum,
+                     int64_t *ret_correct, int64_t *ret_tokens, struct lorad_error *err);
+
+/* Inference for batch 1 with the KV cache: appends tokens (n) at positions cache_len.. and writes
+ * the logits (V) of the last one. use_adapter false runs the base model alone. -ENOSPC when the
+ * cache is full, -EINVAL without a cache or for bad tokens. */
+int lorad_model_infer(struct lorad_model *m, const int32_t *tokens, int n, bool use_adapter, float *ret_logits,
+                      struct lorad_error *err);
+void lorad_model_reset_cache(struct lorad_model *m);
+int lorad_model_cache_len(const struct lorad_model *m);
+
+/* The flat LoRA buffers (n floats each; *ret_n may be NULL). Owned by the model. */
+float *lorad_model_params(struct lorad_model *m, size_t *ret_n);
+float *lorad_model_grads(struct lorad_model *m, size_t *ret_n);
+void lorad_model_zero_grads(struct lorad_model *m);
+
+/* The LoRA tensor table (PEFT names, shapes, offsets into the flat buffers). */
+int lorad_model_n_lora_tensors(const struct lorad_model *m);
+const struct lorad_lora_tensor *lorad_model_lora_tensor(const struct lorad_model *m, int i);
+/* Index of the tensor with this PEFT name (an optional "base_model.model." prefix is accepted),
+ * or -ENOENT. */
+int lorad_model_find_lora(const struct lorad_model *m, const char *name);
+/* Copies data (rows, cols) into the named LoRA tensor (init_adapter). -ENOENT naming the tensor,
+ * -EINVAL on a shape mismatch (message gives both shapes). */
+int lorad_model_set_lora_tensor(struct lorad_model *m, const char *name, const float *data, int64_t rows,
+                                int64_t cols, struct lorad_error *err);
+
+/* out (out_features, in_features) = W + scale * B A of module (layer; -1 for lm_head), in f32;
+ * plain W when the module is not adapted. */
+int lorad_model_merged_weight(const struct lorad_model *m, int layer, enum lorad_lora_module module, float *out,
+                              struct lorad_error *err);
+
+float lorad_model_lora_scale(const struct lorad_model *m);
+const struct lorad_llama_config *lorad_model_config(const struct lorad_model *m);
+
+/* Dropout masks are drawn from (seed, micro-batch counter, layer, module, element); the counter
+ * advances on every forward_backward. Save/restore it with a checkpoint for exact resume. */
+uint64_t lorad_model_dropout_counter(const struct lorad_model *m);
+void lorad_model_set_dropout_counter(struct lorad_model *m, uint64_t counter);

@@ -1,0 +1,338 @@
+/* Kernels: the threaded versions against their plain reference loops, and every backward against
+ * central finite differences of its forward.
+ *
+ * Finite differences run on float32 forwards, so tolerances are justified from the rounding:
+ * outputs are O(1) sums of O(10-100) terms, so one evaluation of the double-accumulated
+ * probe L = sum(w*y) carries absolute error ~1e-6; with step h = 1e-2 the difference quotient
+ * carries ~1e-4 from rounding plus O(h^2 * f''') ~ 1e-4 truncation. We require
+ * max|analytic - numeric| <= 2e-3 * max|numeric| (plus 1e-4 absolute), far below the error any
+ * wrong term produces (a missing factor or term shows up at the 1e-1 level). */
+#include "testutil.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gemm.h"
+#include "kernels.h"
+#include "threadpool.h"
+#include "tiny_model.h"
+#include "vec_math.h"
+
+static struct lorad_pool *pool;
+static float *scratch[LORAD_MAX_THREADS];
+
+static int setup(void **state) {
+    (void)state;
+    assert_int_equal(lorad_pool_new(&pool, 2), 0);
+    for (int t = 0; t < 2; t++) scratch[t] = malloc(sizeof(float) * (size_t)lorad_attention_scratch_floats(64));
+    return 0;
+}
+static int teardown(void **state) {
+    (void)state;
+    for (int t = 0; t < 2; t++) free(scratch[t]);
+    lorad_pool_free(pool);
+    return 0;
+}
+
+static uint64_t rng = 12345;
+static float *randv(int64_t n, double std) {
+    float *p = malloc(sizeof(float) * (size_t)(n ? n : 1));
+    for (int64_t i = 0; i < n; i++) p[i] = (float)(std * tiny_normal(&rng));
+    return p;
+}
+static double probe(const float *y, const float *w, int64_t n) {
+    double s = 0;
+    for (int64_t i = 0; i < n; i++) s += (double)y[i] * w[i];
+    return s;
+}
+static void assert_close(const float *a, const float *b, int64_t n, double rel, const char *what) {
+    double mx = 0, md = 0;
+    for (int64_t i = 0; i < n; i++) {
+        mx = fmax(mx, fabs(b[i]));
+        md = fmax(md, fabs((double)a[i] - b[i]));
+    }
+    if (!(md <= rel * mx + 1e-4 * rel / 2e-3)) fail_msg("%s: max diff %.3g, max ref %.3g (rel %.3g)", what, md, mx, md / mx);
+}
+static void assert_close_tight(const float *a, const float *b, int64_t n, double rel, const char *what) {
+    double mx = 0, md = 0;
+    for (int64_t i = 0; i < n; i++) {
+        mx = fmax(mx, fabs(b[i]));
+        md = fmax(md, fabs((double)a[i] - b[i]));
+    }
+    if (!(md <= rel * mx)) fail_msg("%s: max diff %.3g, max ref %.3g", what, md, mx);
+}
+
+/* numeric gradient of probe(f(x)) w.r.t. x */
+typedef void (*fwd_fn)(float *y, const float *x, void *ctx);
+static void numeric_grad(float *g, float *x, int64_t nx, int64_t ny, const float *w, fwd_fn f, void *ctx) {
+    float *y = malloc(sizeof(float) * (size_t)ny);
+    const float h = 1e-2f;
+    for (int64_t i = 0; i < nx; i++) {
+        float keep = x[i];
+        x[i] = keep + h;
+        f(y, x, ctx);
+        double lp = probe(y, w, ny);
+        x[i] = keep - h;
+        f(y, x, ctx);
+        double lm = probe(y, w, ny);
+        x[i] = keep;
+        g[i] = (float)((lp - lm) / (2.0 * h));
+    }
+    free(y);
+}
+
+/* ---- GEMM ---- */
+static void gemm_case(int64_t M) {
+    int64_t N = 150, K = 53;
+    float *x = randv(M * K, 1), *wf = randv(N * K, 1), *dy = randv(M * N, 1);
+    uint16_t *wb = malloc(sizeof(uint16_t) * (size_t)(N * K));
+    for (int64_t i = 0; i < N * K; i++) wb[i] = lorad_f32_to_bf16(wf[i]);
+    struct lorad_gemm g;
+    assert_int_equal(lorad_gemm_init(&g, pool), 0);
+    for (int dt = 0; dt < 2; dt++) {
+        struct lorad_tensor W = {dt ? (const void *)wb : (const void *)wf, dt ? LORAD_DTYPE_BF16 : LORAD_DTYPE_F32, N, K};
+        float *y = calloc((size_t)(M * N), 4), *yr = calloc((size_t)(M * N), 4);
+        float *dx = calloc((size_t)(M * K), 4), *dxr = calloc((size_t)(M * K), 4);
+        lorad_gemm_xwt(&g, y, x, &W, M, false);
+        lorad_gemm_xwt_ref(yr, x, &W, M, false);
+        assert_close_tight(y, yr, M * N, 1e-5, "xwt");
+        lorad_gemm_xwt(&g, y, x, &W, M, true);
+        lorad_gemm_xwt_ref(yr, x, &W, M, true);
+        assert_close_tight(y, yr, M * N, 1e-5, "xwt accumulate");
+        lorad_gemm_dyw(&g, dx, dy, &W, M, false);
+        lorad_gemm_dyw_ref(dxr, dy, &W, M, false);
+        assert_close_tight(dx, dxr, M * K, 1e-5, "dyw");
+        /* M = 1 (inference) splits over N instead */
+        lorad_gemm_xwt(&g, y, x, &W, 1, false);
+        lorad_gemm_xwt_ref(yr, x, &W, 1, false);
+        assert_close_tight(y, yr, N, 1e-5, "xwt M=1");
+        free(y); free(yr); free(dx); free(dxr);
+    }
+    lorad_gemm_destroy(&g);
+    free(x); free(wf); free(dy); free(wb);
+}
+static void test_gemm_matches_reference(void **state) {
+    (void)state;
+    gemm_case(37);  /* split over the weight's rows */
+    gemm_case(300); /* split over tokens */
+}
+
+/* ---- RMSNorm ---- */
+struct rms_c { const float *w; int64_t N, C; };
+static void rms_f(float *y, const float *x, void *c) {
+    struct rms_c *r = c;
+    float inv[64];
+    lorad_rmsnorm_forward_ref(y, inv, x, r->w, 1e-5f, r->N, r->C);
+}
+static void test_rmsnorm(void **state) {
+    (void)state;
+    int64_t N = 5, C = 23;
+    float *x = randv(N * C, 1), *w = randv(C, 1), *wo = randv(N * C, 1);
+    float *y = malloc(4 * (size_t)(N * C)), *yr = malloc(4 * (size_t)(N * C)), inv[5], invr[5];
+    lorad_rmsnorm_forward(pool, y, inv, x, w, 1e-5f, N, C);
+    lorad_rmsnorm_forward_ref(yr, invr, x, w, 1e-5f, N, C);
+    assert_close_tight(y, yr, N * C, 1e-6, "rmsnorm forward");
+    float *dx = calloc((size_t)(N * C), 4), *dxr = calloc((size_t)(N * C), 4), *num = malloc(4 * (size_t)(N * C));
+    lorad_rmsnorm_backward(pool, dx, wo, x, inv, w, N, C);
+    lorad_rmsnorm_backward_ref(dxr, wo, x, invr, w, N, C);
+    assert_close_tight(dx, dxr, N * C, 1e-5, "rmsnorm backward vs ref");
+    struct rms_c c = {w, N, C};
+    numeric_grad(num, x, N * C, N * C, wo, rms_f, &c);
+    assert_close(dx, num, N * C, 2e-3, "rmsnorm backward vs finite differences");
+    free(x); free(w); free(wo); free(y); free(yr); free(dx); free(dxr); free(num);
+}
+
+/* ---- RoPE with llama3 scaling ---- */
+struct rope_c { const int32_t *pos; const float *cs, *sn; int64_t N; int nh, hd; };
+static void rope_f(float *y, const float *x, void *c) {
+    struct rope_c *r = c;
+    memcpy(y, x, sizeof(float) * (size_t)(r->N * r->nh * r->hd));
+    lorad_rope_forward(NULL, y, r->pos, r->cs, r->sn, r->N, r->nh, r->hd);
+}
+static void test_rope_llama3(void **state) {
+    (void)state;
+    struct lorad_llama_config cfg = tiny_config();
+    cfg.head_dim = 16;
+    cfg.rope_scaling = (struct lorad_rope_scaling){LORAD_ROPE_LLAMA3, 8, 1, 4, 64};
+    /* the scaled frequencies follow transformers' rule: high band kept, low band / factor */
+    double inv[8];
+    lorad_rope_inv_freq(inv, &cfg);
+    assert_true(fabs(inv[0] - 1.0) < 1e-12);                      /* wavelength 2pi < 16 */
+    double f7 = pow(10000.0, -14.0 / 16);                           /* wavelength ~19870 > 64 */
+    assert_true(fabs(inv[7] - f7 / 8) < 1e-15);
+    double f2 = pow(10000.0, -4.0 / 16), wl = 2 * M_PI / f2;        /* ~62.8: medium band */
+    double smooth = (64 / wl - 1) / (4 - 1);
+    assert_true(fabs(inv[2] - ((1 - smooth) * f2 / 8 + smooth * f2)) < 1e-12);
+
+    int64_t N = 7;
+    int nh = 3, hd = 16;
+    int32_t pos[7] = {0, 1, 2, 30, 5, 63, 17};
+    float *cs = malloc(4 * 64 * 8), *sn = malloc(4 * 64 * 8);
+    lorad_rope_tables(cs, sn, &cfg, 64);
+    float *x = randv(N * nh * hd, 1), *y = malloc(4 * (size_t)(N * nh * hd)), *yr = malloc(4 * (size_t)(N * nh * hd));
+    memcpy(y, x, 4 * (size_t)(N * nh * hd));
+    memcpy(yr, x, 4 * (size_t)(N * nh * hd));
+    lorad_rope_forward(pool, y, pos, cs, sn, N, nh, hd);
+    lorad_rope_forward_ref(yr, pos, &cfg, N, nh);
+    assert_close_tight(y, yr, N * nh * hd, 1e-5, "rope forward vs ref");
+    float *wo = randv(N * nh * hd, 1), *dx = malloc(4 * (size_t)(N * nh * hd)), *num = malloc(4 * (size_t)(N * nh * hd));
+    memcpy(dx, wo, 4 * (size_t)(N * nh * hd));
+    lorad_rope_backward(pool, dx, pos, cs, sn, N, nh, hd);
+    struct rope_c c = {pos, cs, sn, N, nh, hd};
+    numeric_grad(num, x, N * nh * hd, N * nh * hd, wo, rope_f, &c);
+    assert_close(dx, num, N * nh * hd, 2e-3, "rope backward vs finite differences");
+    free(cs); free(sn); free(x); free(y); free(yr); free(wo); free(dx); free(num);
+}
+
+/* ---- attention with GQA and packing ---- */
+struct att_c { const float *q, *k, *v; const int32_t *seg; struct lorad_attn_shape s; int which; };
+static void att_f(float *y, const float *x, void *c) {
+    struct att_c *a = c;
+    float lse[512];
+    const float *q = a->which == 0 ? x : a->q, *k = a->which == 1 ? x : a->k, *v = a->which == 2 ? x : a->v;
+    lorad_attention_forward(NULL, scratch, y, lse, q, k, v, a->seg, a->s);
+}
+static void test_attention_gqa_packed(void **state) {
+    (void)state;
+    struct lorad_attn_shape s = {2, 11, 4, 2, 6};
+    int64_t nq = (int64_t)s.B * s.T * s.H * s.hd, nk = (int64_t)s.B * s.T * s.KV * s.hd;
+    /* row 0: one sample; row 1: samples starting at 0, 4 and 9 */
+    int32_t seg[22];
+    for (int t = 0; t < 11; t++) {
+        seg[t] = 0;
+        seg[11 + t] = t < 4 ? 0 : t < 9 ? 4 : 9;
+    }
+    float *q = randv(nq, 1), *k = randv(nk, 1), *v = randv(nk, 1), *wo = randv(nq, 1);
+    float *o = malloc(4 * (size_t)nq), *orf = malloc(4 * (size_t)nq), lse[88];
+    lorad_attention_forward(pool, scratch, o, lse, q, k, v, seg, s);
+    lorad_attention_forward_ref(orf, q, k, v, seg, s);
+    assert_close_tight(o, orf, nq, 1e-5, "attention forward vs ref");
+    /* packing: token 5 of row 1 must not see token 3 — change k of row 1 token 3 and check */
+    float *dq = malloc(4 * (size_t)nq), *dk = malloc(4 * (size_t)nk), *dv = malloc(4 * (size_t)nk);
+    lorad_attention_backward(pool, scratch, dq, dk, dv, wo, q, k, v, o, lse, seg, s);
+    float *num = malloc(4 * (size_t)nq);
+    struct att_c c = {q, k, v, seg, s, 0};
+    numeric_grad(num, q, nq, nq, wo, att_f, &c);
+    assert_close(dq, num, nq, 2e-3, "attention dq vs finite differences");
+    c.which = 1;
+    numeric_grad(num, k, nk, nq, wo, att_f, &c);
+    assert_close(dk, num, nk, 2e-3, "attention dk vs finite differences");
+    c.which = 2;
+    numeric_grad(num, v, nk, nq, wo, att_f, &c);
+    assert_close(dv, num, nk, 2e-3, "attention dv vs finite differences");
+    /* no gradient crosses a sample boundary: keys of sample [4, 9) in row 1 get nothing from
+     * queries outside it; check the dk of token 3 (sample 0) is unaffected by queries >= 4 by
+     * zeroing their upstream gradient and comparing */
+    float *wo2 = malloc(4 * (size_t)nq), *dk2 = malloc(4 * (size_t)nk);
+    memcpy(wo2, wo, 4 * (size_t)nq);
+    for (int t = 4; t < 11; t++)
+        for (int x = 0; x < s.H * s.hd; x++) wo2[((int64_t)11 + t) * s.H * s.hd + x] = 0;
+    lorad_attention_backward(pool, scratch, dq, dk2, dv, wo2, q, k, v, o, lse, seg, s);
+    for (int x = 0; x < s.KV * s.hd; x++) {
+        int64_t i = ((int64_t)11 + 3) * s.KV * s.hd + x;
+        assert_true(fabsf(dk2[i] - dk[i]) <= 1e-6f * (1 + fabsf(dk[i])));
+    }
+    free(q); free(k); free(v); free(wo); free(o); free(orf); free(dq); free(dk); free(dv); free(num); free(wo2); free(dk2);
+}
+
+/* ---- SwiGLU ---- */
+struct sw_c { const float *up; int64_t n; };
+static void sw_f(float *y, const float *x, void *c) {
+    struct sw_c *s = c;
+    lorad_swiglu_forward_ref(y, x, s->up, s->n);
+}
+static void test_swiglu(void **state) {
+    (void)state;
+    int64_t n = 4096 * 2 + 37; /* exercises the threaded chunks and the tail */
+    float *g = randv(n, 2), *u = randv(n, 1), *wo = randv(n, 1), *y = malloc(4 * (size_t)n), *yr = malloc(4 * (size_t)n);
+    lorad_swiglu_forward(pool, y, g, u, n);
+    lorad_swiglu_forward_ref(yr, g, u, n);
+    assert_close_tight(y, yr, n, 1e-6, "swiglu forward vs ref");
+    float *dg = malloc(4 * (size_t)n), *du = malloc(4 * (size_t)n), *num = malloc(4 * 64);
+    lorad_swiglu_backward(pool, dg, du, wo, g, u, n);
+    struct sw_c c = {u, 64};
+    numeric_grad(num, g, 64, 64, wo, sw_f, &c);
+    assert_close(dg, num, 64, 2e-3, "swiglu dgate vs finite differences");
+    for (int64_t i = 0; i < n; i++) assert_true(fabsf(du[i] - wo[i] * yr[i] / u[i]) <= 1e-4f * (1 + fabsf(du[i])));
+    free(g); free(u); free(wo); free(y); free(yr); free(dg); free(du); free(num);
+}
+
+/* ---- cross-entropy ---- */
+struct ce_c { const int32_t *labels; int64_t N, V; };
+static void ce_f(float *y, const float *x, void *c) {
+    struct ce_c *e = c;
+    double rl[8];
+    float *scratchg = malloc(4 * (size_t)(e->N * e->V));
+    lorad_crossentropy_ref(rl, scratchg, x, e->labels, 1.0f, e->N, e->V);
+    for (int64_t i = 0; i < e->N; i++) y[i] = (float)rl[i];
+    free(scratchg);
+}
+static void test_crossentropy(void **state) {
+    (void)state;
+    int64_t N = 6, V = 97;
+    int32_t labels[6] = {3, -100, 96, 0, 50, -100};
+    float *l = randv(N * V, 2), *lc = malloc(4 * (size_t)(N * V)), *dr = malloc(4 * (size_t)(N * V));
+    memcpy(lc, l, 4 * (size_t)(N * V));
+    l[0 * V + 3] = 9; /* row 0 predicts its label */
+    memcpy(lc, l, 4 * (size_t)(N * V));
+    double rl[6], rr[6];
+    uint8_t corr[6];
+    lorad_crossentropy_forward_backward(pool, lc, rl, corr, labels, 0.25f, true, N, V);
+    lorad_crossentropy_ref(rr, dr, l, labels, 0.25f, N, V);
+    for (int i = 0; i < N; i++) assert_true(fabs(rl[i] - rr[i]) < 1e-5);
+    assert_true(rl[1] == 0 && rl[5] == 0);
+    assert_int_equal(corr[0], 1);
+    assert_close_tight(lc, dr, N * V, 1e-5, "crossentropy grad vs ref");
+    float w[6] = {0.25f, 0.25f, 0.25f, 0.25f, 0.25f, 0.25f}, *num = malloc(4 * (size_t)(N * V));
+    struct ce_c c = {labels, N, V};
+    numeric_grad(num, l, N * V, N, w, ce_f, &c);
+    assert_close(lc, num, N * V, 2e-3, "crossentropy grad vs finite differences");
+    free(l); free(lc); free(dr); free(num);
+}
+
+static void test_vector_exp(void **state) {
+    (void)state;
+    enum { n = 2003 };
+    static float in[n], v[n];
+    for (int i = 0; i < n; i++) in[i] = -100.0f + 189.5f * (float)i / n; /* x - 1.5 <= 88: the callers pass x <= 0 or -gate */
+    in[0] = -INFINITY;
+    memcpy(v, in, sizeof v);
+    lorad_exp_shift_row(v, n, 1.5f);
+    assert_true(v[0] == 0.0f);
+    for (int i = 1; i < n; i++) {
+        float x = in[i] - 1.5f;
+        double ref = exp((double)x);
+        if (x < -87.3f) assert_true(v[i] == 0.0f);
+        else if (fabs(v[i] - ref) > 1e-6 * ref) fail_msg("exp(%g) = %g, expected %g", (double)x, (double)v[i], ref);
+    }
+}
+
+static void test_pool_slices_cover_everything_once(void **state) {
+    (void)state;
+    for (int nt = 1; nt <= 5; nt++)
+        for (int64_t n = 0; n < 50; n += 7) {
+            int64_t next = 0;
+            for (int t = 0; t < nt; t++) {
+                int64_t b, e;
+                lorad_pool_slice(n, t, nt, 4, &b, &e);
+                assert_true(b == next || (b >= n && e >= n));
+                if (e > b) next = e;
+            }
+            assert_int_equal(next, n);
+        }
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_pool_slices_cover_everything_once),
+        cmocka_unit_test(test_vector_exp),
+        cmocka_unit_test(test_gemm_matches_reference),
+        cmocka_unit_test(test_rmsnorm),
+        cmocka_unit_test(test_rope_llama3),
+        cmocka_unit_test(test_attention_gqa_packed),
+        cmocka_unit_test(test_swiglu),
+        cmocka_unit_test(test_crossentropy),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}

@@ -1,0 +1,552 @@
+/* The whole model: gradients against finite differences, merge identity, BF16 vs F32 storage,
+ * determinism and thread counts, packing, LoRA access by PEFT name, the optimiser schedule facts
+ * of docs/reference-interchange.md, and bad input rejected before any allocation. */
+#include "testutil.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model.h"
+#include "optim.h"
+#include "tiny_model.h"
+
+static uint64_t rng = 777;
+
+static struct lorad_run_options opts(int threads, int B, int T) {
+    struct lorad_run_options o = {.threads = threads, .max_batch = B, .max_seq = T, .seed = 42, .kv_cache_len = 0};
+    return o;
+}
+static struct lorad_lora_config all_lora(float dropout) {
+    struct lorad_lora_config l = {.r = 3, .alpha = 6, .dropout = dropout,
+                                  .targets = LORAD_LORA_ALL_LINEAR | (1u << LORAD_LM_HEAD)};
+    return l;
+}
+static struct lorad_model *new_model(const struct lorad_base_weights *w, struct lorad_lora_config lc,
+                                     struct lorad_run_options o) {
+    struct lorad_model *m = NULL;
+    struct lorad_error err = {0};
+    if (lorad_model_new(&m, w, &lc, &o, &err) < 0) fail_msg("model_new: %s", err.message);
+    return m;
+}
+static void randomize_lora(struct lorad_model *m, double std, uint64_t seed) {
+    size_t n;
+    float *p = lorad_model_params(m, &n);
+    uint64_t s = seed;
+    for (size_t i = 0; i < n; i++) p[i] = (float)(std * tiny_normal(&s));
+}
+static void random_batch(int32_t *ids, int32_t *labels, int64_t n, int V) {
+    for (int64_t i = 0; i < n; i++) {
+        ids[i] = (int32_t)(tiny_rand(&rng) % (uint64_t)V);
+        labels[i] = tiny_uniform(&rng) < 0.2 ? -100 : (int32_t)(tiny_rand(&rng) % (uint64_t)V);
+    }
+    labels[0] = 5;
+}
+static double eval_loss(struct lorad_model *m, const struct lorad_batch *b) {
+    double loss;
+    int64_t corr, tok;
+    struct lorad_error err = {0};
+    assert_int_equal(lorad_model_eval(m, b, &loss, &corr, &tok, &err), 0);
+    return loss / (double)tok;
+}
+
+/* Whole model on a tiny config (GQA, bias, llama3, tied): d loss / d LoRA param from
+ * forward_backward against central differences of eval. Probes a spread of entries of every
+ * tensor; tolerance as in test_kernels.c (float32 forwards, h = 1e-2). */
+static void test_whole_model_finite_differences(void **state) {
+    (void)state;
+    struct lorad_llama_config c = tiny_config();
+    c.attention_bias = true;
+    c.tie_embeddings = true;
+    c.rope_scaling = (struct lorad_rope_scaling){LORAD_ROPE_LLAMA3, 8, 1, 4, 64};
+    struct tiny_model tm;
+    tiny_model_init(&tm, &c, 3, false, false);
+    struct lorad_model *m = new_model(&tm.w, all_lora(0), opts(2, 2, 9));
+    randomize_lora(m, 0.2, 5);
+    int32_t ids[18], labels[18];
+    random_batch(ids, labels, 18, c.vocab_size);
+    struct lorad_batch b = {ids, labels, NULL, NULL, 2, 9};
+    double ls;
+    int64_t corr;
+    struct lorad_error err = {0};
+    int64_t denom = lorad_count_labels(labels, 18);
+    assert_int_equal(lorad_model_forward_backward(m, &b, denom, &ls, &corr, &err), 0);
+    size_t n;
+    float *p = lorad_model_params(m, &n), *g = lorad_model_grads(m, &n);
+    float *grad = malloc(n * sizeof(float));
+    memcpy(grad, g, n * sizeof(float));
+    assert_true(fabs(ls / denom - eval_loss(m, &b)) < 1e-5);
+    double maxg = 0, maxd = 0;
+    for (int t = 0; t < lorad_model_n_lora_tensors(m); t++) {
+        const struct lorad_lora_tensor *lt = lorad_model_lora_tensor(m, t);
+        int64_t cnt = lt->rows * lt->cols;
+        for (int k = 0; k < 3; k++) {
+            size_t i = lt->offset + (size_t)((cnt - 1) * k / 2);
+            float keep = p[i];
+            const float h = 1e-2f;
+            p[i] = keep + h;
+            double lp = eval_loss(m, &b);
+            p[i] = keep - h;
+            double lm = eval_loss(m, &b);
+            p[i] = keep;
+            double num = (lp - lm) / (2 * h);
+            maxg = fmax(maxg, fabs(num));
+            maxd = fmax(maxd, fabs(num - grad[i]));
+            if (fabs(num - grad[i]) > 2e-3 * fabs(num) + 2e-4)
+                fail_msg("%s[%zu]: analytic %.6g numeric %.6g", lt->name, i - lt->offset, grad[i], num);
+        }
+    }
+    assert_true(maxg > 1e-3); /* the probes saw real gradients */
+    free(grad);
+    lorad_model_free(m);
+    tiny_model_free(&tm);
+}
+
+/* With dropout the training loss is a function of the parameters for a fixed dropout counter:
+ * forward_backward at the same counter gives the loss, so its gradient can be checked by
+ * central differences too (masks on the inputs of every adapted module, incl. lm_head). */
+static void test_dropout_gradients_finite_differences(void **state) {
+    (void)state;
+    struct lorad_llama_config c = tiny_config();
+    struct tiny_model tm;
+    tiny_model_init(&tm, &c, 13, false, false);
+    struct lorad_model *m = new_model(&tm.w, all_lora(0.3f), opts(2, 1, 11));
+    randomize_lora(m, 0.2, 6);
+    int32_t ids[11], labels[11];
+    random_batch(ids, labels, 11, c.vocab_size);
+    struct lorad_batch b = {ids, labels, NULL, NULL, 1, 11};
+    int64_t denom = lorad_count_labels(labels, 11), corr;
+    struct lorad_error err = {0};
+    double ls, base_loss = eval_loss(m, &b);
+    lorad_model_set_dropout_counter(m, 7);
+    assert_int_equal(lorad_model_forward_backward(m, &b, denom, &ls, &corr, &err), 0);
+    assert_true(lorad_model_dropout_counter(m) == 8);
+    assert_true(fabs(ls / denom - base_loss) > 1e-4); /* dropout changed the loss */
+    size_t n;
+    float *p = lorad_model_params(m, &n), *g = lorad_model_grads(m, &n);
+    float *grad = malloc(n * sizeof(float));
+    memcpy(grad, g, n * sizeof(float));
+    for (int t = 0; t < lorad_model_n_lora_tensors(m); t += 3) {
+        const struct lorad_lora_tensor *lt = lorad_model_lora_tensor(m, t);
+        size_t i = lt->offset + (size_t)(lt->rows * lt->cols / 2);
+        float keep = p[i];
+        const float h = 1e-2f;
+        double lp, lm;
+        p[i] = keep + h;
+        lorad_model_set_dropout_counter(m, 7);
+        assert_int_equal(lorad_model_forward_backward(m, &b, denom, &lp, &corr, &err), 0);
+        p[i] = keep - h;
+        lorad_model_set_dropout_counter(m, 7);
+        assert_int_equal(lorad_model_forward_backward(m, &b, denom, &lm, &corr, &err), 0);
+        p[i] = keep;
+        double num = (lp - lm) / denom / (2 * h);
+        if (fabs(num - grad[i]) > 2e-3 * fabs(num) + 2e-4)
+            fail_msg("dropout %s: analytic %.6g numeric %.6g", lt->name, grad[i], num);
+    }
+    free(grad);
+    lorad_model_free(m);
+    tiny_model_free(&tm);
+}
+
+/* Replaces every adapted matrix of tm by the model's merged W + s B A. */
+static void merge_into(struct tiny_model *tm, const struct lorad_model *m) {
+    const struct lorad_llama_config *c = &tm->w.cfg;
+    struct lorad_error err = {0};
+    for (int l = -1; l < c->n_layers; l++)
+        for (int mod = 0; mod < LORAD_N_LORA_MODULES; mod++) {
+            if ((l < 0) != (mod == LORAD_LM_HEAD)) continue;
+            struct lorad_tensor *t;
+            if (l < 0) {
+                t = &tm->w.lm_head;
+            } else {
+                struct lorad_layer_weights *L = &tm->w.layers[l];
+                struct lorad_tensor *all[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+                t = all[mod];
+            }
+            assert_int_equal(lorad_model_merged_weight(m, l, (enum lorad_lora_module)mod, (float *)t->data, &err), 0);
+        }
+}
+
+static void test_merge_identity(void **state) {
+    (void)state;
+    struct lorad_llama_config c = tiny_config(); /* untied: lm_head adapted on its own */
+    struct tiny_model tm, merged;
+    tiny_model_init(&tm, &c, 4, false, false);
+    tiny_model_init(&merged, &c, 4, false, false);
+    struct lorad_run_options o = opts(2, 1, 12);
+    o.kv_cache_len = 12;
+    struct lorad_model *m = new_model(&tm.w, all_lora(0), o);
+    randomize_lora(m, 0.3, 9);
+    merge_into(&merged, m);
+    struct lorad_model *mm = new_model(&merged.w, all_lora(0), o);
+    int32_t ids[12], labels[12];
+    random_batch(ids, labels, 12, c.vocab_size);
+    /* inference logits, adapter on the base vs no adapter on the merged base */
+    float la[97], lb[97], lbase[97];
+    struct lorad_error err = {0};
+    assert_int_equal(lorad_model_infer(m, ids, 7, true, la, &err), 0);
+    assert_int_equal(lorad_model_infer(m, ids + 7, 5, true, la, &err), 0); /* incremental */
+    assert_int_equal(lorad_model_infer(mm, ids, 12, false, lb, &err), 0);
+    lorad_model_reset_cache(m);
+    assert_int_equal(lorad_model_infer(m, ids, 12, false, lbase, &err), 0);
+    double mx = 0, md = 0, mdb = 0;
+    for (int i = 0; i < 97; i++) {
+        mx = fmax(mx, fabs(lb[i]));
+        md = fmax(md, fabs(la[i] - lb[i]));
+        mdb = fmax(mdb, fabs(lbase[i] - lb[i]));
+    }
+    if (md > 1e-5 * mx) fail_msg("adapted vs merged logits differ by %.3g (max %.3g)", md, mx);
+    assert_true(mdb > 1e-2 * mx); /* the adapter really changes the output */
+    /* the training forward agrees too */
+    struct lorad_batch b = {ids, labels, NULL, NULL, 1, 12};
+    double l1 = eval_loss(m, &b);
+    /* mm with B = 0 adapters equals its base */
+    size_t n;
+    float *mp = lorad_model_params(mm, &n);
+    memset(mp, 0, n * sizeof(float));
+    double l2 = eval_loss(mm, &b);
+    assert_true(fabs(l1 - l2) <= 1e-5 * fabs(l2));
+    lorad_model_free(m);
+    lorad_model_free(mm);
+    tiny_model_free(&tm);
+    tiny_model_free(&merged);
+}
+
+/* KV-cache inference agrees with the full forward: the loss of the last token from infer logits. */
+static void test_infer_matches_training_forward(void **state) {
+    (void)state;
+    struct lorad_llama_config c = tiny_config();
+    struct tiny_model tm;
+    tiny_model_init(&tm, &c, 6, false, false);
+    struct lorad_run_options o = opts(1, 1, 10);
+    o.kv_cache_len = 10;
+    struct lorad_model *m = new_model(&tm.w, all_lora(0), o);
+    randomize_lora(m, 0.3, 2);
+    int32_t ids[10], labels[10];
+    random_batch(ids, labels, 10, c.vocab_size);
+    for (int i = 0; i < 9; i++) labels[i] = -100;
+    labels[9] = 11;
+    float logits[97];
+    struct lorad_error err = {0};
+    for (int i = 0; i < 10; i++) assert_int_equal(lorad_model_infer(m, ids + i, 1, true, logits, &err), 0);
+    assert_int_equal(lorad_model_infer(m, ids, 1, true, logits, &err), -ENOSPC);
+    double mx = -INFINITY, s = 0;
+    for (int i = 0; i < 97; i++) mx = fmax(mx, logits[i]);
+    for (int i = 0; i < 97; i++) s += exp(logits[i] - mx);
+    double ce = mx + log(s) - logits[11];
+    struct lorad_batch b = {ids, labels, NULL, NULL, 1, 10};
+    assert_true(fabs(ce - eval_loss(m, &b)) < 1e-4);
+    lorad_model_free(m);
+    tiny_model_free(&tm);
+}
+
+static void grads_of(float *out, const struct lorad_base_weights *w, struct lorad_lora_config lc,
+                     struct lorad_run_options o, const int32_t *ids, const int32_t *labels, int B, int T,
+                     double *ret_loss) {
+    struct lorad_model *m = new_model(w, lc, o);
+    randomize_lora(m, 0.2, 77);
+    struct lorad_batch b = {ids, labels, NULL, NULL, B, T};
+    double ls;
+    int64_t corr;
+    struct lorad_error err = {0};
+    int64_t denom = lorad_count_labels(labels, (int64_t)B * T);
+    assert_int_equal(lorad_model_forward_backward(m, &b, denom, &ls, &corr, &err), 0);
+    size_t n;
+    const float *g = lorad_model_grads(m, &n);
+    memcpy(out, g, n * sizeof(float));
+    *ret_loss = ls;
+    lorad_model_free(m);
+}
+
+static size_t n_params_of(const struct lorad_base_weights *w, struct lorad_lora_config lc) {
+    int nt;
+    size_t n;
+    lorad_lora_layout_size(&w->cfg, &lc, &nt, &n);
+    return n;
+}
+
+static double rel_diff(const float *a, const float *b, size_t n) {
+    double mx = 0, md = 0;
+    for (size_t i = 0; i < n; i++) {
+        mx = fmax(mx, fabs(b[i]));
+        md = fmax(md, fabs((double)a[i] - b[i]));
+    }
+    return md / mx;
+}
+
+static void test_bf16_storage_and_determinism(void **state) {
+    (void)state;
+    struct lorad_llama_config c = tiny_config();
+    c.dim = 64; c.hidden_dim = 300; c.vocab_size = 1500; /* bigger than one BF16 tile in places */
+    c.n_heads = 4; c.n_kv_heads = 2; c.head_dim = 16;
+    struct tiny_model f32m, bf16m;
+    tiny_model_init(&f32m, &c, 8, true, false);
+    tiny_model_init(&bf16m, &c, 8, true, true);
+    int B = 2, T = 40;
+    int32_t ids[80], labels[80];
+    random_batch(ids, labels, 80, c.vocab_size);
+    struct lorad_lora_config lc = all_lora(0.1f); /* dropout on: masks must be deterministic too */
+    size_t n = n_params_of(&f32m.w, lc);
+    float *g1 = malloc(n * 4), *g2 = malloc(n * 4), *g3 = malloc(n * 4), *g4 = malloc(n * 4);
+    double l1, l2, l3, l4;
+    grads_of(g1, &f32m.w, lc, opts(2, B, T), ids, labels, B, T, &l1);
+    grads_of(g2, &f32m.w, lc, opts(2, B, T), ids, labels, B, T, &l2);
+    assert_memory_equal(g1, g2, n * 4); /* same seed + threads: bit-identical */
+    assert_true(l1 == l2);
+    grads_of(g3, &bf16m.w, lc, opts(2, B, T), ids, labels, B, T, &l3);
+    if (rel_diff(g3, g1, n) > 1e-6 || fabs(l3 - l1) > 1e-6 * fabs(l1))
+        fail_msg("bf16 vs f32 storage: grads rel %.3g, loss %.9g vs %.9g", rel_diff(g3, g1, n), l3, l1);
+    grads_of(g4, &f32m.w, lc, opts(1, B, T), ids, labels, B, T, &l4);
+    if (rel_diff(g4, g1, n) > 1e-5) fail_msg("1 vs 2 threads: grads rel %.3g", rel_diff(g4, g1, n));
+    /* activation checkpointing recomputes the same numbers */
+    struct lorad_run_options ck = opts(2, B, T);
+    ck.activation_checkpointing = true;
+    grads_of(g4, &f32m.w, lc, ck, ids, labels, B, T, &l4);
+    assert_memory_equal(g4, g1, n * 4);
+    free(g1); free(g2); free(g3); free(g4);
+    tiny_model_free(&f32m);
+    tiny_model_free(&bf16m);
+}
+
+/* Two samples packed in one row (positions restart, attention stops at the boundary) give the
+ * same loss and gradients as the two samples in separate rows. */
+static void test_packing_equals_separate_rows(void **state) {
+    (void)state;
+    struct lorad_llama_config c = tiny_config();
+    struct tiny_model tm;
+    tiny_model_init(&tm, &c, 10, false, false);
+    int32_t a_ids[12], a_lab[12];
+    random_batch(a_ids, a_lab, 12, c.vocab_size);
+    /* separate: row 0 = 5 tokens padded with labels -100 ; row 1 = 7 tokens */
+    int32_t sep_ids[14] = {0}, sep_lab[14], pk_ids[12], pk_lab[12], pos[12], seg[12];
+    for (int i = 0; i < 14; i++) sep_lab[i] = -100;
+    for (int i = 0; i < 5; i++) { sep_ids[i] = a_ids[i]; sep_lab[i] = a_lab[i]; }
+    for (int i = 0; i < 7; i++) { sep_ids[7 + i] = a_ids[5 + i]; sep_lab[7 + i] = a_lab[5 + i]; }
+    for (int i = 0; i < 12; i++) {
+        pk_ids[i] = a_ids[i];
+        pk_lab[i] = a_lab[i];
+        pos[i] = i < 5 ? i : i - 5;
+        seg[i] = i < 5 ? 0 : 5;
+    }
+    struct lorad_lora_config lc = all_lora(0);
+    size_t n = n_params_of(&tm.w, lc);
+    float *g1 = malloc(n * 4), *g2 = malloc(n * 4);
+    double l1, l2;
+    grads_of(g1, &tm.w, lc, opts(2, 2, 7), sep_ids, sep_lab, 2, 7, &l1);
+    struct lorad_model *m = new_model(&tm.w, lc, opts(2, 1, 12));
+    randomize_lora(m, 0.2, 77);
+    struct lorad_batch b = {pk_ids, pk_lab, pos, seg, 1, 12};
+    int64_t corr;
+    struct lorad_error err = {0};
+    assert_int_equal(lorad_model_forward_backward(m, &b, lorad_count_labels(pk_lab, 12), &l2, &corr, &err), 0);
+    memcpy(g2, lorad_model_grads(m, NULL), n * 4);
+    assert_true(fabs(l1 - l2) < 1e-5 * fabs(l1));
+    if (rel_diff(g2, g1, n) > 1e-5) fail_msg("packed vs separate grads rel %.3g", rel_diff(g2, g1, n));
+    /* without seg_start the second sample would see the first: the loss changes */
+    struct lorad_batch nb = {pk_ids, pk_lab, pos, NULL, 1, 12};
+    assert_true(fabs(eval_loss(m, &nb) * lorad_count_labels(pk_lab, 12) - l2) > 1e-4);
+    lorad_model_free(m);
+    free(g1); free(g2);
+    tiny_model_free(&tm);
+}
+
+static void test_lora_names_init_and_set(void **state) {
+    (void)state;
+    struct lorad_llama_config c = tiny_config();
+    struct tiny_model tm;
+    tiny_model_init(&tm, &c, 11, false, false);
+    struct lorad_lora_config lc = {.r = 4, .alpha = 8, .targets = (1u << LORAD_Q_PROJ) | (1u << LORAD_DOWN_PROJ) | (1u << LORAD_LM_HEAD)};
+    struct lorad_model *m = new_model(&tm.w, lc, opts(1, 1, 4));
+    assert_int_equal(lorad_model_n_lora_tensors(m), 2 * (2 * 2 + 1));
+    int i = lorad_model_find_lora(m, "base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight");
+    assert_true(i >= 0);
+    const struct lorad_lora_tensor *t = lorad_model_lora_tensor(m, i);
+    assert_int_equal(t->rows, 4);
+    assert_int_equal(t->cols, 36);
+    t = lorad_model_lora_tensor(m, lorad_model_find_lora(m, "model.layers.0.mlp.down_proj.lora_B.weight"));
+    assert_int_equal(t->rows, 36);
+    assert_int_equal(t->cols, 4);
+    assert_true(lorad_model_find_lora(m, "lm_head.lora_A.weight") >= 0);
+    assert_int_equal(lorad_model_find_lora(m, "model.layers.0.self_attn.k_proj.lora_A.weight"), -ENOENT);
+    /* PEFT kaiming init: A within +-1/sqrt(in), not constant; B zero */
+    size_t n;
+    float *p = lorad_model_params(m, &n);
+    t = lorad_model_lora_tensor(m, i);
+    double bound = 1.0 / sqrt(36.0), mx = 0;
+    for (int64_t k = 0; k < t->rows * t->cols; k++) {
+        assert_true(fabs(p[t->offset + k]) <= bound);
+        mx = fmax(mx, fabs(p[t->offset + k]));
+    }
+    assert_true(mx > 0.5 * bound);
+    const struct lorad_lora_tensor *tb = lorad_model_lora_tensor(m, i + 1);
+    for (int64_t k = 0; k < tb->rows * tb->cols; k++) assert_true(p[tb->offset + k] == 0.0f);
+    assert_true(fabsf(lorad_model_lora_scale(m) - 2.0f) < 1e-7f);
+    /* set by name with shape check */
+    float data[36 * 4];
+    for (int k = 0; k < 144; k++) data[k] = (float)k;
+    struct lorad_error err = {0};
+    assert_int_equal(lorad_model_set_lora_tensor(m, "model.layers.0.mlp.down_proj.lora_B.weight", data, 4, 36, &err), -EINVAL);
+    assert_non_null(strstr(err.message, "[36, 4]"));
+    assert_int_equal(lorad_model_set_lora_tensor(m, "model.layers.0.mlp.down_proj.lora_B.weight", data, 36, 4, &err), 0);
+    t = lorad_model_lora_tensor(m, lorad_model_find_lora(m, "model.layers.0.mlp.down_proj.lora_B.weight"));
+    assert_memory_equal(p + t->offset, data, sizeof data);
+    assert_int_equal(lorad_model_set_lora_tensor(m, "model.layers.9.mlp.down_proj.lora_B.weight", data, 36, 4, &err), -ENOENT);
+    lorad_model_free(m);
+    /* rslora scale and gaussian init */
+    lc.use_rslora = true;
+    lc.init = LORAD_LORA_INIT_GAUSSIAN;
+    m = new_model(&tm.w, lc, opts(1, 1, 4));
+    assert_true(fabsf(lorad_model_lora_scale(m) - 4.0f) < 1e-6f);
+    p = lorad_model_params(m, &n);
+    t = lorad_model_lora_tensor(m, 0);
+    double ss = 0;
+    for (int64_t k = 0; k < t->rows * t->cols; k++) ss += (double)p[t->offset + k] * p[t->offset + k];
+    double sd = sqrt(ss / (double)(t->rows * t->cols));
+    assert_true(sd > 0.25 * 0.75 && sd < 0.25 * 1.25); /* std 1/r = 0.25 */
+    lorad_model_free(m);
+    tiny_model_free(&tm);
+}
+
+static int double_grads(float *grads, size_t n, void *user) {
+    for (size_t i = 0; i < n; i++) grads[i] *= 2.0f;
+    ++*(int *)user;
+    return 0;
+}
+static int failing_reduce(float *grads, size_t n, void *user) {
+    (void)grads; (void)n; (void)user;
+    return -EIO;
+}
+
+static void test_schedules_and_adamw(void **state) {
+    (void)state;
+    struct lorad_optim_config c;
+    lorad_optim_config_defaults(&c);
+    c.lr = 0.5; c.warmup_steps = 4; c.total_steps = 10; c.schedule = LORAD_LR_COSINE;
+    assert_true(fabs(lorad_lr_at(&c, 0) - 0.125) < 1e-15);
+    assert_true(fabs(lorad_lr_at(&c, 3) - 0.5) < 1e-15);
+    assert_true(fabs(lorad_lr_at(&c, 4) - 0.5) < 1e-15);
+    assert_true(fabs(lorad_lr_at(&c, 7) - 0.25) < 1e-12); /* progress 3/6: cos(pi/2) = 0 */
+    c.schedule = LORAD_LR_LINEAR;
+    assert_true(fabs(lorad_lr_at(&c, 7) - 0.25) < 1e-12);
+    assert_true(fabs(lorad_lr_at(&c, 10) - 0.0) < 1e-12);
+    c.schedule = LORAD_LR_CONSTANT;
+    assert_true(lorad_lr_at(&c, 9) == 0.5);
+    /* one AdamW step from zero moments moves each parameter by about lr (sign of the grad),
+     * after decoupled decay; clipping reports the unclipped norm */
+    struct lorad_adamw a;
+    assert_int_equal(lorad_adamw_init(&a, 2), 0);
+    float p[2] = {1.0f, -2.0f}, g[2] = {3.0f, -4.0f};
+    c.warmup_steps = 0; c.weight_decay = 0.1; c.max_grad_norm = 1.0; c.lr = 0.01;
+    double norm, lr;
+    assert_int_equal(lorad_adamw_step(&a, &c, p, g, NULL, NULL, &norm, &lr), 0);
+    assert_true(fabs(norm - 5.0) < 1e-12);
+    assert_true(fabs(p[0] - (1.0 * (1 - 0.001) - 0.01)) < 1e-6);
+    assert_true(fabs(p[1] - (-2.0 * (1 - 0.001) + 0.01)) < 1e-6);
+    assert_true(g[0] == 0 && g[1] == 0 && a.step == 1);
+    /* the reduce hook sees the summed grads before the norm; a failing hook changes nothing */
+    int calls = 0;
+    g[0] = 3.0f; g[1] = 4.0f;
+    assert_int_equal(lorad_adamw_step(&a, &c, p, g, double_grads, &calls, &norm, &lr), 0);
+    assert_int_equal(calls, 1);
+    assert_true(fabs(norm - 10.0) < 1e-12);
+    float p_before[2] = {p[0], p[1]};
+    g[0] = 1.0f;
+    assert_int_equal(lorad_adamw_step(&a, &c, p, g, failing_reduce, NULL, &norm, &lr), -EIO);
+    assert_true(p[0] == p_before[0] && p[1] == p_before[1] && a.step == 2);
+    lorad_adamw_destroy(&a);
+}
+
+static void expect_bad(const struct lorad_base_weights *w, struct lorad_lora_config lc, struct lorad_run_options o,
+                       int code, const char *param) {
+    struct lorad_model *m = NULL;
+    struct lorad_error err = {0};
+    int r = lorad_model_new(&m, w, &lc, &o, &err);
+    if (r != code) fail_msg("expected %d for %s, got %d (%s)", code, param, r, err.message);
+    assert_null(m);
+    assert_string_equal(err.param, param);
+    assert_non_null(strstr(err.message, param));
+}
+
+static void test_bad_input_is_named(void **state) {
+    (void)state;
+    struct lorad_llama_config c = tiny_config();
+    struct tiny_model tm;
+    tiny_model_init(&tm, &c, 12, false, false);
+    struct lorad_lora_config lc = all_lora(0);
+    struct lorad_run_options o = opts(1, 1, 8);
+    struct lorad_lora_config bad = lc;
+    bad.r = 0; expect_bad(&tm.w, bad, o, -EINVAL, "lora.r");
+    bad = lc; bad.dropout = 1.0f; expect_bad(&tm.w, bad, o, -EINVAL, "lora.dropout");
+    bad = lc; bad.alpha = NAN; expect_bad(&tm.w, bad, o, -EINVAL, "lora.alpha");
+    bad = lc; bad.targets = 0; expect_bad(&tm.w, bad, o, -EINVAL, "lora.target_modules");
+    struct lorad_run_options bo = o;
+    bo.threads = 0; expect_bad(&tm.w, lc, bo, -EINVAL, "threads");
+    bo = o; bo.max_batch = -1; expect_bad(&tm.w, lc, bo, -EINVAL, "max_batch");
+    bo = o; bo.max_seq = 0; expect_bad(&tm.w, lc, bo, -EINVAL, "max_seq");
+    bo = o; bo.memory_limit_bytes = 100000; expect_bad(&tm.w, lc, bo, -E2BIG, "memory_limit_bytes");
+    bo = o; bo.max_batch = 1 << 20; bo.max_seq = 1 << 20; expect_bad(&tm.w, lc, bo, -EINVAL, "max_batch");
+    /* a model far beyond the machine: refused by the limit before anything is allocated */
+    bo = o; bo.max_batch = 4096; bo.max_seq = 4096; bo.memory_limit_bytes = (int64_t)1 << 34;
+    expect_bad(&tm.w, lc, bo, -E2BIG, "memory_limit_bytes");
+    struct tiny_model broken;
+    tiny_model_init(&broken, &c, 12, false, false);
+    broken.w.cfg.n_kv_heads = 3;
+    expect_bad(&broken.w, lc, o, -EINVAL, "num_key_value_heads");
+    broken.w.cfg = c;
+    broken.w.layers[1].w_up.rows = 51;
+    expect_bad(&broken.w, lc, o, -EINVAL, "model.layers.1.mlp.up_proj.weight");
+    tiny_model_free(&broken);
+
+    uint32_t targets;
+    struct lorad_error err = {0};
+    const char *names[] = {"q_proj", "qkv_proj"};
+    assert_int_equal(lorad_lora_parse_targets(&targets, names, 2, &err), -EINVAL);
+    assert_string_equal(err.param, "lora.target_modules");
+    assert_non_null(strstr(err.message, "qkv_proj"));
+    const char *ok[] = {"all-linear", "lm_head"};
+    assert_int_equal(lorad_lora_parse_targets(&targets, ok, 2, &err), 0);
+    assert_int_equal(targets, 0xffu);
+
+    /* bad batches are refused with the field named */
+    struct lorad_model *m = new_model(&tm.w, lc, o);
+    int32_t ids[8] = {1, 2, 3, 4, 5, 6, 7, 8}, labels[8] = {1, 2, 3, 4, 5, 6, 7, -100}, seg[8] = {0, 0, 0, 0, 5, 0, 0, 0};
+    double ls;
+    int64_t corr;
+    struct lorad_batch b = {ids, labels, NULL, NULL, 1, 8};
+    ids[3] = 97;
+    assert_int_equal(lorad_model_forward_backward(m, &b, 7, &ls, &corr, &err), -EINVAL);
+    assert_string_equal(err.param, "input_ids");
+    ids[3] = 4; labels[2] = -1;
+    assert_int_equal(lorad_model_forward_backward(m, &b, 7, &ls, &corr, &err), -EINVAL);
+    assert_string_equal(err.param, "labels");
+    labels[2] = 3;
+    b.seg_start = seg;
+    assert_int_equal(lorad_model_forward_backward(m, &b, 7, &ls, &corr, &err), -EINVAL);
+    assert_string_equal(err.param, "seg_start");
+    b.seg_start = NULL;
+    assert_int_equal(lorad_model_forward_backward(m, &b, 0, &ls, &corr, &err), -EINVAL);
+    assert_string_equal(err.param, "denominator");
+    b.T = 9;
+    assert_int_equal(lorad_model_forward_backward(m, &b, 7, &ls, &corr, &err), -EINVAL);
+    assert_string_equal(err.param, "seq_len");
+    float logits[97];
+    assert_int_equal(lorad_model_infer(m, ids, 1, true, logits, &err), -EINVAL); /* no cache */
+    lorad_model_free(m);
+    tiny_model_free(&tm);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_whole_model_finite_differences),
+        cmocka_unit_test(test_dropout_gradients_finite_differences),
+        cmocka_unit_test(test_merge_identity),
+        cmocka_unit_test(test_infer_matches_training_forward),
+        cmocka_unit_test(test_bf16_storage_and_determinism),
+        cmocka_unit_test(test_packing_equals_separate_rows),
+        cmocka_unit_test(test_lora_names_init_and_set),
+        cmocka_unit_test(test_schedules_and_adamw),
+        cmocka_unit_test(test_bad_input_is_named),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
