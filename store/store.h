@@ -262,8 +262,9 @@ struct lorad_metrics_writer;
 /* batch_rows: rows buffered before an automatic flush (1..4096; 0 -> 32). */
 int lorad_metrics_writer_new(struct lorad_store *store, const char *job_id, int batch_rows,
                              struct lorad_metrics_writer **ret_writer, struct lorad_error *err);
-/* Buffers row; flushes when the batch is full. On a failed flush the rows stay buffered (the
- * next append, flush or checkpoint retries) and the error is returned. */
+/* Buffers row and, once batch_rows are buffered, writes them in one transaction. The row is
+ * always kept unless the result is -EINVAL, -ENOMEM or -ENOBUFS (64 batches already wait); any other error is the failed flush's: the rows stay buffered and the next append,
+ * flush or checkpoint retries them. */
 int lorad_metrics_writer_append(struct lorad_metrics_writer *w, const struct lorad_metrics_row *row,
                                 struct lorad_error *err);
 /* Writes every buffered row in one transaction. */

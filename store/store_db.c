@@ -106,6 +106,14 @@ json_t *store_col_json(sqlite3_stmt *st, int i) {
     return j ? j : json_null();
 }
 
+int store_check_json_size(json_t *j, size_t max, const char *param, struct lorad_error *err) {
+    if (!j) return 0;
+    size_t n = json_dumpb(j, NULL, 0, JSON_COMPACT | JSON_ENCODE_ANY);
+    if (n == 0 || n > max)
+        return lorad_error_set(err, -EINVAL, param, "must serialise to 1..%zu bytes, got %zu", max, n);
+    return 0;
+}
+
 int store_check_limit(int limit, int max, struct lorad_error *err) {
     if (limit < 1 || limit > max)
         return lorad_error_set(err, -EINVAL, "limit", "limit must be 1..%d, got %d", max, limit);

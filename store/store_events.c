@@ -50,8 +50,10 @@ int lorad_store_event_append(struct lorad_store *s, const char *job_id, const ch
     if (!type_valid(type)) return lorad_error_set(err, -EINVAL, "type", "bad event type");
     if (message && strlen(message) > 4096)
         return lorad_error_set(err, -EINVAL, "message", "event message longer than 4096 bytes");
+    int r = store_check_json_size(data, STORE_SMALL_JSON_MAX, "data", err);
+    if (r < 0) return r;
     struct store_conn *c = NULL;
-    int r = store_acquire(s, &c, err);
+    r = store_acquire(s, &c, err);
     if (r < 0) return r;
     int64_t seq = 0;
     r = store_job_exists(c, job_id, "fine_tuning_job_id", err);

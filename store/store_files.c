@@ -53,10 +53,15 @@ int lorad_store_file_create(struct lorad_store *s, const struct lorad_store_file
         return lorad_error_set(err, -EINVAL, "sha256", "sha256 must be 64 hex digits");
     if (!file_status_valid(f->status))
         return lorad_error_set(err, -EINVAL, "status", "status must be uploaded|processed|error");
-    if (!f->path || !*f->path) return lorad_error_set(err, -EINVAL, "path", "empty path");
+    if (!f->path || !*f->path || strlen(f->path) > 1024)
+        return lorad_error_set(err, -EINVAL, "path", "path must be 1..1024 bytes");
+    if (f->format && strlen(f->format) > 64)
+        return lorad_error_set(err, -EINVAL, "format", "format longer than 64 bytes");
+    int r = store_check_json_size(f->validation, STORE_SPEC_MAX, "validation", err);
+    if (r < 0) return r;
 
     struct store_conn *c = NULL;
-    int r = store_acquire(s, &c, err);
+    r = store_acquire(s, &c, err);
     if (r < 0) return r;
     r = store_tx_begin(s, c, err);
     if (r < 0) goto out;
@@ -124,8 +129,12 @@ int lorad_store_file_set_status(struct lorad_store *s, const char *id, const cha
                                 struct lorad_error *err) {
     if (!file_status_valid(status))
         return lorad_error_set(err, -EINVAL, "status", "status must be uploaded|processed|error");
+    if (format && strlen(format) > 64)
+        return lorad_error_set(err, -EINVAL, "format", "format longer than 64 bytes");
+    int r = store_check_json_size(validation, STORE_SPEC_MAX, "validation", err);
+    if (r < 0) return r;
     struct store_conn *c = NULL;
-    int r = store_acquire(s, &c, err);
+    r = store_acquire(s, &c, err);
     if (r < 0) return r;
     r = store_tx_begin(s, c, err);
     if (r < 0) goto out;

@@ -68,6 +68,10 @@ json_t *store_col_int(sqlite3_stmt *st, int i);
 json_t *store_col_real(sqlite3_stmt *st, int i);
 json_t *store_col_json(sqlite3_stmt *st, int i);
 
+/* -EINVAL (param) unless j (may be NULL) serialises to at most max bytes. */
+int store_check_json_size(json_t *j, size_t max, const char *param, struct lorad_error *err);
+#define STORE_SPEC_MAX (1u << 20)      /* job spec, file validation summary */
+#define STORE_SMALL_JSON_MAX (64u << 10) /* event data, checkpoint metrics */
 /* Checks limit against [1, max]: -EINVAL (param "limit") otherwise. */
 int store_check_limit(int limit, int max, struct lorad_error *err);
 /* Builds {object:"list", data, has_more, first_id, last_id}; steals data. */

@@ -262,6 +262,8 @@ int lorad_store_job_create(struct lorad_store *s, const struct lorad_store_job_n
     if (j->validation_file && !lorad_store_id_valid("file-", j->validation_file))
         return lorad_error_set(err, -EINVAL, "validation_file", "not a file id");
     if (!json_is_object(j->spec)) return lorad_error_set(err, -EINVAL, "spec", "not an object");
+    int r = store_check_json_size(j->spec, STORE_SPEC_MAX, "spec", err);
+    if (r < 0) return r;
     if (j->suffix && strlen(j->suffix) > 64)
         return lorad_error_set(err, -EINVAL, "suffix", "suffix longer than 64 bytes");
     if (j->status != LORAD_JOB_VALIDATING_FILES && j->status != LORAD_JOB_QUEUED)
@@ -272,7 +274,7 @@ int lorad_store_job_create(struct lorad_store *s, const struct lorad_store_job_n
         return lorad_error_set(err, -EINVAL, "request_hash", "required with an idempotency key");
 
     char id[LORAD_STORE_ID_MAX];
-    int r = lorad_store_new_id("ftjob-", id);
+    r = lorad_store_new_id("ftjob-", id);
     if (r < 0) return lorad_error_set(err, r, "", "getrandom failed");
     struct store_conn *c = NULL;
     r = store_acquire(s, &c, err);
@@ -389,8 +391,10 @@ int store_transition_tx(struct store_conn *c, const char *id,
 int lorad_store_job_transition(struct lorad_store *s, const char *id,
                                const struct lorad_store_transition *t, json_t **ret_job,
                                struct lorad_error *err) {
+    int r = store_check_json_size(t->data, STORE_SMALL_JSON_MAX, "data", err);
+    if (r < 0) return r;
     struct store_conn *c = NULL;
-    int r = store_acquire(s, &c, err);
+    r = store_acquire(s, &c, err);
     if (r < 0) return r;
     r = store_tx_begin(s, c, err);
     if (r == 0) r = store_tx_end(s, c, store_transition_tx(c, id, t, err), err);

@@ -9,11 +9,16 @@
 
 #include "store_internal.h"
 
+/* While the database refuses writes (full disk), rows queue up to this many batches; beyond it
+ * append says -ENOBUFS rather than grow without bound. */
+#define MAX_BACKLOG 64
+
 struct lorad_metrics_writer {
     struct lorad_store *store;
     char job_id[LORAD_STORE_ID_MAX];
     int batch_rows;
     int n_rows;
+    int cap_rows; /* grows while flushes fail, up to MAX_BACKLOG batches */
     struct lorad_metrics_row *rows;
 };
 
@@ -47,6 +52,7 @@ int lorad_metrics_writer_new(struct lorad_store *s, const char *job_id, int batc
     w->store = s;
     snprintf(w->job_id, sizeof w->job_id, "%s", job_id);
     w->batch_rows = batch_rows;
+    w->cap_rows = batch_rows;
     *ret_writer = w;
     return 0;
 }
@@ -147,13 +153,17 @@ int lorad_metrics_writer_flush(struct lorad_metrics_writer *w, struct lorad_erro
 int lorad_metrics_writer_append(struct lorad_metrics_writer *w, const struct lorad_metrics_row *row,
                                 struct lorad_error *err) {
     if (row->step < 0) return lorad_error_set(err, -EINVAL, "step", "negative step");
-    if (w->n_rows == w->batch_rows) {
-        /* A previous flush failed and the buffer is still full: retry before taking more. */
-        int r = lorad_metrics_writer_flush(w, err);
-        if (r < 0) return r;
+    if (w->n_rows == w->cap_rows) {
+        if (w->cap_rows >= w->batch_rows * MAX_BACKLOG)
+            return lorad_error_set(err, -ENOBUFS, "", "%d metrics rows wait for the database",
+                                   w->n_rows);
+        struct lorad_metrics_row *rows = realloc(w->rows, 2 * (size_t)w->cap_rows * sizeof *rows);
+        if (!rows) return lorad_error_set(err, -ENOMEM, "", "out of memory");
+        w->rows = rows;
+        w->cap_rows *= 2;
     }
     w->rows[w->n_rows++] = *row;
-    if (w->n_rows == w->batch_rows) return lorad_metrics_writer_flush(w, err);
+    if (w->n_rows >= w->batch_rows) return lorad_metrics_writer_flush(w, err);
     return 0;
 }
 
@@ -231,10 +241,13 @@ int lorad_metrics_writer_checkpoint(struct lorad_metrics_writer *w, int64_t step
                                     struct lorad_error *err) {
     if (step < 0) return lorad_error_set(err, -EINVAL, "step", "negative step");
     if (!path || !*path) return lorad_error_set(err, -EINVAL, "path", "empty checkpoint path");
+    if (strlen(path) > 1024) return lorad_error_set(err, -EINVAL, "path", "path longer than 1024 bytes");
     if (metrics && !json_is_object(metrics))
         return lorad_error_set(err, -EINVAL, "metrics", "not an object");
+    int r = store_check_json_size(metrics, STORE_SMALL_JSON_MAX, "metrics", err);
+    if (r < 0) return r;
     struct store_conn *c = NULL;
-    int r = store_acquire(w->store, &c, err);
+    r = store_acquire(w->store, &c, err);
     if (r < 0) return r;
     char id[LORAD_STORE_ID_MAX];
     r = store_job_exists(c, w->job_id, "fine_tuning_job_id", err);

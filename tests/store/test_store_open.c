@@ -263,6 +263,20 @@ static void test_read_only(void **state) {
     assert_int_equal(r_, -EROFS);
     assert_int_equal(lorad_store_file_delete(fx.store, unused, NULL, &err), -EROFS);
 
+    /* A writer whose flushes keep failing buffers 64 batches, then refuses more. */
+    struct lorad_metrics_writer *w = NULL;
+    assert_int_equal(lorad_metrics_writer_new(fx.store, job, 2, &w, NULL), 0);
+    int step = 0;
+    for (;;) {
+        struct lorad_metrics_row row = {.step = ++step, .total_steps = 1000};
+        r_ = lorad_metrics_writer_append(w, &row, &err);
+        if (r_ == -ENOBUFS) break;
+        assert_int_equal(r_, step % 2 == 0 || lorad_metrics_writer_pending(w) > 2 ? -EROFS : 0);
+        assert_true(step < 1000);
+    }
+    assert_int_equal(lorad_metrics_writer_pending(w), 2 * 64);
+    lorad_metrics_writer_free(w);
+
     fx_reopen(&fx, 0);
     int64_t counts[LORAD_JOB_STATUS_COUNT];
     assert_int_equal(lorad_store_job_counts(fx.store, counts, NULL), 0);
@@ -321,7 +335,16 @@ static void test_disk_full(void **state) {
     assert_int_equal(fx_event_count(fx.store, job), events);
     assert_int_equal(fx_status(fx.store, job), LORAD_JOB_QUEUED);
 
-    /* With room again (the quota lifted), the same writer's retry succeeds. */
+    /* Room again (another connection deletes the filler events, freeing pages): the same
+     * writer's retry commits the 40 rows and the checkpoint together. */
+    raw_exec(fx.db, "DELETE FROM events WHERE type = 'message'");
+    char ck[LORAD_STORE_ID_MAX];
+    assert_int_equal(lorad_metrics_writer_checkpoint(w, 40, "ck/40", NULL, ck, &err), 0);
+    assert_int_equal(lorad_metrics_writer_pending(w), 0);
+    assert_int_equal(lorad_store_metrics_list(fx.store, job, -1, 100, &rows, NULL), 0);
+    assert_int_equal(json_array_size(rows), 40);
+    json_decref(rows);
+    assert_true(lorad_store_id_valid("ftckpt-", ck));
     lorad_metrics_writer_free(w);
     fx_reopen(&fx, LORAD_STORE_RECOVER);
     char *check = raw_text(fx.db, "PRAGMA integrity_check");
