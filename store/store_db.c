@@ -106,6 +106,14 @@ json_t *store_col_json(sqlite3_stmt *st, int i) {
     return j ? j : json_null();
 }
 
+int store_check_utf8(const char *s, const char *param, struct lorad_error *err) {
+    if (!s) return 0;
+    json_t *j = json_string(s);
+    if (!j) return lorad_error_set(err, -EINVAL, param, "not valid UTF-8");
+    json_decref(j);
+    return 0;
+}
+
 int store_check_json_size(json_t *j, size_t max, const char *param, struct lorad_error *err) {
     if (!j) return 0;
     size_t n = json_dumpb(j, NULL, 0, JSON_COMPACT | JSON_ENCODE_ANY);

@@ -51,6 +51,7 @@ int lorad_store_event_append(struct lorad_store *s, const char *job_id, const ch
     if (message && strlen(message) > 4096)
         return lorad_error_set(err, -EINVAL, "message", "event message longer than 4096 bytes");
     int r = store_check_json_size(data, STORE_SMALL_JSON_MAX, "data", err);
+    if (r == 0) r = store_check_utf8(message, "message", err);
     if (r < 0) return r;
     struct store_conn *c = NULL;
     r = store_acquire(s, &c, err);

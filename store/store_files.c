@@ -58,6 +58,10 @@ int lorad_store_file_create(struct lorad_store *s, const struct lorad_store_file
     if (f->format && strlen(f->format) > 64)
         return lorad_error_set(err, -EINVAL, "format", "format longer than 64 bytes");
     int r = store_check_json_size(f->validation, STORE_SPEC_MAX, "validation", err);
+    if (r == 0) r = store_check_utf8(f->filename, "filename", err);
+    if (r == 0) r = store_check_utf8(f->purpose, "purpose", err);
+    if (r == 0) r = store_check_utf8(f->format, "format", err);
+    if (r == 0) r = store_check_utf8(f->path, "path", err);
     if (r < 0) return r;
 
     struct store_conn *c = NULL;
@@ -132,6 +136,7 @@ int lorad_store_file_set_status(struct lorad_store *s, const char *id, const cha
     if (format && strlen(format) > 64)
         return lorad_error_set(err, -EINVAL, "format", "format longer than 64 bytes");
     int r = store_check_json_size(validation, STORE_SPEC_MAX, "validation", err);
+    if (r == 0) r = store_check_utf8(format, "format", err);
     if (r < 0) return r;
     struct store_conn *c = NULL;
     r = store_acquire(s, &c, err);

@@ -68,6 +68,9 @@ json_t *store_col_int(sqlite3_stmt *st, int i);
 json_t *store_col_real(sqlite3_stmt *st, int i);
 json_t *store_col_json(sqlite3_stmt *st, int i);
 
+/* -EINVAL (param) unless s (may be NULL) is valid UTF-8: everything stored is later served as
+ * JSON, and jansson refuses invalid UTF-8. */
+int store_check_utf8(const char *s, const char *param, struct lorad_error *err);
 /* -EINVAL (param) unless j (may be NULL) serialises to at most max bytes. */
 int store_check_json_size(json_t *j, size_t max, const char *param, struct lorad_error *err);
 #define STORE_SPEC_MAX (1u << 20)      /* job spec, file validation summary */

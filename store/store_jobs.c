@@ -263,6 +263,10 @@ int lorad_store_job_create(struct lorad_store *s, const struct lorad_store_job_n
         return lorad_error_set(err, -EINVAL, "validation_file", "not a file id");
     if (!json_is_object(j->spec)) return lorad_error_set(err, -EINVAL, "spec", "not an object");
     int r = store_check_json_size(j->spec, STORE_SPEC_MAX, "spec", err);
+    if (r == 0) r = store_check_utf8(j->model, "model", err);
+    if (r == 0) r = store_check_utf8(j->suffix, "suffix", err);
+    if (r == 0) r = store_check_utf8(j->idempotency_key, "idempotency_key", err);
+    if (r == 0) r = store_check_utf8(j->request_hash, "request_hash", err);
     if (r < 0) return r;
     if (j->suffix && strlen(j->suffix) > 64)
         return lorad_error_set(err, -EINVAL, "suffix", "suffix longer than 64 bytes");
@@ -272,6 +276,8 @@ int lorad_store_job_create(struct lorad_store *s, const struct lorad_store_job_n
         return lorad_error_set(err, -EINVAL, "idempotency_key", "must be 1..255 bytes");
     if (j->idempotency_key && (!j->request_hash || !*j->request_hash))
         return lorad_error_set(err, -EINVAL, "request_hash", "required with an idempotency key");
+    if (j->request_hash && strlen(j->request_hash) > 128)
+        return lorad_error_set(err, -EINVAL, "request_hash", "longer than 128 bytes");
 
     char id[LORAD_STORE_ID_MAX];
     r = lorad_store_new_id("ftjob-", id);
@@ -392,7 +398,17 @@ int lorad_store_job_transition(struct lorad_store *s, const char *id,
                                const struct lorad_store_transition *t, json_t **ret_job,
                                struct lorad_error *err) {
     int r = store_check_json_size(t->data, STORE_SMALL_JSON_MAX, "data", err);
+    if (r == 0) r = store_check_utf8(t->message, "message", err);
+    if (r == 0) r = store_check_utf8(t->error_code, "error.code", err);
+    if (r == 0) r = store_check_utf8(t->error_message, "error.message", err);
+    if (r == 0) r = store_check_utf8(t->error_param, "error.param", err);
+    if (r == 0) r = store_check_utf8(t->fine_tuned_model, "fine_tuned_model", err);
     if (r < 0) return r;
+    if ((t->error_message && strlen(t->error_message) > 4096) ||
+        (t->error_code && strlen(t->error_code) > 128) ||
+        (t->error_param && strlen(t->error_param) > 256) ||
+        (t->fine_tuned_model && strlen(t->fine_tuned_model) > 512))
+        return lorad_error_set(err, -EINVAL, "error", "error fields or model name too long");
     struct store_conn *c = NULL;
     r = store_acquire(s, &c, err);
     if (r < 0) return r;

@@ -473,6 +473,46 @@ static void test_ids(void **state) {
     assert_false(lorad_store_id_valid("file-", NULL));
 }
 
+static void test_input_limits(void **state) {
+    (void)state;
+    struct fx fx;
+    fx_open(&fx, 0);
+    char file[LORAD_STORE_ID_MAX], id[LORAD_STORE_ID_MAX], job[LORAD_STORE_ID_MAX];
+    fx_file(fx.store, file);
+    fx_job(fx.store, file, LORAD_JOB_QUEUED, 0, job);
+    struct lorad_error err = {0};
+    /* Invalid UTF-8 could never be served back as JSON: refused at the door. */
+    assert_int_equal(lorad_store_new_id("file-", id), 0);
+    struct lorad_store_file_new f = {
+        .id = id, .filename = "bad\xff\xfe.jsonl", .purpose = "fine-tune", .bytes = 1,
+        .sha256 = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        .status = "uploaded", .path = "files/x"};
+    assert_int_equal(lorad_store_file_create(fx.store, &f, NULL, &err), -EINVAL);
+    assert_string_equal(err.param, "filename");
+    f.filename = "ok.jsonl";
+    f.id = "file-short";
+    assert_int_equal(lorad_store_file_create(fx.store, &f, NULL, &err), -EINVAL);
+    assert_string_equal(err.param, "id");
+    /* A spec over 1 MiB. */
+    char *big = malloc(1u << 21);
+    memset(big, 'a', (1u << 21) - 1);
+    big[(1u << 21) - 1] = '\0';
+    json_t *spec = json_pack("{s:s}", "blob", big);
+    struct lorad_store_job_new j = {.model = "m", .training_file = file, .spec = spec,
+                                    .status = LORAD_JOB_QUEUED};
+    assert_int_equal(lorad_store_job_create(fx.store, &j, NULL, &err), -EINVAL);
+    assert_string_equal(err.param, "spec");
+    json_decref(spec);
+    assert_int_equal(lorad_store_event_append(fx.store, job, "info", "message", big, NULL, NULL,
+                                              &err), -EINVAL);
+    free(big);
+    json_t *list = NULL;
+    assert_int_equal(lorad_store_file_list(fx.store, NULL, NULL, 10, &list, NULL), 0);
+    assert_int_equal(json_array_size(json_object_get(list, "data")), 1);
+    json_decref(list);
+    fx_close(&fx);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_transition_table),
@@ -484,6 +524,7 @@ int main(void) {
         cmocka_unit_test(test_recovery),
         cmocka_unit_test(test_file_delete_in_use),
         cmocka_unit_test(test_ids),
+        cmocka_unit_test(test_input_limits),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
