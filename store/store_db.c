@@ -31,6 +31,8 @@ int store_sqlite_error(sqlite3 *db, int rc, const char *what, struct lorad_error
     return lorad_error_set(err, r, "", "%s: %s", what, db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
 }
 
+const char *lorad_store_sqlite_version(void) { return sqlite3_libversion(); }
+
 int64_t store_now(void) { return (int64_t)time(NULL); }
 
 /* ---- statements --------------------------------------------------------------------------- */

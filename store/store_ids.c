@@ -8,8 +8,6 @@
 
 static const char ALPHABET[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
 
-const char *lorad_store_sqlite_version(void) { return sqlite3_libversion(); }
-
 int lorad_store_new_id(const char *prefix, char out[LORAD_STORE_ID_MAX]) {
     size_t plen = strlen(prefix);
     if (plen + LORAD_STORE_ID_RANDOM_LEN + 1 > LORAD_STORE_ID_MAX) return -ENAMETOOLONG;

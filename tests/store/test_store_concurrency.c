@@ -1,5 +1,6 @@
-/* Concurrency: 8 threads write events and metrics (with checkpoints) to their own jobs while 4
- * threads read lists and stream events, all through one shared struct lorad_store, for a few
+/* Concurrency: 8 threads write to 4 jobs while 4 threads read lists and stream events. Each job
+ * has two writers, as in the daemon: a "worker" thread writing metrics, checkpoints and messages,
+ * and an "API" thread appending messages to the same job's event log. All all through one shared struct lorad_store, for a few
  * seconds (LORAD_STORE_STRESS_S overrides). Afterwards nothing is lost or duplicated, and no
  * reader ever saw a gap or a repeat in a job's event sequence. */
 #include <errno.h>
@@ -12,12 +13,14 @@
 
 #include "store_fixture.h"
 
-enum { WRITERS = 8, READERS = 4, CKPT_EVERY = 25 };
+enum { WRITERS = 8, JOBS = WRITERS / 2, READERS = 4, CKPT_EVERY = 25 };
 
 static atomic_bool stop;
 
 struct writer {
     struct lorad_store *store;
+    int index;
+    bool worker; /* metrics + checkpoints + messages; else messages only */
     char job[LORAD_STORE_ID_MAX];
     int messages, steps, checkpoints, failures;
     char why[700];
@@ -25,9 +28,9 @@ struct writer {
 
 struct reader {
     struct lorad_store *store;
-    struct writer *writers;
-    int64_t seen_seq[WRITERS];
-    int64_t seen_step[WRITERS];
+    struct writer *writers; /* writers[2k] is job k's worker */
+    int64_t seen_seq[JOBS];
+    int64_t seen_step[JOBS];
     long reads;
     int failures;
     char why[700];
@@ -43,37 +46,41 @@ static void *write_loop(void *arg) {
     struct writer *w = arg;
     struct lorad_error err = {0};
     struct lorad_metrics_writer *mw = NULL;
-    if (lorad_metrics_writer_new(w->store, w->job, 8, &mw, &err) < 0) {
+    if (w->worker && lorad_metrics_writer_new(w->store, w->job, 8, &mw, &err) < 0) {
         w->failures++;
         return NULL;
     }
-    while (!atomic_load(&stop)) {
-        struct lorad_metrics_row row = {.step = w->steps + 1, .total_steps = 1000000,
-                                        .train_loss = 1.0 / (w->steps + 1), .tokens_seen = w->steps};
-        int r = lorad_metrics_writer_append(mw, &row, &err);
-        if (r < 0) goto fail;
-        w->steps++;
-        if (w->steps % CKPT_EVERY == 0) {
-            char path[48];
-            snprintf(path, sizeof path, "ckpt/%d", w->steps);
-            r = lorad_metrics_writer_checkpoint(mw, w->steps, path, NULL, NULL, &err);
+    int r = 0;
+    for (long i = 0; !atomic_load(&stop); i++) {
+        if (w->worker) {
+            struct lorad_metrics_row row = {.step = w->steps + 1, .total_steps = 1000000,
+                                            .train_loss = 1.0 / (w->steps + 1),
+                                            .tokens_seen = w->steps};
+            r = lorad_metrics_writer_append(mw, &row, &err);
             if (r < 0) goto fail;
-            w->checkpoints++;
+            w->steps++;
+            if (w->steps % CKPT_EVERY == 0) {
+                char path[48];
+                snprintf(path, sizeof path, "ckpt/%d", w->steps);
+                r = lorad_metrics_writer_checkpoint(mw, w->steps, path, NULL, NULL, &err);
+                if (r < 0) goto fail;
+                w->checkpoints++;
+            }
         }
-        if (w->steps % 3 == 0) {
+        if (!w->worker || i % 3 == 0) {
             char msg[32];
-            snprintf(msg, sizeof msg, "%d", w->messages);
+            snprintf(msg, sizeof msg, "%d:%d", w->index, w->messages);
             r = lorad_store_event_append(w->store, w->job, "info", "message", msg, NULL, NULL, &err);
             if (r < 0) goto fail;
             w->messages++;
         }
-        continue;
-    fail:
-        w->failures++;
-        snprintf(w->why, sizeof w->why, "%d %s", r, err.message);
-        break;
     }
-    if (lorad_metrics_writer_flush(mw, &err) < 0) w->failures++;
+    if (mw && lorad_metrics_writer_flush(mw, &err) < 0) w->failures++;
+    lorad_metrics_writer_free(mw);
+    return NULL;
+fail:
+    w->failures++;
+    snprintf(w->why, sizeof w->why, "%d %s", r, err.message);
     lorad_metrics_writer_free(mw);
     return NULL;
 }
@@ -82,10 +89,10 @@ static void *read_loop(void *arg) {
     struct reader *rd = arg;
     struct lorad_error err = {0};
     while (!atomic_load(&stop) && !rd->failures) {
-        for (int k = 0; k < WRITERS && !rd->failures; k++) {
+        for (int k = 0; k < JOBS && !rd->failures; k++) {
             json_t *events = NULL;
             int64_t last = 0;
-            int r = lorad_store_event_since(rd->store, rd->writers[k].job, rd->seen_seq[k], 200,
+            int r = lorad_store_event_since(rd->store, rd->writers[2 * k].job, rd->seen_seq[k], 200,
                                             &events, &last, &err);
             if (r < 0) {
                 rd->failures++;
@@ -104,7 +111,7 @@ static void *read_loop(void *arg) {
             }
             json_decref(events);
             json_t *rows = NULL;
-            r = lorad_store_metrics_list(rd->store, rd->writers[k].job, rd->seen_step[k], 1000,
+            r = lorad_store_metrics_list(rd->store, rd->writers[2 * k].job, rd->seen_step[k], 1000,
                                          &rows, &err);
             if (r < 0) {
                 rd->failures++;
@@ -124,7 +131,7 @@ static void *read_loop(void *arg) {
             json_decref(rows);
             json_t *page = NULL;
             r = lorad_store_job_list(rd->store, LORAD_JOB_RUNNING, NULL, 20, &page, &err);
-            if (r < 0 || json_array_size(json_object_get(page, "data")) != WRITERS) {
+            if (r < 0 || json_array_size(json_object_get(page, "data")) != JOBS) {
                 rd->failures++;
                 snprintf(rd->why, sizeof rd->why, "job_list %d %s", r, err.message);
             }
@@ -149,8 +156,14 @@ static void test_writers_and_readers(void **state) {
     for (int k = 0; k < WRITERS; k++) {
         memset(&writers[k], 0, sizeof writers[k]);
         writers[k].store = fx.store;
-        fx_job(fx.store, file, LORAD_JOB_QUEUED, 0, writers[k].job);
-        fx_move(fx.store, writers[k].job, LORAD_JOB_RUNNING);
+        writers[k].index = k;
+        writers[k].worker = k % 2 == 0;
+        if (writers[k].worker) {
+            fx_job(fx.store, file, LORAD_JOB_QUEUED, 0, writers[k].job);
+            fx_move(fx.store, writers[k].job, LORAD_JOB_RUNNING);
+        } else {
+            memcpy(writers[k].job, writers[k - 1].job, LORAD_STORE_ID_MAX);
+        }
     }
     atomic_store(&stop, false);
     pthread_t wt[WRITERS], rt[READERS];
@@ -177,16 +190,19 @@ static void test_writers_and_readers(void **state) {
         total_reads += readers[k].reads;
     }
     for (int k = 0; k < WRITERS; k++) {
-        struct writer *w = &writers[k];
-        if (w->failures) fprintf(stderr, "writer %d: %s\n", k, w->why);
-        assert_int_equal(w->failures, 0);
+        if (writers[k].failures) fprintf(stderr, "writer %d: %s\n", k, writers[k].why);
+        assert_int_equal(writers[k].failures, 0);
+        assert_true(writers[k].messages > 0);
+    }
+    for (int k = 0; k < JOBS; k++) {
+        struct writer *w = &writers[2 * k], *api = &writers[2 * k + 1];
         assert_true(w->steps > 0);
         total_steps += w->steps;
         /* Every event exactly once: creation, start, one per metrics row, one per checkpoint, and
-         * the messages 0..n-1 in the order written. */
-        int64_t expected = 2 + w->steps + w->checkpoints + w->messages;
+         * each thread's messages 0..n-1 in the order that thread wrote them. */
+        int64_t expected = 2 + w->steps + w->checkpoints + w->messages + api->messages;
         int64_t after = 0, n = 0;
-        int next_message = 0;
+        int next_message[2] = {0, 0};
         for (;;) {
             json_t *events = NULL;
             int64_t last = 0;
@@ -196,9 +212,11 @@ static void test_writers_and_readers(void **state) {
                 json_t *ev = json_array_get(events, i);
                 assert_int_equal(json_integer_value(json_object_get(ev, "seq")), ++n);
                 if (!strcmp(json_string_value(json_object_get(ev, "type")), "message")) {
-                    char want[32];
-                    snprintf(want, sizeof want, "%d", next_message++);
-                    assert_string_equal(json_string_value(json_object_get(ev, "message")), want);
+                    int who = -1, idx = -1;
+                    assert_int_equal(sscanf(json_string_value(json_object_get(ev, "message")),
+                                            "%d:%d", &who, &idx), 2);
+                    assert_true(who == w->index || who == api->index);
+                    assert_int_equal(idx, next_message[who - w->index]++);
                 }
             }
             after = last;
@@ -206,7 +224,8 @@ static void test_writers_and_readers(void **state) {
             if (m == 0) break;
         }
         assert_int_equal(n, expected);
-        assert_int_equal(next_message, w->messages);
+        assert_int_equal(next_message[0], w->messages);
+        assert_int_equal(next_message[1], api->messages);
         json_t *rows = NULL;
         assert_int_equal(lorad_store_metrics_list(fx.store, w->job, 0, 100000, &rows, NULL), 0);
         assert_int_equal(json_array_size(rows), w->steps);
