@@ -46,7 +46,12 @@ sqlite3_stmt *store_stmt(struct store_conn *c, const char *sql, int *ret_rc,
             return c->cache[i].stmt;
         }
     }
-    assert(c->n_cached < STORE_STMT_CACHE && "raise STORE_STMT_CACHE");
+    if (c->n_cached == STORE_STMT_CACHE) {
+        /* Every statement is a literal in store/, so this is a build-time sizing bug. */
+        assert(!"raise STORE_STMT_CACHE");
+        *ret_rc = lorad_error_set(err, -EIO, "", "statement cache full (raise STORE_STMT_CACHE)");
+        return NULL;
+    }
     sqlite3_stmt *st = NULL;
     int rc = sqlite3_prepare_v3(c->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &st, NULL);
     if (rc != SQLITE_OK) {
