@@ -1,0 +1,307 @@
+/* lorad's persistent state: one SQLite database (files, jobs, events, metrics, checkpoints,
+ * api_keys). Blobs (datasets, checkpoints) live as files under the state directory; the database
+ * keeps their metadata and paths. See docs/store.md for the schema, the status machine and the
+ * concurrency model.
+ *
+ * Threading: one struct lorad_store is shared by every thread. Each call borrows a connection
+ * from the store's pool for its duration, so any thread may call any function at any time.
+ * Writes are serialised inside the process by a mutex and across processes by SQLite's lock
+ * (busy timeout). A struct lorad_metrics_writer belongs to one thread.
+ *
+ * Errors: functions return 0 (or a documented positive value) or -errno and fill the optional
+ * struct lorad_error (engine/error.h). Codes used throughout:
+ *   -ENOENT  object not found (param names the id field)
+ *   -EINVAL  bad argument (param names it)
+ *   -EPERM   illegal job status transition
+ *   -EBUSY   file in use by a live job; database locked longer than the busy timeout
+ *   -EEXIST  idempotency key reused with a different request
+ *   -EROFS   store opened read-only, or the database file cannot be written
+ *   -ENOSPC  disk (or max_pages quota) full; the transaction was rolled back
+ *   -EBADMSG the file at the database path is not a SQLite database, or is corrupt
+ *   -EPROTO  the database schema is newer than this binary
+ *   -EIO     any other SQLite failure (message carries SQLite's text)
+ * On failure nothing was committed and no ret_ parameter was written.
+ *
+ * JSON: objects come back as new jansson references (caller json_decref()s) in OpenAI-like
+ * shapes; inputs are borrowed. Times are unix seconds. */
+#pragma once
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "error.h"
+
+struct lorad_store;
+
+/* ---- ids ---------------------------------------------------------------------------------- */
+
+#define LORAD_STORE_ID_RANDOM_LEN 24
+#define LORAD_STORE_ID_MAX 40 /* buffer size that fits any id with its NUL */
+
+/* Writes prefix (e.g. "file-") followed by 24 random [A-Za-z0-9] from getrandom() into out
+ * (LORAD_STORE_ID_MAX bytes). Returns 0 or -errno. */
+int lorad_store_new_id(const char *prefix, char out[LORAD_STORE_ID_MAX]);
+/* True iff str is exactly prefix followed by 24 [A-Za-z0-9]: safe to use in a path. */
+bool lorad_store_id_valid(const char *prefix, const char *str);
+
+/* ---- open / close ------------------------------------------------------------------------- */
+
+enum {
+    LORAD_STORE_READONLY = 1 << 0, /* open read-only: every write fails with -EROFS */
+    LORAD_STORE_RECOVER = 1 << 1,  /* run startup recovery (daemon start, once, before workers) */
+};
+
+struct lorad_store_options {
+    unsigned flags;         /* LORAD_STORE_* */
+    int busy_timeout_ms;    /* 0 -> 5000 */
+    int pool_max;           /* max simultaneous connections; 0 -> 16 */
+    int64_t max_pages;      /* 0 -> unlimited; else PRAGMA max_page_count (a disk quota) */
+};
+
+/* Opens (creating if missing) the database at path, applies pending migrations, checks the file
+ * (PRAGMA quick_check when LORAD_STORE_RECOVER) and, with LORAD_STORE_RECOVER, runs recovery:
+ * every `running` job goes back to `queued` (it keeps its checkpoints, so its worker resumes
+ * from the latest) and every `cancelling` job becomes `cancelled`, each with a status event
+ * whose data.code is "job_restarted". opts may be NULL. A file that is not a SQLite database is
+ * refused (-EBADMSG, message names the path and SQLite's text) and never modified. A schema newer
+ * than this binary is refused with -EPROTO. The caller owns *ret_store (lorad_store_close()). */
+int lorad_store_open(const char *path, const struct lorad_store_options *opts,
+                     struct lorad_store **ret_store, struct lorad_error *err);
+/* Closes every pooled connection and frees store. No call may be in flight. NULL is a no-op. */
+void lorad_store_close(struct lorad_store *store);
+/* Schema version this binary writes (PRAGMA user_version after migrations). */
+int lorad_store_schema_version(void);
+/* The SQLite library version (for `lorad version`). */
+const char *lorad_store_sqlite_version(void);
+
+/* ---- files -------------------------------------------------------------------------------- */
+
+struct lorad_store_file_new {
+    const char *id;          /* from lorad_store_new_id("file-"), chosen first so the blob's
+                              * path can be derived from it */
+    const char *filename;    /* client's name, <= 255 bytes */
+    const char *purpose;     /* "fine-tune", ... */
+    int64_t bytes;
+    const char *sha256;      /* 64 lowercase hex */
+    int64_t line_count;
+    const char *format;      /* detected: "chat", "completion", ... ; may be NULL */
+    json_t *validation;      /* summary object, borrowed; may be NULL */
+    const char *status;      /* "uploaded" | "processed" | "error" */
+    const char *path;        /* where the blob lives, relative to the state directory */
+};
+
+/* Inserts a file row. Returns 0 and, if ret_file, the file object. -EEXIST if the id exists. */
+int lorad_store_file_create(struct lorad_store *store, const struct lorad_store_file_new *f,
+                            json_t **ret_file, struct lorad_error *err);
+/* File object {id, object:"file", bytes, created_at, filename, purpose, status, sha256,
+ * line_count, format, validation}. -ENOENT if absent. */
+int lorad_store_file_get(struct lorad_store *store, const char *id, json_t **ret_file,
+                         struct lorad_error *err);
+/* The blob's path (malloc'd, caller frees). -ENOENT if absent. */
+int lorad_store_file_path(struct lorad_store *store, const char *id, char **ret_path,
+                          struct lorad_error *err);
+/* Updates status / validation / format / line_count after validation. validation borrowed. */
+int lorad_store_file_set_status(struct lorad_store *store, const char *id, const char *status,
+                                const char *format, int64_t line_count, json_t *validation,
+                                struct lorad_error *err);
+/* Deletes the row. Refused with -EBUSY while a validating_files, queued, running or paused job
+ * uses the file. On success *ret_path (if non-NULL, malloc'd) is the blob path: the caller
+ * unlinks it (the store does no blob I/O). */
+int lorad_store_file_delete(struct lorad_store *store, const char *id, char **ret_path,
+                            struct lorad_error *err);
+/* Newest first. purpose NULL = any. after: id of the last object of the previous page, or NULL;
+ * an unknown after id is -ENOENT (param "after"). limit 1..100. *ret_page is
+ * {object:"list", data:[...], has_more, first_id, last_id}. */
+int lorad_store_file_list(struct lorad_store *store, const char *purpose, const char *after,
+                          int limit, json_t **ret_page, struct lorad_error *err);
+
+/* ---- jobs --------------------------------------------------------------------------------- */
+
+enum lorad_job_status {
+    LORAD_JOB_VALIDATING_FILES,
+    LORAD_JOB_QUEUED,
+    LORAD_JOB_RUNNING,
+    LORAD_JOB_PAUSED,
+    LORAD_JOB_CANCELLING,
+    LORAD_JOB_SUCCEEDED,
+    LORAD_JOB_FAILED,
+    LORAD_JOB_CANCELLED,
+    LORAD_JOB_STATUS_COUNT,
+};
+
+/* "validating_files", "queued", ... */
+const char *lorad_job_status_name(enum lorad_job_status s);
+/* Parses a status name. Returns 0 or -EINVAL. */
+int lorad_job_status_parse(const char *name, enum lorad_job_status *ret_status);
+/* The transition table (docs/store.md). from == to is never legal. */
+bool lorad_job_transition_legal(enum lorad_job_status from, enum lorad_job_status to);
+/* Terminal = succeeded | failed | cancelled. */
+bool lorad_job_status_terminal(enum lorad_job_status s);
+
+struct lorad_store_job_new {
+    const char *model;
+    const char *training_file;    /* must exist in files (-ENOENT, param "training_file") */
+    const char *validation_file;  /* may be NULL; must exist if given */
+    json_t *spec;                 /* full normalised job spec (object), borrowed */
+    int64_t seed;
+    const char *suffix;           /* may be NULL */
+    int priority;                 /* higher first; FIFO within a priority */
+    enum lorad_job_status status; /* initial: LORAD_JOB_VALIDATING_FILES or LORAD_JOB_QUEUED */
+    const char *idempotency_key;  /* may be NULL, <= 255 bytes */
+    const char *request_hash;     /* hash of the request body; required with a key */
+};
+
+/* Creates a job (id "ftjob-…") and its first status event in one transaction.
+ * Returns 0 when created, 1 when idempotency_key already named a job created from the same
+ * request_hash (that job is returned, nothing is written), -EEXIST when the key names a job made
+ * from a different request. *ret_job (if non-NULL) is the job object. */
+int lorad_store_job_create(struct lorad_store *store, const struct lorad_store_job_new *j,
+                           json_t **ret_job, struct lorad_error *err);
+/* Job object: {id, object:"fine_tuning.job", model, created_at, finished_at, fine_tuned_model,
+ * organization_id, result_files, status, validation_file, training_file, hyperparameters,
+ * trained_tokens, error, seed, suffix, estimated_finish, progress{...}, priority,
+ * queue_position (queued only), started_at, control} plus every spec key not already set. */
+int lorad_store_job_get(struct lorad_store *store, const char *id, json_t **ret_job,
+                        struct lorad_error *err);
+/* Newest first; status < 0 = any, else only that status. Pagination as for files. */
+int lorad_store_job_list(struct lorad_store *store, int status, const char *after, int limit,
+                         json_t **ret_page, struct lorad_error *err);
+/* counts[s] = number of jobs in status s. */
+int lorad_store_job_counts(struct lorad_store *store, int64_t counts[LORAD_JOB_STATUS_COUNT],
+                           struct lorad_error *err);
+
+struct lorad_store_transition {
+    enum lorad_job_status to;
+    const char *message;          /* status event message; NULL -> "Job <from> -> <to>" */
+    json_t *data;                 /* extra event data, borrowed; may be NULL */
+    const char *error_code;       /* with to == failed: stored as job.error */
+    const char *error_message;
+    const char *error_param;
+    const char *fine_tuned_model; /* with to == succeeded */
+};
+
+/* THE one function that changes a job's status. In one transaction: checks the transition is
+ * legal (-EPERM otherwise, message names both states), updates status and timestamps
+ * (started_at on first run, finished_at on a terminal state), sets error / fine_tuned_model,
+ * clears the control request (sets it to "cancel" when entering cancelling) and appends a
+ * "status" event. *ret_job (optional) is the job after the change. */
+int lorad_store_job_transition(struct lorad_store *store, const char *id,
+                               const struct lorad_store_transition *t, json_t **ret_job,
+                               struct lorad_error *err);
+
+/* Atomically takes the next queued job (highest priority, then oldest) and moves it to running.
+ * Returns 1 and *ret_job, or 0 when nothing is queued (ret_job untouched). Two callers never get
+ * the same job. */
+int lorad_store_job_claim_next(struct lorad_store *store, json_t **ret_job,
+                               struct lorad_error *err);
+
+/* What the API asks of a job; the worker polls lorad_store_job_control() each step. */
+enum lorad_job_control {
+    LORAD_JOB_CONTROL_NONE,
+    LORAD_JOB_CONTROL_PAUSE,   /* checkpoint, then transition running -> paused */
+    LORAD_JOB_CONTROL_CANCEL,  /* stop, then transition cancelling -> cancelled */
+};
+int lorad_store_job_control(struct lorad_store *store, const char *id,
+                            enum lorad_job_control *ret_control, struct lorad_error *err);
+/* Cancel: validating_files/queued/paused -> cancelled; running -> cancelling (worker finishes
+ * it); cancelling: no change. Terminal -> -EPERM. ret_job optional. */
+int lorad_store_job_cancel(struct lorad_store *store, const char *id, json_t **ret_job,
+                           struct lorad_error *err);
+/* Pause: queued -> paused; running -> control "pause" (status stays running until the worker
+ * checkpoints and moves it to paused); paused: no change. Others -> -EPERM. */
+int lorad_store_job_pause(struct lorad_store *store, const char *id, json_t **ret_job,
+                          struct lorad_error *err);
+/* Resume: paused -> queued; running with a pending pause request: the request is withdrawn.
+ * Others -> -EPERM. */
+int lorad_store_job_resume(struct lorad_store *store, const char *id, json_t **ret_job,
+                           struct lorad_error *err);
+
+struct lorad_store_progress {
+    int64_t step, total_steps;
+    double epoch, tokens_per_s, eta_s;  /* NAN = unknown */
+    int64_t trained_tokens;             /* < 0 = leave unchanged */
+};
+/* Overwrites the job's progress figures (no event). */
+int lorad_store_job_set_progress(struct lorad_store *store, const char *id,
+                                 const struct lorad_store_progress *p, struct lorad_error *err);
+
+/* ---- events ------------------------------------------------------------------------------- */
+
+/* Appends an event with the job's next seq (1, 2, 3, … per job, no gaps). level "info" |
+ * "warn" | "error"; type "message" | "metrics" | "checkpoint" | "status"; data borrowed, may be
+ * NULL. *ret_seq optional. */
+int lorad_store_event_append(struct lorad_store *store, const char *job_id, const char *level,
+                             const char *type, const char *message, json_t *data,
+                             int64_t *ret_seq, struct lorad_error *err);
+/* OpenAI page of events, newest first: {object:"list", data:[{object:"fine_tuning.job.event",
+ * id, created_at, level, message, data, type}], has_more, first_id, last_id}. */
+int lorad_store_event_list(struct lorad_store *store, const char *job_id, const char *after,
+                           int limit, json_t **ret_page, struct lorad_error *err);
+/* For streaming: events with seq > after_seq, oldest first, at most limit (1..1000), as an array
+ * of event objects that also carry "seq". *ret_last_seq = seq of the last one (after_seq if
+ * none). Unknown job -> -ENOENT. */
+int lorad_store_event_since(struct lorad_store *store, const char *job_id, int64_t after_seq,
+                            int limit, json_t **ret_events, int64_t *ret_last_seq,
+                            struct lorad_error *err);
+
+/* ---- metrics and checkpoints -------------------------------------------------------------- */
+
+/* One line of metrics.jsonl. Doubles that are NAN are stored as NULL (not evaluated). */
+struct lorad_metrics_row {
+    int64_t step, total_steps;
+    double epoch, train_loss, train_mean_token_accuracy, lr, grad_norm;
+    int64_t tokens_seen;
+    double tokens_per_s, elapsed_s, eta_s, valid_loss, valid_mean_token_accuracy;
+};
+
+/* Buffers a job's per-step metrics and writes them in batches: each row becomes a metrics row
+ * (a repeated step overwrites the old one) and a "metrics" event, and the job's progress follows
+ * the newest row. Owned by one thread. */
+struct lorad_metrics_writer;
+
+/* batch_rows: rows buffered before an automatic flush (1..4096; 0 -> 32). */
+int lorad_metrics_writer_new(struct lorad_store *store, const char *job_id, int batch_rows,
+                             struct lorad_metrics_writer **ret_writer, struct lorad_error *err);
+/* Buffers row and, once batch_rows are buffered, writes them in one transaction. The row is
+ * always kept unless the result is -EINVAL, -ENOMEM or -ENOBUFS (64 batches already wait); any other error is the failed flush's: the rows stay buffered and the next append,
+ * flush or checkpoint retries them. */
+int lorad_metrics_writer_append(struct lorad_metrics_writer *w, const struct lorad_metrics_row *row,
+                                struct lorad_error *err);
+/* Writes every buffered row in one transaction. */
+int lorad_metrics_writer_flush(struct lorad_metrics_writer *w, struct lorad_error *err);
+/* Number of rows buffered and not yet committed. */
+int lorad_metrics_writer_pending(const struct lorad_metrics_writer *w);
+/* Commits the buffered rows, a checkpoint row (id "ftckpt-…", step, path) and a "checkpoint"
+ * event in ONE transaction, so metrics up to a checkpoint are never lost. The caller must have
+ * made the checkpoint directory durable (fsync) before calling. metrics: the checkpoint's
+ * metrics object, borrowed; NULL -> taken from the metrics row at that step. ret_id optional. */
+int lorad_metrics_writer_checkpoint(struct lorad_metrics_writer *w, int64_t step, const char *path,
+                                    json_t *metrics, char ret_id[LORAD_STORE_ID_MAX],
+                                    struct lorad_error *err);
+/* Frees w; buffered rows are discarded (flush first). NULL is a no-op. */
+void lorad_metrics_writer_free(struct lorad_metrics_writer *w);
+
+/* The loss curve: rows with step > after_step, ascending, at most limit (1..100000), as an array
+ * of objects with every metrics.jsonl field (null where not evaluated). */
+int lorad_store_metrics_list(struct lorad_store *store, const char *job_id, int64_t after_step,
+                             int limit, json_t **ret_rows, struct lorad_error *err);
+/* Checkpoints newest (highest step) first, paginated like files: {object:"list", data:[{object:
+ * "fine_tuning.job.checkpoint", id, created_at, fine_tuned_model_checkpoint, step_number,
+ * metrics{...}, fine_tuning_job_id}], has_more, first_id, last_id}. */
+int lorad_store_checkpoint_list(struct lorad_store *store, const char *job_id, const char *after,
+                                int limit, json_t **ret_page, struct lorad_error *err);
+/* The newest checkpoint of a job (what a resumed worker loads): returns 1 with its step and
+ * malloc'd path (caller frees), or 0 if the job has none. ret_id optional. */
+int lorad_store_checkpoint_latest(struct lorad_store *store, const char *job_id,
+                                  char ret_id[LORAD_STORE_ID_MAX], int64_t *ret_step,
+                                  char **ret_path, struct lorad_error *err);
+
+/* ---- api keys (hashes only) --------------------------------------------------------------- */
+
+/* Stores the SHA-256 (64 lowercase hex) of an API key under a name; the key itself never
+ * reaches the store. -EEXIST if that hash is already stored. */
+int lorad_store_api_key_add(struct lorad_store *store, const char *name, const char *sha256_hex,
+                            struct lorad_error *err);
+/* Returns 1 if sha256_hex is a stored, non-revoked key hash, else 0. */
+int lorad_store_api_key_check(struct lorad_store *store, const char *sha256_hex,
+                              struct lorad_error *err);

@@ -1,0 +1,368 @@
+/* Opening the database, the connection pool, transactions, statement cache and error mapping. */
+#include <assert.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "store_internal.h"
+
+int store_errno(int rc) {
+    switch (rc & 0xff) {
+    case SQLITE_OK: case SQLITE_ROW: case SQLITE_DONE: return 0;
+    case SQLITE_BUSY: case SQLITE_LOCKED: return -EBUSY;
+    case SQLITE_FULL: return -ENOSPC;
+    case SQLITE_READONLY: return -EROFS;
+    case SQLITE_NOTADB: case SQLITE_CORRUPT: return -EBADMSG;
+    case SQLITE_NOMEM: return -ENOMEM;
+    case SQLITE_CONSTRAINT: return -EEXIST;
+    case SQLITE_PERM: case SQLITE_AUTH: return -EACCES;
+    case SQLITE_TOOBIG: return -E2BIG;
+    default: return -EIO;
+    }
+}
+
+int store_sqlite_error(sqlite3 *db, int rc, const char *what, struct lorad_error *err) {
+    int r = store_errno(rc);
+    if (r == 0) r = -EIO;
+    return lorad_error_set(err, r, "", "%s: %s", what, db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+}
+
+const char *lorad_store_sqlite_version(void) { return sqlite3_libversion(); }
+
+int64_t store_now(void) { return (int64_t)time(NULL); }
+
+/* ---- statements --------------------------------------------------------------------------- */
+
+sqlite3_stmt *store_stmt(struct store_conn *c, const char *sql, int *ret_rc,
+                         struct lorad_error *err) {
+    for (int i = 0; i < c->n_cached; i++) {
+        if (c->cache[i].sql == sql) {
+            sqlite3_reset(c->cache[i].stmt);
+            sqlite3_clear_bindings(c->cache[i].stmt);
+            return c->cache[i].stmt;
+        }
+    }
+    if (c->n_cached == STORE_STMT_CACHE) {
+        /* Every statement is a literal in store/, so this is a build-time sizing bug. */
+        assert(!"raise STORE_STMT_CACHE");
+        *ret_rc = lorad_error_set(err, -EIO, "", "statement cache full (raise STORE_STMT_CACHE)");
+        return NULL;
+    }
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v3(c->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &st, NULL);
+    if (rc != SQLITE_OK) {
+        *ret_rc = store_sqlite_error(c->db, rc, "cannot prepare statement", err);
+        return NULL;
+    }
+    c->cache[c->n_cached].sql = sql;
+    c->cache[c->n_cached].stmt = st;
+    c->n_cached++;
+    return st;
+}
+
+void store_stmt_done(sqlite3_stmt *st) {
+    if (!st) return;
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+}
+
+int store_step(struct store_conn *c, sqlite3_stmt *st, const char *what, struct lorad_error *err) {
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) return 1;
+    if (rc == SQLITE_DONE) return 0;
+    return store_sqlite_error(c->db, rc, what, err);
+}
+
+int store_bind_text(sqlite3_stmt *st, int i, const char *s) {
+    return s ? sqlite3_bind_text(st, i, s, -1, SQLITE_TRANSIENT) : sqlite3_bind_null(st, i);
+}
+
+int store_bind_double(sqlite3_stmt *st, int i, double v) {
+    return isfinite(v) ? sqlite3_bind_double(st, i, v) : sqlite3_bind_null(st, i);
+}
+
+int store_bind_json(sqlite3_stmt *st, int i, json_t *j) {
+    if (!j) return sqlite3_bind_null(st, i);
+    char *text = json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY);
+    if (!text) return SQLITE_NOMEM;
+    return sqlite3_bind_text(st, i, text, -1, free);
+}
+
+json_t *store_col_text(sqlite3_stmt *st, int i) {
+    if (sqlite3_column_type(st, i) == SQLITE_NULL) return json_null();
+    return json_string((const char *)sqlite3_column_text(st, i));
+}
+
+json_t *store_col_int(sqlite3_stmt *st, int i) {
+    if (sqlite3_column_type(st, i) == SQLITE_NULL) return json_null();
+    return json_integer(sqlite3_column_int64(st, i));
+}
+
+json_t *store_col_real(sqlite3_stmt *st, int i) {
+    if (sqlite3_column_type(st, i) == SQLITE_NULL) return json_null();
+    return json_real(sqlite3_column_double(st, i));
+}
+
+json_t *store_col_json(sqlite3_stmt *st, int i) {
+    if (sqlite3_column_type(st, i) == SQLITE_NULL) return json_null();
+    json_t *j = json_loads((const char *)sqlite3_column_text(st, i), JSON_DECODE_ANY, NULL);
+    return j ? j : json_null();
+}
+
+int store_check_utf8(const char *s, const char *param, struct lorad_error *err) {
+    if (!s) return 0;
+    json_t *j = json_string(s);
+    if (!j) return lorad_error_set(err, -EINVAL, param, "not valid UTF-8");
+    json_decref(j);
+    return 0;
+}
+
+int store_check_json_size(json_t *j, size_t max, const char *param, struct lorad_error *err) {
+    if (!j) return 0;
+    size_t n = json_dumpb(j, NULL, 0, JSON_COMPACT | JSON_ENCODE_ANY);
+    if (n == 0 || n > max)
+        return lorad_error_set(err, -EINVAL, param, "must serialise to 1..%zu bytes, got %zu", max, n);
+    return 0;
+}
+
+int store_check_limit(int limit, int max, struct lorad_error *err) {
+    if (limit < 1 || limit > max)
+        return lorad_error_set(err, -EINVAL, "limit", "limit must be 1..%d, got %d", max, limit);
+    return 0;
+}
+
+json_t *store_list_page(json_t *data, bool has_more) {
+    size_t n = json_array_size(data);
+    json_t *first = n ? json_object_get(json_array_get(data, 0), "id") : NULL;
+    json_t *last = n ? json_object_get(json_array_get(data, n - 1), "id") : NULL;
+    return json_pack("{s:s, s:o, s:b, s:O?, s:O?}", "object", "list", "data", data, "has_more",
+                     has_more, "first_id", first, "last_id", last);
+}
+
+int store_job_exists(struct store_conn *c, const char *job_id, const char *param,
+                     struct lorad_error *err) {
+    int r = 0;
+    sqlite3_stmt *st = store_stmt(c, "SELECT 1 FROM jobs WHERE id = ?1", &r, err);
+    if (!st) return r;
+    store_bind_text(st, 1, job_id);
+    r = store_step(c, st, "cannot look up job", err);
+    store_stmt_done(st);
+    if (r == 0) return lorad_error_set(err, -ENOENT, param, "no such job: %s", job_id);
+    return r < 0 ? r : 0;
+}
+
+/* ---- connections -------------------------------------------------------------------------- */
+
+static void conn_close(struct store_conn *c) {
+    if (!c) return;
+    for (int i = 0; i < c->n_cached; i++) sqlite3_finalize(c->cache[i].stmt);
+    sqlite3_close(c->db);
+    free(c);
+}
+
+static int conn_exec(struct store_conn *c, const char *sql, const char *path, const char *what,
+                     struct lorad_error *err) {
+    int rc = sqlite3_exec(c->db, sql, NULL, NULL, NULL);
+    if (rc == SQLITE_OK) return 0;
+    return lorad_error_set(err, store_errno(rc) ? store_errno(rc) : -EIO, "", "%s: %s: %s", path,
+                           what, sqlite3_errmsg(c->db));
+}
+
+/* Opens one connection with lorad's settings. first: the connection that creates the file and
+ * switches it to WAL. */
+static int conn_open(struct lorad_store *s, bool first, struct store_conn **ret_conn,
+                     struct lorad_error *err) {
+    bool readonly = s->opts.flags & LORAD_STORE_READONLY;
+    struct store_conn *c = calloc(1, sizeof *c);
+    if (!c) return lorad_error_set(err, -ENOMEM, "", "out of memory");
+    int flags = SQLITE_OPEN_NOMUTEX | (readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE);
+    if (first && !readonly) flags |= SQLITE_OPEN_CREATE;
+    int rc = sqlite3_open_v2(s->path, &c->db, flags, NULL);
+    if (rc != SQLITE_OK) {
+        int r = lorad_error_set(err, store_errno(rc) ? store_errno(rc) : -EIO, "",
+                                "%s: cannot open database: %s", s->path,
+                                c->db ? sqlite3_errmsg(c->db) : sqlite3_errstr(rc));
+        conn_close(c);
+        return r;
+    }
+    sqlite3_extended_result_codes(c->db, 1);
+    sqlite3_busy_timeout(c->db, s->opts.busy_timeout_ms);
+    /* Read the header before any statement that could write: a file that is not a database
+     * fails here and is left byte for byte as it was. */
+    int r = conn_exec(c, "SELECT count(*) FROM sqlite_schema", s->path,
+                      "not a usable SQLite database (refusing to touch it)", err);
+    if (r == 0) r = conn_exec(c, "PRAGMA foreign_keys = ON", s->path, "foreign_keys", err);
+    if (r == 0 && first && !readonly)
+        r = conn_exec(c, "PRAGMA journal_mode = WAL", s->path, "cannot enable WAL", err);
+    /* FULL: a committed transaction survives power loss too, not only a process crash. */
+    if (r == 0) r = conn_exec(c, "PRAGMA synchronous = FULL", s->path, "synchronous", err);
+    if (r == 0 && s->opts.max_pages > 0) {
+        /* An integer from the daemon's options, not client input; PRAGMA cannot be bound. */
+        char sql[64];
+        snprintf(sql, sizeof sql, "PRAGMA max_page_count = %" PRId64, s->opts.max_pages);
+        r = conn_exec(c, sql, s->path, "max_page_count", err);
+    }
+    if (r < 0) {
+        conn_close(c);
+        return r;
+    }
+    *ret_conn = c;
+    return 0;
+}
+
+int store_acquire(struct lorad_store *s, struct store_conn **ret_conn, struct lorad_error *err) {
+    pthread_mutex_lock(&s->pool_lock);
+    for (;;) {
+        if (s->idle) {
+            struct store_conn *c = s->idle;
+            s->idle = c->next_idle;
+            c->next_idle = NULL;
+            pthread_mutex_unlock(&s->pool_lock);
+            *ret_conn = c;
+            return 0;
+        }
+        if (s->n_open < s->opts.pool_max) break;
+        pthread_cond_wait(&s->pool_cond, &s->pool_lock);
+    }
+    s->n_open++;
+    pthread_mutex_unlock(&s->pool_lock);
+    struct store_conn *c = NULL;
+    int r = conn_open(s, false, &c, err);
+    if (r < 0) {
+        pthread_mutex_lock(&s->pool_lock);
+        s->n_open--;
+        pthread_cond_signal(&s->pool_cond);
+        pthread_mutex_unlock(&s->pool_lock);
+        return r;
+    }
+    *ret_conn = c;
+    return 0;
+}
+
+void store_release(struct lorad_store *s, struct store_conn *c) {
+    if (!c) return;
+    pthread_mutex_lock(&s->pool_lock);
+    c->next_idle = s->idle;
+    s->idle = c;
+    pthread_cond_signal(&s->pool_cond);
+    pthread_mutex_unlock(&s->pool_lock);
+}
+
+/* ---- transactions ------------------------------------------------------------------------- */
+
+int store_tx_begin(struct lorad_store *s, struct store_conn *c, struct lorad_error *err) {
+    pthread_mutex_lock(&s->write_lock);
+    int r = 0;
+    sqlite3_stmt *st = store_stmt(c, "BEGIN IMMEDIATE", &r, err);
+    if (st) r = store_step(c, st, "cannot start transaction", err);
+    store_stmt_done(st);
+    if (r < 0) pthread_mutex_unlock(&s->write_lock);
+    return r;
+}
+
+int store_tx_end(struct lorad_store *s, struct store_conn *c, int r, struct lorad_error *err) {
+    int rr = 0;
+    if (r >= 0) {
+        sqlite3_stmt *st = store_stmt(c, "COMMIT", &rr, err);
+        if (st) rr = store_step(c, st, "cannot commit", err);
+        store_stmt_done(st);
+        if (rr < 0) r = rr;
+    }
+    if (r < 0 && !sqlite3_get_autocommit(c->db)) {
+        /* Some errors (SQLITE_FULL, IOERR) already rolled back; ROLLBACK only if still open. */
+        sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
+    }
+    pthread_mutex_unlock(&s->write_lock);
+    return r;
+}
+
+/* ---- open / close ------------------------------------------------------------------------- */
+
+static int quick_check(struct store_conn *c, const char *path, struct lorad_error *err) {
+    int r = 0;
+    sqlite3_stmt *st = store_stmt(c, "PRAGMA quick_check", &r, err);
+    if (!st) return r;
+    r = store_step(c, st, path, err);
+    if (r == 1) {
+        const char *res = (const char *)sqlite3_column_text(st, 0);
+        if (!res || strcmp(res, "ok") != 0)
+            r = lorad_error_set(err, -EBADMSG, "", "%s: database is corrupt: %s", path,
+                                res ? res : "?");
+        else
+            r = 0;
+    } else if (r == 0) {
+        r = lorad_error_set(err, -EBADMSG, "", "%s: quick_check returned nothing", path);
+    }
+    store_stmt_done(st);
+    return r;
+}
+
+int lorad_store_open(const char *path, const struct lorad_store_options *opts,
+                     struct lorad_store **ret_store, struct lorad_error *err) {
+    if (!path || !*path) return lorad_error_set(err, -EINVAL, "path", "empty database path");
+    struct lorad_store *s = calloc(1, sizeof *s);
+    if (!s || !(s->path = strdup(path))) {
+        free(s);
+        return lorad_error_set(err, -ENOMEM, "", "out of memory");
+    }
+    if (opts) s->opts = *opts;
+    if (s->opts.busy_timeout_ms <= 0) s->opts.busy_timeout_ms = 5000;
+    if (s->opts.pool_max <= 0) s->opts.pool_max = 16;
+    pthread_mutex_init(&s->pool_lock, NULL);
+    pthread_cond_init(&s->pool_cond, NULL);
+    pthread_mutex_init(&s->write_lock, NULL);
+
+    struct store_conn *c = NULL;
+    int r = conn_open(s, true, &c, err);
+    if (r < 0) goto fail;
+    s->n_open = 1;
+    if (s->opts.flags & LORAD_STORE_READONLY) {
+        int version = 0;
+        r = store_read_user_version(c->db, &version, path, err);
+        if (r == 0 && version != store_schema_latest)
+            r = lorad_error_set(err, -EPROTO, "",
+                                "%s: schema version %d, this lorad needs %d (open it read-write "
+                                "once to migrate, or upgrade lorad)",
+                                path, version, store_schema_latest);
+    } else {
+        r = store_migrate(c->db, store_schema_latest, path, err);
+    }
+    if (r == 0 && (s->opts.flags & LORAD_STORE_RECOVER)) {
+        r = quick_check(c, path, err);
+        if (r == 0) {
+            r = store_tx_begin(s, c, err);
+            if (r == 0) r = store_tx_end(s, c, store_recover_tx(c, err), err);
+        }
+    }
+    if (r < 0) goto fail;
+    s->idle = c;
+    *ret_store = s;
+    return 0;
+fail:
+    conn_close(c);
+    s->n_open = 0;
+    lorad_store_close(s);
+    return r;
+}
+
+void lorad_store_close(struct lorad_store *s) {
+    if (!s) return;
+    assert(s->n_open == 0 || s->idle);
+    int closed = 0;
+    while (s->idle) {
+        struct store_conn *c = s->idle;
+        s->idle = c->next_idle;
+        conn_close(c);
+        closed++;
+    }
+    assert(closed == s->n_open && "lorad_store_close with a call in flight");
+    pthread_mutex_destroy(&s->pool_lock);
+    pthread_cond_destroy(&s->pool_cond);
+    pthread_mutex_destroy(&s->write_lock);
+    free(s->path);
+    free(s);
+}

@@ -1,0 +1,163 @@
+/* Job events: an append-only log per job, numbered 1, 2, 3, … (seq) so a stream can resume
+ * "after seq" without gaps or repeats. */
+#include <errno.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "store_internal.h"
+
+static bool level_valid(const char *l) {
+    return l && (!strcmp(l, "info") || !strcmp(l, "warn") || !strcmp(l, "error"));
+}
+
+static bool type_valid(const char *t) {
+    return t && (!strcmp(t, "message") || !strcmp(t, "metrics") || !strcmp(t, "checkpoint") ||
+                 !strcmp(t, "status"));
+}
+
+int store_event_append_tx(struct store_conn *c, const char *job_id, const char *level,
+                          const char *type, const char *message, json_t *data, int64_t *ret_seq,
+                          struct lorad_error *err) {
+    char id[LORAD_STORE_ID_MAX];
+    int r = lorad_store_new_id("ftevent-", id);
+    if (r < 0) return lorad_error_set(err, r, "", "getrandom failed");
+    /* Inside the write transaction, MAX(seq)+1 cannot race with another writer. */
+    sqlite3_stmt *st = store_stmt(c,
+        "INSERT INTO events(id, job_id, seq, created_at, level, type, message, data)"
+        " SELECT ?1, ?2, COALESCE(MAX(seq), 0) + 1, ?3, ?4, ?5, ?6, ?7 FROM events"
+        " WHERE job_id = ?2 RETURNING seq", &r, err);
+    if (!st) return r;
+    store_bind_text(st, 1, id);
+    store_bind_text(st, 2, job_id);
+    sqlite3_bind_int64(st, 3, store_now());
+    store_bind_text(st, 4, level);
+    store_bind_text(st, 5, type);
+    store_bind_text(st, 6, message ? message : "");
+    store_bind_json(st, 7, data);
+    r = store_step(c, st, "cannot append event", err);
+    int64_t seq = r == 1 ? sqlite3_column_int64(st, 0) : 0;
+    if (r == 1) r = store_step(c, st, "cannot append event", err);
+    store_stmt_done(st);
+    if (r < 0) return r;
+    if (ret_seq) *ret_seq = seq;
+    return 0;
+}
+
+int lorad_store_event_append(struct lorad_store *s, const char *job_id, const char *level,
+                             const char *type, const char *message, json_t *data,
+                             int64_t *ret_seq, struct lorad_error *err) {
+    if (!level_valid(level)) return lorad_error_set(err, -EINVAL, "level", "bad event level");
+    if (!type_valid(type)) return lorad_error_set(err, -EINVAL, "type", "bad event type");
+    if (message && strlen(message) > 4096)
+        return lorad_error_set(err, -EINVAL, "message", "event message longer than 4096 bytes");
+    int r = store_check_json_size(data, STORE_SMALL_JSON_MAX, "data", err);
+    if (r == 0) r = store_check_utf8(message, "message", err);
+    if (r < 0) return r;
+    struct store_conn *c = NULL;
+    r = store_acquire(s, &c, err);
+    if (r < 0) return r;
+    int64_t seq = 0;
+    r = store_job_exists(c, job_id, "fine_tuning_job_id", err);
+    if (r == 0) r = store_tx_begin(s, c, err);
+    if (r == 0)
+        r = store_tx_end(s, c, store_event_append_tx(c, job_id, level, type, message, data, &seq, err),
+                         err);
+    store_release(s, c);
+    if (r == 0 && ret_seq) *ret_seq = seq;
+    return r;
+}
+
+static json_t *event_from_row(sqlite3_stmt *st) {
+    /* columns: id, created_at, level, message, data, type, seq */
+    return json_pack("{s:s, s:o, s:o, s:o, s:o, s:o, s:o}", "object", "fine_tuning.job.event",
+                     "id", store_col_text(st, 0), "created_at", store_col_int(st, 1), "level",
+                     store_col_text(st, 2), "message", store_col_text(st, 3), "data",
+                     store_col_json(st, 4), "type", store_col_text(st, 5));
+}
+
+int lorad_store_event_list(struct lorad_store *s, const char *job_id, const char *after,
+                           int limit, json_t **ret_page, struct lorad_error *err) {
+    int r = store_check_limit(limit, 100, err);
+    if (r < 0) return r;
+    struct store_conn *c = NULL;
+    r = store_acquire(s, &c, err);
+    if (r < 0) return r;
+    r = store_job_exists(c, job_id, "fine_tuning_job_id", err);
+    if (r < 0) goto out;
+    int64_t after_seq = INT64_MAX;
+    if (after) {
+        sqlite3_stmt *st = store_stmt(c, "SELECT seq FROM events WHERE id = ?1 AND job_id = ?2",
+                                      &r, err);
+        if (!st) goto out;
+        store_bind_text(st, 1, after);
+        store_bind_text(st, 2, job_id);
+        r = store_step(c, st, "cannot read event", err);
+        if (r == 1) after_seq = sqlite3_column_int64(st, 0);
+        else if (r == 0) r = lorad_error_set(err, -ENOENT, "after", "no such event: %s", after);
+        store_stmt_done(st);
+        if (r < 0) goto out;
+    }
+    sqlite3_stmt *st = store_stmt(c,
+        "SELECT id, created_at, level, message, data, type, seq FROM events"
+        " WHERE job_id = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3", &r, err);
+    if (!st) goto out;
+    store_bind_text(st, 1, job_id);
+    sqlite3_bind_int64(st, 2, after_seq);
+    sqlite3_bind_int(st, 3, limit + 1);
+    json_t *data = json_array();
+    bool has_more = false;
+    while ((r = store_step(c, st, "cannot list events", err)) == 1) {
+        if ((int)json_array_size(data) == limit) {
+            has_more = true;
+            break;
+        }
+        json_array_append_new(data, event_from_row(st));
+    }
+    store_stmt_done(st);
+    if (r < 0) {
+        json_decref(data);
+        goto out;
+    }
+    *ret_page = store_list_page(data, has_more);
+    r = 0;
+out:
+    store_release(s, c);
+    return r;
+}
+
+int lorad_store_event_since(struct lorad_store *s, const char *job_id, int64_t after_seq,
+                            int limit, json_t **ret_events, int64_t *ret_last_seq,
+                            struct lorad_error *err) {
+    int r = store_check_limit(limit, 1000, err);
+    if (r < 0) return r;
+    struct store_conn *c = NULL;
+    r = store_acquire(s, &c, err);
+    if (r < 0) return r;
+    r = store_job_exists(c, job_id, "fine_tuning_job_id", err);
+    if (r < 0) goto out;
+    sqlite3_stmt *st = store_stmt(c,
+        "SELECT id, created_at, level, message, data, type, seq FROM events"
+        " WHERE job_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3", &r, err);
+    if (!st) goto out;
+    store_bind_text(st, 1, job_id);
+    sqlite3_bind_int64(st, 2, after_seq);
+    sqlite3_bind_int(st, 3, limit);
+    json_t *events = json_array();
+    int64_t last = after_seq;
+    while ((r = store_step(c, st, "cannot list events", err)) == 1) {
+        json_t *ev = event_from_row(st);
+        last = sqlite3_column_int64(st, 6);
+        json_object_set_new(ev, "seq", json_integer(last));
+        json_array_append_new(events, ev);
+    }
+    store_stmt_done(st);
+    if (r < 0) {
+        json_decref(events);
+        goto out;
+    }
+    *ret_events = events;
+    if (ret_last_seq) *ret_last_seq = last;
+out:
+    store_release(s, c);
+    return r;
+}

@@ -1,0 +1,106 @@
+/* Private to store/: the connection pool, the statement cache, transactions and error mapping.
+ * Tests may include it for the migration hook; api/ and daemon/ must not. */
+#pragma once
+#include <pthread.h>
+#include <sqlite3.h>
+
+#include "store.h"
+
+#define STORE_STMT_CACHE 96
+
+/* One SQLite connection and the statements prepared on it. Used by one thread at a time. */
+struct store_conn {
+    sqlite3 *db;
+    struct {
+        const char *sql; /* the static SQL text's address is the cache key */
+        sqlite3_stmt *stmt;
+    } cache[STORE_STMT_CACHE];
+    int n_cached;
+    struct store_conn *next_idle;
+};
+
+struct lorad_store {
+    char *path;
+    struct lorad_store_options opts;
+    pthread_mutex_t pool_lock;
+    pthread_cond_t pool_cond;
+    struct store_conn *idle;
+    int n_open;
+    /* Serialises write transactions inside the process: fair and without busy-handler sleeps.
+     * SQLite's own lock (and the busy timeout) still guards against other processes. */
+    pthread_mutex_t write_lock;
+};
+
+/* Borrow a connection (blocks while pool_max are in use); give it back with store_release(). */
+int store_acquire(struct lorad_store *s, struct store_conn **ret_conn, struct lorad_error *err);
+void store_release(struct lorad_store *s, struct store_conn *c);
+
+/* The cached prepared statement for the static SQL text sql, reset and unbound. NULL on failure
+ * (err set, *ret_rc = -errno). sql must be a string literal (its address is the key). */
+sqlite3_stmt *store_stmt(struct store_conn *c, const char *sql, int *ret_rc,
+                         struct lorad_error *err);
+/* Resets st so its connection's locks are released; clears bindings. */
+void store_stmt_done(sqlite3_stmt *st);
+/* sqlite3_step(): 1 = row, 0 = done, -errno on error (err set with what and SQLite's text). */
+int store_step(struct store_conn *c, sqlite3_stmt *st, const char *what, struct lorad_error *err);
+
+/* Maps a SQLite result code to -errno. */
+int store_errno(int rc);
+/* Sets err from the connection's last error: "<what>: <sqlite message>" and returns -errno. */
+int store_sqlite_error(sqlite3 *db, int rc, const char *what, struct lorad_error *err);
+
+/* Write transaction: takes the process write lock and BEGIN IMMEDIATE. store_tx_end() commits
+ * when r >= 0 (rolls back if the commit fails) and rolls back when r < 0; it always drops the
+ * lock and returns r or the commit's error. */
+int store_tx_begin(struct lorad_store *s, struct store_conn *c, struct lorad_error *err);
+int store_tx_end(struct lorad_store *s, struct store_conn *c, int r, struct lorad_error *err);
+
+/* Unix seconds. */
+int64_t store_now(void);
+
+/* Binding helpers: NULL text and NAN doubles bind SQL NULL; json is serialised compactly. */
+int store_bind_text(sqlite3_stmt *st, int i, const char *s);
+int store_bind_double(sqlite3_stmt *st, int i, double v);
+int store_bind_json(sqlite3_stmt *st, int i, json_t *j);
+/* Column helpers: NULL column -> json null; text JSON column parsed (invalid -> null). */
+json_t *store_col_text(sqlite3_stmt *st, int i);
+json_t *store_col_int(sqlite3_stmt *st, int i);
+json_t *store_col_real(sqlite3_stmt *st, int i);
+json_t *store_col_json(sqlite3_stmt *st, int i);
+
+/* -EINVAL (param) unless s (may be NULL) is valid UTF-8: everything stored is later served as
+ * JSON, and jansson refuses invalid UTF-8. */
+int store_check_utf8(const char *s, const char *param, struct lorad_error *err);
+/* -EINVAL (param) unless j (may be NULL) serialises to at most max bytes. */
+int store_check_json_size(json_t *j, size_t max, const char *param, struct lorad_error *err);
+#define STORE_SPEC_MAX (1u << 20)      /* job spec, file validation summary */
+#define STORE_SMALL_JSON_MAX (64u << 10) /* event data, checkpoint metrics */
+/* Checks limit against [1, max]: -EINVAL (param "limit") otherwise. */
+int store_check_limit(int limit, int max, struct lorad_error *err);
+/* Builds {object:"list", data, has_more, first_id, last_id}; steals data. */
+json_t *store_list_page(json_t *data, bool has_more);
+/* -ENOENT (param) unless job id exists. */
+int store_job_exists(struct store_conn *c, const char *job_id, const char *param,
+                     struct lorad_error *err);
+
+/* Inside a write transaction. */
+int store_event_append_tx(struct store_conn *c, const char *job_id, const char *level,
+                          const char *type, const char *message, json_t *data, int64_t *ret_seq,
+                          struct lorad_error *err);
+int store_transition_tx(struct store_conn *c, const char *job_id,
+                        const struct lorad_store_transition *t, struct lorad_error *err);
+int store_recover_tx(struct store_conn *c, struct lorad_error *err);
+/* Reads the job object on c (no transaction needed). */
+int store_job_get_conn(struct store_conn *c, const char *id, json_t **ret_job,
+                       struct lorad_error *err);
+
+/* Migrations (store_schema.c). */
+extern const int store_schema_latest;
+/* Applies migrations on db until user_version == target (<= latest), each in its own
+ * transaction. -EPROTO if the database is newer than latest. */
+int store_migrate(sqlite3 *db, int target, const char *path, struct lorad_error *err);
+/* PRAGMA user_version of db. */
+int store_read_user_version(sqlite3 *db, int *ret_version, const char *path,
+                             struct lorad_error *err);
+/* Test hook: creates/upgrades the database at path to exactly `version` and closes it. */
+int store_migrate_file_to(const char *path, int version, struct lorad_error *err);

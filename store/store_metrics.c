@@ -1,0 +1,399 @@
+/* Per-step metrics (batched) and checkpoints. A checkpoint commits together with every metrics
+ * row buffered before it, so a crash never leaves a checkpoint whose curve is missing. */
+#include <errno.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "store_internal.h"
+
+/* While the database refuses writes (full disk), rows queue up to this many batches; beyond it
+ * append says -ENOBUFS rather than grow without bound. */
+#define MAX_BACKLOG 64
+
+struct lorad_metrics_writer {
+    struct lorad_store *store;
+    char job_id[LORAD_STORE_ID_MAX];
+    int batch_rows;
+    int n_rows;
+    int cap_rows; /* grows while flushes fail, up to MAX_BACKLOG batches */
+    struct lorad_metrics_row *rows;
+};
+
+static json_t *real_or_null(double v) { return isfinite(v) ? json_real(v) : json_null(); }
+
+static json_t *row_to_json(const struct lorad_metrics_row *m) {
+    return json_pack("{s:I, s:I, s:o, s:o, s:o, s:o, s:o, s:I, s:o, s:o, s:o, s:o, s:o}",
+                     "step", (json_int_t)m->step, "total_steps", (json_int_t)m->total_steps,
+                     "epoch", real_or_null(m->epoch), "train_loss", real_or_null(m->train_loss),
+                     "train_mean_token_accuracy", real_or_null(m->train_mean_token_accuracy),
+                     "lr", real_or_null(m->lr), "grad_norm", real_or_null(m->grad_norm),
+                     "tokens_seen", (json_int_t)m->tokens_seen, "tokens_per_s",
+                     real_or_null(m->tokens_per_s), "elapsed_s", real_or_null(m->elapsed_s),
+                     "eta_s", real_or_null(m->eta_s), "valid_loss", real_or_null(m->valid_loss),
+                     "valid_mean_token_accuracy", real_or_null(m->valid_mean_token_accuracy));
+}
+
+int lorad_metrics_writer_new(struct lorad_store *s, const char *job_id, int batch_rows,
+                             struct lorad_metrics_writer **ret_writer, struct lorad_error *err) {
+    if (!lorad_store_id_valid("ftjob-", job_id))
+        return lorad_error_set(err, -EINVAL, "fine_tuning_job_id", "not a job id");
+    if (batch_rows == 0) batch_rows = 32;
+    if (batch_rows < 1 || batch_rows > 4096)
+        return lorad_error_set(err, -EINVAL, "batch_rows", "batch_rows must be 1..4096");
+    struct lorad_metrics_writer *w = calloc(1, sizeof *w);
+    if (w) w->rows = calloc((size_t)batch_rows, sizeof *w->rows);
+    if (!w || !w->rows) {
+        free(w);
+        return lorad_error_set(err, -ENOMEM, "", "out of memory");
+    }
+    w->store = s;
+    snprintf(w->job_id, sizeof w->job_id, "%s", job_id);
+    w->batch_rows = batch_rows;
+    w->cap_rows = batch_rows;
+    *ret_writer = w;
+    return 0;
+}
+
+void lorad_metrics_writer_free(struct lorad_metrics_writer *w) {
+    if (!w) return;
+    free(w->rows);
+    free(w);
+}
+
+int lorad_metrics_writer_pending(const struct lorad_metrics_writer *w) { return w->n_rows; }
+
+static int write_row_tx(struct store_conn *c, const char *job_id, const struct lorad_metrics_row *m,
+                        struct lorad_error *err) {
+    int r = 0;
+    sqlite3_stmt *st = store_stmt(c,
+        "INSERT INTO metrics(job_id, step, total_steps, epoch, train_loss,"
+        " train_mean_token_accuracy, lr, grad_norm, tokens_seen, tokens_per_s, elapsed_s, eta_s,"
+        " valid_loss, valid_mean_token_accuracy)"
+        " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+        " ON CONFLICT (job_id, step) DO UPDATE SET total_steps = excluded.total_steps,"
+        " epoch = excluded.epoch, train_loss = excluded.train_loss,"
+        " train_mean_token_accuracy = excluded.train_mean_token_accuracy, lr = excluded.lr,"
+        " grad_norm = excluded.grad_norm, tokens_seen = excluded.tokens_seen,"
+        " tokens_per_s = excluded.tokens_per_s, elapsed_s = excluded.elapsed_s,"
+        " eta_s = excluded.eta_s, valid_loss = excluded.valid_loss,"
+        " valid_mean_token_accuracy = excluded.valid_mean_token_accuracy", &r, err);
+    if (!st) return r;
+    store_bind_text(st, 1, job_id);
+    sqlite3_bind_int64(st, 2, m->step);
+    sqlite3_bind_int64(st, 3, m->total_steps);
+    store_bind_double(st, 4, m->epoch);
+    store_bind_double(st, 5, m->train_loss);
+    store_bind_double(st, 6, m->train_mean_token_accuracy);
+    store_bind_double(st, 7, m->lr);
+    store_bind_double(st, 8, m->grad_norm);
+    sqlite3_bind_int64(st, 9, m->tokens_seen);
+    store_bind_double(st, 10, m->tokens_per_s);
+    store_bind_double(st, 11, m->elapsed_s);
+    store_bind_double(st, 12, m->eta_s);
+    store_bind_double(st, 13, m->valid_loss);
+    store_bind_double(st, 14, m->valid_mean_token_accuracy);
+    r = store_step(c, st, "cannot write metrics", err);
+    store_stmt_done(st);
+    if (r < 0) return r;
+
+    char message[200];
+    int n = snprintf(message, sizeof message, "Step %lld/%lld: training loss=%.4f",
+                     (long long)m->step, (long long)m->total_steps, m->train_loss);
+    if (isfinite(m->valid_loss) && n > 0 && (size_t)n < sizeof message)
+        snprintf(message + n, sizeof message - (size_t)n, ", validation loss=%.4f", m->valid_loss);
+    json_t *data = row_to_json(m);
+    r = store_event_append_tx(c, job_id, "info", "metrics", message, data, NULL, err);
+    json_decref(data);
+    return r;
+}
+
+/* Writes the buffered rows and moves the job's progress to the newest. Inside a transaction. */
+static int write_pending_tx(struct lorad_metrics_writer *w, struct store_conn *c,
+                            struct lorad_error *err) {
+    if (w->n_rows == 0) return 0;
+    for (int i = 0; i < w->n_rows; i++) {
+        int r = write_row_tx(c, w->job_id, &w->rows[i], err);
+        if (r < 0) return r;
+    }
+    const struct lorad_metrics_row *m = &w->rows[w->n_rows - 1];
+    int r = 0;
+    sqlite3_stmt *st = store_stmt(c,
+        "UPDATE jobs SET progress_step = ?2, progress_total_steps = ?3, progress_epoch = ?4,"
+        " progress_tokens_per_s = ?5, progress_eta_s = ?6, trained_tokens = ?7 WHERE id = ?1",
+        &r, err);
+    if (!st) return r;
+    store_bind_text(st, 1, w->job_id);
+    sqlite3_bind_int64(st, 2, m->step);
+    sqlite3_bind_int64(st, 3, m->total_steps);
+    store_bind_double(st, 4, m->epoch);
+    store_bind_double(st, 5, m->tokens_per_s);
+    store_bind_double(st, 6, m->eta_s);
+    sqlite3_bind_int64(st, 7, m->tokens_seen);
+    r = store_step(c, st, "cannot update progress", err);
+    store_stmt_done(st);
+    return r;
+}
+
+int lorad_metrics_writer_flush(struct lorad_metrics_writer *w, struct lorad_error *err) {
+    if (w->n_rows == 0) return 0;
+    struct store_conn *c = NULL;
+    int r = store_acquire(w->store, &c, err);
+    if (r < 0) return r;
+    r = store_job_exists(c, w->job_id, "fine_tuning_job_id", err);
+    if (r == 0) r = store_tx_begin(w->store, c, err);
+    if (r == 0) r = store_tx_end(w->store, c, write_pending_tx(w, c, err), err);
+    store_release(w->store, c);
+    if (r == 0) w->n_rows = 0;
+    return r;
+}
+
+int lorad_metrics_writer_append(struct lorad_metrics_writer *w, const struct lorad_metrics_row *row,
+                                struct lorad_error *err) {
+    if (row->step < 0) return lorad_error_set(err, -EINVAL, "step", "negative step");
+    if (w->n_rows == w->cap_rows) {
+        if (w->cap_rows >= w->batch_rows * MAX_BACKLOG)
+            return lorad_error_set(err, -ENOBUFS, "", "%d metrics rows wait for the database",
+                                   w->n_rows);
+        struct lorad_metrics_row *rows = realloc(w->rows, 2 * (size_t)w->cap_rows * sizeof *rows);
+        if (!rows) return lorad_error_set(err, -ENOMEM, "", "out of memory");
+        w->rows = rows;
+        w->cap_rows *= 2;
+    }
+    w->rows[w->n_rows++] = *row;
+    if (w->n_rows >= w->batch_rows) return lorad_metrics_writer_flush(w, err);
+    return 0;
+}
+
+static int checkpoint_tx(struct lorad_metrics_writer *w, struct store_conn *c, int64_t step,
+                         const char *path, json_t *metrics, char ret_id[LORAD_STORE_ID_MAX],
+                         struct lorad_error *err) {
+    int r = write_pending_tx(w, c, err);
+    if (r < 0) return r;
+    json_t *own = NULL;
+    if (!metrics) {
+        sqlite3_stmt *st = store_stmt(c,
+            "SELECT train_loss, train_mean_token_accuracy, valid_loss, valid_mean_token_accuracy"
+            " FROM metrics WHERE job_id = ?1 AND step = ?2", &r, err);
+        if (!st) return r;
+        store_bind_text(st, 1, w->job_id);
+        sqlite3_bind_int64(st, 2, step);
+        r = store_step(c, st, "cannot read metrics", err);
+        own = json_pack("{s:I}", "step", (json_int_t)step);
+        if (r == 1) {
+            json_object_set_new(own, "train_loss", store_col_real(st, 0));
+            json_object_set_new(own, "train_mean_token_accuracy", store_col_real(st, 1));
+            json_object_set_new(own, "valid_loss", store_col_real(st, 2));
+            json_object_set_new(own, "valid_mean_token_accuracy", store_col_real(st, 3));
+            json_object_set_new(own, "full_valid_loss", json_null());
+            json_object_set_new(own, "full_valid_mean_token_accuracy", json_null());
+        }
+        store_stmt_done(st);
+        if (r < 0) {
+            json_decref(own);
+            return r;
+        }
+        metrics = own;
+    }
+    char id[LORAD_STORE_ID_MAX];
+    r = lorad_store_new_id("ftckpt-", id);
+    if (r < 0) {
+        json_decref(own);
+        return lorad_error_set(err, r, "", "getrandom failed");
+    }
+    /* A resumed run that checkpoints the same step again replaces the row and keeps its id. */
+    sqlite3_stmt *st = store_stmt(c,
+        "INSERT INTO checkpoints(id, job_id, step, path, metrics, created_at)"
+        " VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (job_id, step) DO UPDATE SET"
+        " path = excluded.path, metrics = excluded.metrics, created_at = excluded.created_at"
+        " RETURNING id", &r, err);
+    if (!st) {
+        json_decref(own);
+        return r;
+    }
+    store_bind_text(st, 1, id);
+    store_bind_text(st, 2, w->job_id);
+    sqlite3_bind_int64(st, 3, step);
+    store_bind_text(st, 4, path);
+    store_bind_json(st, 5, metrics);
+    sqlite3_bind_int64(st, 6, store_now());
+    json_decref(own);
+    r = store_step(c, st, "cannot insert checkpoint", err);
+    if (r == 1) {
+        snprintf(id, sizeof id, "%s", (const char *)sqlite3_column_text(st, 0));
+        r = store_step(c, st, "cannot insert checkpoint", err);
+    }
+    store_stmt_done(st);
+    if (r < 0) return r;
+    char message[128];
+    snprintf(message, sizeof message, "Checkpoint created at step %lld", (long long)step);
+    json_t *data = json_pack("{s:s, s:I}", "checkpoint_id", id, "step", (json_int_t)step);
+    r = store_event_append_tx(c, w->job_id, "info", "checkpoint", message, data, NULL, err);
+    json_decref(data);
+    if (r == 0 && ret_id) memcpy(ret_id, id, sizeof id);
+    return r;
+}
+
+int lorad_metrics_writer_checkpoint(struct lorad_metrics_writer *w, int64_t step, const char *path,
+                                    json_t *metrics, char ret_id[LORAD_STORE_ID_MAX],
+                                    struct lorad_error *err) {
+    if (step < 0) return lorad_error_set(err, -EINVAL, "step", "negative step");
+    if (!path || !*path) return lorad_error_set(err, -EINVAL, "path", "empty checkpoint path");
+    if (strlen(path) > 1024) return lorad_error_set(err, -EINVAL, "path", "path longer than 1024 bytes");
+    if (metrics && !json_is_object(metrics))
+        return lorad_error_set(err, -EINVAL, "metrics", "not an object");
+    int r = store_check_json_size(metrics, STORE_SMALL_JSON_MAX, "metrics", err);
+    if (r < 0) return r;
+    struct store_conn *c = NULL;
+    r = store_acquire(w->store, &c, err);
+    if (r < 0) return r;
+    char id[LORAD_STORE_ID_MAX];
+    r = store_job_exists(c, w->job_id, "fine_tuning_job_id", err);
+    if (r == 0) r = store_tx_begin(w->store, c, err);
+    if (r == 0)
+        r = store_tx_end(w->store, c, checkpoint_tx(w, c, step, path, metrics, id, err), err);
+    store_release(w->store, c);
+    if (r == 0) {
+        w->n_rows = 0;
+        if (ret_id) memcpy(ret_id, id, sizeof id);
+    }
+    return r;
+}
+
+int lorad_store_metrics_list(struct lorad_store *s, const char *job_id, int64_t after_step,
+                             int limit, json_t **ret_rows, struct lorad_error *err) {
+    int r = store_check_limit(limit, 100000, err);
+    if (r < 0) return r;
+    struct store_conn *c = NULL;
+    r = store_acquire(s, &c, err);
+    if (r < 0) return r;
+    r = store_job_exists(c, job_id, "fine_tuning_job_id", err);
+    if (r < 0) goto out;
+    sqlite3_stmt *st = store_stmt(c,
+        "SELECT step, total_steps, epoch, train_loss, train_mean_token_accuracy, lr, grad_norm,"
+        " tokens_seen, tokens_per_s, elapsed_s, eta_s, valid_loss, valid_mean_token_accuracy"
+        " FROM metrics WHERE job_id = ?1 AND step > ?2 ORDER BY step LIMIT ?3", &r, err);
+    if (!st) goto out;
+    store_bind_text(st, 1, job_id);
+    sqlite3_bind_int64(st, 2, after_step);
+    sqlite3_bind_int(st, 3, limit);
+    static const char *const NAMES[] = {
+        "step", "total_steps", "epoch", "train_loss", "train_mean_token_accuracy", "lr",
+        "grad_norm", "tokens_seen", "tokens_per_s", "elapsed_s", "eta_s", "valid_loss",
+        "valid_mean_token_accuracy"};
+    json_t *rows = json_array();
+    while ((r = store_step(c, st, "cannot list metrics", err)) == 1) {
+        json_t *row = json_object();
+        for (int i = 0; i < (int)(sizeof NAMES / sizeof NAMES[0]); i++) {
+            bool integer = i == 0 || i == 1 || i == 7;
+            json_object_set_new(row, NAMES[i], integer ? store_col_int(st, i) : store_col_real(st, i));
+        }
+        json_array_append_new(rows, row);
+    }
+    store_stmt_done(st);
+    if (r < 0) {
+        json_decref(rows);
+        goto out;
+    }
+    *ret_rows = rows;
+out:
+    store_release(s, c);
+    return r;
+}
+
+static json_t *checkpoint_from_row(sqlite3_stmt *st) {
+    /* columns: id, created_at, step, metrics, job_id, model, suffix */
+    const char *suffix = (const char *)sqlite3_column_text(st, 6);
+    char name[512];
+    snprintf(name, sizeof name, "ft:%s:%s:%s:ckpt-step-%lld",
+             (const char *)sqlite3_column_text(st, 5), suffix ? suffix : "lorad",
+             (const char *)sqlite3_column_text(st, 4), (long long)sqlite3_column_int64(st, 2));
+    return json_pack("{s:s, s:o, s:o, s:s, s:o, s:o, s:o}", "object", "fine_tuning.job.checkpoint",
+                     "id", store_col_text(st, 0), "created_at", store_col_int(st, 1),
+                     "fine_tuned_model_checkpoint", name, "step_number", store_col_int(st, 2),
+                     "metrics", store_col_json(st, 3), "fine_tuning_job_id", store_col_text(st, 4));
+}
+
+int lorad_store_checkpoint_list(struct lorad_store *s, const char *job_id, const char *after,
+                                int limit, json_t **ret_page, struct lorad_error *err) {
+    int r = store_check_limit(limit, 100, err);
+    if (r < 0) return r;
+    struct store_conn *c = NULL;
+    r = store_acquire(s, &c, err);
+    if (r < 0) return r;
+    r = store_job_exists(c, job_id, "fine_tuning_job_id", err);
+    if (r < 0) goto out;
+    int64_t after_step = INT64_MAX;
+    if (after) {
+        sqlite3_stmt *st = store_stmt(c,
+            "SELECT step FROM checkpoints WHERE id = ?1 AND job_id = ?2", &r, err);
+        if (!st) goto out;
+        store_bind_text(st, 1, after);
+        store_bind_text(st, 2, job_id);
+        r = store_step(c, st, "cannot read checkpoint", err);
+        if (r == 1) after_step = sqlite3_column_int64(st, 0);
+        else if (r == 0) r = lorad_error_set(err, -ENOENT, "after", "no such checkpoint: %s", after);
+        store_stmt_done(st);
+        if (r < 0) goto out;
+    }
+    sqlite3_stmt *st = store_stmt(c,
+        "SELECT c.id, c.created_at, c.step, c.metrics, c.job_id, j.model, j.suffix"
+        " FROM checkpoints c JOIN jobs j ON j.id = c.job_id"
+        " WHERE c.job_id = ?1 AND c.step < ?2 ORDER BY c.step DESC LIMIT ?3", &r, err);
+    if (!st) goto out;
+    store_bind_text(st, 1, job_id);
+    sqlite3_bind_int64(st, 2, after_step);
+    sqlite3_bind_int(st, 3, limit + 1);
+    json_t *data = json_array();
+    bool has_more = false;
+    while ((r = store_step(c, st, "cannot list checkpoints", err)) == 1) {
+        if ((int)json_array_size(data) == limit) {
+            has_more = true;
+            break;
+        }
+        json_array_append_new(data, checkpoint_from_row(st));
+    }
+    store_stmt_done(st);
+    if (r < 0) {
+        json_decref(data);
+        goto out;
+    }
+    *ret_page = store_list_page(data, has_more);
+    r = 0;
+out:
+    store_release(s, c);
+    return r;
+}
+
+int lorad_store_checkpoint_latest(struct lorad_store *s, const char *job_id,
+                                  char ret_id[LORAD_STORE_ID_MAX], int64_t *ret_step,
+                                  char **ret_path, struct lorad_error *err) {
+    struct store_conn *c = NULL;
+    int r = store_acquire(s, &c, err);
+    if (r < 0) return r;
+    r = store_job_exists(c, job_id, "fine_tuning_job_id", err);
+    if (r < 0) goto out;
+    sqlite3_stmt *st = store_stmt(c,
+        "SELECT id, step, path FROM checkpoints WHERE job_id = ?1 ORDER BY step DESC LIMIT 1",
+        &r, err);
+    if (!st) goto out;
+    store_bind_text(st, 1, job_id);
+    r = store_step(c, st, "cannot read checkpoint", err);
+    if (r == 1) {
+        char *path = strdup((const char *)sqlite3_column_text(st, 2));
+        if (!path) {
+            r = lorad_error_set(err, -ENOMEM, "", "out of memory");
+        } else {
+            if (ret_id) snprintf(ret_id, LORAD_STORE_ID_MAX, "%s", (const char *)sqlite3_column_text(st, 0));
+            if (ret_step) *ret_step = sqlite3_column_int64(st, 1);
+            if (ret_path) *ret_path = path;
+            else free(path);
+        }
+    }
+    store_stmt_done(st);
+out:
+    store_release(s, c);
+    return r;
+}

@@ -1,0 +1,530 @@
+/* Jobs: the status machine as a table, idempotency keys, the queue, control requests, startup
+ * recovery, file-in-use refusal and ids. All on real temporary database files. */
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "store_fixture.h"
+
+#define V LORAD_JOB_VALIDATING_FILES
+#define Q LORAD_JOB_QUEUED
+#define R LORAD_JOB_RUNNING
+#define P LORAD_JOB_PAUSED
+#define CI LORAD_JOB_CANCELLING
+#define S LORAD_JOB_SUCCEEDED
+#define F LORAD_JOB_FAILED
+#define CD LORAD_JOB_CANCELLED
+#define N LORAD_JOB_STATUS_COUNT
+
+/* The legal transitions, written from issue #6 and docs/store.md (not from the code):
+ * rows = from, columns = to, in the order V Q R P CI S F CD. */
+static const char *const EXPECTED[N] = {
+    /*           V Q R P I S F D */
+    [V]  = ".x....xx", /* validation passes, fails, or the job is cancelled */
+    [Q]  = "..xx...x", /* claimed by a worker, held (paused), cancelled */
+    [R]  = ".x.xxxx.", /* requeued (restart), cancelling, paused, succeeded, failed */
+    [P]  = ".x.....x", /* resumed into the queue, cancelled */
+    [CI] = "......xx", /* the worker stops: cancelled (or failed while stopping) */
+    [S]  = "........",
+    [F]  = "........",
+    [CD] = "........",
+};
+
+/* A legal route from a fresh queued/validating job to each status. */
+static void drive_to(struct lorad_store *s, const char *file, enum lorad_job_status target,
+                     char id[LORAD_STORE_ID_MAX]) {
+    fx_job(s, file, target == V ? LORAD_JOB_VALIDATING_FILES : LORAD_JOB_QUEUED, 0, id);
+    switch (target) {
+    case V: case Q: break;
+    case R: fx_move(s, id, R); break;
+    case P: fx_move(s, id, P); break;
+    case CI: fx_move(s, id, R); fx_move(s, id, CI); break;
+    case S: fx_move(s, id, R); fx_move(s, id, S); break;
+    case F: fx_move(s, id, R); fx_move(s, id, F); break;
+    case CD: fx_move(s, id, CD); break;
+    default: fail();
+    }
+    assert_int_equal(fx_status(s, id), target);
+}
+
+static void test_transition_table(void **state) {
+    (void)state;
+    struct fx fx;
+    fx_open(&fx, 0);
+    char file[LORAD_STORE_ID_MAX];
+    fx_file(fx.store, file);
+    int legal_seen = 0;
+    for (int from = 0; from < N; from++) {
+        for (int to = 0; to < N; to++) {
+            bool legal = EXPECTED[from][to] == 'x';
+            assert_int_equal(lorad_job_transition_legal((enum lorad_job_status)from, (enum lorad_job_status)to), legal);
+            char id[LORAD_STORE_ID_MAX];
+            drive_to(fx.store, file, (enum lorad_job_status)from, id);
+            int events_before = fx_event_count(fx.store, id);
+            struct lorad_store_transition t = {.to = (enum lorad_job_status)to, .message = "table"};
+            struct lorad_error err = {0};
+            json_t *job = NULL;
+            int r = lorad_store_job_transition(fx.store, id, &t, &job, &err);
+            if (legal) {
+                legal_seen++;
+                assert_int_equal(r, 0);
+                assert_string_equal(json_string_value(json_object_get(job, "status")),
+                                    lorad_job_status_name((enum lorad_job_status)to));
+                json_decref(job);
+                /* The transition's event was written with it. */
+                json_t *events = NULL;
+                int64_t last = 0;
+                assert_int_equal(lorad_store_event_since(fx.store, id, events_before, 10, &events,
+                                                         &last, NULL), 0);
+                assert_int_equal(json_array_size(events), 1);
+                json_t *ev = json_array_get(events, 0);
+                assert_string_equal(json_string_value(json_object_get(ev, "type")), "status");
+                json_t *data = json_object_get(ev, "data");
+                assert_string_equal(json_string_value(json_object_get(data, "from")),
+                                    lorad_job_status_name((enum lorad_job_status)from));
+                assert_string_equal(json_string_value(json_object_get(data, "to")),
+                                    lorad_job_status_name((enum lorad_job_status)to));
+                json_decref(events);
+            } else {
+                assert_int_equal(r, -EPERM);
+                assert_null(job);
+                assert_non_null(strstr(err.message, lorad_job_status_name((enum lorad_job_status)from)));
+                assert_int_equal(fx_status(fx.store, id), (enum lorad_job_status)from);
+                assert_int_equal(fx_event_count(fx.store, id), events_before);
+            }
+        }
+    }
+    assert_int_equal(legal_seen, 15);
+    fx_close(&fx);
+}
+
+static void test_transition_fields(void **state) {
+    (void)state;
+    struct fx fx;
+    fx_open(&fx, 0);
+    char file[LORAD_STORE_ID_MAX], a[LORAD_STORE_ID_MAX], b[LORAD_STORE_ID_MAX];
+    fx_file(fx.store, file);
+    fx_job(fx.store, file, LORAD_JOB_QUEUED, 0, a);
+    fx_job(fx.store, file, LORAD_JOB_QUEUED, 0, b);
+    json_t *job = NULL;
+    assert_int_equal(lorad_store_job_get(fx.store, a, &job, NULL), 0);
+    assert_string_equal(json_string_value(json_object_get(job, "object")), "fine_tuning.job");
+    assert_true(json_is_null(json_object_get(job, "error")));
+    assert_true(json_is_null(json_object_get(job, "finished_at")));
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(job, "hyperparameters"),
+                                                        "n_epochs")), 1);
+    assert_int_equal(json_integer_value(json_object_get(job, "seed")), 42);
+    assert_int_equal(json_integer_value(json_object_get(job, "queue_position")), 1);
+    assert_true(json_is_array(json_object_get(job, "result_files")));
+    json_decref(job);
+
+    fx_move(fx.store, a, R);
+    struct lorad_store_transition t = {.to = F, .error_code = "invalid_training_file",
+                                       .error_message = "line 3: not JSON",
+                                       .error_param = "training_file"};
+    assert_int_equal(lorad_store_job_transition(fx.store, a, &t, &job, NULL), 0);
+    json_t *e = json_object_get(job, "error");
+    assert_string_equal(json_string_value(json_object_get(e, "code")), "invalid_training_file");
+    assert_string_equal(json_string_value(json_object_get(e, "message")), "line 3: not JSON");
+    assert_string_equal(json_string_value(json_object_get(e, "param")), "training_file");
+    assert_true(json_is_integer(json_object_get(job, "finished_at")));
+    assert_true(json_is_integer(json_object_get(job, "started_at")));
+    json_decref(job);
+
+    fx_move(fx.store, b, R);
+    t = (struct lorad_store_transition){.to = S, .fine_tuned_model = "ft:stories260K:lorad:x"};
+    assert_int_equal(lorad_store_job_transition(fx.store, b, &t, &job, NULL), 0);
+    assert_string_equal(json_string_value(json_object_get(job, "fine_tuned_model")),
+                        "ft:stories260K:lorad:x");
+    assert_true(json_is_null(json_object_get(job, "error")));
+    json_decref(job);
+
+    struct lorad_error err = {0};
+    t = (struct lorad_store_transition){.to = R};
+    assert_int_equal(lorad_store_job_transition(fx.store, "ftjob-nosuchjobnosuchjobnosu", &t,
+                                                NULL, &err), -ENOENT);
+    fx_close(&fx);
+}
+
+static void test_idempotency(void **state) {
+    (void)state;
+    struct fx fx;
+    fx_open(&fx, 0);
+    char file[LORAD_STORE_ID_MAX];
+    fx_file(fx.store, file);
+    json_t *spec = json_pack("{s:{}}", "hyperparameters");
+    struct lorad_store_job_new j = {.model = "m", .training_file = file, .spec = spec,
+                                    .status = LORAD_JOB_QUEUED, .idempotency_key = "key-1",
+                                    .request_hash = "hash-A"};
+    json_t *first = NULL, *again = NULL;
+    assert_int_equal(lorad_store_job_create(fx.store, &j, &first, NULL), 0);
+    assert_int_equal(lorad_store_job_create(fx.store, &j, &again, NULL), 1);
+    assert_string_equal(json_string_value(json_object_get(first, "id")),
+                        json_string_value(json_object_get(again, "id")));
+    json_decref(again);
+
+    j.request_hash = "hash-B";
+    json_t *conflict = NULL;
+    struct lorad_error err = {0};
+    assert_int_equal(lorad_store_job_create(fx.store, &j, &conflict, &err), -EEXIST);
+    assert_null(conflict);
+    assert_string_equal(err.param, "idempotency_key");
+
+    /* A key with no request hash is a caller bug. */
+    j.request_hash = NULL;
+    assert_int_equal(lorad_store_job_create(fx.store, &j, NULL, &err), -EINVAL);
+    /* Another key makes another job; no key always makes a new job. */
+    j.idempotency_key = "key-2";
+    j.request_hash = "hash-A";
+    assert_int_equal(lorad_store_job_create(fx.store, &j, NULL, NULL), 0);
+    j.idempotency_key = NULL;
+    assert_int_equal(lorad_store_job_create(fx.store, &j, NULL, NULL), 0);
+    assert_int_equal(lorad_store_job_create(fx.store, &j, NULL, NULL), 0);
+    int64_t counts[LORAD_JOB_STATUS_COUNT];
+    assert_int_equal(lorad_store_job_counts(fx.store, counts, NULL), 0);
+    assert_int_equal(counts[Q], 4);
+
+    /* The replay survives a restart: the key is in the database, not in memory. */
+    fx_reopen(&fx, LORAD_STORE_RECOVER);
+    j.idempotency_key = "key-1";
+    j.request_hash = "hash-A";
+    assert_int_equal(lorad_store_job_create(fx.store, &j, &again, NULL), 1);
+    assert_string_equal(json_string_value(json_object_get(first, "id")),
+                        json_string_value(json_object_get(again, "id")));
+    json_decref(again);
+    json_decref(first);
+
+    /* Unknown files are refused with the field named. */
+    j.idempotency_key = NULL;
+    j.training_file = "file-AAAAAAAAAAAAAAAAAAAAAAAA";
+    assert_int_equal(lorad_store_job_create(fx.store, &j, NULL, &err), -ENOENT);
+    assert_string_equal(err.param, "training_file");
+    j.training_file = "../../etc/passwd";
+    assert_int_equal(lorad_store_job_create(fx.store, &j, NULL, &err), -EINVAL);
+    json_decref(spec);
+    fx_close(&fx);
+}
+
+static void test_claim_order(void **state) {
+    (void)state;
+    struct fx fx;
+    fx_open(&fx, 0);
+    char file[LORAD_STORE_ID_MAX], low1[40], high[40], low2[40], held[40];
+    fx_file(fx.store, file);
+    json_t *job = NULL;
+    assert_int_equal(lorad_store_job_claim_next(fx.store, &job, NULL), 0);
+    assert_null(job);
+    fx_job(fx.store, file, LORAD_JOB_QUEUED, 0, low1);
+    fx_job(fx.store, file, LORAD_JOB_VALIDATING_FILES, 9, held); /* not queued: never claimed */
+    fx_job(fx.store, file, LORAD_JOB_QUEUED, 5, high);
+    fx_job(fx.store, file, LORAD_JOB_QUEUED, 0, low2);
+    assert_int_equal(lorad_store_job_get(fx.store, low2, &job, NULL), 0);
+    assert_int_equal(json_integer_value(json_object_get(job, "queue_position")), 3);
+    json_decref(job);
+    const char *expect[] = {high, low1, low2};
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(lorad_store_job_claim_next(fx.store, &job, NULL), 1);
+        assert_string_equal(json_string_value(json_object_get(job, "id")), expect[i]);
+        assert_string_equal(json_string_value(json_object_get(job, "status")), "running");
+        assert_true(json_is_null(json_object_get(job, "queue_position")));
+        json_decref(job);
+    }
+    assert_int_equal(lorad_store_job_claim_next(fx.store, &job, NULL), 0);
+    fx_close(&fx);
+}
+
+struct claimer {
+    struct lorad_store *store;
+    char ids[200][LORAD_STORE_ID_MAX];
+    int n;
+    int failures;
+};
+
+static void *claim_loop(void *arg) {
+    struct claimer *c = arg;
+    for (;;) {
+        json_t *job = NULL;
+        int r = lorad_store_job_claim_next(c->store, &job, NULL);
+        if (r == 0) break;
+        if (r < 0) {
+            c->failures++;
+            break;
+        }
+        snprintf(c->ids[c->n++], LORAD_STORE_ID_MAX, "%s",
+                 json_string_value(json_object_get(job, "id")));
+        json_decref(job);
+    }
+    return NULL;
+}
+
+static int cmp_id(const void *a, const void *b) { return strcmp(a, b); }
+
+static void test_claim_atomic(void **state) {
+    (void)state;
+    struct fx fx;
+    fx_open(&fx, 0);
+    char file[LORAD_STORE_ID_MAX];
+    fx_file(fx.store, file);
+    enum { JOBS = 120, THREADS = 4 };
+    for (int i = 0; i < JOBS; i++) {
+        char id[LORAD_STORE_ID_MAX];
+        fx_job(fx.store, file, LORAD_JOB_QUEUED, i % 3, id);
+    }
+    static struct claimer claimers[THREADS];
+    pthread_t th[THREADS];
+    for (int i = 0; i < THREADS; i++) {
+        memset(&claimers[i], 0, sizeof claimers[i]);
+        claimers[i].store = fx.store;
+        assert_int_equal(pthread_create(&th[i], NULL, claim_loop, &claimers[i]), 0);
+    }
+    static char all[JOBS * 2][LORAD_STORE_ID_MAX];
+    int n = 0;
+    for (int i = 0; i < THREADS; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(claimers[i].failures, 0);
+        for (int k = 0; k < claimers[i].n; k++) memcpy(all[n++], claimers[i].ids[k], LORAD_STORE_ID_MAX);
+    }
+    assert_int_equal(n, JOBS);
+    qsort(all, (size_t)n, LORAD_STORE_ID_MAX, cmp_id);
+    for (int i = 1; i < n; i++) assert_string_not_equal(all[i - 1], all[i]);
+    int64_t counts[LORAD_JOB_STATUS_COUNT];
+    assert_int_equal(lorad_store_job_counts(fx.store, counts, NULL), 0);
+    assert_int_equal(counts[R], JOBS);
+    assert_int_equal(counts[Q], 0);
+    fx_close(&fx);
+}
+
+static enum lorad_job_control control_of(struct lorad_store *s, const char *id) {
+    enum lorad_job_control c = 99;
+    assert_int_equal(lorad_store_job_control(s, id, &c, NULL), 0);
+    return c;
+}
+
+static void test_control_requests(void **state) {
+    (void)state;
+    struct fx fx;
+    fx_open(&fx, 0);
+    char file[LORAD_STORE_ID_MAX], a[40], b[40];
+    fx_file(fx.store, file);
+    fx_job(fx.store, file, LORAD_JOB_QUEUED, 0, a);
+    fx_job(fx.store, file, LORAD_JOB_QUEUED, 0, b);
+
+    /* queued: pause holds it, resume puts it back, cancel ends it. */
+    assert_int_equal(lorad_store_job_pause(fx.store, a, NULL, NULL), 0);
+    assert_int_equal(fx_status(fx.store, a), P);
+    assert_int_equal(lorad_store_job_pause(fx.store, a, NULL, NULL), 0); /* already paused */
+    assert_int_equal(lorad_store_job_resume(fx.store, a, NULL, NULL), 0);
+    assert_int_equal(fx_status(fx.store, a), Q);
+    struct lorad_error err = {0};
+    assert_int_equal(lorad_store_job_resume(fx.store, a, NULL, &err), -EPERM);
+
+    /* running: pause is a request the worker honours; resume withdraws it. */
+    fx_move(fx.store, a, R);
+    assert_int_equal(control_of(fx.store, a), LORAD_JOB_CONTROL_NONE);
+    assert_int_equal(lorad_store_job_pause(fx.store, a, NULL, NULL), 0);
+    assert_int_equal(fx_status(fx.store, a), R);
+    assert_int_equal(control_of(fx.store, a), LORAD_JOB_CONTROL_PAUSE);
+    assert_int_equal(lorad_store_job_resume(fx.store, a, NULL, NULL), 0);
+    assert_int_equal(control_of(fx.store, a), LORAD_JOB_CONTROL_NONE);
+    assert_int_equal(lorad_store_job_pause(fx.store, a, NULL, NULL), 0);
+    fx_move(fx.store, a, P); /* the worker checkpointed and stopped */
+    assert_int_equal(control_of(fx.store, a), LORAD_JOB_CONTROL_NONE);
+    assert_int_equal(lorad_store_job_resume(fx.store, a, NULL, NULL), 0);
+    assert_int_equal(fx_status(fx.store, a), Q);
+
+    /* running: cancel goes through cancelling, which the worker sees and finishes. */
+    fx_move(fx.store, a, R);
+    json_t *job = NULL;
+    assert_int_equal(lorad_store_job_cancel(fx.store, a, &job, NULL), 0);
+    assert_string_equal(json_string_value(json_object_get(job, "status")), "cancelling");
+    json_decref(job);
+    assert_int_equal(control_of(fx.store, a), LORAD_JOB_CONTROL_CANCEL);
+    assert_int_equal(lorad_store_job_cancel(fx.store, a, NULL, NULL), 0); /* idempotent */
+    assert_int_equal(lorad_store_job_pause(fx.store, a, NULL, &err), -EPERM);
+    fx_move(fx.store, a, CD);
+    assert_int_equal(lorad_store_job_cancel(fx.store, a, NULL, &err), -EPERM);
+
+    /* queued: cancel is immediate. */
+    assert_int_equal(lorad_store_job_cancel(fx.store, b, NULL, NULL), 0);
+    assert_int_equal(fx_status(fx.store, b), CD);
+    assert_int_equal(lorad_store_job_cancel(fx.store, "ftjob-AAAAAAAAAAAAAAAAAAAAAAAA", NULL, &err),
+                     -ENOENT);
+    fx_close(&fx);
+}
+
+static void test_recovery(void **state) {
+    (void)state;
+    struct fx fx;
+    fx_open(&fx, 0);
+    char file[LORAD_STORE_ID_MAX], run_ck[40], run_bare[40], cancelling[40], queued[40], paused[40];
+    fx_file(fx.store, file);
+    fx_job(fx.store, file, LORAD_JOB_QUEUED, 0, run_ck);
+    fx_job(fx.store, file, LORAD_JOB_QUEUED, 0, run_bare);
+    fx_job(fx.store, file, LORAD_JOB_QUEUED, 0, cancelling);
+    fx_job(fx.store, file, LORAD_JOB_QUEUED, 0, queued);
+    fx_job(fx.store, file, LORAD_JOB_QUEUED, 0, paused);
+    fx_move(fx.store, run_ck, R);
+    fx_move(fx.store, run_bare, R);
+    fx_move(fx.store, cancelling, R);
+    fx_move(fx.store, cancelling, CI);
+    fx_move(fx.store, paused, P);
+    struct lorad_metrics_writer *w = NULL;
+    assert_int_equal(lorad_metrics_writer_new(fx.store, run_ck, 4, &w, NULL), 0);
+    for (int step = 1; step <= 10; step++) {
+        struct lorad_metrics_row row = {.step = step, .total_steps = 20, .train_loss = 1.0 / step};
+        assert_int_equal(lorad_metrics_writer_append(w, &row, NULL), 0);
+        if (step == 5 || step == 10) {
+            char dir[32];
+            snprintf(dir, sizeof dir, "ckpt/step-%d", step);
+            assert_int_equal(lorad_metrics_writer_checkpoint(w, step, dir, NULL, NULL, NULL), 0);
+        }
+    }
+    lorad_metrics_writer_free(w);
+
+    /* Plain reopen (an API or worker handle) never recovers. */
+    fx_reopen(&fx, 0);
+    assert_int_equal(fx_status(fx.store, run_ck), R);
+    fx_reopen(&fx, LORAD_STORE_RECOVER);
+    assert_int_equal(fx_status(fx.store, run_ck), Q);
+    assert_int_equal(fx_status(fx.store, run_bare), Q);
+    assert_int_equal(fx_status(fx.store, cancelling), CD);
+    assert_int_equal(fx_status(fx.store, queued), Q);
+    assert_int_equal(fx_status(fx.store, paused), P);
+
+    const char *recovered[] = {run_ck, run_bare, cancelling};
+    for (int i = 0; i < 3; i++) {
+        json_t *page = NULL;
+        assert_int_equal(lorad_store_event_list(fx.store, recovered[i], NULL, 1, &page, NULL), 0);
+        json_t *ev = json_array_get(json_object_get(page, "data"), 0);
+        assert_string_equal(json_string_value(json_object_get(json_object_get(ev, "data"), "code")),
+                            "job_restarted");
+        json_decref(page);
+    }
+    /* It keeps its latest checkpoint, from which the worker resumes. */
+    int64_t step = 0;
+    char *path = NULL;
+    assert_int_equal(lorad_store_checkpoint_latest(fx.store, run_ck, NULL, &step, &path, NULL), 1);
+    assert_int_equal(step, 10);
+    assert_string_equal(path, "ckpt/step-10");
+    free(path);
+    assert_int_equal(lorad_store_checkpoint_latest(fx.store, run_bare, NULL, &step, &path, NULL), 0);
+    /* Recovery is a no-op the second time. */
+    int before = fx_event_count(fx.store, run_ck);
+    fx_reopen(&fx, LORAD_STORE_RECOVER);
+    assert_int_equal(fx_event_count(fx.store, run_ck), before);
+    fx_close(&fx);
+}
+
+static void test_file_delete_in_use(void **state) {
+    (void)state;
+    struct fx fx;
+    fx_open(&fx, 0);
+    char train[40], valid[40], free_file[40], job[40];
+    fx_file(fx.store, train);
+    fx_file(fx.store, valid);
+    fx_file(fx.store, free_file);
+    json_t *spec = json_object();
+    struct lorad_store_job_new j = {.model = "m", .training_file = train, .validation_file = valid,
+                                    .spec = spec, .status = LORAD_JOB_QUEUED};
+    json_t *obj = NULL;
+    assert_int_equal(lorad_store_job_create(fx.store, &j, &obj, NULL), 0);
+    snprintf(job, sizeof job, "%s", json_string_value(json_object_get(obj, "id")));
+    json_decref(obj);
+    json_decref(spec);
+    struct lorad_error err = {0};
+    enum lorad_job_status busy[] = {Q, R};
+    for (int i = 0; i < 2; i++) {
+        if (busy[i] == R) fx_move(fx.store, job, R);
+        assert_int_equal(lorad_store_file_delete(fx.store, train, NULL, &err), -EBUSY);
+        assert_non_null(strstr(err.message, job));
+        assert_int_equal(lorad_store_file_delete(fx.store, valid, NULL, &err), -EBUSY);
+    }
+    char *path = NULL;
+    assert_int_equal(lorad_store_file_delete(fx.store, free_file, &path, NULL), 0);
+    assert_non_null(strstr(path, free_file));
+    free(path);
+    assert_int_equal(lorad_store_file_get(fx.store, free_file, &obj, &err), -ENOENT);
+    assert_int_equal(lorad_store_file_delete(fx.store, free_file, NULL, &err), -ENOENT);
+
+    fx_move(fx.store, job, S);
+    assert_int_equal(lorad_store_file_delete(fx.store, train, NULL, NULL), 0);
+    assert_int_equal(lorad_store_file_delete(fx.store, valid, NULL, NULL), 0);
+    fx_close(&fx);
+}
+
+static void test_ids(void **state) {
+    (void)state;
+    char a[LORAD_STORE_ID_MAX], b[LORAD_STORE_ID_MAX];
+    assert_int_equal(lorad_store_new_id("ftjob-", a), 0);
+    assert_int_equal(lorad_store_new_id("ftjob-", b), 0);
+    assert_int_equal(strlen(a), strlen("ftjob-") + 24);
+    assert_string_not_equal(a, b);
+    assert_true(lorad_store_id_valid("ftjob-", a));
+    assert_false(lorad_store_id_valid("file-", a));
+    assert_true(lorad_store_id_valid("file-", "file-abcdefghijklmnopqrstuvwX"));
+    assert_false(lorad_store_id_valid("file-", "file-abcdefghijklmnopqrstuvw"));   /* 23 */
+    assert_false(lorad_store_id_valid("file-", "file-abcdefghijklmnopqrstuvwXY")); /* 25 */
+    assert_false(lorad_store_id_valid("file-", "file-../../../../etc/passwdxxxx"));
+    assert_false(lorad_store_id_valid("file-", "file-abcdefghijklmnopqrstu/w"));
+    assert_false(lorad_store_id_valid("file-", "file-abcdefghijklmnopqrstuv-X"));
+    assert_false(lorad_store_id_valid("file-", ""));
+    assert_false(lorad_store_id_valid("file-", NULL));
+}
+
+static void test_input_limits(void **state) {
+    (void)state;
+    struct fx fx;
+    fx_open(&fx, 0);
+    char file[LORAD_STORE_ID_MAX], id[LORAD_STORE_ID_MAX], job[LORAD_STORE_ID_MAX];
+    fx_file(fx.store, file);
+    fx_job(fx.store, file, LORAD_JOB_QUEUED, 0, job);
+    struct lorad_error err = {0};
+    /* Invalid UTF-8 could never be served back as JSON: refused at the door. */
+    assert_int_equal(lorad_store_new_id("file-", id), 0);
+    struct lorad_store_file_new f = {
+        .id = id, .filename = "bad\xff\xfe.jsonl", .purpose = "fine-tune", .bytes = 1,
+        .sha256 = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        .status = "uploaded", .path = "files/x"};
+    assert_int_equal(lorad_store_file_create(fx.store, &f, NULL, &err), -EINVAL);
+    assert_string_equal(err.param, "filename");
+    f.filename = "ok.jsonl";
+    f.id = "file-short";
+    assert_int_equal(lorad_store_file_create(fx.store, &f, NULL, &err), -EINVAL);
+    assert_string_equal(err.param, "id");
+    /* A spec over 1 MiB. */
+    char *big = malloc(1u << 21);
+    memset(big, 'a', (1u << 21) - 1);
+    big[(1u << 21) - 1] = '\0';
+    json_t *spec = json_pack("{s:s}", "blob", big);
+    struct lorad_store_job_new j = {.model = "m", .training_file = file, .spec = spec,
+                                    .status = LORAD_JOB_QUEUED};
+    assert_int_equal(lorad_store_job_create(fx.store, &j, NULL, &err), -EINVAL);
+    assert_string_equal(err.param, "spec");
+    json_decref(spec);
+    assert_int_equal(lorad_store_event_append(fx.store, job, "info", "message", big, NULL, NULL,
+                                              &err), -EINVAL);
+    free(big);
+    json_t *list = NULL;
+    assert_int_equal(lorad_store_file_list(fx.store, NULL, NULL, 10, &list, NULL), 0);
+    assert_int_equal(json_array_size(json_object_get(list, "data")), 1);
+    json_decref(list);
+    fx_close(&fx);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_transition_table),
+        cmocka_unit_test(test_transition_fields),
+        cmocka_unit_test(test_idempotency),
+        cmocka_unit_test(test_claim_order),
+        cmocka_unit_test(test_claim_atomic),
+        cmocka_unit_test(test_control_requests),
+        cmocka_unit_test(test_recovery),
+        cmocka_unit_test(test_file_delete_in_use),
+        cmocka_unit_test(test_ids),
+        cmocka_unit_test(test_input_limits),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,308 @@
+/* Keyset pagination (after, limit, has_more) for files, jobs, events and checkpoints at every
+ * edge, the streaming read "events after seq", and the metrics curve with overwritten steps. */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "store_fixture.h"
+
+typedef int (*list_fn)(void *ctx, const char *after, int limit, json_t **ret_page,
+                       struct lorad_error *err);
+
+struct list_ctx {
+    struct lorad_store *store;
+    const char *key;  /* job id, purpose or NULL */
+    int status;
+};
+
+static int list_files(void *p, const char *after, int limit, json_t **page, struct lorad_error *e) {
+    struct list_ctx *c = p;
+    return lorad_store_file_list(c->store, c->key, after, limit, page, e);
+}
+static int list_jobs(void *p, const char *after, int limit, json_t **page, struct lorad_error *e) {
+    struct list_ctx *c = p;
+    return lorad_store_job_list(c->store, c->status, after, limit, page, e);
+}
+static int list_events(void *p, const char *after, int limit, json_t **page, struct lorad_error *e) {
+    struct list_ctx *c = p;
+    return lorad_store_event_list(c->store, c->key, after, limit, page, e);
+}
+static int list_ckpts(void *p, const char *after, int limit, json_t **page, struct lorad_error *e) {
+    struct list_ctx *c = p;
+    return lorad_store_checkpoint_list(c->store, c->key, after, limit, page, e);
+}
+
+static const char *id_at(json_t *page, size_t i) {
+    return json_string_value(json_object_get(json_array_get(json_object_get(page, "data"), i), "id"));
+}
+
+/* Walks every page with `limit` and checks it against expected (newest first). */
+static void walk(list_fn fn, void *ctx, char (*expected)[LORAD_STORE_ID_MAX], int n, int limit) {
+    char after[LORAD_STORE_ID_MAX] = "";
+    int seen = 0;
+    for (int pages = 0;; pages++) {
+        assert_true(pages <= n + 1);
+        json_t *page = NULL;
+        assert_int_equal(fn(ctx, seen ? after : NULL, limit, &page, NULL), 0);
+        assert_string_equal(json_string_value(json_object_get(page, "object")), "list");
+        size_t got = json_array_size(json_object_get(page, "data"));
+        int remaining = n - seen;
+        assert_int_equal(got, remaining < limit ? remaining : limit);
+        assert_int_equal(json_is_true(json_object_get(page, "has_more")), remaining > limit);
+        for (size_t i = 0; i < got; i++) assert_string_equal(id_at(page, i), expected[seen + (int)i]);
+        if (got) {
+            assert_string_equal(json_string_value(json_object_get(page, "first_id")), expected[seen]);
+            assert_string_equal(json_string_value(json_object_get(page, "last_id")),
+                                expected[seen + (int)got - 1]);
+            snprintf(after, sizeof after, "%s", expected[seen + (int)got - 1]);
+        } else {
+            assert_true(json_is_null(json_object_get(page, "first_id")));
+        }
+        seen += (int)got;
+        bool more = json_is_true(json_object_get(page, "has_more"));
+        json_decref(page);
+        if (!more) break;
+    }
+    assert_int_equal(seen, n);
+    /* After the last object: an empty page that says so. */
+    if (n > 0) {
+        json_t *page = NULL;
+        assert_int_equal(fn(ctx, expected[n - 1], limit, &page, NULL), 0);
+        assert_int_equal(json_array_size(json_object_get(page, "data")), 0);
+        assert_false(json_is_true(json_object_get(page, "has_more")));
+        json_decref(page);
+    }
+    struct lorad_error err = {0};
+    json_t *page = NULL;
+    assert_int_equal(fn(ctx, NULL, 0, &page, &err), -EINVAL);
+    assert_string_equal(err.param, "limit");
+    assert_int_equal(fn(ctx, NULL, 101, &page, &err), -EINVAL);
+    assert_int_equal(fn(ctx, "ftxxx-AAAAAAAAAAAAAAAAAAAAAAAA", 5, &page, &err), -ENOENT);
+    assert_string_equal(err.param, "after");
+    assert_null(page);
+}
+
+static void walk_all_limits(list_fn fn, void *ctx, char (*expected)[LORAD_STORE_ID_MAX], int n) {
+    int limits[] = {1, 2, 3, n > 1 ? n - 1 : 1, n > 0 ? n : 1, n + 1, 100};
+    for (size_t i = 0; i < sizeof limits / sizeof limits[0]; i++) walk(fn, ctx, expected, n, limits[i]);
+}
+
+static void reverse(char (*ids)[LORAD_STORE_ID_MAX], int n) {
+    for (int i = 0; i < n / 2; i++) {
+        char tmp[LORAD_STORE_ID_MAX];
+        memcpy(tmp, ids[i], sizeof tmp);
+        memcpy(ids[i], ids[n - 1 - i], sizeof tmp);
+        memcpy(ids[n - 1 - i], tmp, sizeof tmp);
+    }
+}
+
+static void test_files_and_jobs(void **state) {
+    (void)state;
+    struct fx fx;
+    fx_open(&fx, 0);
+    enum { NF = 6, NJ = 9 };
+    char files[NF][LORAD_STORE_ID_MAX], jobs[NJ][LORAD_STORE_ID_MAX];
+    struct list_ctx ctx = {.store = fx.store, .status = -1};
+    walk(list_files, &ctx, files, 0, 5); /* empty lists */
+    walk(list_jobs, &ctx, jobs, 0, 5);
+    for (int i = 0; i < NF; i++) fx_file(fx.store, files[i]);
+    for (int i = 0; i < NJ; i++) fx_job(fx.store, files[0], LORAD_JOB_QUEUED, i % 2, jobs[i]);
+    reverse(files, NF);
+    reverse(jobs, NJ);
+    walk_all_limits(list_files, &ctx, files, NF);
+    ctx.key = "fine-tune";
+    walk_all_limits(list_files, &ctx, files, NF);
+    ctx.key = "batch";
+    walk(list_files, &ctx, files, 0, 10);
+    ctx.key = NULL;
+    walk_all_limits(list_jobs, &ctx, jobs, NJ);
+
+    /* Status filter: move every third job to running; each filtered list pages on its own. */
+    char running[NJ][LORAD_STORE_ID_MAX], queued[NJ][LORAD_STORE_ID_MAX];
+    int nr = 0, nq = 0;
+    for (int i = 0; i < NJ; i++) {
+        if (i % 3 == 0) {
+            fx_move(fx.store, jobs[i], LORAD_JOB_RUNNING);
+            memcpy(running[nr++], jobs[i], LORAD_STORE_ID_MAX);
+        } else {
+            memcpy(queued[nq++], jobs[i], LORAD_STORE_ID_MAX);
+        }
+    }
+    ctx.status = LORAD_JOB_RUNNING;
+    walk_all_limits(list_jobs, &ctx, running, nr);
+    ctx.status = LORAD_JOB_QUEUED;
+    walk_all_limits(list_jobs, &ctx, queued, nq);
+    ctx.status = LORAD_JOB_FAILED;
+    walk(list_jobs, &ctx, queued, 0, 3);
+    struct lorad_error err = {0};
+    json_t *page = NULL;
+    assert_int_equal(lorad_store_job_list(fx.store, LORAD_JOB_STATUS_COUNT, NULL, 5, &page, &err),
+                     -EINVAL);
+    fx_close(&fx);
+}
+
+static void test_events(void **state) {
+    (void)state;
+    struct fx fx;
+    fx_open(&fx, 0);
+    char file[LORAD_STORE_ID_MAX], job[LORAD_STORE_ID_MAX], other[LORAD_STORE_ID_MAX];
+    fx_file(fx.store, file);
+    fx_job(fx.store, file, LORAD_JOB_QUEUED, 0, job);
+    fx_job(fx.store, file, LORAD_JOB_QUEUED, 0, other);
+    enum { N = 10 };
+    for (int i = 2; i <= N; i++) {
+        char msg[32];
+        snprintf(msg, sizeof msg, "event %d", i);
+        int64_t seq = 0;
+        json_t *data = json_pack("{s:i}", "i", i);
+        assert_int_equal(lorad_store_event_append(fx.store, job, "info", "message", msg, data,
+                                                  &seq, NULL), 0);
+        json_decref(data);
+        assert_int_equal(seq, i); /* creation event is 1 */
+    }
+    assert_int_equal(lorad_store_event_append(fx.store, other, "warn", "message", "o", NULL, NULL,
+                                              NULL), 0);
+
+    /* Streaming read, 3 at a time: seq 1..N exactly once, in order. */
+    char ids[N][LORAD_STORE_ID_MAX];
+    int64_t after = 0;
+    int got = 0;
+    for (;;) {
+        json_t *events = NULL;
+        int64_t last = -1;
+        assert_int_equal(lorad_store_event_since(fx.store, job, after, 3, &events, &last, NULL), 0);
+        if (json_array_size(events) == 0) {
+            assert_int_equal(last, after);
+            json_decref(events);
+            break;
+        }
+        for (size_t i = 0; i < json_array_size(events); i++) {
+            json_t *ev = json_array_get(events, i);
+            assert_int_equal(json_integer_value(json_object_get(ev, "seq")), got + 1);
+            assert_string_equal(json_string_value(json_object_get(ev, "object")),
+                                "fine_tuning.job.event");
+            assert_true(lorad_store_id_valid("ftevent-", json_string_value(json_object_get(ev, "id"))));
+            snprintf(ids[got++], LORAD_STORE_ID_MAX, "%s", json_string_value(json_object_get(ev, "id")));
+        }
+        assert_int_equal(last, got);
+        after = last;
+        json_decref(events);
+    }
+    assert_int_equal(got, N);
+    reverse(ids, N);
+    struct list_ctx ctx = {.store = fx.store, .key = job};
+    walk_all_limits(list_events, &ctx, ids, N);
+
+    /* Another job's event id is not a cursor for this job. */
+    json_t *page = NULL, *events = NULL;
+    assert_int_equal(lorad_store_event_list(fx.store, other, NULL, 1, &page, NULL), 0);
+    struct lorad_error err = {0};
+    json_t *bad = NULL;
+    assert_int_equal(lorad_store_event_list(fx.store, job, id_at(page, 0), 5, &bad, &err), -ENOENT);
+    json_decref(page);
+    int64_t last = 0;
+    assert_int_equal(lorad_store_event_since(fx.store, "ftjob-AAAAAAAAAAAAAAAAAAAAAAAA", 0, 5,
+                                             &events, &last, &err), -ENOENT);
+    assert_int_equal(lorad_store_event_append(fx.store, job, "debug", "message", "x", NULL, NULL,
+                                              &err), -EINVAL);
+    assert_int_equal(lorad_store_event_append(fx.store, job, "info", "progress", "x", NULL, NULL,
+                                              &err), -EINVAL);
+    fx_close(&fx);
+}
+
+static void test_checkpoints_and_metrics(void **state) {
+    (void)state;
+    struct fx fx;
+    fx_open(&fx, 0);
+    char file[LORAD_STORE_ID_MAX], job[LORAD_STORE_ID_MAX];
+    fx_file(fx.store, file);
+    fx_job(fx.store, file, LORAD_JOB_QUEUED, 0, job);
+    fx_move(fx.store, job, LORAD_JOB_RUNNING);
+    struct lorad_metrics_writer *w = NULL;
+    assert_int_equal(lorad_metrics_writer_new(fx.store, job, 4, &w, NULL), 0);
+    enum { STEPS = 35, EVERY = 5, NC = STEPS / EVERY };
+    char ckpts[NC][LORAD_STORE_ID_MAX];
+    for (int step = 1; step <= STEPS; step++) {
+        struct lorad_metrics_row row = {
+            .step = step, .total_steps = STEPS, .epoch = step / 10.0, .train_loss = 3.0 - step * 0.01,
+            .train_mean_token_accuracy = 0.5, .lr = 1e-3, .grad_norm = 1.25, .tokens_seen = step * 100,
+            .tokens_per_s = 50, .elapsed_s = step, .eta_s = STEPS - step,
+            .valid_loss = step % EVERY == 0 ? 2.0 : NAN, .valid_mean_token_accuracy = NAN};
+        assert_int_equal(lorad_metrics_writer_append(w, &row, NULL), 0);
+        assert_true(lorad_metrics_writer_pending(w) < 4);
+        if (step % EVERY == 0) {
+            char path[32];
+            snprintf(path, sizeof path, "ckpt/step-%d", step);
+            assert_int_equal(lorad_metrics_writer_checkpoint(w, step, path, NULL,
+                                                             ckpts[step / EVERY - 1], NULL), 0);
+            assert_int_equal(lorad_metrics_writer_pending(w), 0);
+        }
+    }
+    reverse(ckpts, NC);
+    struct list_ctx ctx = {.store = fx.store, .key = job};
+    walk_all_limits(list_ckpts, &ctx, ckpts, NC);
+    json_t *page = NULL;
+    assert_int_equal(lorad_store_checkpoint_list(fx.store, job, NULL, 1, &page, NULL), 0);
+    json_t *ck = json_array_get(json_object_get(page, "data"), 0);
+    assert_string_equal(json_string_value(json_object_get(ck, "object")), "fine_tuning.job.checkpoint");
+    assert_int_equal(json_integer_value(json_object_get(ck, "step_number")), 35);
+    assert_string_equal(json_string_value(json_object_get(ck, "fine_tuning_job_id")), job);
+    json_t *m = json_object_get(ck, "metrics");
+    assert_float_equal(json_real_value(json_object_get(m, "train_loss")), 3.0 - 0.35, 1e-12);
+    assert_float_equal(json_real_value(json_object_get(m, "valid_loss")), 2.0, 0);
+    assert_true(json_is_null(json_object_get(m, "full_valid_loss")));
+    assert_non_null(strstr(json_string_value(json_object_get(ck, "fine_tuned_model_checkpoint")),
+                           "ckpt-step-35"));
+    json_decref(page);
+
+    /* Progress followed the newest row. */
+    json_t *obj = NULL;
+    assert_int_equal(lorad_store_job_get(fx.store, job, &obj, NULL), 0);
+    json_t *progress = json_object_get(obj, "progress");
+    assert_int_equal(json_integer_value(json_object_get(progress, "step")), 35);
+    assert_int_equal(json_integer_value(json_object_get(obj, "trained_tokens")), 3500);
+    json_decref(obj);
+
+    /* A resumed run repeats steps 31..37: they overwrite; nothing is duplicated. */
+    for (int step = 31; step <= 37; step++) {
+        struct lorad_metrics_row row = {.step = step, .total_steps = 40, .train_loss = 9.0,
+                                        .epoch = NAN, .train_mean_token_accuracy = NAN, .lr = NAN,
+                                        .grad_norm = NAN, .tokens_per_s = NAN, .elapsed_s = NAN,
+                                        .eta_s = NAN, .valid_loss = NAN,
+                                        .valid_mean_token_accuracy = NAN};
+        assert_int_equal(lorad_metrics_writer_append(w, &row, NULL), 0);
+    }
+    assert_int_equal(lorad_metrics_writer_flush(w, NULL), 0);
+    lorad_metrics_writer_free(w);
+    json_t *rows = NULL;
+    assert_int_equal(lorad_store_metrics_list(fx.store, job, 0, 1000, &rows, NULL), 0);
+    assert_int_equal(json_array_size(rows), 37);
+    for (size_t i = 0; i < 37; i++) {
+        json_t *row = json_array_get(rows, i);
+        int step = (int)i + 1;
+        assert_int_equal(json_integer_value(json_object_get(row, "step")), step);
+        double loss = json_real_value(json_object_get(row, "train_loss"));
+        if (step >= 31) assert_float_equal(loss, 9.0, 0);
+        else assert_float_equal(loss, 3.0 - step * 0.01, 1e-12);
+        assert_true(json_is_null(json_object_get(row, "valid_mean_token_accuracy")));
+        if (step < 31)
+            assert_int_equal(json_is_null(json_object_get(row, "valid_loss")), step % EVERY != 0);
+    }
+    json_decref(rows);
+    assert_int_equal(lorad_store_metrics_list(fx.store, job, 30, 3, &rows, NULL), 0);
+    assert_int_equal(json_array_size(rows), 3);
+    assert_int_equal(json_integer_value(json_object_get(json_array_get(rows, 0), "step")), 31);
+    json_decref(rows);
+    fx_close(&fx);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_files_and_jobs),
+        cmocka_unit_test(test_events),
+        cmocka_unit_test(test_checkpoints_and_metrics),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
