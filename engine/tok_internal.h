@@ -85,6 +85,7 @@ struct lorad_tokenizer {
     bool ignore_merges;
     enum tok_prepend prepend;       /* HF_SPM: where a ▁ is prepended */
     bool metaspace_split;           /* HF_SPM: split words at ▁ before BPE */
+    bool prepend_unconditional;     /* HF_SPM: Prepend normalizer (always), not Metaspace (only if missing) */
     enum tok_pretok pretok;         /* BYTE_LEVEL */
     bool split_digits;              /* BYTE_LEVEL: each \p{N} its own pre-token first (SmolLM) */
     bool byte_level_prefix_space;   /* BYTE_LEVEL add_prefix_space */
