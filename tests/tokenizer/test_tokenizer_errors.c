@@ -90,6 +90,20 @@ static void test_corrupt_bin_files(void **state) {
     expect_load_error(dir, "badmax.bin", copy, len, "max_token_length");
     expect_load_error(dir, "text.bin", "hello world, not a tokenizer", 28, "max_token_length");
     expect_load_error(dir, "tokenizer.json", "{\"model\":{}}", 12, "not supported");
+    static const char truncated_json[] = "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0";
+    expect_load_error(dir, "truncated.json", truncated_json, sizeof truncated_json - 1, "line 1");
+    static const char byte_level[] = "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []},"
+                                     " \"pre_tokenizer\": {\"type\": \"ByteLevel\"}}";
+    expect_load_error(dir, "bytelevel.json", byte_level, sizeof byte_level - 1, "byte-level");
+    static const char bad_merge[] = "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1},"
+                                    " \"merges\": [\"a b\"]}, \"pre_tokenizer\": {\"type\": \"Metaspace\"}}";
+    expect_load_error(dir, "badmerge.json", bad_merge, sizeof bad_merge - 1, "merges[0]");
+    static const char holes[] = "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 5},"
+                                " \"merges\": []}, \"pre_tokenizer\": {\"type\": \"Metaspace\"}}";
+    expect_load_error(dir, "holes.json", holes, sizeof holes - 1, "dense");
+    static const char huge_id[] = "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 99999999999},"
+                                  " \"merges\": []}}";
+    expect_load_error(dir, "hugeid.json", huge_id, sizeof huge_id - 1, "vocabulary size");
     free(copy);
     free(bin);
     test_rmtree(dir);
