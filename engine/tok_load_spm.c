@@ -234,7 +234,8 @@ int tok_load_llama2c_bin(struct lorad_tokenizer **ret, const uint8_t *data, size
         if (len - off < 8) return BAD("%s: token %d: record header truncated at byte %zu", name, n, off);
         memcpy(&plen, data + off + 4, 4);
         if (plen < 0 || plen > max_len)
-            return BAD("%s: token %d: length %d is not in 0..max_token_length %d", name, n, (int)plen, (int)max_len);
+            return BAD("%s: token %d: length %d is not in 0..max_token_length %d (not a llama2.c tokenizer.bin?)", name, n,
+                       (int)plen, (int)max_len);
         off += 8;
         if ((size_t)plen > len - off) return BAD("%s: token %d: %d bytes run past the end of the file", name, n, (int)plen);
         off += (size_t)plen;
