@@ -51,6 +51,7 @@ struct lorad_api_route {
     const char *path;                /* template, e.g. "/v1/files/{file_id}" */
     lorad_api_handler_fn handler;
     bool public_route;               /* true: no bearer token needed (/livez, /readyz) */
+    enum lorad_api_body { LORAD_BODY_NONE, LORAD_BODY_JSON, LORAD_BODY_UPLOAD } body;
 };
 
 extern struct lorad_api_route lorad_api_routes[];

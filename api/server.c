@@ -1,0 +1,299 @@
+#include "server.h"
+
+#include <errno.h>
+#include <arpa/inet.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "api_error.h"
+#include "routes.h"
+
+#define MAX_KEYS 64
+#define MAX_KEY_LEN 256
+
+struct key_set {
+    int n;
+    char key[MAX_KEYS][MAX_KEY_LEN];
+};
+
+struct lorad_api_server {
+    struct MHD_Daemon *mhd;
+    struct lorad_api_server_options opt;
+    char key_file[4096];
+    pthread_rwlock_t keys_lock;
+    struct key_set *keys; /* NULL: auth off */
+};
+
+/* Per-request state across MHD's access-handler calls. */
+struct request_state {
+    const struct lorad_api_route *route;
+    struct lorad_route_params params;
+    char *body;
+    size_t body_len;
+    bool too_large;
+};
+
+static int load_keys(const char *path, struct key_set **ret_keys) {
+    FILE *f = fopen(path, "r");
+    if (!f) return -errno;
+    struct key_set *k = calloc(1, sizeof *k);
+    if (!k) {
+        fclose(f);
+        return -ENOMEM;
+    }
+    char line[MAX_KEY_LEN + 2];
+    while (fgets(line, sizeof line, f)) {
+        size_t n = strcspn(line, "\r\n");
+        line[n] = '\0';
+        char *s = line;
+        while (*s == ' ' || *s == '\t') s++;
+        size_t len = strlen(s);
+        while (len && (s[len - 1] == ' ' || s[len - 1] == '\t')) s[--len] = '\0';
+        if (len == 0 || s[0] == '#') continue;
+        if (k->n == MAX_KEYS) break;
+        snprintf(k->key[k->n++], MAX_KEY_LEN, "%s", s);
+    }
+    fclose(f);
+    *ret_keys = k;
+    return 0;
+}
+
+/* Compares every byte of every key regardless of where a mismatch is, so timing does not leak
+ * key contents (length differences are folded into the result, not early exits). */
+static bool key_matches(const struct key_set *k, const char *given) {
+    size_t glen = strlen(given);
+    unsigned ok = 0;
+    for (int i = 0; i < k->n; i++) {
+        size_t klen = strlen(k->key[i]);
+        unsigned diff = (unsigned)(klen ^ glen);
+        for (size_t j = 0; j < MAX_KEY_LEN - 1; j++) {
+            unsigned char a = j < klen ? (unsigned char)k->key[i][j] : 0;
+            unsigned char b = j < glen ? (unsigned char)given[j] : 0;
+            diff |= a ^ b;
+        }
+        ok |= (diff == 0);
+    }
+    return ok != 0;
+}
+
+int lorad_api_server_reload_keys(struct lorad_api_server *s) {
+    if (!s->key_file[0]) return 0;
+    struct key_set *k;
+    int r = load_keys(s->key_file, &k);
+    if (r < 0) return r;
+    pthread_rwlock_wrlock(&s->keys_lock);
+    struct key_set *old = s->keys;
+    s->keys = k;
+    pthread_rwlock_unlock(&s->keys_lock);
+    free(old);
+    return 0;
+}
+
+static enum MHD_Result send_json(struct MHD_Connection *c, unsigned status, json_t *body, const char *allow) {
+    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    json_decref(body);
+    if (!text) text = strdup("{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\",\"param\":null,\"code\":null}}");
+    if (!text) return MHD_NO;
+    struct MHD_Response *resp = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
+    if (!resp) {
+        free(text);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, "Content-Type", "application/json");
+    if (allow) MHD_add_response_header(resp, "Allow", allow);
+    enum MHD_Result ret = MHD_queue_response(c, status, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
+/* The one error reply of the transport. */
+static enum MHD_Result send_error(struct MHD_Connection *c, unsigned status, const char *message, const char *param,
+                                  const char *code, const char *allow) {
+    return send_json(c, status, lorad_api_error_body(status, message, param, code), allow);
+}
+
+/* Bracket nesting of the raw text, outside strings: refuses too-deep input before jansson
+ * recurses into it. */
+static unsigned prescan_depth(const char *s, size_t n) {
+    unsigned d = 0, max = 0;
+    bool in_str = false;
+    for (size_t i = 0; i < n; i++) {
+        char ch = s[i];
+        if (in_str) {
+            if (ch == '\\') i++;
+            else if (ch == '"') in_str = false;
+        } else if (ch == '"') in_str = true;
+        else if (ch == '{' || ch == '[') {
+            if (++d > max) max = d;
+        } else if ((ch == '}' || ch == ']') && d) d--;
+    }
+    return max;
+}
+
+
+static const char *req_query(const struct lorad_api_request *r, const char *name) {
+    return MHD_lookup_connection_value(r->transport, MHD_GET_ARGUMENT_KIND, name);
+}
+static const char *req_header(const struct lorad_api_request *r, const char *name) {
+    return MHD_lookup_connection_value(r->transport, MHD_HEADER_KIND, name);
+}
+
+static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const char *url, const char *method,
+                                      const char *version, const char *upload_data, size_t *upload_data_size,
+                                      void **con_cls) {
+    (void)version;
+    struct lorad_api_server *s = cls;
+    struct request_state *st = *con_cls;
+    if (!st) {
+        st = calloc(1, sizeof *st);
+        if (!st) return MHD_NO;
+        *con_cls = st;
+        unsigned status = 0;
+        char allow[64];
+        st->route = lorad_api_route_lookup(method, url, &st->params, &status, allow, sizeof allow);
+        if (!st->route)
+            return status == 405 ? send_error(c, 405, "method not allowed on this path", NULL, "method_not_allowed", allow)
+                                 : send_error(c, 404, "no such route", NULL, "not_found", NULL);
+        if (!st->route->public_route) {
+            pthread_rwlock_rdlock(&s->keys_lock);
+            int verdict = 0; /* 0 ok, 401, 403 */
+            if (s->keys) {
+                const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
+                if (!auth || strncasecmp(auth, "Bearer ", 7) != 0) verdict = 401;
+                else if (!key_matches(s->keys, auth + 7)) verdict = 403;
+            }
+            pthread_rwlock_unlock(&s->keys_lock);
+            if (verdict == 401) return send_error(c, 401, "missing bearer token (Authorization: Bearer KEY)", NULL, "missing_api_key", NULL);
+            if (verdict == 403) return send_error(c, 403, "invalid API key", NULL, "invalid_api_key", NULL);
+        }
+        if (st->route->body == LORAD_BODY_JSON) {
+            const char *ct = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type");
+            if (!ct || strncasecmp(ct, "application/json", 16) != 0)
+                return send_error(c, 415, "Content-Type must be application/json", NULL, "unsupported_media_type", NULL);
+            const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
+            if (cl && strtoull(cl, NULL, 10) > s->opt.max_request_body)
+                return send_error(c, 413, "request body too large", NULL, "body_too_large", NULL);
+        }
+        return MHD_YES;
+    }
+    if (*upload_data_size) {
+        if (st->route->body == LORAD_BODY_JSON && !st->too_large) {
+            if (st->body_len + *upload_data_size > s->opt.max_request_body) {
+                st->too_large = true;
+                free(st->body);
+                st->body = NULL;
+            } else {
+                char *nb = realloc(st->body, st->body_len + *upload_data_size + 1);
+                if (!nb) return MHD_NO;
+                st->body = nb;
+                memcpy(st->body + st->body_len, upload_data, *upload_data_size);
+                st->body_len += *upload_data_size;
+            }
+        }
+        *upload_data_size = 0; /* other bodies are discarded until uploads are implemented */
+        return MHD_YES;
+    }
+    struct lorad_api_request req = {.app = s->opt.app, .method = method, .path = url,
+                                    .route_template = st->route->path, .params = st->params,
+                                    .query = req_query, .header = req_header, .transport = c};
+    json_t *body = NULL;
+    if (st->route->body == LORAD_BODY_JSON) {
+        if (st->too_large) return send_error(c, 413, "request body too large", NULL, "body_too_large", NULL);
+        if (prescan_depth(st->body ? st->body : "", st->body_len) > s->opt.max_json_depth)
+            return send_error(c, 400, "JSON nested too deeply", NULL, "json_too_deep", NULL);
+        json_error_t jerr;
+        body = json_loadb(st->body ? st->body : "", st->body_len, JSON_REJECT_DUPLICATES, &jerr);
+        if (!body) {
+            char msg[256];
+            snprintf(msg, sizeof msg, "invalid JSON at line %d column %d: %s", jerr.line, jerr.column, jerr.text);
+            return send_error(c, 400, msg, NULL, "invalid_json", NULL);
+        }
+        req.json_body = body;
+    }
+    struct lorad_api_reply reply = {0};
+    int r = st->route->handler(&req, &reply);
+    json_decref(body);
+    if (r < 0) {
+        json_decref(reply.json);
+        free(reply.text);
+        return send_error(c, 500, "internal error", NULL, NULL, NULL);
+    }
+    if (reply.text) {
+        struct MHD_Response *resp = MHD_create_response_from_buffer(reply.text_len, reply.text, MHD_RESPMEM_MUST_FREE);
+        if (!resp) return MHD_NO;
+        MHD_add_response_header(resp, "Content-Type", reply.content_type ? reply.content_type : "text/plain");
+        enum MHD_Result ret = MHD_queue_response(c, reply.status, resp);
+        MHD_destroy_response(resp);
+        return ret;
+    }
+    return send_json(c, reply.status ? reply.status : 200, reply.json, NULL);
+}
+
+static void request_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode t) {
+    (void)cls, (void)c, (void)t;
+    struct request_state *st = *con_cls;
+    if (!st) return;
+    free(st->body);
+    free(st);
+    *con_cls = NULL;
+}
+
+int lorad_api_server_start(const struct lorad_api_server_options *o, struct lorad_api_server **ret_server) {
+    struct lorad_api_server *s = calloc(1, sizeof *s);
+    if (!s) return -ENOMEM;
+    s->opt = *o;
+    pthread_rwlock_init(&s->keys_lock, NULL);
+    if (o->api_key_file && o->api_key_file[0]) {
+        snprintf(s->key_file, sizeof s->key_file, "%s", o->api_key_file);
+        int r = load_keys(s->key_file, &s->keys);
+        if (r < 0) {
+            pthread_rwlock_destroy(&s->keys_lock);
+            free(s);
+            return r;
+        }
+    }
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(o->port)};
+    if (inet_pton(AF_INET, o->bind_address ? o->bind_address : "127.0.0.1", &sa.sin_addr) != 1) {
+        free(s->keys);
+        free(s);
+        return -EINVAL;
+    }
+    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG;
+    s->mhd = o->listen_fd >= 0
+                 ? MHD_start_daemon(flags, 0, NULL, NULL, access_handler, s, MHD_OPTION_LISTEN_SOCKET, o->listen_fd,
+                                    MHD_OPTION_CONNECTION_LIMIT, o->max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
+                                    o->connection_timeout_s, MHD_OPTION_NOTIFY_COMPLETED, request_completed, s,
+                                    MHD_OPTION_END)
+                 : MHD_start_daemon(flags, o->port, NULL, NULL, access_handler, s, MHD_OPTION_SOCK_ADDR, &sa,
+                                    MHD_OPTION_CONNECTION_LIMIT, o->max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
+                                    o->connection_timeout_s, MHD_OPTION_NOTIFY_COMPLETED, request_completed, s,
+                                    MHD_OPTION_END);
+    if (!s->mhd) {
+        free(s->keys);
+        pthread_rwlock_destroy(&s->keys_lock);
+        free(s);
+        return -EADDRINUSE;
+    }
+    *ret_server = s;
+    return 0;
+}
+
+uint16_t lorad_api_server_port(const struct lorad_api_server *s) {
+    const union MHD_DaemonInfo *i = MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_BIND_PORT);
+    return i ? i->port : 0;
+}
+
+void lorad_api_server_stop(struct lorad_api_server *s) {
+    if (!s) return;
+    MHD_quiesce_daemon(s->mhd);
+    MHD_stop_daemon(s->mhd);
+    free(s->keys);
+    pthread_rwlock_destroy(&s->keys_lock);
+    free(s);
+}
