@@ -1,5 +1,5 @@
 /* A real server on 127.0.0.1 port 0 and a raw socket client: 404, 405 + Allow, 401/403 with a
- * key file, 415, 413, 400 for bad and too-deep JSON, public /livez. */
+ * key file, 415, 413, 400 for bad and too-deep JSON, public /livez, idle-client timeout. */
 #include "testutil.h"
 
 #include <arpa/inet.h>
@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include "server.h"
@@ -70,6 +71,29 @@ static void test_json_bodies(void **state) {
     assert_int_equal(http(req, buf, sizeof buf), 503); /* valid JSON reaches the (not wired) handler */
 }
 
+/* A client that connects and sends nothing is closed after connection_timeout_s, and others
+ * are served meanwhile (thread per connection). */
+static void test_idle_client_times_out(void **state) {
+    (void)state;
+    struct lorad_api_server *saved = srv, *quick;
+    struct lorad_api_server_options o = {.bind_address = "127.0.0.1", .listen_fd = -1, .max_connections = 4,
+                                         .connection_timeout_s = 1, .max_request_body = 1024, .max_json_depth = 8};
+    assert_int_equal(lorad_api_server_start(&o, &quick), 0);
+    srv = quick;
+    int idle = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(lorad_api_server_port(srv))};
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    assert_int_equal(connect(idle, (struct sockaddr *)&sa, sizeof sa), 0);
+    assert_int_equal(http("GET /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", buf, sizeof buf), 200);
+    struct timeval tv = {.tv_sec = 5};
+    setsockopt(idle, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    char c;
+    assert_int_equal(read(idle, &c, 1), 0); /* closed by the server, not our 5 s receive timeout */
+    close(idle);
+    lorad_api_server_stop(quick);
+    srv = saved;
+}
+
 static int setup(void **state) {
     (void)state;
     char path[] = "/tmp/lorad-keysXXXXXX";
@@ -98,6 +122,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_routing_and_errors),
         cmocka_unit_test(test_json_bodies),
+        cmocka_unit_test(test_idle_client_times_out),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
