@@ -10,7 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
+#include "api_metrics.h"
 #include "api_error.h"
 #include "routes.h"
 
@@ -37,6 +39,9 @@ struct request_state {
     char *body;
     size_t body_len;
     bool too_large;
+    unsigned status;
+    char method[8];
+    struct timespec started;
 };
 
 static int load_keys(const char *path, struct key_set **ret_keys) {
@@ -95,7 +100,7 @@ int lorad_api_server_reload_keys(struct lorad_api_server *s) {
     return 0;
 }
 
-static enum MHD_Result send_json(struct MHD_Connection *c, unsigned status, json_t *body, const char *allow) {
+static enum MHD_Result send_json(struct request_state *st, struct MHD_Connection *c, unsigned status, json_t *body, const char *allow) {
     char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
     json_decref(body);
     if (!text) text = strdup("{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\",\"param\":null,\"code\":null}}");
@@ -107,15 +112,16 @@ static enum MHD_Result send_json(struct MHD_Connection *c, unsigned status, json
     }
     MHD_add_response_header(resp, "Content-Type", "application/json");
     if (allow) MHD_add_response_header(resp, "Allow", allow);
+    st->status = status;
     enum MHD_Result ret = MHD_queue_response(c, status, resp);
     MHD_destroy_response(resp);
     return ret;
 }
 
 /* The one error reply of the transport. */
-static enum MHD_Result send_error(struct MHD_Connection *c, unsigned status, const char *message, const char *param,
+static enum MHD_Result send_error(struct request_state *st, struct MHD_Connection *c, unsigned status, const char *message, const char *param,
                                   const char *code, const char *allow) {
-    return send_json(c, status, lorad_api_error_body(status, message, param, code), allow);
+    return send_json(st, c, status, lorad_api_error_body(status, message, param, code), allow);
 }
 
 /* Bracket nesting of the raw text, outside strings: refuses too-deep input before jansson
@@ -154,12 +160,14 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
         st = calloc(1, sizeof *st);
         if (!st) return MHD_NO;
         *con_cls = st;
+        clock_gettime(CLOCK_MONOTONIC, &st->started);
+        snprintf(st->method, sizeof st->method, "%s", method);
         unsigned status = 0;
         char allow[64];
         st->route = lorad_api_route_lookup(method, url, &st->params, &status, allow, sizeof allow);
         if (!st->route)
-            return status == 405 ? send_error(c, 405, "method not allowed on this path", NULL, "method_not_allowed", allow)
-                                 : send_error(c, 404, "no such route", NULL, "not_found", NULL);
+            return status == 405 ? send_error(st, c, 405, "method not allowed on this path", NULL, "method_not_allowed", allow)
+                                 : send_error(st, c, 404, "no such route", NULL, "not_found", NULL);
         if (!st->route->public_route) {
             pthread_rwlock_rdlock(&s->keys_lock);
             int verdict = 0; /* 0 ok, 401, 403 */
@@ -169,16 +177,16 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
                 else if (!key_matches(s->keys, auth + 7)) verdict = 403;
             }
             pthread_rwlock_unlock(&s->keys_lock);
-            if (verdict == 401) return send_error(c, 401, "missing bearer token (Authorization: Bearer KEY)", NULL, "missing_api_key", NULL);
-            if (verdict == 403) return send_error(c, 403, "invalid API key", NULL, "invalid_api_key", NULL);
+            if (verdict == 401) return send_error(st, c, 401, "missing bearer token (Authorization: Bearer KEY)", NULL, "missing_api_key", NULL);
+            if (verdict == 403) return send_error(st, c, 403, "invalid API key", NULL, "invalid_api_key", NULL);
         }
         if (st->route->body == LORAD_BODY_JSON) {
             const char *ct = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type");
             if (!ct || strncasecmp(ct, "application/json", 16) != 0)
-                return send_error(c, 415, "Content-Type must be application/json", NULL, "unsupported_media_type", NULL);
+                return send_error(st, c, 415, "Content-Type must be application/json", NULL, "unsupported_media_type", NULL);
             const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
             if (cl && strtoull(cl, NULL, 10) > s->opt.max_request_body)
-                return send_error(c, 413, "request body too large", NULL, "body_too_large", NULL);
+                return send_error(st, c, 413, "request body too large", NULL, "body_too_large", NULL);
         }
         return MHD_YES;
     }
@@ -204,15 +212,15 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
                                     .query = req_query, .header = req_header, .transport = c};
     json_t *body = NULL;
     if (st->route->body == LORAD_BODY_JSON) {
-        if (st->too_large) return send_error(c, 413, "request body too large", NULL, "body_too_large", NULL);
+        if (st->too_large) return send_error(st, c, 413, "request body too large", NULL, "body_too_large", NULL);
         if (prescan_depth(st->body ? st->body : "", st->body_len) > s->opt.max_json_depth)
-            return send_error(c, 400, "JSON nested too deeply", NULL, "json_too_deep", NULL);
+            return send_error(st, c, 400, "JSON nested too deeply", NULL, "json_too_deep", NULL);
         json_error_t jerr;
         body = json_loadb(st->body ? st->body : "", st->body_len, JSON_REJECT_DUPLICATES, &jerr);
         if (!body) {
             char msg[256];
             snprintf(msg, sizeof msg, "invalid JSON at line %d column %d: %s", jerr.line, jerr.column, jerr.text);
-            return send_error(c, 400, msg, NULL, "invalid_json", NULL);
+            return send_error(st, c, 400, msg, NULL, "invalid_json", NULL);
         }
         req.json_body = body;
     }
@@ -222,23 +230,30 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
     if (r < 0) {
         json_decref(reply.json);
         free(reply.text);
-        return send_error(c, 500, "internal error", NULL, NULL, NULL);
+        return send_error(st, c, 500, "internal error", NULL, NULL, NULL);
     }
     if (reply.text) {
         struct MHD_Response *resp = MHD_create_response_from_buffer(reply.text_len, reply.text, MHD_RESPMEM_MUST_FREE);
         if (!resp) return MHD_NO;
         MHD_add_response_header(resp, "Content-Type", reply.content_type ? reply.content_type : "text/plain");
+        st->status = reply.status;
         enum MHD_Result ret = MHD_queue_response(c, reply.status, resp);
         MHD_destroy_response(resp);
         return ret;
     }
-    return send_json(c, reply.status ? reply.status : 200, reply.json, NULL);
+    return send_json(st, c, reply.status ? reply.status : 200, reply.json, NULL);
 }
 
 static void request_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode t) {
     (void)cls, (void)c, (void)t;
     struct request_state *st = *con_cls;
     if (!st) return;
+    if (st->status) {
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        double secs = (double)(now.tv_sec - st->started.tv_sec) + 1e-9 * (double)(now.tv_nsec - st->started.tv_nsec);
+        lorad_api_metrics_observe(st->method, st->route ? st->route->path : NULL, st->status, secs);
+    }
     free(st->body);
     free(st);
     *con_cls = NULL;

@@ -48,6 +48,11 @@ static void test_routing_and_errors(void **state) {
     assert_null(strstr(buf, "k1"));
     assert_int_equal(http("GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k2\r\nConnection: close\r\n\r\n", buf, sizeof buf), 503);
     assert_non_null(strstr(buf, "not_wired"));
+    assert_int_equal(http("GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k1\r\nConnection: close\r\n\r\n", buf, sizeof buf), 200);
+    assert_non_null(strstr(buf, "# TYPE lorad_http_requests_total counter"));
+    assert_non_null(strstr(buf, "lorad_http_requests_total{method=\"GET\",route=\"/v1/models\",status=\"403\"} 1\n"));
+    assert_non_null(strstr(buf, "lorad_http_requests_total{method=\"any\",route=\"unmatched\",status=\"404\"} 1\n"));
+    assert_non_null(strstr(buf, "lorad_http_request_duration_seconds_count{method=\"GET\",route=\"/livez\",status=\"200\"} 1\n"));
 }
 
 static void test_json_bodies(void **state) {
