@@ -42,6 +42,12 @@ struct lorad_api_reply {
     const char *content_type;        /* for non-JSON bodies (text, csv, files) */
     char *text;                      /* owned malloc'd text body (Prometheus, CSV) */
     size_t text_len;
+    /* File download: the transport streams file_fd from disk (it closes it), answering a single
+     * Range (bytes=a-b, a-, -n) with 206 + Content-Range, unsatisfiable ones with 416. */
+    bool has_file;
+    int file_fd;
+    uint64_t file_size;
+    const char *download_name;       /* for Content-Disposition; static or app-owned */
 };
 
 typedef int (*lorad_api_handler_fn)(const struct lorad_api_request *req, struct lorad_api_reply *ret_reply);

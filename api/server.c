@@ -11,6 +11,7 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "api_metrics.h"
 #include "api_error.h"
@@ -150,6 +151,8 @@ static const char *req_header(const struct lorad_api_request *r, const char *nam
     return MHD_lookup_connection_value(r->transport, MHD_HEADER_KIND, name);
 }
 
+static enum MHD_Result send_file(struct request_state *st, struct MHD_Connection *c, const struct lorad_api_reply *rp);
+
 static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const char *url, const char *method,
                                       const char *version, const char *upload_data, size_t *upload_data_size,
                                       void **con_cls) {
@@ -232,6 +235,11 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
         free(reply.text);
         return send_error(st, c, 500, "internal error", NULL, NULL, NULL);
     }
+    if (reply.has_file) {
+        json_decref(reply.json);
+        free(reply.text);
+        return send_file(st, c, &reply);
+    }
     if (reply.text) {
         struct MHD_Response *resp = MHD_create_response_from_buffer(reply.text_len, reply.text, MHD_RESPMEM_MUST_FREE);
         if (!resp) return MHD_NO;
@@ -242,6 +250,89 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
         return ret;
     }
     return send_json(st, c, reply.status ? reply.status : 200, reply.json, NULL);
+}
+
+/* Parses a single "bytes=" range against size. Returns 1 with [*first, *last] for a satisfiable
+ * range, 0 when the header should be ignored (absent, malformed, multi-range), -1 when
+ * unsatisfiable. */
+static int parse_range(const char *h, uint64_t size, uint64_t *first, uint64_t *last) {
+    if (!h || strncmp(h, "bytes=", 6) != 0 || strchr(h, ',')) return 0;
+    const char *p = h + 6;
+    char *end;
+    if (*p == '-') {
+        if (p[1] < '0' || p[1] > '9') return 0;
+        unsigned long long n = strtoull(p + 1, &end, 10);
+        if (*end) return 0;
+        if (n == 0 || size == 0) return -1;
+        *first = n >= size ? 0 : size - n;
+        *last = size - 1;
+        return 1;
+    }
+    if (*p < '0' || *p > '9') return 0;
+    unsigned long long a = strtoull(p, &end, 10);
+    if (*end != '-') return 0;
+    unsigned long long b = size ? size - 1 : 0;
+    if (end[1]) {
+        if (end[1] < '0' || end[1] > '9') return 0;
+        b = strtoull(end + 1, &end, 10);
+        if (*end) return 0;
+        if (b < a) return 0;
+        if (b >= size) b = size - 1;
+    }
+    if (a >= size) return -1;
+    *first = a;
+    *last = b;
+    return 1;
+}
+
+static enum MHD_Result send_file(struct request_state *st, struct MHD_Connection *c, const struct lorad_api_reply *rp) {
+    uint64_t first = 0, last = rp->file_size ? rp->file_size - 1 : 0;
+    int range = parse_range(MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Range"), rp->file_size, &first, &last);
+    if (range < 0) {
+        close(rp->file_fd);
+        char cr[64];
+        snprintf(cr, sizeof cr, "bytes */%llu", (unsigned long long)rp->file_size);
+        json_t *b = lorad_api_error_body(416, "range not satisfiable", "Range", "range_not_satisfiable");
+        char *text = b ? json_dumps(b, JSON_COMPACT) : NULL;
+        json_decref(b);
+        if (!text) return MHD_NO;
+        struct MHD_Response *r = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
+        if (!r) {
+            free(text);
+            return MHD_NO;
+        }
+        MHD_add_response_header(r, "Content-Type", "application/json");
+        MHD_add_response_header(r, "Content-Range", cr);
+        st->status = 416;
+        enum MHD_Result ret = MHD_queue_response(c, 416, r);
+        MHD_destroy_response(r);
+        return ret;
+    }
+    uint64_t len = rp->file_size ? last - first + 1 : 0;
+    struct MHD_Response *r = MHD_create_response_from_fd_at_offset64(len, rp->file_fd, first);
+    if (!r) {
+        close(rp->file_fd);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, "Content-Type", rp->content_type ? rp->content_type : "application/octet-stream");
+    MHD_add_response_header(r, "Accept-Ranges", "bytes");
+    if (rp->download_name) {
+        char cd[512];
+        snprintf(cd, sizeof cd, "attachment; filename=\"%s\"", rp->download_name);
+        MHD_add_response_header(r, "Content-Disposition", cd);
+    }
+    unsigned status = 200;
+    if (range > 0) {
+        char cr[96];
+        snprintf(cr, sizeof cr, "bytes %llu-%llu/%llu", (unsigned long long)first, (unsigned long long)last,
+                 (unsigned long long)rp->file_size);
+        MHD_add_response_header(r, "Content-Range", cr);
+        status = 206;
+    }
+    st->status = status;
+    enum MHD_Result ret = MHD_queue_response(c, status, r);
+    MHD_destroy_response(r);
+    return ret;
 }
 
 static void request_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode t) {

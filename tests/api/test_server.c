@@ -3,6 +3,8 @@
 #include "testutil.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,6 +13,7 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include "routes.h"
 #include "server.h"
 
 static struct lorad_api_server *srv;
@@ -99,6 +102,66 @@ static void test_idle_client_times_out(void **state) {
     srv = saved;
 }
 
+static char file_path[] = "/tmp/lorad-dlXXXXXX";
+static unsigned char file_bytes[10000];
+
+static int handler_test_download(const struct lorad_api_request *req, struct lorad_api_reply *ret_reply) {
+    (void)req;
+    ret_reply->has_file = true;
+    ret_reply->file_fd = open(file_path, O_RDONLY);
+    ret_reply->file_size = sizeof file_bytes;
+    ret_reply->status = 200;
+    ret_reply->content_type = "application/x-tar";
+    ret_reply->download_name = "adapter.tar";
+    return ret_reply->file_fd < 0 ? -errno : 0;
+}
+
+/* Returns a pointer to the body after the blank line. */
+static const char *body_of(const char *resp) {
+    const char *b = strstr(resp, "\r\n\r\n");
+    assert_non_null(b);
+    return b + 4;
+}
+
+static void test_range_downloads(void **state) {
+    (void)state;
+    int fd = mkstemp(file_path);
+    assert_true(fd >= 0);
+    for (size_t i = 0; i < sizeof file_bytes; i++) file_bytes[i] = (unsigned char)(i * 7 + 3);
+    assert_int_equal(write(fd, file_bytes, sizeof file_bytes), (ssize_t)sizeof file_bytes);
+    close(fd);
+    const char *route = "/v1/models/{model}/adapter.tar";
+    assert_int_equal(lorad_api_set_handler("GET", route, handler_test_download), 0);
+    const char *h = "GET /v1/models/m1/adapter.tar HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k1\r\nConnection: close\r\n";
+    char req[512];
+    static char big[20000];
+    snprintf(req, sizeof req, "%s\r\n", h);
+    assert_int_equal(http(req, big, sizeof big), 200);
+    assert_non_null(strcasestr(big, "Content-Length: 10000\r\n"));
+    assert_non_null(strcasestr(big, "Content-Disposition: attachment; filename=\"adapter.tar\""));
+    assert_memory_equal(body_of(big), file_bytes, sizeof file_bytes);
+
+    snprintf(req, sizeof req, "%sRange: bytes=100-199\r\n\r\n", h);
+    assert_int_equal(http(req, big, sizeof big), 206);
+    assert_non_null(strcasestr(big, "Content-Range: bytes 100-199/10000"));
+    assert_memory_equal(body_of(big), file_bytes + 100, 100);
+
+    snprintf(req, sizeof req, "%sRange: bytes=9990-\r\n\r\n", h);
+    assert_int_equal(http(req, big, sizeof big), 206);
+    assert_memory_equal(body_of(big), file_bytes + 9990, 10);
+
+    snprintf(req, sizeof req, "%sRange: bytes=-5\r\n\r\n", h);
+    assert_int_equal(http(req, big, sizeof big), 206);
+    assert_non_null(strcasestr(big, "Content-Range: bytes 9995-9999/10000"));
+    assert_memory_equal(body_of(big), file_bytes + 9995, 5);
+
+    snprintf(req, sizeof req, "%sRange: bytes=10000-\r\n\r\n", h);
+    assert_int_equal(http(req, big, sizeof big), 416);
+    assert_non_null(strcasestr(big, "Content-Range: bytes */10000"));
+    lorad_api_set_handler("GET", route, lorad_api_handler_not_wired);
+    unlink(file_path);
+}
+
 static int setup(void **state) {
     (void)state;
     char path[] = "/tmp/lorad-keysXXXXXX";
@@ -128,6 +191,7 @@ int main(void) {
         cmocka_unit_test(test_routing_and_errors),
         cmocka_unit_test(test_json_bodies),
         cmocka_unit_test(test_idle_client_times_out),
+        cmocka_unit_test(test_range_downloads),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
