@@ -35,6 +35,12 @@ struct lorad_api_request {
     void *transport;                 /* private to the transport */
 };
 
+/* Event source of an SSE stream. Called repeatedly from the connection's own thread; returns
+ * 1 with the next event after after_seq in *ret_seq and *ret_json (malloc'd, transport frees),
+ * 0 when nothing new yet (the transport waits and sends keepalives), 2 when the stream is over
+ * (the transport sends "data: [DONE]"), or -errno (the stream ends). */
+typedef int (*lorad_api_next_event_fn)(void *ctx, uint64_t after_seq, uint64_t *ret_seq, char **ret_json);
+
 /* A reply the handler fills in; the transport sends it. Exactly one of json / file / sse. */
 struct lorad_api_reply {
     unsigned status;
@@ -48,6 +54,12 @@ struct lorad_api_reply {
     int file_fd;
     uint64_t file_size;
     const char *download_name;       /* for Content-Disposition; static or app-owned */
+    /* SSE: set next_event; the transport starts after Last-Event-ID (or sse_after_seq when that
+     * header is absent) and calls sse_free(sse_ctx) when the stream ends. */
+    lorad_api_next_event_fn next_event;
+    void *sse_ctx;
+    void (*sse_free)(void *ctx);
+    uint64_t sse_after_seq;
 };
 
 typedef int (*lorad_api_handler_fn)(const struct lorad_api_request *req, struct lorad_api_reply *ret_reply);

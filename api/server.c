@@ -31,6 +31,7 @@ struct lorad_api_server {
     char key_file[4096];
     pthread_rwlock_t keys_lock;
     struct key_set *keys; /* NULL: auth off */
+    volatile int stopping; /* read by SSE streams so a stop does not wait for them */
 };
 
 /* Per-request state across MHD's access-handler calls. */
@@ -152,6 +153,8 @@ static const char *req_header(const struct lorad_api_request *r, const char *nam
 }
 
 static enum MHD_Result send_file(struct request_state *st, struct MHD_Connection *c, const struct lorad_api_reply *rp);
+static enum MHD_Result send_sse(struct lorad_api_server *s, struct request_state *st, struct MHD_Connection *c,
+                                const struct lorad_api_reply *rp);
 
 static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const char *url, const char *method,
                                       const char *version, const char *upload_data, size_t *upload_data_size,
@@ -234,6 +237,11 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
         json_decref(reply.json);
         free(reply.text);
         return send_error(st, c, 500, "internal error", NULL, NULL, NULL);
+    }
+    if (reply.next_event) {
+        json_decref(reply.json);
+        free(reply.text);
+        return send_sse(s, st, c, &reply);
     }
     if (reply.has_file) {
         json_decref(reply.json);
@@ -335,6 +343,100 @@ static enum MHD_Result send_file(struct request_state *st, struct MHD_Connection
     return ret;
 }
 
+struct sse_stream {
+    struct lorad_api_server *server;
+    lorad_api_next_event_fn next_event;
+    void *ctx;
+    void (*ctx_free)(void *);
+    uint64_t after;
+    char *pending; /* formatted bytes not yet handed to MHD */
+    size_t pending_len, pending_off;
+    bool done;
+};
+
+static void sse_set_pending(struct sse_stream *ss, char *text) {
+    free(ss->pending);
+    ss->pending = text;
+    ss->pending_len = text ? strlen(text) : 0;
+    ss->pending_off = 0;
+}
+
+/* MHD content reader, run on the connection's own thread, so blocking between polls is fine. */
+static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max) {
+    (void)pos;
+    struct sse_stream *ss = cls;
+    unsigned poll_ms = ss->server->opt.sse_poll_ms ? ss->server->opt.sse_poll_ms : 250;
+    unsigned keepalive_ms = ss->server->opt.sse_keepalive_ms ? ss->server->opt.sse_keepalive_ms : 15000;
+    unsigned waited_ms = 0;
+    while (ss->pending_off == ss->pending_len) {
+        if (ss->done || ss->server->stopping) return MHD_CONTENT_READER_END_OF_STREAM;
+        uint64_t seq = 0;
+        char *json = NULL;
+        int r = ss->next_event(ss->ctx, ss->after, &seq, &json);
+        if (r == 1) {
+            char *text = NULL;
+            if (asprintf(&text, "id: %llu\ndata: %s\n\n", (unsigned long long)seq, json ? json : "null") < 0) text = NULL;
+            free(json);
+            if (!text) return MHD_CONTENT_READER_END_WITH_ERROR;
+            ss->after = seq;
+            sse_set_pending(ss, text);
+        } else if (r == 0) {
+            if (waited_ms >= keepalive_ms) {
+                sse_set_pending(ss, strdup(": keepalive\n\n"));
+                if (!ss->pending) return MHD_CONTENT_READER_END_WITH_ERROR;
+                break;
+            }
+            usleep(poll_ms * 1000u);
+            waited_ms += poll_ms;
+        } else {
+            ss->done = true;
+            if (r < 0) return MHD_CONTENT_READER_END_WITH_ERROR;
+            sse_set_pending(ss, strdup("data: [DONE]\n\n"));
+            if (!ss->pending) return MHD_CONTENT_READER_END_WITH_ERROR;
+        }
+    }
+    size_t n = ss->pending_len - ss->pending_off;
+    if (n > max) n = max;
+    memcpy(buf, ss->pending + ss->pending_off, n);
+    ss->pending_off += n;
+    return (ssize_t)n;
+}
+
+static void sse_free(void *cls) {
+    struct sse_stream *ss = cls;
+    if (ss->ctx_free) ss->ctx_free(ss->ctx);
+    free(ss->pending);
+    free(ss);
+}
+
+static enum MHD_Result send_sse(struct lorad_api_server *s, struct request_state *st, struct MHD_Connection *c,
+                                const struct lorad_api_reply *rp) {
+    struct sse_stream *ss = calloc(1, sizeof *ss);
+    if (!ss) {
+        if (rp->sse_free) rp->sse_free(rp->sse_ctx);
+        return MHD_NO;
+    }
+    *ss = (struct sse_stream){.server = s, .next_event = rp->next_event, .ctx = rp->sse_ctx,
+                              .ctx_free = rp->sse_free, .after = rp->sse_after_seq};
+    const char *last = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Last-Event-ID");
+    if (last && *last) {
+        char *end;
+        unsigned long long v = strtoull(last, &end, 10);
+        if (*end == '\0') ss->after = v;
+    }
+    struct MHD_Response *r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, sse_read, ss, sse_free);
+    if (!r) {
+        sse_free(ss);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, "Content-Type", "text/event-stream");
+    MHD_add_response_header(r, "Cache-Control", "no-cache");
+    st->status = 200;
+    enum MHD_Result ret = MHD_queue_response(c, 200, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
 static void request_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode t) {
     (void)cls, (void)c, (void)t;
     struct request_state *st = *con_cls;
@@ -397,6 +499,7 @@ uint16_t lorad_api_server_port(const struct lorad_api_server *s) {
 
 void lorad_api_server_stop(struct lorad_api_server *s) {
     if (!s) return;
+    s->stopping = 1;
     MHD_quiesce_daemon(s->mhd);
     MHD_stop_daemon(s->mhd);
     free(s->keys);

@@ -14,6 +14,8 @@ struct lorad_api_server_options {
     unsigned max_json_depth;      /* deeper JSON is 400 */
     const char *api_key_file;     /* NULL or "": no auth */
     void *app;                    /* handed to every handler as req->app */
+    unsigned sse_poll_ms;         /* wait between empty polls of an event source (0: 250) */
+    unsigned sse_keepalive_ms;    /* ": keepalive" after this much silence (0: 15000) */
 };
 
 struct lorad_api_server;

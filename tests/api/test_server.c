@@ -162,6 +162,46 @@ static void test_range_downloads(void **state) {
     unlink(file_path);
 }
 
+/* Five events with seq 1..5; the first poll has nothing yet, so a keepalive goes out. The test
+ * speaks HTTP/1.0 so the stream is not chunk-encoded and the framing can be read directly. */
+static int fake_next_event(void *ctx, uint64_t after, uint64_t *ret_seq, char **ret_json) {
+    int *polls = ctx;
+    if ((*polls)++ < 2) return 0; /* with 10 ms polls and a 10 ms keepalive: one keepalive */
+    if (after >= 5) return 2;
+    *ret_seq = after + 1;
+    return asprintf(ret_json, "{\"seq\":%llu}", (unsigned long long)(after + 1)) < 0 ? -ENOMEM : 1;
+}
+
+static int handler_test_sse(const struct lorad_api_request *req, struct lorad_api_reply *ret_reply) {
+    (void)req;
+    int *polls = calloc(1, sizeof *polls);
+    if (!polls) return -ENOMEM;
+    ret_reply->status = 200;
+    ret_reply->next_event = fake_next_event;
+    ret_reply->sse_ctx = polls;
+    ret_reply->sse_free = free;
+    return 0;
+}
+
+static void test_sse_stream(void **state) {
+    (void)state;
+    const char *route = "/v1/fine_tuning/jobs/{fine_tuning_job_id}/events";
+    assert_int_equal(lorad_api_set_handler("GET", route, handler_test_sse), 0);
+    const char *req = "GET /v1/fine_tuning/jobs/ftjob-1/events?stream=true HTTP/1.0\r\nHost: x\r\n"
+                      "Authorization: Bearer k1\r\nLast-Event-ID: 2\r\nConnection: close\r\n\r\n";
+    assert_int_equal(http(req, buf, sizeof buf), 200);
+    assert_non_null(strcasestr(buf, "Content-Type: text/event-stream"));
+    const char *k = strstr(buf, ": keepalive\n\n");
+    const char *e3 = strstr(buf, "id: 3\ndata: {\"seq\":3}\n\n");
+    const char *e5 = strstr(buf, "id: 5\ndata: {\"seq\":5}\n\n");
+    const char *done = strstr(buf, "data: [DONE]\n\n");
+    if (!(k && e3 && e5 && done)) fprintf(stderr, "%s\n", buf);
+    assert_true(k && e3 && e5 && done);
+    assert_true(k < e3 && e3 < e5 && e5 < done);
+    assert_null(strstr(buf, "id: 2\n"));
+    lorad_api_set_handler("GET", route, lorad_api_handler_not_wired);
+}
+
 static int setup(void **state) {
     (void)state;
     char path[] = "/tmp/lorad-keysXXXXXX";
@@ -172,7 +212,8 @@ static int setup(void **state) {
     close(fd);
     struct lorad_api_server_options o = {.bind_address = "127.0.0.1", .port = 0, .listen_fd = -1,
                                          .max_connections = 8, .connection_timeout_s = 5,
-                                         .max_request_body = 1024, .max_json_depth = 32, .api_key_file = path};
+                                         .max_request_body = 1024, .max_json_depth = 32, .api_key_file = path,
+                                         .sse_poll_ms = 10, .sse_keepalive_ms = 10};
     int r = lorad_api_server_start(&o, &srv);
     unlink(path);
     assert_int_equal(r, 0);
@@ -192,6 +233,7 @@ int main(void) {
         cmocka_unit_test(test_json_bodies),
         cmocka_unit_test(test_idle_client_times_out),
         cmocka_unit_test(test_range_downloads),
+        cmocka_unit_test(test_sse_stream),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
