@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "api_metrics.h"
+#include "sha256.h"
 #include "api_error.h"
 #include "routes.h"
 
@@ -43,6 +44,13 @@ struct request_state {
     bool too_large;
     unsigned status;
     char method[8];
+    /* uploads */
+    int upload_fd;
+    struct MHD_PostProcessor *pp;
+    struct lorad_sha256 sha;
+    struct lorad_api_upload up;
+    bool upload_failed, saw_file;
+    struct lorad_api_server *server;
     struct timespec started;
 };
 
@@ -156,6 +164,44 @@ static enum MHD_Result send_file(struct request_state *st, struct MHD_Connection
 static enum MHD_Result send_sse(struct lorad_api_server *s, struct request_state *st, struct MHD_Connection *c,
                                 const struct lorad_api_reply *rp);
 
+static void upload_write(struct lorad_api_server *s, struct request_state *st, const char *data, size_t n) {
+    if (st->too_large || st->upload_failed) return;
+    if (st->up.bytes + n > s->opt.max_upload_bytes) {
+        st->too_large = true;
+        return;
+    }
+    for (size_t off = 0; off < n;) {
+        ssize_t w = write(st->upload_fd, data + off, n - off);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            st->upload_failed = true;
+            return;
+        }
+        off += (size_t)w;
+    }
+    lorad_sha256_update(&st->sha, data, n);
+    st->up.bytes += n;
+}
+
+static enum MHD_Result multipart_field(void *cls, enum MHD_ValueKind kind, const char *key, const char *filename,
+                                       const char *content_type, const char *transfer_encoding, const char *data,
+                                       uint64_t off, size_t size) {
+    (void)kind, (void)content_type, (void)transfer_encoding, (void)off;
+    struct request_state *st = cls;
+    if (strcmp(key, "file") == 0) {
+        st->saw_file = true;
+        if (filename && !st->up.filename[0]) snprintf(st->up.filename, sizeof st->up.filename, "%s", filename);
+        upload_write(st->server, st, data, size);
+    } else if (strcmp(key, "purpose") == 0) {
+        size_t used = strlen(st->up.purpose);
+        if (used + size < sizeof st->up.purpose) {
+            memcpy(st->up.purpose + used, data, size);
+            st->up.purpose[used + size] = '\0';
+        }
+    }
+    return MHD_YES;
+}
+
 static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const char *url, const char *method,
                                       const char *version, const char *upload_data, size_t *upload_data_size,
                                       void **con_cls) {
@@ -166,6 +212,8 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
         st = calloc(1, sizeof *st);
         if (!st) return MHD_NO;
         *con_cls = st;
+        st->upload_fd = -1;
+        st->server = s;
         clock_gettime(CLOCK_MONOTONIC, &st->started);
         snprintf(st->method, sizeof st->method, "%s", method);
         unsigned status = 0;
@@ -185,6 +233,32 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
             pthread_rwlock_unlock(&s->keys_lock);
             if (verdict == 401) return send_error(st, c, 401, "missing bearer token (Authorization: Bearer KEY)", NULL, "missing_api_key", NULL);
             if (verdict == 403) return send_error(st, c, 403, "invalid API key", NULL, "invalid_api_key", NULL);
+        }
+        if (st->route->body == LORAD_BODY_UPLOAD) {
+            const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
+            if (cl && strtoull(cl, NULL, 10) > s->opt.max_upload_bytes)
+                return send_error(st, c, 413, "upload larger than max_upload_bytes", "file", "file_too_large", NULL);
+            const char *ct = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type");
+            if (ct && strncasecmp(ct, "multipart/form-data", 19) == 0) {
+                st->pp = MHD_create_post_processor(c, 65536, multipart_field, st);
+                if (!st->pp) return send_error(st, c, 400, "malformed multipart/form-data header", NULL, "invalid_multipart", NULL);
+            } else {
+                const char *fn = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "filename");
+                if (!fn || !*fn)
+                    return send_error(st, c, 400, "raw uploads need ?filename=; or send multipart/form-data", "filename", "missing_filename", NULL);
+                const char *purpose = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "purpose");
+                snprintf(st->up.filename, sizeof st->up.filename, "%s", fn);
+                snprintf(st->up.purpose, sizeof st->up.purpose, "%s", purpose ? purpose : "fine-tune");
+                st->saw_file = true;
+            }
+            snprintf(st->up.temp_path, sizeof st->up.temp_path, "%s/lorad-upload-XXXXXX",
+                     s->opt.upload_dir ? s->opt.upload_dir : "/tmp");
+            st->upload_fd = mkstemp(st->up.temp_path);
+            if (st->upload_fd < 0) {
+                st->up.temp_path[0] = '\0';
+                return send_error(st, c, 503, "cannot create a temporary upload file", NULL, "upload_dir", NULL);
+            }
+            lorad_sha256_init(&st->sha);
         }
         if (st->route->body == LORAD_BODY_JSON) {
             const char *ct = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type");
@@ -210,7 +284,14 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
                 st->body_len += *upload_data_size;
             }
         }
-        *upload_data_size = 0; /* other bodies are discarded until uploads are implemented */
+        if (st->route->body == LORAD_BODY_UPLOAD) {
+            if (st->pp) {
+                if (MHD_post_process(st->pp, upload_data, *upload_data_size) != MHD_YES) st->upload_failed = true;
+            } else {
+                upload_write(s, st, upload_data, *upload_data_size);
+            }
+        }
+        *upload_data_size = 0; /* bodies of other routes are ignored */
         return MHD_YES;
     }
     struct lorad_api_request req = {.app = s->opt.app, .method = method, .path = url,
@@ -229,6 +310,17 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
             return send_error(st, c, 400, msg, NULL, "invalid_json", NULL);
         }
         req.json_body = body;
+    }
+    if (st->route->body == LORAD_BODY_UPLOAD) {
+        if (st->too_large) return send_error(st, c, 413, "upload larger than max_upload_bytes", "file", "file_too_large", NULL);
+        if (st->upload_failed || !st->saw_file)
+            return send_error(st, c, 400, st->saw_file ? "upload could not be read or stored" : "multipart body has no 'file' field",
+                              "file", "invalid_upload", NULL);
+        if (fsync(st->upload_fd) < 0) return send_error(st, c, 503, "cannot store the upload", NULL, NULL, NULL);
+        uint8_t digest[32];
+        lorad_sha256_final(&st->sha, digest);
+        lorad_sha256_hex(digest, st->up.sha256_hex);
+        req.upload = &st->up;
     }
     struct lorad_api_reply reply = {0};
     int r = st->route->handler(&req, &reply);
@@ -447,6 +539,9 @@ static void request_completed(void *cls, struct MHD_Connection *c, void **con_cl
         double secs = (double)(now.tv_sec - st->started.tv_sec) + 1e-9 * (double)(now.tv_nsec - st->started.tv_nsec);
         lorad_api_metrics_observe(st->method, st->route ? st->route->path : NULL, st->status, secs);
     }
+    if (st->pp) MHD_destroy_post_processor(st->pp);
+    if (st->upload_fd >= 0) close(st->upload_fd);
+    if (st->up.temp_path[0]) unlink(st->up.temp_path);
     free(st->body);
     free(st);
     *con_cls = NULL;

@@ -11,6 +11,10 @@ struct lorad_api_server_options {
     unsigned max_connections;
     unsigned connection_timeout_s;
     size_t max_request_body;      /* JSON bodies above this are 413 */
+    uint64_t max_upload_bytes;    /* upload bodies above this are 413 */
+    const char *upload_dir;       /* uploads stream into temp files here (NULL: /tmp); the
+                                   * transport unlinks the temp file after the handler returns,
+                                   * so a handler keeps it by rename()ing it */
     unsigned max_json_depth;      /* deeper JSON is 400 */
     const char *api_key_file;     /* NULL or "": no auth */
     void *app;                    /* handed to every handler as req->app */

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <unistd.h>
 
@@ -202,6 +203,74 @@ static void test_sse_stream(void **state) {
     lorad_api_set_handler("GET", route, lorad_api_handler_not_wired);
 }
 
+static int handler_test_upload(const struct lorad_api_request *req, struct lorad_api_reply *ret_reply) {
+    const struct lorad_api_upload *u = req->upload;
+    if (!u) return -EINVAL;
+    struct stat stb;
+    if (stat(u->temp_path, &stb) < 0 || (uint64_t)stb.st_size != u->bytes) return -EIO;
+    ret_reply->status = 200;
+    ret_reply->json = json_pack("{s:s,s:I,s:s,s:s}", "sha256", u->sha256_hex, "bytes", (json_int_t)u->bytes,
+                                "filename", u->filename, "purpose", u->purpose);
+    return 0;
+}
+
+/* sha256sum of data, via the coreutils tool as the independent reference. */
+static void reference_sha256(const char *data, size_t n, char hex[65]) {
+    char path[] = "/tmp/lorad-refXXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, data, n), (ssize_t)n);
+    close(fd);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "sha256sum %s", path);
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    assert_int_equal(fscanf(p, "%64s", hex), 1);
+    pclose(p);
+    unlink(path);
+}
+
+static void test_uploads(void **state) {
+    (void)state;
+    assert_int_equal(lorad_api_set_handler("POST", "/v1/files", handler_test_upload), 0);
+    static char data[3000], req[8192], expect[65], line[256];
+    for (size_t i = 0; i < sizeof data; i++) data[i] = (char)('a' + i % 26);
+    data[100] = '\n';
+    reference_sha256(data, sizeof data, expect);
+
+    int n = snprintf(req, sizeof req, "POST /v1/files?filename=train.jsonl HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k1\r\n"
+                                     "Content-Type: application/octet-stream\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n", sizeof data);
+    memcpy(req + n, data, sizeof data);
+    req[n + sizeof data] = '\0';
+    assert_int_equal(http(req, buf, sizeof buf), 200);
+    snprintf(line, sizeof line, "\"sha256\":\"%s\"", expect);
+    assert_non_null(strstr(buf, line));
+    assert_non_null(strstr(buf, "\"bytes\":3000"));
+    assert_non_null(strstr(buf, "\"filename\":\"train.jsonl\""));
+
+    const char *bd = "XyZbOuNdArY";
+    char head[512], tail[128];
+    int hn = snprintf(head, sizeof head, "--%s\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nfine-tune\r\n"
+                                         "--%s\r\nContent-Disposition: form-data; name=\"file\"; filename=\"mp.jsonl\"\r\n"
+                                         "Content-Type: application/octet-stream\r\n\r\n", bd, bd);
+    int tn = snprintf(tail, sizeof tail, "\r\n--%s--\r\n", bd);
+    n = snprintf(req, sizeof req, "POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k1\r\n"
+                                  "Content-Type: multipart/form-data; boundary=%s\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n%s",
+                 bd, (size_t)hn + sizeof data + (size_t)tn, head);
+    memcpy(req + n, data, sizeof data);
+    memcpy(req + n + sizeof data, tail, (size_t)tn + 1);
+    assert_int_equal(http(req, buf, sizeof buf), 200);
+    assert_non_null(strstr(buf, line));
+    assert_non_null(strstr(buf, "\"filename\":\"mp.jsonl\""));
+    assert_non_null(strstr(buf, "\"purpose\":\"fine-tune\""));
+
+    /* max_upload_bytes is 4096 in setup(): a 5000-byte declared body is refused. */
+    snprintf(req, sizeof req, "POST /v1/files?filename=x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k1\r\n"
+                              "Content-Length: 5000\r\nConnection: close\r\n\r\n");
+    assert_int_equal(http(req, buf, sizeof buf), 413);
+    lorad_api_set_handler("POST", "/v1/files", lorad_api_handler_not_wired);
+}
+
 static int setup(void **state) {
     (void)state;
     char path[] = "/tmp/lorad-keysXXXXXX";
@@ -213,7 +282,8 @@ static int setup(void **state) {
     struct lorad_api_server_options o = {.bind_address = "127.0.0.1", .port = 0, .listen_fd = -1,
                                          .max_connections = 8, .connection_timeout_s = 5,
                                          .max_request_body = 1024, .max_json_depth = 32, .api_key_file = path,
-                                         .sse_poll_ms = 10, .sse_keepalive_ms = 10};
+                                         .sse_poll_ms = 10, .sse_keepalive_ms = 10,
+                                         .max_upload_bytes = 4096};
     int r = lorad_api_server_start(&o, &srv);
     unlink(path);
     assert_int_equal(r, 0);
@@ -234,6 +304,7 @@ int main(void) {
         cmocka_unit_test(test_idle_client_times_out),
         cmocka_unit_test(test_range_downloads),
         cmocka_unit_test(test_sse_stream),
+        cmocka_unit_test(test_uploads),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
