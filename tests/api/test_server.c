@@ -271,9 +271,26 @@ static void test_uploads(void **state) {
     lorad_api_set_handler("POST", "/v1/files", lorad_api_handler_not_wired);
 }
 
+static char key_path[] = "/tmp/lorad-keysXXXXXX";
+
+/* SIGHUP path: new keys take effect, old ones stop working, a missing file keeps the old set. */
+static void test_key_reload(void **state) {
+    (void)state;
+    FILE *f = fopen(key_path, "w");
+    assert_non_null(f);
+    fputs("fresh\n", f);
+    fclose(f);
+    assert_int_equal(lorad_api_server_reload_keys(srv), 0);
+    assert_int_equal(http("GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k1\r\nConnection: close\r\n\r\n", buf, sizeof buf), 403);
+    assert_int_equal(http("GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer fresh\r\nConnection: close\r\n\r\n", buf, sizeof buf), 200);
+    unlink(key_path);
+    assert_true(lorad_api_server_reload_keys(srv) < 0);
+    assert_int_equal(http("GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer fresh\r\nConnection: close\r\n\r\n", buf, sizeof buf), 200);
+}
+
 static int setup(void **state) {
     (void)state;
-    char path[] = "/tmp/lorad-keysXXXXXX";
+    char *path = key_path;
     int fd = mkstemp(path);
     assert_true(fd >= 0);
     const char *keys = "# comment\nk1\n  k2  \n";
@@ -285,7 +302,6 @@ static int setup(void **state) {
                                          .sse_poll_ms = 10, .sse_keepalive_ms = 10,
                                          .max_upload_bytes = 4096};
     int r = lorad_api_server_start(&o, &srv);
-    unlink(path);
     assert_int_equal(r, 0);
     assert_true(lorad_api_server_port(srv) > 0);
     return 0;
@@ -305,6 +321,7 @@ int main(void) {
         cmocka_unit_test(test_range_downloads),
         cmocka_unit_test(test_sse_stream),
         cmocka_unit_test(test_uploads),
+        cmocka_unit_test(test_key_reload),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
