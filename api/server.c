@@ -1,0 +1,603 @@
+#include "server.h"
+
+#include <errno.h>
+#include <arpa/inet.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "api_metrics.h"
+#include "sha256.h"
+#include "api_error.h"
+#include "routes.h"
+
+#define MAX_KEYS 64
+#define MAX_KEY_LEN 256
+
+struct key_set {
+    int n;
+    char key[MAX_KEYS][MAX_KEY_LEN];
+};
+
+struct lorad_api_server {
+    struct MHD_Daemon *mhd;
+    struct lorad_api_server_options opt;
+    char key_file[4096];
+    pthread_rwlock_t keys_lock;
+    struct key_set *keys; /* NULL: auth off */
+    volatile int stopping; /* read by SSE streams so a stop does not wait for them */
+};
+
+/* Per-request state across MHD's access-handler calls. */
+struct request_state {
+    const struct lorad_api_route *route;
+    struct lorad_route_params params;
+    char *body;
+    size_t body_len;
+    bool too_large;
+    unsigned status;
+    char method[8];
+    /* uploads */
+    int upload_fd;
+    struct MHD_PostProcessor *pp;
+    struct lorad_sha256 sha;
+    struct lorad_api_upload up;
+    bool upload_failed, saw_file;
+    struct lorad_api_server *server;
+    struct timespec started;
+};
+
+static int load_keys(const char *path, struct key_set **ret_keys) {
+    FILE *f = fopen(path, "r");
+    if (!f) return -errno;
+    struct key_set *k = calloc(1, sizeof *k);
+    if (!k) {
+        fclose(f);
+        return -ENOMEM;
+    }
+    char line[MAX_KEY_LEN + 2];
+    while (fgets(line, sizeof line, f)) {
+        size_t n = strcspn(line, "\r\n");
+        line[n] = '\0';
+        char *s = line;
+        while (*s == ' ' || *s == '\t') s++;
+        size_t len = strlen(s);
+        while (len && (s[len - 1] == ' ' || s[len - 1] == '\t')) s[--len] = '\0';
+        if (len == 0 || s[0] == '#') continue;
+        if (k->n == MAX_KEYS) break;
+        snprintf(k->key[k->n++], MAX_KEY_LEN, "%s", s);
+    }
+    fclose(f);
+    *ret_keys = k;
+    return 0;
+}
+
+/* Compares every byte of every key regardless of where a mismatch is, so timing does not leak
+ * key contents (length differences are folded into the result, not early exits). */
+static bool key_matches(const struct key_set *k, const char *given) {
+    size_t glen = strlen(given);
+    unsigned ok = 0;
+    for (int i = 0; i < k->n; i++) {
+        size_t klen = strlen(k->key[i]);
+        unsigned diff = (unsigned)(klen ^ glen);
+        for (size_t j = 0; j < MAX_KEY_LEN - 1; j++) {
+            unsigned char a = j < klen ? (unsigned char)k->key[i][j] : 0;
+            unsigned char b = j < glen ? (unsigned char)given[j] : 0;
+            diff |= a ^ b;
+        }
+        ok |= (diff == 0);
+    }
+    return ok != 0;
+}
+
+int lorad_api_server_reload_keys(struct lorad_api_server *s) {
+    if (!s->key_file[0]) return 0;
+    struct key_set *k;
+    int r = load_keys(s->key_file, &k);
+    if (r < 0) return r;
+    pthread_rwlock_wrlock(&s->keys_lock);
+    struct key_set *old = s->keys;
+    s->keys = k;
+    pthread_rwlock_unlock(&s->keys_lock);
+    free(old);
+    return 0;
+}
+
+static enum MHD_Result send_json(struct request_state *st, struct MHD_Connection *c, unsigned status, json_t *body, const char *allow) {
+    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    json_decref(body);
+    if (!text) text = strdup("{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\",\"param\":null,\"code\":null}}");
+    if (!text) return MHD_NO;
+    struct MHD_Response *resp = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
+    if (!resp) {
+        free(text);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, "Content-Type", "application/json");
+    if (allow) MHD_add_response_header(resp, "Allow", allow);
+    st->status = status;
+    enum MHD_Result ret = MHD_queue_response(c, status, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
+/* The one error reply of the transport. */
+static enum MHD_Result send_error(struct request_state *st, struct MHD_Connection *c, unsigned status, const char *message, const char *param,
+                                  const char *code, const char *allow) {
+    return send_json(st, c, status, lorad_api_error_body(status, message, param, code), allow);
+}
+
+/* Bracket nesting of the raw text, outside strings: refuses too-deep input before jansson
+ * recurses into it. */
+static unsigned prescan_depth(const char *s, size_t n) {
+    unsigned d = 0, max = 0;
+    bool in_str = false;
+    for (size_t i = 0; i < n; i++) {
+        char ch = s[i];
+        if (in_str) {
+            if (ch == '\\') i++;
+            else if (ch == '"') in_str = false;
+        } else if (ch == '"') in_str = true;
+        else if (ch == '{' || ch == '[') {
+            if (++d > max) max = d;
+        } else if ((ch == '}' || ch == ']') && d) d--;
+    }
+    return max;
+}
+
+
+static const char *req_query(const struct lorad_api_request *r, const char *name) {
+    return MHD_lookup_connection_value(r->transport, MHD_GET_ARGUMENT_KIND, name);
+}
+static const char *req_header(const struct lorad_api_request *r, const char *name) {
+    return MHD_lookup_connection_value(r->transport, MHD_HEADER_KIND, name);
+}
+
+static enum MHD_Result send_file(struct request_state *st, struct MHD_Connection *c, const struct lorad_api_reply *rp);
+static enum MHD_Result send_sse(struct lorad_api_server *s, struct request_state *st, struct MHD_Connection *c,
+                                const struct lorad_api_reply *rp);
+
+static void upload_write(struct lorad_api_server *s, struct request_state *st, const char *data, size_t n) {
+    if (st->too_large || st->upload_failed) return;
+    if (st->up.bytes + n > s->opt.max_upload_bytes) {
+        st->too_large = true;
+        return;
+    }
+    for (size_t off = 0; off < n;) {
+        ssize_t w = write(st->upload_fd, data + off, n - off);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            st->upload_failed = true;
+            return;
+        }
+        off += (size_t)w;
+    }
+    lorad_sha256_update(&st->sha, data, n);
+    st->up.bytes += n;
+}
+
+static enum MHD_Result multipart_field(void *cls, enum MHD_ValueKind kind, const char *key, const char *filename,
+                                       const char *content_type, const char *transfer_encoding, const char *data,
+                                       uint64_t off, size_t size) {
+    (void)kind, (void)content_type, (void)transfer_encoding, (void)off;
+    struct request_state *st = cls;
+    if (strcmp(key, "file") == 0) {
+        st->saw_file = true;
+        if (filename && !st->up.filename[0]) snprintf(st->up.filename, sizeof st->up.filename, "%s", filename);
+        upload_write(st->server, st, data, size);
+    } else if (strcmp(key, "purpose") == 0) {
+        size_t used = strlen(st->up.purpose);
+        if (used + size < sizeof st->up.purpose) {
+            memcpy(st->up.purpose + used, data, size);
+            st->up.purpose[used + size] = '\0';
+        }
+    }
+    return MHD_YES;
+}
+
+static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const char *url, const char *method,
+                                      const char *version, const char *upload_data, size_t *upload_data_size,
+                                      void **con_cls) {
+    (void)version;
+    struct lorad_api_server *s = cls;
+    struct request_state *st = *con_cls;
+    if (!st) {
+        st = calloc(1, sizeof *st);
+        if (!st) return MHD_NO;
+        *con_cls = st;
+        st->upload_fd = -1;
+        st->server = s;
+        clock_gettime(CLOCK_MONOTONIC, &st->started);
+        snprintf(st->method, sizeof st->method, "%s", method);
+        unsigned status = 0;
+        char allow[64];
+        st->route = lorad_api_route_lookup(method, url, &st->params, &status, allow, sizeof allow);
+        if (!st->route)
+            return status == 405 ? send_error(st, c, 405, "method not allowed on this path", NULL, "method_not_allowed", allow)
+                                 : send_error(st, c, 404, "no such route", NULL, "not_found", NULL);
+        if (!st->route->public_route) {
+            pthread_rwlock_rdlock(&s->keys_lock);
+            int verdict = 0; /* 0 ok, 401, 403 */
+            if (s->keys) {
+                const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
+                if (!auth || strncasecmp(auth, "Bearer ", 7) != 0) verdict = 401;
+                else if (!key_matches(s->keys, auth + 7)) verdict = 403;
+            }
+            pthread_rwlock_unlock(&s->keys_lock);
+            if (verdict == 401) return send_error(st, c, 401, "missing bearer token (Authorization: Bearer KEY)", NULL, "missing_api_key", NULL);
+            if (verdict == 403) return send_error(st, c, 403, "invalid API key", NULL, "invalid_api_key", NULL);
+        }
+        if (st->route->body == LORAD_BODY_UPLOAD) {
+            const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
+            if (cl && strtoull(cl, NULL, 10) > s->opt.max_upload_bytes)
+                return send_error(st, c, 413, "upload larger than max_upload_bytes", "file", "file_too_large", NULL);
+            const char *ct = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type");
+            if (ct && strncasecmp(ct, "multipart/form-data", 19) == 0) {
+                st->pp = MHD_create_post_processor(c, 65536, multipart_field, st);
+                if (!st->pp) return send_error(st, c, 400, "malformed multipart/form-data header", NULL, "invalid_multipart", NULL);
+            } else {
+                const char *fn = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "filename");
+                if (!fn || !*fn)
+                    return send_error(st, c, 400, "raw uploads need ?filename=; or send multipart/form-data", "filename", "missing_filename", NULL);
+                const char *purpose = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "purpose");
+                snprintf(st->up.filename, sizeof st->up.filename, "%s", fn);
+                snprintf(st->up.purpose, sizeof st->up.purpose, "%s", purpose ? purpose : "fine-tune");
+                st->saw_file = true;
+            }
+            snprintf(st->up.temp_path, sizeof st->up.temp_path, "%s/lorad-upload-XXXXXX",
+                     s->opt.upload_dir ? s->opt.upload_dir : "/tmp");
+            st->upload_fd = mkstemp(st->up.temp_path);
+            if (st->upload_fd < 0) {
+                st->up.temp_path[0] = '\0';
+                return send_error(st, c, 503, "cannot create a temporary upload file", NULL, "upload_dir", NULL);
+            }
+            lorad_sha256_init(&st->sha);
+        }
+        if (st->route->body == LORAD_BODY_JSON) {
+            const char *ct = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type");
+            if (!ct || strncasecmp(ct, "application/json", 16) != 0)
+                return send_error(st, c, 415, "Content-Type must be application/json", NULL, "unsupported_media_type", NULL);
+            const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
+            if (cl && strtoull(cl, NULL, 10) > s->opt.max_request_body)
+                return send_error(st, c, 413, "request body too large", NULL, "body_too_large", NULL);
+        }
+        return MHD_YES;
+    }
+    if (*upload_data_size) {
+        if (st->route->body == LORAD_BODY_JSON && !st->too_large) {
+            if (st->body_len + *upload_data_size > s->opt.max_request_body) {
+                st->too_large = true;
+                free(st->body);
+                st->body = NULL;
+            } else {
+                char *nb = realloc(st->body, st->body_len + *upload_data_size + 1);
+                if (!nb) return MHD_NO;
+                st->body = nb;
+                memcpy(st->body + st->body_len, upload_data, *upload_data_size);
+                st->body_len += *upload_data_size;
+            }
+        }
+        if (st->route->body == LORAD_BODY_UPLOAD) {
+            if (st->pp) {
+                if (MHD_post_process(st->pp, upload_data, *upload_data_size) != MHD_YES) st->upload_failed = true;
+            } else {
+                upload_write(s, st, upload_data, *upload_data_size);
+            }
+        }
+        *upload_data_size = 0; /* bodies of other routes are ignored */
+        return MHD_YES;
+    }
+    struct lorad_api_request req = {.app = s->opt.app, .method = method, .path = url,
+                                    .route_template = st->route->path, .params = st->params,
+                                    .query = req_query, .header = req_header, .transport = c};
+    json_t *body = NULL;
+    if (st->route->body == LORAD_BODY_JSON) {
+        if (st->too_large) return send_error(st, c, 413, "request body too large", NULL, "body_too_large", NULL);
+        if (prescan_depth(st->body ? st->body : "", st->body_len) > s->opt.max_json_depth)
+            return send_error(st, c, 400, "JSON nested too deeply", NULL, "json_too_deep", NULL);
+        json_error_t jerr;
+        body = json_loadb(st->body ? st->body : "", st->body_len, JSON_REJECT_DUPLICATES, &jerr);
+        if (!body) {
+            char msg[256];
+            snprintf(msg, sizeof msg, "invalid JSON at line %d column %d: %s", jerr.line, jerr.column, jerr.text);
+            return send_error(st, c, 400, msg, NULL, "invalid_json", NULL);
+        }
+        req.json_body = body;
+    }
+    if (st->route->body == LORAD_BODY_UPLOAD) {
+        if (st->too_large) return send_error(st, c, 413, "upload larger than max_upload_bytes", "file", "file_too_large", NULL);
+        if (st->upload_failed || !st->saw_file)
+            return send_error(st, c, 400, st->saw_file ? "upload could not be read or stored" : "multipart body has no 'file' field",
+                              "file", "invalid_upload", NULL);
+        if (fsync(st->upload_fd) < 0) return send_error(st, c, 503, "cannot store the upload", NULL, NULL, NULL);
+        uint8_t digest[32];
+        lorad_sha256_final(&st->sha, digest);
+        lorad_sha256_hex(digest, st->up.sha256_hex);
+        req.upload = &st->up;
+    }
+    struct lorad_api_reply reply = {0};
+    int r = st->route->handler(&req, &reply);
+    json_decref(body);
+    if (r < 0) {
+        json_decref(reply.json);
+        free(reply.text);
+        return send_error(st, c, 500, "internal error", NULL, NULL, NULL);
+    }
+    if (reply.next_event) {
+        json_decref(reply.json);
+        free(reply.text);
+        return send_sse(s, st, c, &reply);
+    }
+    if (reply.has_file) {
+        json_decref(reply.json);
+        free(reply.text);
+        return send_file(st, c, &reply);
+    }
+    if (reply.text) {
+        struct MHD_Response *resp = MHD_create_response_from_buffer(reply.text_len, reply.text, MHD_RESPMEM_MUST_FREE);
+        if (!resp) return MHD_NO;
+        MHD_add_response_header(resp, "Content-Type", reply.content_type ? reply.content_type : "text/plain");
+        st->status = reply.status;
+        enum MHD_Result ret = MHD_queue_response(c, reply.status, resp);
+        MHD_destroy_response(resp);
+        return ret;
+    }
+    return send_json(st, c, reply.status ? reply.status : 200, reply.json, NULL);
+}
+
+/* Parses a single "bytes=" range against size. Returns 1 with [*first, *last] for a satisfiable
+ * range, 0 when the header should be ignored (absent, malformed, multi-range), -1 when
+ * unsatisfiable. */
+static int parse_range(const char *h, uint64_t size, uint64_t *first, uint64_t *last) {
+    if (!h || strncmp(h, "bytes=", 6) != 0 || strchr(h, ',')) return 0;
+    const char *p = h + 6;
+    char *end;
+    if (*p == '-') {
+        if (p[1] < '0' || p[1] > '9') return 0;
+        unsigned long long n = strtoull(p + 1, &end, 10);
+        if (*end) return 0;
+        if (n == 0 || size == 0) return -1;
+        *first = n >= size ? 0 : size - n;
+        *last = size - 1;
+        return 1;
+    }
+    if (*p < '0' || *p > '9') return 0;
+    unsigned long long a = strtoull(p, &end, 10);
+    if (*end != '-') return 0;
+    unsigned long long b = size ? size - 1 : 0;
+    if (end[1]) {
+        if (end[1] < '0' || end[1] > '9') return 0;
+        b = strtoull(end + 1, &end, 10);
+        if (*end) return 0;
+        if (b < a) return 0;
+        if (b >= size) b = size - 1;
+    }
+    if (a >= size) return -1;
+    *first = a;
+    *last = b;
+    return 1;
+}
+
+static enum MHD_Result send_file(struct request_state *st, struct MHD_Connection *c, const struct lorad_api_reply *rp) {
+    uint64_t first = 0, last = rp->file_size ? rp->file_size - 1 : 0;
+    int range = parse_range(MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Range"), rp->file_size, &first, &last);
+    if (range < 0) {
+        close(rp->file_fd);
+        char cr[64];
+        snprintf(cr, sizeof cr, "bytes */%llu", (unsigned long long)rp->file_size);
+        json_t *b = lorad_api_error_body(416, "range not satisfiable", "Range", "range_not_satisfiable");
+        char *text = b ? json_dumps(b, JSON_COMPACT) : NULL;
+        json_decref(b);
+        if (!text) return MHD_NO;
+        struct MHD_Response *r = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
+        if (!r) {
+            free(text);
+            return MHD_NO;
+        }
+        MHD_add_response_header(r, "Content-Type", "application/json");
+        MHD_add_response_header(r, "Content-Range", cr);
+        st->status = 416;
+        enum MHD_Result ret = MHD_queue_response(c, 416, r);
+        MHD_destroy_response(r);
+        return ret;
+    }
+    uint64_t len = rp->file_size ? last - first + 1 : 0;
+    struct MHD_Response *r = MHD_create_response_from_fd_at_offset64(len, rp->file_fd, first);
+    if (!r) {
+        close(rp->file_fd);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, "Content-Type", rp->content_type ? rp->content_type : "application/octet-stream");
+    MHD_add_response_header(r, "Accept-Ranges", "bytes");
+    if (rp->download_name) {
+        char cd[512];
+        snprintf(cd, sizeof cd, "attachment; filename=\"%s\"", rp->download_name);
+        MHD_add_response_header(r, "Content-Disposition", cd);
+    }
+    unsigned status = 200;
+    if (range > 0) {
+        char cr[96];
+        snprintf(cr, sizeof cr, "bytes %llu-%llu/%llu", (unsigned long long)first, (unsigned long long)last,
+                 (unsigned long long)rp->file_size);
+        MHD_add_response_header(r, "Content-Range", cr);
+        status = 206;
+    }
+    st->status = status;
+    enum MHD_Result ret = MHD_queue_response(c, status, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+struct sse_stream {
+    struct lorad_api_server *server;
+    lorad_api_next_event_fn next_event;
+    void *ctx;
+    void (*ctx_free)(void *);
+    uint64_t after;
+    char *pending; /* formatted bytes not yet handed to MHD */
+    size_t pending_len, pending_off;
+    bool done;
+};
+
+static void sse_set_pending(struct sse_stream *ss, char *text) {
+    free(ss->pending);
+    ss->pending = text;
+    ss->pending_len = text ? strlen(text) : 0;
+    ss->pending_off = 0;
+}
+
+/* MHD content reader, run on the connection's own thread, so blocking between polls is fine. */
+static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max) {
+    (void)pos;
+    struct sse_stream *ss = cls;
+    unsigned poll_ms = ss->server->opt.sse_poll_ms ? ss->server->opt.sse_poll_ms : 250;
+    unsigned keepalive_ms = ss->server->opt.sse_keepalive_ms ? ss->server->opt.sse_keepalive_ms : 15000;
+    unsigned waited_ms = 0;
+    while (ss->pending_off == ss->pending_len) {
+        if (ss->done || ss->server->stopping) return MHD_CONTENT_READER_END_OF_STREAM;
+        uint64_t seq = 0;
+        char *json = NULL;
+        int r = ss->next_event(ss->ctx, ss->after, &seq, &json);
+        if (r == 1) {
+            char *text = NULL;
+            if (asprintf(&text, "id: %llu\ndata: %s\n\n", (unsigned long long)seq, json ? json : "null") < 0) text = NULL;
+            free(json);
+            if (!text) return MHD_CONTENT_READER_END_WITH_ERROR;
+            ss->after = seq;
+            sse_set_pending(ss, text);
+        } else if (r == 0) {
+            if (waited_ms >= keepalive_ms) {
+                sse_set_pending(ss, strdup(": keepalive\n\n"));
+                if (!ss->pending) return MHD_CONTENT_READER_END_WITH_ERROR;
+                break;
+            }
+            usleep(poll_ms * 1000u);
+            waited_ms += poll_ms;
+        } else {
+            ss->done = true;
+            if (r < 0) return MHD_CONTENT_READER_END_WITH_ERROR;
+            sse_set_pending(ss, strdup("data: [DONE]\n\n"));
+            if (!ss->pending) return MHD_CONTENT_READER_END_WITH_ERROR;
+        }
+    }
+    size_t n = ss->pending_len - ss->pending_off;
+    if (n > max) n = max;
+    memcpy(buf, ss->pending + ss->pending_off, n);
+    ss->pending_off += n;
+    return (ssize_t)n;
+}
+
+static void sse_free(void *cls) {
+    struct sse_stream *ss = cls;
+    if (ss->ctx_free) ss->ctx_free(ss->ctx);
+    free(ss->pending);
+    free(ss);
+}
+
+static enum MHD_Result send_sse(struct lorad_api_server *s, struct request_state *st, struct MHD_Connection *c,
+                                const struct lorad_api_reply *rp) {
+    struct sse_stream *ss = calloc(1, sizeof *ss);
+    if (!ss) {
+        if (rp->sse_free) rp->sse_free(rp->sse_ctx);
+        return MHD_NO;
+    }
+    *ss = (struct sse_stream){.server = s, .next_event = rp->next_event, .ctx = rp->sse_ctx,
+                              .ctx_free = rp->sse_free, .after = rp->sse_after_seq};
+    const char *last = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Last-Event-ID");
+    if (last && *last) {
+        char *end;
+        unsigned long long v = strtoull(last, &end, 10);
+        if (*end == '\0') ss->after = v;
+    }
+    struct MHD_Response *r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, sse_read, ss, sse_free);
+    if (!r) {
+        sse_free(ss);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, "Content-Type", "text/event-stream");
+    MHD_add_response_header(r, "Cache-Control", "no-cache");
+    st->status = 200;
+    enum MHD_Result ret = MHD_queue_response(c, 200, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+static void request_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode t) {
+    (void)cls, (void)c, (void)t;
+    struct request_state *st = *con_cls;
+    if (!st) return;
+    if (st->status) {
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        double secs = (double)(now.tv_sec - st->started.tv_sec) + 1e-9 * (double)(now.tv_nsec - st->started.tv_nsec);
+        lorad_api_metrics_observe(st->method, st->route ? st->route->path : NULL, st->status, secs);
+    }
+    if (st->pp) MHD_destroy_post_processor(st->pp);
+    if (st->upload_fd >= 0) close(st->upload_fd);
+    if (st->up.temp_path[0]) unlink(st->up.temp_path);
+    free(st->body);
+    free(st);
+    *con_cls = NULL;
+}
+
+int lorad_api_server_start(const struct lorad_api_server_options *o, struct lorad_api_server **ret_server) {
+    struct lorad_api_server *s = calloc(1, sizeof *s);
+    if (!s) return -ENOMEM;
+    s->opt = *o;
+    pthread_rwlock_init(&s->keys_lock, NULL);
+    if (o->api_key_file && o->api_key_file[0]) {
+        snprintf(s->key_file, sizeof s->key_file, "%s", o->api_key_file);
+        int r = load_keys(s->key_file, &s->keys);
+        if (r < 0) {
+            pthread_rwlock_destroy(&s->keys_lock);
+            free(s);
+            return r;
+        }
+    }
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(o->port)};
+    if (inet_pton(AF_INET, o->bind_address ? o->bind_address : "127.0.0.1", &sa.sin_addr) != 1) {
+        free(s->keys);
+        free(s);
+        return -EINVAL;
+    }
+    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG;
+    s->mhd = o->listen_fd >= 0
+                 ? MHD_start_daemon(flags, 0, NULL, NULL, access_handler, s, MHD_OPTION_LISTEN_SOCKET, o->listen_fd,
+                                    MHD_OPTION_CONNECTION_LIMIT, o->max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
+                                    o->connection_timeout_s, MHD_OPTION_NOTIFY_COMPLETED, request_completed, s,
+                                    MHD_OPTION_END)
+                 : MHD_start_daemon(flags, o->port, NULL, NULL, access_handler, s, MHD_OPTION_SOCK_ADDR, &sa,
+                                    MHD_OPTION_CONNECTION_LIMIT, o->max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
+                                    o->connection_timeout_s, MHD_OPTION_NOTIFY_COMPLETED, request_completed, s,
+                                    MHD_OPTION_END);
+    if (!s->mhd) {
+        free(s->keys);
+        pthread_rwlock_destroy(&s->keys_lock);
+        free(s);
+        return -EADDRINUSE;
+    }
+    *ret_server = s;
+    return 0;
+}
+
+uint16_t lorad_api_server_port(const struct lorad_api_server *s) {
+    const union MHD_DaemonInfo *i = MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_BIND_PORT);
+    return i ? i->port : 0;
+}
+
+void lorad_api_server_stop(struct lorad_api_server *s) {
+    if (!s) return;
+    s->stopping = 1;
+    MHD_quiesce_daemon(s->mhd);
+    MHD_stop_daemon(s->mhd);
+    free(s->keys);
+    pthread_rwlock_destroy(&s->keys_lock);
+    free(s);
+}

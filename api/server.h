@@ -1,0 +1,34 @@
+/* The HTTP server: libmicrohttpd with one thread per connection, so an SSE stream or a large
+ * download never blocks other requests; the connection limit bounds the thread count. */
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+struct lorad_api_server_options {
+    const char *bind_address;     /* "127.0.0.1"; ignored when listen_fd >= 0 */
+    uint16_t port;                /* 0 = pick a free port; see lorad_api_server_port() */
+    int listen_fd;                /* >= 0: an inherited listening socket (systemd); -1 otherwise */
+    unsigned max_connections;
+    unsigned connection_timeout_s;
+    size_t max_request_body;      /* JSON bodies above this are 413 */
+    uint64_t max_upload_bytes;    /* upload bodies above this are 413 */
+    const char *upload_dir;       /* uploads stream into temp files here (NULL: /tmp); the
+                                   * transport unlinks the temp file after the handler returns,
+                                   * so a handler keeps it by rename()ing it */
+    unsigned max_json_depth;      /* deeper JSON is 400 */
+    const char *api_key_file;     /* NULL or "": no auth */
+    void *app;                    /* handed to every handler as req->app */
+    unsigned sse_poll_ms;         /* wait between empty polls of an event source (0: 250) */
+    unsigned sse_keepalive_ms;    /* ": keepalive" after this much silence (0: 15000) */
+};
+
+struct lorad_api_server;
+
+/* Loads the key file and starts listening. Returns 0 and *ret_server, or -errno. */
+int lorad_api_server_start(const struct lorad_api_server_options *o, struct lorad_api_server **ret_server);
+/* The port actually bound (useful with port 0). */
+uint16_t lorad_api_server_port(const struct lorad_api_server *s);
+/* Re-reads api_key_file (SIGHUP). Thread-safe; on failure the old keys stay. Returns 0 or -errno. */
+int lorad_api_server_reload_keys(struct lorad_api_server *s);
+/* Stops accepting (quiesce), finishes, frees. NULL is fine. */
+void lorad_api_server_stop(struct lorad_api_server *s);
