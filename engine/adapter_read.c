@@ -42,7 +42,7 @@ static int parse_index(const char *s, int *ret) {
 
 /* "model.layers.N.<module>.lora_{A,B}.weight" or "lm_head.lora_{A,B}.weight"; -EINVAL otherwise. */
 static int parse_peft_name(const char *name, struct parsed_name *p) {
-    const char *rest;
+    const char *rest = NULL;
     if (strncmp(name, "lm_head.", 8) == 0) {
         p->layer = -1;
         p->module = LM_HEAD_MODULE;
