@@ -71,7 +71,10 @@ static int add_tensor(struct lorad_st_writer *w, struct out_buffers *bufs, const
     int64_t n = t->rows * t->cols;
     const void *data = t->data;
     if (adapted || t->dtype != dtype) {
-        float *f = out_alloc(bufs, (size_t)n * sizeof(float));
+        /* The writer borrows buffers until the end, so a BF16 result keeps only its 2-byte copy:
+         * the f32 scratch is freed at once. */
+        float *f = dtype == LORAD_DTYPE_BF16 ? malloc((size_t)n * sizeof(float))
+                                             : out_alloc(bufs, (size_t)n * sizeof(float));
         if (!f) return -ENOMEM;
         tensor_to_f32(f, t);
         if (adapted) {
@@ -81,8 +84,10 @@ static int add_tensor(struct lorad_st_writer *w, struct out_buffers *bufs, const
         data = f;
         if (dtype == LORAD_DTYPE_BF16) {
             uint16_t *h = out_alloc(bufs, (size_t)n * sizeof(uint16_t));
+            if (h)
+                for (int64_t i = 0; i < n; i++) h[i] = lorad_f32_to_bf16(f[i]);
+            free(f);
             if (!h) return -ENOMEM;
-            for (int64_t i = 0; i < n; i++) h[i] = lorad_f32_to_bf16(f[i]);
             data = h;
         }
     }

@@ -24,7 +24,9 @@ bool lorad_merge_unties_head(const struct lorad_base_weights *base, const struct
 /* Writes the merged model as one HF-named safetensors file at path (atomically):
  * model.embed_tokens / model.layers.N.* / model.norm / lm_head weights (lm_head only when the base
  * is untied or lorad_merge_unties_head). With keep_dtype each tensor keeps its base dtype when it
- * is BF16 and is F32 otherwise; without, every tensor is F32. adapter must have been loaded
+ * is BF16 and is F32 otherwise; without, every tensor is F32. Tensors needing no conversion are
+ * written straight from the base mapping; merged or converted ones stay in memory until the file
+ * is written (2 bytes per such BF16 parameter, 4 per F32 one). adapter must have been loaded
  * against base->cfg (lorad_adapter_load validates the shapes). The base is only read. Returns 0 or
  * -errno with err naming the path. */
 int lorad_merge_write_safetensors(const char *path, const struct lorad_base_weights *base,
