@@ -93,6 +93,17 @@ static int copy_if_present(const char *dir, const char *out, const char *name, s
     return r;
 }
 
+/* The shortest decimal that reads back as f, so an eps stored as f32 1e-5 is written 1e-05
+ * rather than 9.9999997473787516e-06. */
+static json_t *json_float32(float f) {
+    char text[32];
+    for (int digits = 1; digits <= 9; digits++) {
+        snprintf(text, sizeof text, "%.*g", digits, (double)f);
+        if ((float)strtod(text, NULL) == f) break;
+    }
+    return json_real(strtod(text, NULL));
+}
+
 /* config.json of the merged model: the HF base's own file (untied if needed, torch_dtype the
  * written dtype), or one synthesised from the config of a GGUF / llama2.c base. */
 static json_t *merged_config(const struct lorad_model_file *mf, bool untie, const char *torch_dtype,
@@ -112,16 +123,17 @@ static json_t *merged_config(const struct lorad_model_file *mf, bool untie, cons
     } else {
         json_t *scaling = json_null();
         if (c->rope_scaling.type == LORAD_ROPE_LLAMA3)
-            scaling = json_pack("{s:s, s:f, s:f, s:f, s:i}", "rope_type", "llama3", "factor", (double)c->rope_scaling.factor,
-                                "low_freq_factor", (double)c->rope_scaling.low_freq_factor, "high_freq_factor",
-                                (double)c->rope_scaling.high_freq_factor, "original_max_position_embeddings",
+            scaling = json_pack("{s:s, s:o, s:o, s:o, s:i}", "rope_type", "llama3", "factor",
+                                json_float32(c->rope_scaling.factor), "low_freq_factor",
+                                json_float32(c->rope_scaling.low_freq_factor), "high_freq_factor",
+                                json_float32(c->rope_scaling.high_freq_factor), "original_max_position_embeddings",
                                 c->rope_scaling.original_max_position_embeddings);
-        root = json_pack("{s:[s], s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:f, s:f, s:o, s:b, s:b, s:s}",
+        root = json_pack("{s:[s], s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:o, s:o, s:o, s:b, s:b, s:s}",
                          "architectures", "LlamaForCausalLM", "model_type", "llama", "hidden_size", c->dim,
                          "intermediate_size", c->hidden_dim, "num_hidden_layers", c->n_layers, "num_attention_heads",
                          c->n_heads, "num_key_value_heads", c->n_kv_heads, "head_dim", c->head_dim, "vocab_size",
-                         c->vocab_size, "max_position_embeddings", c->max_seq_len, "rms_norm_eps", (double)c->norm_eps,
-                         "rope_theta", (double)c->rope_theta, "rope_scaling", scaling, "tie_word_embeddings",
+                         c->vocab_size, "max_position_embeddings", c->max_seq_len, "rms_norm_eps", json_float32(c->norm_eps),
+                         "rope_theta", json_float32(c->rope_theta), "rope_scaling", scaling, "tie_word_embeddings",
                          (int)c->tie_embeddings, "attention_bias", (int)c->attention_bias, "hidden_act", "silu");
         if (root && c->bos_id >= 0) json_object_set_new(root, "bos_token_id", json_integer(c->bos_id));
         if (root && c->eos_id >= 0) json_object_set_new(root, "eos_token_id", json_integer(c->eos_id));
@@ -147,7 +159,10 @@ static int export_merged(const char *out, const struct lorad_model_file *mf, con
     if ((r = lorad_merge_write_safetensors(path, &mf->weights, ad, keep_dtype, err)) < 0) return r;
     json_t *cfg = merged_config(mf, lorad_merge_unties_head(&mf->weights, ad), torch_dtype, err);
     if (!cfg) return -EINVAL;
-    char *text = json_dumps(cfg, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    /* A synthesised config holds f32 values, which 9 significant digits print exactly; an HF
+     * base's own values keep jansson's full double precision. */
+    size_t precision = mf->format == LORAD_FORMAT_HF_DIR ? 0 : JSON_REAL_PRECISION(9);
+    char *text = json_dumps(cfg, JSON_INDENT(2) | JSON_PRESERVE_ORDER | precision);
     json_decref(cfg);
     if (!text) return lorad_error_set(err, -ENOMEM, "", "out of memory writing config.json");
     snprintf(path, sizeof path, "%s/config.json", out);

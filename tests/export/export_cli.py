@@ -71,6 +71,25 @@ def main():
         if os.path.exists(os.path.join(out, "tokenizer.model")):
             failures.append("merged dir: tokenizer.model appeared though the base has none")
 
+        # the real llama2.c stories260K (shared classifier, head_dim 8): facts from its header
+        stories = os.environ.get("LORAD_SHARED_DATA", os.path.join(SRC, "..", "shared", "data")) + "/stories260K.bin"
+        scfg = os.path.join(tmp, "stories_config.json")
+        with open(scfg, "w") as f:
+            json.dump({"hidden_size": 64, "intermediate_size": 172, "num_hidden_layers": 5, "num_attention_heads": 8,
+                       "num_key_value_heads": 4, "vocab_size": 512}, f)
+        ad_st = os.path.join(tmp, "ad_stories")
+        ref("make-adapter", scfg, ad_st, "2", "4", "0", "3")
+        out = os.path.join(tmp, "merged_stories")
+        lorad("--adapter", ad_st, "--format", "merged", "--out", out, "--model", stories)
+        ref("check-merged", stories, ad_st, out)
+        cfg = json.load(open(os.path.join(out, "config.json")))
+        if (cfg.get("num_key_value_heads") != 4 or cfg.get("tie_word_embeddings") is not False
+                or cfg.get("rms_norm_eps") != 1e-5 or cfg.get("head_dim") != 8):
+            failures.append(f"stories260K merged config.json: {cfg}")
+        gg3 = os.path.join(tmp, "stories.gguf")
+        lorad("--adapter", ad_st, "--format", "gguf", "--out", gg3, "--model", stories)
+        ref("check-gguf", ad_st, gg3, scfg)
+
         # gguf out, and back in: PEFT re-write and merge from the GGUF adapter
         gg = os.path.join(tmp, "fx.gguf")
         lorad("--adapter", ad_fx, "--format", "gguf", "--out", gg, "--model", os.path.join(fx, "hf_f32"))

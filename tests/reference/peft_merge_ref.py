@@ -15,8 +15,9 @@ usage:
   peft_merge_ref.py make-adapter CONFIG_JSON OUT_DIR R ALPHA RSLORA SEED [BASE]
       writes a PEFT adapter (all seven projections of every layer + lm_head, random A and B).
   peft_merge_ref.py check-merged BASE ADAPTER_DIR MERGED_DIR
-      BASE is an HF dir (config.json + model.safetensors) or a write_fixtures.py output dir with
-      truth.f32 / truth_order.txt / hf_f32/config.json (for GGUF and llama2.c bases, merged as F32).
+      BASE is an HF dir (config.json + model.safetensors), a llama2.c .bin, or a write_fixtures.py
+      output dir with truth.f32 / truth_order.txt / hf_f32/config.json (for GGUF and llama2.c bases,
+      merged as F32).
   peft_merge_ref.py check-gguf ADAPTER_DIR GGUF_PATH CONFIG_JSON
       the GGUF LoRA holds the PEFT tensors (q/k lora_b rows in Meta order) and alpha.
   peft_merge_ref.py same-adapter DIR1 DIR2
@@ -123,8 +124,56 @@ def load_adapter(d):
     return conf, t, scale
 
 
+def load_llama2c(path):
+    """A llama2.c legacy checkpoint (llama2.c's export.py "version 0"): seven int32 (dim, hidden,
+    layers, heads, kv_heads, vocab (negative: separate classifier), seq_len), then f32 tensors
+    embeddings, attention norms, wq, wk, wv, wo, ffn norms, w1 (gate), w2 (down), w3 (up), final
+    norm, the RoPE tables (seq_len * head_dim/2 twice), and the classifier when not shared.
+    q/k rows are in Meta's interleaved RoPE order and are moved to HF's here."""
+    data = np.fromfile(path, dtype="<f4")
+    dim, hidden, layers, heads, kv_heads, vocab, seq = (int(x) for x in data[:7].view("<i4"))
+    shared = vocab > 0
+    vocab = abs(vocab)
+    hd = dim // heads
+    cfg = {"hidden_size": dim, "intermediate_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
+           "num_key_value_heads": kv_heads, "vocab_size": vocab, "head_dim": hd, "tie_word_embeddings": shared,
+           "rms_norm_eps": 1e-5, "rope_theta": 10000.0}
+    pos = 7
+
+    def take(*shape):
+        nonlocal pos
+        n = int(np.prod(shape))
+        a = data[pos:pos + n].reshape(shape)
+        pos += n
+        return a
+
+    t = {"model.embed_tokens.weight": take(vocab, dim)}
+    per_layer = [("input_layernorm", (dim,)), ("self_attn.q_proj", (heads * hd, dim)),
+                 ("self_attn.k_proj", (kv_heads * hd, dim)), ("self_attn.v_proj", (kv_heads * hd, dim)),
+                 ("self_attn.o_proj", (dim, heads * hd)), ("post_attention_layernorm", (dim,)),
+                 ("mlp.gate_proj", (hidden, dim)), ("mlp.down_proj", (dim, hidden)), ("mlp.up_proj", (hidden, dim))]
+    for name, shape in per_layer:
+        stacked = take(layers, *shape)
+        for l in range(layers):
+            w = stacked[l]
+            if name in ("self_attn.q_proj", "self_attn.k_proj"):
+                w = meta_to_hf_rows(w, shape[0] // hd, hd)
+            t[f"model.layers.{l}.{name}.weight"] = w
+    t["model.norm.weight"] = take(dim)
+    take(seq, hd // 2)
+    take(seq, hd // 2)
+    if not shared:
+        t["lm_head.weight"] = take(vocab, dim)
+    if pos != data.size:
+        fail(f"{path}: {data.size - pos} floats left over")
+    return cfg, {k: ("F32", v) for k, v in t.items()}
+
+
 def load_base(base):
-    """(config dict, {HF name: (dtype, array as stored)}) of an HF dir or a fixtures dir."""
+    """(config dict, {HF name: (dtype, array as stored)}) of an HF dir, a fixtures dir or a
+    llama2.c .bin."""
+    if base.endswith(".bin"):
+        return load_llama2c(base)
     if os.path.exists(os.path.join(base, "truth.f32")):
         cfg = json.load(open(os.path.join(base, "hf_f32", "config.json")))
         names = open(os.path.join(base, "truth_order.txt")).read().split()
@@ -152,7 +201,7 @@ def as_f64(dtype, a):
 def check_merged(base, adapter_dir, merged_dir):
     cfg, bt = load_base(base)
     conf, ad, scale = load_adapter(adapter_dir)
-    fixtures = os.path.exists(os.path.join(base, "truth.f32"))
+    fixtures = not os.path.exists(os.path.join(base, "config.json"))  # merged as F32
     mt = read_safetensors(os.path.join(merged_dir, "model.safetensors"))
     mcfg = json.load(open(os.path.join(merged_dir, "config.json")))
     tied = cfg.get("tie_word_embeddings", False)
@@ -169,7 +218,7 @@ def check_merged(base, adapter_dir, merged_dir):
                 "num_key_value_heads", "vocab_size", "rms_norm_eps", "rope_theta"):
         if abs(float(mcfg.get(key, -1)) - float(cfg[key])) > 1e-6 * abs(float(cfg[key])):
             fail(f"merged config {key} = {mcfg.get(key)}, want {cfg[key]}")
-    if mcfg.get("model_type") != "llama" and fixtures:
+    if fixtures and (mcfg.get("model_type") != "llama" or mcfg.get("architectures") != ["LlamaForCausalLM"]):
         fail("synthesised config lacks model_type llama")
     n_checked = n_boundary = 0
     for name, (bdtype, w) in bt.items():
