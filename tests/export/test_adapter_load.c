@@ -336,6 +336,51 @@ static void test_truncated_and_missing(void **state) {
     free(dir);
 }
 
+/* Rewrites the first occurrence of from (same length as to) in the file at path. */
+static void patch_file(const char *path, const char *from, const char *to) {
+    FILE *fp = fopen(path, "r+b");
+    assert_non_null(fp);
+    static char buf[1 << 16];
+    size_t n = fread(buf, 1, sizeof buf, fp);
+    char *at = memmem(buf, n, from, strlen(from));
+    assert_non_null(at);
+    fseek(fp, at - buf, SEEK_SET);
+    fwrite(to, 1, strlen(to), fp);
+    fclose(fp);
+}
+
+static void test_gguf_failures(void **state) {
+    (void)state;
+    struct lorad_llama_config c = test_config();
+    struct adapter_fixture f;
+    make_adapter(&f, &c, 2);
+    char *dir = test_mkdtemp("adapter-load");
+    char *path = test_path(dir, "adapter.gguf");
+    struct lorad_adapter_meta meta = test_meta(2, 4, false);
+    struct lorad_error err = {0};
+    struct { const char *from, *to, *param, *message; } cases[] = {
+        {"adapter.type", "adapter.typo", "adapter.type", "adapter.type must be \"lora\""},
+        {"blk.0.attn_q.weight.lora_a", "blk.0.attn_z.weight.lora_a", "blk.0.attn_z.weight.lora_a",
+         "unknown adapter tensor blk.0.attn_z.weight.lora_a"},
+        {"blk.1.ffn_up.weight.lora_b", "blk.7.ffn_up.weight.lora_b", "model.layers.7.mlp.up_proj.lora_B.weight",
+         "layer 7 out of range"},
+        {"adapter.lora.alpha", "adapter.lora.alphx", "adapter.lora.alpha", "adapter.lora.alpha must be present"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        assert_int_equal(lorad_adapter_write_gguf(path, &meta, f.t, f.n, &c, &err), 0);
+        patch_file(path, cases[i].from, cases[i].to);
+        struct lorad_adapter *a;
+        assert_int_equal(lorad_adapter_load(path, &c, &a, &err), -EINVAL);
+        assert_string_equal(err.param, cases[i].param);
+        assert_non_null(strstr(err.message, path));
+        if (!strstr(err.message, cases[i].message)) fail_msg("\"%s\" lacks \"%s\"", err.message, cases[i].message);
+    }
+    free_adapter(&f);
+    free(path);
+    test_rmtree(dir);
+    free(dir);
+}
+
 static void test_merge_kernel_matches_loops(void **state) {
     (void)state;
     const int64_t out = 37, in = 29, r = 5;
@@ -365,6 +410,7 @@ int main(void) {
         cmocka_unit_test(test_validation_failures),
         cmocka_unit_test(test_half_precision_and_bad_dtype),
         cmocka_unit_test(test_truncated_and_missing),
+        cmocka_unit_test(test_gguf_failures),
         cmocka_unit_test(test_merge_kernel_matches_loops),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
