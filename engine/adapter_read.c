@@ -120,6 +120,9 @@ int lorad_adapter_validate(const struct lorad_adapter_tensor *tensors, int n_ten
         if (cfg && p.layer >= cfg->n_layers)
             return lorad_error_set(err, -EINVAL, t->name, "%s: tensor %s: layer %d out of range (the base has %d layers)",
                                    source, t->name, p.layer, cfg->n_layers);
+        if (p.layer >= LORAD_MAX_LAYERS)
+            return lorad_error_set(err, -EINVAL, t->name, "%s: tensor %s: layer %d beyond lorad's limit of %d layers",
+                                   source, t->name, p.layer, LORAD_MAX_LAYERS);
         if (p.layer > max_layer) max_layer = p.layer;
         int64_t want_rows = -1, want_cols = -1, in, out;
         if (cfg) {

@@ -112,6 +112,12 @@ static void test_peft_round_trip(void **state) {
     assert_int_equal(lorad_adapter_load(dir, NULL, &a, &err), 0);
     assert_same_tensors(a, &f);
     lorad_adapter_free(a);
+    /* ... but the rank and lorad's layer limit still are. */
+    assert_int_equal(lorad_adapter_validate(f.t, f.n, 5, NULL, "x", &err), -EINVAL);
+    assert_non_null(strstr(err.message, "x: tensor model.layers.0.self_attn.q_proj.lora_A.weight has shape (4, 36), expected (5, 36)"));
+    snprintf(f.t[0].name, sizeof f.t[0].name, "model.layers.%d.self_attn.q_proj.lora_A.weight", LORAD_MAX_LAYERS);
+    assert_int_equal(lorad_adapter_validate(f.t, f.n, 4, NULL, "x", &err), -EINVAL);
+    assert_non_null(strstr(err.message, "beyond lorad's limit"));
     free_adapter(&f);
     test_rmtree(dir);
     free(dir);
