@@ -1,0 +1,418 @@
+/* Loading PEFT and llama.cpp GGUF LoRA adapters into owned f32 tensors, with validation. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "adapter_read.h"
+#include "gguf.h"
+#include "load_common.h"
+#include "safetensors_read.h"
+#include "weights.h"
+
+#define PEFT_PREFIX "base_model.model."
+#define LM_HEAD_MODULE 7
+
+/* The projections lorad adapts, in PEFT and GGUF spelling; index LM_HEAD_MODULE is lm_head. */
+static const struct {
+    const char *hf, *gguf, *target;
+} modules[] = {
+    {"self_attn.q_proj", "attn_q", "q_proj"},   {"self_attn.k_proj", "attn_k", "k_proj"},
+    {"self_attn.v_proj", "attn_v", "v_proj"},   {"self_attn.o_proj", "attn_output", "o_proj"},
+    {"mlp.gate_proj", "ffn_gate", "gate_proj"}, {"mlp.up_proj", "ffn_up", "up_proj"},
+    {"mlp.down_proj", "ffn_down", "down_proj"}, {"lm_head", "output", "lm_head"},
+};
+
+struct parsed_name {
+    int layer;  /* -1 for lm_head */
+    int module; /* index into modules[] */
+    int is_B;
+};
+
+/* Parses a decimal layer index without sign or leading zeros; returns the chars consumed or 0. */
+static int parse_index(const char *s, int *ret) {
+    int n = 0;
+    long v = 0;
+    while (s[n] >= '0' && s[n] <= '9' && n < 7) v = v * 10 + (s[n++] - '0');
+    if (n == 0 || (n > 1 && s[0] == '0') || (s[n] >= '0' && s[n] <= '9')) return 0;
+    *ret = (int)v;
+    return n;
+}
+
+/* "model.layers.N.<module>.lora_{A,B}.weight" or "lm_head.lora_{A,B}.weight"; -EINVAL otherwise. */
+static int parse_peft_name(const char *name, struct parsed_name *p) {
+    const char *rest = NULL;
+    if (strncmp(name, "lm_head.", 8) == 0) {
+        p->layer = -1;
+        p->module = LM_HEAD_MODULE;
+        rest = name + 8;
+    } else {
+        if (strncmp(name, "model.layers.", 13) != 0) return -EINVAL;
+        int n = parse_index(name + 13, &p->layer);
+        if (n == 0 || name[13 + n] != '.') return -EINVAL;
+        const char *m = name + 13 + n + 1;
+        p->module = -1;
+        for (int i = 0; i < LM_HEAD_MODULE; i++) {
+            size_t len = strlen(modules[i].hf);
+            if (strncmp(m, modules[i].hf, len) == 0 && m[len] == '.') {
+                p->module = i;
+                rest = m + len + 1;
+                break;
+            }
+        }
+        if (p->module < 0) return -EINVAL;
+    }
+    if (strcmp(rest, "lora_A.weight") == 0) p->is_B = 0;
+    else if (strcmp(rest, "lora_B.weight") == 0) p->is_B = 1;
+    else return -EINVAL;
+    return 0;
+}
+
+/* "blk.N.<gguf>.weight.lora_{a,b}" or "output.weight.lora_{a,b}" -> the PEFT name. */
+static int peft_name_of_gguf(const char *g, char *out, size_t n) {
+    int layer = -1, consumed = 0;
+    const char *m = g;
+    if (strncmp(g, "blk.", 4) == 0) {
+        consumed = parse_index(g + 4, &layer);
+        if (consumed == 0 || g[4 + consumed] != '.') return -EINVAL;
+        m = g + 4 + consumed + 1;
+    }
+    for (int i = 0; i <= LM_HEAD_MODULE; i++) {
+        if ((i == LM_HEAD_MODULE) != (layer < 0)) continue;
+        size_t len = strlen(modules[i].gguf);
+        if (strncmp(m, modules[i].gguf, len) != 0) continue;
+        const char *rest = m + len;
+        char ab = strcmp(rest, ".weight.lora_a") == 0 ? 'A' : strcmp(rest, ".weight.lora_b") == 0 ? 'B' : 0;
+        if (!ab) return -EINVAL;
+        if (layer < 0) snprintf(out, n, "lm_head.lora_%c.weight", ab);
+        else snprintf(out, n, "model.layers.%d.%s.lora_%c.weight", layer, modules[i].hf, ab);
+        return 0;
+    }
+    return -EINVAL;
+}
+
+/* in/out features of a module of the base (HF layout: weight is (out, in)). */
+static void module_shape(const struct lorad_llama_config *c, int module, int64_t *in, int64_t *out) {
+    int64_t d = c->dim, q = (int64_t)c->n_heads * c->head_dim, kv = (int64_t)c->n_kv_heads * c->head_dim,
+            f = c->hidden_dim;
+    static const int8_t in_kind[] = {0, 0, 0, 1, 0, 0, 3, 0}, out_kind[] = {1, 2, 2, 0, 3, 3, 0, 4};
+    int64_t sizes[] = {d, q, kv, f, c->vocab_size};
+    *in = sizes[in_kind[module]];
+    *out = sizes[out_kind[module]];
+}
+
+int lorad_adapter_validate(const struct lorad_adapter_tensor *tensors, int n_tensors, int r,
+                           const struct lorad_llama_config *cfg, const char *source, struct lorad_error *err) {
+    if (n_tensors <= 0) return lorad_error_set(err, -EINVAL, "", "%s: the adapter holds no LoRA tensors", source);
+    if (n_tensors > LORAD_ADAPTER_MAX_TENSORS)
+        return lorad_error_set(err, -EINVAL, "", "%s: %d tensors, more than the %d a LoRA adapter can hold", source,
+                               n_tensors, LORAD_ADAPTER_MAX_TENSORS);
+    int max_layer = cfg ? cfg->n_layers - 1 : 0;
+    for (int i = 0; i < n_tensors; i++) {
+        const struct lorad_adapter_tensor *t = &tensors[i];
+        struct parsed_name p;
+        if (parse_peft_name(t->name, &p) < 0)
+            return lorad_error_set(err, -EINVAL, t->name,
+                                   "%s: unknown adapter tensor %s (lorad applies only lora_A/lora_B of "
+                                   "q/k/v/o/gate/up/down_proj and lm_head)",
+                                   source, t->name);
+        if (cfg && p.layer >= cfg->n_layers)
+            return lorad_error_set(err, -EINVAL, t->name, "%s: tensor %s: layer %d out of range (the base has %d layers)",
+                                   source, t->name, p.layer, cfg->n_layers);
+        if (p.layer >= LORAD_MAX_LAYERS)
+            return lorad_error_set(err, -EINVAL, t->name, "%s: tensor %s: layer %d beyond lorad's limit of %d layers",
+                                   source, t->name, p.layer, LORAD_MAX_LAYERS);
+        if (p.layer > max_layer) max_layer = p.layer;
+        int64_t want_rows = -1, want_cols = -1, in, out;
+        if (cfg) {
+            module_shape(cfg, p.module, &in, &out);
+            want_rows = p.is_B ? out : r;
+            want_cols = p.is_B ? r : in;
+        } else {
+            want_rows = p.is_B ? t->rows : r;
+            want_cols = p.is_B ? r : t->cols;
+        }
+        if (t->rows != want_rows || t->cols != want_cols)
+            return lorad_error_set(err, -EINVAL, t->name, "%s: tensor %s has shape (%lld, %lld), expected (%lld, %lld)%s",
+                                   source, t->name, (long long)t->rows, (long long)t->cols, (long long)want_rows,
+                                   (long long)want_cols,
+                                   (p.is_B ? t->cols != r : t->rows != r) ? " (rank differs from r)" : "");
+    }
+    /* Each (layer, module) must have exactly one A and one B. */
+    size_t n_slots = ((size_t)max_layer + 2) * 8;
+    unsigned char *seen = calloc(n_slots, 1);
+    if (!seen) return lorad_error_set(err, -ENOMEM, "", "out of memory");
+    int rc = 0;
+    for (int i = 0; i < n_tensors && rc == 0; i++) {
+        struct parsed_name p;
+        parse_peft_name(tensors[i].name, &p);
+        size_t slot = (size_t)(p.layer + 1) * 8 + (size_t)p.module;
+        unsigned char bit = (unsigned char)(1u << p.is_B);
+        if (seen[slot] & bit)
+            rc = lorad_error_set(err, -EINVAL, tensors[i].name, "%s: tensor %s appears twice", source, tensors[i].name);
+        seen[slot] |= bit;
+    }
+    for (int i = 0; i < n_tensors && rc == 0; i++) {
+        struct parsed_name p;
+        parse_peft_name(tensors[i].name, &p);
+        if (seen[(size_t)(p.layer + 1) * 8 + (size_t)p.module] != 3) {
+            char module[96];
+            if (p.layer < 0) snprintf(module, sizeof module, "lm_head");
+            else snprintf(module, sizeof module, "model.layers.%d.%s", p.layer, modules[p.module].hf);
+            rc = lorad_error_set(err, -EINVAL, tensors[i].name, "%s: %s has %s but no %s.lora_%c.weight", source, module,
+                                 tensors[i].name, module, p.is_B ? 'A' : 'B');
+        }
+    }
+    free(seen);
+    return rc;
+}
+
+void lorad_adapter_free(struct lorad_adapter *a) {
+    if (!a) return;
+    for (int i = 0; i < a->n_tensors; i++) free((void *)a->tensors[i].data);
+    free(a->tensors);
+    free(a->path);
+    free(a);
+}
+
+const struct lorad_adapter_tensor *lorad_adapter_find(const struct lorad_adapter *a, const char *name) {
+    for (int i = 0; i < a->n_tensors; i++)
+        if (strcmp(a->tensors[i].name, name) == 0) return &a->tensors[i];
+    return NULL;
+}
+
+int lorad_adapter_module(const struct lorad_adapter *a, const char *module, const struct lorad_adapter_tensor **ret_A,
+                         const struct lorad_adapter_tensor **ret_B) {
+    char name[160];
+    snprintf(name, sizeof name, "%s.lora_A.weight", module);
+    const struct lorad_adapter_tensor *A = lorad_adapter_find(a, name);
+    snprintf(name, sizeof name, "%s.lora_B.weight", module);
+    const struct lorad_adapter_tensor *B = lorad_adapter_find(a, name);
+    if (!A || !B) return -ENOENT;
+    *ret_A = A;
+    *ret_B = B;
+    return 0;
+}
+
+/* Copies count elements of dtype ("F32", "BF16", "F16") from possibly unaligned src into dst. */
+static void to_f32(float *dst, const void *src, const char *dtype, int64_t count) {
+    const unsigned char *s = src;
+    if (strcmp(dtype, "F32") == 0) {
+        memcpy(dst, s, (size_t)count * sizeof(float));
+        return;
+    }
+    int bf16 = strcmp(dtype, "BF16") == 0;
+    for (int64_t i = 0; i < count; i++) {
+        uint16_t h;
+        memcpy(&h, s + 2 * i, 2);
+        dst[i] = bf16 ? lorad_bf16_to_f32(h) : lorad_f16_to_f32(h);
+    }
+}
+
+static int is_float_dtype(const char *dtype) {
+    return strcmp(dtype, "F32") == 0 || strcmp(dtype, "BF16") == 0 || strcmp(dtype, "F16") == 0;
+}
+
+struct source_tensor {
+    const void *data;
+    const char *dtype;
+};
+
+/* Allocates the adapter's buffers and converts every source tensor into them. */
+static int fill_tensors(struct lorad_adapter *a, const struct source_tensor *src, struct lorad_error *err) {
+    for (int i = 0; i < a->n_tensors; i++) {
+        struct lorad_adapter_tensor *t = &a->tensors[i];
+        float *buf = malloc((size_t)(t->rows * t->cols) * sizeof(float));
+        if (!buf) return lorad_error_set(err, -ENOMEM, "", "out of memory loading %s", a->path);
+        to_f32(buf, src[i].data, src[i].dtype, t->rows * t->cols);
+        t->data = buf;
+    }
+    return 0;
+}
+
+static int load_peft(struct lorad_adapter *a, const struct lorad_llama_config *cfg, struct lorad_error *err) {
+    int rc = lorad_adapter_read_config(a->path, &a->meta, err);
+    if (rc < 0) return rc;
+    char path[4096];
+    if (snprintf(path, sizeof path, "%s/adapter_model.safetensors", a->path) >= (int)sizeof path)
+        return lorad_error_set(err, -ENAMETOOLONG, "", "path too long: %s", a->path);
+    struct lorad_st_file *f;
+    if ((rc = lorad_st_open(path, &f, err)) < 0) return rc;
+    size_t n = lorad_st_n_tensors(f);
+    struct source_tensor *src = NULL;
+    if (n == 0 || n > LORAD_ADAPTER_MAX_TENSORS) {
+        rc = lorad_error_set(err, -EINVAL, "", "%s: %zu tensors; a LoRA adapter holds 2 to %d", path, n,
+                             LORAD_ADAPTER_MAX_TENSORS);
+        goto out;
+    }
+    a->tensors = calloc(n, sizeof *a->tensors);
+    src = calloc(n, sizeof *src);
+    if (!a->tensors || !src) {
+        rc = lorad_error_set(err, -ENOMEM, "", "out of memory loading %s", path);
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const struct lorad_st_tensor *t = lorad_st_tensor_at(f, i);
+        const char *name = strncmp(t->name, PEFT_PREFIX, strlen(PEFT_PREFIX)) == 0 ? t->name + strlen(PEFT_PREFIX) : t->name;
+        struct lorad_adapter_tensor *dst = &a->tensors[a->n_tensors];
+        if (strlen(name) >= sizeof dst->name) {
+            rc = lorad_error_set(err, -EINVAL, "", "%s: tensor name too long: %.64s...", path, t->name);
+            goto out;
+        }
+        snprintf(dst->name, sizeof dst->name, "%s", name);
+        if (!is_float_dtype(t->dtype)) {
+            rc = lorad_error_set(err, -EINVAL, dst->name, "%s: tensor %s has dtype %s, expected F32, BF16 or F16", path,
+                                 t->name, t->dtype);
+            goto out;
+        }
+        if (t->ndim != 2) {
+            rc = lorad_error_set(err, -EINVAL, dst->name, "%s: tensor %s has %d dimensions, expected 2", path, t->name,
+                                 t->ndim);
+            goto out;
+        }
+        dst->rows = t->shape[0];
+        dst->cols = t->shape[1];
+        src[a->n_tensors] = (struct source_tensor){t->data, t->dtype};
+        a->n_tensors++;
+    }
+    if ((rc = lorad_adapter_validate(a->tensors, a->n_tensors, a->meta.r, cfg, path, err)) < 0) goto out;
+    rc = fill_tensors(a, src, err);
+out:
+    free(src);
+    lorad_st_close(f);
+    return rc;
+}
+
+static int load_gguf(struct lorad_adapter *a, const struct lorad_llama_config *cfg, struct lorad_error *err) {
+    if (!cfg)
+        return lorad_error_set(err, -EINVAL, "model", "%s: reading a GGUF adapter needs the base model's config", a->path);
+    struct lorad_gguf *g;
+    int rc = lorad_gguf_open(a->path, &g, err);
+    if (rc < 0) return rc;
+    struct source_tensor *src = NULL;
+    const char *s;
+    uint64_t len;
+    static const struct { const char *key, *want; } kinds[] = {{"general.type", "adapter"}, {"adapter.type", "lora"}};
+    for (size_t i = 0; i < 2; i++) {
+        rc = lorad_gguf_get_string(g, kinds[i].key, &s, &len, err);
+        if (rc == -ENOENT || (rc == 0 && (len != strlen(kinds[i].want) || memcmp(s, kinds[i].want, len) != 0)))
+            rc = lorad_error_set(err, -EINVAL, kinds[i].key, "%s: %s must be \"%s\" in a LoRA adapter", a->path,
+                                 kinds[i].key, kinds[i].want);
+        if (rc < 0) goto out;
+    }
+    double alpha;
+    rc = lorad_gguf_get_float(g, "adapter.lora.alpha", &alpha, err);
+    if (rc == -ENOENT || (rc == 0 && !(alpha > 0)))
+        rc = lorad_error_set(err, -EINVAL, "adapter.lora.alpha", "%s: adapter.lora.alpha must be present and > 0",
+                             a->path);
+    if (rc < 0) goto out;
+    if (g->n_tensors == 0 || g->n_tensors > LORAD_ADAPTER_MAX_TENSORS) {
+        rc = lorad_error_set(err, -EINVAL, "", "%s: %llu tensors; a LoRA adapter holds 2 to %d", a->path,
+                             (unsigned long long)g->n_tensors, LORAD_ADAPTER_MAX_TENSORS);
+        goto out;
+    }
+    a->tensors = calloc(g->n_tensors, sizeof *a->tensors);
+    src = calloc(g->n_tensors, sizeof *src);
+    if (!a->tensors || !src) {
+        rc = lorad_error_set(err, -ENOMEM, "", "out of memory loading %s", a->path);
+        goto out;
+    }
+    a->meta.r = 0;
+    for (uint64_t i = 0; i < g->n_tensors; i++) {
+        const struct lorad_gguf_tensor *t = &g->tensors[i];
+        struct lorad_adapter_tensor *dst = &a->tensors[a->n_tensors];
+        if (peft_name_of_gguf(t->name, dst->name, sizeof dst->name) < 0) {
+            rc = lorad_error_set(err, -EINVAL, t->name, "%s: unknown adapter tensor %s", a->path, t->name);
+            goto out;
+        }
+        const char *dtype = t->type == LORAD_GGML_F32 ? "F32" : t->type == LORAD_GGML_F16 ? "F16"
+                          : t->type == LORAD_GGML_BF16 ? "BF16" : NULL;
+        if (!dtype) {
+            const char *tn = lorad_ggml_type_name(t->type);
+            rc = lorad_error_set(err, -EINVAL, t->name, "%s: tensor %s has type %s, expected F32, BF16 or F16", a->path,
+                                 t->name, tn ? tn : "unknown");
+            goto out;
+        }
+        if (t->n_dims != 2) {
+            rc = lorad_error_set(err, -EINVAL, t->name, "%s: tensor %s has %u dimensions, expected 2", a->path, t->name,
+                                 t->n_dims);
+            goto out;
+        }
+        dst->rows = (int64_t)t->ne[1];
+        dst->cols = (int64_t)t->ne[0];
+        if (a->meta.r == 0 && strstr(dst->name, ".lora_A.") && dst->rows > 0 && dst->rows <= 1024)
+            a->meta.r = (int)dst->rows;
+        src[a->n_tensors] = (struct source_tensor){t->data, dtype};
+        a->n_tensors++;
+    }
+    if (a->meta.r == 0) {
+        rc = lorad_error_set(err, -EINVAL, "", "%s: no lora_a tensor with a rank in [1, 1024]", a->path);
+        goto out;
+    }
+    a->meta.alpha = alpha;
+    if ((rc = lorad_adapter_validate(a->tensors, a->n_tensors, a->meta.r, cfg, a->path, err)) < 0) goto out;
+    if ((rc = fill_tensors(a, src, err)) < 0) goto out;
+    /* GGUF stores q/k rows in Meta's interleaved RoPE order; lorad works in HF's. */
+    for (int i = 0; i < a->n_tensors; i++) {
+        struct lorad_adapter_tensor *t = &a->tensors[i];
+        struct parsed_name p;
+        parse_peft_name(t->name, &p);
+        if (!p.is_B || p.module > 1) continue;
+        size_t bytes = (size_t)(t->rows * t->cols) * sizeof(float);
+        float *hf = malloc(bytes);
+        if (!hf) {
+            rc = lorad_error_set(err, -ENOMEM, "", "out of memory loading %s", a->path);
+            goto out;
+        }
+        lorad_rope_permute_rows(hf, t->data, t->rows, (size_t)t->cols * sizeof(float), cfg->head_dim, 1);
+        free((void *)t->data);
+        t->data = hf;
+    }
+    /* target_modules as PEFT would list them, for a PEFT re-write. */
+    for (int m = 0; m <= LM_HEAD_MODULE && a->meta.n_targets < LORAD_ADAPTER_MAX_TARGETS; m++)
+        for (int i = 0; i < a->n_tensors; i++) {
+            struct parsed_name p;
+            parse_peft_name(a->tensors[i].name, &p);
+            if (p.module == m) {
+                snprintf(a->meta.targets[a->meta.n_targets++], sizeof a->meta.targets[0], "%s", modules[m].target);
+                break;
+            }
+        }
+out:
+    free(src);
+    lorad_gguf_close(g);
+    return rc;
+}
+
+int lorad_adapter_load(const char *path, const struct lorad_llama_config *cfg, struct lorad_adapter **ret_adapter,
+                       struct lorad_error *err) {
+    struct stat st;
+    if (stat(path, &st) < 0) return lorad_error_set(err, -errno, "adapter", "%s: %s", path, strerror(errno));
+    int is_gguf = 0;
+    if (!S_ISDIR(st.st_mode)) {
+        char magic[4] = {0};
+        FILE *f = fopen(path, "rbe");
+        if (!f) return lorad_error_set(err, -errno, "adapter", "%s: %s", path, strerror(errno));
+        size_t got = fread(magic, 1, 4, f);
+        fclose(f);
+        if (got != 4 || memcmp(magic, "GGUF", 4) != 0)
+            return lorad_error_set(err, -EINVAL, "adapter",
+                                   "%s: not an adapter (expected a PEFT directory with adapter_config.json and "
+                                   "adapter_model.safetensors, or a GGUF LoRA file)",
+                                   path);
+        is_gguf = 1;
+    }
+    struct lorad_adapter *a = calloc(1, sizeof *a);
+    if (!a || !(a->path = strdup(path))) {
+        free(a);
+        return lorad_error_set(err, -ENOMEM, "", "out of memory");
+    }
+    int rc = is_gguf ? load_gguf(a, cfg, err) : load_peft(a, cfg, err);
+    if (rc < 0) {
+        lorad_adapter_free(a);
+        return rc;
+    }
+    *ret_adapter = a;
+    return 0;
+}
