@@ -1,0 +1,43 @@
+/* The application context every API handler sees as req->app.
+ *
+ * The daemon (daemon/cmd_serve.c) owns it: it opens the store, fills the directories and limits
+ * from its config, and sets the hooks before starting the HTTP server. Handlers only read it and
+ * call the hooks; they never free anything in it. api/ cannot include daemon/ headers, so the
+ * daemon's wishes reach the handlers through this struct alone.
+ *
+ * State directory layout (all paths built by the daemon, never from client strings):
+ *   STATE/lorad.db                    the SQLite store
+ *   STATE/files/<file-id>             uploaded datasets, as uploaded
+ *   STATE/uploads/                    temp files of uploads in flight (same filesystem: rename)
+ *   STATE/jobs/<job-id>/              lorad_train_run's out_dir: metrics.jsonl,
+ *                                     checkpoints/step-N/, adapter/ */
+#pragma once
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+struct lorad_store;
+struct lorad_api_metrics;
+
+struct lorad_app {
+    struct lorad_store *store;
+    const char *state_dir;
+    const char *models_dir;
+    const char *files_dir;          /* STATE/files */
+    const char *jobs_dir;           /* STATE/jobs */
+    int64_t max_queued_jobs;        /* queued jobs beyond this: 429 */
+    int threads_per_job;            /* default for jobs whose spec leaves threads null */
+    struct lorad_api_metrics *metrics; /* Prometheus registry the /metrics handler renders */
+    atomic_bool ready;              /* /readyz: true after recovery, false while stopping */
+    atomic_bool stopping;           /* new jobs are refused with 503 while true */
+
+    /* Called after a job was created, resumed or cancelled, so an idle worker looks at the queue
+     * at once instead of at its next poll. May be NULL. Must not block. */
+    void (*jobs_changed)(void *ctx);
+    void *jobs_changed_ctx;
+
+    /* Live figures of a running job that the store only has per step (tokens/s for /metrics).
+     * Returns false when the job is not running here. May be NULL. */
+    bool (*job_live_rate)(void *ctx, const char *job_id, double *ret_tokens_per_s);
+    void *job_live_rate_ctx;
+};
