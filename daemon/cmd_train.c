@@ -1,8 +1,185 @@
-/* lorad train: not built yet (see the issue that owns it). */
+/* lorad train JOB.json --out DIR [--resume] [--skip-invalid] [--threads N]
+ * Runs one job in the foreground on the same code path as the daemon's workers. On a terminal it
+ * draws a progress bar; otherwise it prints one plain line per step. SIGINT/SIGTERM pause the run
+ * at the next step boundary: it checkpoints, so `--resume` continues exactly where it stopped (a
+ * second signal exits at once). */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
 #include "cli.h"
+#include "train.h"
+
+static atomic_int stop_requested;
+
+static void on_signal(int sig) {
+    if (atomic_fetch_add(&stop_requested, 1) > 0) {
+        signal(sig, SIG_DFL);
+        raise(sig);
+    }
+}
+
+struct progress {
+    bool tty;
+};
+
+static void format_duration(char *out, size_t n, double s) {
+    if (!(s >= 0) || s > 1e9) {
+        snprintf(out, n, "--:--");
+        return;
+    }
+    long t = (long)(s + 0.5);
+    if (t >= 3600) snprintf(out, n, "%ld:%02ld:%02ld", t / 3600, t / 60 % 60, t % 60);
+    else snprintf(out, n, "%02ld:%02ld", t / 60, t % 60);
+}
+
+static void on_step(void *ctx, const struct lorad_step_metrics *m) {
+    struct progress *p = ctx;
+    char eta[32], el[32], valid[64] = "";
+    format_duration(eta, sizeof eta, m->eta_s);
+    format_duration(el, sizeof el, m->elapsed_s);
+    if (m->has_valid) snprintf(valid, sizeof valid, " valid_loss %.4f valid_acc %.3f", m->valid_loss, m->valid_mean_token_accuracy);
+    if (p->tty) {
+        int width = 24, filled = m->total_steps ? (int)(width * m->step / m->total_steps) : 0;
+        char bar[32];
+        for (int i = 0; i < width; i++) bar[i] = i < filled ? '#' : '.';
+        bar[width] = '\0';
+        fprintf(stderr, "\r\033[K[%s] %lld/%lld ep %.2f loss %.4f acc %.3f lr %.2e gnorm %.3f %.0f tok/s %s<%s",
+                bar, (long long)m->step, (long long)m->total_steps, m->epoch, m->train_loss,
+                m->train_mean_token_accuracy, m->lr, m->grad_norm, m->tokens_per_s, el, eta);
+        if (m->has_valid) fprintf(stderr, "\n%s\n", valid + 1);
+        fflush(stderr);
+    } else {
+        printf("step %lld/%lld epoch %.2f train_loss %.4f train_acc %.3f lr %.3e grad_norm %.4f tokens %lld "
+               "tok/s %.1f elapsed %s eta %s%s\n",
+               (long long)m->step, (long long)m->total_steps, m->epoch, m->train_loss, m->train_mean_token_accuracy,
+               m->lr, m->grad_norm, (long long)m->tokens_seen, m->tokens_per_s, el, eta, valid);
+        fflush(stdout);
+    }
+}
+
+static void on_checkpoint(void *ctx, int64_t step, const char *dir, const struct lorad_step_metrics *m) {
+    struct progress *p = ctx;
+    (void)m;
+    if (p->tty) fprintf(stderr, "\r\033[Kcheckpoint step %lld -> %s\n", (long long)step, dir);
+    else printf("checkpoint step %lld %s\n", (long long)step, dir);
+}
+
+static void on_message(void *ctx, const char *level, const char *message) {
+    struct progress *p = ctx;
+    if (p->tty) fprintf(stderr, "\r\033[K");
+    fprintf(stderr, "%s: %s\n", level, message);
+}
+
+static enum lorad_train_control poll_stop(void *ctx) {
+    (void)ctx;
+    return atomic_load(&stop_requested) ? LORAD_TRAIN_PAUSE : LORAD_TRAIN_CONTINUE;
+}
+
+/* Resolves a job-spec path relative to the job file's directory when it is not absolute and does
+ * not exist relative to the working directory. */
+static void resolve(char *out, size_t n, const char *job_path, const char *ref) {
+    if (ref[0] == '/' || access(ref, F_OK) == 0) {
+        snprintf(out, n, "%s", ref);
+        return;
+    }
+    const char *slash = strrchr(job_path, '/');
+    if (!slash) snprintf(out, n, "%s", ref);
+    else snprintf(out, n, "%.*s/%s", (int)(slash - job_path), job_path, ref);
+}
 
 int lorad_cmd_train(int argc, char **argv) {
-    (void)argc;
-    (void)argv;
-    return lorad_not_implemented("train");
+    static const struct option options[] = {
+        {"out", required_argument, NULL, 'o'},
+        {"resume", no_argument, NULL, 'r'},
+        {"skip-invalid", no_argument, NULL, 's'},
+        {"threads", required_argument, NULL, 't'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *out = NULL;
+    bool resume = false, skip_invalid = false;
+    int threads = 0, c;
+    optind = 1;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "o:", options, NULL)) != -1) {
+        switch (c) {
+        case 'o': out = optarg; break;
+        case 'r': resume = true; break;
+        case 's': skip_invalid = true; break;
+        case 't':
+            threads = atoi(optarg);
+            if (threads < 1 || threads > 256) {
+                fprintf(stderr, "lorad train: --threads must be between 1 and 256\n");
+                return LORAD_EXIT_USAGE;
+            }
+            break;
+        default:
+            fprintf(stderr, "lorad train: unknown option '%s'\n", argv[optind - 1]);
+            lorad_command_print_usage(lorad_command_find("train"), stderr);
+            return LORAD_EXIT_USAGE;
+        }
+    }
+    if (optind != argc - 1 || !out) {
+        lorad_command_print_usage(lorad_command_find("train"), stderr);
+        return LORAD_EXIT_USAGE;
+    }
+    const char *job_path = argv[optind];
+    json_error_t jerr;
+    json_t *body = json_load_file(job_path, JSON_REJECT_DUPLICATES, &jerr);
+    if (!body) {
+        fprintf(stderr, "lorad train: %s:%d: %s\n", job_path, jerr.line, jerr.text);
+        return LORAD_EXIT_FAILURE;
+    }
+    struct lorad_job_spec spec;
+    struct lorad_error err = {0};
+    int r = lorad_job_spec_parse(body, &spec, &err);
+    json_decref(body);
+    if (r < 0) {
+        fprintf(stderr, "lorad train: %s: %s\n", job_path, err.message);
+        return LORAD_EXIT_FAILURE;
+    }
+    char model[PATH_MAX], train[PATH_MAX], valid[PATH_MAX];
+    resolve(model, sizeof model, job_path, spec.model);
+    resolve(train, sizeof train, job_path, spec.training_file);
+    if (spec.validation_file[0]) resolve(valid, sizeof valid, job_path, spec.validation_file);
+
+    struct progress progress = {.tty = isatty(STDERR_FILENO) && isatty(STDOUT_FILENO)};
+    struct lorad_train_callbacks cb = {&progress, on_step, on_checkpoint, on_message, poll_stop};
+    struct lorad_train_options opt = {
+        .model_path = model, .training_path = train, .validation_path = spec.validation_file[0] ? valid : NULL,
+        .out_dir = out, .resume = resume, .skip_invalid = skip_invalid, .threads = threads};
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+
+    struct lorad_train_result *result = calloc(1, sizeof *result);
+    if (!result) return LORAD_EXIT_FAILURE;
+    r = lorad_train_run(&spec, &opt, &cb, result, &err);
+    if (progress.tty) fprintf(stderr, "\n");
+    int status = LORAD_EXIT_OK;
+    if (r < 0) {
+        if (err.param[0]) fprintf(stderr, "lorad train: %s [%s]\n", err.message, err.param);
+        else fprintf(stderr, "lorad train: %s\n", err.message[0] ? err.message : strerror(-r));
+        for (int i = 0; i < result->train_report.n_bad; i++)
+            fprintf(stderr, "  line %lld: %s: %s\n", (long long)result->train_report.bad[i].line,
+                    lorad_dataset_problem_name(result->train_report.bad[i].problem), result->train_report.bad[i].reason);
+        status = LORAD_EXIT_FAILURE;
+    } else if (result->outcome != LORAD_TRAIN_FINISHED) {
+        fprintf(stderr, "lorad train: stopped after step %lld of %lld; continue with: lorad train %s --out %s --resume\n",
+                (long long)result->steps_done, (long long)result->total_steps, job_path, out);
+        status = 130;
+    } else {
+        printf("done: %lld steps, %lld tokens, final train_loss %.4f%s -> %s/adapter\n", (long long)result->steps_done,
+               (long long)result->trained_tokens, result->last.train_loss,
+               result->truncated ? " (some samples truncated)" : "", out);
+    }
+    free(result);
+    lorad_job_spec_clear(&spec);
+    return status;
 }

@@ -13,13 +13,13 @@
 #include <stdint.h>
 
 #include "error.h"
+#include "lora.h"  /* enum lorad_lora_init */
+#include "optim.h" /* enum lorad_lr_schedule */
 
 #define LORAD_JOB_MAX_TARGETS 8
 #define LORAD_JOB_SUFFIX_MAX 64
 #define LORAD_JOB_REF_MAX 1024 /* model / file references: ids or local paths */
 
-enum lorad_lr_schedule { LORAD_LR_CONSTANT = 0, LORAD_LR_LINEAR = 1, LORAD_LR_COSINE = 2 };
-enum lorad_lora_init { LORAD_LORA_INIT_KAIMING = 0, LORAD_LORA_INIT_GAUSSIAN = 1 };
 enum lorad_data_format {
     LORAD_DATA_AUTO = 0,
     LORAD_DATA_TEXT,              /* {"text"} */

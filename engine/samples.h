@@ -93,7 +93,7 @@ int lorad_epoch_plan_build(struct lorad_epoch_plan *ret, const struct lorad_corp
 void lorad_epoch_plan_clear(struct lorad_epoch_plan *p);
 
 /* A micro-batch in the layout the engine takes. Every array is (B, T) row-major. */
-struct lorad_batch {
+struct lorad_token_batch {
     int B, T;            /* rows used, padded length (the longest row) */
     int cap_B, cap_T;
     int32_t *tokens;     /* (B, T) input ids; padding = eos or 0 */
@@ -104,9 +104,9 @@ struct lorad_batch {
     int64_t n_tokens;    /* non-padding tokens */
 };
 
-int lorad_batch_alloc(struct lorad_batch *b, int cap_B, int cap_T);
-void lorad_batch_free(struct lorad_batch *b);
+int lorad_token_batch_alloc(struct lorad_token_batch *b, int cap_B, int cap_T);
+void lorad_token_batch_free(struct lorad_token_batch *b);
 
 /* Fills b with rows [first_row, first_row + n_rows) of plan (n_rows <= cap_B; fewer at the end). */
-int lorad_batch_fill(struct lorad_batch *b, struct lorad_corpus *c, const struct lorad_epoch_plan *plan,
+int lorad_token_batch_fill(struct lorad_token_batch *b, struct lorad_corpus *c, const struct lorad_epoch_plan *plan,
                      int64_t first_row, int n_rows, struct lorad_error *err);

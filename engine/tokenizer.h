@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "error.h"
+#include "load_vocab.h"
 
 struct lorad_tokenizer;
 
@@ -34,19 +35,10 @@ enum lorad_tokenizer_kind {
  * lorad_tokenizer_free(). Returns 0 or -errno with err naming the file and what is wrong. */
 int lorad_tokenizer_load(struct lorad_tokenizer **ret, const char *path, struct lorad_error *err);
 
-/* The vocabulary of a GGUF file (keys tokenizer.ggml.*), borrowed for the duration of the call. */
-struct lorad_vocab_arrays {
-    const char *model;            /* tokenizer.ggml.model: "llama" (SentencePiece BPE) or "gpt2" (byte-level BPE) */
-    const char *pre;              /* tokenizer.ggml.pre (e.g. "llama-bpe", "smollm", "default"), may be NULL */
-    int n_tokens;
-    const char *const *tokens;    /* n_tokens piece strings (UTF-8) */
-    const float *scores;          /* n_tokens, may be NULL for gpt2 */
-    const int32_t *token_types;   /* n_tokens, SentencePiece numbering: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte; may be NULL */
-    int n_merges;
-    const char *const *merges;    /* "a b" strings, rank order; gpt2 only */
-    int bos_id, eos_id, unk_id, pad_id; /* -1 if absent */
-    int add_bos, add_eos;         /* -1 = not specified (use the family default), 0/1 */
-};
+/* The vocabulary of a GGUF file (keys tokenizer.ggml.*), borrowed for the duration of the call:
+ * struct lorad_vocab_arrays of load_vocab.h. model "llama" is SentencePiece BPE, "gpt2" byte-level
+ * BPE; token_types use SentencePiece numbering (1 normal, 2 unknown, 3 control, 4 user-defined,
+ * 5 unused, 6 byte); scores may be NULL for gpt2; -1 marks absent ids and unspecified add_bos/eos. */
 
 /* Builds a tokenizer from in-memory arrays (copied; v may be freed afterwards). "llama" gives the
  * SentencePiece BPE (dummy prefix, ▁, byte fallback when <0xNN> pieces exist); "gpt2" gives

@@ -1,0 +1,715 @@
+/* The fine-tuning run (train.h): model + tokenizer + corpus → steps → checkpoints → adapter.
+ *
+ * Exact resume rests on three facts: the engine is bit-deterministic for a fixed seed and thread
+ * count; every source of randomness is a counter-based function of the seed (LoRA init, the epoch
+ * order, dropout masks via the model's dropout counter); and a checkpoint holds every piece of
+ * mutable state (LoRA params, AdamW m/v/step, the data cursor, the dropout counter). Restoring
+ * those reproduces the uninterrupted run bit for bit. */
+#include "train.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "adapter.h"
+#include "adapter_read.h"
+#include "checkpoint_dir.h"
+#include "fsutil.h"
+#include "model.h"
+#include "model_file.h"
+#include "optim.h"
+#include "safetensors_read.h"
+#include "safetensors_write.h"
+#include "samples.h"
+#include "tokenizer.h"
+
+#define STATE_FILE "training_state.safetensors"
+#define STATE_FORMAT "lorad-training-state-1"
+
+struct cursor {
+    int64_t step;          /* optimiser steps completed */
+    int epoch;             /* epoch of the next row */
+    int64_t row;           /* next row of that epoch's plan */
+    int64_t tokens_seen;
+    double elapsed_before; /* seconds spent in earlier processes of this run */
+};
+
+struct run {
+    const struct lorad_job_spec *spec;
+    const struct lorad_train_options *opt;
+    const struct lorad_train_callbacks *cb;
+    struct lorad_train_result *res;
+    struct lorad_error *err;
+
+    struct lorad_model_file *mf;
+    struct lorad_tokenizer *tok;
+    struct lorad_encoder enc;
+    struct lorad_corpus *train, *valid;
+    struct lorad_model *model;
+    struct lorad_adamw adam;
+    struct lorad_optim_config ocfg;
+    int threads;
+    char spec_hash[17];
+
+    int64_t total_steps;
+    int rows_per_micro;    /* batch_size */
+    int micro_per_step;    /* gradient_accumulation_steps */
+    struct lorad_epoch_plan plan;
+    int plan_epoch;        /* epoch plan currently holds; -1 none */
+    struct lorad_token_batch *micro; /* (micro_per_step) */
+
+    struct cursor cur;
+    int64_t last_checkpoint_step;
+    double t_start;
+    int64_t steps_this_process;
+
+    char ckpt_root[LORAD_CHECKPOINT_PATH_MAX];
+    char metrics_path[LORAD_CHECKPOINT_PATH_MAX];
+};
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void say(struct run *r, const char *level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void say(struct run *r, const char *level, const char *fmt, ...) {
+    if (!r->cb || !r->cb->on_message) return;
+    char buf[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    r->cb->on_message(r->cb->ctx, level, buf);
+}
+
+static int path_join(char *out, size_t cap, const char *a, const char *b) {
+    int n = snprintf(out, cap, "%s/%s", a, b);
+    return n < 0 || (size_t)n >= cap ? -ENAMETOOLONG : 0;
+}
+
+/* ---- the tokenizer as the corpus sees it ----------------------------------------------------- */
+
+static int enc_encode(void *ctx, const char *text, size_t len, int32_t *out, int cap, int *ret_n) {
+    int32_t *ids = NULL;
+    size_t n = 0;
+    int rc = lorad_tokenizer_encode(ctx, text, len, 0, 0, &ids, &n, NULL);
+    if (rc < 0) return rc;
+    if (n > (size_t)cap) {
+        free(ids);
+        return -ENOSPC;
+    }
+    memcpy(out, ids, n * sizeof *ids);
+    free(ids);
+    *ret_n = (int)n;
+    return 0;
+}
+
+static int enc_special_id(void *ctx, const char *piece) { return lorad_tokenizer_special_id(ctx, piece); }
+
+static bool has_special(void *ctx, const char *piece) { return lorad_tokenizer_special_id(ctx, piece) >= 0; }
+
+/* The model's own tokenizer: a GGUF's vocabulary or the file beside an HF model's weights. */
+static int load_tokenizer(struct run *r) {
+    int rc;
+    if (r->mf->has_vocab) rc = lorad_tokenizer_from_vocab(&r->tok, &r->mf->vocab, r->err);
+    else if (r->mf->tokenizer_path) rc = lorad_tokenizer_load(&r->tok, r->mf->tokenizer_path, r->err);
+    else
+        return lorad_error_set(r->err, -EINVAL, "model",
+                               "%s has no tokenizer (a llama2.c .bin carries none): use an HF directory with "
+                               "tokenizer.json/tokenizer.model or a GGUF file, or a dataset of input_ids",
+                               r->opt->model_path);
+    if (rc < 0) return rc;
+    int vocab = lorad_tokenizer_vocab_size(r->tok);
+    if (vocab > r->mf->weights.cfg.vocab_size)
+        return lorad_error_set(r->err, -EINVAL, "model", "%s: tokenizer has %d pieces but the model only %d",
+                               r->opt->model_path, vocab, r->mf->weights.cfg.vocab_size);
+    r->enc = (struct lorad_encoder){.ctx = r->tok,
+                                    .encode = enc_encode,
+                                    .special_id = enc_special_id,
+                                    .bos_id = lorad_tokenizer_bos_id(r->tok),
+                                    .eos_id = lorad_tokenizer_eos_id(r->tok)};
+    return 0;
+}
+
+/* ---- data ----------------------------------------------------------------------------------- */
+
+static int open_corpora(struct run *r) {
+    const struct lorad_hyperparameters *hp = &r->spec->hp;
+    enum lorad_chat_template tmpl = r->spec->template;
+    if (tmpl == LORAD_TEMPLATE_AUTO) tmpl = lorad_chat_template_auto(has_special, r->tok);
+    struct lorad_corpus_options co = {.format = r->spec->data_format,
+                                      .tmpl = tmpl,
+                                      .train_on_input = hp->train_on_input,
+                                      .max_seq_len = hp->max_seq_len,
+                                      .skip_invalid = r->opt->skip_invalid};
+    int rc = lorad_corpus_open(&r->train, r->opt->training_path, &co, &r->enc, &r->res->train_report, r->err);
+    if (rc < 0) {
+        if (!r->err->param[0]) snprintf(r->err->param, sizeof r->err->param, "training_file");
+        return rc;
+    }
+    say(r, "info", "training data: %" PRId64 " samples (%s, template %s), %" PRId64 " tokens, %" PRId64
+        " truncated to %d", lorad_corpus_size(r->train), lorad_data_format_name(lorad_corpus_format(r->train)),
+        lorad_chat_template_name(tmpl), lorad_corpus_tokens(r->train), lorad_corpus_truncated(r->train),
+        hp->max_seq_len);
+    if (r->res->train_report.n_invalid > 0)
+        say(r, "warning", "skipped %" PRId64 " invalid lines of the training file", r->res->train_report.n_invalid);
+    r->res->truncated = lorad_corpus_truncated(r->train);
+
+    if (r->opt->validation_path) {
+        struct lorad_dataset_report vrep;
+        rc = lorad_corpus_open(&r->valid, r->opt->validation_path, &co, &r->enc, &vrep, r->err);
+        if (rc < 0) {
+            if (!r->err->param[0]) snprintf(r->err->param, sizeof r->err->param, "validation_file");
+            return rc;
+        }
+    } else if (hp->eval_every_steps > 0 && lorad_corpus_size(r->train) >= 2) {
+        /* A held-out tenth (at least one sample, at most 1000) measures generalisation. */
+        int64_t n = lorad_corpus_size(r->train) / 10;
+        if (n < 1) n = 1;
+        if (n > 1000) n = 1000;
+        rc = lorad_corpus_split_holdout(r->train, n, &r->valid);
+        if (rc < 0) return lorad_error_set(r->err, rc, "training_file", "cannot split a validation hold-out");
+        say(r, "info", "holding out %" PRId64 " samples of the training file for validation", n);
+    }
+    return 0;
+}
+
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+/* Steps of the whole run: each epoch's plan cut into steps of batch_size × accumulation rows (the
+ * last step of an epoch may be short), capped by max_steps. Packing makes row counts differ per
+ * epoch, so every plan is built once here. */
+static int count_steps(struct run *r) {
+    const struct lorad_hyperparameters *hp = &r->spec->hp;
+    int64_t rows_per_step = (int64_t)r->rows_per_micro * r->micro_per_step, total = 0;
+    for (int e = 0; e < hp->n_epochs; e++) {
+        struct lorad_epoch_plan p;
+        int rc = lorad_epoch_plan_build(&p, r->train, (uint64_t)r->spec->seed, e, true, hp->packing, hp->max_seq_len);
+        if (rc < 0) return lorad_error_set(r->err, rc, "", "cannot plan epoch %d", e + 1);
+        total += ceil_div(p.n_rows, rows_per_step);
+        lorad_epoch_plan_clear(&p);
+        if (hp->max_steps > 0 && total >= hp->max_steps) break;
+    }
+    if (hp->max_steps > 0 && total > hp->max_steps) total = hp->max_steps;
+    r->total_steps = total;
+    return 0;
+}
+
+static int ensure_plan(struct run *r, int epoch) {
+    if (r->plan_epoch == epoch) return 0;
+    lorad_epoch_plan_clear(&r->plan);
+    r->plan_epoch = -1;
+    const struct lorad_hyperparameters *hp = &r->spec->hp;
+    int rc = lorad_epoch_plan_build(&r->plan, r->train, (uint64_t)r->spec->seed, epoch, true, hp->packing,
+                                    hp->max_seq_len);
+    if (rc < 0) return lorad_error_set(r->err, rc, "", "cannot plan epoch %d", epoch + 1);
+    r->plan_epoch = epoch;
+    return 0;
+}
+
+static struct lorad_batch engine_batch(const struct lorad_token_batch *tb) {
+    return (struct lorad_batch){.tokens = tb->tokens,
+                                .labels = tb->labels,
+                                .positions = tb->positions,
+                                .seg_start = tb->seg_start,
+                                .B = tb->B,
+                                .T = tb->T};
+}
+
+/* ---- model ---------------------------------------------------------------------------------- */
+
+static int build_model(struct run *r) {
+    const struct lorad_job_spec *s = r->spec;
+    struct lorad_lora_config lc = {.r = s->lora.r,
+                                   .alpha = (float)s->lora.alpha,
+                                   .dropout = (float)s->lora.dropout,
+                                   .use_rslora = s->lora.use_rslora,
+                                   .init = s->lora.init};
+    const char *names[LORAD_JOB_MAX_TARGETS];
+    for (int i = 0; i < s->lora.n_targets; i++) names[i] = s->lora.targets[i];
+    int rc = lorad_lora_parse_targets(&lc.targets, names, s->lora.n_targets, r->err);
+    if (rc < 0) return rc;
+    struct lorad_run_options ro = {.threads = r->threads,
+                                   .max_batch = r->rows_per_micro,
+                                   .max_seq = s->hp.max_seq_len,
+                                   .activation_checkpointing = s->hp.activation_checkpointing,
+                                   .seed = (uint64_t)s->seed,
+                                   .memory_limit_bytes = r->opt->memory_limit_bytes};
+    rc = lorad_model_new(&r->model, &r->mf->weights, &lc, &ro, r->err);
+    if (rc < 0) {
+        /* The engine names its own fields; map them to the job spec's. */
+        if (strcmp(r->err->param, "max_batch") == 0) snprintf(r->err->param, sizeof r->err->param, "hyperparameters.batch_size");
+        else if (strcmp(r->err->param, "max_seq") == 0) snprintf(r->err->param, sizeof r->err->param, "hyperparameters.max_seq_len");
+        else if (strcmp(r->err->param, "threads") == 0) snprintf(r->err->param, sizeof r->err->param, "hyperparameters.threads");
+        return rc;
+    }
+    size_t n;
+    lorad_model_params(r->model, &n);
+    if (lorad_adamw_init(&r->adam, n) < 0) return lorad_error_set(r->err, -ENOMEM, "", "out of memory for AdamW state");
+
+    lorad_optim_config_defaults(&r->ocfg);
+    r->ocfg.lr = s->hp.learning_rate;
+    r->ocfg.beta1 = s->hp.adam_beta1;
+    r->ocfg.beta2 = s->hp.adam_beta2;
+    r->ocfg.eps = s->hp.adam_epsilon;
+    r->ocfg.weight_decay = s->hp.weight_decay;
+    r->ocfg.max_grad_norm = s->hp.max_grad_norm;
+    r->ocfg.warmup_steps = s->hp.warmup_steps;
+    r->ocfg.total_steps = r->total_steps;
+    r->ocfg.schedule = s->hp.lr_scheduler;
+    rc = lorad_optim_config_validate(&r->ocfg, r->err);
+    if (rc < 0) return rc;
+
+    r->micro = calloc((size_t)r->micro_per_step, sizeof *r->micro);
+    if (!r->micro) return lorad_error_set(r->err, -ENOMEM, "", "out of memory for batches");
+    for (int k = 0; k < r->micro_per_step; k++)
+        if (lorad_token_batch_alloc(&r->micro[k], r->rows_per_micro, s->hp.max_seq_len) < 0)
+            return lorad_error_set(r->err, -ENOMEM, "", "out of memory for batches");
+    return 0;
+}
+
+/* init_adapter: start from an existing adapter's weights (shape-checked against this base). */
+static int load_init_adapter(struct run *r) {
+    const char *path = r->spec->lora.init_adapter;
+    if (!path[0]) return 0;
+    struct lorad_adapter *a = NULL;
+    int rc = lorad_adapter_load(path, lorad_model_config(r->model), &a, r->err);
+    if (rc < 0) {
+        snprintf(r->err->param, sizeof r->err->param, "lora.init_adapter");
+        return rc;
+    }
+    if (a->meta.r != r->spec->lora.r) {
+        rc = lorad_error_set(r->err, -EINVAL, "lora.init_adapter", "%s has rank %d but lora.r is %d", path, a->meta.r,
+                             r->spec->lora.r);
+        goto out;
+    }
+    for (int i = 0; i < a->n_tensors; i++) {
+        const struct lorad_adapter_tensor *t = &a->tensors[i];
+        rc = lorad_model_set_lora_tensor(r->model, t->name, t->data, t->rows, t->cols, r->err);
+        if (rc < 0) {
+            snprintf(r->err->param, sizeof r->err->param, "lora.init_adapter");
+            goto out;
+        }
+    }
+    say(r, "info", "initialised LoRA weights from %s (%d tensors)", path, a->n_tensors);
+out:
+    lorad_adapter_free(a);
+    return rc;
+}
+
+/* ---- adapter files and checkpoints --------------------------------------------------------- */
+
+static int write_adapter_files(struct run *r, const char *dir) {
+    int n = lorad_model_n_lora_tensors(r->model);
+    const float *params = lorad_model_params(r->model, NULL);
+    struct lorad_adapter_tensor *ts = calloc((size_t)n, sizeof *ts);
+    if (!ts) return lorad_error_set(r->err, -ENOMEM, "", "out of memory");
+    for (int i = 0; i < n; i++) {
+        const struct lorad_lora_tensor *t = lorad_model_lora_tensor(r->model, i);
+        snprintf(ts[i].name, sizeof ts[i].name, "%s", t->name);
+        ts[i].data = params + t->offset;
+        ts[i].rows = t->rows;
+        ts[i].cols = t->cols;
+    }
+    struct lorad_adapter_meta meta = {.r = r->spec->lora.r,
+                                      .alpha = r->spec->lora.alpha,
+                                      .dropout = r->spec->lora.dropout,
+                                      .use_rslora = r->spec->lora.use_rslora,
+                                      .n_targets = r->spec->lora.n_targets};
+    for (int i = 0; i < meta.n_targets; i++) snprintf(meta.targets[i], sizeof meta.targets[i], "%s", r->spec->lora.targets[i]);
+    snprintf(meta.base_model, sizeof meta.base_model, "%s", r->spec->model);
+
+    char path[LORAD_CHECKPOINT_PATH_MAX];
+    int rc = lorad_adapter_write_peft(dir, &meta, ts, n, r->err);
+    if (rc == 0 && (rc = path_join(path, sizeof path, dir, "adapter.gguf")) == 0)
+        rc = lorad_adapter_write_gguf(path, &meta, ts, n, lorad_model_config(r->model), r->err);
+    if (rc == 0 && (rc = path_join(path, sizeof path, dir, "adapter.tar")) == 0) {
+        const char *names[] = {"adapter_model.safetensors", "adapter_config.json"};
+        rc = lorad_tar_write(path, dir, names, 2, "adapter", r->err);
+    }
+    free(ts);
+    return rc;
+}
+
+/* A hash of the normalised spec: a resume under a different spec would not reproduce the run. */
+static void hash_spec(struct run *r) {
+    json_t *j = lorad_job_spec_to_json(r->spec);
+    char *s = j ? json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    uint64_t h = 1469598103934665603ull;
+    for (const char *p = s ? s : ""; *p; p++) h = (h ^ (uint8_t)*p) * 1099511628211ull;
+    snprintf(r->spec_hash, sizeof r->spec_hash, "%016" PRIx64, h);
+    free(s);
+    json_decref(j);
+}
+
+static int write_state(struct run *r, const char *dir) {
+    char path[LORAD_CHECKPOINT_PATH_MAX];
+    int rc = path_join(path, sizeof path, dir, STATE_FILE);
+    if (rc < 0) return lorad_error_set(r->err, rc, "", "checkpoint path too long");
+    size_t n;
+    const float *params = lorad_model_params(r->model, &n);
+    struct lorad_st_writer *w;
+    if ((rc = lorad_st_writer_new(&w, path)) < 0) return lorad_error_set(r->err, rc, "", "out of memory");
+    int64_t shape[1] = {(int64_t)n};
+    char v[9][64];
+    snprintf(v[0], sizeof v[0], "%" PRId64, r->cur.step);
+    snprintf(v[1], sizeof v[1], "%d", r->cur.epoch);
+    snprintf(v[2], sizeof v[2], "%" PRId64, r->cur.row);
+    snprintf(v[3], sizeof v[3], "%" PRId64, r->cur.tokens_seen);
+    snprintf(v[4], sizeof v[4], "%.17g", r->cur.elapsed_before + (now_s() - r->t_start));
+    snprintf(v[5], sizeof v[5], "%" PRIu64, lorad_model_dropout_counter(r->model));
+    snprintf(v[6], sizeof v[6], "%" PRId64, r->adam.step);
+    snprintf(v[7], sizeof v[7], "%d", r->threads);
+    snprintf(v[8], sizeof v[8], "%" PRId64, lorad_corpus_size(r->train));
+    const char *keys[9] = {"step", "epoch", "row", "tokens_seen", "elapsed_s", "dropout_counter", "adam_step",
+                           "threads", "train_samples"};
+    rc = lorad_st_writer_metadata(w, "format", STATE_FORMAT);
+    if (rc == 0) rc = lorad_st_writer_metadata(w, "spec_hash", r->spec_hash);
+    for (int i = 0; i < 9 && rc == 0; i++) rc = lorad_st_writer_metadata(w, keys[i], v[i]);
+    if (rc == 0) rc = lorad_st_writer_add(w, "lora.params", "F32", shape, 1, params, n * sizeof(float));
+    if (rc == 0) rc = lorad_st_writer_add(w, "adamw.m", "F32", shape, 1, r->adam.m, n * sizeof(float));
+    if (rc == 0) rc = lorad_st_writer_add(w, "adamw.v", "F32", shape, 1, r->adam.v, n * sizeof(float));
+    if (rc < 0) {
+        lorad_st_writer_free(w);
+        return lorad_error_set(r->err, rc, "", "cannot build %s", path);
+    }
+    return lorad_st_writer_finish(w, r->err);
+}
+
+static int checkpoint(struct run *r, const struct lorad_step_metrics *m) {
+    char tmp[LORAD_CHECKPOINT_PATH_MAX], final[LORAD_CHECKPOINT_PATH_MAX];
+    int rc = lorad_checkpoint_begin(r->ckpt_root, r->cur.step, tmp, sizeof tmp, r->err);
+    if (rc == 0) rc = write_adapter_files(r, tmp);
+    if (rc == 0) rc = write_state(r, tmp);
+    if (rc == 0) rc = lorad_checkpoint_commit(r->ckpt_root, r->cur.step, r->spec->hp.keep_checkpoints, final, sizeof final, r->err);
+    if (rc < 0) return rc;
+    r->last_checkpoint_step = r->cur.step;
+    snprintf(r->res->final_checkpoint, sizeof r->res->final_checkpoint, "%s", final);
+    if (r->cb && r->cb->on_checkpoint) r->cb->on_checkpoint(r->cb->ctx, r->cur.step, final, m);
+    return 0;
+}
+
+static int meta_i64(const struct lorad_st_file *f, const char *key, int64_t *ret, struct lorad_error *err) {
+    const char *s = lorad_st_metadata(f, key);
+    char *end;
+    errno = 0;
+    long long v = s ? strtoll(s, &end, 10) : 0;
+    if (!s || errno || end == s || *end)
+        return lorad_error_set(err, -EINVAL, "", "%s: training state has no valid \"%s\"", lorad_st_path(f), key);
+    *ret = v;
+    return 0;
+}
+
+static int read_f32(const struct lorad_st_file *f, const char *name, float *dst, size_t n, struct lorad_error *err) {
+    const struct lorad_st_tensor *t = lorad_st_find(f, name);
+    if (!t || strcmp(t->dtype, "F32") != 0 || t->nbytes != n * sizeof(float))
+        return lorad_error_set(err, -EINVAL, "", "%s: tensor %s missing or not F32[%zu]", lorad_st_path(f), name, n);
+    memcpy(dst, t->data, n * sizeof(float));
+    return 0;
+}
+
+/* Restores everything a checkpoint holds; refuses one written for another spec or dataset. */
+static int restore(struct run *r, const char *dir, int64_t step) {
+    char path[LORAD_CHECKPOINT_PATH_MAX];
+    int rc = path_join(path, sizeof path, dir, STATE_FILE);
+    if (rc < 0) return lorad_error_set(r->err, rc, "", "checkpoint path too long");
+    struct lorad_st_file *f;
+    if ((rc = lorad_st_open(path, &f, r->err)) < 0) return rc;
+    const char *fmt = lorad_st_metadata(f, "format"), *hash = lorad_st_metadata(f, "spec_hash");
+    int64_t v[8];
+    const char *keys[8] = {"step", "epoch", "row", "tokens_seen", "dropout_counter", "adam_step", "threads",
+                           "train_samples"};
+    if (!fmt || strcmp(fmt, STATE_FORMAT) != 0) {
+        rc = lorad_error_set(r->err, -EINVAL, "", "%s: not a lorad training state of this version", path);
+        goto out;
+    }
+    if (!hash || strcmp(hash, r->spec_hash) != 0) {
+        rc = lorad_error_set(r->err, -EINVAL, "", "%s was written for a different job spec; cannot resume", dir);
+        goto out;
+    }
+    for (int i = 0; i < 8; i++)
+        if ((rc = meta_i64(f, keys[i], &v[i], r->err)) < 0) goto out;
+    if (v[0] != step || v[1] < 0 || v[2] < 0 || v[5] != step) {
+        rc = lorad_error_set(r->err, -EINVAL, "", "%s: inconsistent training state", path);
+        goto out;
+    }
+    if (v[7] != lorad_corpus_size(r->train)) {
+        rc = lorad_error_set(r->err, -EINVAL, "training_file",
+                             "the training data changed since %s (%" PRId64 " samples then, %" PRId64 " now)", dir,
+                             v[7], lorad_corpus_size(r->train));
+        goto out;
+    }
+    if (v[6] != r->threads)
+        say(r, "warning", "resuming with %d threads where the checkpoint used %" PRId64
+            ": results will not be bit-identical to an uninterrupted run", r->threads, v[6]);
+    size_t n;
+    float *params = lorad_model_params(r->model, &n);
+    if ((rc = read_f32(f, "lora.params", params, n, r->err)) < 0 || (rc = read_f32(f, "adamw.m", r->adam.m, n, r->err)) < 0 ||
+        (rc = read_f32(f, "adamw.v", r->adam.v, n, r->err)) < 0)
+        goto out;
+    const char *el = lorad_st_metadata(f, "elapsed_s");
+    r->cur = (struct cursor){.step = v[0], .epoch = (int)v[1], .row = v[2], .tokens_seen = v[3],
+                             .elapsed_before = el ? strtod(el, NULL) : 0};
+    r->adam.step = v[5];
+    lorad_model_set_dropout_counter(r->model, (uint64_t)v[4]);
+    r->last_checkpoint_step = step;
+    snprintf(r->res->final_checkpoint, sizeof r->res->final_checkpoint, "%s", dir);
+out:
+    lorad_st_close(f);
+    return rc;
+}
+
+/* out_dir/adapter appears whole: written beside it, then swapped in by rename. */
+static int write_final_adapter(struct run *r) {
+    char tmp[LORAD_CHECKPOINT_PATH_MAX], final[LORAD_CHECKPOINT_PATH_MAX], old[LORAD_CHECKPOINT_PATH_MAX];
+    if (path_join(tmp, sizeof tmp, r->opt->out_dir, ".adapter.tmp") < 0 ||
+        path_join(final, sizeof final, r->opt->out_dir, "adapter") < 0 ||
+        path_join(old, sizeof old, r->opt->out_dir, ".adapter.old") < 0)
+        return lorad_error_set(r->err, -ENAMETOOLONG, "", "output path too long");
+    lorad_remove_tree(tmp);
+    lorad_remove_tree(old);
+    int rc = write_adapter_files(r, tmp);
+    if (rc < 0) return rc;
+    if (rename(final, old) < 0 && errno != ENOENT)
+        return lorad_error_set(r->err, -errno, "", "cannot replace %s: %s", final, strerror(errno));
+    if (rename(tmp, final) < 0) return lorad_error_set(r->err, -errno, "", "cannot create %s: %s", final, strerror(errno));
+    lorad_fsync_parent_dir(final);
+    lorad_remove_tree(old);
+    return 0;
+}
+
+/* ---- steps ---------------------------------------------------------------------------------- */
+
+static int evaluate(struct run *r, double *ret_loss, double *ret_acc) {
+    struct lorad_epoch_plan p;
+    int rc = lorad_epoch_plan_build(&p, r->valid, 0, 0, false, false, r->spec->hp.max_seq_len);
+    if (rc < 0) return lorad_error_set(r->err, rc, "", "cannot plan validation");
+    double loss = 0;
+    int64_t correct = 0, tokens = 0;
+    struct lorad_token_batch *tb = &r->micro[0];
+    for (int64_t row = 0; row < p.n_rows && rc == 0; row += r->rows_per_micro) {
+        int n = (int)(p.n_rows - row < r->rows_per_micro ? p.n_rows - row : r->rows_per_micro);
+        rc = lorad_token_batch_fill(tb, r->valid, &p, row, n, r->err);
+        if (rc < 0) break;
+        struct lorad_batch b = engine_batch(tb);
+        double l;
+        int64_t c, t;
+        rc = lorad_model_eval(r->model, &b, &l, &c, &t, r->err);
+        loss += l;
+        correct += c;
+        tokens += t;
+    }
+    lorad_epoch_plan_clear(&p);
+    if (rc < 0) return rc;
+    *ret_loss = tokens ? loss / (double)tokens : 0;
+    *ret_acc = tokens ? (double)correct / (double)tokens : 0;
+    return 0;
+}
+
+/* One optimiser step: up to micro_per_step micro-batches from the cursor, normalised by the
+ * labels of the whole step (torchtune), then AdamW. */
+static int train_step(struct run *r, struct lorad_step_metrics *m) {
+    int rc;
+    for (;;) {
+        if ((rc = ensure_plan(r, r->cur.epoch)) < 0) return rc;
+        if (r->cur.row < r->plan.n_rows) break;
+        r->cur.epoch++;
+        r->cur.row = 0;
+    }
+    int n_micro = 0;
+    int64_t denom = 0, tokens = 0;
+    for (int k = 0; k < r->micro_per_step && r->cur.row < r->plan.n_rows; k++) {
+        int64_t left = r->plan.n_rows - r->cur.row;
+        int n = (int)(left < r->rows_per_micro ? left : r->rows_per_micro);
+        if ((rc = lorad_token_batch_fill(&r->micro[k], r->train, &r->plan, r->cur.row, n, r->err)) < 0) return rc;
+        r->cur.row += n;
+        denom += r->micro[k].n_labels;
+        tokens += r->micro[k].n_tokens;
+        n_micro++;
+    }
+    double loss = 0;
+    int64_t correct = 0;
+    for (int k = 0; k < n_micro; k++) {
+        struct lorad_batch b = engine_batch(&r->micro[k]);
+        double l;
+        int64_t c;
+        rc = lorad_model_forward_backward(r->model, &b, denom > 0 ? denom : 1, &l, &c, r->err);
+        if (rc < 0) return rc;
+        loss += l;
+        correct += c;
+    }
+    double norm, lr;
+    rc = lorad_adamw_step(&r->adam, &r->ocfg, lorad_model_params(r->model, NULL), lorad_model_grads(r->model, NULL),
+                          NULL, NULL, &norm, &lr);
+    if (rc < 0) return lorad_error_set(r->err, rc, "", "optimizer step failed");
+    r->cur.step++;
+    r->cur.tokens_seen += tokens;
+    r->steps_this_process++;
+    double train_loss = denom > 0 ? loss / (double)denom : 0;
+    if (!isfinite(train_loss) || !isfinite(norm))
+        return lorad_error_set(r->err, -ERANGE, "hyperparameters.learning_rate",
+                               "the loss became %s at step %" PRId64 " (grad norm %g): lower the learning rate",
+                               isfinite(train_loss) ? "finite but the gradient did not" : "NaN/inf", r->cur.step, norm);
+
+    double run_s = now_s() - r->t_start;
+    *m = (struct lorad_step_metrics){
+        .step = r->cur.step,
+        .total_steps = r->total_steps,
+        .epoch = r->cur.epoch + (double)r->cur.row / (double)r->plan.n_rows,
+        .train_loss = train_loss,
+        .train_mean_token_accuracy = denom > 0 ? (double)correct / (double)denom : 0,
+        .lr = lr,
+        .grad_norm = norm,
+        .tokens_seen = r->cur.tokens_seen,
+        .elapsed_s = r->cur.elapsed_before + run_s,
+    };
+    return 0;
+}
+
+/* ---- the run -------------------------------------------------------------------------------- */
+
+static int threads_for(const struct run *r) {
+    if (r->opt->threads > 0) return r->opt->threads;
+    if (r->spec->hp.threads > 0) return r->spec->hp.threads;
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+static int run_steps(struct run *r) {
+    const struct lorad_hyperparameters *hp = &r->spec->hp;
+    int64_t tokens_at_start = r->cur.tokens_seen;
+    struct lorad_step_metrics m = {0};
+    while (r->cur.step < r->total_steps) {
+        enum lorad_train_control c = r->cb && r->cb->poll ? r->cb->poll(r->cb->ctx) : LORAD_TRAIN_CONTINUE;
+        if (c == LORAD_TRAIN_CANCEL) {
+            r->res->outcome = LORAD_TRAIN_CANCELLED;
+            return 0;
+        }
+        if (c == LORAD_TRAIN_PAUSE) {
+            if (r->last_checkpoint_step != r->cur.step) {
+                int rc = checkpoint(r, &m);
+                if (rc < 0) return rc;
+            }
+            r->res->outcome = LORAD_TRAIN_PAUSED;
+            return 0;
+        }
+        int rc = train_step(r, &m);
+        if (rc < 0) return rc;
+        double run_s = now_s() - r->t_start;
+        m.tokens_per_s = run_s > 0 ? (double)(r->cur.tokens_seen - tokens_at_start) / run_s : 0;
+        m.eta_s = run_s / (double)r->steps_this_process * (double)(r->total_steps - r->cur.step);
+        bool last = r->cur.step == r->total_steps;
+        if (r->valid && (last || (hp->eval_every_steps > 0 && r->cur.step % hp->eval_every_steps == 0))) {
+            if ((rc = evaluate(r, &m.valid_loss, &m.valid_mean_token_accuracy)) < 0) return rc;
+            m.has_valid = true;
+        }
+        if ((rc = lorad_metrics_append(r->metrics_path, &m)) < 0)
+            return lorad_error_set(r->err, rc, "", "cannot append to %s: %s", r->metrics_path, strerror(-rc));
+        r->res->steps_done = r->cur.step;
+        r->res->trained_tokens = r->cur.tokens_seen;
+        r->res->last = m;
+        if (r->cb && r->cb->on_step) r->cb->on_step(r->cb->ctx, &m);
+        if (last || (hp->checkpoint_every_steps > 0 && r->cur.step % hp->checkpoint_every_steps == 0))
+            if ((rc = checkpoint(r, &m)) < 0) return rc;
+    }
+    r->res->outcome = LORAD_TRAIN_FINISHED;
+    return write_final_adapter(r);
+}
+
+static int resume_or_start(struct run *r) {
+    int rc = lorad_checkpoint_clean_temp(r->ckpt_root);
+    if (rc < 0 && rc != -ENOENT) return lorad_error_set(r->err, rc, "", "cannot clean %s", r->ckpt_root);
+    if (r->opt->resume) {
+        int64_t step;
+        char dir[LORAD_CHECKPOINT_PATH_MAX];
+        rc = lorad_checkpoint_latest(r->ckpt_root, &step, dir, sizeof dir);
+        if (rc < 0) return lorad_error_set(r->err, rc, "", "cannot read %s: %s", r->ckpt_root, strerror(-rc));
+        if (rc == 1) {
+            if ((rc = restore(r, dir, step)) < 0) return rc;
+            if ((rc = lorad_metrics_truncate_after(r->metrics_path, step)) < 0)
+                return lorad_error_set(r->err, rc, "", "cannot truncate %s", r->metrics_path);
+            r->res->steps_done = step;
+            r->res->trained_tokens = r->cur.tokens_seen;
+            say(r, "info", "resuming from %s (step %" PRId64 " of %" PRId64 ")", dir, step, r->total_steps);
+            return 0;
+        }
+    }
+    /* A fresh run owns its history: old metrics would otherwise interleave with the new ones. */
+    if ((rc = lorad_metrics_truncate_after(r->metrics_path, 0)) < 0)
+        return lorad_error_set(r->err, rc, "", "cannot reset %s", r->metrics_path);
+    return load_init_adapter(r);
+}
+
+int lorad_train_run(const struct lorad_job_spec *spec, const struct lorad_train_options *opt,
+                    const struct lorad_train_callbacks *cb, struct lorad_train_result *ret_result,
+                    struct lorad_error *err) {
+    assert(spec && opt && ret_result);
+    struct lorad_error local_err;
+    if (!err) err = &local_err;
+    lorad_error_clear(err);
+    memset(ret_result, 0, sizeof *ret_result);
+    struct run r = {.spec = spec, .opt = opt, .cb = cb, .res = ret_result, .err = err, .plan_epoch = -1,
+                    .last_checkpoint_step = -1};
+    r.rows_per_micro = spec->hp.batch_size;
+    r.micro_per_step = spec->hp.gradient_accumulation_steps;
+    r.threads = threads_for(&r);
+    r.t_start = now_s();
+    hash_spec(&r);
+
+    int rc;
+    if (!opt->model_path || !opt->training_path || !opt->out_dir) {
+        rc = lorad_error_set(err, -EINVAL, "", "model, training file and output directory are required");
+        goto out;
+    }
+    if ((rc = lorad_mkdir_p(opt->out_dir)) < 0) {
+        rc = lorad_error_set(err, rc, "", "cannot create %s: %s", opt->out_dir, strerror(-rc));
+        goto out;
+    }
+    if (path_join(r.ckpt_root, sizeof r.ckpt_root, opt->out_dir, "checkpoints") < 0 ||
+        path_join(r.metrics_path, sizeof r.metrics_path, opt->out_dir, "metrics.jsonl") < 0) {
+        rc = lorad_error_set(err, -ENAMETOOLONG, "", "output path too long");
+        goto out;
+    }
+    if ((rc = lorad_model_file_open(opt->model_path, &r.mf, err)) < 0) {
+        if (!err->param[0]) snprintf(err->param, sizeof err->param, "model");
+        goto out;
+    }
+    say(&r, "info", "base model %s (%s): %d layers, dim %d, vocab %d", opt->model_path, r.mf->format_name,
+        r.mf->weights.cfg.n_layers, r.mf->weights.cfg.dim, r.mf->weights.cfg.vocab_size);
+    if ((rc = load_tokenizer(&r)) < 0) goto out;
+    if ((rc = open_corpora(&r)) < 0) goto out;
+    if ((rc = count_steps(&r)) < 0) goto out;
+    ret_result->total_steps = r.total_steps;
+    if ((rc = build_model(&r)) < 0) goto out;
+    if ((rc = resume_or_start(&r)) < 0) goto out;
+    say(&r, "info", "training %" PRId64 " steps with %d threads", r.total_steps, r.threads);
+    if (r.cur.step >= r.total_steps) {
+        /* Killed after the last checkpoint but before the adapter was in place. */
+        ret_result->outcome = LORAD_TRAIN_FINISHED;
+        rc = write_final_adapter(&r);
+    } else {
+        rc = run_steps(&r);
+    }
+out:
+    if (r.micro)
+        for (int k = 0; k < r.micro_per_step; k++) lorad_token_batch_free(&r.micro[k]);
+    free(r.micro);
+    lorad_epoch_plan_clear(&r.plan);
+    lorad_adamw_destroy(&r.adam);
+    lorad_model_free(r.model);
+    lorad_corpus_free(r.valid);
+    lorad_corpus_free(r.train);
+    lorad_tokenizer_free(r.tok);
+    lorad_model_file_close(r.mf);
+    return rc;
+}
