@@ -150,6 +150,7 @@ int lorad_chat_render(struct lorad_rendered *ret, const struct lorad_record *rec
     case LORAD_DATA_ALPACA: return render_alpaca(ret, rec, train_on_input);
     case LORAD_DATA_TEXT:
     case LORAD_DATA_PROMPT_COMPLETION: return render_plain(ret, rec, train_on_input);
+    case LORAD_DATA_TOKENS: return -EINVAL; /* already tokens: nothing to render */
     case LORAD_DATA_MESSAGES:
     case LORAD_DATA_AUTO: break;
     }

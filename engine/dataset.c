@@ -51,6 +51,7 @@ static enum lorad_data_format detect_format(const json_t *o) {
     if (json_object_get(o, "prompt") || json_object_get(o, "completion")) return LORAD_DATA_PROMPT_COMPLETION;
     if (json_object_get(o, "instruction") || json_object_get(o, "output")) return LORAD_DATA_ALPACA;
     if (json_object_get(o, "text")) return LORAD_DATA_TEXT;
+    if (json_object_get(o, "input_ids")) return LORAD_DATA_TOKENS;
     return LORAD_DATA_AUTO;
 }
 
@@ -150,6 +151,33 @@ static int parse_messages(struct lorad_record *r, const json_t *msgs, enum lorad
     return 0;
 }
 
+/* {"input_ids": [ids], "labels": [ids or -100]?}: labels, when given, are HF's (the same length,
+ * -100 masks a position from the loss); the shift to next-token targets happens later. */
+static int parse_token_ids(struct lorad_record *r, const json_t *root, enum lorad_dataset_problem *p,
+                           struct lorad_error *err) {
+    const json_t *ids = json_object_get(root, "input_ids"), *labels = json_object_get(root, "labels");
+    if (!json_is_array(ids)) return bad(p, LORAD_PROBLEM_WRONG_TYPE, err, "input_ids", "%s", "\"input_ids\" must be an array of token ids");
+    if (json_array_size(ids) == 0) return bad(p, LORAD_PROBLEM_EMPTY, err, "input_ids", "%s", "\"input_ids\" is empty");
+    if (labels && (!json_is_array(labels) || json_array_size(labels) != json_array_size(ids)))
+        return bad(p, LORAD_PROBLEM_WRONG_TYPE, err, "labels", "%s", "\"labels\" must be an array as long as \"input_ids\"");
+    for (size_t i = 0; i < json_array_size(ids); i++) {
+        const json_t *v = json_array_get(ids, i), *l = labels ? json_array_get(labels, i) : NULL;
+        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > INT32_MAX)
+        {
+            *p = LORAD_PROBLEM_WRONG_TYPE;
+            return lorad_error_set(err, -EINVAL, "input_ids", "input_ids[%zu] is not a token id", i);
+        }
+        if (l && (!json_is_integer(l) || (json_integer_value(l) != -100 && json_integer_value(l) != json_integer_value(v))))
+        {
+            *p = LORAD_PROBLEM_WRONG_TYPE;
+            return lorad_error_set(err, -EINVAL, "labels", "labels[%zu] must be -100 or equal input_ids[%zu]", i, i);
+        }
+    }
+    r->input_ids = ids;
+    r->labels = labels;
+    return 0;
+}
+
 int lorad_record_parse(const char *line, size_t len, enum lorad_data_format format, struct lorad_record *ret_record,
                        enum lorad_dataset_problem *ret_problem, struct lorad_error *err) {
     enum lorad_dataset_problem p_local;
@@ -178,8 +206,8 @@ int lorad_record_parse(const char *line, size_t len, enum lorad_data_format form
     switch (f) {
     case LORAD_DATA_AUTO:
         rc = bad(p, LORAD_PROBLEM_WRONG_TYPE, err, "", "%s",
-                 "no known format: expected \"text\", \"prompt\"/\"completion\", \"instruction\"/\"output\" or "
-                 "\"messages\"");
+                 "no known format: expected \"text\", \"prompt\"/\"completion\", \"instruction\"/\"output\", "
+                 "\"messages\" or \"input_ids\"");
         break;
     case LORAD_DATA_TEXT: {
         static const char *const allowed[] = {"text", NULL};
@@ -217,6 +245,12 @@ int lorad_record_parse(const char *line, size_t len, enum lorad_data_format form
             r->input_len = ip ? json_string_length(ip) : 0;
             add_turn(r, LORAD_ROLE_ASSISTANT, out, true);
         }
+        break;
+    }
+    case LORAD_DATA_TOKENS: {
+        static const char *const allowed[] = {"input_ids", "labels", NULL};
+        rc = check_keys(root, allowed, "", p, err);
+        if (rc == 0) rc = parse_token_ids(r, root, p, err);
         break;
     }
     case LORAD_DATA_MESSAGES: {

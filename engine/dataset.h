@@ -52,6 +52,7 @@ struct lorad_record {
     struct lorad_turn turns[LORAD_DATASET_MAX_TURNS];
     const char *instruction, *input; /* alpaca only: the prompt fields, for the template */
     size_t instruction_len, input_len;
+    const json_t *input_ids, *labels; /* tokens only: arrays of the root (labels may be NULL) */
     json_t *root;
 };
 

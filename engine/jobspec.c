@@ -27,7 +27,7 @@ struct field {
 
 static const char *const schedule_names[] = {"constant", "linear", "cosine", NULL};
 static const char *const init_names[] = {"kaiming", "gaussian", NULL};
-static const char *const format_names[] = {"auto", "text", "prompt_completion", "alpaca", "messages", NULL};
+static const char *const format_names[] = {"auto", "text", "prompt_completion", "alpaca", "messages", "tokens", NULL};
 static const char *const template_names[] = {"auto", "llama2", "llama3", "chatml", "none", NULL};
 
 #define HP(f) offsetof(struct lorad_job_spec, hp.f)

@@ -26,6 +26,7 @@ enum lorad_data_format {
     LORAD_DATA_PROMPT_COMPLETION, /* {"prompt","completion"} */
     LORAD_DATA_ALPACA,            /* {"instruction","input","output"} */
     LORAD_DATA_MESSAGES,          /* {"messages":[{"role","content","weight"?}]} */
+    LORAD_DATA_TOKENS,            /* {"input_ids":[...], "labels"?:[...]}: pre-tokenised, no template */
 };
 enum lorad_chat_template {
     LORAD_TEMPLATE_AUTO = 0,

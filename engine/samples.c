@@ -8,10 +8,44 @@
 
 /* ---- one sample ------------------------------------------------------------------------- */
 
+/* Without a label a position is trained; shifting to next-token targets happens in the batch. */
+static int sample_from_ids(struct lorad_sample *ret, int cap, const struct lorad_record *rec,
+                           const struct lorad_encoder *enc, int max_seq_len, enum lorad_dataset_problem *ret_problem,
+                           struct lorad_error *err) {
+    int limit = max_seq_len < cap ? max_seq_len : cap;
+    size_t total = json_array_size(rec->input_ids);
+    int n = total < (size_t)limit ? (int)total : limit;
+    for (int i = 0; i < n; i++) {
+        json_int_t id = json_integer_value(json_array_get(rec->input_ids, (size_t)i));
+        if (enc->vocab_size > 0 && id >= enc->vocab_size) {
+            if (ret_problem) *ret_problem = LORAD_PROBLEM_WRONG_TYPE;
+            return lorad_error_set(err, -EINVAL, "input_ids", "input_ids[%d] = %lld is outside the vocabulary (%d)", i,
+                                   (long long)id, enc->vocab_size);
+        }
+        ret->tokens[i] = (int32_t)id;
+        ret->train[i] = !rec->labels || json_integer_value(json_array_get(rec->labels, (size_t)i)) != -100;
+    }
+    bool any = false;
+    for (int i = 1; i < n; i++) any |= ret->train[i];
+    if (!any) {
+        if (ret_problem) *ret_problem = LORAD_PROBLEM_EMPTY;
+        return lorad_error_set(err, -EINVAL, "input_ids", "no trained token (a sample needs at least two tokens)");
+    }
+    ret->n = n;
+    ret->truncated = total > (size_t)n;
+    return 0;
+}
+
 int lorad_sample_build(struct lorad_sample *ret, int cap, const struct lorad_record *rec, enum lorad_chat_template tmpl,
                        bool train_on_input, const struct lorad_encoder *enc, int max_seq_len,
                        enum lorad_dataset_problem *ret_problem, struct lorad_error *err) {
     assert(tmpl != LORAD_TEMPLATE_AUTO);
+    if (rec->format == LORAD_DATA_TOKENS) return sample_from_ids(ret, cap, rec, enc, max_seq_len, ret_problem, err);
+    if (!enc->encode) {
+        if (ret_problem) *ret_problem = LORAD_PROBLEM_WRONG_TYPE;
+        return lorad_error_set(err, -EINVAL, "model",
+                               "the model has no tokenizer, so records must be pre-tokenised {\"input_ids\": [...]}");
+    }
     struct lorad_rendered *r = malloc(sizeof *r);
     if (!r) return lorad_error_set(err, -ENOMEM, "", "out of memory");
     int e = lorad_chat_render(r, rec, tmpl, train_on_input);

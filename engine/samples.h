@@ -23,7 +23,8 @@
 /* How the corpus tokenises text: the tokenizer, seen through the calls the pipeline needs. */
 struct lorad_encoder {
     void *ctx;
-    /* Writes the ids of text (no BOS/EOS added, special-token strings not parsed) to out, at most
+    /* NULL when the model has no tokenizer: only pre-tokenised records ({"input_ids"}) work.
+     * Writes the ids of text (no BOS/EOS added, special-token strings not parsed) to out, at most
      * cap ids, and their count to *ret_n. Returns 0, -ENOSPC when more than cap ids are needed, or
      * -errno. */
     int (*encode)(void *ctx, const char *text, size_t len, int32_t *out, int cap, int *ret_n);
@@ -31,6 +32,7 @@ struct lorad_encoder {
     int (*special_id)(void *ctx, const char *piece);
     int bos_id; /* -1: the model has none and BOS segments are dropped */
     int eos_id;
+    int vocab_size; /* > 0: ids of pre-tokenised records must be below it */
 };
 
 /* One tokenised sample: ids and whether each token is a training target. */

@@ -121,13 +121,14 @@ static bool has_special(void *ctx, const char *piece) { return lorad_tokenizer_s
 /* The model's own tokenizer: a GGUF's vocabulary or the file beside an HF model's weights. */
 static int load_tokenizer(struct run *r) {
     int rc;
+    r->enc = (struct lorad_encoder){.bos_id = -1, .eos_id = -1, .vocab_size = r->mf->weights.cfg.vocab_size};
     if (r->mf->has_vocab) rc = lorad_tokenizer_from_vocab(&r->tok, &r->mf->vocab, r->err);
     else if (r->mf->tokenizer_path) rc = lorad_tokenizer_load(&r->tok, r->mf->tokenizer_path, r->err);
-    else
-        return lorad_error_set(r->err, -EINVAL, "model",
-                               "%s has no tokenizer (a llama2.c .bin carries none): use an HF directory with "
-                               "tokenizer.json/tokenizer.model or a GGUF file, or a dataset of input_ids",
-                               r->opt->model_path);
+    else {
+        /* A llama2.c .bin carries no tokenizer: the data must be pre-tokenised. */
+        say(r, "info", "%s has no tokenizer: training data must be {\"input_ids\": [...]} records", r->opt->model_path);
+        return 0;
+    }
     if (rc < 0) return rc;
     int vocab = lorad_tokenizer_vocab_size(r->tok);
     if (vocab > r->mf->weights.cfg.vocab_size)
@@ -137,7 +138,8 @@ static int load_tokenizer(struct run *r) {
                                     .encode = enc_encode,
                                     .special_id = enc_special_id,
                                     .bos_id = lorad_tokenizer_bos_id(r->tok),
-                                    .eos_id = lorad_tokenizer_eos_id(r->tok)};
+                                    .eos_id = lorad_tokenizer_eos_id(r->tok),
+                                    .vocab_size = vocab};
     return 0;
 }
 
@@ -146,7 +148,7 @@ static int load_tokenizer(struct run *r) {
 static int open_corpora(struct run *r) {
     const struct lorad_hyperparameters *hp = &r->spec->hp;
     enum lorad_chat_template tmpl = r->spec->template;
-    if (tmpl == LORAD_TEMPLATE_AUTO) tmpl = lorad_chat_template_auto(has_special, r->tok);
+    if (tmpl == LORAD_TEMPLATE_AUTO) tmpl = r->tok ? lorad_chat_template_auto(has_special, r->tok) : LORAD_TEMPLATE_NONE;
     struct lorad_corpus_options co = {.format = r->spec->data_format,
                                       .tmpl = tmpl,
                                       .train_on_input = hp->train_on_input,
