@@ -1,4 +1,5 @@
 #include "samples.h"
+#include "tokenizer.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -7,6 +8,32 @@
 #include <string.h>
 
 /* ---- one sample ------------------------------------------------------------------------- */
+
+static int tokenizer_encode(void *ctx, const char *text, size_t len, int32_t *out, int cap, int *ret_n) {
+    int32_t *ids = NULL;
+    size_t n = 0;
+    int rc = lorad_tokenizer_encode(ctx, text, len, 0, 0, &ids, &n, NULL);
+    if (rc < 0) return rc;
+    if (n > (size_t)cap) {
+        free(ids);
+        return -ENOSPC;
+    }
+    memcpy(out, ids, n * sizeof *ids);
+    free(ids);
+    *ret_n = (int)n;
+    return 0;
+}
+
+static int tokenizer_special_id(void *ctx, const char *piece) { return lorad_tokenizer_special_id(ctx, piece); }
+
+void lorad_encoder_from_tokenizer(struct lorad_encoder *enc, struct lorad_tokenizer *t, int vocab_size) {
+    *enc = (struct lorad_encoder){.ctx = t,
+                                  .encode = tokenizer_encode,
+                                  .special_id = tokenizer_special_id,
+                                  .bos_id = lorad_tokenizer_bos_id(t),
+                                  .eos_id = lorad_tokenizer_eos_id(t),
+                                  .vocab_size = vocab_size};
+}
 
 /* Without a label a position is trained; shifting to next-token targets happens in the batch. */
 static int sample_from_ids(struct lorad_sample *ret, int cap, const struct lorad_record *rec,

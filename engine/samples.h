@@ -35,6 +35,12 @@ struct lorad_encoder {
     int vocab_size; /* > 0: ids of pre-tokenised records must be below it */
 };
 
+struct lorad_tokenizer;
+
+/* The encoder view of a tokenizer (borrowed; it must outlive enc): no BOS/EOS added by encode, the
+ * tokenizer's own BOS/EOS ids for the template's BOS/EOS segments. */
+void lorad_encoder_from_tokenizer(struct lorad_encoder *enc, struct lorad_tokenizer *t, int vocab_size);
+
 /* One tokenised sample: ids and whether each token is a training target. */
 struct lorad_sample {
     int n;

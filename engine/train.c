@@ -99,23 +99,6 @@ static int path_join(char *out, size_t cap, const char *a, const char *b) {
 
 /* ---- the tokenizer as the corpus sees it ----------------------------------------------------- */
 
-static int enc_encode(void *ctx, const char *text, size_t len, int32_t *out, int cap, int *ret_n) {
-    int32_t *ids = NULL;
-    size_t n = 0;
-    int rc = lorad_tokenizer_encode(ctx, text, len, 0, 0, &ids, &n, NULL);
-    if (rc < 0) return rc;
-    if (n > (size_t)cap) {
-        free(ids);
-        return -ENOSPC;
-    }
-    memcpy(out, ids, n * sizeof *ids);
-    free(ids);
-    *ret_n = (int)n;
-    return 0;
-}
-
-static int enc_special_id(void *ctx, const char *piece) { return lorad_tokenizer_special_id(ctx, piece); }
-
 static bool has_special(void *ctx, const char *piece) { return lorad_tokenizer_special_id(ctx, piece) >= 0; }
 
 /* The model's own tokenizer: a GGUF's vocabulary or the file beside an HF model's weights. */
@@ -134,12 +117,7 @@ static int load_tokenizer(struct run *r) {
     if (vocab > r->mf->weights.cfg.vocab_size)
         return lorad_error_set(r->err, -EINVAL, "model", "%s: tokenizer has %d pieces but the model only %d",
                                r->opt->model_path, vocab, r->mf->weights.cfg.vocab_size);
-    r->enc = (struct lorad_encoder){.ctx = r->tok,
-                                    .encode = enc_encode,
-                                    .special_id = enc_special_id,
-                                    .bos_id = lorad_tokenizer_bos_id(r->tok),
-                                    .eos_id = lorad_tokenizer_eos_id(r->tok),
-                                    .vocab_size = vocab};
+    lorad_encoder_from_tokenizer(&r->enc, r->tok, vocab);
     return 0;
 }
 
