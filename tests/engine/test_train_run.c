@@ -1,0 +1,211 @@
+/* lorad_train_run's contract with its caller (the daemon's workers and `lorad train`): the
+ * callbacks see every step once and in order, poll() cancels or pauses at a step boundary, a paused
+ * run resumes to the same end, and a NaN loss fails with -ERANGE naming the step. Runs on the real
+ * stories260K.bin with pre-tokenised data, so it needs no Python and stays fast. */
+#include "testutil.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "train.h"
+
+struct calls {
+    int64_t steps[1024];
+    int n_steps;
+    int n_checkpoints;
+    int64_t last_checkpoint;
+    int stop_after;               /* poll answers `stop` once this many steps are done */
+    enum lorad_train_control stop;
+};
+
+static void on_step(void *ctx, const struct lorad_step_metrics *m) {
+    struct calls *c = ctx;
+    assert_true(c->n_steps < 1024);
+    c->steps[c->n_steps++] = m->step;
+    assert_true(isfinite(m->train_loss));
+    assert_true(m->lr > 0);
+}
+
+static void on_checkpoint(void *ctx, int64_t step, const char *dir, const struct lorad_step_metrics *m) {
+    struct calls *c = ctx;
+    c->n_checkpoints++;
+    c->last_checkpoint = step;
+    assert_int_equal(m->step, step);
+    struct stat st;
+    assert_int_equal(stat(dir, &st), 0);
+}
+
+static enum lorad_train_control poll_cb(void *ctx) {
+    struct calls *c = ctx;
+    return c->stop_after > 0 && c->n_steps >= c->stop_after ? c->stop : LORAD_TRAIN_CONTINUE;
+}
+
+static char *write_ids(const char *dir, int n_records, int bad_token) {
+    char *path = test_path(dir, "ids.jsonl");
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    for (int i = 0; i < n_records; i++) {
+        fprintf(f, "{\"input_ids\":[1");
+        for (int t = 0; t < 12; t++) fprintf(f, ",%d", bad_token >= 0 && t == 5 ? bad_token : 3 + (i * 31 + t * 7) % 500);
+        fprintf(f, "]}\n");
+    }
+    fclose(f);
+    return path;
+}
+
+static char *slurp(const char *path, size_t *ret_n) {
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)n + 1);
+    assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    *ret_n = (size_t)n;
+    return buf;
+}
+
+static void parse_spec(struct lorad_job_spec *spec, const char *json) {
+    json_error_t jerr;
+    json_t *body = json_loads(json, 0, &jerr);
+    assert_non_null(body);
+    struct lorad_error err = {0};
+    int rc = lorad_job_spec_parse(body, spec, &err);
+    if (rc < 0) fprintf(stderr, "%s\n", err.message);
+    assert_int_equal(rc, 0);
+    json_decref(body);
+}
+
+static const char *SPEC = "{\"model\":\"stories\",\"training_file\":\"ids\",\"seed\":5,"
+                          "\"hyperparameters\":{\"n_epochs\":2,\"batch_size\":2,\"max_seq_len\":16,\"threads\":1,"
+                          "\"checkpoint_every_steps\":4},\"lora\":{\"r\":4,\"dropout\":0.1}}";
+
+static void run(const struct lorad_job_spec *spec, const char *data, const char *out, bool resume, struct calls *c,
+                struct lorad_train_result *res, int want_rc) {
+    struct lorad_train_options opt = {.model_path = test_shared_data("stories260K.bin"), .training_path = data,
+                                      .out_dir = out, .resume = resume};
+    struct lorad_train_callbacks cb = {.ctx = c, .on_step = on_step, .on_checkpoint = on_checkpoint, .poll = poll_cb};
+    struct lorad_error err = {0};
+    int rc = lorad_train_run(spec, &opt, &cb, res, &err);
+    if (rc != want_rc) fprintf(stderr, "rc %d: %s\n", rc, err.message);
+    assert_int_equal(rc, want_rc);
+}
+
+static void test_steps_cancel_pause_resume(void **state) {
+    (void)state;
+    char *dir = test_mkdtemp("train-run");
+    char *data = write_ids(dir, 20, -1);
+    struct lorad_job_spec spec;
+    parse_spec(&spec, SPEC);
+    struct lorad_train_result *res = calloc(1, sizeof *res);
+
+    /* Uninterrupted: 20 records, 2 a step, 2 epochs = 20 steps, each reported once in order. */
+    struct calls *full = calloc(1, sizeof *full);
+    char *out_full = test_path(dir, "full");
+    run(&spec, data, out_full, false, full, res, 0);
+    assert_int_equal(res->outcome, LORAD_TRAIN_FINISHED);
+    assert_int_equal(res->total_steps, 20);
+    assert_int_equal(full->n_steps, 20);
+    for (int i = 0; i < 20; i++) assert_int_equal(full->steps[i], i + 1);
+    assert_int_equal(full->n_checkpoints, 5); /* steps 4, 8, 12, 16, 20 */
+    assert_int_equal(full->last_checkpoint, 20);
+
+    /* Cancel after 3 steps: stops before step 4, no final adapter. */
+    struct calls *cc = calloc(1, sizeof *cc);
+    cc->stop_after = 3;
+    cc->stop = LORAD_TRAIN_CANCEL;
+    char *out_cancel = test_path(dir, "cancel");
+    run(&spec, data, out_cancel, false, cc, res, 0);
+    assert_int_equal(res->outcome, LORAD_TRAIN_CANCELLED);
+    assert_int_equal(res->steps_done, 3);
+    assert_int_equal(cc->n_steps, 3);
+    char *adapter = test_path(out_cancel, "adapter");
+    struct stat st;
+    assert_int_equal(stat(adapter, &st), -1);
+
+    /* Pause after 6 steps: checkpoints step 6, then a resume finishes at step 20 from step 7. */
+    struct calls *pc = calloc(1, sizeof *pc);
+    pc->stop_after = 6;
+    pc->stop = LORAD_TRAIN_PAUSE;
+    char *out_pause = test_path(dir, "pause");
+    run(&spec, data, out_pause, false, pc, res, 0);
+    assert_int_equal(res->outcome, LORAD_TRAIN_PAUSED);
+    assert_int_equal(pc->last_checkpoint, 6);
+    struct calls *rc = calloc(1, sizeof *rc);
+    run(&spec, data, out_pause, true, rc, res, 0);
+    assert_int_equal(res->outcome, LORAD_TRAIN_FINISHED);
+    assert_int_equal(rc->n_steps, 14);
+    assert_int_equal(rc->steps[0], 7);
+    /* ... and ends where the uninterrupted run ended, byte for byte. */
+    char *a = test_path(out_full, "adapter/adapter_model.safetensors"), *b = test_path(out_pause, "adapter/adapter_model.safetensors");
+    size_t na, nb;
+    char *da = slurp(a, &na), *db = slurp(b, &nb);
+    assert_int_equal(na, nb);
+    assert_memory_equal(da, db, na);
+    free(da);
+    free(db);
+    free(a);
+    free(b);
+
+    free(adapter);
+    free(out_full);
+    free(out_cancel);
+    free(out_pause);
+    free(full);
+    free(cc);
+    free(pc);
+    free(rc);
+    free(res);
+    lorad_job_spec_clear(&spec);
+    test_rmtree(dir);
+    free(dir);
+    free(data);
+}
+
+/* A NaN in the embedding of a token the data uses makes the loss NaN at step 1. */
+static void test_nan_loss_fails_with_erange(void **state) {
+    (void)state;
+    char *dir = test_mkdtemp("train-nan");
+    char *model = test_path(dir, "nan.bin");
+    FILE *in = fopen(test_shared_data("stories260K.bin"), "rb"), *out = fopen(model, "wb");
+    assert_non_null(in);
+    assert_non_null(out);
+    int32_t header[7];
+    assert_int_equal(fread(header, sizeof header, 1, in), 1);
+    fwrite(header, sizeof header, 1, out);
+    int dim = header[0], bad_token = 77;
+    float x;
+    for (long i = 0; fread(&x, sizeof x, 1, in) == 1; i++) {
+        if (i / dim == bad_token) x = NAN; /* the embedding table comes first */
+        fwrite(&x, sizeof x, 1, out);
+    }
+    fclose(in);
+    fclose(out);
+    char *data = write_ids(dir, 4, bad_token);
+    struct lorad_job_spec spec;
+    parse_spec(&spec, SPEC);
+    struct lorad_train_options opt = {.model_path = model, .training_path = data, .out_dir = dir};
+    struct lorad_train_result *res = calloc(1, sizeof *res);
+    struct lorad_error err = {0};
+    assert_int_equal(lorad_train_run(&spec, &opt, NULL, res, &err), -ERANGE);
+    assert_non_null(strstr(err.message, "step 1"));
+    lorad_job_spec_clear(&spec);
+    free(res);
+    free(data);
+    free(model);
+    test_rmtree(dir);
+    free(dir);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_steps_cancel_pause_resume),
+        cmocka_unit_test(test_nan_loss_fails_with_erange),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
