@@ -22,3 +22,10 @@ const char *test_shared_data(const char *name);
 
 /* Runs argv[0] with argv through fork/exec and returns its exit status (or 128+signal). */
 int test_run(char *const argv[]);
+
+/* Reads a whole file into a malloc'd buffer (NUL-terminated, owned by the caller); fails the test
+ * when it cannot. */
+void *test_read_file(const char *path, size_t *ret_len);
+
+/* Writes len bytes to path (created or truncated); fails the test when it cannot. */
+void test_write_file(const char *path, const void *data, size_t len);

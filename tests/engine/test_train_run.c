@@ -57,18 +57,6 @@ static char *write_ids(const char *dir, int n_records, int bad_token) {
     return path;
 }
 
-static char *slurp(const char *path, size_t *ret_n) {
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
-    fclose(f);
-    *ret_n = (size_t)n;
-    return buf;
-}
 
 static void parse_spec(struct lorad_job_spec *spec, const char *json) {
     json_error_t jerr;
@@ -144,7 +132,7 @@ static void test_steps_cancel_pause_resume(void **state) {
     /* ... and ends where the uninterrupted run ended, byte for byte. */
     char *a = test_path(out_full, "adapter/adapter_model.safetensors"), *b = test_path(out_pause, "adapter/adapter_model.safetensors");
     size_t na, nb;
-    char *da = slurp(a, &na), *db = slurp(b, &nb);
+    char *da = test_read_file(a, &na), *db = test_read_file(b, &nb);
     assert_int_equal(na, nb);
     assert_memory_equal(da, db, na);
     free(da);

@@ -39,28 +39,6 @@ float fmt_tensor_get(const struct lorad_tensor *t, int64_t i) {
     return 0;
 }
 
-void fmt_write_file(const char *path, const void *data, size_t len) {
-    FILE *f = fopen(path, "wb");
-    assert_non_null(f);
-    assert_true(fwrite(data, 1, len, f) == len || len == 0);
-    assert_int_equal(fclose(f), 0);
-}
-
-uint8_t *fmt_read_file(const char *path, size_t *ret_len) {
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    assert_int_equal(fseek(f, 0, SEEK_END), 0);
-    long n = ftell(f);
-    assert_true(n >= 0);
-    rewind(f);
-    uint8_t *buf = malloc((size_t)n + 1);
-    assert_non_null(buf);
-    assert_true(fread(buf, 1, (size_t)n, f) == (size_t)n);
-    fclose(f);
-    *ret_len = (size_t)n;
-    return buf;
-}
-
 void fmt_write_fixtures(const char *dir) {
     char *argv[] = {LORAD_PYTHON, LORAD_SOURCE_DIR "/tests/formats/write_fixtures.py", (char *)dir, NULL};
     assert_int_equal(test_run(argv), 0);

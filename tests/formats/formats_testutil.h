@@ -10,9 +10,5 @@
 const struct lorad_tensor *fmt_hf_tensor(const struct lorad_base_weights *w, const char *name);
 /* Value i of a view as float (F32, BF16 or F16). */
 float fmt_tensor_get(const struct lorad_tensor *t, int64_t i);
-/* Writes len bytes to path (fails the test on error). */
-void fmt_write_file(const char *path, const void *data, size_t len);
-/* Reads a whole file into a malloc'd buffer (fails the test on error). */
-uint8_t *fmt_read_file(const char *path, size_t *ret_len);
 /* Runs tests/formats/write_fixtures.py into dir (fails the test on error). */
 void fmt_write_fixtures(const char *dir);

@@ -25,7 +25,7 @@ static int setup(void **state) {
     fmt_write_fixtures(dir);
     char *p = test_path(dir, "truth.f32");
     size_t len;
-    truth = (float *)fmt_read_file(p, &len);
+    truth = (float *)test_read_file(p, &len);
     truth_n = len / 4;
     free(p);
     p = test_path(dir, "truth_order.txt");
@@ -130,7 +130,7 @@ static void test_hf_f32_used_in_place(void **state) {
 static void test_hf_bf16_sharded_f16(void **state) {
     (void)state;
     char *tok = test_path(dir, "hf_bf16/tokenizer.json");
-    fmt_write_file(tok, "{}", 2);
+    test_write_file(tok, "{}", 2);
     struct lorad_model_file *mf = load_model("hf_bf16");
     assert_string_equal(mf->tokenizer_path, tok);
     free(tok);

@@ -141,7 +141,7 @@ static int teardown(void **state) {
 static char *write_spec(const char *name, struct spec s) {
     struct buf b = build(s);
     char *path = test_path(dir, name);
-    fmt_write_file(path, b.p, b.n);
+    test_write_file(path, b.p, b.n);
     free(b.p);
     return path;
 }
@@ -224,7 +224,7 @@ static void test_every_truncation_is_refused(void **state) {
     (void)state;
     struct buf b = build((struct spec){0});
     char *path = test_path(dir, "cut.gguf");
-    fmt_write_file(path, b.p, b.n);
+    test_write_file(path, b.p, b.n);
     struct lorad_gguf *full;
     struct lorad_error ferr = {0};
     assert_int_equal(lorad_gguf_open(path, &full, &ferr), 0);
@@ -232,7 +232,7 @@ static void test_every_truncation_is_refused(void **state) {
     lorad_gguf_close(full);
     /* Every cut inside the metadata; a sample of cuts inside the tensor data, and the last byte. */
     for (size_t n = 0; n < b.n; n = n < data_start ? n + 1 : (n + 61 < b.n - 1 ? n + 61 : n == b.n - 1 ? b.n : b.n - 1)) {
-        fmt_write_file(path, b.p, n);
+        test_write_file(path, b.p, n);
         struct lorad_gguf *g = NULL;
         struct lorad_error err = {0};
         int r = lorad_gguf_open(path, &g, &err);
@@ -261,7 +261,7 @@ static void test_random_corruptions_fail_cleanly(void **state) {
             seed = seed * 1103515245u + 12345u;
             copy[at] ^= (uint8_t)(1u << ((seed >> 16) % 8));
         }
-        fmt_write_file(path, copy, b.n);
+        test_write_file(path, copy, b.n);
         struct lorad_base_weights w = {0};
         struct lorad_vocab_arrays v;
         struct lorad_error err = {0};

@@ -131,7 +131,7 @@ static char *make_dir(const char *name, const char *extra_config, const char *vi
     snprintf(text, sizeof text,
              "{\"model_type\":\"llama\",\"hidden_size\":32,\"intermediate_size\":64,\"num_hidden_layers\":1,"
              "\"num_attention_heads\":2,\"num_key_value_heads\":1,\"vocab_size\":10%s}", extra_config);
-    fmt_write_file(cfg, text, strlen(text));
+    test_write_file(cfg, text, strlen(text));
     free(cfg);
     static float zeros[64 * 64];
     static const struct { const char *name; int64_t rows, cols; } t[] = {
@@ -227,7 +227,7 @@ static void expect_index_error(const char *name, const char *shard, const char *
     char *d = make_dir(name, "", NULL, NONE);
     char *from = test_path(d, "model.safetensors"), *to = test_path(d, shard), *ix = test_path(d, "model.safetensors.index.json");
     assert_int_equal(rename(from, to), 0);
-    fmt_write_file(ix, index, strlen(index));
+    test_write_file(ix, index, strlen(index));
     expect_load_error(d, fault, name);
     free(from);
     free(to);

@@ -43,7 +43,7 @@ static void test_stories260k_facts(void **state) {
 
     /* Raw Meta-layout wq/wk of layer 0 straight from the file. */
     size_t len;
-    uint8_t *file = fmt_read_file(path, &len);
+    uint8_t *file = test_read_file(path, &len);
     assert_int_equal(len, 1056540);
     const float *p = (const float *)(file + 28) + 512 * 64 + 5 * 64;
     const float *wq_meta = p, *wk_meta = p + 5 * 64 * 64;
@@ -111,11 +111,11 @@ static void test_truncated_and_unknown_files(void **state) {
     (void)state;
     char *dir = test_mkdtemp("l2c");
     size_t len;
-    uint8_t *file = fmt_read_file(test_shared_data("stories260K.bin"), &len);
+    uint8_t *file = test_read_file(test_shared_data("stories260K.bin"), &len);
     char *path = test_path(dir, "cut.bin");
     size_t cuts[] = {0, 3, 27, 28, 1000, len - 1};
     for (size_t i = 0; i < sizeof cuts / sizeof cuts[0]; i++) {
-        fmt_write_file(path, file, cuts[i]);
+        test_write_file(path, file, cuts[i]);
         struct lorad_model_file *mf = NULL;
         struct lorad_error err = {0};
         assert_int_not_equal(lorad_model_file_open(path, &mf, &err), 0);
@@ -127,7 +127,7 @@ static void test_truncated_and_unknown_files(void **state) {
     }
     /* Garbage of the right size is not a model either. */
     memset(file, 0xff, 28);
-    fmt_write_file(path, file, len);
+    test_write_file(path, file, len);
     struct lorad_model_file *mf = NULL;
     struct lorad_error err = {0};
     assert_int_equal(lorad_model_file_open(path, &mf, &err), -EINVAL);

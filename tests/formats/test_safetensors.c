@@ -104,7 +104,7 @@ static char *write_raw(const char *name, uint64_t hlen_field, const char *header
     uint8_t *buf = calloc(1, n);
     for (int i = 0; i < 8; i++) buf[i] = (uint8_t)(hlen_field >> (8 * i));
     memcpy(buf + 8, header, hl);
-    fmt_write_file(path, buf, n);
+    test_write_file(path, buf, n);
     free(buf);
     return path;
 }
@@ -126,7 +126,7 @@ static void test_malformed_files_are_refused(void **state) {
     (void)state;
     const uint64_t H = UINT64_MAX; /* "the real header length" */
     char *p = test_path(dir, "short");
-    fmt_write_file(p, "\x05\0\0", 3);
+    test_write_file(p, "\x05\0\0", 3);
     struct lorad_st_file *f;
     struct lorad_error err = {0};
     assert_int_equal(lorad_st_open(p, &f, &err), -EINVAL);
@@ -162,10 +162,10 @@ static void test_every_truncation_is_refused(void **state) {
     (void)state;
     char *path = write_sample();
     size_t len;
-    uint8_t *full = fmt_read_file(path, &len);
+    uint8_t *full = test_read_file(path, &len);
     char *cut = test_path(dir, "cut.safetensors");
     for (size_t n = 0; n < len; n++) {
-        fmt_write_file(cut, full, n);
+        test_write_file(cut, full, n);
         struct lorad_st_file *f;
         struct lorad_error err = {0};
         int r = lorad_st_open(cut, &f, &err);
@@ -182,7 +182,7 @@ static void test_random_corruptions_fail_cleanly(void **state) {
     (void)state;
     char *path = write_sample();
     size_t len;
-    uint8_t *full = fmt_read_file(path, &len);
+    uint8_t *full = test_read_file(path, &len);
     uint8_t *copy = malloc(len);
     char *bad = test_path(dir, "fuzz.safetensors");
     uint32_t seed = 777;
@@ -195,7 +195,7 @@ static void test_random_corruptions_fail_cleanly(void **state) {
             seed = seed * 1103515245u + 12345u;
             copy[at] ^= (uint8_t)(1u << ((seed >> 16) % 8));
         }
-        fmt_write_file(bad, copy, len);
+        test_write_file(bad, copy, len);
         struct lorad_st_file *f;
         struct lorad_error err = {0};
         if (lorad_st_open(bad, &f, &err) < 0) {

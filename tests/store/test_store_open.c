@@ -167,22 +167,10 @@ static void test_newer_schema_refused(void **state) {
     free(dir);
 }
 
-static char *read_all(const char *path, size_t *ret_len) {
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
-    fclose(f);
-    *ret_len = (size_t)n;
-    return buf;
-}
 
 static void expect_refused_unchanged(const char *db, unsigned flags, const char *needle) {
     size_t n0 = 0, n1 = 0;
-    char *before = read_all(db, &n0);
+    char *before = test_read_file(db, &n0);
     struct lorad_store *s = NULL;
     struct lorad_error err = {0};
     struct lorad_store_options opts = {.flags = flags};
@@ -191,7 +179,7 @@ static void expect_refused_unchanged(const char *db, unsigned flags, const char 
     assert_non_null(strstr(err.message, db));
     if (!strstr(err.message, needle)) fprintf(stderr, "message: %s\n", err.message);
     assert_non_null(strstr(err.message, needle));
-    char *after = read_all(db, &n1);
+    char *after = test_read_file(db, &n1);
     assert_int_equal(n0, n1);
     assert_memory_equal(before, after, n0);
     free(before);

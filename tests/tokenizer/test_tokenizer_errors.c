@@ -19,18 +19,6 @@ static char *write_tmp(const char *dir, const char *name, const void *data, size
     return path;
 }
 
-static unsigned char *read_all(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    fseek(f, 0, SEEK_END);
-    *len = (size_t)ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *d = malloc(*len);
-    assert_non_null(d);
-    assert_int_equal(fread(d, 1, *len, f), *len);
-    fclose(f);
-    return d;
-}
 
 /* Loading data must fail with a message that names the file and contains want. */
 static void expect_load_error(const char *dir, const char *name, const void *data, size_t len, const char *want) {
@@ -51,7 +39,7 @@ static void test_corrupt_model_files(void **state) {
     (void)state;
     char *dir = test_mkdtemp("tokerr");
     size_t len;
-    unsigned char *model = read_all(test_shared_data("llama2-tokenizer.model"), &len);
+    unsigned char *model = test_read_file(test_shared_data("llama2-tokenizer.model"), &len);
     expect_load_error(dir, "truncated.model", model, len / 2, "past the end");
     static const unsigned char lying[] = {0x0A, 0xFF, 0xFF, 0xFF, 0xFF, 0x0F, 0x0A, 0x01, 0x61};
     expect_load_error(dir, "lying.model", lying, sizeof lying, "past the end");
@@ -76,7 +64,7 @@ static void test_corrupt_bin_files(void **state) {
     (void)state;
     char *dir = test_mkdtemp("tokerr");
     size_t len;
-    unsigned char *bin = read_all(test_shared_data("llama2-tokenizer.bin"), &len);
+    unsigned char *bin = test_read_file(test_shared_data("llama2-tokenizer.bin"), &len);
     expect_load_error(dir, "truncated.bin", bin, len - 3, "truncated");
     unsigned char *copy = malloc(len);
     assert_non_null(copy);
