@@ -143,6 +143,27 @@ json_t *store_list_page(json_t *data, bool has_more) {
                      has_more, "first_id", first, "last_id", last);
 }
 
+int store_collect_page(struct store_conn *c, sqlite3_stmt *st, int limit, json_t *(*from_row)(sqlite3_stmt *st),
+                       const char *what, json_t **ret_page, struct lorad_error *err) {
+    json_t *data = json_array();
+    bool has_more = false;
+    int r;
+    while ((r = store_step(c, st, what, err)) == 1) {
+        if ((int)json_array_size(data) == limit) {
+            has_more = true;
+            break;
+        }
+        json_array_append_new(data, from_row(st));
+    }
+    store_stmt_done(st);
+    if (r < 0) {
+        json_decref(data);
+        return r;
+    }
+    *ret_page = store_list_page(data, has_more);
+    return 0;
+}
+
 int store_job_exists(struct store_conn *c, const char *job_id, const char *param,
                      struct lorad_error *err) {
     int r = 0;

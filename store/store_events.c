@@ -104,22 +104,7 @@ int lorad_store_event_list(struct lorad_store *s, const char *job_id, const char
     store_bind_text(st, 1, job_id);
     sqlite3_bind_int64(st, 2, after_seq);
     sqlite3_bind_int(st, 3, limit + 1);
-    json_t *data = json_array();
-    bool has_more = false;
-    while ((r = store_step(c, st, "cannot list events", err)) == 1) {
-        if ((int)json_array_size(data) == limit) {
-            has_more = true;
-            break;
-        }
-        json_array_append_new(data, event_from_row(st));
-    }
-    store_stmt_done(st);
-    if (r < 0) {
-        json_decref(data);
-        goto out;
-    }
-    *ret_page = store_list_page(data, has_more);
-    r = 0;
+    r = store_collect_page(c, st, limit, event_from_row, "cannot list events", ret_page, err);
 out:
     store_release(s, c);
     return r;

@@ -79,6 +79,11 @@ int store_check_json_size(json_t *j, size_t max, const char *param, struct lorad
 int store_check_limit(int limit, int max, struct lorad_error *err);
 /* Builds {object:"list", data, has_more, first_id, last_id}; steals data. */
 json_t *store_list_page(json_t *data, bool has_more);
+/* Steps st (which selects up to limit + 1 rows, newest first), turns each row into an object with
+ * from_row, and writes OpenAI's list page {object, data, has_more} to *ret_page. Finishes st in
+ * every case. Returns 0 or -errno (err says `what` failed). */
+int store_collect_page(struct store_conn *c, sqlite3_stmt *st, int limit, json_t *(*from_row)(sqlite3_stmt *st),
+                       const char *what, json_t **ret_page, struct lorad_error *err);
 /* -ENOENT (param) unless job id exists. */
 int store_job_exists(struct store_conn *c, const char *job_id, const char *param,
                      struct lorad_error *err);
