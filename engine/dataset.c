@@ -373,7 +373,7 @@ static bool is_blank(const char *s, size_t len) {
     return true;
 }
 
-static void note_bad(struct lorad_dataset_report *rep, int64_t line, enum lorad_dataset_problem p, const char *reason) {
+void lorad_dataset_report_bad(struct lorad_dataset_report *rep, int64_t line, enum lorad_dataset_problem p, const char *reason) {
     rep->n_invalid++;
     rep->counts[p]++;
     if (rep->n_bad < LORAD_DATASET_REPORT_LINES) {
@@ -404,7 +404,7 @@ int lorad_dataset_validate_file(const char *path, enum lorad_data_format format,
         if (too_long) {
             char reason[96];
             snprintf(reason, sizeof reason, "line is longer than %zu bytes", rd->max_line);
-            note_bad(rep, lineno, LORAD_PROBLEM_LINE_TOO_LONG, reason);
+            lorad_dataset_report_bad(rep, lineno, LORAD_PROBLEM_LINE_TOO_LONG, reason);
             continue;
         }
         rep->bytes += (int64_t)len;
@@ -416,7 +416,7 @@ int lorad_dataset_validate_file(const char *path, enum lorad_data_format format,
         enum lorad_dataset_problem p;
         struct lorad_error e = {0};
         if (lorad_record_parse(line, len, rep->format, &rec, &p, &e) < 0) {
-            note_bad(rep, lineno, p, e.message);
+            lorad_dataset_report_bad(rep, lineno, p, e.message);
             continue;
         }
         if (rep->format == LORAD_DATA_AUTO) rep->format = rec.format; /* the first good line decides */

@@ -106,6 +106,11 @@ struct lorad_dataset_report {
 int lorad_dataset_validate_file(const char *path, enum lorad_data_format format, size_t max_line,
                                 struct lorad_dataset_report *ret_report, struct lorad_error *err);
 
+/* Counts a bad line in rep and keeps it (line, problem, reason) among the first
+ * LORAD_DATASET_REPORT_LINES. */
+void lorad_dataset_report_bad(struct lorad_dataset_report *rep, int64_t line, enum lorad_dataset_problem p,
+                              const char *reason);
+
 /* The report as JSON: {"format","lines","records","invalid","blank","bytes","problems":{name:count},
  * "bad_lines":[{"line","problem","reason"}]}. New reference, caller owns. */
 json_t *lorad_dataset_report_json(const struct lorad_dataset_report *report);

@@ -183,17 +183,6 @@ static int corpus_push(struct lorad_corpus *c, struct corpus_record r) {
     return 0;
 }
 
-static void report_bad(struct lorad_dataset_report *rep, int64_t line, enum lorad_dataset_problem p, const char *why) {
-    rep->n_invalid++;
-    rep->counts[p]++;
-    if (rep->n_bad < LORAD_DATASET_REPORT_LINES) {
-        struct lorad_bad_line *b = &rep->bad[rep->n_bad++];
-        b->line = line;
-        b->problem = p;
-        snprintf(b->reason, sizeof b->reason, "%.239s", why);
-    }
-}
-
 int lorad_corpus_open(struct lorad_corpus **ret_corpus, const char *path, const struct lorad_corpus_options *opt,
                       const struct lorad_encoder *enc, struct lorad_dataset_report *ret_report,
                       struct lorad_error *err) {
@@ -221,7 +210,7 @@ int lorad_corpus_open(struct lorad_corpus **ret_corpus, const char *path, const 
     while ((r = lorad_line_reader_next(c->reader, &line, &len, &lineno, &too_long)) == 1) {
         rep->n_lines++;
         if (too_long) {
-            report_bad(rep, lineno, LORAD_PROBLEM_LINE_TOO_LONG, "line is longer than the line size limit");
+            lorad_dataset_report_bad(rep, lineno, LORAD_PROBLEM_LINE_TOO_LONG, "line is longer than the line size limit");
             continue;
         }
         rep->bytes += (int64_t)len;
@@ -236,7 +225,7 @@ int lorad_corpus_open(struct lorad_corpus **ret_corpus, const char *path, const 
         struct lorad_error e = {0};
         int64_t offset = lorad_line_reader_offset(c->reader);
         if (lorad_record_parse(line, len, c->format, &rec, &p, &e) < 0) {
-            report_bad(rep, lineno, p, e.message);
+            lorad_dataset_report_bad(rep, lineno, p, e.message);
             continue;
         }
         if (c->format == LORAD_DATA_AUTO) c->format = rep->format = rec.format;
@@ -248,7 +237,7 @@ int lorad_corpus_open(struct lorad_corpus **ret_corpus, const char *path, const 
             goto fail;
         }
         if (b < 0) {
-            report_bad(rep, lineno, p, e.message);
+            lorad_dataset_report_bad(rep, lineno, p, e.message);
             continue;
         }
         if ((r = corpus_push(c, (struct corpus_record){offset, lineno, s.n, s.truncated})) < 0) {
