@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "corpus_reader.h"
 #include "testutil.h"
 #include "tokenizer.h"
 
@@ -45,69 +46,39 @@ static void check_style(const struct lorad_tokenizer *t, const char *style, bool
     char name[64];
     snprintf(name, sizeof name, "%s.expected", style);
     char *expected = test_path(dir, name);
-    FILE *fc = fopen(corpus, "r"), *fe = fopen(expected, "r");
-    assert_non_null(fc);
-    assert_non_null(fe);
-    char *lc = NULL, *le = NULL;
-    size_t cc = 0, ce = 0;
-    int lineno = 0, bad = 0, n_lossless = 0;
-    int32_t *want = malloc(sizeof *want * (1 << 20));
-    assert_non_null(want);
-    while (getline(&lc, &cc, fc) > 0) {
-        lineno++;
-        assert_true(getline(&le, &ce, fe) > 0);
+    struct corpus_reader r;
+    corpus_reader_open(&r, corpus, expected);
+    int bad = 0, n_lossless = 0;
+    while (corpus_reader_next(&r, 0)) {
         json_error_t jerr;
-        json_t *js = json_loads(lc, JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
-        char *tab = strchr(le, '\t');
-        assert_non_null(js);
-        assert_non_null(tab);
-        json_t *jd = json_loads(tab + 1, JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
+        json_t *jd = r.after_tab ? json_loads(r.after_tab, JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr) : NULL;
         assert_non_null(jd);
-        size_t n_want = 0;
-        for (char *p = le, *end; p < tab; p = end) {
-            long v = strtol(p, &end, 10);
-            if (end == p) break;
-            want[n_want++] = (int32_t)v;
-        }
-        const char *text = json_string_value(js);
-        size_t len = json_string_length(js);
         struct lorad_error err = {0};
         int32_t *got = NULL;
         size_t n_got = 0;
         char *back = NULL;
         size_t back_len = 0;
-        assert_int_equal(lorad_tokenizer_encode(t, text, len, LORAD_TOKENIZER_DEFAULT, LORAD_TOKENIZER_DEFAULT, &got,
-                                                &n_got, &err), 0);
+        assert_int_equal(lorad_tokenizer_encode(t, r.text, r.len, LORAD_TOKENIZER_DEFAULT, LORAD_TOKENIZER_DEFAULT,
+                                                &got, &n_got, &err), 0);
         assert_int_equal(lorad_tokenizer_decode(t, got, n_got, &back, &back_len, &err), 0);
-        bool same = n_got == n_want && memcmp(got, want, n_want * sizeof *got) == 0;
+        bool same = n_got == r.n_ids && memcmp(got, r.ids, r.n_ids * sizeof *got) == 0;
         bool decode_same = back_len == json_string_length(jd) && memcmp(back, json_string_value(jd), back_len) == 0;
-        bool check_lossless = lossless && !has_special(text);
-        bool lossless_ok = !check_lossless || (back_len == len && memcmp(back, text, len) == 0);
+        bool check_lossless = lossless && !has_special(r.text);
+        bool lossless_ok = !check_lossless || (back_len == r.len && memcmp(back, r.text, r.len) == 0);
         n_lossless += check_lossless;
         if ((!same || !decode_same || !lossless_ok) && ++bad <= 8) {
-            fprintf(stderr, "%s line %d: %.200s", style, lineno, lc);
-            if (!same) {
-                fprintf(stderr, "  expected:");
-                for (size_t i = 0; i < n_want && i < 40; i++) fprintf(stderr, " %d", (int)want[i]);
-                fprintf(stderr, "\n  got     :");
-                for (size_t i = 0; i < n_got && i < 40; i++) fprintf(stderr, " %d", (int)got[i]);
-                fprintf(stderr, "\n");
-            }
+            fprintf(stderr, "%s line %d: %.200s", style, r.lineno, r.line);
+            if (!same) corpus_print_ids("expected", r.ids, r.n_ids), corpus_print_ids("got     ", got, n_got);
             if (!decode_same || !lossless_ok) fprintf(stderr, "  decoded to %.200s\n", back);
         }
         free(got);
         free(back);
-        json_decref(js);
         json_decref(jd);
     }
-    fprintf(stderr, "%s: %d strings (%d checked lossless), %d mismatches\n", style, lineno, n_lossless, bad);
-    assert_true(lineno >= 3000);
+    fprintf(stderr, "%s: %d strings (%d checked lossless), %d mismatches\n", style, r.lineno, n_lossless, bad);
+    assert_true(r.lineno >= 3000);
     assert_int_equal(bad, 0);
-    free(want);
-    free(lc);
-    free(le);
-    fclose(fc);
-    fclose(fe);
+    corpus_reader_close(&r);
     free(expected);
     free(corpus);
 }
