@@ -103,7 +103,7 @@ static size_t match_llama3(const uint32_t *cp, size_t i, size_t end) {
 
 struct pretok_run {
     const char *text;
-    const size_t *off; /* byte offset of each code point, n + 1 entries */
+    const uint32_t *off; /* byte offset of each code point, n + 1 entries (text <= 4 GiB) */
     const uint32_t *cp;
     enum tok_pretok pattern;
     tok_span_fn fn;
@@ -126,15 +126,16 @@ static int split_pattern(const struct pretok_run *r, size_t a, size_t b) {
 int tok_pretokenize(enum tok_pretok pattern, bool split_digits, const char *text, size_t len, tok_span_fn fn,
                     void *ctx) {
     if (len == 0) return 0;
+    if (len > UINT32_MAX) return -E2BIG; /* callers hold LORAD_TOKENIZER_MAX_TEXT, far below */
     uint32_t *cp = malloc(len * sizeof *cp);
-    size_t *off = malloc((len + 1) * sizeof *off);
+    uint32_t *off = malloc((len + 1) * sizeof *off);
     int rc = cp && off ? 0 : -ENOMEM;
     size_t n = 0;
     for (size_t i = 0; rc == 0 && i < len; n++) {
-        off[n] = i;
+        off[n] = (uint32_t)i;
         i += tok_utf8_decode(text + i, len - i, &cp[n]);
     }
-    if (rc == 0) off[n] = len;
+    if (rc == 0) off[n] = (uint32_t)len;
     struct pretok_run r = {text, off, cp, pattern, fn, ctx};
     if (rc == 0 && !split_digits) rc = split_pattern(&r, 0, n);
     /* Digits(individual_digits): every \p{N} becomes a piece of its own before the regex runs. */
