@@ -1,6 +1,7 @@
 /* Rank-based BPE as HF tokenizers does it: the adjacent pair with the lowest merge rank merges
- * first (leftmost on ties), driven by a heap so long words stay O(n log n); and the ▁-text
- * (SentencePiece-style) segment encoder with byte fallback built on it. */
+ * first (leftmost on ties), driven by a heap so long words stay O(n log n); and the two segment
+ * encoders built on it: ▁-text (SentencePiece-style) with byte fallback, and byte-level (GPT-2
+ * characters for bytes, words from the regex pre-tokenizer of tok_pretok.c). */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
