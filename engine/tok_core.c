@@ -133,6 +133,26 @@ const struct tok_pair_entry *tok_pair_map_get(const struct tok_pair_map *m, int3
     }
 }
 
+void tok_map_byte_level_bytes(struct lorad_tokenizer *t) {
+    for (int b = 0; b < 256; b++) {
+        char c[4];
+        t->byte_ids[b] = tok_str_map_get(t, c, tok_utf8_encode(tok_byte_to_unicode((uint8_t)b), c));
+    }
+}
+
+int tok_add_merge(struct lorad_tokenizer *t, const char *left, size_t left_len, const char *right, size_t right_len,
+                  int32_t rank) {
+    assert(left_len <= LORAD_TOKENIZER_MAX_PIECE && right_len <= LORAD_TOKENIZER_MAX_PIECE);
+    char both[2 * LORAD_TOKENIZER_MAX_PIECE];
+    memcpy(both, left, left_len);
+    memcpy(both + left_len, right, right_len);
+    int32_t a = tok_str_map_get(t, left, left_len), b = tok_str_map_get(t, right, right_len);
+    int32_t m = tok_str_map_get(t, both, left_len + right_len);
+    if (a < 0 || b < 0 || m < 0) return -ENOENT;
+    tok_pair_map_put(&t->merges, a, b, rank, m);
+    return 0;
+}
+
 static int cmp_added_longest_first(const void *a, const void *b, void *ctx) {
     const struct lorad_tokenizer *t = ctx;
     uint32_t la = t->pieces[((const struct tok_added *)a)->id].len;
@@ -195,6 +215,31 @@ int tok_finish_spm(struct lorad_tokenizer *t, const char *name, struct lorad_err
     return 0;
 }
 
+int tok_finish_byte_level(struct lorad_tokenizer *t, const char *name, struct lorad_error *err) {
+    int rc = tok_str_map_build(t);
+    if (rc < 0) return lorad_error_set(err, rc, name, "%s: out of memory building the vocabulary", name);
+    int n_added = 0;
+    for (int id = 0; id < t->n_vocab; id++) {
+        int type = t->pieces[id].type;
+        if (type < TOK_NORMAL || type > TOK_BYTE)
+            return lorad_error_set(err, -EINVAL, name, "%s: piece %d has unknown type %d", name, id, type);
+        if ((type == TOK_CONTROL || type == TOK_USER_DEFINED) && t->pieces[id].len) n_added++;
+    }
+    t->added = calloc((size_t)n_added + 1, sizeof *t->added);
+    if (!t->added) return lorad_error_set(err, -ENOMEM, name, "%s: out of memory", name);
+    for (int id = 0; id < t->n_vocab; id++) {
+        int type = t->pieces[id].type;
+        if ((type == TOK_CONTROL || type == TOK_USER_DEFINED) && t->pieces[id].len)
+            t->added[t->n_added++] = (struct tok_added){.id = id, .special = type == TOK_CONTROL};
+    }
+    tok_sort_added(t);
+    tok_map_byte_level_bytes(t);
+    if ((rc = check_special_id(t->bos_id, t->n_vocab, "bos", name, err)) < 0) return rc;
+    if ((rc = check_special_id(t->eos_id, t->n_vocab, "eos", name, err)) < 0) return rc;
+    if ((rc = check_special_id(t->unk_id, t->n_vocab, "unk", name, err)) < 0) return rc;
+    return check_special_id(t->pad_id, t->n_vocab, "pad", name, err);
+}
+
 int tok_ids_push(struct tok_ids *ids, int32_t id) {
     if (ids->n == ids->cap) {
         size_t cap = ids->cap ? ids->cap * 2 : 64;
@@ -221,16 +266,10 @@ static size_t match_added(const struct lorad_tokenizer *t, const char *text, siz
     return 0;
 }
 
-/* Unicode White_Space property (PropList.txt): the set HF and regex engines call whitespace. */
-static bool is_unicode_white_space(uint32_t c) {
-    return (c >= 0x09 && c <= 0x0D) || c == 0x20 || c == 0x85 || c == 0xA0 || c == 0x1680 ||
-           (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
-}
-
 static bool is_white_space_at(const char *s, size_t n, size_t *cp_len) {
     uint32_t cp;
     *cp_len = tok_utf8_decode(s, n, &cp);
-    return is_unicode_white_space(cp);
+    return tok_unicode_is_white_space(cp);
 }
 
 /* Length of the whitespace run that ends at end (scanning back from end to at least start). */
@@ -399,26 +438,31 @@ static int decode_spm(const struct lorad_tokenizer *t, const int32_t *ids, size_
     return rc;
 }
 
+/* HF's ByteLevel decoder: a piece whose characters all map back to bytes gives those bytes, any
+ * other piece its own text; the bytes of a run of pieces then form UTF-8, invalid bytes U+FFFD.
+ * Special (control) tokens vanish, as for the SentencePiece kinds. */
 static int decode_byte_level(const struct lorad_tokenizer *t, const int32_t *ids, size_t n, struct tok_text *b) {
-    for (size_t i = 0; i < n; i++) {
+    struct tok_text bytes = {0};
+    int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
         const struct tok_piece *p = &t->pieces[ids[i]];
-        bool added = false;
-        for (int k = 0; k < t->n_added; k++) {
-            if (t->added[k].id != ids[i]) continue;
-            added = true;
-            if (!t->added[k].special && text_append(b, p->text, p->len) < 0) return -ENOMEM;
-        }
-        if (added) continue;
-        for (size_t j = 0; j < p->len;) {
+        if (p->type == TOK_CONTROL) continue;
+        size_t mark = bytes.n;
+        for (size_t j = 0; j < p->len && rc == 0;) {
             uint32_t cp;
-            size_t l = tok_utf8_decode(p->text + j, p->len - j, &cp);
+            j += tok_utf8_decode(p->text + j, p->len - j, &cp);
             int byte = tok_unicode_to_byte(cp);
-            int rc = byte >= 0 ? text_append(b, &(char){(char)byte}, 1) : text_append(b, p->text + j, l);
-            if (rc < 0) return rc;
-            j += l;
+            if (byte < 0) {
+                bytes.n = mark;
+                rc = text_append(&bytes, p->text, p->len);
+                break;
+            }
+            rc = text_append(&bytes, &(char){(char)byte}, 1);
         }
     }
-    return 0;
+    if (rc == 0) rc = flush_bytes(b, bytes.s, bytes.n);
+    free(bytes.s);
+    return rc;
 }
 
 int lorad_tokenizer_decode(const struct lorad_tokenizer *t, const int32_t *ids, size_t n, char **ret_text,

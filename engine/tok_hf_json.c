@@ -1,7 +1,9 @@
-/* HF tokenizer.json with a BPE model of the SentencePiece family (▁ for space, Prepend/Replace
- * normalizer or Metaspace pre-tokenizer, byte fallback), its added tokens, and tokenizer_config.json
- * (add_bos_token, add_eos_token, bos/eos tokens) or a TemplateProcessing post-processor.
- * Byte-level BPE (Llama 3, GPT-2, SmolLM) and other normalizers are refused by name. */
+/* HF tokenizer.json with a BPE model: of the SentencePiece family (▁ for space, Prepend/Replace
+ * normalizer or Metaspace pre-tokenizer, byte fallback), or byte-level (GPT-2, Llama 3, SmolLM:
+ * ByteLevel pre-tokenizer alone or after a Split regex / Digits split, ByteLevel decoder); their
+ * added tokens, and tokenizer_config.json (add_bos_token, add_eos_token, bos/eos tokens) or a
+ * TemplateProcessing post-processor. Other normalizers, regexes and pre-tokenizers are refused
+ * by name. */
 #include <errno.h>
 #include <jansson.h>
 #include <stdio.h>
@@ -89,6 +91,62 @@ static int read_pre_tokenizer(struct lorad_tokenizer *t, json_t *p, bool have_no
     return 0;
 }
 
+/* The Split regexes we implement by hand (tok_pretok.c), as tokenizer.json spells them. */
+static const char kGpt2Regex[] = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
+static const char kLlama3Regex[] = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| "
+                                   "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+
+static int read_split(struct lorad_tokenizer *t, json_t *x, const char *name, struct lorad_error *err) {
+    const char *re = json_string_value(json_object_get(json_object_get(x, "pattern"), "Regex"));
+    const char *behavior = json_string_value(json_object_get(x, "behavior"));
+    if (!re) return UNSUPPORTED("%s: Split pre-tokenizer without a Regex pattern is not supported", name);
+    if (json_is_true(json_object_get(x, "invert")) || !behavior || strcmp(behavior, "Isolated") != 0)
+        return UNSUPPORTED("%s: Split pre-tokenizer other than behavior Isolated, invert false is not supported", name);
+    if (strcmp(re, kGpt2Regex) == 0) t->pretok = TOK_PRETOK_GPT2;
+    else if (strcmp(re, kLlama3Regex) == 0) t->pretok = TOK_PRETOK_LLAMA3;
+    else return UNSUPPORTED("%s: Split regex '%s' is not supported (only the GPT-2 and Llama 3 patterns)", name, re);
+    return 0;
+}
+
+/* ByteLevel alone, or a Sequence of [Digits(individual_digits)], [Split(regex)], ByteLevel in
+ * that order: the order in which tok_pretokenize applies them. */
+static int read_byte_level_pre_tokenizer(struct lorad_tokenizer *t, json_t *p, const char *name,
+                                         struct lorad_error *err) {
+    json_t *list = strcmp(type_of(p), "Sequence") == 0 ? json_object_get(p, "pretokenizers") : NULL;
+    size_t count = list ? json_array_size(list) : 1;
+    int stage = 0; /* 1 after Digits, 2 after Split, 3 after ByteLevel */
+    for (size_t i = 0; i < count; i++) {
+        json_t *x = list ? json_array_get(list, i) : p;
+        const char *type = type_of(x);
+        int rc = 0;
+        if (strcmp(type, "Digits") == 0 && stage < 1) {
+            if (!json_is_true(json_object_get(x, "individual_digits")))
+                return UNSUPPORTED("%s: Digits pre-tokenizer without individual_digits is not supported", name);
+            t->split_digits = true;
+            stage = 1;
+        } else if (strcmp(type, "Split") == 0 && stage < 2) {
+            rc = read_split(t, x, name, err);
+            stage = 2;
+        } else if (strcmp(type, "ByteLevel") == 0 && stage < 3) {
+            json_t *use_regex = json_object_get(x, "use_regex");
+            if (!json_is_false(use_regex)) {
+                if (stage == 2) return UNSUPPORTED("%s: ByteLevel use_regex after a Split is not supported", name);
+                t->pretok = TOK_PRETOK_GPT2;
+            }
+            t->byte_level_prefix_space = json_is_true(json_object_get(x, "add_prefix_space"));
+            stage = 3;
+        } else {
+            return UNSUPPORTED("%s: pre_tokenizer '%s' is not supported here for byte-level BPE (only [Digits], "
+                               "[Split], ByteLevel in that order)", name, type);
+        }
+        if (rc < 0) return rc;
+    }
+    if (stage != 3) return UNSUPPORTED("%s: byte-level BPE needs a ByteLevel pre_tokenizer", name);
+    if (t->split_digits && t->byte_level_prefix_space)
+        return UNSUPPORTED("%s: ByteLevel add_prefix_space after a Digits split is not supported", name);
+    return 0;
+}
+
 /* A token string from tokenizer_config.json: "..." or {"content": "..."}. */
 static const char *config_token(json_t *cfg, const char *key) {
     json_t *v = json_object_get(cfg, key);
@@ -96,8 +154,13 @@ static const char *config_token(json_t *cfg, const char *key) {
     return json_string_value(v);
 }
 
-/* TemplateProcessing "single": special tokens before $A add BOS, after it add EOS. */
+/* TemplateProcessing "single" (alone or in a Sequence, as Llama 3 has it after ByteLevel):
+ * special tokens before $A add BOS, after it add EOS. */
 static void read_post_processor(struct lorad_tokenizer *t, json_t *pp) {
+    size_t k;
+    json_t *step;
+    if (json_is_object(pp) && strcmp(type_of(pp), "Sequence") == 0)
+        json_array_foreach(json_object_get(pp, "processors"), k, step) read_post_processor(t, step);
     if (!json_is_object(pp) || strcmp(type_of(pp), "TemplateProcessing") != 0) return;
     json_t *single = json_object_get(pp, "single");
     bool seen_a = false;
@@ -131,8 +194,8 @@ static int load(struct lorad_tokenizer **ret, json_t *root, json_t *cfg, const c
     if (!json_is_object(model)) return BAD("%s: no \"model\" object", name);
     if (strcmp(type_of(model), "BPE") != 0)
         return UNSUPPORTED("%s: model type '%s' is not supported (only BPE)", name, type_of(model));
-    if (is_byte_level(json_object_get(root, "pre_tokenizer")) || is_byte_level(json_object_get(root, "decoder")))
-        return UNSUPPORTED("%s: byte-level BPE (Llama 3 / GPT-2 style) is not supported yet", name);
+    json_t *decoder = json_object_get(root, "decoder");
+    bool byte_level = is_byte_level(json_object_get(root, "pre_tokenizer")) || is_byte_level(decoder);
     json_t *dropout = json_object_get(model, "dropout");
     if (json_number_value(dropout) > 0) return UNSUPPORTED("%s: BPE dropout is not supported", name);
     const char *prefix = json_string_value(json_object_get(model, "continuing_subword_prefix"));
@@ -160,11 +223,11 @@ static int load(struct lorad_tokenizer **ret, json_t *root, json_t *cfg, const c
     struct lorad_tokenizer *t;
     int rc = tok_alloc(&t, (int)max_id + 1);
     if (rc < 0) return lorad_error_set(err, rc, name, "out of memory");
-    t->kind = LORAD_TOKENIZER_HF_SPM;
+    t->kind = byte_level ? LORAD_TOKENIZER_BYTE_LEVEL : LORAD_TOKENIZER_HF_SPM;
     json_object_foreach(vocab, key, v) {
         unsigned b;
         char tail;
-        int type = strlen(key) == 6 && sscanf(key, "<0x%2X>%c", &b, &tail) == 1 ? TOK_BYTE : TOK_NORMAL;
+        int type = !byte_level && strlen(key) == 6 && sscanf(key, "<0x%2X>%c", &b, &tail) == 1 ? TOK_BYTE : TOK_NORMAL;
         if ((rc = set_entry(t, json_integer_value(v), key, type, name, err)) < 0) goto fail;
         if (type == TOK_BYTE) t->byte_ids[b] = (int32_t)json_integer_value(v);
     }
@@ -207,16 +270,26 @@ static int load(struct lorad_tokenizer **ret, json_t *root, json_t *cfg, const c
     const char *unk = json_string_value(json_object_get(model, "unk_token"));
     if (unk) t->unk_id = tok_str_map_get(t, unk, strlen(unk));
     json_t *normalizer = json_object_get(root, "normalizer");
-    if ((rc = read_normalizer(t, normalizer, name, err)) < 0) goto fail;
-    if ((rc = read_pre_tokenizer(t, json_object_get(root, "pre_tokenizer"), normalizer && !json_is_null(normalizer),
-                                 name, err)) < 0)
-        goto fail;
+    if (byte_level) {
+        if ((normalizer && !json_is_null(normalizer)) || t->byte_fallback ||
+            (decoder && !json_is_null(decoder) && strcmp(type_of(decoder), "ByteLevel") != 0)) {
+            rc = UNSUPPORTED("%s: byte-level BPE with a normalizer, byte_fallback, or a decoder other than ByteLevel "
+                             "is not supported", name);
+            goto fail;
+        }
+        if ((rc = read_byte_level_pre_tokenizer(t, json_object_get(root, "pre_tokenizer"), name, err)) < 0) goto fail;
+        tok_map_byte_level_bytes(t);
+    } else {
+        if ((rc = read_normalizer(t, normalizer, name, err)) < 0) goto fail;
+        if ((rc = read_pre_tokenizer(t, json_object_get(root, "pre_tokenizer"), normalizer && !json_is_null(normalizer),
+                                     name, err)) < 0)
+            goto fail;
+    }
     if ((rc = tok_pair_map_init(&t->merges, json_array_size(merges))) < 0) {
         rc = lorad_error_set(err, rc, name, "out of memory");
         goto fail;
     }
     json_array_foreach(merges, i, v) {
-        char left[LORAD_TOKENIZER_MAX_PIECE + 1], right[LORAD_TOKENIZER_MAX_PIECE + 1];
         const char *s = json_string_value(v);
         const char *l = NULL, *r = NULL;
         size_t ll = 0, rl = 0;
@@ -233,18 +306,11 @@ static int load(struct lorad_tokenizer **ret, json_t *root, json_t *cfg, const c
             rc = BAD("%s: merges[%zu] is not \"left right\" or [left, right]", name, i);
             goto fail;
         }
-        memcpy(left, l, ll), left[ll] = '\0';
-        memcpy(right, r, rl), right[rl] = '\0';
-        int32_t a = tok_str_map_get(t, left, ll), b = tok_str_map_get(t, right, rl);
-        char both[2 * LORAD_TOKENIZER_MAX_PIECE + 1];
-        memcpy(both, left, ll);
-        memcpy(both + ll, right, rl);
-        int32_t m = tok_str_map_get(t, both, ll + rl);
-        if (a < 0 || b < 0 || m < 0) {
-            rc = BAD("%s: merges[%zu] '%s' '%s' uses a token missing from the vocabulary", name, i, left, right);
+        if (tok_add_merge(t, l, ll, r, rl, (int32_t)i) < 0) {
+            rc = BAD("%s: merges[%zu] '%.*s' '%.*s' uses a token missing from the vocabulary", name, i, (int)ll, l,
+                     (int)rl, r);
             goto fail;
         }
-        tok_pair_map_put(&t->merges, a, b, (int32_t)i, m);
     }
     read_post_processor(t, json_object_get(root, "post_processor"));
     if (cfg) {
@@ -282,9 +348,4 @@ int tok_load_hf_json(struct lorad_tokenizer **ret, const char *json, size_t len,
     json_decref(cfg);
     json_decref(root);
     return rc;
-}
-
-int tok_byte_level_encode(const struct lorad_tokenizer *t, const char *text, size_t len, struct tok_ids *out) {
-    (void)t, (void)text, (void)len, (void)out;
-    return -ENOTSUP; /* refused at load time; kept as the dispatch target */
 }

@@ -69,7 +69,8 @@ struct lorad_tokenizer {
     struct tok_str_map piece_ids;   /* every piece -> id (first id wins on duplicates) */
     int32_t bos_id, eos_id, unk_id, pad_id;
     bool add_bos, add_eos;
-    int32_t byte_ids[256];          /* id of <0xNN> (SentencePiece kinds), -1 when absent */
+    int32_t byte_ids[256];          /* id of <0xNN> (SentencePiece kinds) or of the byte's GPT-2
+                                     * character (BYTE_LEVEL), -1 when absent */
     bool byte_fallback;
 
     /* SentencePiece normalizer (LORAD_TOKENIZER_SPM_BPE). */
@@ -105,6 +106,16 @@ int tok_set_piece(struct lorad_tokenizer *t, int id, const char *s, size_t len, 
 /* After pieces are set: builds the lookup table, byte ids, the added-token list from
  * user-defined pieces (SPM), validates special ids. name is the file for error messages. */
 int tok_finish_spm(struct lorad_tokenizer *t, const char *name, struct lorad_error *err);
+/* The same for a byte-level vocabulary whose pieces carry SentencePiece types (GGUF "gpt2"):
+ * control and user-defined pieces become added tokens (control ones special). */
+int tok_finish_byte_level(struct lorad_tokenizer *t, const char *name, struct lorad_error *err);
+/* Byte-level kinds: points byte_ids at the pieces of the bytes' GPT-2 characters (after the
+ * lookup table is built). */
+void tok_map_byte_level_bytes(struct lorad_tokenizer *t);
+/* Adds merge number rank of pieces left+right (which must exist, as must their concatenation).
+ * Returns 0 or -ENOENT when a piece is missing; a repeated pair keeps its first rank. */
+int tok_add_merge(struct lorad_tokenizer *t, const char *left, size_t left_len, const char *right, size_t right_len,
+                  int32_t rank);
 /* Sorts t->added by descending piece length so the longest match wins. */
 void tok_sort_added(struct lorad_tokenizer *t);
 
@@ -146,3 +157,13 @@ size_t tok_utf8_encode(uint32_t cp, char *out);
 /* GPT-2's byte <-> printable code point mapping. */
 uint32_t tok_byte_to_unicode(uint8_t b);
 int tok_unicode_to_byte(uint32_t cp); /* -1 when cp is not in the mapping */
+
+/* Unicode classes of the pre-tokenizer regexes (tok_pretok.c over the generated
+ * tok_unicode_table.c): \p{L}, \p{N}, and \s (the White_Space property). */
+extern const uint32_t tok_unicode_letter_ranges[][2];
+extern const size_t tok_unicode_letter_ranges_count;
+extern const uint32_t tok_unicode_number_ranges[][2];
+extern const size_t tok_unicode_number_ranges_count;
+bool tok_unicode_is_letter(uint32_t cp);
+bool tok_unicode_is_number(uint32_t cp);
+bool tok_unicode_is_white_space(uint32_t cp);

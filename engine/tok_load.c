@@ -118,20 +118,60 @@ int lorad_tokenizer_load(struct lorad_tokenizer **ret, const char *path, struct 
                            "(a GGUF model's vocabulary is not read here yet)", path);
 }
 
+/* tokenizer.ggml.pre of a "gpt2" vocabulary: which pre-tokenizer the model was trained with. */
+static int read_gguf_pre(struct lorad_tokenizer *t, const char *pre, struct lorad_error *err) {
+    if (!pre || strcmp(pre, "default") == 0 || strcmp(pre, "gpt2") == 0) {
+        t->pretok = TOK_PRETOK_GPT2;
+    } else if (strcmp(pre, "llama-bpe") == 0 || strcmp(pre, "llama3") == 0) {
+        t->pretok = TOK_PRETOK_LLAMA3;
+        t->ignore_merges = true; /* as Llama 3's tokenizer.json says */
+    } else if (strcmp(pre, "smollm") == 0) {
+        t->pretok = TOK_PRETOK_GPT2;
+        t->split_digits = true;
+    } else {
+        return lorad_error_set(err, -ENOTSUP, "tokenizer.ggml.pre", "tokenizer.ggml.pre '%s' is not supported "
+                               "(only default, gpt2, llama-bpe, llama3, smollm)", pre);
+    }
+    return 0;
+}
+
+/* The "gpt2" part after the pieces are set: merges "left right" in rank order. */
+static int read_gguf_merges(struct lorad_tokenizer *t, const struct lorad_vocab_arrays *v, struct lorad_error *err) {
+    const char *name = "tokenizer.ggml.merges";
+    if (v->n_merges < 0 || v->n_merges > LORAD_TOKENIZER_MAX_VOCAB || (v->n_merges && !v->merges))
+        return lorad_error_set(err, -EINVAL, name, "%d merges is not in 0..%d", v->n_merges, LORAD_TOKENIZER_MAX_VOCAB);
+    if (tok_pair_map_init(&t->merges, (size_t)v->n_merges) < 0)
+        return lorad_error_set(err, -ENOMEM, name, "out of memory");
+    for (int i = 0; i < v->n_merges; i++) {
+        const char *m = v->merges[i] ? v->merges[i] : "";
+        size_t len = strnlen(m, 2 * LORAD_TOKENIZER_MAX_PIECE + 2);
+        const char *sp = len > 1 ? memchr(m + 1, ' ', len - 1) : NULL; /* the left piece is never empty */
+        size_t ll = sp ? (size_t)(sp - m) : 0, rl = sp ? len - ll - 1 : 0;
+        if (!sp || ll > LORAD_TOKENIZER_MAX_PIECE || rl > LORAD_TOKENIZER_MAX_PIECE || rl == 0)
+            return lorad_error_set(err, -EINVAL, name, "merge %d is not \"left right\"", i);
+        if (tok_add_merge(t, m, ll, sp + 1, rl, i) < 0)
+            return lorad_error_set(err, -EINVAL, name, "merge %d '%.*s' '%.*s' uses a token missing from the "
+                                   "vocabulary", i, (int)ll, m, (int)rl, sp + 1);
+    }
+    return 0;
+}
+
 int lorad_tokenizer_from_vocab(struct lorad_tokenizer **ret, const struct lorad_vocab_arrays *v,
                                struct lorad_error *err) {
     const char *name = "tokenizer.ggml";
     if (!v->model || !v->tokens) return lorad_error_set(err, -EINVAL, "tokenizer.ggml.model", "missing model or tokens");
-    if (strcmp(v->model, "llama") != 0)
-        return lorad_error_set(err, -ENOTSUP, "tokenizer.ggml.model", "tokenizer model '%s' is not supported yet "
-                               "(only 'llama' SentencePiece BPE)", v->model);
+    bool gpt2 = strcmp(v->model, "gpt2") == 0;
+    if (!gpt2 && strcmp(v->model, "llama") != 0)
+        return lorad_error_set(err, -ENOTSUP, "tokenizer.ggml.model", "tokenizer model '%s' is not supported "
+                               "(only 'llama' SentencePiece BPE and 'gpt2' byte-level BPE)", v->model);
     if (v->n_tokens <= 0 || v->n_tokens > LORAD_TOKENIZER_MAX_VOCAB)
         return lorad_error_set(err, -EINVAL, "tokenizer.ggml.tokens", "%d tokens is not in 1..%d", v->n_tokens,
                                LORAD_TOKENIZER_MAX_VOCAB);
     struct lorad_tokenizer *t;
     int rc = tok_alloc(&t, v->n_tokens);
     if (rc < 0) return lorad_error_set(err, rc, name, "out of memory");
-    t->kind = LORAD_TOKENIZER_SPM_BPE;
+    t->kind = gpt2 ? LORAD_TOKENIZER_BYTE_LEVEL : LORAD_TOKENIZER_SPM_BPE;
+    if (gpt2 && (rc = read_gguf_pre(t, v->pre, err)) < 0) goto fail;
     int n_bytes = 0;
     for (int i = 0; i < v->n_tokens; i++) {
         const char *s = v->tokens[i] ? v->tokens[i] : "";
@@ -152,11 +192,17 @@ int lorad_tokenizer_from_vocab(struct lorad_tokenizer **ret, const struct lorad_
     t->eos_id = v->eos_id;
     t->unk_id = v->unk_id;
     t->pad_id = v->pad_id;
-    t->byte_fallback = n_bytes == 256;
-    t->add_dummy_prefix = true;
-    t->add_bos = v->add_bos != 0;
     t->add_eos = v->add_eos == 1;
-    if ((rc = tok_finish_spm(t, name, err)) < 0) goto fail;
+    if (gpt2) {
+        /* llama.cpp's defaults: BOS for Llama 3, none for other byte-level vocabularies. */
+        t->add_bos = v->add_bos == 1 || (v->add_bos == -1 && t->pretok == TOK_PRETOK_LLAMA3);
+        if ((rc = tok_finish_byte_level(t, name, err)) < 0 || (rc = read_gguf_merges(t, v, err)) < 0) goto fail;
+    } else {
+        t->byte_fallback = n_bytes == 256;
+        t->add_dummy_prefix = true;
+        t->add_bos = v->add_bos != 0;
+        if ((rc = tok_finish_spm(t, name, err)) < 0) goto fail;
+    }
     *ret = t;
     return 0;
 fail:

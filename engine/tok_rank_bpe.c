@@ -1,6 +1,7 @@
 /* Rank-based BPE as HF tokenizers does it: the adjacent pair with the lowest merge rank merges
- * first (leftmost on ties), driven by a heap so long words stay O(n log n); and the ▁-text
- * (SentencePiece-style) segment encoder with byte fallback built on it. */
+ * first (leftmost on ties), driven by a heap so long words stay O(n log n); and the two segment
+ * encoders built on it: ▁-text (SentencePiece-style) with byte fallback, and byte-level (GPT-2
+ * characters for bytes, words from the regex pre-tokenizer of tok_pretok.c). */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -148,5 +149,76 @@ int tok_hf_spm_encode(const struct lorad_tokenizer *t, const char *text, size_t 
         }
     }
     free(buf);
+    return rc;
+}
+
+struct byte_level_ctx {
+    const struct lorad_tokenizer *t;
+    struct tok_ids *out;
+    struct tok_ids syms;
+    char *mapped; /* the pre-token in GPT-2's printable characters, 2 bytes a byte at most */
+};
+
+/* One pre-token: its bytes become the printable characters of the vocabulary, then the whole
+ * word if ignore_merges finds it, else byte symbols merged by rank. A byte without a piece
+ * becomes the unknown piece, or is dropped when there is none (as HF's BPE does). */
+static int byte_level_word(void *ctx, const char *s, size_t len) {
+    struct byte_level_ctx *c = ctx;
+    const struct lorad_tokenizer *t = c->t;
+    if (t->ignore_merges) {
+        size_t n = 0;
+        for (size_t i = 0; i < len; i++) n += tok_utf8_encode(tok_byte_to_unicode((uint8_t)s[i]), c->mapped + n);
+        int32_t id = tok_str_map_get(t, c->mapped, n);
+        if (id >= 0) return tok_ids_push(c->out, id);
+    }
+    c->syms.n = 0;
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < len; i++) {
+        int32_t id = t->byte_ids[(unsigned char)s[i]];
+        if (id < 0) id = t->unk_id;
+        if (id >= 0) rc = tok_ids_push(&c->syms, id);
+    }
+    return rc < 0 ? rc : tok_rank_bpe_word(t, c->syms.v, c->syms.n, c->out);
+}
+
+/* Text as HF would see it: a Rust string (invalid UTF-8 already U+FFFD, as our contract says)
+ * with add_prefix_space's space in front unless one is there. Returns a copy only when needed. */
+static int byte_level_input(const struct lorad_tokenizer *t, const char *text, size_t len, char **ret_copy,
+                            size_t *ret_len) {
+    bool prefix = t->byte_level_prefix_space && text[0] != ' ';
+    bool valid = true;
+    for (size_t i = 0; i < len && valid;) {
+        uint32_t cp;
+        size_t l = tok_utf8_decode(text + i, len - i, &cp);
+        valid = !(cp == 0xFFFD && l == 1 && (unsigned char)text[i] >= 0x80);
+        i += l;
+    }
+    *ret_copy = NULL;
+    if (!prefix && valid) return 0;
+    char *copy = malloc(len * 3 + 2), *o = copy;
+    if (!copy) return -ENOMEM;
+    if (prefix) *o++ = ' ';
+    for (size_t i = 0; i < len;) {
+        uint32_t cp;
+        size_t l = tok_utf8_decode(text + i, len - i, &cp);
+        o += tok_utf8_encode(cp, o);
+        i += l;
+    }
+    *ret_copy = copy;
+    *ret_len = (size_t)(o - copy);
+    return 0;
+}
+
+int tok_byte_level_encode(const struct lorad_tokenizer *t, const char *text, size_t len, struct tok_ids *out) {
+    if (len == 0) return 0;
+    char *copy;
+    int rc = byte_level_input(t, text, len, &copy, &len);
+    if (rc < 0) return rc;
+    if (copy) text = copy;
+    struct byte_level_ctx c = {.t = t, .out = out, .mapped = malloc(len * 2 + 1)};
+    rc = c.mapped ? tok_pretokenize(t->pretok, t->split_digits, text, len, byte_level_word, &c) : -ENOMEM;
+    free(c.mapped);
+    free(c.syms.v);
+    free(copy);
     return rc;
 }

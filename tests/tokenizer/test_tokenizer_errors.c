@@ -80,9 +80,22 @@ static void test_corrupt_bin_files(void **state) {
     expect_load_error(dir, "tokenizer.json", "{\"model\":{}}", 12, "not supported");
     static const char truncated_json[] = "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0";
     expect_load_error(dir, "truncated.json", truncated_json, sizeof truncated_json - 1, "line 1");
-    static const char byte_level[] = "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []},"
-                                     " \"pre_tokenizer\": {\"type\": \"ByteLevel\"}}";
-    expect_load_error(dir, "bytelevel.json", byte_level, sizeof byte_level - 1, "byte-level");
+    /* Qwen2's regex (\p{N} unbounded, no space before letters) is not one we implement. */
+    static const char other_regex[] = "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []},"
+                                      " \"pre_tokenizer\": {\"type\": \"Sequence\", \"pretokenizers\": ["
+                                      "{\"type\": \"Split\", \"pattern\": {\"Regex\": \"\\\\p{N}| ?[^\\\\s]+\"},"
+                                      " \"behavior\": \"Isolated\", \"invert\": false},"
+                                      " {\"type\": \"ByteLevel\", \"use_regex\": false}]}}";
+    expect_load_error(dir, "qwen.json", other_regex, sizeof other_regex - 1, "Split regex '\\p{N}| ?[^\\s]+'");
+    static const char byte_level_norm[] = "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []},"
+                                          " \"normalizer\": {\"type\": \"NFC\"},"
+                                          " \"pre_tokenizer\": {\"type\": \"ByteLevel\"}}";
+    expect_load_error(dir, "blnorm.json", byte_level_norm, sizeof byte_level_norm - 1, "with a normalizer");
+    static const char digits_grouped[] = "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []},"
+                                         " \"pre_tokenizer\": {\"type\": \"Sequence\", \"pretokenizers\": ["
+                                         "{\"type\": \"Digits\", \"individual_digits\": false},"
+                                         " {\"type\": \"ByteLevel\"}]}}";
+    expect_load_error(dir, "digits.json", digits_grouped, sizeof digits_grouped - 1, "individual_digits");
     static const char bad_merge[] = "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1},"
                                     " \"merges\": [\"a b\"]}, \"pre_tokenizer\": {\"type\": \"Metaspace\"}}";
     expect_load_error(dir, "badmerge.json", bad_merge, sizeof bad_merge - 1, "merges[0]");

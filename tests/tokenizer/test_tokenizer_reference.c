@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "corpus_reader.h"
 #include "testutil.h"
 #include "tokenizer.h"
 
@@ -45,58 +46,33 @@ static int teardown(void **state) {
     return 0;
 }
 
-static void print_ids(const char *label, const int32_t *ids, size_t n) {
-    fprintf(stderr, "  %s:", label);
-    for (size_t i = 0; i < n && i < 60; i++) fprintf(stderr, " %d", (int)ids[i]);
-    fprintf(stderr, n > 60 ? " ... (%zu ids)\n" : "\n", n);
-}
-
 static void check_file(const char *model) {
     struct lorad_tokenizer *t = NULL;
     struct lorad_error err = {0};
     assert_int_equal(lorad_tokenizer_load(&t, test_shared_data(model), &err), 0);
-    FILE *fc = fopen(corpus, "r"), *fe = fopen(expected, "r");
-    assert_non_null(fc);
-    assert_non_null(fe);
-    char *lc = NULL, *le = NULL;
-    size_t cc = 0, ce = 0;
-    int lineno = 0, bad = 0, round_trips = 0;
-    int32_t *want = malloc(sizeof *want * (1 << 20));
-    assert_non_null(want);
-    while (getline(&lc, &cc, fc) > 0) {
-        lineno++;
-        assert_true(getline(&le, &ce, fe) > 0);
+    struct corpus_reader r;
+    corpus_reader_open(&r, corpus, expected);
+    int bad = 0, round_trips = 0;
+    while (corpus_reader_next(&r, 1)) { /* "R" or "-": whether sentencepiece round-trips */
+        assert_non_null(r.after_tab);
         json_error_t jerr;
-        json_t *js = json_loads(lc, JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
-        assert_non_null(js);
-        const char *text = json_string_value(js);
-        size_t len = json_string_length(js);
-        char *tab = strchr(le, '\t');
-        assert_non_null(tab);
-        *tab = '\0';
-        json_t *jd = json_loads(tab + 1, JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
+        json_t *jd = json_loads(r.after_tab, JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
         assert_non_null(jd);
-        bool sp_round_trips = le[0] == 'R';
-        size_t n_want = 0;
-        for (char *p = le + 1, *end; *p; p = end) {
-            long v = strtol(p, &end, 10);
-            if (end == p) break;
-            want[n_want++] = (int32_t)v;
-        }
+        bool sp_round_trips = r.exp_head[0] == 'R';
         int32_t *got = NULL;
         size_t n_got = 0;
-        assert_int_equal(lorad_tokenizer_encode(t, text, len, 0, 0, &got, &n_got, &err), 0);
-        bool same = n_got == n_want && memcmp(got, want, n_want * sizeof *got) == 0;
+        assert_int_equal(lorad_tokenizer_encode(t, r.text, r.len, 0, 0, &got, &n_got, &err), 0);
+        bool same = n_got == r.n_ids && memcmp(got, r.ids, r.n_ids * sizeof *got) == 0;
         char *back = NULL;
         size_t back_len = 0;
-        assert_int_equal(lorad_tokenizer_decode(t, want, n_want, &back, &back_len, &err), 0);
+        assert_int_equal(lorad_tokenizer_decode(t, r.ids, r.n_ids, &back, &back_len, &err), 0);
         bool decode_same = back_len == json_string_length(jd) && memcmp(back, json_string_value(jd), back_len) == 0;
-        bool we_round_trip = back_len == len && memcmp(back, text, len) == 0;
+        bool we_round_trip = back_len == r.len && memcmp(back, r.text, r.len) == 0;
         round_trips += we_round_trip;
         if (!same || !decode_same || we_round_trip != sp_round_trips) {
             if (++bad <= 10) {
-                fprintf(stderr, "%s line %d: %.200s\n", model, lineno, lc);
-                if (!same) print_ids("expected", want, n_want), print_ids("got     ", got, n_got);
+                fprintf(stderr, "%s line %d: %.200s\n", model, r.lineno, r.line);
+                if (!same) corpus_print_ids("expected", r.ids, r.n_ids), corpus_print_ids("got     ", got, n_got);
                 if (!decode_same) fprintf(stderr, "  decode differs: got %.200s\n", back);
                 if (we_round_trip != sp_round_trips)
                     fprintf(stderr, "  round trip: sentencepiece %d, ours %d\n", sp_round_trips, we_round_trip);
@@ -104,17 +80,12 @@ static void check_file(const char *model) {
         }
         free(back);
         free(got);
-        json_decref(js);
         json_decref(jd);
     }
-    fprintf(stderr, "%s: %d strings, %d round-trip, %d mismatches\n", model, lineno, round_trips, bad);
-    assert_true(lineno >= 5000);
+    fprintf(stderr, "%s: %d strings, %d round-trip, %d mismatches\n", model, r.lineno, round_trips, bad);
+    assert_true(r.lineno >= 5000);
     assert_int_equal(bad, 0);
-    free(want);
-    free(lc);
-    free(le);
-    fclose(fc);
-    fclose(fe);
+    corpus_reader_close(&r);
     lorad_tokenizer_free(t);
 }
 
@@ -139,47 +110,26 @@ static void test_hf_json_matches_sentencepiece(void **state) {
     assert_true(lorad_tokenizer_adds_bos(t));
     assert_int_equal(lorad_tokenizer_special_id(t, "</s>"), 2);
     char *exp_path = test_path(hf_dir, "expected.txt");
-    FILE *fc = fopen(corpus, "r"), *fe = fopen(exp_path, "r");
-    assert_non_null(fc);
-    assert_non_null(fe);
-    char *lc = NULL, *le = NULL;
-    size_t cc = 0, ce = 0;
-    int lineno = 0, bad = 0;
-    int32_t *want = malloc(sizeof *want * (1 << 20));
-    assert_non_null(want);
-    while (getline(&lc, &cc, fc) > 0) {
-        lineno++;
-        assert_true(getline(&le, &ce, fe) > 0);
-        json_error_t jerr;
-        json_t *js = json_loads(lc, JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
-        assert_non_null(js);
-        size_t n_want = 0;
-        for (char *p = le, *end; *p; p = end) {
-            long v = strtol(p, &end, 10);
-            if (end == p) break;
-            want[n_want++] = (int32_t)v;
-        }
+    struct corpus_reader r;
+    corpus_reader_open(&r, corpus, exp_path);
+    int bad = 0;
+    while (corpus_reader_next(&r, 0)) {
         int32_t *got = NULL;
         size_t n_got = 0;
-        assert_int_equal(lorad_tokenizer_encode(t, json_string_value(js), json_string_length(js),
-                                                LORAD_TOKENIZER_DEFAULT, LORAD_TOKENIZER_DEFAULT, &got, &n_got, &err), 0);
-        if (!(n_got == n_want && memcmp(got, want, n_want * sizeof *got) == 0) && ++bad <= 10) {
-            fprintf(stderr, "tokenizer.json line %d: %.200s\n", lineno, lc);
-            print_ids("expected", want, n_want);
-            print_ids("got     ", got, n_got);
+        assert_int_equal(lorad_tokenizer_encode(t, r.text, r.len, LORAD_TOKENIZER_DEFAULT, LORAD_TOKENIZER_DEFAULT,
+                                                &got, &n_got, &err), 0);
+        if (!(n_got == r.n_ids && memcmp(got, r.ids, r.n_ids * sizeof *got) == 0) && ++bad <= 10) {
+            fprintf(stderr, "tokenizer.json line %d: %.200s\n", r.lineno, r.line);
+            corpus_print_ids("expected", r.ids, r.n_ids);
+            corpus_print_ids("got     ", got, n_got);
         }
         free(got);
-        json_decref(js);
     }
-    fprintf(stderr, "tokenizer.json: %d strings, %d mismatches\n", lineno, bad);
-    assert_true(lineno >= 5000);
+    fprintf(stderr, "tokenizer.json: %d strings, %d mismatches\n", r.lineno, bad);
+    assert_true(r.lineno >= 5000);
     assert_int_equal(bad, 0);
-    free(want);
-    free(lc);
-    free(le);
+    corpus_reader_close(&r);
     free(exp_path);
-    fclose(fc);
-    fclose(fe);
     lorad_tokenizer_free(t);
 }
 
