@@ -106,12 +106,3 @@ const struct lorad_api_route *lorad_api_route_lookup(const char *method, const c
     *ret_status = path_known ? 405 : 404;
     return NULL;
 }
-
-bool lorad_api_id_valid(const char *prefix, const char *id) {
-    size_t pl = strlen(prefix);
-    if (!id || strncmp(id, prefix, pl) != 0) return false;
-    size_t n = 0;
-    for (const char *s = id + pl; *s; s++, n++)
-        if (!isalnum((unsigned char)*s) || n >= 64) return false;
-    return n >= 1;
-}

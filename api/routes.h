@@ -53,7 +53,8 @@ struct lorad_api_reply {
     bool has_file;
     int file_fd;
     uint64_t file_size;
-    const char *download_name;       /* for Content-Disposition; static or app-owned */
+    const char *download_name;       /* for Content-Disposition; static, app-owned or download_name_buf */
+    char download_name_buf[256];
     /* SSE: set next_event; the transport starts after Last-Event-ID (or sse_after_seq when that
      * header is absent) and calls sse_free(sse_ctx) when the stream ends. */
     lorad_api_next_event_fn next_event;
@@ -93,7 +94,3 @@ int lorad_api_set_handler(const char *method, const char *path, lorad_api_handle
 const struct lorad_api_route *lorad_api_route_lookup(const char *method, const char *path,
                                                      struct lorad_route_params *ret_params,
                                                      unsigned *ret_status, char *allow, size_t allow_cap);
-
-/* Prefix + [A-Za-z0-9]{1,64}, e.g. lorad_api_id_valid("ftjob-", id). Private name so the lead can
- * dedupe with store's lorad_store_id_valid later. */
-bool lorad_api_id_valid(const char *prefix, const char *id);

@@ -48,26 +48,10 @@ static void test_not_wired_and_livez(void **state) {
     assert_int_equal(lorad_api_set_handler("GET", "/nope", lorad_api_handler_not_wired), -ENOENT);
 }
 
-static void test_id_valid(void **state) {
-    (void)state;
-    assert_true(lorad_api_id_valid("file-", "file-abc123"));
-    assert_false(lorad_api_id_valid("file-", "file-"));
-    assert_false(lorad_api_id_valid("file-", "ftjob-abc"));
-    assert_false(lorad_api_id_valid("file-", "file-a/b"));
-    assert_false(lorad_api_id_valid("file-", "file-../x"));
-    char big[80] = "file-";
-    memset(big + 5, 'a', 64);
-    assert_true(lorad_api_id_valid("file-", big));
-    big[69] = 'a';
-    big[70] = '\0';
-    assert_false(lorad_api_id_valid("file-", big));
-}
-
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_lookup),
         cmocka_unit_test(test_not_wired_and_livez),
-        cmocka_unit_test(test_id_valid),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

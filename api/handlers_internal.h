@@ -1,0 +1,45 @@
+/* Helpers shared by the handler groups (handlers_*.c). Private to api/. */
+#pragma once
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "app.h"
+#include "error.h"
+#include "routes.h"
+
+/* Each handler group installs its routes with lorad_api_set_handler(); handlers.c calls them all.
+ * Return 0 or -ENOENT. */
+int lorad_api_install_file_routes(void);    /* handlers_files.c: /v1/files... */
+int lorad_api_install_job_routes(void);     /* handlers_jobs.c: /v1/fine_tuning/jobs... */
+int lorad_api_install_model_routes(void);   /* handlers_models.c: /v1/models... */
+int lorad_api_install_service_routes(void); /* handlers_service.c: /readyz, /metrics gauges */
+
+static inline struct lorad_app *handler_app(const struct lorad_api_request *req) {
+    return (struct lorad_app *)req->app;
+}
+
+/* Answers a failed store/engine call with the one error shape: -ENOENT 404, -EINVAL/-ERANGE/
+ * -E2BIG 400, -EPERM/-EBUSY 409, -EEXIST 422, -ENOSPC/-EROFS/-ENOMEM 503, others 500. The
+ * message and param come from err. code may be NULL (then derived from the errno). Returns 0. */
+int handler_reply_failure(struct lorad_api_reply *ret_reply, int r, const struct lorad_error *err,
+                          const char *code);
+
+/* Reads ?limit (1..max_limit, default default_limit) and ?after (must be a valid id with
+ * id_prefix when present). On bad input fills ret_reply with a 400 naming the parameter and
+ * returns -EINVAL; on success returns 0. */
+int handler_page_args(const struct lorad_api_request *req, const char *id_prefix, int default_limit,
+                      int max_limit, int *ret_limit, const char **ret_after, struct lorad_api_reply *ret_reply);
+
+/* The path parameter `name` if it is a valid id with prefix; else fills a 404 naming it and
+ * returns NULL (an invalid id can never exist, and it never becomes a path). */
+const char *handler_id_param(const struct lorad_api_request *req, const char *name, const char *prefix,
+                             struct lorad_api_reply *ret_reply);
+
+/* Fills a JSON reply (steals obj). status 200 unless given. Returns 0. */
+int handler_reply_json(struct lorad_api_reply *ret_reply, unsigned status, json_t *obj);
+
+/* Serves a regular file from disk as a download (Range is the transport's job). download_name
+ * is copied into ret_reply->download_name_buf. Missing file: 404 naming param. Returns 0. */
+int handler_reply_file(struct lorad_api_reply *ret_reply, const char *path, const char *content_type,
+                       const char *download_name, const char *param);

@@ -1,0 +1,6 @@
+/* Placeholder: this group's routes stay `not_wired` until its handlers are written. */
+#include "handlers_internal.h"
+
+int lorad_api_install_model_routes(void) {
+    return 0;
+}
