@@ -1,13 +1,507 @@
-/* lorad serve: the daemon. */
+/* lorad serve: the daemon.
+ *
+ * Start: configuration (/etc/lorad/lorad.conf, then flags) -> state directory layout (api/app.h)
+ * -> the store opened with startup recovery (running jobs back to queued) -> jobs left in
+ * validating_files settled -> handlers, worker pool, HTTP server(s) -> sd_notify READY=1.
+ * Listening: the inherited sockets of systemd socket activation ($LISTEN_FDS), else bind:port;
+ * plus unix_socket when configured. Each listening socket gets its own libmicrohttpd daemon.
+ *
+ * Signals arrive through a self-pipe read by the main loop (a handler, not a blocked mask plus
+ * signalfd: OpenBLAS starts its threads before main, so any thread may take a signal): SIGHUP re-reads the API keys and the log level; SIGTERM/SIGINT refuse new jobs, ask
+ * running jobs to checkpoint and go back to `queued`, keep systemd's stop timeout extended while
+ * they do, and exit 0. A second SIGTERM/SIGINT exits at once (startup recovery requeues whatever
+ * was running). The main loop also sends WATCHDOG=1 and a STATUS= line with the queue. */
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <netdb.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
 
+#include "app.h"
 #include "cli.h"
 #include "config.h"
+#include "handlers.h"
 #include "log.h"
+#include "sd_notify.h"
+#include "server.h"
+#include "store.h"
+#include "workers.h"
+
+#ifndef LORAD_VERSION
+#define LORAD_VERSION "0.0.0"
+#endif
 
 #define LORAD_DEFAULT_CONFIG "/etc/lorad/lorad.conf"
+#define MAX_LISTENERS 8
+/* While jobs checkpoint at shutdown, each second tells systemd to allow this much more time. */
+#define STOP_EXTEND_USEC 10000000ull
+
+struct listener {
+    int fd;
+    bool inherited;        /* from $LISTEN_FDS: systemd owns the address */
+    char unix_path[108];   /* a unix socket we bound ourselves (unlinked at exit) */
+    char url[300];         /* what the log line says */
+    struct lorad_api_server *server;
+};
+
+struct daemon {
+    struct lorad_config cfg;
+    int argc;
+    char **argv;
+    char files_dir[PATH_MAX], uploads_dir[PATH_MAX], jobs_dir[PATH_MAX], db_path[PATH_MAX];
+    struct lorad_store *store;
+    struct lorad_app app;
+    struct lorad_workers *workers;
+    struct listener listeners[MAX_LISTENERS];
+    int n_listeners;
+    int sfd;
+    char last_status[160];
+};
+
+static double mono_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* ---- state directory ------------------------------------------------------------------------- */
+
+/* Creates dir and its missing parents with mode (existing directories keep theirs). */
+static int make_dirs(const char *dir, mode_t mode) {
+    char buf[PATH_MAX];
+    if (snprintf(buf, sizeof buf, "%s", dir) >= (int)sizeof buf) return -ENAMETOOLONG;
+    for (char *p = buf + 1;; p++) {
+        if (*p == '/' || *p == '\0') {
+            char c = *p;
+            *p = '\0';
+            if (mkdir(buf, mode) < 0 && errno != EEXIST) return -errno;
+            *p = c;
+            if (!c) break;
+        }
+    }
+    struct stat st;
+    if (stat(dir, &st) < 0) return -errno;
+    return S_ISDIR(st.st_mode) ? 0 : -ENOTDIR;
+}
+
+static int join(char *out, size_t cap, const char *dir, const char *name) {
+    int n = snprintf(out, cap, "%s/%s", dir, name);
+    return n < 0 || (size_t)n >= cap ? -ENAMETOOLONG : 0;
+}
+
+/* Uploads in flight when the previous process died are temp files nobody will finish. */
+static void clean_uploads(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    int n = 0;
+    while ((e = readdir(d)))
+        if (strncmp(e->d_name, "lorad-upload-", 13) == 0 && unlinkat(dirfd(d), e->d_name, 0) == 0) n++;
+    closedir(d);
+    if (n) log_info("removed %d unfinished uploads from %s", n, dir);
+}
+
+static int prepare_state(struct daemon *d) {
+    const char *state = d->cfg.state_dir;
+    int r = make_dirs(state, 0700);
+    if (r < 0) {
+        log_error("cannot create state_dir %s: %s", state, strerror(-r));
+        return r;
+    }
+    if ((r = join(d->files_dir, sizeof d->files_dir, state, "files")) < 0 ||
+        (r = join(d->uploads_dir, sizeof d->uploads_dir, state, "uploads")) < 0 ||
+        (r = join(d->jobs_dir, sizeof d->jobs_dir, state, "jobs")) < 0 ||
+        (r = join(d->db_path, sizeof d->db_path, state, "lorad.db")) < 0) {
+        log_error("state_dir %s: path too long", state);
+        return r;
+    }
+    const char *subdirs[] = {d->files_dir, d->uploads_dir, d->jobs_dir};
+    for (size_t i = 0; i < 3; i++)
+        if ((r = make_dirs(subdirs[i], 0700)) < 0) {
+            log_error("cannot create %s: %s", subdirs[i], strerror(-r));
+            return r;
+        }
+    clean_uploads(d->uploads_dir);
+    struct stat st;
+    if (stat(d->cfg.models_dir, &st) < 0 || !S_ISDIR(st.st_mode))
+        log_warning("models_dir %s is not a directory: no base model is available until it exists", d->cfg.models_dir);
+    return 0;
+}
+
+/* ---- store and recovery ---------------------------------------------------------------------- */
+
+static bool file_usable(struct lorad_store *store, const char *id, const char **ret_problem) {
+    json_t *f = NULL;
+    if (lorad_store_file_get(store, id, &f, NULL) < 0) {
+        *ret_problem = "file_not_found";
+        return false;
+    }
+    bool ok = !json_is_string(json_object_get(f, "status")) ||
+              strcmp(json_string_value(json_object_get(f, "status")), "error") != 0;
+    json_decref(f);
+    *ret_problem = "invalid_training_data";
+    return ok;
+}
+
+/* Jobs left in validating_files by the previous process. Files are validated when they are
+ * uploaded, so a job whose files exist and passed goes on to the queue; any other fails. */
+static void settle_validating_jobs(struct lorad_store *store) {
+    for (int round = 0; round < 10000; round++) {
+        json_t *page = NULL;
+        struct lorad_error err = {0};
+        if (lorad_store_job_list(store, LORAD_JOB_VALIDATING_FILES, NULL, 100, &page, &err) < 0) {
+            log_error("cannot list jobs waiting for file validation: %s", err.message);
+            return;
+        }
+        json_t *data = json_object_get(page, "data");
+        size_t i, moved = 0;
+        json_t *job;
+        json_array_foreach(data, i, job) {
+            const char *id = json_string_value(json_object_get(job, "id"));
+            const char *tf = json_string_value(json_object_get(job, "training_file"));
+            const char *vf = json_string_value(json_object_get(job, "validation_file"));
+            const char *problem = NULL, *param = NULL;
+            if (!tf || !file_usable(store, tf, &problem)) param = "training_file";
+            else if (vf && !file_usable(store, vf, &problem)) param = "validation_file";
+            struct lorad_store_transition t = {.to = LORAD_JOB_QUEUED,
+                                               .message = "Files validated at upload; job queued after a restart"};
+            if (param) {
+                char msg[128];
+                snprintf(msg, sizeof msg, "the %s is missing or failed validation", param);
+                t = (struct lorad_store_transition){.to = LORAD_JOB_FAILED, .error_code = problem,
+                                                    .error_message = msg, .error_param = param};
+            }
+            struct lorad_error e = {0};
+            if (lorad_store_job_transition(store, id, &t, NULL, &e) == 0) {
+                moved++;
+                log_info("job %s: was validating files at the last stop; now %s", id, lorad_job_status_name(t.to));
+            } else {
+                log_error("job %s: cannot settle after restart: %s", id, e.message);
+            }
+        }
+        size_t n = json_array_size(data);
+        json_decref(page);
+        if (n == 0 || moved == 0) return;
+    }
+}
+
+static int open_store(struct daemon *d) {
+    struct lorad_error err = {0};
+    struct lorad_store_options so = {.flags = LORAD_STORE_RECOVER};
+    int r = lorad_store_open(d->db_path, &so, &d->store, &err);
+    if (r < 0) {
+        log_error("cannot open the store: %s", err.message[0] ? err.message : strerror(-r));
+        return r;
+    }
+    settle_validating_jobs(d->store);
+    int64_t counts[LORAD_JOB_STATUS_COUNT];
+    if (lorad_store_job_counts(d->store, counts, &err) == 0)
+        log_info("store %s: %lld queued (running jobs of the last run included), %lld paused", d->db_path,
+                 (long long)counts[LORAD_JOB_QUEUED], (long long)counts[LORAD_JOB_PAUSED]);
+    return 0;
+}
+
+/* ---- listening ------------------------------------------------------------------------------- */
+
+static void describe_socket(int fd, char *out, size_t cap) {
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0) {
+        snprintf(out, cap, "fd %d", fd);
+        return;
+    }
+    char host[INET6_ADDRSTRLEN] = "?";
+    if (ss.ss_family == AF_INET) {
+        struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+        inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
+        snprintf(out, cap, "http://%s:%u", host, (unsigned)ntohs(a->sin_port));
+    } else if (ss.ss_family == AF_INET6) {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
+        snprintf(out, cap, "http://[%s]:%u", host, (unsigned)ntohs(a->sin6_port));
+    } else if (ss.ss_family == AF_UNIX) {
+        struct sockaddr_un *a = (struct sockaddr_un *)&ss;
+        if (len > offsetof(struct sockaddr_un, sun_path) && a->sun_path[0])
+            snprintf(out, cap, "unix:%.108s", a->sun_path);
+        else snprintf(out, cap, "unix:(abstract)");
+    } else {
+        snprintf(out, cap, "fd %d", fd);
+    }
+}
+
+static int listen_tcp(const char *bind_addr, int port, int *ret_fd) {
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV | AI_ADDRCONFIG};
+    struct addrinfo *res = NULL;
+    char ps[16];
+    snprintf(ps, sizeof ps, "%d", port);
+    int g = getaddrinfo(bind_addr[0] ? bind_addr : NULL, ps, &hints, &res);
+    if (g != 0) {
+        log_error("cannot listen on %s:%d: %s", bind_addr, port, gai_strerror(g));
+        return -EINVAL;
+    }
+    int r = -EADDRNOTAVAIL;
+    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+        int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+        if (fd < 0) {
+            r = -errno;
+            continue;
+        }
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 128) == 0) {
+            freeaddrinfo(res);
+            *ret_fd = fd;
+            return 0;
+        }
+        r = -errno;
+        close(fd);
+    }
+    freeaddrinfo(res);
+    log_error("cannot listen on %s:%d: %s%s", bind_addr, port, strerror(-r),
+              r == -EADDRINUSE ? " (another process has this port: stop it, or set port/--port)" : "");
+    return r;
+}
+
+static int listen_unix(const char *path, int *ret_fd) {
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof a.sun_path) {
+        log_error("unix_socket %s: path longer than %zu bytes", path, sizeof a.sun_path - 1);
+        return -ENAMETOOLONG;
+    }
+    memcpy(a.sun_path, path, strlen(path) + 1);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    struct stat st;
+    if (lstat(path, &st) == 0) {
+        /* A socket nobody answers on is what a killed daemon leaves behind; anything else stays. */
+        if (!S_ISSOCK(st.st_mode)) {
+            log_error("unix_socket %s exists and is not a socket; refusing to replace it", path);
+            close(fd);
+            return -EEXIST;
+        }
+        int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        bool live = probe >= 0 && connect(probe, (struct sockaddr *)&a, sizeof a) == 0;
+        if (probe >= 0) close(probe);
+        if (live) {
+            log_error("unix_socket %s: another process is listening on it", path);
+            close(fd);
+            return -EADDRINUSE;
+        }
+        unlink(path);
+    }
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) < 0 || listen(fd, 128) < 0) {
+        int r = -errno;
+        log_error("cannot listen on unix socket %s: %s", path, strerror(-r));
+        close(fd);
+        return r;
+    }
+    *ret_fd = fd;
+    return 0;
+}
+
+static int add_listener(struct daemon *d, int fd, bool inherited, const char *unix_path) {
+    if (d->n_listeners == MAX_LISTENERS) {
+        log_warning("more than %d listening sockets; ignoring fd %d", MAX_LISTENERS, fd);
+        return 0;
+    }
+    struct listener *l = &d->listeners[d->n_listeners++];
+    *l = (struct listener){.fd = fd, .inherited = inherited};
+    if (unix_path) snprintf(l->unix_path, sizeof l->unix_path, "%s", unix_path);
+    /* libmicrohttpd's listening thread polls before accept(), so the socket must not block. */
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0) fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+    describe_socket(fd, l->url, sizeof l->url);
+    return 0;
+}
+
+static int open_listeners(struct daemon *d) {
+    int n = lorad_sd_listen_fds();
+    for (int i = 0; i < n; i++) {
+        int fd = 3 + i;
+        fcntl(fd, F_SETFD, FD_CLOEXEC);
+        add_listener(d, fd, true, NULL);
+    }
+    /* The passed sockets are not ours to keep passing on to children. */
+    unsetenv("LISTEN_FDS");
+    unsetenv("LISTEN_PID");
+    unsetenv("LISTEN_FDNAMES");
+    int r, fd = -1;
+    if (n == 0) {
+        if ((r = listen_tcp(d->cfg.bind, d->cfg.port, &fd)) < 0) return r;
+        add_listener(d, fd, false, NULL);
+    }
+    if (d->cfg.unix_socket[0]) {
+        if ((r = listen_unix(d->cfg.unix_socket, &fd)) < 0) return r;
+        add_listener(d, fd, false, d->cfg.unix_socket);
+    }
+    return 0;
+}
+
+static int start_servers(struct daemon *d) {
+    for (int i = 0; i < d->n_listeners; i++) {
+        struct listener *l = &d->listeners[i];
+        struct lorad_api_server_options o = {
+            .listen_fd = l->fd,
+            .max_connections = (unsigned)d->cfg.max_connections,
+            .connection_timeout_s = (unsigned)d->cfg.connection_timeout_s,
+            .max_request_body = (size_t)d->cfg.max_request_body,
+            .max_upload_bytes = (uint64_t)d->cfg.max_upload_bytes,
+            .upload_dir = d->uploads_dir,
+            .max_json_depth = (unsigned)d->cfg.max_json_depth,
+            .api_key_file = d->cfg.api_key_file,
+            .app = &d->app,
+        };
+        int r = lorad_api_server_start(&o, &l->server);
+        if (r < 0) {
+            if (d->cfg.api_key_file[0] && access(d->cfg.api_key_file, R_OK) < 0)
+                log_error("cannot read api_key_file %s: %s", d->cfg.api_key_file, strerror(errno));
+            else log_error("cannot start the HTTP server on %s: %s", l->url, strerror(-r));
+            return r;
+        }
+        log_info("listening on %s", l->url);
+    }
+    if (d->cfg.api_key_file[0]) {
+        struct stat st;
+        if (stat(d->cfg.api_key_file, &st) == 0 && (st.st_mode & S_IROTH))
+            log_warning("api_key_file %s is readable by every user", d->cfg.api_key_file);
+        log_info("API keys required (api_key_file %s)", d->cfg.api_key_file);
+    } else {
+        log_warning("api_key_file is not set: the API is open to anyone who can reach it");
+    }
+    return 0;
+}
+
+static void stop_servers(struct daemon *d) {
+    for (int i = 0; i < d->n_listeners; i++) {
+        struct listener *l = &d->listeners[i];
+        lorad_api_server_stop(l->server);
+        l->server = NULL;
+        if (l->fd >= 0) close(l->fd);
+        if (l->unix_path[0]) unlink(l->unix_path);
+    }
+    d->n_listeners = 0;
+}
+
+/* ---- main loop ------------------------------------------------------------------------------- */
+
+static void notify_status(struct daemon *d, bool force) {
+    int64_t c[LORAD_JOB_STATUS_COUNT];
+    if (lorad_store_job_counts(d->store, c, NULL) < 0) return;
+    char status[160];
+    snprintf(status, sizeof status, "%lld queued, %lld running, %lld paused", (long long)c[LORAD_JOB_QUEUED],
+             (long long)(c[LORAD_JOB_RUNNING] + c[LORAD_JOB_CANCELLING]), (long long)c[LORAD_JOB_PAUSED]);
+    if (!force && strcmp(status, d->last_status) == 0) return;
+    snprintf(d->last_status, sizeof d->last_status, "%s", status);
+    lorad_sd_notifyf("STATUS=%s", status);
+}
+
+static void reload(struct daemon *d) {
+    lorad_sd_notify("RELOADING=1");
+    struct lorad_config fresh;
+    struct lorad_error err = {0};
+    lorad_config_defaults(&fresh);
+    if (lorad_config_from_args(&fresh, d->argc, d->argv, LORAD_DEFAULT_CONFIG, &err) < 0) {
+        log_error("SIGHUP: %s; keeping the running configuration", err.message);
+    } else {
+        enum lorad_log_level level;
+        if (lorad_log_level_parse(fresh.log_level, &level) == 0) lorad_log_set_level(level);
+        if (strcmp(fresh.api_key_file, d->cfg.api_key_file) != 0)
+            log_warning("SIGHUP: api_key_file changed to '%s'; a new path takes effect at restart", fresh.api_key_file);
+        snprintf(d->cfg.log_level, sizeof d->cfg.log_level, "%s", fresh.log_level);
+    }
+    for (int i = 0; i < d->n_listeners; i++) {
+        int r = lorad_api_server_reload_keys(d->listeners[i].server);
+        if (r < 0) {
+            log_error("SIGHUP: cannot read api_key_file %s: %s; the old keys stay", d->cfg.api_key_file, strerror(-r));
+            break;
+        }
+        if (i == 0 && d->cfg.api_key_file[0]) log_info("SIGHUP: reloaded API keys from %s", d->cfg.api_key_file);
+    }
+    log_info("SIGHUP: log level %s", d->cfg.log_level);
+    lorad_sd_notify("READY=1");
+}
+
+static int signal_pipe[2] = {-1, -1};
+
+static void on_signal(int sig) {
+    int saved = errno;
+    unsigned char b = (unsigned char)sig;
+    ssize_t w = write(signal_pipe[1], &b, 1); /* full pipe: a signal of that burst is dropped, fine */
+    (void)w;
+    errno = saved;
+}
+
+/* Returns the signal read, 0 when none is pending. */
+static int next_signal(int fd) {
+    unsigned char b;
+    return read(fd, &b, 1) == 1 ? (int)b : 0;
+}
+
+static int run_loop(struct daemon *d) {
+    uint64_t wd_usec = lorad_sd_watchdog_usec();
+    double wd_every = wd_usec ? (double)wd_usec / 2e6 : 0, last_wd = mono_s();
+    double status_every = 2.0, last_status = mono_s();
+    for (;;) {
+        double now = mono_s();
+        double wait = status_every - (now - last_status);
+        if (wd_every > 0 && wd_every - (now - last_wd) < wait) wait = wd_every - (now - last_wd);
+        struct pollfd pfd = {.fd = d->sfd, .events = POLLIN};
+        int pr = poll(&pfd, 1, wait > 0 ? (int)(wait * 1000) + 1 : 0);
+        if (pr > 0) {
+            int sig = next_signal(d->sfd);
+            if (sig == SIGHUP) reload(d);
+            else if (sig == SIGTERM || sig == SIGINT) return sig;
+        }
+        now = mono_s();
+        if (wd_every > 0 && now - last_wd >= wd_every) {
+            lorad_sd_notify("WATCHDOG=1");
+            last_wd = now;
+        }
+        if (now - last_status >= status_every) {
+            notify_status(d, false);
+            last_status = now;
+        }
+    }
+}
+
+static void shutdown_daemon(struct daemon *d, int sig) {
+    atomic_store(&d->app.ready, false);
+    atomic_store(&d->app.stopping, true);
+    int busy = lorad_workers_busy(d->workers);
+    log_info("%s: stopping; %d running job%s checkpoint%s and go%s back to the queue", strsignal(sig), busy,
+             busy == 1 ? "" : "s", busy == 1 ? "s" : "", busy == 1 ? "es" : "");
+    lorad_sd_notifyf("STOPPING=1\nSTATUS=stopping: checkpointing %d running jobs", busy);
+    lorad_workers_request_stop(d->workers);
+    uint64_t wd_usec = lorad_sd_watchdog_usec();
+    while (lorad_workers_wait(d->workers, 1000) > 0) {
+        /* A step in flight must end before its checkpoint; keep systemd from killing us meanwhile. */
+        lorad_sd_notifyf("EXTEND_TIMEOUT_USEC=%llu", STOP_EXTEND_USEC);
+        if (wd_usec) lorad_sd_notify("WATCHDOG=1");
+        int again = next_signal(d->sfd);
+        if (again == SIGTERM || again == SIGINT) {
+            log_warning("%s again: exiting without waiting for checkpoints; running jobs resume from their last "
+                        "checkpoint at the next start", strsignal(again));
+            fflush(stderr);
+            _exit(LORAD_EXIT_FAILURE);
+        }
+    }
+    lorad_workers_free(d->workers);
+    d->workers = NULL;
+    stop_servers(d);
+}
 
 int lorad_cmd_serve(int argc, char **argv) {
     if (argc == 2 && strcmp(argv[1], "--print-default-config") == 0) {
@@ -22,10 +516,15 @@ int lorad_cmd_serve(int argc, char **argv) {
         else argv[n++] = argv[i];
     }
     argc = n;
-    struct lorad_config cfg;
+    static struct daemon dm; /* one per process; static so the big path buffers are off the stack */
+    struct daemon *d = &dm;
+    memset(d, 0, sizeof *d);
+    d->argc = argc;
+    d->argv = argv;
+    d->sfd = -1;
     struct lorad_error err = {0};
-    lorad_config_defaults(&cfg);
-    int r = lorad_config_from_args(&cfg, argc, argv, LORAD_DEFAULT_CONFIG, &err);
+    lorad_config_defaults(&d->cfg);
+    int r = lorad_config_from_args(&d->cfg, argc, argv, LORAD_DEFAULT_CONFIG, &err);
     if (r < 0) {
         fprintf(stderr, "lorad serve: %s\n", err.message);
         return LORAD_EXIT_USAGE;
@@ -34,5 +533,64 @@ int lorad_cmd_serve(int argc, char **argv) {
         printf("configuration ok\n");
         return LORAD_EXIT_OK;
     }
-    return lorad_not_implemented("serve");
+    enum lorad_log_level level;
+    if (lorad_log_level_parse(d->cfg.log_level, &level) == 0) lorad_log_set_level(level);
+
+    if (pipe2(signal_pipe, O_CLOEXEC | O_NONBLOCK) < 0) {
+        log_error("cannot set up signal handling: %s", strerror(errno));
+        return LORAD_EXIT_FAILURE;
+    }
+    d->sfd = signal_pipe[0];
+    struct sigaction sa = {.sa_handler = on_signal, .sa_flags = SA_RESTART};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    int threads = d->cfg.threads_per_job;
+    if (threads == 0) threads = cores > d->cfg.workers ? (int)(cores / d->cfg.workers) : 1;
+    log_info("lorad %s starting: state_dir %s, models_dir %s, %d worker%s x %d threads", LORAD_VERSION,
+             d->cfg.state_dir, d->cfg.models_dir, d->cfg.workers, d->cfg.workers == 1 ? "" : "s", threads);
+
+    int status = LORAD_EXIT_FAILURE;
+    if (prepare_state(d) < 0 || open_store(d) < 0) goto out;
+    d->app = (struct lorad_app){.store = d->store, .state_dir = d->cfg.state_dir, .models_dir = d->cfg.models_dir,
+                                .files_dir = d->files_dir, .jobs_dir = d->jobs_dir,
+                                .max_queued_jobs = d->cfg.max_queued_jobs, .threads_per_job = threads};
+    atomic_init(&d->app.ready, false);
+    atomic_init(&d->app.stopping, false);
+    if ((r = lorad_api_handlers_install()) < 0) {
+        log_error("cannot install the API handlers: %s", strerror(-r));
+        goto out;
+    }
+    struct lorad_workers_options wo = {.store = d->store, .state_dir = d->cfg.state_dir,
+                                       .models_dir = d->cfg.models_dir, .jobs_dir = d->jobs_dir,
+                                       .workers = d->cfg.workers, .threads_per_job = threads};
+    if ((r = lorad_workers_start(&wo, &d->workers)) < 0) {
+        log_error("cannot start the workers: %s", strerror(-r));
+        goto out;
+    }
+    d->app.jobs_changed = lorad_workers_wake;
+    d->app.jobs_changed_ctx = d->workers;
+    d->app.job_live_rate = lorad_workers_live_rate;
+    d->app.job_live_rate_ctx = d->workers;
+    if (open_listeners(d) < 0 || start_servers(d) < 0) goto out;
+    atomic_store(&d->app.ready, true);
+    notify_status(d, true);
+    lorad_sd_notifyf("READY=1\nSTATUS=%s", d->last_status);
+    log_info("ready");
+
+    int sig = run_loop(d);
+    shutdown_daemon(d, sig);
+    log_info("stopped");
+    status = LORAD_EXIT_OK;
+out:
+    if (status != LORAD_EXIT_OK) lorad_sd_notify("STOPPING=1");
+    lorad_workers_free(d->workers);
+    stop_servers(d);
+    lorad_store_close(d->store);
+    if (d->sfd >= 0) close(d->sfd);
+    return status;
 }

@@ -1,0 +1,184 @@
+#include "workers.h"
+
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "job_run.h"
+#include "log.h"
+#include "store.h"
+
+struct worker {
+    struct lorad_workers *pool;
+    pthread_t thread;
+    int index;
+    /* The job this worker runs and its last rate; read by /metrics under pool->mu. */
+    char job_id[LORAD_STORE_ID_MAX];
+    double tokens_per_s;
+};
+
+struct lorad_workers {
+    struct lorad_workers_options opt;
+    pthread_mutex_t mu;
+    pthread_cond_t wake;   /* the queue may have changed, or stop */
+    pthread_cond_t idle;   /* a job ended */
+    uint64_t generation;   /* bumped by every wake, so a wake between a claim and a wait is not lost */
+    atomic_bool stopping;
+    int busy;
+    int n;
+    struct worker *w;
+};
+
+static void deadline_after(struct timespec *ts, unsigned ms) {
+    clock_gettime(CLOCK_REALTIME, ts);
+    ts->tv_sec += ms / 1000;
+    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts->tv_nsec >= 1000000000L) {
+        ts->tv_sec++;
+        ts->tv_nsec -= 1000000000L;
+    }
+}
+
+static void set_rate(void *ctx, double tokens_per_s) {
+    struct worker *w = ctx;
+    pthread_mutex_lock(&w->pool->mu);
+    w->tokens_per_s = tokens_per_s;
+    pthread_mutex_unlock(&w->pool->mu);
+}
+
+static void *worker_main(void *arg) {
+    struct worker *w = arg;
+    struct lorad_workers *p = w->pool;
+    struct lorad_job_env env = {.store = p->opt.store, .state_dir = p->opt.state_dir, .models_dir = p->opt.models_dir,
+                                .jobs_dir = p->opt.jobs_dir, .threads = p->opt.threads_per_job,
+                                .metrics_batch_rows = p->opt.metrics_batch_rows, .shutdown = &p->stopping,
+                                .on_rate = set_rate, .rate_ctx = w};
+    unsigned poll_ms = p->opt.poll_ms ? p->opt.poll_ms : 1000;
+    int claim_errors = 0;
+    pthread_mutex_lock(&p->mu);
+    while (!atomic_load(&p->stopping)) {
+        uint64_t seen = p->generation;
+        pthread_mutex_unlock(&p->mu);
+        json_t *job = NULL;
+        struct lorad_error err = {0};
+        int r = lorad_store_job_claim_next(p->opt.store, &job, &err);
+        if (r == 1) {
+            claim_errors = 0;
+            const char *id = json_string_value(json_object_get(job, "id"));
+            pthread_mutex_lock(&p->mu);
+            snprintf(w->job_id, sizeof w->job_id, "%s", id ? id : "");
+            w->tokens_per_s = NAN;
+            p->busy++;
+            pthread_mutex_unlock(&p->mu);
+            lorad_job_run(&env, job);
+            json_decref(job);
+            pthread_mutex_lock(&p->mu);
+            w->job_id[0] = '\0';
+            p->busy--;
+            pthread_cond_broadcast(&p->idle);
+            continue; /* look for the next job at once */
+        }
+        if (r < 0 && claim_errors++ == 0)
+            log_error("worker %d: cannot claim a job: %s", w->index, err.message[0] ? err.message : strerror(-r));
+        pthread_mutex_lock(&p->mu);
+        if (!atomic_load(&p->stopping) && p->generation == seen) {
+            struct timespec ts;
+            deadline_after(&ts, poll_ms);
+            pthread_cond_timedwait(&p->wake, &p->mu, &ts);
+        }
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+int lorad_workers_start(const struct lorad_workers_options *o, struct lorad_workers **ret_pool) {
+    if (!o->store || o->workers < 1 || o->threads_per_job < 1) return -EINVAL;
+    struct lorad_workers *p = calloc(1, sizeof *p);
+    if (!p) return -ENOMEM;
+    p->w = calloc((size_t)o->workers, sizeof *p->w);
+    if (!p->w) {
+        free(p);
+        return -ENOMEM;
+    }
+    p->opt = *o;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->wake, NULL);
+    pthread_cond_init(&p->idle, NULL);
+    atomic_init(&p->stopping, false);
+    for (int i = 0; i < o->workers; i++) {
+        p->w[i] = (struct worker){.pool = p, .index = i, .tokens_per_s = NAN};
+        int r = pthread_create(&p->w[i].thread, NULL, worker_main, &p->w[i]);
+        if (r != 0) {
+            lorad_workers_free(p); /* joins the p->n already running */
+            return -r;
+        }
+        p->n++;
+    }
+    *ret_pool = p;
+    return 0;
+}
+
+void lorad_workers_wake(void *ctx) {
+    struct lorad_workers *p = ctx;
+    if (!p) return;
+    pthread_mutex_lock(&p->mu);
+    p->generation++;
+    pthread_cond_broadcast(&p->wake);
+    pthread_mutex_unlock(&p->mu);
+}
+
+bool lorad_workers_live_rate(void *ctx, const char *job_id, double *ret_tokens_per_s) {
+    struct lorad_workers *p = ctx;
+    bool found = false;
+    if (!p || !job_id) return false;
+    pthread_mutex_lock(&p->mu);
+    for (int i = 0; i < p->n; i++)
+        if (p->w[i].job_id[0] && strcmp(p->w[i].job_id, job_id) == 0 && isfinite(p->w[i].tokens_per_s)) {
+            *ret_tokens_per_s = p->w[i].tokens_per_s;
+            found = true;
+        }
+    pthread_mutex_unlock(&p->mu);
+    return found;
+}
+
+int lorad_workers_busy(struct lorad_workers *p) {
+    pthread_mutex_lock(&p->mu);
+    int n = p->busy;
+    pthread_mutex_unlock(&p->mu);
+    return n;
+}
+
+void lorad_workers_request_stop(struct lorad_workers *p) {
+    pthread_mutex_lock(&p->mu);
+    atomic_store(&p->stopping, true);
+    pthread_cond_broadcast(&p->wake);
+    pthread_mutex_unlock(&p->mu);
+}
+
+int lorad_workers_wait(struct lorad_workers *p, unsigned timeout_ms) {
+    struct timespec ts;
+    deadline_after(&ts, timeout_ms);
+    pthread_mutex_lock(&p->mu);
+    while (p->busy > 0 && pthread_cond_timedwait(&p->idle, &p->mu, &ts) == 0) {
+    }
+    int n = p->busy;
+    pthread_mutex_unlock(&p->mu);
+    return n;
+}
+
+void lorad_workers_free(struct lorad_workers *p) {
+    if (!p) return;
+    lorad_workers_request_stop(p);
+    for (int i = 0; i < p->n; i++) pthread_join(p->w[i].thread, NULL);
+    pthread_cond_destroy(&p->idle);
+    pthread_cond_destroy(&p->wake);
+    pthread_mutex_destroy(&p->mu);
+    free(p->w);
+    free(p);
+}
