@@ -481,15 +481,17 @@ static void shutdown_daemon(struct daemon *d, int sig) {
     atomic_store(&d->app.ready, false);
     atomic_store(&d->app.stopping, true);
     int busy = lorad_workers_busy(d->workers);
-    log_info("%s: stopping; %d running job%s checkpoint%s and go%s back to the queue", strsignal(sig), busy,
-             busy == 1 ? "" : "s", busy == 1 ? "s" : "", busy == 1 ? "es" : "");
+    if (busy) log_info("%s: stopping; %d running job%s will checkpoint and return to the queue", strsignal(sig), busy,
+                       busy == 1 ? "" : "s");
+    else log_info("%s: stopping", strsignal(sig));
     lorad_sd_notifyf("STOPPING=1\nSTATUS=stopping: checkpointing %d running jobs", busy);
     lorad_workers_request_stop(d->workers);
     uint64_t wd_usec = lorad_sd_watchdog_usec();
-    while (lorad_workers_wait(d->workers, 1000) > 0) {
+    while (lorad_workers_busy(d->workers) > 0) {
         /* A step in flight must end before its checkpoint; keep systemd from killing us meanwhile. */
         lorad_sd_notifyf("EXTEND_TIMEOUT_USEC=%llu", STOP_EXTEND_USEC);
         if (wd_usec) lorad_sd_notify("WATCHDOG=1");
+        if (lorad_workers_wait(d->workers, 1000) == 0) break;
         int again = next_signal(d->sfd);
         if (again == SIGTERM || again == SIGINT) {
             log_warning("%s again: exiting without waiting for checkpoints; running jobs resume from their last "
