@@ -5,10 +5,13 @@
 const struct lorad_command lorad_commands[] = {
     {"serve", "run the fine-tuning daemon (HTTP API, job queue, workers)",
      "usage: lorad serve [--config FILE] [--check-config] [--print-default-config]\n"
-     "                   [--config FILE] [--bind ADDR] [--port N] [--state-dir DIR]\n"
+     "                   [--bind ADDR] [--port N] [--unix-socket PATH] [--state-dir DIR]\n"
      "                   [--models-dir DIR] [--workers N] [--threads-per-job N]\n"
      "                   [--api-key-file FILE] [--log-level LEVEL]\n"
-     "Runs the daemon. Every key of the config file can also be given as a flag.\n",
+     "Runs the daemon. Every key of the config file (default /etc/lorad/lorad.conf) can also be\n"
+     "given as a flag; --print-default-config lists them. --port 0 picks a free port; the log line\n"
+     "'listening on http://ADDR:PORT' says which. SIGHUP re-reads the API keys and the log level;\n"
+     "SIGTERM/SIGINT checkpoint running jobs back to the queue and exit.\n",
      lorad_cmd_serve},
     {"train", "run one fine-tuning job in the foreground",
      "usage: lorad train JOB.json --out DIR [--resume] [--skip-invalid]\n"
