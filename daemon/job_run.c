@@ -305,8 +305,9 @@ static int finish(struct job_ctx *j, const json_t *job, int rc, const struct lor
         if (lorad_api_fine_tuned_model_name(json_string_value(json_object_get(job, "model")), suffix, j->id, name,
                                             sizeof name) < 0)
             return fail(j, "training_failed", "the fine-tuned model name is too long", "suffix");
-        t = (struct lorad_store_transition){.to = LORAD_JOB_SUCCEEDED, .message = "The job has successfully completed",
-                                            .fine_tuned_model = name};
+        char msg[640];
+        snprintf(msg, sizeof msg, "Job succeeded: the fine-tuned model is %s", name);
+        t = (struct lorad_store_transition){.to = LORAD_JOB_SUCCEEDED, .message = msg, .fine_tuned_model = name};
         status = settle(j, &t);
         if (status == LORAD_JOB_SUCCEEDED)
             log_info("job %s: succeeded after %" PRId64 " steps, %" PRId64 " tokens, train_loss %.4f: %s", j->id,
