@@ -25,6 +25,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/file.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -67,6 +68,7 @@ struct daemon {
     struct listener listeners[MAX_LISTENERS];
     int n_listeners;
     int sfd;
+    int lock_fd;           /* STATE/lorad.lock, flock()ed for the life of the process */
     char last_status[160];
 };
 
@@ -113,6 +115,38 @@ static void clean_uploads(const char *dir) {
     if (n) log_info("removed %d unfinished uploads from %s", n, dir);
 }
 
+/* One daemon per state directory: a second one's startup recovery would requeue the first one's
+ * running jobs and both would train them. The lock goes with the process, however it ends. */
+static int lock_state(struct daemon *d) {
+    char path[PATH_MAX];
+    if (join(path, sizeof path, d->cfg.state_dir, "lorad.lock") < 0) return -ENAMETOOLONG;
+    d->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (d->lock_fd < 0) {
+        int r = -errno;
+        log_error("cannot open %s: %s", path, strerror(-r));
+        return r;
+    }
+    if (flock(d->lock_fd, LOCK_EX | LOCK_NB) < 0) {
+        int r = -errno;
+        char pid[32] = "";
+        ssize_t n = pread(d->lock_fd, pid, sizeof pid - 1, 0);
+        pid[n > 0 ? n : 0] = '\0';
+        pid[strcspn(pid, "\n")] = '\0';
+        char holder[48] = "";
+        if (pid[0]) snprintf(holder, sizeof holder, " (pid %s)", pid);
+        if (r == -EWOULDBLOCK)
+            log_error("another lorad serve%s is using state_dir %s; stop it or choose another state_dir", holder,
+                      d->cfg.state_dir);
+        else log_error("cannot lock %s: %s", path, strerror(-r));
+        return r == -EWOULDBLOCK ? -EBUSY : r;
+    }
+    char pid[32];
+    int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+    if (ftruncate(d->lock_fd, 0) < 0 || pwrite(d->lock_fd, pid, (size_t)n, 0) != n)
+        log_warning("cannot record the pid in %s", path);
+    return 0;
+}
+
 static int prepare_state(struct daemon *d) {
     const char *state = d->cfg.state_dir;
     int r = make_dirs(state, 0700);
@@ -120,6 +154,7 @@ static int prepare_state(struct daemon *d) {
         log_error("cannot create state_dir %s: %s", state, strerror(-r));
         return r;
     }
+    if ((r = lock_state(d)) < 0) return r;
     if ((r = join(d->files_dir, sizeof d->files_dir, state, "files")) < 0 ||
         (r = join(d->uploads_dir, sizeof d->uploads_dir, state, "uploads")) < 0 ||
         (r = join(d->jobs_dir, sizeof d->jobs_dir, state, "jobs")) < 0 ||
@@ -524,6 +559,7 @@ int lorad_cmd_serve(int argc, char **argv) {
     d->argc = argc;
     d->argv = argv;
     d->sfd = -1;
+    d->lock_fd = -1;
     struct lorad_error err = {0};
     lorad_config_defaults(&d->cfg);
     int r = lorad_config_from_args(&d->cfg, argc, argv, LORAD_DEFAULT_CONFIG, &err);
@@ -594,5 +630,6 @@ out:
     stop_servers(d);
     lorad_store_close(d->store);
     if (d->sfd >= 0) close(d->sfd);
+    if (d->lock_fd >= 0) close(d->lock_fd);
     return status;
 }

@@ -5,8 +5,8 @@ Checks: --port 0 logs `listening on http://ADDR:PORT` (one stderr line other tes
 and /readyz answer, API keys are enforced and re-read on SIGHUP, SIGTERM exits 0 quickly, the state
 layout is created 0700, a bad config key fails naming the line, a port in use fails clearly, the
 sd_notify protocol (READY=1, STATUS=, WATCHDOG=1, STOPPING=1) reaches $NOTIFY_SOCKET, a socket
-passed by socket activation ($LISTEN_FDS/$LISTEN_PID) is served, and unix_socket works (including
-over a stale socket file)."""
+passed by socket activation ($LISTEN_FDS/$LISTEN_PID) is served, unix_socket works (including
+over a stale socket file), and a second daemon on the same state directory is refused."""
 import os
 import re
 import select
@@ -149,6 +149,13 @@ def test_basics(tmp):
         code, _ = curl(url + "/metrics", "-H", "Authorization: Bearer key-two")
         check(code == 200, f"after SIGHUP the new key works (got {code})")
         check(not any("key-one" in l or "key-two" in l for l in d.lines), "API keys never appear in the log")
+        # One daemon per state directory: a second one would requeue this one's running jobs.
+        p = subprocess.run([LORAD, "serve", "--config", conf, "--port", "0"], capture_output=True, text=True, timeout=20)
+        check(p.returncode != 0, "a second daemon on the same state_dir is refused")
+        check(f"another lorad serve (pid {d.p.pid}) is using state_dir {state}" in p.stderr,
+              f"... naming the running one: {p.stderr!r}")
+        code, _ = curl(url + "/livez")
+        check(code == 200, f"the first daemon is unaffected (got {code})")
         # The unix socket serves the same API.
         code, _ = curl("http://lorad/livez", "--unix-socket", os.path.join(tmp, "api.sock"))
         check(code == 200, f"/livez over unix_socket (got {code})")
