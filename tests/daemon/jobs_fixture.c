@@ -34,7 +34,7 @@ static char *write_ids(const char *path, int n_records, int bad_line, int seq_le
 }
 
 /* A dataset registered in the store as an upload would be: files/<id>, path relative to state. */
-void make_file(int n_records, int bad_line, int seq_len, char id[LORAD_STORE_ID_MAX]) {
+void make_file_status(int n_records, int bad_line, int seq_len, const char *status, char id[LORAD_STORE_ID_MAX]) {
     assert_int_equal(lorad_store_new_id("file-", id), 0);
     char rel[64], abs[4096];
     snprintf(rel, sizeof rel, "files/%s", id);
@@ -42,7 +42,7 @@ void make_file(int n_records, int bad_line, int seq_len, char id[LORAD_STORE_ID_
     free(write_ids(abs, n_records, bad_line, seq_len));
     struct lorad_store_file_new f = {.id = id, .filename = "ids.jsonl", .purpose = "fine-tune", .bytes = 1,
                                      .sha256 = "0000000000000000000000000000000000000000000000000000000000000000",
-                                     .line_count = n_records, .status = "processed", .path = rel};
+                                     .line_count = n_records, .status = status, .path = rel};
     struct lorad_error err = {0};
     int r = lorad_store_file_create(E.store, &f, NULL, &err);
     if (r < 0) fprintf(stderr, "%s\n", err.message);
@@ -73,13 +73,13 @@ void parse_spec(const char *text, struct lorad_job_spec *spec) {
 }
 
 /* Creates a queued job the way the API does: the normalised spec is stored whole. */
-void make_job(const char *text, char id[LORAD_STORE_ID_MAX]) {
+void make_job_status(const char *text, enum lorad_job_status status, char id[LORAD_STORE_ID_MAX]) {
     struct lorad_job_spec spec;
     parse_spec(text, &spec);
     json_t *norm = lorad_job_spec_to_json(&spec);
     assert_non_null(norm);
     struct lorad_store_job_new j = {.model = spec.model, .training_file = spec.training_file, .spec = norm,
-                                    .seed = spec.seed, .status = LORAD_JOB_QUEUED};
+                                    .seed = spec.seed, .status = status};
     json_t *job = NULL;
     struct lorad_error err = {0};
     int r = lorad_store_job_create(E.store, &j, &job, &err);
@@ -239,3 +239,11 @@ void jobs_env_close(void) {
     free(E.jobs);
 }
 
+
+void make_file(int n_records, int bad_line, int seq_len, char id[LORAD_STORE_ID_MAX]) {
+    make_file_status(n_records, bad_line, seq_len, "processed", id);
+}
+
+void make_job(const char *text, char id[LORAD_STORE_ID_MAX]) {
+    make_job_status(text, LORAD_JOB_QUEUED, id);
+}

@@ -26,12 +26,16 @@ void jobs_env_close(void);
 /* A pre-tokenised dataset of n_records lines (1 + seq_len ids each) stored as files/<id>; line
  * bad_line (0-based, -1: none) holds an id beyond the vocabulary. */
 void make_file(int n_records, int bad_line, int seq_len, char id[LORAD_STORE_ID_MAX]);
+/* The same with the file row's status ("processed", "error", ...). */
+void make_file_status(int n_records, int bad_line, int seq_len, const char *status, char id[LORAD_STORE_ID_MAX]);
 /* A job body: batch 2, max_seq_len 16, lr 1e-3, LoRA r 4 with dropout; max_steps/ckpt_every 0 = null.
  * malloc'd. */
 char *spec_text(const char *model, const char *file_id, int n_epochs, int max_steps, int ckpt_every);
 void parse_spec(const char *text, struct lorad_job_spec *spec);
 /* Creates a queued job from the body text. */
 void make_job(const char *text, char id[LORAD_STORE_ID_MAX]);
+/* The same in another initial status (validating_files). */
+void make_job_status(const char *text, enum lorad_job_status status, char id[LORAD_STORE_ID_MAX]);
 
 json_t *get_job(const char *id);
 enum lorad_job_status status_of(const char *id);

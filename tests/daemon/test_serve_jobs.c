@@ -2,7 +2,8 @@
  * makes the job checkpoint and go back to `queued` (with STOPPING=1 and EXTEND_TIMEOUT_USEC sent to
  * $NOTIFY_SOCKET) and the process exit 0; a SIGKILL mid-run leaves the job `running`, which the next
  * start's recovery requeues; and after both interruptions the job ends byte-identical to an
- * uninterrupted run of the engine, with every step's metrics row exactly once. The test process
+ * uninterrupted run of the engine, with every step's metrics row exactly once. Jobs left in
+ * validating_files are settled at start (queued when their files passed, failed otherwise). The test process
  * reads the same SQLite file the daemon writes (a second, non-recovering handle). */
 #include "jobs_fixture.h"
 
@@ -85,11 +86,26 @@ static void test_daemon_trains_stops_and_recovers(void **state) {
     make_file(24, -1, 12, file);
     char *text = spec_text(JOBS_MODEL_ID, file, 30, 0, 40); /* 360 steps, a checkpoint every 40 */
     make_job(text, job);
+    /* Jobs a previous process left validating their files: files are validated at upload, so one
+     * whose file passed is queued (and runs after the first), one whose file failed fails. */
+    char bad_file[LORAD_STORE_ID_MAX], waiting[LORAD_STORE_ID_MAX], doomed[LORAD_STORE_ID_MAX];
+    make_file_status(24, 3, 12, "error", bad_file);
+    char *t_waiting = spec_text(JOBS_MODEL_ID, file, 1, 0, 0);
+    char *t_doomed = spec_text(JOBS_MODEL_ID, bad_file, 1, 0, 0);
+    make_job_status(t_waiting, LORAD_JOB_VALIDATING_FILES, waiting);
+    make_job_status(t_doomed, LORAD_JOB_VALIDATING_FILES, doomed);
 
     /* 1. A graceful stop in the middle of the run. */
     struct daemon d;
     start_daemon(&d);
     wait_notify(&d, "READY=1", 20);
+    assert_int_equal(status_of(waiting), LORAD_JOB_QUEUED);
+    assert_int_equal(status_of(doomed), LORAD_JOB_FAILED);
+    json_t *dj = get_job(doomed);
+    json_t *derr = json_object_get(dj, "error");
+    assert_string_equal(json_string_value(json_object_get(derr, "code")), "invalid_training_data");
+    assert_string_equal(json_string_value(json_object_get(derr, "param")), "training_file");
+    json_decref(dj);
     wait_progress(job, 3, 30);
     assert_int_equal(kill(d.pid, SIGTERM), 0);
     assert_int_equal(wait_exit(&d, 30), 0);
@@ -115,6 +131,7 @@ static void test_daemon_trains_stops_and_recovers(void **state) {
     start_daemon(&d);
     wait_notify(&d, "READY=1", 20);
     wait_status(job, LORAD_JOB_SUCCEEDED, 60);
+    wait_status(waiting, LORAD_JOB_SUCCEEDED, 60);
     assert_int_equal(kill(d.pid, SIGTERM), 0);
     assert_int_equal(wait_exit(&d, 30), 0);
 
@@ -127,7 +144,10 @@ static void test_daemon_trains_stops_and_recovers(void **state) {
     size_t na, nb;
     void *a = job_adapter(job, &na), *b = reference_adapter(text, file, &nb);
     assert_same_bytes(a, na, b, nb);
+    assert_metrics_complete(waiting, 12);
     free(text);
+    free(t_waiting);
+    free(t_doomed);
 }
 
 static int setup(void **state) {
