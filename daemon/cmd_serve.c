@@ -277,8 +277,10 @@ static void describe_socket(int fd, char *out, size_t cap) {
 }
 
 static int listen_tcp(const char *bind_addr, int port, int *ret_fd) {
+    /* No AI_ADDRCONFIG: it hides 127.0.0.1 on a host with only loopback, and it asks netlink,
+     * which lorad.service's RestrictAddressFamilies does not allow. */
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV | AI_ADDRCONFIG};
+                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
     struct addrinfo *res = NULL;
     char ps[16];
     snprintf(ps, sizeof ps, "%d", port);
