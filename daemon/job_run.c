@@ -28,6 +28,8 @@ struct job_ctx {
     enum stop_reason reason;
     double last_flush;   /* monotonic seconds of the last metrics commit */
     int store_errors;    /* logged once each kind, so a sick disk does not flood the log */
+    /* Daemon paths and the names a client knows them by: events and errors name the latter. */
+    const char *out_dir, *model_path, *model_id, *train_path, *train_id, *valid_path, *valid_id;
 };
 
 static double mono_s(void) {
@@ -99,14 +101,32 @@ static void remove_orphan_checkpoints(const struct job_ctx *j, const char *out_d
     closedir(d);
 }
 
-/* Replaces the first occurrence of `what` in s (cap bytes) by `with`, so messages name the file id a
- * client knows instead of the daemon's path of the blob. */
-static void replace_in(char *s, size_t cap, const char *what, const char *with) {
-    char *p = what[0] ? strstr(s, what) : NULL;
-    if (!p) return;
-    char tail[sizeof ((struct lorad_error *)0)->message];
-    snprintf(tail, sizeof tail, "%s", p + strlen(what));
-    snprintf(p, cap - (size_t)(p - s), "%s%s", with, tail);
+/* Replaces every occurrence of `what` in s (cap bytes) by `with`. */
+static void replace_all(char *s, size_t cap, const char *what, const char *with) {
+    if (!what || !what[0] || !with) return;
+    size_t wn = strlen(what), n = strlen(with);
+    for (char *p = strstr(s, what); p; p = strstr(p + n, what)) {
+        char tail[sizeof ((struct lorad_error *)0)->message];
+        snprintf(tail, sizeof tail, "%s", p + wn);
+        snprintf(p, cap - (size_t)(p - s), "%s%s", with, tail);
+        if (strlen(s) + 1 >= cap) break; /* truncated: stop rather than loop on a cut name */
+    }
+}
+
+/* Rewrites daemon paths in a message for clients: the job's directory disappears (paths become
+ * relative to it, e.g. checkpoints/step-40), datasets and the model are named by their ids, and the
+ * state directory is dropped. The log keeps the full paths for the operator. */
+static void redact(const struct job_ctx *j, char *s, size_t cap) {
+    char dir[4200];
+    if (j->out_dir) {
+        snprintf(dir, sizeof dir, "%s/", j->out_dir);
+        replace_all(s, cap, dir, "");
+    }
+    replace_all(s, cap, j->train_path, j->train_id);
+    replace_all(s, cap, j->valid_path, j->valid_id);
+    replace_all(s, cap, j->model_path, j->model_id);
+    snprintf(dir, sizeof dir, "%s/", j->env->state_dir);
+    replace_all(s, cap, dir, "");
 }
 
 /* ---- error codes ------------------------------------------------------------------------------ */
@@ -171,8 +191,9 @@ static void on_message(void *ctx, const char *level, const char *message) {
     bool warn = strcmp(level, "warning") == 0 || strcmp(level, "warn") == 0;
     if (warn) log_warning("job %s: %s", j->id, message);
     else log_info("job %s: %s", j->id, message);
-    char msg[4096];
+    char msg[sizeof ((struct lorad_error *)0)->message];
     snprintf(msg, sizeof msg, "%s", message);
+    redact(j, msg, sizeof msg);
     struct lorad_error e = {0};
     int r = lorad_store_event_append(j->env->store, j->id, warn ? "warn" : "info", "message", msg, NULL, NULL, &e);
     if (r < 0) store_problem(j, 4, "cannot record event", r, &e);
@@ -270,7 +291,7 @@ static void flush_metrics(struct job_ctx *j) {
 }
 
 static int finish(struct job_ctx *j, const json_t *job, int rc, const struct lorad_error *err,
-                  const struct lorad_train_result *res, const char *train_path, const char *valid_path) {
+                  const struct lorad_train_result *res, const char *valid_path) {
     if (res->steps_done > 0) {
         /* trained_tokens lives with the progress figures; the final row's figures stay. */
         struct lorad_store_progress p = {.step = res->steps_done, .total_steps = res->total_steps,
@@ -288,10 +309,7 @@ static int finish(struct job_ctx *j, const json_t *job, int rc, const struct lor
         /* A validation-file problem is reported by the corpus with param training_file. */
         if (valid_path && strstr(e.message, valid_path) && strcmp(e.param, "training_file") == 0)
             snprintf(e.param, sizeof e.param, "validation_file");
-        const char *vf = json_string_value(json_object_get(job, "validation_file"));
-        replace_in(e.message, sizeof e.message, train_path,
-                   json_string_value(json_object_get(job, "training_file")));
-        if (valid_path && vf) replace_in(e.message, sizeof e.message, valid_path, vf);
+        redact(j, e.message, sizeof e.message);
         return fail(j, code, e.message, e.param);
     }
     struct lorad_store_transition t = {0};
@@ -418,6 +436,13 @@ int lorad_job_run(const struct lorad_job_env *env, const json_t *job) {
         goto out;
     }
     j.last_flush = mono_s();
+    j.out_dir = out_dir;
+    j.model_path = model_path;
+    j.model_id = model;
+    j.train_path = train_path;
+    j.train_id = train_id;
+    j.valid_path = valid_id ? valid_path : NULL;
+    j.valid_id = valid_id;
     res = calloc(1, sizeof *res);
     if (!res) {
         status = fail(&j, "out_of_memory", "out of memory", NULL);
@@ -434,7 +459,7 @@ int lorad_job_run(const struct lorad_job_env *env, const json_t *job) {
     lorad_error_clear(&err);
     r = lorad_train_run(&spec, &opt, &cb, res, &err);
     flush_metrics(&j);
-    status = finish(&j, job, r, &err, res, train_path, valid_id ? valid_path : NULL);
+    status = finish(&j, job, r, &err, res, valid_id ? valid_path : NULL);
 out:
     if (env->on_rate) env->on_rate(env->rate_ctx, NAN);
     free(rel);

@@ -6,6 +6,7 @@
 #include "testutil.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,6 +66,22 @@ static void test_job_succeeds(void **state) {
     assert_int_equal(stat(abs, &st), 0);
     free(abs);
     free(path);
+
+    /* The engine's messages are events, naming the model and file by id, never by daemon path. */
+    json_t *page = NULL;
+    assert_int_equal(lorad_store_event_list(E.store, job, NULL, 100, &page, NULL), 0);
+    size_t i, n_messages = 0;
+    json_t *ev;
+    bool named_model = false;
+    json_array_foreach(json_object_get(page, "data"), i, ev) {
+        const char *m = json_string_value(json_object_get(ev, "message"));
+        if (strcmp(json_string_value(json_object_get(ev, "type")), "message") == 0) n_messages++;
+        if (strstr(m, "base model " MODEL_ID)) named_model = true;
+        if (strstr(m, E.dir)) fail_msg("an event names a daemon path: %s", m);
+    }
+    assert_true(n_messages >= 2);
+    assert_true(named_model);
+    json_decref(page);
 
     size_t na, nb;
     void *a = job_adapter(job, &na), *b = reference_adapter(text, file, &nb);
