@@ -143,9 +143,10 @@ static int parse_spec(const json_t *body, struct lorad_job_spec *ret_spec, struc
     return 0;
 }
 
-static int reply_job(struct lorad_api_reply *ret_reply, int r, json_t *job, const struct lorad_error *err) {
+/* Answers a store read: its object (stolen) on success, the mapped error otherwise. */
+static int reply_result(struct lorad_api_reply *ret_reply, int r, json_t *obj, const struct lorad_error *err) {
     if (r < 0) return handler_reply_failure(ret_reply, r, err, NULL);
-    return handler_reply_json(ret_reply, 200, job);
+    return handler_reply_json(ret_reply, 200, obj);
 }
 
 static int reply_idempotency_conflict(struct lorad_api_reply *ret_reply, const struct lorad_error *err) {
@@ -289,7 +290,7 @@ static int list_jobs(const struct lorad_api_request *req, struct lorad_api_reply
     json_t *page = NULL;
     struct lorad_error err = {0};
     int r = lorad_store_job_list(app->store, status, after, limit, &page, &err);
-    return reply_job(ret_reply, r, page, &err);
+    return reply_result(ret_reply, r, page, &err);
 }
 
 static int get_job(const struct lorad_api_request *req, struct lorad_api_reply *ret_reply) {
@@ -298,7 +299,7 @@ static int get_job(const struct lorad_api_request *req, struct lorad_api_reply *
     json_t *job = NULL;
     struct lorad_error err = {0};
     int r = lorad_store_job_get(handler_app(req)->store, id, &job, &err);
-    return reply_job(ret_reply, r, job, &err);
+    return reply_result(ret_reply, r, job, &err);
 }
 
 struct control_action {
@@ -426,7 +427,7 @@ static int list_events(const struct lorad_api_request *req, struct lorad_api_rep
         if (handler_page_args(req, "ftevent-", 20, 100, &limit, &after, ret_reply) < 0) return 0;
         json_t *page = NULL;
         int r = lorad_store_event_list(app->store, id, after, limit, &page, &err);
-        return reply_job(ret_reply, r, page, &err);
+        return reply_result(ret_reply, r, page, &err);
     }
     if (req->query(req, "after"))
         return lorad_api_reply_error(ret_reply, 400,
@@ -550,7 +551,7 @@ static int list_checkpoints(const struct lorad_api_request *req, struct lorad_ap
     json_t *page = NULL;
     struct lorad_error err = {0};
     int r = lorad_store_checkpoint_list(handler_app(req)->store, id, after, limit, &page, &err);
-    return reply_job(ret_reply, r, page, &err);
+    return reply_result(ret_reply, r, page, &err);
 }
 
 struct checkpoint_file {
