@@ -7,7 +7,7 @@
  * replay and 422, 429 queue full, 503 stopping), list with status filter and pagination,
  * cancel/pause/resume incl. 409, events page, SSE stream with concurrent writers and
  * Last-Event-ID resume, metrics JSON and CSV, checkpoints list and every adapter file with
- * Range. */
+ * Range; and the same through curl (a chunk-encoded HTTP/1.1 stream, an independent client). */
 #include "testutil.h"
 
 #include <arpa/inet.h>
@@ -1119,6 +1119,129 @@ static void test_checkpoints(void **state) {
     free(abs5);
 }
 
+/* ---- an independent client ---------------------------------------------------------------- */
+
+/* Runs a shell command line and returns its whole stdout (malloc'd). */
+static char *run_capture(const char *cmd) {
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    size_t cap = 1 << 16, len = 0;
+    char *out = malloc(cap);
+    assert_non_null(out);
+    size_t n;
+    while ((n = fread(out + len, 1, cap - 1 - len, p)) > 0) {
+        len += n;
+        if (len + 1 == cap) {
+            cap *= 2;
+            out = realloc(out, cap);
+            assert_non_null(out);
+        }
+    }
+    out[len] = '\0';
+    assert_int_equal(pclose(p), 0);
+    return out;
+}
+
+/* curl (HTTP/1.1, so the stream is chunk-encoded) as the client: create with an idempotency key,
+ * stream a finished job's events, resume with Last-Event-ID, download a checkpoint file range. */
+static void test_with_curl(void **state) {
+    (void)state;
+    unsigned port = lorad_api_server_port(srv);
+    char cmd[1024], body[256];
+    snprintf(body, sizeof body, "{\\\"model\\\": \\\"stories260K.bin\\\", \\\"training_file\\\": \\\"%s\\\"}", file_ok);
+    snprintf(cmd, sizeof cmd,
+             "curl -sS --max-time 20 -H 'Content-Type: application/json' -H 'Idempotency-Key: curl-1' "
+             "-d \"%s\" http://127.0.0.1:%u/v1/fine_tuning/jobs", body, port);
+    char *out = run_capture(cmd);
+    json_t *job = json_loads(out, 0, NULL);
+    if (!job) fprintf(stderr, "curl said: %s\n", out);
+    assert_non_null(job);
+    free(out);
+    char id[LORAD_STORE_ID_MAX];
+    snprintf(id, sizeof id, "%s", jstr(job, "id"));
+    json_decref(job);
+    out = run_capture(cmd); /* the replay */
+    job = json_loads(out, 0, NULL);
+    assert_string_equal(jstr(job, "id"), id);
+    json_decref(job);
+    free(out);
+    assert_int_equal(job_count(), 1);
+
+    json_t *claimed = NULL;
+    assert_int_equal(lorad_store_job_claim_next(app.store, &claimed, NULL), 1);
+    json_decref(claimed);
+    write_metrics(id, 1, 3, 3); /* seq 3..5 */
+    char *dir = NULL;
+    assert_true(asprintf(&dir, "%s/%s/checkpoints/step-3", jobs_dir, id) > 0);
+    mkdirs(dir);
+    write_checkpoint_dir(dir, 2.5f);
+    struct lorad_metrics_writer *w = NULL;
+    assert_int_equal(lorad_metrics_writer_new(app.store, id, 0, &w, NULL), 0);
+    char ck[LORAD_STORE_ID_MAX];
+    assert_int_equal(lorad_metrics_writer_checkpoint(w, 3, dir, NULL, ck, NULL), 0); /* seq 6 */
+    lorad_metrics_writer_free(w);
+    struct lorad_store_transition t = {.to = LORAD_JOB_FAILED, .error_code = "nan_loss",
+                                       .error_message = "loss is NaN at step 3", .error_param = NULL};
+    assert_int_equal(lorad_store_job_transition(app.store, id, &t, NULL, NULL), 0); /* seq 7 */
+
+    snprintf(cmd, sizeof cmd, "curl -sSN --max-time 20 'http://127.0.0.1:%u/v1/fine_tuning/jobs/%s/events?stream=true'",
+             port, id);
+    out = run_capture(cmd);
+    /* check_frames wants a head; curl prints only the body. */
+    char *framed = NULL;
+    assert_true(asprintf(&framed, "HTTP/1.1 200 OK\r\n\r\n%s", out) > 0);
+    json_t *last = NULL;
+    assert_int_equal(check_frames(framed, 1, &last), 7);
+    assert_string_equal(jstr(last, "level"), "error");
+    assert_string_equal(jstr(json_object_get(last, "data"), "to"), "failed");
+    json_decref(last);
+    free(framed);
+    free(out);
+    snprintf(cmd, sizeof cmd,
+             "curl -sSN --max-time 20 -H 'Last-Event-ID: 5' 'http://127.0.0.1:%u/v1/fine_tuning/jobs/%s/events?stream=true'",
+             port, id);
+    out = run_capture(cmd);
+    assert_true(asprintf(&framed, "HTTP/1.1 200 OK\r\n\r\n%s", out) > 0);
+    assert_int_equal(check_frames(framed, 6, &last), 2);
+    json_decref(last);
+    free(framed);
+    free(out);
+
+    /* The failed job carries its error. */
+    snprintf(cmd, sizeof cmd, "curl -sS --max-time 20 http://127.0.0.1:%u/v1/fine_tuning/jobs/%s", port, id);
+    out = run_capture(cmd);
+    job = json_loads(out, 0, NULL);
+    assert_non_null(job);
+    json_t *e = json_object_get(job, "error");
+    assert_string_equal(jstr(e, "code"), "nan_loss");
+    assert_string_equal(jstr(e, "message"), "loss is NaN at step 3");
+    assert_true(json_is_null(json_object_get(e, "param")));
+    json_decref(job);
+    free(out);
+
+    /* A range of the GGUF, written by curl to a file, equals those bytes on disk. */
+    char *want_path = test_path(dir, "adapter.gguf"), *got_path = test_path(state_dir, "dl.part");
+    size_t len = 0;
+    char *want = test_read_file(want_path, &len);
+    assert_true(len > 300);
+    snprintf(cmd, sizeof cmd,
+             "curl -sS --max-time 20 -r 100-299 -o '%s' -w '%%{http_code}' "
+             "http://127.0.0.1:%u/v1/fine_tuning/jobs/%s/checkpoints/%s/adapter.gguf",
+             got_path, port, id, ck);
+    out = run_capture(cmd);
+    assert_string_equal(out, "206");
+    free(out);
+    size_t got_len = 0;
+    char *got = test_read_file(got_path, &got_len);
+    assert_int_equal(got_len, 200);
+    assert_memory_equal(got, want + 100, 200);
+    free(got);
+    free(want);
+    free(want_path);
+    free(got_path);
+    free(dir);
+}
+
 /* ---- main --------------------------------------------------------------------------------- */
 
 static int start_server(void **state) {
@@ -1145,7 +1268,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         T(test_create_shape),     T(test_create_errors), T(test_idempotency), T(test_queue_full_and_stopping),
         T(test_list_and_filter),  T(test_controls),      T(test_events_list), T(test_events_stream),
-        T(test_metrics),          T(test_checkpoints),
+        T(test_metrics),          T(test_checkpoints),   T(test_with_curl),
     };
     return cmocka_run_group_tests(tests, start_server, stop_server);
 }
