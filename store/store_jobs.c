@@ -624,3 +624,25 @@ int store_recover_tx(struct store_conn *c, struct lorad_error *err) {
         if (r < 0) return r;
     }
 }
+
+/* ---- idempotency look-up (before creating) ------------------------------------------------ */
+
+int lorad_store_job_find_idempotent(struct lorad_store *s, const char *idempotency_key,
+                                    const char *request_hash, json_t **ret_job,
+                                    struct lorad_error *err) {
+    if (!idempotency_key || !*idempotency_key || strlen(idempotency_key) > 255)
+        return lorad_error_set(err, -EINVAL, "idempotency_key", "must be 1..255 bytes");
+    if (!request_hash || !*request_hash)
+        return lorad_error_set(err, -EINVAL, "request_hash", "required with an idempotency key");
+    struct store_conn *c = NULL;
+    int r = store_acquire(s, &c, err);
+    if (r < 0) return r;
+    char id[LORAD_STORE_ID_MAX];
+    r = idempotency_lookup(c, idempotency_key, request_hash, id, err);
+    if (r == 1 && ret_job) {
+        int rr = store_job_get_conn(c, id, ret_job, err);
+        if (rr < 0) r = rr;
+    }
+    store_release(s, c);
+    return r;
+}
