@@ -199,7 +199,14 @@ static json_t *base_model_object(const char *id, const char *path, enum lorad_mo
     int r = format == LORAD_FORMAT_HF_DIR ? describe_hf(path, m, &err)
             : format == LORAD_FORMAT_GGUF ? describe_gguf(path, m, &err)
                                           : describe_llama2c(path, m, &err);
-    if (r < 0) json_object_set_new(m, "error", json_string(err.message[0] ? err.message : strerror(-r)));
+    if (r < 0) {
+        /* Clients see the entry's name, not where the models directory lies on the server. */
+        char msg[sizeof err.message + LORAD_MODEL_ID_MAX];
+        size_t pl = strlen(path);
+        if (strncmp(err.message, path, pl) == 0) snprintf(msg, sizeof msg, "%s%s", id, err.message + pl);
+        else snprintf(msg, sizeof msg, "%s", err.message[0] ? err.message : strerror(-r));
+        json_object_set_new(m, "error", json_string(msg));
+    }
 
     if (strlen(path) < sizeof cache[0].path) {
         json_t *keep = json_deep_copy(m);
