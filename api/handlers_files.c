@@ -5,7 +5,8 @@
  * is a valid record is "processed"; a file with bad lines (or no record at all) is stored with
  * status "error", its validation report naming each bad line (the first 20) and status_details
  * summarising the first one. Keeping it lets the client read the report and download exactly what
- * the server saw; job creation should refuse an "error" file. An empty upload (0 bytes) is refused with 400.
+ * the server saw; job creation should refuse an "error" file. An empty upload (0 bytes) is
+ * refused with 400.
  *
  * Blobs live at files_dir/<file-id> (never a client string); the store records that path relative
  * to the state directory, as docs/store.md asks. */
