@@ -120,7 +120,12 @@ static int handle_create(const struct lorad_api_request *req, struct lorad_api_r
         return lorad_api_reply_error(ret_reply, r == -ENOSPC ? 503 : 500, "cannot store the upload",
                                      NULL, r == -ENOSPC ? "disk_full" : "internal_error");
     }
-    const char *filename = up->filename[0] ? up->filename : "upload.jsonl";
+    /* The transport cut the client's name at 255 bytes, possibly inside a UTF-8 sequence: drop
+     * that partial character (at most 3 bytes) rather than refuse the name. */
+    char filename[sizeof up->filename];
+    snprintf(filename, sizeof filename, "%s", up->filename[0] ? up->filename : "upload.jsonl");
+    for (int cut = 0; cut < 3 && !lorad_utf8_valid(filename, strlen(filename)); cut++)
+        filename[strlen(filename) - 1] = '\0';
     struct lorad_store_file_new f = {.id = id, .filename = filename, .purpose = up->purpose,
                                      .bytes = (int64_t)up->bytes, .sha256 = up->sha256_hex,
                                      .line_count = n_lines, .format = format, .validation = report,

@@ -109,6 +109,16 @@ static char *write_scratch(const char *name, const char *text) {
     return path;
 }
 
+static int count_dir_entries(const char *dir);
+
+/* The transport unlinks a refused upload's temp file when the request completes, which may be
+ * just after the client has its answer: wait up to 2 s for the upload directory to empty. */
+static int uploads_left(void) {
+    int n = 0;
+    for (int i = 0; i < 200 && (n = count_dir_entries(uploads_dir)) != 0; i++) usleep(10000);
+    return n;
+}
+
 static int count_dir_entries(const char *dir) {
     char cmd[4200];
     snprintf(cmd, sizeof cmd, "ls -A '%s' | wc -l", dir);
@@ -168,7 +178,7 @@ static void test_upload_multipart_and_raw(void **state) {
     assert_memory_equal(bytes, GOOD, n);
     free(bytes);
     free(blob);
-    assert_int_equal(count_dir_entries(uploads_dir), 0);
+    assert_int_equal(uploads_left(), 0);
     resp_free(&r);
 
     /* A raw body with ?filename= (purpose defaults to fine-tune). */
@@ -194,7 +204,7 @@ static void test_upload_multipart_and_raw(void **state) {
     assert_int_equal(r.status, 400);
     assert_string_equal(err_param(&r), "filename");
     resp_free(&r);
-    assert_int_equal(count_dir_entries(uploads_dir), 0);
+    assert_int_equal(uploads_left(), 0);
     free(empty);
     free(good);
 }
@@ -276,6 +286,10 @@ static void test_list_pagination(void **state) {
     struct resp r = http("/v1/files?purpose=fine-tune&limit=100");
     assert_int_equal(json_array_size(json_object_get(r.json, "data")), 8);
     assert_false(json_is_true(json_object_get(r.json, "has_more")));
+    resp_free(&r);
+    r = http("/v1/files?limit=1000"); /* accepted, and served as a page of at most 100 */
+    assert_int_equal(r.status, 200);
+    assert_int_equal(json_array_size(json_object_get(r.json, "data")), 8);
     resp_free(&r);
     r = http("/v1/files?purpose=assistants");
     assert_int_equal(r.status, 200);
@@ -733,6 +747,47 @@ static void test_metrics(void **state) {
     app.job_live_rate = NULL;
 }
 
+/* A page holds at most 100 files whatever limit (up to 1000) is asked for; a name cut at 255
+ * bytes inside a UTF-8 character loses that character, not the upload. Runs last: it adds
+ * files. */
+static void test_page_cap_and_long_name(void **state) {
+    (void)state;
+    char *good = write_scratch("long.jsonl", GOOD);
+    char name[400] = "", url_name[1200] = "";
+    strcat(name, "aa"); /* 2 + 126 * 2 = 254 bytes, then the 255th is the first half of an 'é' */
+    strcat(url_name, "aa");
+    for (int i = 0; i < 128; i++) {
+        strcat(name, "\xc3\xa9");
+        strcat(url_name, "%%C3%%A9");
+    }
+    char fmt[1400];
+    snprintf(fmt, sizeof fmt, "-H 'Content-Type: application/octet-stream' --data-binary @%%s /v1/files?filename=%s", url_name);
+    struct resp r = http(fmt, good);
+    assert_int_equal(r.status, 200);
+    name[254] = '\0';
+    assert_string_equal(jstr(r.json, "filename"), name);
+    resp_free(&r);
+    free(good);
+
+    for (int i = 0; i < 100; i++) {
+        char id[LORAD_STORE_ID_MAX], path[64];
+        assert_int_equal(lorad_store_new_id("file-", id), 0);
+        snprintf(path, sizeof path, "files/%s", id);
+        struct lorad_store_file_new f = {.id = id, .filename = "x.jsonl", .purpose = "fine-tune", .bytes = 1,
+                                         .sha256 = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+                                         .status = "processed", .path = path};
+        assert_int_equal(lorad_store_file_create(store, &f, NULL, NULL), 0);
+    }
+    r = http("/v1/files?limit=1000");
+    assert_int_equal(r.status, 200);
+    assert_int_equal(json_array_size(json_object_get(r.json, "data")), 100);
+    assert_true(json_is_true(json_object_get(r.json, "has_more")));
+    resp_free(&r);
+    r = http("/v1/files?limit=1001");
+    assert_int_equal(r.status, 400);
+    resp_free(&r);
+}
+
 /* ---- fixture -------------------------------------------------------------------------------- */
 
 static int setup(void **state) {
@@ -784,6 +839,7 @@ int main(void) {
         cmocka_unit_test(test_models),
         cmocka_unit_test(test_readyz),
         cmocka_unit_test(test_metrics),
+        cmocka_unit_test(test_page_cap_and_long_name),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
