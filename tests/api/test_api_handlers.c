@@ -505,6 +505,13 @@ static void test_models(void **state) {
     assert_int_equal(system(cmd), 0);
     char *bin = test_path(models_dir, "stories260K.bin");
     assert_int_equal(symlink(test_shared_data("stories260K.bin"), bin), 0);
+    /* A Q8_0 GGUF written from the format spec by tests/formats/write_fixtures.py (dim 64,
+     * 2 layers, context 128, vocab 300); truth.f32 holds every one of its parameters as f32. */
+    char *fx = test_path(scratch, "fx");
+    char *fx_argv[] = {LORAD_PYTHON, LORAD_SOURCE_DIR "/tests/formats/write_fixtures.py", fx, NULL};
+    assert_int_equal(test_run(fx_argv), 0);
+    snprintf(cmd, sizeof cmd, "cp '%s/gguf_q8_0.gguf' '%s/fixture-q8.gguf'", fx, models_dir);
+    assert_int_equal(system(cmd), 0);
     char *broken = test_path(models_dir, "broken.gguf");
     test_write_file(broken, "GGUF\x03\0\0\0garbage", 15);
 
@@ -547,9 +554,27 @@ static void test_models(void **state) {
     assert_int_equal(jint(m, "context_length"), seq_len);
     assert_int_equal(jint(m, "parameter_count"), ((long long)sb.st_size - 28) / 4 - seq_len * head_size);
 
+    m = find_model(r.json, "fixture-q8.gguf");
+    assert_non_null(m);
+    assert_string_equal(jstr(m, "format"), "gguf");
+    assert_string_equal(jstr(m, "architecture"), "llama");
+    assert_string_equal(jstr(m, "dtype"), "Q8_0");
+    char *truth = test_path(fx, "truth.f32");
+    assert_int_equal(stat(truth, &sb), 0);
+    assert_int_equal(jint(m, "parameter_count"), sb.st_size / 4);
+    assert_int_equal(jint(m, "context_length"), 128);
+    assert_int_equal(jint(m, "hidden_size"), 64);
+    assert_int_equal(jint(m, "num_layers"), 2);
+    assert_int_equal(jint(m, "vocab_size"), 300);
+    assert_null(json_object_get(m, "error"));
+    free(truth);
+    free(fx);
+
     m = find_model(r.json, "broken.gguf");
     assert_non_null(m);
     assert_non_null(jstr(m, "error"));
+    assert_int_equal(strncmp(jstr(m, "error"), "broken.gguf: ", 13), 0); /* named, and ... */
+    assert_null(strstr(jstr(m, "error"), state_dir));                   /* ... no server path */
 
     m = find_model(r.json, ft_name);
     assert_non_null(m);
