@@ -28,11 +28,6 @@
 #define FILES_PAGE_MAX 100
 #define FILES_PURPOSE_MAX 64
 
-static int reply_no_store(struct lorad_api_reply *ret_reply) {
-    return lorad_api_reply_error(ret_reply, 503, "the service is starting: the store is not open yet", NULL,
-                                 "not_ready");
-}
-
 /* The store's path of a blob: relative to state_dir when files_dir lies inside it (so the state
  * directory can move), else absolute. Returns 0 or -ENAMETOOLONG. */
 static int blob_store_path(const struct lorad_app *app, const char *abs_path, char *out, size_t cap) {
@@ -77,7 +72,7 @@ static void file_add_status_details(json_t *file) {
 static int handle_create(const struct lorad_api_request *req, struct lorad_api_reply *ret_reply) {
     struct lorad_app *app = handler_app(req);
     const struct lorad_api_upload *up = req->upload;
-    if (!app || !app->store || !app->files_dir) return reply_no_store(ret_reply);
+    if (!app || !app->store || !app->files_dir) return handler_reply_not_ready(ret_reply);
     if (!up) return lorad_api_reply_error(ret_reply, 400, "no file in the request", "file", "invalid_upload");
     if (strcmp(up->purpose, "fine-tune") != 0) {
         char msg[160];
@@ -146,7 +141,7 @@ static int handle_create(const struct lorad_api_request *req, struct lorad_api_r
 /* GET /v1/files?purpose&limit&after */
 static int handle_list(const struct lorad_api_request *req, struct lorad_api_reply *ret_reply) {
     struct lorad_app *app = handler_app(req);
-    if (!app || !app->store) return reply_no_store(ret_reply);
+    if (!app || !app->store) return handler_reply_not_ready(ret_reply);
     int limit;
     const char *after;
     if (handler_page_args(req, "file-", FILES_PAGE_DEFAULT, FILES_PAGE_MAX_ASKED, &limit, &after, ret_reply) < 0) return 0;
@@ -164,16 +159,32 @@ static int handle_list(const struct lorad_api_request *req, struct lorad_api_rep
     return handler_reply_json(ret_reply, 200, page);
 }
 
+/* The file object the path names. Returns 0 with *ret_app and *ret_file (caller decrefs), or -1
+ * with ret_reply filled (503 before the store is open, 404 for a malformed or unknown id). */
+static int file_of_request(const struct lorad_api_request *req, struct lorad_api_reply *ret_reply,
+                           struct lorad_app **ret_app, json_t **ret_file) {
+    struct lorad_app *app = handler_app(req);
+    if (!app || !app->store) {
+        handler_reply_not_ready(ret_reply);
+        return -1;
+    }
+    const char *id = handler_id_param(req, "file_id", "file-", ret_reply);
+    if (!id) return -1;
+    struct lorad_error err = {0};
+    int r = lorad_store_file_get(app->store, id, ret_file, &err);
+    if (r < 0) {
+        handler_reply_failure(ret_reply, r, &err, NULL);
+        return -1;
+    }
+    *ret_app = app;
+    return 0;
+}
+
 /* GET /v1/files/{file_id} */
 static int handle_get(const struct lorad_api_request *req, struct lorad_api_reply *ret_reply) {
-    struct lorad_app *app = handler_app(req);
-    if (!app || !app->store) return reply_no_store(ret_reply);
-    const char *id = handler_id_param(req, "file_id", "file-", ret_reply);
-    if (!id) return 0;
-    struct lorad_error err = {0};
-    json_t *file = NULL;
-    int r = lorad_store_file_get(app->store, id, &file, &err);
-    if (r < 0) return handler_reply_failure(ret_reply, r, &err, NULL);
+    struct lorad_app *app;
+    json_t *file;
+    if (file_of_request(req, ret_reply, &app, &file) < 0) return 0;
     file_add_status_details(file);
     return handler_reply_json(ret_reply, 200, file);
 }
@@ -195,15 +206,12 @@ static bool ends_with(const char *s, const char *suffix) {
 
 /* GET /v1/files/{file_id}/content: the bytes as uploaded, under the original filename. */
 static int handle_content(const struct lorad_api_request *req, struct lorad_api_reply *ret_reply) {
-    struct lorad_app *app = handler_app(req);
-    if (!app || !app->store) return reply_no_store(ret_reply);
-    const char *id = handler_id_param(req, "file_id", "file-", ret_reply);
-    if (!id) return 0;
+    struct lorad_app *app;
+    json_t *file;
+    if (file_of_request(req, ret_reply, &app, &file) < 0) return 0;
     struct lorad_error err = {0};
-    json_t *file = NULL;
     char *stored = NULL;
-    int r = lorad_store_file_get(app->store, id, &file, &err);
-    if (r == 0) r = lorad_store_file_path(app->store, id, &stored, &err);
+    int r = lorad_store_file_path(app->store, json_string_value(json_object_get(file, "id")), &stored, &err);
     if (r < 0) {
         json_decref(file);
         return handler_reply_failure(ret_reply, r, &err, NULL);
@@ -222,7 +230,7 @@ static int handle_content(const struct lorad_api_request *req, struct lorad_api_
 /* DELETE /v1/files/{file_id}: 409 while a live job uses it; the blob goes with the row. */
 static int handle_delete(const struct lorad_api_request *req, struct lorad_api_reply *ret_reply) {
     struct lorad_app *app = handler_app(req);
-    if (!app || !app->store) return reply_no_store(ret_reply);
+    if (!app || !app->store) return handler_reply_not_ready(ret_reply);
     const char *id = handler_id_param(req, "file_id", "file-", ret_reply);
     if (!id) return 0;
     struct lorad_error err = {0};

@@ -310,11 +310,6 @@ static int reply_no_model(struct lorad_api_reply *ret_reply, const char *name) {
     return lorad_api_reply_error(ret_reply, 404, msg, "model", "model_not_found");
 }
 
-static int reply_no_store(struct lorad_api_reply *ret_reply) {
-    return lorad_api_reply_error(ret_reply, 503, "the service is starting: the store is not open yet", NULL,
-                                 "not_ready");
-}
-
 /* ---- handlers ----------------------------------------------------------------------------- */
 
 static int add_base(void *ctx, const char *id, const char *path, enum lorad_model_format format) {
@@ -326,7 +321,7 @@ static int add_base(void *ctx, const char *id, const char *path, enum lorad_mode
 /* GET /v1/models: base models in name order, then adapters newest first. */
 static int handle_list(const struct lorad_api_request *req, struct lorad_api_reply *ret_reply) {
     struct lorad_app *app = handler_app(req);
-    if (!app || !app->store) return reply_no_store(ret_reply);
+    if (!app || !app->store) return handler_reply_not_ready(ret_reply);
     json_t *data = json_array();
     if (!data) return lorad_api_reply_error(ret_reply, 503, "out of memory", NULL, "out_of_memory");
     if (app->models_dir) lorad_model_dir_scan(app->models_dir, add_base, data); /* unreadable dir: no base models */
@@ -361,7 +356,7 @@ static int handle_list(const struct lorad_api_request *req, struct lorad_api_rep
 /* GET /v1/models/{model} */
 static int handle_get(const struct lorad_api_request *req, struct lorad_api_reply *ret_reply) {
     struct lorad_app *app = handler_app(req);
-    if (!app || !app->store) return reply_no_store(ret_reply);
+    if (!app || !app->store) return handler_reply_not_ready(ret_reply);
     const char *name = lorad_route_param(&req->params, "model");
     if (!name) return reply_no_model(ret_reply, "");
     struct lorad_error err = {0};
@@ -387,7 +382,7 @@ static int handle_get(const struct lorad_api_request *req, struct lorad_api_repl
 static int serve_adapter_file(const struct lorad_api_request *req, struct lorad_api_reply *ret_reply, size_t which,
                               const char *content_type) {
     struct lorad_app *app = handler_app(req);
-    if (!app || !app->store || !app->jobs_dir) return reply_no_store(ret_reply);
+    if (!app || !app->store || !app->jobs_dir) return handler_reply_not_ready(ret_reply);
     const char *name = lorad_route_param(&req->params, "model");
     if (!name) return reply_no_model(ret_reply, "");
     struct lorad_error err = {0};
