@@ -32,6 +32,23 @@
 #define MODELS_CONFIG_MAX (1 << 20)  /* config.json bytes read */
 #define MODELS_CACHE_SIZE 64
 
+/* Copies an engine message into out with every occurrence of path replaced by name: clients see
+ * the entry's name, not where the state or models directory lies on the server. */
+static void redact_path(const char *in, const char *path, const char *name, char *out, size_t cap) {
+    size_t pl = strlen(path), n = 0, nl = strlen(name);
+    while (*in && n + 1 < cap) {
+        if (pl && strncmp(in, path, pl) == 0) {
+            size_t k = nl < cap - 1 - n ? nl : cap - 1 - n;
+            memcpy(out + n, name, k);
+            n += k;
+            in += pl;
+        } else {
+            out[n++] = *in++;
+        }
+    }
+    out[n] = '\0';
+}
+
 /* ---- base models -------------------------------------------------------------------------- */
 
 /* Maps an HF torch_dtype to the dtype names used elsewhere ("BF16", "F16", "F32"). */
@@ -200,11 +217,8 @@ static json_t *base_model_object(const char *id, const char *path, enum lorad_mo
             : format == LORAD_FORMAT_GGUF ? describe_gguf(path, m, &err)
                                           : describe_llama2c(path, m, &err);
     if (r < 0) {
-        /* Clients see the entry's name, not where the models directory lies on the server. */
-        char msg[sizeof err.message + LORAD_MODEL_ID_MAX];
-        size_t pl = strlen(path);
-        if (strncmp(err.message, path, pl) == 0) snprintf(msg, sizeof msg, "%s%s", id, err.message + pl);
-        else snprintf(msg, sizeof msg, "%s", err.message[0] ? err.message : strerror(-r));
+        char msg[sizeof err.message];
+        redact_path(err.message[0] ? err.message : strerror(-r), path, id, msg, sizeof msg);
         json_object_set_new(m, "error", json_string(msg));
     }
 
@@ -268,7 +282,9 @@ static json_t *adapter_model_object(const struct lorad_app *app, json_t *job) {
                                 meta.dropout, "use_rslora", meta.use_rslora, "scale", lorad_adapter_scale(&meta),
                                 "target_modules", targets);
         } else {
-            json_object_set_new(m, "error", json_string(err.message));
+            char msg[sizeof err.message];
+            redact_path(err.message, dir, "adapter", msg, sizeof msg);
+            json_object_set_new(m, "error", json_string(msg));
         }
         for (size_t i = 0; files && i < N_ADAPTER_FILES; i++) {
             char path[4096 + 64];

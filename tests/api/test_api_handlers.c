@@ -664,6 +664,25 @@ static void test_models(void **state) {
         free(bytes);
     }
 
+    /* A succeeded job whose adapter directory is missing: listed, without adapter or files, with
+     * an error that names the adapter file and not the server's path; its downloads are 404. */
+    char lost[LORAD_STORE_ID_MAX], lost_name[256];
+    create_job("demo-hf", good_id, NULL, lost);
+    assert_int_equal(lorad_api_fine_tuned_model_name("demo-hf", NULL, lost, lost_name, sizeof lost_name), 0);
+    move_job(lost, LORAD_JOB_QUEUED, LORAD_JOB_RUNNING, NULL);
+    move_job(lost, LORAD_JOB_RUNNING, LORAD_JOB_SUCCEEDED, lost_name);
+    r = http("/v1/models/%s", lost_name);
+    assert_int_equal(r.status, 200);
+    assert_true(json_is_null(json_object_get(r.json, "adapter")));
+    assert_int_equal(json_array_size(json_object_get(r.json, "files")), 0);
+    assert_int_equal(strncmp(jstr(r.json, "error"), "adapter/adapter_config.json", 27), 0);
+    assert_null(strstr(jstr(r.json, "error"), state_dir));
+    resp_free(&r);
+    r = http("/v1/models/%s/adapter.gguf", lost_name);
+    assert_int_equal(r.status, 404);
+    assert_string_equal(err_param(&r), "model");
+    resp_free(&r);
+
     /* The description follows the model on disk: a changed config.json is read again. */
     char *cfg_path = test_path(hf, "config.json");
     size_t n;
