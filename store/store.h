@@ -178,6 +178,11 @@ int lorad_store_job_list(struct lorad_store *store, int status, const char *afte
 int lorad_store_job_counts(struct lorad_store *store, int64_t counts[LORAD_JOB_STATUS_COUNT],
                            struct lorad_error *err);
 
+/* *ret_sum = trained_tokens summed over every job (jobs without a figure count 0): the tokens
+ * trained by this installation, for Prometheus. */
+int lorad_store_job_trained_tokens_sum(struct lorad_store *store, int64_t *ret_sum,
+                                       struct lorad_error *err);
+
 struct lorad_store_transition {
     enum lorad_job_status to;
     const char *message;          /* status event message; NULL -> "Job <from> -> <to>" */
