@@ -1,0 +1,153 @@
+#!/usr/bin/python3
+"""`lorad generate` as a command: determinism of sampling (same seed, same ids; top-k 1 is greedy),
+the KV cache against recomputing the sequence, speed on stories260K, text output and --echo,
+prompts tokenised as training does (BOS, --no-bos, the chatml and llama2 chat templates, computed
+here from the demo tokenizer's vocabulary), and every usage (exit 2) and run-time (exit 1) error
+naming its flag. Numbers against PyTorch are in generate_reference.py."""
+import json
+import os
+import time
+
+import numpy as np
+
+from generate_common import (LORAD, SHARED, STORIES, check, demo_model, generate, ids_of, main, read_dump,
+                             reference, run)
+from byte_bpe_ref import CHAR_BYTE
+
+P = ["--prompt-ids", "1,203,207,288"]
+
+
+def determinism(d):
+    greedy = ids_of(generate(STORIES, *P, "--max-tokens", 40, "--ids", "--ignore-eos"))
+    check(len(greedy) == 40, f"--max-tokens 40 gave {len(greedy)} ids")
+    check(ids_of(generate("--model", STORIES, *P, "--max-tokens", 40, "--print-ids", "--ignore-eos",
+                          "--threads", 1)) == greedy, "--model / --print-ids / 1 thread changed the greedy ids")
+    runs = {s: ids_of(generate(STORIES, *P, "--max-tokens", 40, "--ids", "--ignore-eos", "--temperature", 0.8,
+                               "--seed", s)) for s in (1, 2, 3)}
+    check(ids_of(generate(STORIES, *P, "--max-tokens", 40, "--ids", "--ignore-eos", "--temperature", 0.8,
+                          "--seed", 2, "--threads", 1)) == runs[2], "the same seed gave other ids")
+    check(len({tuple(v) for v in runs.values()}) == 3, f"seeds 1, 2, 3 gave equal samples: {runs}")
+    check(all(v != greedy for v in runs.values()), "sampling at T 0.8 reproduced the greedy ids")
+    check(ids_of(generate(STORIES, *P, "--max-tokens", 40, "--ids", "--ignore-eos", "--temperature", 0.8,
+                          "--seed", 1, "--top-k", 1)) == greedy, "--top-k 1 differs from greedy")
+    check(ids_of(generate(STORIES, *P, "--max-tokens", 40, "--ids", "--ignore-eos", "--temperature", 5,
+                          "--seed", 7, "--top-p", 1e-9)) == greedy, "--top-p 1e-9 differs from greedy")
+    # A prompt longer than one prefill chunk, and the KV cache against recomputing everything.
+    long_prompt = ",".join(str(3 + (i * 37) % 500) for i in range(600))
+    a, b = os.path.join(d, "cache.st"), os.path.join(d, "nocache.st")
+    ca = ids_of(generate(STORIES, "--prompt-ids", long_prompt, "--max-tokens", 12, "--ids", "--ignore-eos",
+                         "--dump-logits", a))
+    cb = ids_of(generate(STORIES, "--prompt-ids", long_prompt, "--max-tokens", 12, "--ids", "--ignore-eos",
+                         "--dump-logits", b, "--no-kv-cache"))
+    check(ca == cb and len(ca) == 12, f"KV cache {ca} vs recomputed {cb}")
+    if os.path.exists(a) and os.path.exists(b):
+        la, lb = read_dump(a)[0]["logits"], read_dump(b)[0]["logits"]
+        err = float(np.abs(la - lb).max() / np.abs(lb).max())
+        check(err < 1e-5, f"KV-cache logits differ from recomputed ones by {err:.2e}")
+        t, meta = read_dump(a)
+        check(len(t["prompt_ids"]) == 600 and meta["stop"] == "max_tokens" and t["logits"].shape == (12, 512),
+              f"dump: prompt {len(t['prompt_ids'])} ids, logits {t['logits'].shape}, meta {meta}")
+
+
+def speed():
+    best = 1e9
+    for _ in range(3):
+        t0 = time.monotonic()
+        p = generate(STORIES, *P, "--max-tokens", 64, "--ids", "--ignore-eos")
+        best = min(best, time.monotonic() - t0)
+    print(f"64 tokens on stories260K: {best * 1000:.0f} ms (whole process)")
+    check(len(ids_of(p)) == 64 and best < 1.0, f"64 tokens took {best:.2f} s")
+
+
+def demo_text(d):
+    demo = demo_model(d)
+    vocab = json.load(open(os.path.join(demo, "tokenizer.json")))["model"]["vocab"]
+    byte_id = {CHAR_BYTE[piece]: i for piece, i in vocab.items() if len(piece) == 1 and piece in CHAR_BYTE}
+    IM_START, IM_END, BOS = 257, 258, 256  # the demo's added tokens (tokenizer.json)
+
+    def toks(text):
+        # The demo has no merges: byte-level BPE gives one token per byte.
+        return [byte_id[b] for b in text.encode()]
+
+    def prompt_of(*args):
+        dump = os.path.join(d, "p.st")
+        generate(demo, *args, "--max-tokens", 3, "--ignore-eos", "--dump-logits", dump)
+        return [int(x) for x in read_dump(dump)[0]["prompt_ids"]] if os.path.exists(dump) else None
+
+    check(prompt_of("--prompt", "Hi there") == [BOS] + toks("Hi there"), "--prompt: BOS + bytes")
+    check(prompt_of("--prompt", "Hi there", "--no-bos") == toks("Hi there"), "--no-bos")
+    want = ([IM_START] + toks("system\nBe brief") + [IM_END] + toks("\n") + [IM_START] + toks("user\nHi there") +
+            [IM_END] + toks("\n") + [IM_START] + toks("assistant\n"))
+    got = prompt_of("--prompt", "Hi there", "--chat", "--system", "Be brief")
+    check(got == want, f"--chat (chatml from the tokenizer): {got}\n want {want}")
+    got = prompt_of("--prompt", "Hi there", "--template", "llama2")
+    check(got == [BOS] + toks("[INST] Hi there [/INST] "), f"--template llama2: {got}")
+    p = generate(demo, "--prompt", "Hi", "--template", "llama3", status=1)
+    check("--template" in p.stderr and "special token" in p.stderr, f"llama3 on chatml: {p.stderr}")
+
+    # Text output is the decoded ids; --echo puts the prompt before it.
+    ids = ids_of(generate(demo, "--prompt", "Hello", "--max-tokens", 16, "--ids", "--ignore-eos"))
+    text = generate(demo, "--prompt", "Hello", "--max-tokens", 16, "--ignore-eos").stdout
+    inv = {i: b for b, i in byte_id.items()}
+    want = bytes(inv[i] for i in ids if i in inv).decode("utf-8", "replace") + "\n"
+    check(text == want, f"text output {text!r}, ids decode to {want!r}")
+    echo = generate(demo, "--prompt", "Hello", "--max-tokens", 16, "--ignore-eos", "--echo").stdout
+    check(echo == "Hello" + want, f"--echo: {echo!r}")
+    eids = ids_of(generate(demo, "--prompt", "Hello", "--max-tokens", 16, "--ids", "--ignore-eos", "--echo"))
+    check(eids == [BOS] + toks("Hello") + ids, f"--ids --echo: {eids}")
+
+
+def errors(d):
+    def err(args, status, needle):
+        p = generate(*args, status=status)
+        line = p.stderr.strip().splitlines()[0] if p.stderr.strip() else ""
+        check(needle in line, f"lorad generate {' '.join(map(str, args))}: want {needle!r} in the first line of "
+                              f"stderr, got {p.stderr!r}")
+
+    missing = os.path.join(d, "no-such-model")
+    err([missing, *P], 1, missing)
+    err([*P], 2, "model")
+    err([STORIES, STORIES, *P], 2, STORIES)
+    err([STORIES], 2, "--prompt")
+    err([STORIES, *P, "--prompt", "x"], 2, "--prompt")
+    err([STORIES, "--prompt", "Once upon a time"], 2, "--prompt")
+    err([STORIES, *P, "--temperature", 1, "--top-p", 0], 2, "--top-p")
+    err([STORIES, *P, "--temperature", 1, "--top-p", 1.5], 2, "--top-p")
+    err([STORIES, *P, "--temperature", 1, "--top-p", "abc"], 2, "--top-p")
+    err([STORIES, *P, "--top-p", 0.5], 2, "--top-p")
+    err([STORIES, *P, "--top-k", 5], 2, "--top-k")
+    err([STORIES, *P, "--temperature", -1], 2, "--temperature")
+    err([STORIES, *P, "--temperature", "nan"], 2, "--temperature")
+    err([STORIES, *P, "--max-tokens", 0], 2, "--max-tokens")
+    err([STORIES, *P, "--threads", 0], 2, "--threads")
+    err([STORIES, *P, "--seed", -3, "--temperature", 1], 2, "--seed")
+    err([STORIES, *P, "--template", "alpaca"], 2, "--template")
+    err([STORIES, *P, "--chat"], 2, "--chat")
+    err([STORIES, *P, "--bogus"], 2, "--bogus")
+    err([STORIES, "--prompt-ids"], 2, "--prompt-ids")
+    err([STORIES, "--prompt-ids", "1,x,3"], 2, "--prompt-ids")
+    err([STORIES, "--prompt-ids", ""], 2, "--prompt-ids")
+    err([STORIES, "--prompt-ids", "1,512"], 1, "--prompt-ids")
+    err([STORIES, *P, "--adapter", os.path.join(d, "no-such-adapter")], 1, "--adapter")
+    err([STORIES, "--prompt", "hi", "--tokenizer", os.path.join(SHARED, "llama2-tokenizer.model")], 1, "--tokenizer")
+    # An adapter made for another model: shapes do not fit.
+    demo = os.path.join(d, "demo")
+    other = os.path.join(d, "ad_demo")
+    reference("make-adapter", demo, other, "--targets", "gate_proj")  # intermediate 96, not 172
+    err([STORIES, *P, "--adapter", other], 1, "--adapter")
+    # A model without tokenizer prints ids even without --ids, and says so.
+    p = generate(STORIES, *P, "--max-tokens", 5, "--ignore-eos")
+    check(len(ids_of(p)) == 5 and "no tokenizer" in p.stderr, f"tokenizer-less text mode: {p.stdout!r} {p.stderr!r}")
+    p = run([LORAD, "generate", "--help"])
+    check(p.returncode == 0 and "--dump-logits" in p.stdout, "generate --help")
+
+
+def test(d):
+    determinism(d)
+    speed()
+    demo_text(d)
+    errors(d)
+
+
+if __name__ == "__main__":
+    main(test)
