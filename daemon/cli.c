@@ -22,7 +22,7 @@ const struct lorad_command lorad_commands[] = {
      "                      [--tokenizer PATH] [--no-bos] [--ignore-eos] [--dump-logits FILE]\n"
      "                      [--threads N] [--no-kv-cache]\n"
      "Continues a prompt with MODEL (HF directory, .gguf or llama2.c .bin), with the LoRA adapter\n"
-     "(PEFT directory or GGUF LoRA) applied when given. Prints the generated text, or the generated\n"
+     "(PEFT directory, GGUF LoRA or adapter.tar) applied when given. Prints the generated text, or the generated\n"
      "token ids on one line with --ids (--print-ids is the same).\n"
      "  --prompt TEXT        tokenised as in training: BOS + TEXT (--no-bos drops the BOS)\n"
      "  --prompt-ids IDS     token ids, used as given; the only prompt a model without tokenizer takes\n"

@@ -6,6 +6,7 @@ here from the demo tokenizer's vocabulary), and every usage (exit 2) and run-tim
 naming its flag. Numbers against PyTorch are in generate_reference.py."""
 import json
 import os
+import tarfile
 import time
 
 import numpy as np
@@ -97,6 +98,35 @@ def demo_text(d):
     check(eids == [BOS] + toks("Hello") + ids, f"--ids --echo: {eids}")
 
 
+def adapter_forms(d):
+    """The same adapter as a PEFT dir, a tar of it (Python's tarfile) and a GGUF gives the same ids."""
+    ad = os.path.join(d, "ad")
+    reference("make-adapter", STORIES, ad, "--seed", 5)
+    scratch = os.path.join(d, "tmp")  # where lorad unpacks the tar: must be empty afterwards
+    os.mkdir(scratch)
+    os.environ["TMPDIR"] = scratch
+    tar = os.path.join(d, "adapter.tar")
+    with tarfile.open(tar, "w", format=tarfile.USTAR_FORMAT) as t:
+        t.add(ad, arcname="adapter")
+    gguf = os.path.join(d, "ad.gguf")
+    check(run([LORAD, "export", "--adapter", ad, "--format", "gguf", "--out", gguf, "--model", STORIES]).returncode == 0,
+          "lorad export --format gguf")
+    base = ids_of(generate(STORIES, *P, "--max-tokens", 24, "--ids", "--ignore-eos"))
+    got = {form: ids_of(generate(STORIES, *P, "--max-tokens", 24, "--ids", "--ignore-eos", "--adapter", path))
+           for form, path in (("dir", ad), ("tar", tar), ("gguf", gguf))}
+    check(got["dir"] != base, "the adapter did not change the ids")
+    check(got["tar"] == got["dir"] == got["gguf"], f"adapter forms disagree: {got}")
+    with open(tar, "rb") as f:
+        head = f.read(3000)
+    cut = os.path.join(d, "cut.tar")
+    with open(cut, "wb") as f:
+        f.write(head)
+    p = generate(STORIES, *P, "--adapter", cut, status=1)
+    check("--adapter" in p.stderr and "cut.tar" in p.stderr, f"truncated tar: {p.stderr}")
+    check(not os.listdir(scratch), f"unpacked adapters left behind: {os.listdir(scratch)}")
+    del os.environ["TMPDIR"]
+
+
 def errors(d):
     def err(args, status, needle):
         p = generate(*args, status=status)
@@ -146,6 +176,7 @@ def test(d):
     determinism(d)
     speed()
     demo_text(d)
+    adapter_forms(d)
     errors(d)
 
 
