@@ -542,23 +542,32 @@ static size_t complete_utf8(const char *s, size_t n) {
 
 /* Streams decoded text: decodes prompt + generated ids each step and prints what is new, so pieces
  * that only make sense in context (SentencePiece's leading space, bytes of one character split
- * over tokens) come out right. */
+ * over tokens) come out right. Ids the tokenizer does not know (a model whose embedding rows
+ * outnumber its vocabulary) print nothing. */
 struct text_stream {
     const struct lorad_tokenizer *tok;
-    size_t printed;    /* bytes of the decoded sequence already written (or skipped) */
-    bool in_sync;      /* the decoded prompt is still a prefix of the decoded sequence */
+    int32_t *known; /* (capacity of the sequence) scratch: the ids the tokenizer can decode */
+    size_t printed; /* bytes of the decoded sequence already written (or, for the prompt, skipped) */
 };
 
-static int stream_text(struct text_stream *ts, const int32_t *seq, int n, bool final, struct lorad_error *err) {
+/* Decodes seq[0..n) and writes the bytes after ts->printed; with !final an incomplete UTF-8
+ * character at the end is held back. print false only advances ts->printed. */
+static int stream_text(struct text_stream *ts, const int32_t *seq, int n, bool final, bool print,
+                       struct lorad_error *err) {
+    int vocab = lorad_tokenizer_vocab_size(ts->tok), m = 0;
+    for (int i = 0; i < n; i++)
+        if (seq[i] >= 0 && seq[i] < vocab) ts->known[m++] = seq[i];
     char *text;
     size_t len;
-    int rc = lorad_tokenizer_decode(ts->tok, seq, (size_t)n, &text, &len, err);
+    int rc = lorad_tokenizer_decode(ts->tok, ts->known, (size_t)m, &text, &len, err);
     if (rc < 0) return rc;
     size_t upto = final ? len : complete_utf8(text, len);
     if (upto > ts->printed) {
-        fwrite(text + ts->printed, 1, upto - ts->printed, stdout);
+        if (print) {
+            fwrite(text + ts->printed, 1, upto - ts->printed, stdout);
+            fflush(stdout);
+        }
         ts->printed = upto;
-        fflush(stdout);
     }
     free(text);
     return 0;
@@ -653,16 +662,11 @@ static int write_dump(const struct gen *g, struct lorad_error *err) {
     return rc;
 }
 
-/* Everything after the flags. Returns an exit status; errors are reported here. */
-static int run(struct gen *g) {
+/* The prompt ids into g->seq (room for the prompt and max_tokens more) and g->n_prompt. Returns
+ * 0 or an exit status, the error already reported. */
+static int prepare_prompt(struct gen *g) {
     const struct gen_options *o = g->o;
     struct lorad_error err = {0};
-    if (lorad_model_file_open(o->model, &g->mf, &err) < 0) return runtime_error(&err);
-    const struct lorad_llama_config *cfg = &g->mf->weights.cfg;
-    g->V = cfg->vocab_size;
-    if (load_tokenizer(g, &err) < 0) return runtime_error(&err);
-
-    /* The prompt. */
     int32_t *prompt = NULL;
     int n_prompt = 0, rc;
     if (o->prompt_ids) {
@@ -687,10 +691,10 @@ static int run(struct gen *g) {
         return usage_error("the prompt (%d tokens) plus --max-tokens %d exceed %d tokens", n_prompt, o->max_tokens,
                            LORAD_MAX_SEQ_LEN);
     }
-    int total = n_prompt + o->max_tokens;
-    if (cfg->max_seq_len > 0 && total > cfg->max_seq_len)
+    int total = n_prompt + o->max_tokens, max_pos = g->mf->weights.cfg.max_seq_len;
+    if (max_pos > 0 && total > max_pos)
         fprintf(stderr, "lorad generate: warning: the prompt (%d tokens) plus --max-tokens %d exceed the %d positions "
-                        "%s was trained for\n", n_prompt, o->max_tokens, cfg->max_seq_len, o->model);
+                        "%s was trained for\n", n_prompt, o->max_tokens, max_pos, o->model);
     g->seq = malloc((size_t)total * sizeof *g->seq);
     if (!g->seq) {
         free(prompt);
@@ -700,40 +704,104 @@ static int run(struct gen *g) {
     memcpy(g->seq, prompt, (size_t)n_prompt * sizeof *prompt);
     free(prompt);
     g->n_prompt = n_prompt;
+    return 0;
+}
 
-    /* The model, with the adapter's LoRA shape or a minimal unused one for the base alone. */
-    struct lorad_lora_config lc = {.r = 1, .alpha = 1.0f, .targets = 1u << LORAD_Q_PROJ};
-    if (o->adapter) {
-        char unpacked[PATH_MAX] = "";
-        int tar = unpack_adapter_tar(o->adapter, unpacked, &err);
-        if (tar < 0) return runtime_error(&err);
-        rc = lorad_adapter_load(tar == 0 ? unpacked : o->adapter, cfg, &g->ad, &err);
-        if (tar == 0) {
-            remove_unpacked(unpacked); /* the adapter holds its own copies of the tensors */
-            if (rc == 0) {
-                free(g->ad->path);
-                g->ad->path = strdup(o->adapter); /* later errors name what the user gave */
-                if (!g->ad->path) rc = lorad_error_set(&err, -ENOMEM, "", "out of memory");
-            }
+/* Loads --adapter (a directory, a GGUF LoRA or a tar of a PEFT folder) into g->ad and the LoRA
+ * configuration it calls for into *ret_lc. -errno with err naming --adapter. */
+static int load_adapter(struct gen *g, struct lorad_lora_config *ret_lc, struct lorad_error *err) {
+    const char *path = g->o->adapter;
+    char unpacked[PATH_MAX] = "";
+    int tar = unpack_adapter_tar(path, unpacked, err);
+    if (tar < 0) return tar;
+    int rc = lorad_adapter_load(tar == 0 ? unpacked : path, &g->mf->weights.cfg, &g->ad, err);
+    if (tar == 0) {
+        remove_unpacked(unpacked); /* the adapter holds its own copies of the tensors */
+        if (rc == 0) {
+            free(g->ad->path);
+            g->ad->path = strdup(path); /* later errors name what the user gave */
+            if (!g->ad->path) rc = lorad_error_set(err, -ENOMEM, "", "out of memory");
         }
-        if (rc < 0) {
-            snprintf(err.param, sizeof err.param, "%s", "--adapter");
-            return runtime_error(&err);
-        }
-        if (adapter_lora_config(g->ad, &lc, &err) < 0) return runtime_error(&err);
     }
+    if (rc < 0) {
+        snprintf(err->param, sizeof err->param, "%s", "--adapter");
+        return rc;
+    }
+    return adapter_lora_config(g->ad, ret_lc, err);
+}
+
+/* The engine's model for the base (with a minimal LoRA shape that stays unused) or for the
+ * adapter, with a KV cache for the whole sequence. *ret_chunk: the most tokens one engine call
+ * takes. */
+static int build_model(struct gen *g, int *ret_chunk, struct lorad_error *err) {
+    const struct gen_options *o = g->o;
+    struct lorad_lora_config lc = {.r = 1, .alpha = 1.0f, .targets = 1u << LORAD_Q_PROJ};
+    int rc;
+    if (o->adapter && (rc = load_adapter(g, &lc, err)) < 0) return rc;
+    int total = g->n_prompt + o->max_tokens;
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    int chunk = o->no_kv_cache ? total : (n_prompt < GEN_PREFILL_CHUNK ? n_prompt : GEN_PREFILL_CHUNK);
+    int chunk = o->no_kv_cache ? total : (g->n_prompt < GEN_PREFILL_CHUNK ? g->n_prompt : GEN_PREFILL_CHUNK);
     struct lorad_run_options ro = {.threads = o->threads ? o->threads : (ncpu > 0 ? (int)ncpu : 1),
                                    .max_batch = 1,
                                    .max_seq = chunk,
                                    .kv_cache_len = total};
-    if (lorad_model_new(&g->model, &g->mf->weights, &lc, &ro, &err) < 0) {
-        if (strcmp(err.param, "threads") == 0) snprintf(err.param, sizeof err.param, "%s", "--threads");
-        return runtime_error(&err);
+    if ((rc = lorad_model_new(&g->model, &g->mf->weights, &lc, &ro, err)) < 0) {
+        if (strcmp(err->param, "threads") == 0) snprintf(err->param, sizeof err->param, "%s", "--threads");
+        return rc;
     }
-    if (g->ad && install_adapter(g->model, g->ad, &err) < 0) return runtime_error(&err);
+    if (g->ad && (rc = install_adapter(g->model, g->ad, err)) < 0) return rc;
+    *ret_chunk = chunk;
+    return 0;
+}
 
+/* The loop: run the prompt, then pick a token from the logits, print it, stop or feed it back.
+ * Text is streamed with ts when ts->tok is set, ids printed otherwise. */
+static int generate_loop(struct gen *g, const struct sampler *s, int chunk, struct text_stream *ts,
+                         struct lorad_error *err) {
+    const struct gen_options *o = g->o;
+    bool text = ts->tok != NULL;
+    int n = g->n_prompt, rc;
+    if (o->echo && !text)
+        for (int i = 0; i < n; i++) printf(i ? " %d" : "%d", (int)g->seq[i]);
+    if (text && (rc = stream_text(ts, g->seq, n, false, o->echo, err)) < 0) return rc;
+    if ((rc = feed(g, 0, n, chunk, err)) < 0) return rc;
+    for (;;) {
+        for (int i = 0; i < g->V; i++)
+            if (!isfinite(g->logits[i]))
+                return lorad_error_set(err, -ERANGE, "", "the logits at generated position %d are not finite (id %d)",
+                                       g->n_gen, i);
+        if (g->dump) memcpy(g->dump + (size_t)g->n_gen * (size_t)g->V, g->logits, (size_t)g->V * sizeof(float));
+        int32_t id = sample(s, g->logits, g->n_gen);
+        g->seq[n++] = id;
+        g->n_gen++;
+        g->stopped_at_eos = is_stop(g, id);
+        if (!text) printf((o->echo || g->n_gen > 1) ? " %d" : "%d", (int)id);
+        else if (!g->stopped_at_eos && (rc = stream_text(ts, g->seq, n, false, true, err)) < 0) return rc;
+        if (g->stopped_at_eos || g->n_gen == o->max_tokens) break;
+        if (o->no_kv_cache) {
+            /* The reference path: the whole sequence again, as one batch, for every token. */
+            lorad_model_reset_cache(g->model);
+            rc = feed(g, 0, n, chunk, err);
+        } else {
+            rc = feed(g, n - 1, n, chunk, err);
+        }
+        if (rc < 0) return rc;
+    }
+    /* The end token is not text; what was held back for a complete character is printed now. */
+    return text ? stream_text(ts, g->seq, n - (g->stopped_at_eos ? 1 : 0), true, true, err) : 0;
+}
+
+/* Everything after the flags. Returns an exit status; errors are reported here. */
+static int run(struct gen *g) {
+    const struct gen_options *o = g->o;
+    struct lorad_error err = {0};
+    if (lorad_model_file_open(o->model, &g->mf, &err) < 0) return runtime_error(&err);
+    const struct lorad_llama_config *cfg = &g->mf->weights.cfg;
+    g->V = cfg->vocab_size;
+    if (load_tokenizer(g, &err) < 0) return runtime_error(&err);
+    int rc = prepare_prompt(g), chunk;
+    if (rc != 0) return rc;
+    if (build_model(g, &chunk, &err) < 0) return runtime_error(&err);
     if (!o->ignore_eos) {
         add_stop(g, cfg->eos_id);
         if (g->tok) {
@@ -742,67 +810,27 @@ static int run(struct gen *g) {
             add_stop(g, lorad_tokenizer_special_id(g->tok, "<|im_end|>"));
         }
     }
-    g->logits = malloc((size_t)g->V * sizeof *g->logits);
+    int total = g->n_prompt + o->max_tokens;
     struct sampler s = {.temperature = o->temperature, .top_p = o->top_p, .top_k = o->top_k, .V = g->V, .seed = o->seed};
+    struct text_stream ts = {.tok = o->ids ? NULL : g->tok};
     if (o->temperature > 0) {
         s.cand = malloc((size_t)g->V * sizeof *s.cand);
         s.prob = malloc((size_t)g->V * sizeof *s.prob);
     }
+    if (ts.tok) ts.known = malloc((size_t)total * sizeof *ts.known);
+    g->logits = malloc((size_t)g->V * sizeof *g->logits);
     if (o->dump) g->dump = malloc((size_t)o->max_tokens * (size_t)g->V * sizeof *g->dump);
-    if (!g->logits || (o->temperature > 0 && (!s.cand || !s.prob)) || (o->dump && !g->dump)) {
-        free(s.cand);
-        free(s.prob);
-        fprintf(stderr, "lorad generate: out of memory\n");
-        return LORAD_EXIT_FAILURE;
-    }
-
-    /* Output of the prompt, then the loop: pick from the logits, print, feed the token back. */
-    struct text_stream ts = {.tok = g->tok};
-    bool text = !o->ids && g->tok;
-    if (!o->ids && !g->tok)
+    if (!g->logits || (o->temperature > 0 && (!s.cand || !s.prob)) || (ts.tok && !ts.known) || (o->dump && !g->dump))
+        rc = lorad_error_set(&err, -ENOMEM, "", "out of memory");
+    if (rc == 0 && !o->ids && !g->tok)
         fprintf(stderr, "lorad generate: %s has no tokenizer: printing token ids (pass --tokenizer for text)\n", o->model);
-    if (o->echo) {
-        if (text) rc = stream_text(&ts, g->seq, n_prompt, false, &err);
-        else
-            for (int i = 0; i < n_prompt; i++) printf(i ? " %d" : "%d", (int)g->seq[i]);
-    } else if (text) {
-        char *t;
-        size_t len;
-        if ((rc = lorad_tokenizer_decode(g->tok, g->seq, (size_t)n_prompt, &t, &len, &err)) == 0) {
-            ts.printed = complete_utf8(t, len);
-            free(t);
-        }
+    if (rc == 0) {
+        rc = generate_loop(g, &s, chunk, &ts, &err);
+        putchar('\n');
     }
-    int n = n_prompt;
-    rc = rc < 0 ? rc : feed(g, 0, n, chunk, &err);
-    while (rc == 0) {
-        for (int i = 0; i < g->V; i++)
-            if (!isfinite(g->logits[i])) {
-                rc = lorad_error_set(&err, -ERANGE, "", "the logits at generated position %d are not finite (logit %d)",
-                                     g->n_gen, i);
-                break;
-            }
-        if (rc < 0) break;
-        if (g->dump) memcpy(g->dump + (size_t)g->n_gen * (size_t)g->V, g->logits, (size_t)g->V * sizeof(float));
-        int32_t id = sample(&s, g->logits, g->n_gen);
-        g->seq[n++] = id;
-        g->n_gen++;
-        g->stopped_at_eos = is_stop(g, id);
-        if (!text) printf((o->echo || g->n_gen > 1) ? " %d" : "%d", (int)id);
-        else if (!g->stopped_at_eos) rc = stream_text(&ts, g->seq, n, false, &err);
-        if (rc < 0 || g->stopped_at_eos || g->n_gen == o->max_tokens) break;
-        if (o->no_kv_cache) {
-            /* The reference path: the whole sequence again, as one batch, for every token. */
-            lorad_model_reset_cache(g->model);
-            rc = feed(g, 0, n, chunk, &err);
-        } else {
-            rc = feed(g, n - 1, n, chunk, &err);
-        }
-    }
-    if (rc == 0 && text) rc = stream_text(&ts, g->seq, n - (g->stopped_at_eos ? 1 : 0), true, &err);
-    putchar('\n');
     free(s.cand);
     free(s.prob);
+    free(ts.known);
     if (fflush(stdout) != 0 && rc == 0) rc = lorad_error_set(&err, -EIO, "", "cannot write to standard output");
     if (rc == 0 && o->dump) rc = write_dump(g, &err);
     return rc < 0 ? runtime_error(&err) : LORAD_EXIT_OK;
