@@ -597,11 +597,11 @@ static int load_tokenizer(struct gen *g, struct lorad_error *err) {
     else if (g->mf->has_vocab) rc = lorad_tokenizer_from_vocab(&g->tok, &g->mf->vocab, err);
     else if (g->mf->tokenizer_path) rc = lorad_tokenizer_load(&g->tok, g->mf->tokenizer_path, err);
     if (rc < 0) {
-        snprintf(err->param, sizeof err->param, "%s", o->tokenizer ? "--tokenizer" : "MODEL");
+        snprintf(err->param, sizeof err->param, "%s", o->tokenizer ? "--tokenizer" : "--model");
         return rc;
     }
     if (g->tok && lorad_tokenizer_vocab_size(g->tok) > g->V)
-        return lorad_error_set(err, -EINVAL, o->tokenizer ? "--tokenizer" : "MODEL",
+        return lorad_error_set(err, -EINVAL, o->tokenizer ? "--tokenizer" : "--model",
                                "the tokenizer has %d pieces but %s only %d (a tokenizer of another model?)",
                                lorad_tokenizer_vocab_size(g->tok), o->model, g->V);
     return 0;
@@ -795,7 +795,10 @@ static int generate_loop(struct gen *g, const struct sampler *s, int chunk, stru
 static int run(struct gen *g) {
     const struct gen_options *o = g->o;
     struct lorad_error err = {0};
-    if (lorad_model_file_open(o->model, &g->mf, &err) < 0) return runtime_error(&err);
+    if (lorad_model_file_open(o->model, &g->mf, &err) < 0) {
+        snprintf(err.param, sizeof err.param, "%s", "--model");
+        return runtime_error(&err);
+    }
     const struct lorad_llama_config *cfg = &g->mf->weights.cfg;
     g->V = cfg->vocab_size;
     if (load_tokenizer(g, &err) < 0) return runtime_error(&err);
