@@ -275,17 +275,27 @@ static int tokenize_prompt(const struct gen_options *o, struct lorad_tokenizer *
                            enum lorad_chat_template tmpl, int32_t **ret_ids, int *ret_n, struct lorad_error *err) {
     json_t *rec_json;
     if (o->chat) {
-        json_t *msgs = json_array();
-        if (o->system) json_array_append_new(msgs, json_pack("{s:s, s:s}", "role", "system", "content", o->system));
-        json_array_append_new(msgs, json_pack("{s:s, s:s}", "role", "user", "content", o->prompt));
-        json_array_append_new(msgs, json_pack("{s:s, s:s}", "role", "assistant", "content", "x"));
-        rec_json = json_pack("{s:o}", "messages", msgs);
+        /* json_pack refuses strings that are not UTF-8: any NULL part fails the whole record. */
+        json_t *sys = o->system ? json_pack("{s:s, s:s}", "role", "system", "content", o->system) : NULL;
+        json_t *user = json_pack("{s:s, s:s}", "role", "user", "content", o->prompt);
+        json_t *answer = json_pack("{s:s, s:s}", "role", "assistant", "content", "x");
+        rec_json = (o->system && !sys) || !user || !answer
+                       ? NULL
+                       : json_pack("{s:[o*, o, o]}", "messages", sys, user, answer);
+        if (!rec_json) {
+            json_decref(sys);
+            json_decref(user);
+            json_decref(answer);
+        }
     } else {
         rec_json = json_pack("{s:s, s:s}", "prompt", o->prompt, "completion", "x");
     }
     char *line = rec_json ? json_dumps(rec_json, JSON_COMPACT) : NULL;
     json_decref(rec_json);
-    if (!line) return lorad_error_set(err, -EINVAL, "--prompt", "--prompt is not valid UTF-8 (or out of memory)");
+    if (!line) {
+        const char *flag = o->system && !lorad_utf8_valid(o->system, strlen(o->system)) ? "--system" : "--prompt";
+        return lorad_error_set(err, -EINVAL, flag, "%s is not valid UTF-8", flag);
+    }
     struct lorad_record rec;
     enum lorad_dataset_problem problem;
     int rc = lorad_record_parse(line, strlen(line), o->chat ? LORAD_DATA_MESSAGES : LORAD_DATA_PROMPT_COMPLETION, &rec,

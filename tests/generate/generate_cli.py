@@ -83,6 +83,10 @@ def demo_text(d):
     check(got == want, f"--chat (chatml from the tokenizer): {got}\n want {want}")
     got = prompt_of("--prompt", "Hi there", "--template", "llama2")
     check(got == [BOS] + toks("[INST] Hi there [/INST] "), f"--template llama2: {got}")
+    for flag in ("--prompt", "--system"):
+        other = ["--prompt", "Hi"] if flag == "--system" else []
+        p = run([LORAD, "generate", demo, "--chat", *other, flag, b"a\xffb"])
+        check(p.returncode == 1 and f"{flag} is not valid UTF-8" in p.stderr, f"invalid UTF-8 in {flag}: {p.stderr}")
     p = generate(demo, "--prompt", "Hi", "--template", "llama3", status=1)
     check("--template" in p.stderr and "special token" in p.stderr, f"llama3 on chatml: {p.stderr}")
 
