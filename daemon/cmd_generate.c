@@ -594,7 +594,8 @@ struct gen {
     int32_t *seq; /* prompt then generated ids */
     int n_prompt, n_gen, V;
     float *logits; /* (V) */
-    float *dump;   /* (max_tokens, V) with --dump-logits */
+    float *dump;   /* (dump_rows, V) with --dump-logits, grown as tokens come */
+    int dump_rows;
     int32_t stop[GEN_MAX_STOP_IDS];
     int n_stop;
     bool stopped_at_eos;
@@ -780,7 +781,18 @@ static int generate_loop(struct gen *g, const struct sampler *s, int chunk, stru
             if (!isfinite(g->logits[i]))
                 return lorad_error_set(err, -ERANGE, "", "the logits at generated position %d are not finite (id %d)",
                                        g->n_gen, i);
-        if (g->dump) memcpy(g->dump + (size_t)g->n_gen * (size_t)g->V, g->logits, (size_t)g->V * sizeof(float));
+        if (o->dump) {
+            if (g->n_gen == g->dump_rows) {
+                /* Grown, not sized for --max-tokens up front: generation usually stops far earlier. */
+                int rows = g->dump_rows ? 2 * g->dump_rows : 64;
+                if (rows > o->max_tokens) rows = o->max_tokens;
+                float *p = realloc(g->dump, (size_t)rows * (size_t)g->V * sizeof *p);
+                if (!p) return lorad_error_set(err, -ENOMEM, "--dump-logits", "out of memory for %d rows of logits", rows);
+                g->dump = p;
+                g->dump_rows = rows;
+            }
+            memcpy(g->dump + (size_t)g->n_gen * (size_t)g->V, g->logits, (size_t)g->V * sizeof(float));
+        }
         int32_t id = sample(s, g->logits, g->n_gen);
         g->seq[n++] = id;
         g->n_gen++;
@@ -832,8 +844,7 @@ static int run(struct gen *g) {
     }
     if (ts.tok) ts.known = malloc((size_t)total * sizeof *ts.known);
     g->logits = malloc((size_t)g->V * sizeof *g->logits);
-    if (o->dump) g->dump = malloc((size_t)o->max_tokens * (size_t)g->V * sizeof *g->dump);
-    if (!g->logits || (o->temperature > 0 && (!s.cand || !s.prob)) || (ts.tok && !ts.known) || (o->dump && !g->dump))
+    if (!g->logits || (o->temperature > 0 && (!s.cand || !s.prob)) || (ts.tok && !ts.known))
         rc = lorad_error_set(&err, -ENOMEM, "", "out of memory");
     if (rc == 0 && !o->ids && !g->tok)
         fprintf(stderr, "lorad generate: %s has no tokenizer: printing token ids (pass --tokenizer for text)\n", o->model);

@@ -33,21 +33,24 @@ def determinism(d):
                           "--seed", 1, "--top-k", 1)) == greedy, "--top-k 1 differs from greedy")
     check(ids_of(generate(STORIES, *P, "--max-tokens", 40, "--ids", "--ignore-eos", "--temperature", 5,
                           "--seed", 7, "--top-p", 1e-9)) == greedy, "--top-p 1e-9 differs from greedy")
-    # A prompt longer than one prefill chunk, and the KV cache against recomputing everything.
+    # The KV cache against recomputing everything: a prompt longer than one prefill chunk (512),
+    # and more generated rows than the dump's first allocation (64).
     long_prompt = ",".join(str(3 + (i * 37) % 500) for i in range(600))
-    a, b = os.path.join(d, "cache.st"), os.path.join(d, "nocache.st")
-    ca = ids_of(generate(STORIES, "--prompt-ids", long_prompt, "--max-tokens", 12, "--ids", "--ignore-eos",
-                         "--dump-logits", a))
-    cb = ids_of(generate(STORIES, "--prompt-ids", long_prompt, "--max-tokens", 12, "--ids", "--ignore-eos",
-                         "--dump-logits", b, "--no-kv-cache"))
-    check(ca == cb and len(ca) == 12, f"KV cache {ca} vs recomputed {cb}")
-    if os.path.exists(a) and os.path.exists(b):
-        la, lb = read_dump(a)[0]["logits"], read_dump(b)[0]["logits"]
-        err = float(np.abs(la - lb).max() / np.abs(lb).max())
-        check(err < 1e-5, f"KV-cache logits differ from recomputed ones by {err:.2e}")
-        t, meta = read_dump(a)
-        check(len(t["prompt_ids"]) == 600 and meta["stop"] == "max_tokens" and t["logits"].shape == (12, 512),
-              f"dump: prompt {len(t['prompt_ids'])} ids, logits {t['logits'].shape}, meta {meta}")
+    for name, prompt, n in (("long", long_prompt, 12), ("many", "1,203,207,288", 100)):
+        a, b = os.path.join(d, name + "-cache.st"), os.path.join(d, name + "-nocache.st")
+        ca = ids_of(generate(STORIES, "--prompt-ids", prompt, "--max-tokens", n, "--ids", "--ignore-eos",
+                             "--dump-logits", a))
+        cb = ids_of(generate(STORIES, "--prompt-ids", prompt, "--max-tokens", n, "--ids", "--ignore-eos",
+                             "--dump-logits", b, "--no-kv-cache"))
+        check(ca == cb and len(ca) == n, f"{name}: KV cache {ca} vs recomputed {cb}")
+        if not (os.path.exists(a) and os.path.exists(b)):
+            continue
+        (ta, meta), tb = read_dump(a), read_dump(b)[0]
+        err = float(np.abs(ta["logits"] - tb["logits"]).max() / np.abs(tb["logits"]).max())
+        check(err < 1e-5, f"{name}: KV-cache logits differ from recomputed ones by {err:.2e}")
+        check(list(ta["prompt_ids"]) == [int(x) for x in prompt.split(",")] and list(ta["generated_ids"]) == ca and
+              meta["stop"] == "max_tokens" and ta["logits"].shape == (n, 512),
+              f"{name} dump: prompt {len(ta['prompt_ids'])} ids, logits {ta['logits'].shape}, meta {meta}")
 
 
 def speed():
