@@ -78,6 +78,28 @@ def sampling_distribution(d):
               f"allowed set {len(dist)}")
 
 
+def merged_matches_adapter(d, ad):
+    """The merged model (W + scale*B*A, exported by lorad) gives the adapter's logits: both dumps
+    of a greedy run agree within 1e-4 relative, row by row, and the ids are equal."""
+    merged = os.path.join(d, "merged")
+    p = run([LORAD, "export", "--adapter", ad, "--format", "merged", "--out", merged, "--model", STORIES])
+    if not check(p.returncode == 0, f"lorad export merged: {p.stderr}"):
+        return
+    dumps = {}
+    for name, args in (("with_adapter", [STORIES, "--adapter", ad]), ("merged", [merged])):
+        dumps[name] = os.path.join(d, f"cmp_{name}.safetensors")
+        generate(*args, "--prompt-ids", PROMPT, "--max-tokens", 32, "--ids", "--ignore-eos",
+                 "--dump-logits", dumps[name])
+    a, b = (read_dump(dumps[k])[0] for k in ("with_adapter", "merged"))
+    check(list(a["generated_ids"]) == list(b["generated_ids"]), "the merged model generated other ids than base+adapter")
+    rows = min(len(a["logits"]), len(b["logits"]))
+    check(rows == 32, f"expected 32 logits rows, got {rows}")
+    worst = max(float(np.abs(a["logits"][i] - b["logits"][i]).max() / np.abs(a["logits"][i]).max())
+                for i in range(rows))
+    check(worst <= 1e-4, f"merged vs adapter logits: max relative difference {worst:.2e} > 1e-4")
+    print(f"merged model vs base+adapter: {rows} rows, max relative logits difference {worst:.1e}")
+
+
 def test(d):
     # stories260K, base and adapters. EOS is live here (the model's own end token).
     base_ids = greedy_case(d, "base", STORIES, STORIES, 64, eos=(STORIES_EOS,))
@@ -89,6 +111,7 @@ def test(d):
     reference("make-adapter", STORIES, ad_qv, "--seed", 4, "--targets", "q_proj,v_proj", "--rslora", "--r", 8,
               "--alpha", 4, "--amplitude", 0.3)
     greedy_case(d, "ad_qv", STORIES, STORIES, 48, adapter=ad_qv, eos=(STORIES_EOS,))
+    merged_matches_adapter(d, ad)
     gguf = os.path.join(d, "ad_all.gguf")
     p = run([LORAD, "export", "--adapter", ad, "--format", "gguf", "--out", gguf, "--model", STORIES])
     check(p.returncode == 0, f"lorad export gguf: {p.stderr}")
