@@ -41,9 +41,12 @@ static const char *job_id_param(const struct lorad_api_request *req, struct lora
 
 /* ---- create ------------------------------------------------------------------------------- */
 
-/* Checks that id names a stored, validated dataset. Fills a 400 naming param and returns -EINVAL
- * otherwise (an unknown file is the request's fault, hence 400 as OpenAI answers, not 404). */
-static int check_file(struct lorad_app *app, const char *id, const char *param, struct lorad_api_reply *ret_reply) {
+/* Checks that id names a stored, validated dataset — a pre-tokenised one ({"input_ids"}) when
+ * need_tokens, because the model has no tokenizer. Fills a 400 naming param and returns -EINVAL
+ * otherwise (an unknown file is the request's fault, hence 400 as OpenAI answers, not 404), so
+ * such a job is refused now instead of failing later in a worker. */
+static int check_file(struct lorad_app *app, const char *id, const char *param, bool need_tokens,
+                      struct lorad_api_reply *ret_reply) {
     char msg[320];
     if (!lorad_store_id_valid("file-", id)) {
         /* In a job file for `lorad train` this may be a path; through the API only ids exist. */
@@ -65,6 +68,7 @@ static int check_file(struct lorad_app *app, const char *id, const char *param, 
     }
     const char *status = json_string_value(json_object_get(file, "status"));
     const char *purpose = json_string_value(json_object_get(file, "purpose"));
+    const char *format = json_string_value(json_object_get(file, "format"));
     r = 0;
     if (!status || strcmp(status, "processed") != 0) {
         snprintf(msg, sizeof msg, "%s: file %s is not ready for training (status %s%s)", param, id,
@@ -75,6 +79,12 @@ static int check_file(struct lorad_app *app, const char *id, const char *param, 
     } else if (!purpose || strcmp(purpose, "fine-tune") != 0) {
         snprintf(msg, sizeof msg, "%s: file %s has purpose '%s', not 'fine-tune'", param, id, purpose ? purpose : "");
         lorad_api_reply_error(ret_reply, 400, msg, param, "invalid_file_purpose");
+        r = -EINVAL;
+    } else if (need_tokens && (!format || strcmp(format, "tokens") != 0)) {
+        snprintf(msg, sizeof msg,
+                 "%s: the model has no tokenizer, so its datasets must be pre-tokenised ({\"input_ids\": [...]}); "
+                 "file %s is '%s'", param, id, format ? format : "unknown");
+        lorad_api_reply_error(ret_reply, 400, msg, param, "tokenizer_required");
         r = -EINVAL;
     }
     json_decref(file);
@@ -207,14 +217,20 @@ static int create_job(const struct lorad_api_request *req, struct lorad_api_repl
     }
 
     char model_path[4096];
-    r = app->models_dir ? lorad_model_dir_resolve(app->models_dir, spec.model, model_path, sizeof model_path, NULL, &err)
+    enum lorad_model_format model_format = LORAD_FORMAT_HF_DIR;
+    r = app->models_dir ? lorad_model_dir_resolve(app->models_dir, spec.model, model_path, sizeof model_path,
+                                                  &model_format, &err)
                         : lorad_error_set(&err, -ENOENT, "model", "no models directory is configured");
     if (r < 0) {
         lorad_api_reply_error(ret_reply, 400, err.message, "model", "model_not_found");
         goto out;
     }
-    if (check_file(app, spec.training_file, "training_file", ret_reply) < 0) goto out;
-    if (spec.validation_file[0] && check_file(app, spec.validation_file, "validation_file", ret_reply) < 0) goto out;
+    /* A llama2.c file never carries a vocabulary (an HF dir or GGUF without one fails in the run). */
+    bool need_tokens = model_format == LORAD_FORMAT_LLAMA2C;
+    if (check_file(app, spec.training_file, "training_file", need_tokens, ret_reply) < 0) goto out;
+    if (spec.validation_file[0] &&
+        check_file(app, spec.validation_file, "validation_file", need_tokens, ret_reply) < 0)
+        goto out;
 
     if (app->max_queued_jobs > 0) {
         int64_t counts[LORAD_JOB_STATUS_COUNT];

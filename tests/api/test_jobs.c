@@ -433,6 +433,17 @@ static void test_create_errors(void **state) {
              file_ok);
     r = post_job(body, NULL);
     expect_error(&r, 400, "validation_file", "file_not_found");
+    /* stories260K has no tokenizer: a dataset of text is refused before a worker could fail on it. */
+    char file_text[LORAD_STORE_ID_MAX];
+    add_file("processed", file_text);
+    assert_int_equal(lorad_store_file_set_status(app.store, file_text, "processed", "text", 2, NULL, NULL), 0);
+    snprintf(body, sizeof body, fmt, file_text);
+    r = post_job(body, NULL);
+    expect_error(&r, 400, "training_file", "tokenizer_required");
+    snprintf(body, sizeof body, "{\"model\": \"stories260K.bin\", \"training_file\": \"%s\", \"validation_file\": \"%s\"}",
+             file_ok, file_text);
+    r = post_job(body, NULL);
+    expect_error(&r, 400, "validation_file", "tokenizer_required");
     r = post_job("[1, 2]", NULL);
     expect_error(&r, 400, NULL, NULL);
     /* None of them made a job or woke a worker. */
