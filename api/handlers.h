@@ -5,6 +5,9 @@
 #include <stddef.h>
 
 struct lorad_app;
+struct lorad_error;
+
+struct lorad_app;
 
 /* Installs every handler group. Returns 0 or -ENOENT when a route is missing from the table. */
 int lorad_api_handlers_install(void);
@@ -20,3 +23,11 @@ int lorad_api_fine_tuned_model_name(const char *base_model, const char *suffix, 
  * attaches its req->app too. app must outlive the server. Returns 0, -EINVAL (app NULL) or the
  * registration's -ENOSPC. */
 int lorad_api_service_attach(struct lorad_app *app);
+
+/* The final adapter of the succeeded job whose fine_tuned_model is `name`: what lora.init_adapter
+ * names through the API (a client string never becomes a path; the directory is derived from the
+ * job id). Writes jobs_dir/<job-id>/adapter to ret_dir and the job's base model id to ret_base.
+ * Returns 0; -ENOENT (param "lora.init_adapter") when name is not a succeeded job's model;
+ * -ENAMETOOLONG; other -errno from the store. */
+int lorad_api_fine_tuned_adapter_dir(const struct lorad_app *app, const char *name, char *ret_dir, size_t dir_cap,
+                                     char *ret_base, size_t base_cap, struct lorad_error *err);

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "handlers.h"
 #include "handlers_internal.h"
 #include "jobspec.h"
 #include "model_dir.h"
@@ -141,15 +142,6 @@ static int parse_spec(const json_t *body, struct lorad_job_spec *ret_spec, struc
         handler_reply_failure(ret_reply, r, &err, NULL);
         return r;
     }
-    if (ret_spec->lora.init_adapter[0]) {
-        /* The engine would open it as a path; through the API a client string never becomes one. */
-        lorad_job_spec_clear(ret_spec);
-        lorad_api_reply_error(ret_reply, 400,
-                              "lora.init_adapter is only available to `lorad train` (it names a local path); "
-                              "leave it null when creating a job through the API",
-                              "lora.init_adapter", "unsupported_parameter");
-        return -EINVAL;
-    }
     return 0;
 }
 
@@ -224,6 +216,27 @@ static int create_job(const struct lorad_api_request *req, struct lorad_api_repl
     if (r < 0) {
         lorad_api_reply_error(ret_reply, 400, err.message, "model", "model_not_found");
         goto out;
+    }
+    if (spec.lora.init_adapter[0]) {
+        /* Through the API it names a fine-tuned model; the worker maps it to that job's adapter
+         * directory again at run time (lorad_api_fine_tuned_adapter_dir), so no path is stored. */
+        char dir[4096], base[LORAD_MODEL_ID_MAX];
+        r = lorad_api_fine_tuned_adapter_dir(app, spec.lora.init_adapter, dir, sizeof dir, base, sizeof base, &err);
+        if (r == -ENOENT) {
+            lorad_api_reply_error(ret_reply, 400, err.message, "lora.init_adapter", "model_not_found");
+            goto out;
+        }
+        if (r < 0) {
+            handler_reply_failure(ret_reply, r, &err, NULL);
+            goto out;
+        }
+        if (strcmp(base, spec.model) != 0) {
+            char msg[700];
+            snprintf(msg, sizeof msg, "lora.init_adapter was trained on '%.200s', but this job's model is '%.200s'",
+                     base, spec.model);
+            lorad_api_reply_error(ret_reply, 400, msg, "lora.init_adapter", "invalid_value");
+            goto out;
+        }
     }
     /* A llama2.c file never carries a vocabulary (an HF dir or GGUF without one fails in the run). */
     bool need_tokens = model_format == LORAD_FORMAT_LLAMA2C;

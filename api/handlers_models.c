@@ -320,6 +320,29 @@ static int find_adapter_job(const struct lorad_app *app, const char *name, json_
     return 0;
 }
 
+int lorad_api_fine_tuned_adapter_dir(const struct lorad_app *app, const char *name, char *ret_dir, size_t dir_cap,
+                                     char *ret_base, size_t base_cap, struct lorad_error *err) {
+    json_t *job = NULL;
+    int r = app->store && app->jobs_dir ? find_adapter_job(app, name, &job, err) : -ENOENT;
+    if (r == -ENOENT)
+        return lorad_error_set(err, -ENOENT, "lora.init_adapter",
+                               "'%.200s' is not the fine_tuned_model of a succeeded job", name);
+    if (r < 0) return r;
+    const char *id = json_string_value(json_object_get(job, "id"));
+    const char *base = json_string_value(json_object_get(job, "model"));
+    char dir[4096];
+    int n = snprintf(dir, sizeof dir, "%s/%s/adapter", app->jobs_dir, id ? id : "");
+    r = 0;
+    if (!id || !base || n < 0 || (size_t)n >= dir_cap || strlen(base) >= base_cap)
+        r = lorad_error_set(err, -ENAMETOOLONG, "lora.init_adapter", "adapter path too long");
+    if (r == 0) {
+        memcpy(ret_dir, dir, (size_t)n + 1);
+        memcpy(ret_base, base, strlen(base) + 1);
+    }
+    json_decref(job);
+    return r;
+}
+
 static int reply_no_model(struct lorad_api_reply *ret_reply, const char *name) {
     char msg[256];
     snprintf(msg, sizeof msg, "model '%.180s' does not exist", name);

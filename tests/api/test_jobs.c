@@ -406,7 +406,7 @@ static void test_create_errors(void **state) {
          "invalid_value"},
         {"{\"model\": \"stories260K.bin\", \"training_file\": \"%s\", \"priority\": 101}", "priority", NULL},
         {"{\"model\": \"stories260K.bin\", \"training_file\": \"%s\", \"lora\": {\"init_adapter\": \"/tmp/x\"}}",
-         "lora.init_adapter", "unsupported_parameter"},
+         "lora.init_adapter", "model_not_found"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         snprintf(body, sizeof body, cases[i].fmt, file_ok);
@@ -1267,6 +1267,39 @@ static int start_server(void **state) {
     return 0;
 }
 
+/* lora.init_adapter through the API names a succeeded job's fine_tuned_model, never a path: a
+ * running or unknown job's name, or a path, is 400 naming the field; the succeeded job's name is
+ * accepted and stored as given (the worker maps it to that job's adapter directory). */
+static void test_init_adapter(void **state) {
+    (void)state;
+    char id[LORAD_STORE_ID_MAX], name[256], extra[400];
+    create_simple(id);
+    assert_int_equal(lorad_api_fine_tuned_model_name("stories260K.bin", NULL, id, name, sizeof name), 0);
+    snprintf(extra, sizeof extra, "\"lora\": {\"init_adapter\": \"%s\"}", name);
+    char *b = simple_body(extra);
+    struct resp r = post_job(b, NULL);
+    expect_error(&r, 400, "lora.init_adapter", "model_not_found"); /* queued, not succeeded */
+    json_t *claimed = NULL;
+    assert_int_equal(lorad_store_job_claim_next(app.store, &claimed, NULL), 1);
+    json_decref(claimed);
+    struct lorad_store_transition t = {.to = LORAD_JOB_SUCCEEDED, .fine_tuned_model = name};
+    assert_int_equal(lorad_store_job_transition(app.store, id, &t, NULL, NULL), 0);
+    char new_id[LORAD_STORE_ID_MAX];
+    json_t *job = create_ok(b, new_id);
+    assert_string_equal(jstr(json_object_get(job, "lora"), "init_adapter"), name);
+    json_decref(job);
+    free(b);
+    char dir[4096], base[256], want[4096];
+    assert_int_equal(lorad_api_fine_tuned_adapter_dir(&app, name, dir, sizeof dir, base, sizeof base, NULL), 0);
+    snprintf(want, sizeof want, "%s/%s/adapter", jobs_dir, id);
+    assert_string_equal(dir, want);
+    assert_string_equal(base, "stories260K.bin");
+    /* The new job has not succeeded: its name is no model yet. */
+    char forged[256];
+    assert_int_equal(lorad_api_fine_tuned_model_name("stories260K.bin", NULL, new_id, forged, sizeof forged), 0);
+    assert_int_equal(lorad_api_fine_tuned_adapter_dir(&app, forged, dir, sizeof dir, base, sizeof base, NULL), -ENOENT);
+}
+
 static int stop_server(void **state) {
     (void)state;
     lorad_api_server_stop(srv);
@@ -1279,7 +1312,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         T(test_create_shape),     T(test_create_errors), T(test_idempotency), T(test_queue_full_and_stopping),
         T(test_list_and_filter),  T(test_controls),      T(test_events_list), T(test_events_stream),
-        T(test_metrics),          T(test_checkpoints),   T(test_with_curl),
+        T(test_metrics),          T(test_checkpoints),   T(test_with_curl),     T(test_init_adapter),
     };
     return cmocka_run_group_tests(tests, start_server, stop_server);
 }
