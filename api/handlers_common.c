@@ -99,3 +99,8 @@ int handler_reply_file(struct lorad_api_reply *ret_reply, const char *path, cons
     }
     return 0;
 }
+
+int handler_reply_not_ready(struct lorad_api_reply *ret_reply) {
+    return lorad_api_reply_error(ret_reply, 503, "the service is starting: the store is not open yet", NULL,
+                                 "not_ready");
+}

@@ -43,3 +43,7 @@ int handler_reply_json(struct lorad_api_reply *ret_reply, unsigned status, json_
  * is copied into ret_reply->download_name_buf. Missing file: 404 naming param. Returns 0. */
 int handler_reply_file(struct lorad_api_reply *ret_reply, const char *path, const char *content_type,
                        const char *download_name, const char *param);
+
+/* 503 {"code": "not_ready"}: the daemon has not opened the store yet (app or app->store NULL).
+ * Returns 0. */
+int handler_reply_not_ready(struct lorad_api_reply *ret_reply);

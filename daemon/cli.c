@@ -19,8 +19,29 @@ const struct lorad_command lorad_commands[] = {
      "checkpoints and the final adapter under DIR.\n",
      lorad_cmd_train},
     {"generate", "generate text from a base model, optionally with an adapter",
-     "usage: lorad generate --model PATH [--adapter DIR] [--prompt TEXT | --prompt-ids 1,2,3]\n"
-     "                      [--max-tokens N] [--temperature T] [--top-p P] [--seed S] [--print-ids]\n",
+     "usage: lorad generate [--model] MODEL [--adapter DIR|FILE] (--prompt TEXT | --prompt-ids 1,2,3)\n"
+     "                      [--max-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]\n"
+     "                      [--ids] [--echo] [--chat] [--template llama2|llama3|chatml|none] [--system TEXT]\n"
+     "                      [--tokenizer PATH] [--no-bos] [--ignore-eos] [--dump-logits FILE]\n"
+     "                      [--threads N] [--no-kv-cache]\n"
+     "Continues a prompt with MODEL (HF directory, .gguf or llama2.c .bin), with the LoRA adapter\n"
+     "(PEFT directory, GGUF LoRA or adapter.tar) applied when given. Prints the generated text, or\n"
+     "the generated token ids on one line with --ids (--print-ids is the same).\n"
+     "  --prompt TEXT        tokenised as in training: BOS + TEXT (--no-bos drops the BOS)\n"
+     "  --prompt-ids IDS     token ids, used as given; the only prompt a model without tokenizer takes\n"
+     "  --chat               TEXT is one user turn of the chat template (--template, default from the\n"
+     "                       tokenizer's special tokens), --system adds a system turn\n"
+     "  --max-tokens N       stop after N tokens (default 128) or at an end-of-sequence token\n"
+     "  --temperature T      0 (default) picks the most likely token; above 0 samples from softmax(z/T)\n"
+     "  --top-k K, --top-p P sample only from the K most likely tokens / the smallest set holding P\n"
+     "  --seed S             the sampling seed (default: random); same seed, same output\n"
+     "  --echo               print the prompt before the continuation\n"
+     "  --tokenizer PATH     use this tokenizer instead of the model's own\n"
+     "  --ignore-eos         do not stop at end-of-sequence tokens\n"
+     "  --threads N          compute threads (default: the online CPUs)\n"
+     "  --dump-logits FILE   write the next-token logits of every generated position and the ids\n"
+     "                       (safetensors: logits, prompt_ids, generated_ids)\n"
+     "  --no-kv-cache        recompute the whole sequence for every token (slow; for checking)\n",
      lorad_cmd_generate},
     {"inspect", "describe a model file or directory",
      "usage: lorad inspect PATH [--seq-len N] [--batch N] [--lora-r N] [--json]\n"

@@ -7,8 +7,9 @@
 
 #define ROW_KERNELS(SUFFIX)                                                                               \
     static inline float exp_approx_##SUFFIX(float x) {                                                   \
-        float xc = x < -87.3f ? -87.3f : x;                                                               \
-        xc = xc > 88.3f ? 88.3f : xc;                                                                     \
+        /* written so a NaN x clamps to a finite value: converting NaN to int below would be UB */    \
+        float xc = x > -87.3f ? x : -87.3f;                                                               \
+        xc = xc < 88.3f ? xc : 88.3f;                                                                     \
         /* round to nearest with the 1.5*2^23 trick: no libm call inside the loop */                      \
         float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;                                \
         float r = xc - n * 0.693359375f;                                                                  \
@@ -24,7 +25,8 @@
         float scale;                                                                                      \
         memcpy(&scale, &bits, sizeof scale);                                                              \
         float y = p * scale;                                                                              \
-        return x < -87.3f ? 0.0f : y;                                                                     \
+        /* (x - x) is 0 for finite x and NaN for NaN: a NaN input still yields NaN */                 \
+        return x < -87.3f ? 0.0f : y + (x - x);                                                           \
     }                                                                                                     \
     static void exp_shift_row_##SUFFIX(float *v, int64_t n, float shift) {                               \
         for (int64_t j = 0; j < n; j++) v[j] = exp_approx_##SUFFIX(v[j] - shift);                        \

@@ -157,6 +157,14 @@ struct lorad_store_job_new {
  * from a different request. *ret_job (if non-NULL) is the job object. */
 int lorad_store_job_create(struct lorad_store *store, const struct lorad_store_job_new *j,
                            json_t **ret_job, struct lorad_error *err);
+/* Looks an idempotency key up without writing: 0 when the key is unknown, 1 when it named a job
+ * created from the same request_hash (*ret_job, optional, is that job), -EEXIST (param
+ * "idempotency_key", message names the job) when it was used for a different request. The API
+ * uses it to replay before checks that would refuse a new job (queue full); the create call
+ * still decides under the write lock. */
+int lorad_store_job_find_idempotent(struct lorad_store *store, const char *idempotency_key,
+                                    const char *request_hash, json_t **ret_job,
+                                    struct lorad_error *err);
 /* Job object: {id, object:"fine_tuning.job", model, created_at, finished_at, fine_tuned_model,
  * organization_id, result_files, status, validation_file, training_file, hyperparameters,
  * trained_tokens, error, seed, suffix, estimated_finish, progress{...}, priority,
@@ -169,6 +177,11 @@ int lorad_store_job_list(struct lorad_store *store, int status, const char *afte
 /* counts[s] = number of jobs in status s. */
 int lorad_store_job_counts(struct lorad_store *store, int64_t counts[LORAD_JOB_STATUS_COUNT],
                            struct lorad_error *err);
+
+/* *ret_sum = trained_tokens summed over every job (jobs without a figure count 0): the tokens
+ * trained by this installation, for Prometheus. */
+int lorad_store_job_trained_tokens_sum(struct lorad_store *store, int64_t *ret_sum,
+                                       struct lorad_error *err);
 
 struct lorad_store_transition {
     enum lorad_job_status to;
@@ -290,6 +303,13 @@ int lorad_store_metrics_list(struct lorad_store *store, const char *job_id, int6
  * metrics{...}, fine_tuning_job_id}], has_more, first_id, last_id}. */
 int lorad_store_checkpoint_list(struct lorad_store *store, const char *job_id, const char *after,
                                 int limit, json_t **ret_page, struct lorad_error *err);
+/* One checkpoint of a job, for downloads: its step and its directory as recorded by the worker
+ * (malloc'd, caller frees; absolute, or relative to the state directory). -ENOENT with param
+ * "fine_tuning_job_id" when the job does not exist, "checkpoint_id" when the job has no checkpoint
+ * with that id (including another job's checkpoint). ret_step / ret_path optional. */
+int lorad_store_checkpoint_get(struct lorad_store *store, const char *job_id,
+                               const char *checkpoint_id, int64_t *ret_step, char **ret_path,
+                               struct lorad_error *err);
 /* The newest checkpoint of a job (what a resumed worker loads): returns 1 with its step and
  * malloc'd path (caller frees), or 0 if the job has none. ret_id optional. */
 int lorad_store_checkpoint_latest(struct lorad_store *store, const char *job_id,

@@ -200,6 +200,25 @@ int lorad_store_job_counts(struct lorad_store *s, int64_t counts[LORAD_JOB_STATU
     return r;
 }
 
+int lorad_store_job_trained_tokens_sum(struct lorad_store *s, int64_t *ret_sum,
+                                       struct lorad_error *err) {
+    struct store_conn *c = NULL;
+    int r = store_acquire(s, &c, err);
+    if (r < 0) return r;
+    /* total() is a float sum that never overflows; exact for any realistic token count (< 2^53). */
+    sqlite3_stmt *st = store_stmt(c, "SELECT CAST(total(trained_tokens) AS INTEGER) FROM jobs", &r, err);
+    if (st) {
+        r = store_step(c, st, "cannot sum trained tokens", err);
+        if (r >= 0) { /* an aggregate always yields its one row */
+            *ret_sum = r == 1 ? sqlite3_column_int64(st, 0) : 0;
+            r = 0;
+        }
+        store_stmt_done(st);
+    }
+    store_release(s, c);
+    return r;
+}
+
 /* ---- creating ----------------------------------------------------------------------------- */
 
 static int file_exists(struct store_conn *c, const char *id, const char *param,
@@ -623,4 +642,26 @@ int store_recover_tx(struct store_conn *c, struct lorad_error *err) {
         json_decref(t.data);
         if (r < 0) return r;
     }
+}
+
+/* ---- idempotency look-up (before creating) ------------------------------------------------ */
+
+int lorad_store_job_find_idempotent(struct lorad_store *s, const char *idempotency_key,
+                                    const char *request_hash, json_t **ret_job,
+                                    struct lorad_error *err) {
+    if (!idempotency_key || !*idempotency_key || strlen(idempotency_key) > 255)
+        return lorad_error_set(err, -EINVAL, "idempotency_key", "must be 1..255 bytes");
+    if (!request_hash || !*request_hash)
+        return lorad_error_set(err, -EINVAL, "request_hash", "required with an idempotency key");
+    struct store_conn *c = NULL;
+    int r = store_acquire(s, &c, err);
+    if (r < 0) return r;
+    char id[LORAD_STORE_ID_MAX];
+    r = idempotency_lookup(c, idempotency_key, request_hash, id, err);
+    if (r == 1 && ret_job) {
+        int rr = store_job_get_conn(c, id, ret_job, err);
+        if (rr < 0) r = rr;
+    }
+    store_release(s, c);
+    return r;
 }

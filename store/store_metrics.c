@@ -382,3 +382,37 @@ out:
     store_release(s, c);
     return r;
 }
+
+int lorad_store_checkpoint_get(struct lorad_store *s, const char *job_id, const char *checkpoint_id,
+                               int64_t *ret_step, char **ret_path, struct lorad_error *err) {
+    struct store_conn *c = NULL;
+    int r = store_acquire(s, &c, err);
+    if (r < 0) return r;
+    r = store_job_exists(c, job_id, "fine_tuning_job_id", err);
+    if (r < 0) goto out;
+    /* Matching the job too: another job's checkpoint id is "not found" here, never served. */
+    sqlite3_stmt *st = store_stmt(c,
+        "SELECT step, path FROM checkpoints WHERE id = ?1 AND job_id = ?2", &r, err);
+    if (!st) goto out;
+    store_bind_text(st, 1, checkpoint_id);
+    store_bind_text(st, 2, job_id);
+    r = store_step(c, st, "cannot read checkpoint", err);
+    if (r == 1) {
+        char *path = strdup((const char *)sqlite3_column_text(st, 1));
+        if (!path) {
+            r = lorad_error_set(err, -ENOMEM, "", "out of memory");
+        } else {
+            r = 0;
+            if (ret_step) *ret_step = sqlite3_column_int64(st, 0);
+            if (ret_path) *ret_path = path;
+            else free(path);
+        }
+    } else if (r == 0) {
+        r = lorad_error_set(err, -ENOENT, "checkpoint_id", "job %s has no checkpoint %s", job_id,
+                            checkpoint_id);
+    }
+    store_stmt_done(st);
+out:
+    store_release(s, c);
+    return r;
+}

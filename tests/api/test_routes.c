@@ -26,6 +26,25 @@ static void test_lookup(void **state) {
     assert_int_equal(st, 404);
 }
 
+/* A fine-tuned model name ("ft:<base>:<suffix>:<job-id>") is one segment: ':' is captured like any
+ * other byte, and '/' still ends the segment. */
+static void test_colon_in_segment(void **state) {
+    (void)state;
+    struct lorad_route_params p;
+    unsigned st = 0;
+    char allow[64];
+    const struct lorad_api_route *r = lorad_api_route_lookup(
+        "GET", "/v1/models/ft:demo-hf:lorad:ftjob-abc/adapter.tar", &p, &st, allow, sizeof allow);
+    assert_non_null(r);
+    assert_string_equal(r->path, "/v1/models/{model}/adapter.tar");
+    assert_string_equal(lorad_route_param(&p, "model"), "ft:demo-hf:lorad:ftjob-abc");
+    r = lorad_api_route_lookup("GET", "/v1/models/ft:a:b:c", &p, &st, allow, sizeof allow);
+    assert_non_null(r);
+    assert_string_equal(r->path, "/v1/models/{model}");
+    assert_string_equal(lorad_route_param(&p, "model"), "ft:a:b:c");
+    assert_null(lorad_api_route_lookup("GET", "/v1/models/ft:a/b:c", &p, &st, allow, sizeof allow));
+}
+
 static void test_not_wired_and_livez(void **state) {
     (void)state;
     struct lorad_route_params p;
@@ -51,6 +70,7 @@ static void test_not_wired_and_livez(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_lookup),
+        cmocka_unit_test(test_colon_in_segment),
         cmocka_unit_test(test_not_wired_and_livez),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -165,6 +165,26 @@ static void test_idempotency(void **state) {
                         json_string_value(json_object_get(again, "id")));
     json_decref(again);
 
+    /* The read-only look-up agrees with create: unknown 0, same request 1 (that job), other -EEXIST,
+     * and it writes nothing. */
+    int events_before = fx_event_count(fx.store, json_string_value(json_object_get(first, "id")));
+    json_t *found = NULL;
+    assert_int_equal(lorad_store_job_find_idempotent(fx.store, "key-unknown", "hash-A", &found, NULL), 0);
+    assert_null(found);
+    assert_int_equal(lorad_store_job_find_idempotent(fx.store, "key-1", "hash-A", &found, NULL), 1);
+    assert_string_equal(json_string_value(json_object_get(first, "id")),
+                        json_string_value(json_object_get(found, "id")));
+    json_decref(found);
+    found = NULL;
+    struct lorad_error ferr = {0};
+    assert_int_equal(lorad_store_job_find_idempotent(fx.store, "key-1", "hash-B", &found, &ferr), -EEXIST);
+    assert_null(found);
+    assert_string_equal(ferr.param, "idempotency_key");
+    assert_non_null(strstr(ferr.message, json_string_value(json_object_get(first, "id"))));
+    assert_int_equal(lorad_store_job_find_idempotent(fx.store, "", "hash-A", &found, &ferr), -EINVAL);
+    assert_int_equal(lorad_store_job_find_idempotent(fx.store, "key-1", NULL, &found, &ferr), -EINVAL);
+    assert_int_equal(fx_event_count(fx.store, json_string_value(json_object_get(first, "id"))), events_before);
+
     j.request_hash = "hash-B";
     json_t *conflict = NULL;
     struct lorad_error err = {0};

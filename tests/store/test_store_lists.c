@@ -257,6 +257,31 @@ static void test_checkpoints_and_metrics(void **state) {
                            "ckpt-step-35"));
     json_decref(page);
 
+    /* One checkpoint by id: its step and recorded path, only under its own job. */
+    int64_t ck_step = 0;
+    char *path = NULL;
+    assert_int_equal(lorad_store_checkpoint_get(fx.store, job, ckpts[NC - 1], &ck_step, &path, NULL), 0);
+    assert_int_equal(ck_step, EVERY);
+    assert_string_equal(path, "ckpt/step-5");
+    free(path);
+    path = NULL;
+    assert_int_equal(lorad_store_checkpoint_get(fx.store, job, ckpts[0], &ck_step, NULL, NULL), 0);
+    assert_int_equal(ck_step, STEPS);
+    char other[LORAD_STORE_ID_MAX];
+    fx_job(fx.store, file, LORAD_JOB_QUEUED, 0, other);
+    struct lorad_error gerr = {0};
+    ck_step = -1;
+    assert_int_equal(lorad_store_checkpoint_get(fx.store, other, ckpts[0], &ck_step, &path, &gerr), -ENOENT);
+    assert_string_equal(gerr.param, "checkpoint_id");
+    assert_int_equal(ck_step, -1);
+    assert_null(path);
+    assert_int_equal(lorad_store_checkpoint_get(fx.store, job, "ftckpt-AAAAAAAAAAAAAAAAAAAAAAAA", &ck_step, &path,
+                                                &gerr), -ENOENT);
+    assert_string_equal(gerr.param, "checkpoint_id");
+    assert_int_equal(lorad_store_checkpoint_get(fx.store, "ftjob-AAAAAAAAAAAAAAAAAAAAAAAA", ckpts[0], &ck_step,
+                                                &path, &gerr), -ENOENT);
+    assert_string_equal(gerr.param, "fine_tuning_job_id");
+
     /* Progress followed the newest row. */
     json_t *obj = NULL;
     assert_int_equal(lorad_store_job_get(fx.store, job, &obj, NULL), 0);

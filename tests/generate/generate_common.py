@@ -1,0 +1,88 @@
+"""Shared helpers of the `lorad generate` tests: running the binary, reading its logits dumps,
+building fixtures (the real stories260K, a demo HF model, the cross-format fixtures)."""
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+LORAD = os.environ.get("LORAD_BIN", "lorad")
+PY = os.environ.get("LORAD_PYTHON", "/usr/bin/python3")
+SOURCE = os.environ.get("LORAD_SOURCE_DIR", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+SHARED = os.environ.get("LORAD_SHARED_DATA", os.path.join(SOURCE, "..", "shared", "data"))
+REF = os.path.join(SOURCE, "tests", "reference", "generate_ref.py")
+STORIES = os.path.join(SHARED, "stories260K.bin")
+STORIES_EOS = 2  # llama2.c's convention: 1 is BOS, 2 is EOS
+sys.path.insert(0, os.path.join(SOURCE, "tests", "reference"))
+
+import safetensors_io  # noqa: E402
+
+failures = []
+
+
+def check(cond, message):
+    if not cond:
+        failures.append(message)
+        print("FAIL:", message)
+    return cond
+
+
+def run(cmd, timeout=120):
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def generate(*args, status=0, timeout=120):
+    """Runs `lorad generate ARGS`; records a failure when the exit status is not `status`."""
+    p = run([LORAD, "generate", *map(str, args)], timeout)
+    check(p.returncode == status,
+          f"lorad generate {' '.join(map(str, args))}: exit {p.returncode}, want {status}\n{p.stdout[-1500:]}"
+          f"{p.stderr[-1500:]}")
+    return p
+
+
+def ids_of(p):
+    return [int(x) for x in p.stdout.split()]
+
+
+def read_dump(path):
+    tensors, meta = safetensors_io.read(path)
+    return tensors, meta
+
+
+def reference(*args):
+    """Runs tests/reference/generate_ref.py; a non-zero exit is a failure."""
+    p = run([PY, REF, *map(str, args)], timeout=300)
+    print(p.stdout.strip())
+    check(p.returncode == 0, f"generate_ref.py {' '.join(map(str, args))}: exit {p.returncode}\n{p.stdout[-3000:]}"
+                             f"{p.stderr[-3000:]}")
+    return p
+
+
+def demo_model(d):
+    """A tiny random HF LlamaForCausalLM with a byte-level tokenizer (scripts/make-demo-model)."""
+    out = os.path.join(d, "demo")
+    subprocess.run([PY, os.path.join(SOURCE, "scripts", "make-demo-model"), out, "--dim", "64", "--layers", "2",
+                    "--hidden", "96"], check=True, capture_output=True)
+    return out
+
+
+def fixtures(d):
+    """One random model in every format (tests/formats/write_fixtures.py)."""
+    out = os.path.join(d, "fx")
+    subprocess.run([PY, os.path.join(SOURCE, "tests", "formats", "write_fixtures.py"), out], check=True,
+                   capture_output=True)
+    return out
+
+
+def main(test):
+    d = tempfile.mkdtemp(prefix="lorad-generate-")
+    try:
+        test(d)
+    except subprocess.TimeoutExpired as e:
+        failures.append(f"timeout: {e}")
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    if failures:
+        print(f"{len(failures)} failure(s)")
+        sys.exit(1)
+    print("ok")
