@@ -605,6 +605,10 @@ int lorad_cmd_serve(int argc, char **argv) {
         log_error("cannot install the API handlers: %s", strerror(-r));
         goto out;
     }
+    if ((r = lorad_api_service_attach(&d->app)) < 0) {
+        log_error("cannot register the job gauges of /metrics: %s", strerror(-r));
+        goto out;
+    }
     struct lorad_workers_options wo = {.store = d->store, .state_dir = d->cfg.state_dir,
                                        .models_dir = d->cfg.models_dir, .jobs_dir = d->jobs_dir,
                                        .workers = d->cfg.workers, .threads_per_job = threads};

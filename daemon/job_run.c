@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "app.h"
 #include "checkpoint_dir.h"
 #include "handlers.h"
 #include "jobspec.h"
@@ -394,6 +395,21 @@ int lorad_job_run(const struct lorad_job_env *env, const json_t *job) {
     struct lorad_train_result *res = NULL;
     enum lorad_model_format fmt;
 
+    if (spec.lora.init_adapter[0]) {
+        /* Through the API, init_adapter names a succeeded job's fine_tuned_model; the engine wants
+         * that job's adapter directory, derived from the job id (never from a client string). */
+        struct lorad_app lookup = {.store = env->store, .state_dir = env->state_dir, .models_dir = env->models_dir,
+                                   .jobs_dir = env->jobs_dir};
+        char dir[PATH_MAX], base[LORAD_MODEL_ID_MAX];
+        r = lorad_api_fine_tuned_adapter_dir(&lookup, spec.lora.init_adapter, dir, sizeof dir, base, sizeof base,
+                                             &err);
+        if (r < 0 || strlen(dir) >= sizeof spec.lora.init_adapter) {
+            status = fail(&j, "model_not_found", r < 0 ? err.message : "the adapter path is too long",
+                          "lora.init_adapter");
+            goto out;
+        }
+        snprintf(spec.lora.init_adapter, sizeof spec.lora.init_adapter, "%s", dir);
+    }
     r = lorad_model_dir_resolve(env->models_dir, model ? model : "", model_path, sizeof model_path, &fmt, &err);
     if (r < 0) {
         char msg[512];

@@ -223,6 +223,57 @@ static void test_shutdown_requeues_and_resumes_identically(void **state) {
     free(text);
 }
 
+/* lora.init_adapter through the API names a succeeded job's fine_tuned_model: the worker trains
+ * from that job's adapter, exactly as the engine does when given the directory. */
+static void test_init_adapter_continues_a_job(void **state) {
+    (void)state;
+    char file[LORAD_STORE_ID_MAX], first[LORAD_STORE_ID_MAX], second[LORAD_STORE_ID_MAX];
+    make_file(20, -1, 12, file);
+    char *t_first = spec_text(MODEL_ID, file, 1, 0, 0);
+    make_job(t_first, first);
+    struct lorad_workers *pool = start_pool(1);
+    wait_status(first, LORAD_JOB_SUCCEEDED, 60);
+    json_t *j = get_job(first);
+    char name[256];
+    snprintf(name, sizeof name, "%s", json_string_value(json_object_get(j, "fine_tuned_model")));
+    json_decref(j);
+
+    char *t_second = NULL, *t_reference = NULL;
+    const char *fmt = "{\"model\":\"%s\",\"training_file\":\"%s\",\"seed\":9,\"hyperparameters\":{\"n_epochs\":1,"
+                      "\"batch_size\":2,\"max_seq_len\":16,\"learning_rate\":0.001},"
+                      "\"lora\":{\"r\":4,\"init_adapter\":\"%s\"}}";
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/%s/adapter", E.jobs, first);
+    assert_true(asprintf(&t_second, fmt, MODEL_ID, file, name) > 0);
+    assert_true(asprintf(&t_reference, fmt, MODEL_ID, file, dir) > 0);
+    make_job(t_second, second);
+    lorad_workers_wake(pool);
+    wait_status(second, LORAD_JOB_SUCCEEDED, 60);
+    lorad_workers_free(pool);
+    assert_metrics_complete(second, 10);
+    size_t na, nb, nc;
+    void *a = job_adapter(second, &na), *b = reference_adapter(t_reference, file, &nb);
+    void *c = job_adapter(first, &nc);
+    assert_false(na == nc && memcmp(a, c, na) == 0); /* it trained on from there */
+    free(c);
+    assert_same_bytes(a, na, b, nb);
+
+    /* A name that is no succeeded job's model fails the job, naming the field. */
+    char third[LORAD_STORE_ID_MAX], *t_third = NULL;
+    assert_true(asprintf(&t_third, fmt, MODEL_ID, file, "ft:stories260K.bin:lorad:ftjob-000000000000000000000000") > 0);
+    make_job(t_third, third);
+    pool = start_pool(1);
+    wait_status(third, LORAD_JOB_FAILED, 30);
+    lorad_workers_free(pool);
+    j = get_job(third);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(j, "error"), "param")), "lora.init_adapter");
+    json_decref(j);
+    free(t_first);
+    free(t_second);
+    free(t_reference);
+    free(t_third);
+}
+
 static void test_error_codes(void **state) {
     (void)state;
     struct lorad_error err = {0};
@@ -253,6 +304,7 @@ int main(void) {
         cmocka_unit_test(test_pause_resume_byte_identical),
         cmocka_unit_test(test_bad_jobs_fail_good_job_succeeds),
         cmocka_unit_test(test_shutdown_requeues_and_resumes_identically),
+        cmocka_unit_test(test_init_adapter_continues_a_job),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
