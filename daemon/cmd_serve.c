@@ -212,8 +212,8 @@ static void settle_validating_jobs(struct lorad_store *store) {
             else if (vf && !file_usable(store, vf, &problem)) param = "validation_file";
             struct lorad_store_transition t = {.to = LORAD_JOB_QUEUED,
                                                .message = "Files validated at upload; job queued after a restart"};
+            char msg[128]; /* outlives the transition below, which reads it */
             if (param) {
-                char msg[128];
                 snprintf(msg, sizeof msg, "the %s is missing or failed validation", param);
                 t = (struct lorad_store_transition){.to = LORAD_JOB_FAILED, .error_code = problem,
                                                     .error_message = msg, .error_param = param};
