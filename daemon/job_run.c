@@ -31,6 +31,7 @@ struct job_ctx {
     int store_errors;    /* logged once each kind, so a sick disk does not flood the log */
     /* Daemon paths and the names a client knows them by: events and errors name the latter. */
     const char *out_dir, *model_path, *model_id, *train_path, *train_id, *valid_path, *valid_id;
+    int keep_checkpoints; /* the engine prunes older directories; their rows follow */
 };
 
 static double mono_s(void) {
@@ -185,6 +186,8 @@ static void on_checkpoint(void *ctx, int64_t step, const char *dir, const struct
     /* Not fatal: the directory is an orphan the next resume removes, and training goes on. */
     if (r < 0) store_problem(j, 2, "cannot record checkpoint", r, &e);
     else log_debug("job %s: checkpoint %s at step %" PRId64, j->id, id, step);
+    if (r == 0 && lorad_store_checkpoint_keep_newest(j->env->store, j->id, j->keep_checkpoints, NULL, &e) < 0)
+        store_problem(j, 32, "cannot forget pruned checkpoints", -EIO, &e);
 }
 
 static void on_message(void *ctx, const char *level, const char *message) {
@@ -453,6 +456,7 @@ int lorad_job_run(const struct lorad_job_env *env, const json_t *job) {
     }
     j.last_flush = mono_s();
     j.out_dir = out_dir;
+    j.keep_checkpoints = spec.hp.keep_checkpoints;
     j.model_path = model_path;
     j.model_id = model;
     j.train_path = train_path;

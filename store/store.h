@@ -316,6 +316,12 @@ int lorad_store_checkpoint_latest(struct lorad_store *store, const char *job_id,
                                   char ret_id[LORAD_STORE_ID_MAX], int64_t *ret_step,
                                   char **ret_path, struct lorad_error *err);
 
+/* Forgets every checkpoint row of job_id but the newest `keep` (by step), mirroring the engine's
+ * keep_checkpoints pruning of the directories, so the list never offers a checkpoint whose files
+ * are gone. keep >= 1 (-EINVAL, param "keep"). ret_removed (optional) = rows deleted. */
+int lorad_store_checkpoint_keep_newest(struct lorad_store *store, const char *job_id, int keep,
+                                       int64_t *ret_removed, struct lorad_error *err);
+
 /* ---- api keys (hashes only) --------------------------------------------------------------- */
 
 /* Stores the SHA-256 (64 lowercase hex) of an API key under a name; the key itself never

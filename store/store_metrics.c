@@ -416,3 +416,29 @@ out:
     store_release(s, c);
     return r;
 }
+
+int lorad_store_checkpoint_keep_newest(struct lorad_store *s, const char *job_id, int keep,
+                                       int64_t *ret_removed, struct lorad_error *err) {
+    if (keep < 1) return lorad_error_set(err, -EINVAL, "keep", "keep must be >= 1, got %d", keep);
+    struct store_conn *c = NULL;
+    int r = store_acquire(s, &c, err);
+    if (r < 0) return r;
+    r = store_tx_begin(s, c, err);
+    if (r < 0) goto out;
+    int64_t removed = 0;
+    sqlite3_stmt *st = store_stmt(c,
+        "DELETE FROM checkpoints WHERE job_id = ?1 AND step NOT IN"
+        " (SELECT step FROM checkpoints WHERE job_id = ?1 ORDER BY step DESC LIMIT ?2)", &r, err);
+    if (st) {
+        store_bind_text(st, 1, job_id);
+        sqlite3_bind_int(st, 2, keep);
+        r = store_step(c, st, "cannot prune checkpoints", err);
+        removed = sqlite3_changes(c->db);
+        store_stmt_done(st);
+    }
+    r = store_tx_end(s, c, r, err);
+    if (r == 0 && ret_removed) *ret_removed = removed;
+out:
+    store_release(s, c);
+    return r;
+}

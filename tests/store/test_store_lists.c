@@ -282,6 +282,18 @@ static void test_checkpoints_and_metrics(void **state) {
                                                 &path, &gerr), -ENOENT);
     assert_string_equal(gerr.param, "fine_tuning_job_id");
 
+    /* Pruning like the engine's keep_checkpoints: the newest 3 stay, in order; keep 0 is refused. */
+    int64_t removed = -1;
+    assert_int_equal(lorad_store_checkpoint_keep_newest(fx.store, job, 0, &removed, &gerr), -EINVAL);
+    assert_string_equal(gerr.param, "keep");
+    assert_int_equal(removed, -1);
+    assert_int_equal(lorad_store_checkpoint_keep_newest(fx.store, job, 3, &removed, NULL), 0);
+    assert_int_equal(removed, NC - 3);
+    walk_all_limits(list_ckpts, &ctx, ckpts, 3);
+    assert_int_equal(lorad_store_checkpoint_get(fx.store, job, ckpts[3], NULL, NULL, NULL), -ENOENT);
+    assert_int_equal(lorad_store_checkpoint_keep_newest(fx.store, job, 3, &removed, NULL), 0);
+    assert_int_equal(removed, 0);
+
     /* Progress followed the newest row. */
     json_t *obj = NULL;
     assert_int_equal(lorad_store_job_get(fx.store, job, &obj, NULL), 0);
