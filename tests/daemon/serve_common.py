@@ -84,6 +84,102 @@ def read_bytes(path):
         return f.read()
 
 
+# ---- openapi.yaml ----------------------------------------------------------------------------
+
+class Spec:
+    """The response schemas of openapi.yaml, checked with a small validator of the JSON Schema
+    subset the spec uses ($ref, allOf, oneOf, type, const, enum, required, properties,
+    additionalProperties: false, items, pattern, numeric and length bounds). oneOf is checked as
+    "at least one branch" (the spec's branches do not overlap, and this keeps messages short)."""
+
+    def __init__(self, path=None):
+        import yaml  # python3-yaml: a dependency of Debian's python3-torch, so always present here
+        with open(path or os.path.join(SOURCE, "openapi.yaml")) as f:
+            self.doc = yaml.safe_load(f)
+
+    def errors(self, value, schema, where="$"):
+        out = []
+        self._check(value, schema, where, out)
+        return out
+
+    def _check(self, v, sch, where, out):
+        if "$ref" in sch:
+            name = sch["$ref"].rsplit("/", 1)[-1]
+            self._check(v, self.doc["components"]["schemas"][name], where, out)
+        for sub in sch.get("allOf", []):
+            self._check(v, sub, where, out)
+        if "oneOf" in sch:
+            if not any(not self.errors(v, sub, where) for sub in sch["oneOf"]):
+                out.append(f"{where}: {v!r} matches no oneOf branch")
+        if "const" in sch and v != sch["const"]:
+            out.append(f"{where}: {v!r} != const {sch['const']!r}")
+        if "enum" in sch and v not in sch["enum"]:
+            out.append(f"{where}: {v!r} not in {sch['enum']}")
+        if "type" in sch:
+            types = sch["type"] if isinstance(sch["type"], list) else [sch["type"]]
+            if not any(_json_type_ok(v, t) for t in types):
+                out.append(f"{where}: {v!r} is not of type {types}")
+                return
+        if isinstance(v, str):
+            if "pattern" in sch and not re.search(sch["pattern"], v):
+                out.append(f"{where}: {v!r} does not match {sch['pattern']}")
+            if len(v) > sch.get("maxLength", len(v)) or len(v) < sch.get("minLength", 0):
+                out.append(f"{where}: length {len(v)} out of bounds")
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if "minimum" in sch and v < sch["minimum"] or "maximum" in sch and v > sch["maximum"]:
+                out.append(f"{where}: {v} out of [{sch.get('minimum')}, {sch.get('maximum')}]")
+            if "exclusiveMinimum" in sch and v <= sch["exclusiveMinimum"] or \
+                    "exclusiveMaximum" in sch and v >= sch["exclusiveMaximum"]:
+                out.append(f"{where}: {v} out of the exclusive bounds")
+        if isinstance(v, dict):
+            for k in sch.get("required", []):
+                if k not in v:
+                    out.append(f"{where}: required {k!r} missing")
+            props = sch.get("properties", {})
+            for k, val in v.items():
+                if k in props:
+                    self._check(val, props[k], f"{where}.{k}", out)
+                elif sch.get("additionalProperties") is False:
+                    out.append(f"{where}: unexpected key {k!r}")
+        if isinstance(v, list) and "items" in sch:
+            for i, item in enumerate(v):
+                self._check(item, sch["items"], f"{where}[{i}]", out)
+
+    def check(self, value, name, what=""):
+        """Fails unless value conforms to components.schemas[name]; returns value."""
+        errs = self.errors(value, {"$ref": f"#/components/schemas/{name}"})
+        check(not errs, f"{what or name}: does not conform to openapi.yaml's {name}:\n  " + "\n  ".join(errs[:12]))
+        return value
+
+
+def _json_type_ok(v, t):
+    if t == "null":
+        return v is None
+    if t == "boolean":
+        return isinstance(v, bool)
+    if t == "integer":
+        return isinstance(v, int) and not isinstance(v, bool)
+    if t == "number":
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if t == "string":
+        return isinstance(v, str)
+    if t == "array":
+        return isinstance(v, list)
+    if t == "object":
+        return isinstance(v, dict)
+    return False
+
+
+_SPEC = None
+
+
+def api_spec():
+    global _SPEC
+    if _SPEC is None:
+        _SPEC = Spec()
+    return _SPEC
+
+
 # ---- HTTP through curl -----------------------------------------------------------------------
 
 class Resp:
@@ -264,11 +360,15 @@ class Daemon:
     def post(self, path, body=None, **kw):
         return self.request("POST", path, body, **kw)
 
-    def ok(self, method, path, body=None, want=200, **kw):
-        """A request that must succeed; returns the parsed JSON body."""
+    def ok(self, method, path, body=None, want=200, schema=None, **kw):
+        """A request that must succeed; returns the parsed JSON body, checked against
+        openapi.yaml's components.schemas[schema] when given."""
         r = self.request(method, path, body, **kw)
         check(r.status == want, f"{method} {path}: want {want}, got {r}\n{self.log_tail(1500)}")
-        return r.json()
+        j = r.json()
+        if schema:
+            api_spec().check(j, schema, f"{method} {path}")
+        return j
 
     def upload(self, path, purpose="fine-tune", args=()):
         """curl -F file=@PATH -F purpose=fine-tune: the multipart upload of the README."""
@@ -277,7 +377,7 @@ class Daemon:
     def upload_ok(self, path):
         r = self.upload(path)
         check(r.status == 200, f"upload {path}: {r}")
-        f = r.json()
+        f = api_spec().check(r.json(), "File", "upload")
         check(f.get("object") == "file" and re.fullmatch(r"file-[A-Za-z0-9]{1,64}", f.get("id", "")),
               f"upload answered an unexpected file object: {f}")
         return f
@@ -288,13 +388,13 @@ class Daemon:
     def create_job_ok(self, spec, headers=()):
         r = self.create_job(spec, headers)
         check(r.status == 200, f"create job: {r}\n{self.log_tail(1500)}")
-        j = r.json()
+        j = api_spec().check(r.json(), "FineTuningJob", "create job")
         check(j.get("object") == "fine_tuning.job" and re.fullmatch(r"ftjob-[A-Za-z0-9]{1,64}", j.get("id", "")),
               f"create job answered an unexpected object: {j}")
         return j
 
     def job(self, job_id):
-        return self.ok("GET", f"/v1/fine_tuning/jobs/{job_id}")
+        return self.ok("GET", f"/v1/fine_tuning/jobs/{job_id}", schema="FineTuningJob")
 
     def wait_job(self, job_id, statuses, timeout=120, poll=0.1):
         """Polls GET /v1/fine_tuning/jobs/ID until its status is in statuses; a terminal status that
@@ -327,12 +427,13 @@ class Daemon:
         raise Fail(f"job {job_id} did not reach step {step} within {timeout} s: {j}")
 
     def metrics(self, job_id):
-        page = self.ok("GET", f"/v1/fine_tuning/jobs/{job_id}/metrics")
+        page = self.ok("GET", f"/v1/fine_tuning/jobs/{job_id}/metrics", schema="MetricList")
         check(page.get("object") == "list" and isinstance(page.get("data"), list), f"metrics page shape: {page}")
         return page["data"]
 
     def checkpoints(self, job_id, limit=100):
-        page = self.ok("GET", f"/v1/fine_tuning/jobs/{job_id}/checkpoints?limit={limit}")
+        page = self.ok("GET", f"/v1/fine_tuning/jobs/{job_id}/checkpoints?limit={limit}",
+                       schema="FineTuningJobCheckpointList")
         check(page.get("object") == "list" and isinstance(page.get("data"), list), f"checkpoint page shape: {page}")
         return page["data"]
 
@@ -342,7 +443,7 @@ class Daemon:
         out, after = [], None
         for _ in range(10000):
             q = f"?limit={limit}" + (f"&after={after}" if after else "")
-            page = self.ok("GET", f"/v1/fine_tuning/jobs/{job_id}/events{q}")
+            page = self.ok("GET", f"/v1/fine_tuning/jobs/{job_id}/events{q}", schema="FineTuningJobEventList")
             check(page.get("object") == "list" and isinstance(page.get("data"), list), f"event page shape: {page}")
             out += page["data"]
             if not page.get("has_more"):
@@ -402,7 +503,7 @@ def check_error(r, status, param=..., code=None, what=""):
     check(r.status == status, f"{what}: want HTTP {status}, got {r}")
     check((r.headers.get("content-type") or "").startswith("application/json"),
           f"{what}: error Content-Type is {r.headers.get('content-type')!r}")
-    body = r.json()
+    body = api_spec().check(r.json(), "Error", what)
     check(isinstance(body, dict) and set(body) == {"error"}, f"{what}: error body is not {{'error': ...}}: {body}")
     e = body["error"]
     check(isinstance(e, dict) and {"message", "type", "param", "code"} <= set(e),
