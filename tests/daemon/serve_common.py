@@ -452,6 +452,17 @@ class Daemon:
             after = page["data"][-1]["id"]
         raise Fail("the event list never ends")
 
+    def first_step_of_last_run(self, job_id):
+        """The step of the first metrics event after the job's last queued -> running transition:
+        where its newest run started (1 = from scratch, N+1 = from the checkpoint at step N)."""
+        evs = self.events(job_id)[::-1]  # oldest first
+        starts = [i for i, e in enumerate(evs) if e.get("type") == "status" and (e.get("data") or {}).get("to") == "running"]
+        check(starts, f"job {job_id} has no status event with data.to 'running'")
+        for e in evs[starts[-1]:]:
+            if e.get("type") == "metrics":
+                return int(e["data"]["step"])
+        raise Fail(f"job {job_id}: no metrics event after its last start")
+
     def sse(self, job_id, last_event_id=None, timeout=120):
         """Reads the event stream with `curl -N` to its end; returns (events, raw text)."""
         cmd = self.curl_args() + ["-N", "--max-time", str(timeout)]

@@ -73,13 +73,16 @@ def test(d, daemons):
     check(j["status"] != "succeeded" or j["progress"]["step"] == total, "job claims success early")
     dm.wait_job(jid, "succeeded", timeout=120)
     check_same_as_reference(dm, jid, ref, "SIGKILL at the first checkpoint")
+    resumed = dm.first_step_of_last_run(jid)
+    check(resumed > newest and (resumed - 1) % 40 == 0,
+          f"after the restart the job trained from step {resumed}, want right after a checkpoint >= {newest}")
     codes = [((e.get("data") or {}).get("code")) for e in dm.events(jid)]
     check("job_restarted" in codes, "the restarted job has no event with data.code 'job_restarted'")
     log("SIGKILL and restart: identical adapter and metrics")
 
     # ---- SIGTERM with a job running: prompt exit 0, then the job resumes after a restart ----
     jid2 = dm.create_job_ok(spec_for(fid, "tiny"))["id"]
-    dm.wait_step(jid2, 60)
+    seen = dm.wait_step(jid2, 60)["progress"]["step"]
     t0 = time.time()
     dm.signal(signal.SIGTERM)
     rc = dm.wait_exit(15)
@@ -95,6 +98,9 @@ def test(d, daemons):
           f"after SIGTERM and a restart the job is {j['status']}, want it to resume by itself")
     dm.wait_job(jid2, "succeeded", timeout=120)
     check_same_as_reference(dm, jid2, ref, "SIGTERM and restart")
+    resumed = dm.first_step_of_last_run(jid2)
+    check(resumed > seen, f"SIGTERM at step >= {seen} but the restarted job trained from step {resumed}: "
+                          "the stop did not checkpoint where the job was")
     rc = dm.stop()
     check(rc == 0, f"lorad serve exited {rc} on the final SIGTERM")
 

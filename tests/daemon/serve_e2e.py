@@ -226,6 +226,7 @@ def test(d, daemons):
     check(got.body == read_bytes(os.path.join(ref_pr, "adapter", "adapter_model.safetensors")),
           f"paused at step {at} and resumed: the adapter differs from the uninterrupted run's")
     check_metric_history(dm.metrics(pj), read_metrics_jsonl(ref_pr), "metrics after pause/resume")
+    check(dm.first_step_of_last_run(pj) == at + 1, f"resumed from step {dm.first_step_of_last_run(pj)}, want {at + 1}")
     log(f"pause at step {at} of {total_pr} and resume ok")
 
     # ---- idempotency ----

@@ -111,12 +111,13 @@ async function main() {
   }
   assert.ok(seen.size > 3, 'paging through events');
 
-  // cancel the running job and the waiting one.
+  // cancel the waiting job (first, while the running one keeps the worker busy), then the running one.
+  const c2 = await client.fineTuning.jobs.cancel(second.id);
+  checkJob(c2, second.id);
+  assert.equal(c2.status, 'cancelled', 'a queued job is cancelled at once');
   const c1 = await client.fineTuning.jobs.cancel(job.id);
   checkJob(c1, job.id);
   assert.ok(['cancelling', 'cancelled'].includes(c1.status), `cancel answered ${c1.status}`);
-  const c2 = await client.fineTuning.jobs.cancel(second.id);
-  assert.equal(c2.status, 'cancelled', 'a queued job is cancelled at once');
   await waitFor('cancelled', async () => (await client.fineTuning.jobs.retrieve(job.id)).status === 'cancelled', 10000);
 
   // API errors arrive as the SDK's typed errors with lorad's param and code.
