@@ -7,6 +7,7 @@ with it; byte ranges; cancel; pause and resume; idempotency.
 Independent references: the adapters and losses of `lorad train` (the CLI, no daemon) on the same
 spec and seed; the uploaded file's own bytes; the bytes of the whole download for every range."""
 import csv
+import hashlib
 import io
 import json
 import math
@@ -57,6 +58,15 @@ def test(d, daemons):
     raw = read_bytes(data)
     check(f["bytes"] == len(raw), f"file bytes {f['bytes']} != {len(raw)}")
     check(f["filename"] == "train.jsonl" and f["purpose"] == "fine-tune", f"file object: {f}")
+    v = f.get("validation") or {}
+    check(f.get("status") == "processed" and v.get("records") == 48 and v.get("format") == "text"
+          and v.get("invalid") == 0, f"the upload's validation report: status {f.get('status')}, {v}")
+    # The raw-body form of the upload: the same bytes, the same digest.
+    r = dm.post("/v1/files?filename=raw.jsonl&purpose=fine-tune", raw, headers=["Content-Type: application/octet-stream"])
+    check(r.status == 200, f"raw upload: {r}")
+    rf = api_spec().check(r.json(), "File", "raw upload")
+    check(rf["filename"] == "raw.jsonl" and rf["bytes"] == len(raw) and rf["sha256"] == hashlib.sha256(raw).hexdigest()
+          and rf["sha256"] == f["sha256"], f"raw upload object: {rf}")
     got = dm.get(f"/v1/files/{f['id']}/content")
     check(got.status == 200 and got.body == raw, f"file content differs from the upload ({got.status})")
     check(dm.ok("GET", f"/v1/files/{f['id']}", schema="File")["id"] == f["id"], "GET file by id")
@@ -244,6 +254,25 @@ def test(d, daemons):
     for x in (a["id"], c["id"]):
         dm.wait_job(x, "succeeded", timeout=60)
     log("idempotency ok")
+
+    # ---- /metrics: the job gauges agree with the job list, the request counters with our requests ----
+    jobs = dm.ok("GET", "/v1/fine_tuning/jobs?limit=100", schema="FineTuningJobList")["data"]
+    r = dm.get("/metrics")
+    check(r.status == 200 and (r.headers.get("content-type") or "").startswith("text/plain"), f"/metrics: {r.status}")
+    prom = {}
+    for line in r.body.decode().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            prom[name] = float(value)
+    for status in ("succeeded", "cancelled", "queued", "running"):
+        want = sum(1 for j in jobs if j["status"] == status)
+        series = 'lorad_jobs{status="%s"}' % status
+        check(prom.get(series) == want, f"{series} is {prom.get(series)}, the job list has {want}")
+    tokens = sum(j.get("trained_tokens") or 0 for j in jobs)
+    check(prom.get("lorad_train_tokens_total") == tokens,
+          f"lorad_train_tokens_total {prom.get('lorad_train_tokens_total')} != the jobs' trained_tokens sum {tokens}")
+    uploads = prom.get('lorad_http_requests_total{method="POST",route="/v1/files",status="200"}')
+    check(uploads == 2, f"POST /v1/files 200 counted {uploads} times, this test made 2")
 
     rc = dm.stop()
     check(rc == 0, f"lorad serve exited {rc} on SIGTERM")

@@ -88,6 +88,19 @@ def test(d, daemons):
     check_error(dm.post("/v1/files", b'{"text":"x"}\n', headers=["Content-Type: application/octet-stream"]), 400,
                 param="filename", what="raw upload without ?filename=")
 
+    # A dataset with bad lines is stored with status "error" and a report naming them (line numbers
+    # counted here); a job on it is 400 naming training_file.
+    bad = os.path.join(d, "bad.jsonl")
+    with open(bad, "w") as fb:
+        fb.write('{"text": "fine"}\n{"text": 5}\n{not json\n{"text": "fine too"}\n')
+    bf = dm.upload_ok(bad)
+    v = bf.get("validation") or {}
+    check(bf.get("status") == "error" and [b["line"] for b in v.get("bad_lines", [])] == [2, 3]
+          and v.get("problems", {}).get("invalid_json") == 1 and v.get("problems", {}).get("wrong_type") == 1,
+          f"the bad dataset's report: status {bf.get('status')}, {v}")
+    check_error(dm.create_job(dict(small, training_file=bf["id"])), 400, param="training_file",
+                code="file_not_processed", what="job on a file that failed validation")
+
     # ---- 404 ----
     e = check_error(dm.get("/v1/no/such/route"), 404, param=None, what="unknown route")
     check_error(dm.get(f"{J}/{NO_JOB}"), 404, param="fine_tuning_job_id", what="unknown job id")
