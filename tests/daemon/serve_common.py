@@ -210,6 +210,13 @@ def parse_headers(text):
     return headers
 
 
+def _die_with_parent():
+    """In the child before exec: SIGKILL it when the test process dies, so a test killed by
+    ctest's timeout leaves no daemon behind."""
+    import ctypes
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 class Daemon:
     """One `lorad serve` process on an ephemeral port. stderr goes to a log file that is printed
     when a test fails."""
@@ -242,7 +249,7 @@ class Daemon:
         if self.key_file:
             args += ["--api-key-file", self.key_file]
         self.log_file = open(log_path, "w")
-        self.proc = subprocess.Popen(args, stdout=self.log_file, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(args, stdout=self.log_file, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
         deadline = time.time() + timeout
         while time.time() < deadline:
             with open(log_path) as f:
