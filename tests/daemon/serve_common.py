@@ -569,7 +569,7 @@ def generate_ids(model_path, prompt_ids, max_tokens, adapter=None):
 def main(test):
     """Runs test(workdir, daemons): daemons is a list the test appends its Daemon objects to, so
     they are stopped (and their logs printed on failure) whatever happens."""
-    d = tempfile.mkdtemp(prefix="lorad-serve-")
+    d = tempfile.mkdtemp(prefix="lorad-e2e-")
     daemons = []
     t0 = time.time()
     ok = False
