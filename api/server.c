@@ -47,6 +47,9 @@ struct request_state {
     /* uploads */
     int upload_fd;
     struct MHD_PostProcessor *pp;
+    char close_delim[80];   /* "\r\n--BOUNDARY--" of a multipart body; "" when not known */
+    size_t close_matched;   /* bytes of close_delim (then its CRLF) matched at the end of the data so far */
+    bool epilogue;          /* the close delimiter went by: the rest of the body is the epilogue */
     struct lorad_sha256 sha;
     struct lorad_api_upload up;
     bool upload_failed, saw_file;
@@ -202,6 +205,51 @@ static enum MHD_Result multipart_field(void *cls, enum MHD_ValueKind kind, const
     return MHD_YES;
 }
 
+/* The close delimiter of the multipart body whose Content-Type is ct, into out ("" when the
+ * boundary is missing or longer than RFC 2046's 70 characters). */
+static void multipart_close_delim(const char *ct, char *out, size_t cap) {
+    out[0] = '\0';
+    const char *b = strcasestr(ct, "boundary=");
+    if (!b) return;
+    b += 9;
+    size_t n;
+    if (*b == '"') {
+        b++;
+        n = strcspn(b, "\"");
+    } else {
+        n = strcspn(b, "; \t");
+    }
+    if (n == 0 || n > 70 || n + 7 >= cap) return;
+    snprintf(out, cap, "\r\n--%.*s--", (int)n, b);
+}
+
+/* How many bytes of data come before the multipart epilogue. RFC 2046 5.1.1 lets a body go on after
+ * its close delimiter (an epilogue the receiver ignores), and some clients send one: the OpenAI
+ * Node SDK ends its bodies with "--BOUNDARY--\r\n\r\n". libmicrohttpd's post processor fails on
+ * any byte after the delimiter's CRLF, so only the bytes up to there are fed to it. Matches the
+ * delimiter across calls; no prefix of it recurs inside it ('\r' only starts it), so a mismatch
+ * restarts at 0, or at 1 on a '\r'. */
+static size_t multipart_body_len(struct request_state *st, const char *data, size_t n) {
+    size_t plen = strlen(st->close_delim);
+    if (!plen) return n;
+    for (size_t i = 0; i < n; i++) {
+        char ch = data[i];
+        if (st->close_matched < plen) {
+            if (ch == st->close_delim[st->close_matched]) st->close_matched++;
+            else st->close_matched = ch == '\r' ? 1 : 0;
+        } else if (st->close_matched == plen && ch == '\r') {
+            st->close_matched++;
+        } else if (st->close_matched == plen + 1 && ch == '\n') {
+            st->epilogue = true;
+            return i + 1;
+        } else {
+            st->epilogue = true;
+            return i;
+        }
+    }
+    return n;
+}
+
 static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const char *url, const char *method,
                                       const char *version, const char *upload_data, size_t *upload_data_size,
                                       void **con_cls) {
@@ -241,6 +289,7 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
             const char *ct = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type");
             if (ct && strncasecmp(ct, "multipart/form-data", 19) == 0) {
                 st->pp = MHD_create_post_processor(c, 65536, multipart_field, st);
+                multipart_close_delim(ct, st->close_delim, sizeof st->close_delim);
                 if (!st->pp) return send_error(st, c, 400, "malformed multipart/form-data header", NULL, "invalid_multipart", NULL);
             } else {
                 const char *fn = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "filename");
@@ -286,7 +335,8 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
         }
         if (st->route->body == LORAD_BODY_UPLOAD) {
             if (st->pp) {
-                if (MHD_post_process(st->pp, upload_data, *upload_data_size) != MHD_YES) st->upload_failed = true;
+                size_t n = st->epilogue ? 0 : multipart_body_len(st, upload_data, *upload_data_size);
+                if (n && MHD_post_process(st->pp, upload_data, n) != MHD_YES) st->upload_failed = true;
             } else {
                 upload_write(s, st, upload_data, *upload_data_size);
             }

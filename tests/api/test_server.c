@@ -264,6 +264,21 @@ static void test_uploads(void **state) {
     assert_non_null(strstr(buf, "\"filename\":\"mp.jsonl\""));
     assert_non_null(strstr(buf, "\"purpose\":\"fine-tune\""));
 
+    /* An epilogue after the close delimiter (RFC 2046 5.1.1) is ignored: the OpenAI Node SDK ends
+     * its bodies with "--BOUNDARY--\r\n\r\n", and text may follow too. */
+    const char *epilogues[] = {"\r\n", "\r\nthe epilogue, ignored\r\n"};
+    for (size_t e = 0; e < sizeof epilogues / sizeof epilogues[0]; e++) {
+        tn = snprintf(tail, sizeof tail, "\r\n--%s--\r\n%s", bd, epilogues[e]);
+        n = snprintf(req, sizeof req, "POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k1\r\n"
+                                      "Content-Type: multipart/form-data; boundary=\"%s\"\r\nContent-Length: %zu\r\n"
+                                      "Connection: close\r\n\r\n%s",
+                     bd, (size_t)hn + sizeof data + (size_t)tn, head);
+        memcpy(req + n, data, sizeof data);
+        memcpy(req + n + sizeof data, tail, (size_t)tn + 1);
+        assert_int_equal(http(req, buf, sizeof buf), 200);
+        assert_non_null(strstr(buf, line));
+    }
+
     /* max_upload_bytes is 4096 in setup(): a 5000-byte declared body is refused. */
     snprintf(req, sizeof req, "POST /v1/files?filename=x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k1\r\n"
                               "Content-Length: 5000\r\nConnection: close\r\n\r\n");
