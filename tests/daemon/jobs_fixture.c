@@ -222,7 +222,11 @@ void jobs_env_open(void) {
     assert_int_equal(mkdir(E.models, 0700), 0);
     free(files);
     char *link = test_path(E.models, MODEL_ID);
-    assert_int_equal(symlink(test_shared_data("stories260K.bin"), link), 0);
+    /* Without the real model every job would fail and the tests would wait for successes until
+     * ctest's timeout: say what is missing at once instead. */
+    const char *model = test_shared_data("stories260K.bin");
+    if (access(model, R_OK) != 0) fail_msg("cannot read %s (the shared test data)", model);
+    assert_int_equal(symlink(model, link), 0);
     free(link);
     char *db = test_path(E.state, "lorad.db");
     struct lorad_store_options so = {.flags = LORAD_STORE_RECOVER};
