@@ -10,7 +10,9 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -162,8 +164,11 @@ static void notify_jobs_changed(struct lorad_app *app) {
     if (app->jobs_changed) app->jobs_changed(app->jobs_changed_ctx);
 }
 
+static pthread_mutex_t create_lock = PTHREAD_MUTEX_INITIALIZER;
+
 static int create_job(const struct lorad_api_request *req, struct lorad_api_reply *ret_reply) {
     struct lorad_app *app = handler_app(req);
+    bool locked = false;
     if (atomic_load(&app->stopping))
         return lorad_api_reply_error(ret_reply, 503, "lorad is shutting down and accepts no new jobs", NULL,
                                      "shutting_down");
@@ -245,6 +250,10 @@ static int create_job(const struct lorad_api_request *req, struct lorad_api_repl
         check_file(app, spec.validation_file, "validation_file", need_tokens, ret_reply) < 0)
         goto out;
 
+    /* Counting the queue and inserting are two store calls: holding this across both makes
+     * max_queued_jobs exact for concurrent creates (one daemon per state dir, see lorad.lock). */
+    pthread_mutex_lock(&create_lock);
+    locked = true;
     if (app->max_queued_jobs > 0) {
         int64_t counts[LORAD_JOB_STATUS_COUNT];
         r = lorad_store_job_counts(app->store, counts, &err);
@@ -291,6 +300,7 @@ static int create_job(const struct lorad_api_request *req, struct lorad_api_repl
         if (r == 0) notify_jobs_changed(app);
     }
 out:
+    if (locked) pthread_mutex_unlock(&create_lock);
     json_decref(spec_json);
     lorad_job_spec_clear(&spec);
     return 0;

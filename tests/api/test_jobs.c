@@ -501,6 +501,45 @@ static void test_idempotency(void **state) {
     assert_int_equal(job_count(), 2);
 }
 
+struct racer {
+    const char *body;
+    int status;
+};
+
+static void *race_create(void *arg) {
+    struct racer *r = arg;
+    struct resp resp = post_job(r->body, NULL);
+    r->status = resp.status;
+    resp_free(&resp);
+    return NULL;
+}
+
+/* Concurrent creates against a queue with room for 3: exactly 3 are accepted, the rest are 429,
+ * so max_queued_jobs holds even when requests race. */
+static void test_queue_limit_under_concurrency(void **state) {
+    (void)state;
+    app.max_queued_jobs = 3;
+    char *body = simple_body(NULL);
+    enum { N = 12 };
+    struct racer racers[N];
+    pthread_t th[N];
+    for (int i = 0; i < N; i++) {
+        racers[i] = (struct racer){.body = body};
+        assert_int_equal(pthread_create(&th[i], NULL, race_create, &racers[i]), 0);
+    }
+    int ok = 0, full = 0;
+    for (int i = 0; i < N; i++) {
+        pthread_join(th[i], NULL);
+        ok += racers[i].status == 200;
+        full += racers[i].status == 429;
+    }
+    assert_int_equal(ok, 3);
+    assert_int_equal(full, N - 3);
+    assert_int_equal(queued_count(), 3);
+    app.max_queued_jobs = 100;
+    free(body);
+}
+
 static void test_queue_full_and_stopping(void **state) {
     (void)state;
     app.max_queued_jobs = 3;
@@ -1311,6 +1350,7 @@ static int stop_server(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         T(test_create_shape),     T(test_create_errors), T(test_idempotency), T(test_queue_full_and_stopping),
+        T(test_queue_limit_under_concurrency),
         T(test_list_and_filter),  T(test_controls),      T(test_events_list), T(test_events_stream),
         T(test_metrics),          T(test_checkpoints),   T(test_with_curl),     T(test_init_adapter),
     };
