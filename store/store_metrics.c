@@ -352,6 +352,21 @@ out:
     return r;
 }
 
+/* Steps st (a SELECT of id, step, path) once. Returns 1 with the row's fields in the optional ret_
+ * outputs (*ret_path malloc'd, caller frees), 0 when there is no row, or -errno. */
+static int checkpoint_row(struct store_conn *c, sqlite3_stmt *st, char ret_id[LORAD_STORE_ID_MAX],
+                          int64_t *ret_step, char **ret_path, struct lorad_error *err) {
+    int r = store_step(c, st, "cannot read checkpoint", err);
+    if (r != 1) return r;
+    char *path = strdup((const char *)sqlite3_column_text(st, 2));
+    if (!path) return lorad_error_set(err, -ENOMEM, "", "out of memory");
+    if (ret_id) snprintf(ret_id, LORAD_STORE_ID_MAX, "%s", (const char *)sqlite3_column_text(st, 0));
+    if (ret_step) *ret_step = sqlite3_column_int64(st, 1);
+    if (ret_path) *ret_path = path;
+    else free(path);
+    return 1;
+}
+
 int lorad_store_checkpoint_latest(struct lorad_store *s, const char *job_id,
                                   char ret_id[LORAD_STORE_ID_MAX], int64_t *ret_step,
                                   char **ret_path, struct lorad_error *err) {
@@ -365,18 +380,7 @@ int lorad_store_checkpoint_latest(struct lorad_store *s, const char *job_id,
         &r, err);
     if (!st) goto out;
     store_bind_text(st, 1, job_id);
-    r = store_step(c, st, "cannot read checkpoint", err);
-    if (r == 1) {
-        char *path = strdup((const char *)sqlite3_column_text(st, 2));
-        if (!path) {
-            r = lorad_error_set(err, -ENOMEM, "", "out of memory");
-        } else {
-            if (ret_id) snprintf(ret_id, LORAD_STORE_ID_MAX, "%s", (const char *)sqlite3_column_text(st, 0));
-            if (ret_step) *ret_step = sqlite3_column_int64(st, 1);
-            if (ret_path) *ret_path = path;
-            else free(path);
-        }
-    }
+    r = checkpoint_row(c, st, ret_id, ret_step, ret_path, err);
     store_stmt_done(st);
 out:
     store_release(s, c);
@@ -392,25 +396,14 @@ int lorad_store_checkpoint_get(struct lorad_store *s, const char *job_id, const 
     if (r < 0) goto out;
     /* Matching the job too: another job's checkpoint id is "not found" here, never served. */
     sqlite3_stmt *st = store_stmt(c,
-        "SELECT step, path FROM checkpoints WHERE id = ?1 AND job_id = ?2", &r, err);
+        "SELECT id, step, path FROM checkpoints WHERE id = ?1 AND job_id = ?2", &r, err);
     if (!st) goto out;
     store_bind_text(st, 1, checkpoint_id);
     store_bind_text(st, 2, job_id);
-    r = store_step(c, st, "cannot read checkpoint", err);
-    if (r == 1) {
-        char *path = strdup((const char *)sqlite3_column_text(st, 1));
-        if (!path) {
-            r = lorad_error_set(err, -ENOMEM, "", "out of memory");
-        } else {
-            r = 0;
-            if (ret_step) *ret_step = sqlite3_column_int64(st, 0);
-            if (ret_path) *ret_path = path;
-            else free(path);
-        }
-    } else if (r == 0) {
-        r = lorad_error_set(err, -ENOENT, "checkpoint_id", "job %s has no checkpoint %s", job_id,
-                            checkpoint_id);
-    }
+    r = checkpoint_row(c, st, NULL, ret_step, ret_path, err);
+    if (r == 1) r = 0;
+    else if (r == 0)
+        r = lorad_error_set(err, -ENOENT, "checkpoint_id", "job %s has no checkpoint %s", job_id, checkpoint_id);
     store_stmt_done(st);
 out:
     store_release(s, c);
