@@ -28,23 +28,6 @@
 #define FILES_PAGE_MAX 100
 #define FILES_PURPOSE_MAX 64
 
-/* The store's path of a blob: relative to state_dir when files_dir lies inside it (so the state
- * directory can move), else absolute. Returns 0 or -ENAMETOOLONG. */
-static int blob_store_path(const struct lorad_app *app, const char *abs_path, char *out, size_t cap) {
-    const char *p = abs_path;
-    size_t n = app->state_dir ? strlen(app->state_dir) : 0;
-    if (n && strncmp(abs_path, app->state_dir, n) == 0 && abs_path[n] == '/') p = abs_path + n + 1;
-    int w = snprintf(out, cap, "%s", p);
-    return w < 0 || (size_t)w >= cap ? -ENAMETOOLONG : 0;
-}
-
-/* The inverse of blob_store_path: the absolute path of a stored blob path. */
-static int blob_abs_path(const struct lorad_app *app, const char *stored, char *out, size_t cap) {
-    int w = stored[0] == '/' || !app->state_dir ? snprintf(out, cap, "%s", stored)
-                                                : snprintf(out, cap, "%s/%s", app->state_dir, stored);
-    return w < 0 || (size_t)w >= cap ? -ENAMETOOLONG : 0;
-}
-
 /* Adds status_details to a file object: null when processed, else one sentence from the
  * validation report (how many lines are bad, and the first one with its reason). */
 static void file_add_status_details(json_t *file) {
@@ -100,7 +83,7 @@ static int handle_create(const struct lorad_api_request *req, struct lorad_api_r
     char id[LORAD_STORE_ID_MAX], dest[4096], stored[4096];
     if ((r = lorad_store_new_id("file-", id)) < 0 ||
         snprintf(dest, sizeof dest, "%s/%s", app->files_dir, id) >= (int)sizeof dest ||
-        blob_store_path(app, dest, stored, sizeof stored) < 0) {
+        snprintf(stored, sizeof stored, "%s", lorad_store_path_relative(app->state_dir, dest)) >= (int)sizeof stored) {
         json_decref(report);
         return lorad_api_reply_error(ret_reply, 500, "cannot name the stored file", NULL, "internal_error");
     }
@@ -219,7 +202,7 @@ static int handle_content(const struct lorad_api_request *req, struct lorad_api_
     char path[4096], name[256];
     const char *filename = json_string_value(json_object_get(file, "filename"));
     safe_download_name(filename ? filename : "", name, sizeof name);
-    r = blob_abs_path(app, stored, path, sizeof path);
+    r = lorad_store_path_absolute(app->state_dir, stored, NULL, path, sizeof path);
     free(stored);
     json_decref(file);
     if (r < 0) return lorad_api_reply_error(ret_reply, 500, "stored path too long", NULL, "internal_error");
@@ -244,7 +227,7 @@ static int handle_delete(const struct lorad_api_request *req, struct lorad_api_r
     /* The row is gone, so the file no longer exists for clients; a blob that cannot be unlinked
      * is an orphan on disk, not an error of this request. */
     char path[4096];
-    if (blob_abs_path(app, stored, path, sizeof path) == 0) unlink(path);
+    if (lorad_store_path_absolute(app->state_dir, stored, NULL, path, sizeof path) == 0) unlink(path);
     free(stored);
     return handler_reply_json(ret_reply, 200, json_pack("{s:s, s:s, s:b}", "id", id, "object", "file", "deleted", 1));
 }

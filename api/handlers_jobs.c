@@ -624,15 +624,14 @@ static int get_checkpoint_file(const struct lorad_api_request *req, struct lorad
     /* The directory is the worker's record (absolute, or relative to the state directory); the
      * file name is ours. Nothing here comes from the request but the two validated ids. */
     char path[8192];
-    int n = dir[0] == '/' ? snprintf(path, sizeof path, "%s/%s", dir, cf->name)
-                          : snprintf(path, sizeof path, "%s/%s/%s", app->state_dir ? app->state_dir : ".", dir,
-                                     cf->name);
+    r = lorad_store_path_absolute(app->state_dir, dir, cf->name, path, sizeof path);
     free(dir);
-    if (n < 0 || (size_t)n >= sizeof path)
+    if (r < 0)
         return lorad_api_reply_error(ret_reply, 500, "checkpoint path too long", NULL, "internal_error");
     char name[256];
     snprintf(name, sizeof name, "%s-step-%" PRId64 "-%s", job_id, step, cf->name);
-    /* A checkpoint pruned by keep_checkpoints keeps its row (history) but not its files: 404. */
+    /* Rows of pruned checkpoints are forgotten with their directories; a download racing the
+     * pruning finds no files: 404. */
     return handler_reply_file(ret_reply, path, cf->content_type, name, "checkpoint_id");
 }
 

@@ -65,20 +65,6 @@ int lorad_job_spec_from_job(const json_t *job, struct lorad_job_spec *ret_spec, 
     return r;
 }
 
-/* Joins a path the store keeps relative to the state directory (absolute ones stay as they are). */
-static int state_path(const struct lorad_job_env *env, const char *rel, char *out, size_t cap) {
-    int n = rel[0] == '/' ? snprintf(out, cap, "%s", rel) : snprintf(out, cap, "%s/%s", env->state_dir, rel);
-    return n < 0 || (size_t)n >= cap ? -ENAMETOOLONG : 0;
-}
-
-/* The same path as the store keeps it: relative to the state directory when it lies inside it. */
-static const char *state_relative(const struct lorad_job_env *env, const char *path) {
-    size_t n = strlen(env->state_dir);
-    while (n > 1 && env->state_dir[n - 1] == '/') n--;
-    if (strncmp(path, env->state_dir, n) == 0 && path[n] == '/') return path + n + 1;
-    return path;
-}
-
 /* A checkpoint directory on disk without a row in the store was written by a run that died
  * before committing it. Its metrics may be missing from the store, so the run must resume from the
  * store's newest checkpoint instead (docs/store.md): remove every step-N newer than that. */
@@ -181,7 +167,7 @@ static void on_checkpoint(void *ctx, int64_t step, const char *dir, const struct
     struct job_ctx *j = ctx;
     struct lorad_error e = {0};
     char id[LORAD_STORE_ID_MAX];
-    int r = lorad_metrics_writer_checkpoint(j->mw, step, state_relative(j->env, dir), NULL, id, &e);
+    int r = lorad_metrics_writer_checkpoint(j->mw, step, lorad_store_path_relative(j->env->state_dir, dir), NULL, id, &e);
     j->last_flush = mono_s();
     /* Not fatal: the directory is an orphan the next resume removes, and training goes on. */
     if (r < 0) store_problem(j, 2, "cannot record checkpoint", r, &e);
@@ -421,7 +407,7 @@ int lorad_job_run(const struct lorad_job_env *env, const json_t *job) {
         goto out;
     }
     if (!train_id || (r = lorad_store_file_path(env->store, train_id, &rel, &err)) < 0 ||
-        state_path(env, rel, train_path, sizeof train_path) < 0) {
+        lorad_store_path_absolute(env->state_dir, rel, NULL, train_path, sizeof train_path) < 0) {
         status = fail(&j, "file_not_found", train_id ? "the training file no longer exists" : "the job has no training file",
                       "training_file");
         goto out;
@@ -429,7 +415,7 @@ int lorad_job_run(const struct lorad_job_env *env, const json_t *job) {
     free(rel);
     rel = NULL;
     if (valid_id && ((r = lorad_store_file_path(env->store, valid_id, &rel, &err)) < 0 ||
-                     state_path(env, rel, valid_path, sizeof valid_path) < 0)) {
+                     lorad_store_path_absolute(env->state_dir, rel, NULL, valid_path, sizeof valid_path) < 0)) {
         status = fail(&j, "file_not_found", "the validation file no longer exists", "validation_file");
         goto out;
     }

@@ -322,6 +322,16 @@ int lorad_store_checkpoint_latest(struct lorad_store *store, const char *job_id,
 int lorad_store_checkpoint_keep_newest(struct lorad_store *store, const char *job_id, int keep,
                                        int64_t *ret_removed, struct lorad_error *err);
 
+/* ---- blob paths --------------------------------------------------------------------------- */
+
+/* Blob paths (files.path, checkpoints.path) are kept relative to the state directory when the
+ * blob lies inside it, absolute otherwise. This is the stored form of abs_path: a pointer into
+ * abs_path just past "state_dir/", or abs_path itself. state_dir may be NULL. */
+const char *lorad_store_path_relative(const char *state_dir, const char *abs_path);
+/* The absolute form of a stored path, followed by "/name" unless name is NULL. Returns 0 or
+ * -ENAMETOOLONG (out is then unspecified). */
+int lorad_store_path_absolute(const char *state_dir, const char *stored, const char *name, char *out, size_t cap);
+
 /* ---- api keys (hashes only) --------------------------------------------------------------- */
 
 /* Stores the SHA-256 (64 lowercase hex) of an API key under a name; the key itself never

@@ -363,6 +363,25 @@ static void test_bad_paths(void **state) {
     free(dir);
 }
 
+/* Blob paths: inside the state directory they are kept relative (so it can move), outside it
+ * absolute, and the two conversions invert each other. */
+static void test_blob_paths(void **state) {
+    (void)state;
+    assert_string_equal(lorad_store_path_relative("/var/lib/lorad", "/var/lib/lorad/files/file-x"), "files/file-x");
+    assert_string_equal(lorad_store_path_relative("/var/lib/lorad/", "/var/lib/lorad//jobs/j/ckpt"), "jobs/j/ckpt");
+    assert_string_equal(lorad_store_path_relative("/var/lib/lorad", "/var/lib/lorad2/files/x"), "/var/lib/lorad2/files/x");
+    assert_string_equal(lorad_store_path_relative("/var/lib/lorad", "/var/lib/lorad"), "/var/lib/lorad");
+    assert_string_equal(lorad_store_path_relative(NULL, "/srv/x"), "/srv/x");
+    char out[64];
+    assert_int_equal(lorad_store_path_absolute("/var/lib/lorad", "files/file-x", NULL, out, sizeof out), 0);
+    assert_string_equal(out, "/var/lib/lorad/files/file-x");
+    assert_int_equal(lorad_store_path_absolute("/var/lib/lorad", "jobs/j/ckpt", "adapter.tar", out, sizeof out), 0);
+    assert_string_equal(out, "/var/lib/lorad/jobs/j/ckpt/adapter.tar");
+    assert_int_equal(lorad_store_path_absolute("/var/lib/lorad", "/srv/files/x", NULL, out, sizeof out), 0);
+    assert_string_equal(out, "/srv/files/x");
+    assert_int_equal(lorad_store_path_absolute("/var/lib/lorad", "files/file-x", NULL, out, 16), -ENAMETOOLONG);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_migrate_from_every_version),
@@ -372,6 +391,7 @@ int main(void) {
         cmocka_unit_test(test_read_only),
         cmocka_unit_test(test_disk_full),
         cmocka_unit_test(test_bad_paths),
+        cmocka_unit_test(test_blob_paths),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
