@@ -127,11 +127,7 @@ static int handle_readyz(const struct lorad_api_request *req, struct lorad_api_r
 static int handle_metrics(const struct lorad_api_request *req, struct lorad_api_reply *ret_reply) {
     struct lorad_app *app = handler_app(req);
     if (app && atomic_load(&gauge_app) != app) lorad_api_service_attach(app);
-    ret_reply->text = lorad_api_metrics_render(&ret_reply->text_len);
-    if (!ret_reply->text) return lorad_api_reply_error(ret_reply, 503, "out of memory", NULL, "out_of_memory");
-    ret_reply->status = 200;
-    ret_reply->content_type = "text/plain; version=0.0.4";
-    return 0;
+    return lorad_api_handler_metrics(req, ret_reply);
 }
 
 int lorad_api_install_service_routes(void) {

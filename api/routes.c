@@ -16,7 +16,7 @@ static int handler_livez(const struct lorad_api_request *req, struct lorad_api_r
     return 0;
 }
 
-static int handler_metrics(const struct lorad_api_request *req, struct lorad_api_reply *ret_reply) {
+int lorad_api_handler_metrics(const struct lorad_api_request *req, struct lorad_api_reply *ret_reply) {
     (void)req;
     ret_reply->text = lorad_api_metrics_render(&ret_reply->text_len);
     if (!ret_reply->text) return lorad_api_reply_error(ret_reply, 500, "out of memory", NULL, NULL);
@@ -57,7 +57,7 @@ struct lorad_api_route lorad_api_routes[] = {
     {"GET", "/v1/models/{model}/adapter.gguf", NW, false, LORAD_BODY_NONE},
     {"GET", "/livez", handler_livez, true, LORAD_BODY_NONE},
     {"GET", "/readyz", NW, true, LORAD_BODY_NONE},
-    {"GET", "/metrics", handler_metrics, false, LORAD_BODY_NONE},
+    {"GET", "/metrics", lorad_api_handler_metrics, false, LORAD_BODY_NONE},
 };
 const size_t lorad_api_n_routes = sizeof lorad_api_routes / sizeof lorad_api_routes[0];
 

@@ -80,6 +80,9 @@ extern const size_t lorad_api_n_routes;
  * connected to the store/engine yet. */
 int lorad_api_handler_not_wired(const struct lorad_api_request *req, struct lorad_api_reply *ret_reply);
 
+/* GET /metrics: the Prometheus registry of api_metrics.h (request counters, latencies, gauges). */
+int lorad_api_handler_metrics(const struct lorad_api_request *req, struct lorad_api_reply *ret_reply);
+
 /* Fills ret_reply with the one error shape (api_error_body). Always returns 0. */
 int lorad_api_reply_error(struct lorad_api_reply *ret_reply, unsigned status, const char *message,
                           const char *param, const char *code);
