@@ -381,15 +381,9 @@ static int install_adapter(struct lorad_model *m, const struct lorad_adapter *ad
     size_t n;
     float *params = lorad_model_params(m, &n);
     memset(params, 0, n * sizeof *params);
-    for (int i = 0; i < ad->n_tensors; i++) {
-        const struct lorad_adapter_tensor *t = &ad->tensors[i];
-        int rc = lorad_model_set_lora_tensor(m, t->name, t->data, t->rows, t->cols, err);
-        if (rc < 0) {
-            snprintf(err->param, sizeof err->param, "%s", "--adapter");
-            return rc;
-        }
-    }
-    return 0;
+    int rc = lorad_adapter_copy_into(ad, m, err);
+    if (rc < 0) snprintf(err->param, sizeof err->param, "%s", "--adapter");
+    return rc;
 }
 
 /* An adapter.tar (the one-file download form of engine/adapter.h: a ustar archive of one PEFT

@@ -273,13 +273,10 @@ static int load_init_adapter(struct run *r) {
                              r->spec->lora.r);
         goto out;
     }
-    for (int i = 0; i < a->n_tensors; i++) {
-        const struct lorad_adapter_tensor *t = &a->tensors[i];
-        rc = lorad_model_set_lora_tensor(r->model, t->name, t->data, t->rows, t->cols, r->err);
-        if (rc < 0) {
-            snprintf(r->err->param, sizeof r->err->param, "lora.init_adapter");
-            goto out;
-        }
+    rc = lorad_adapter_copy_into(a, r->model, r->err);
+    if (rc < 0) {
+        snprintf(r->err->param, sizeof r->err->param, "lora.init_adapter");
+        goto out;
     }
     say(r, "info", "initialised LoRA weights from %s (%d tensors)", path, a->n_tensors);
 out:
