@@ -32,6 +32,7 @@
 
 #include "app.h"
 #include "cli.h"
+#include "fsutil.h"
 #include "config.h"
 #include "handlers.h"
 #include "log.h"
@@ -82,25 +83,11 @@ static double mono_s(void) {
 
 /* Creates dir and its missing parents with mode (existing directories keep theirs). */
 static int make_dirs(const char *dir, mode_t mode) {
-    char buf[PATH_MAX];
-    if (snprintf(buf, sizeof buf, "%s", dir) >= (int)sizeof buf) return -ENAMETOOLONG;
-    for (char *p = buf + 1;; p++) {
-        if (*p == '/' || *p == '\0') {
-            char c = *p;
-            *p = '\0';
-            if (mkdir(buf, mode) < 0 && errno != EEXIST) return -errno;
-            *p = c;
-            if (!c) break;
-        }
-    }
+    int r = lorad_mkdir_p_mode(dir, mode);
+    if (r < 0) return r;
     struct stat st;
     if (stat(dir, &st) < 0) return -errno;
     return S_ISDIR(st.st_mode) ? 0 : -ENOTDIR;
-}
-
-static int join(char *out, size_t cap, const char *dir, const char *name) {
-    int n = snprintf(out, cap, "%s/%s", dir, name);
-    return n < 0 || (size_t)n >= cap ? -ENAMETOOLONG : 0;
 }
 
 /* Uploads in flight when the previous process died are temp files nobody will finish. */
@@ -119,7 +106,7 @@ static void clean_uploads(const char *dir) {
  * running jobs and both would train them. The lock goes with the process, however it ends. */
 static int lock_state(struct daemon *d) {
     char path[PATH_MAX];
-    if (join(path, sizeof path, d->cfg.state_dir, "lorad.lock") < 0) return -ENAMETOOLONG;
+    if (lorad_path_join(path, sizeof path, d->cfg.state_dir, "lorad.lock") < 0) return -ENAMETOOLONG;
     d->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (d->lock_fd < 0) {
         int r = -errno;
@@ -155,10 +142,10 @@ static int prepare_state(struct daemon *d) {
         return r;
     }
     if ((r = lock_state(d)) < 0) return r;
-    if ((r = join(d->files_dir, sizeof d->files_dir, state, "files")) < 0 ||
-        (r = join(d->uploads_dir, sizeof d->uploads_dir, state, "uploads")) < 0 ||
-        (r = join(d->jobs_dir, sizeof d->jobs_dir, state, "jobs")) < 0 ||
-        (r = join(d->db_path, sizeof d->db_path, state, "lorad.db")) < 0) {
+    if ((r = lorad_path_join(d->files_dir, sizeof d->files_dir, state, "files")) < 0 ||
+        (r = lorad_path_join(d->uploads_dir, sizeof d->uploads_dir, state, "uploads")) < 0 ||
+        (r = lorad_path_join(d->jobs_dir, sizeof d->jobs_dir, state, "jobs")) < 0 ||
+        (r = lorad_path_join(d->db_path, sizeof d->db_path, state, "lorad.db")) < 0) {
         log_error("state_dir %s: path too long", state);
         return r;
     }

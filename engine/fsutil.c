@@ -36,15 +36,24 @@ int lorad_fsync_parent_dir(const char *path) {
     return r;
 }
 
-int lorad_mkdir_p(const char *dir) {
+int lorad_mkdir_p_mode(const char *dir, mode_t mode) {
     char buf[PATH_MAX];
     if (snprintf(buf, sizeof buf, "%s", dir) >= (int)sizeof buf) return -ENAMETOOLONG;
     for (char *p = buf + 1; *p; p++) {
         if (*p != '/') continue;
         *p = '\0';
-        if (mkdir(buf, 0755) < 0 && errno != EEXIST) return -errno;
+        if (mkdir(buf, mode) < 0 && errno != EEXIST) return -errno;
         *p = '/';
     }
-    if (mkdir(buf, 0755) < 0 && errno != EEXIST) return -errno;
+    if (mkdir(buf, mode) < 0 && errno != EEXIST) return -errno;
     return 0;
+}
+
+int lorad_mkdir_p(const char *dir) {
+    return lorad_mkdir_p_mode(dir, 0755);
+}
+
+int lorad_path_join(char *out, size_t cap, const char *dir, const char *name) {
+    int n = snprintf(out, cap, "%s/%s", dir, name);
+    return n < 0 || (size_t)n >= cap ? -ENAMETOOLONG : 0;
 }

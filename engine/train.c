@@ -92,11 +92,6 @@ static void say(struct run *r, const char *level, const char *fmt, ...) {
     r->cb->on_message(r->cb->ctx, level, buf);
 }
 
-static int path_join(char *out, size_t cap, const char *a, const char *b) {
-    int n = snprintf(out, cap, "%s/%s", a, b);
-    return n < 0 || (size_t)n >= cap ? -ENAMETOOLONG : 0;
-}
-
 /* ---- the tokenizer as the corpus sees it ----------------------------------------------------- */
 
 static bool has_special(void *ctx, const char *piece) { return lorad_tokenizer_special_id(ctx, piece) >= 0; }
@@ -308,9 +303,9 @@ static int write_adapter_files(struct run *r, const char *dir) {
 
     char path[LORAD_CHECKPOINT_PATH_MAX];
     int rc = lorad_adapter_write_peft(dir, &meta, ts, n, r->err);
-    if (rc == 0 && (rc = path_join(path, sizeof path, dir, "adapter.gguf")) == 0)
+    if (rc == 0 && (rc = lorad_path_join(path, sizeof path, dir, "adapter.gguf")) == 0)
         rc = lorad_adapter_write_gguf(path, &meta, ts, n, lorad_model_config(r->model), r->err);
-    if (rc == 0 && (rc = path_join(path, sizeof path, dir, "adapter.tar")) == 0) {
+    if (rc == 0 && (rc = lorad_path_join(path, sizeof path, dir, "adapter.tar")) == 0) {
         const char *names[] = {"adapter_model.safetensors", "adapter_config.json"};
         rc = lorad_tar_write(path, dir, names, 2, "adapter", r->err);
     }
@@ -331,7 +326,7 @@ static void hash_spec(struct run *r) {
 
 static int write_state(struct run *r, const char *dir) {
     char path[LORAD_CHECKPOINT_PATH_MAX];
-    int rc = path_join(path, sizeof path, dir, STATE_FILE);
+    int rc = lorad_path_join(path, sizeof path, dir, STATE_FILE);
     if (rc < 0) return lorad_error_set(r->err, rc, "", "checkpoint path too long");
     size_t n;
     const float *params = lorad_model_params(r->model, &n);
@@ -398,7 +393,7 @@ static int read_f32(const struct lorad_st_file *f, const char *name, float *dst,
 /* Restores everything a checkpoint holds; refuses one written for another spec or dataset. */
 static int restore(struct run *r, const char *dir, int64_t step) {
     char path[LORAD_CHECKPOINT_PATH_MAX];
-    int rc = path_join(path, sizeof path, dir, STATE_FILE);
+    int rc = lorad_path_join(path, sizeof path, dir, STATE_FILE);
     if (rc < 0) return lorad_error_set(r->err, rc, "", "checkpoint path too long");
     struct lorad_st_file *f;
     if ((rc = lorad_st_open(path, &f, r->err)) < 0) return rc;
@@ -449,9 +444,9 @@ out:
 /* out_dir/adapter appears whole: written beside it, then swapped in by rename. */
 static int write_final_adapter(struct run *r) {
     char tmp[LORAD_CHECKPOINT_PATH_MAX], final[LORAD_CHECKPOINT_PATH_MAX], old[LORAD_CHECKPOINT_PATH_MAX];
-    if (path_join(tmp, sizeof tmp, r->opt->out_dir, ".adapter.tmp") < 0 ||
-        path_join(final, sizeof final, r->opt->out_dir, "adapter") < 0 ||
-        path_join(old, sizeof old, r->opt->out_dir, ".adapter.old") < 0)
+    if (lorad_path_join(tmp, sizeof tmp, r->opt->out_dir, ".adapter.tmp") < 0 ||
+        lorad_path_join(final, sizeof final, r->opt->out_dir, "adapter") < 0 ||
+        lorad_path_join(old, sizeof old, r->opt->out_dir, ".adapter.old") < 0)
         return lorad_error_set(r->err, -ENAMETOOLONG, "", "output path too long");
     lorad_remove_tree(tmp);
     lorad_remove_tree(old);
@@ -652,8 +647,8 @@ int lorad_train_run(const struct lorad_job_spec *spec, const struct lorad_train_
         rc = lorad_error_set(err, rc, "", "cannot create %s: %s", opt->out_dir, strerror(-rc));
         goto out;
     }
-    if (path_join(r.ckpt_root, sizeof r.ckpt_root, opt->out_dir, "checkpoints") < 0 ||
-        path_join(r.metrics_path, sizeof r.metrics_path, opt->out_dir, "metrics.jsonl") < 0) {
+    if (lorad_path_join(r.ckpt_root, sizeof r.ckpt_root, opt->out_dir, "checkpoints") < 0 ||
+        lorad_path_join(r.metrics_path, sizeof r.metrics_path, opt->out_dir, "metrics.jsonl") < 0) {
         rc = lorad_error_set(err, -ENAMETOOLONG, "", "output path too long");
         goto out;
     }
