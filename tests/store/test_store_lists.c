@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "store_fixture.h"
 
@@ -300,6 +301,17 @@ static void test_checkpoints_and_metrics(void **state) {
     json_t *progress = json_object_get(obj, "progress");
     assert_int_equal(json_integer_value(json_object_get(progress, "step")), 35);
     assert_int_equal(json_integer_value(json_object_get(obj, "trained_tokens")), 3500);
+    json_decref(obj);
+    /* A running job with an ETA is estimated to finish that many seconds from now (rounded up). */
+    struct lorad_store_progress pr = {.step = 35, .total_steps = 40, .epoch = NAN, .tokens_per_s = NAN,
+                                      .eta_s = 99.2, .trained_tokens = -1};
+    assert_int_equal(lorad_store_job_set_progress(fx.store, job, &pr, NULL), 0);
+    int64_t before = (int64_t)time(NULL);
+    assert_int_equal(lorad_store_job_get(fx.store, job, &obj, NULL), 0);
+    int64_t after = (int64_t)time(NULL);
+    json_int_t finish = json_integer_value(json_object_get(obj, "estimated_finish"));
+    assert_true(finish >= before + 100 && finish <= after + 100);
+    assert_float_equal(json_real_value(json_object_get(json_object_get(obj, "progress"), "eta_s")), 99.2, 1e-9);
     json_decref(obj);
 
     /* A resumed run repeats steps 31..37: they overwrite; nothing is duplicated. */
