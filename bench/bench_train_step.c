@@ -2,10 +2,12 @@
  *
  *   bench_train_step [--dim 768 --layers 12 --heads 12 --kv-heads 12 --hidden 2048 --vocab 32000
  *                     --seq 512 --batch 1 --r 8 --targets qv|all --threads 2 --steps 3 --ckpt
- *                     --bf16 --concurrency --torch]
+ *                     --bf16 --concurrency --torch --openblas]
  *
  * Prints tokens/s, achieved GFLOP/s (formula printed), the partitioned cblas_sgemm rate at
- * 512x4096x4096 with the same threads in the same run, MFU = achieved / sgemm, and peak RSS.
+ * 512x4096x4096 with the same threads in the same run, MFU = achieved / cblas_sgemm, and peak
+ * RSS; on AVX-512 hosts also the engine's own kernel at that shape. --openblas runs the step on
+ * cblas_sgemm even where the engine's kernel is available.
  * --concurrency also times two 1-thread runs side by side against one 1-thread run.
  * --torch runs bench/torch_train_step.py with the same shape (through /usr/bin/python3) and
  * prints the ratios. Not a test: timings on a shared machine are noisy. */
@@ -24,7 +26,7 @@
 
 struct args {
     int dim, layers, heads, kv_heads, hidden, vocab, seq, batch, r, threads, steps;
-    bool all, ckpt, bf16, concurrency, torch;
+    bool all, ckpt, bf16, concurrency, torch, openblas;
 };
 
 static double now(void) {
@@ -151,10 +153,16 @@ static void *run_job(void *arg) {
     return NULL;
 }
 
-static double sgemm_rate(int threads) {
+/* GFLOP/s of the engine's partitioned product at 512x4096x4096: through cblas_sgemm (OpenBLAS)
+ * with openblas, else through the kernel the engine picks on this CPU. */
+static double sgemm_rate(int threads, bool openblas) {
     struct lorad_pool *pool;
     struct lorad_gemm g;
-    if (lorad_pool_new(&pool, threads) < 0 || lorad_gemm_init(&g, pool) < 0) return 0;
+    if (lorad_pool_new(&pool, threads) < 0) return 0;
+    lorad_gemm_prefer_openblas(openblas);
+    int r = lorad_gemm_init(&g, pool);
+    lorad_gemm_prefer_openblas(false);
+    if (r < 0) return 0;
     int64_t M = 512, N = 4096, K = 4096;
     float *A = malloc(sizeof(float) * (size_t)(M * K)), *B = malloc(sizeof(float) * (size_t)(N * K)),
           *C = malloc(sizeof(float) * (size_t)(M * N));
@@ -173,7 +181,7 @@ static double sgemm_rate(int threads) {
 }
 
 static int parse(struct args *a, int argc, char **argv) {
-    *a = (struct args){768, 12, 12, 12, 2048, 32000, 512, 1, 8, 2, 3, false, false, false, false, false};
+    *a = (struct args){768, 12, 12, 12, 2048, 32000, 512, 1, 8, 2, 3, false, false, false, false, false, false};
     for (int i = 1; i < argc; i++) {
         const char *k = argv[i];
         int *iv = NULL;
@@ -192,6 +200,7 @@ static int parse(struct args *a, int argc, char **argv) {
         else if (!strcmp(k, "--bf16")) a->bf16 = true;
         else if (!strcmp(k, "--concurrency")) a->concurrency = true;
         else if (!strcmp(k, "--torch")) a->torch = true;
+        else if (!strcmp(k, "--openblas")) a->openblas = true;
         else if (!strcmp(k, "--targets") && i + 1 < argc) a->all = !strcmp(argv[++i], "all");
         else { fprintf(stderr, "unknown option %s\n", k); return -1; }
         if (iv) {
@@ -235,12 +244,25 @@ int main(int argc, char **argv) {
     double lora_flops, fpt = flops_per_token(&a, &b.w.cfg, &lora_flops);
     /* the best of several sgemm samples around the run: on a shared machine a single sample can
      * be slowed by other processes and would inflate MFU */
-    double sg = sgemm_rate(a.threads);
+    double sg = sgemm_rate(a.threads, true), own = sgemm_rate(a.threads, false);
+    lorad_gemm_prefer_openblas(a.openblas);
     struct job j = {&a, &b.w, a.threads, a.steps, 0, 0, 0};
     run_job(&j);
+    lorad_gemm_prefer_openblas(false);
     for (int i = 0; i < 2; i++) {
-        double s2 = sgemm_rate(a.threads);
+        double s2 = sgemm_rate(a.threads, true), o2 = sgemm_rate(a.threads, false);
         if (s2 > sg) sg = s2;
+        if (o2 > own) own = o2;
+    }
+    struct lorad_pool *probe_pool;
+    struct lorad_gemm probe;
+    bool own_kernel = false;
+    if (lorad_pool_new(&probe_pool, 1) == 0) {
+        if (lorad_gemm_init(&probe, probe_pool) == 0) {
+            own_kernel = probe.own_kernel && !a.openblas;
+            lorad_gemm_destroy(&probe);
+        }
+        lorad_pool_free(probe_pool);
     }
     if (j.rc < 0) return 1;
     double tokens = (double)a.batch * a.seq, tps = tokens / j.seconds, achieved = tps * fpt / 1e9;
@@ -252,9 +274,13 @@ int main(int argc, char **argv) {
            a.threads, a.ckpt ? " ckpt" : "", a.bf16 ? " bf16" : "");
     printf("flops/token = %d*N_mm + LoRA 6*r*sum(d_in+d_out) + attention 6*L*d*T = %.4f GFLOP (LoRA %.5f)\n",
            a.ckpt ? 6 : 4, fpt / 1e9, lora_flops / 1e9);
-    printf("step %.3f s  tokens/s %.1f  achieved %.1f GFLOP/s  sgemm(512x4096x4096, %d threads, best of 3) %.1f GFLOP/s  "
+    printf("products: %s\n", own_kernel ? "engine AVX-512 kernel (sgemm_avx512.c)" : "OpenBLAS cblas_sgemm");
+    printf("step %.3f s  tokens/s %.1f  achieved %.1f GFLOP/s  cblas_sgemm(512x4096x4096, %d threads, best of 3) %.1f GFLOP/s  "
            "MFU %.1f%%  peak RSS %.0f MB  loss %.4f\n",
            j.seconds, tps, achieved, a.threads, sg, 100 * achieved / sg, rss / 1e6, j.loss);
+    if (own_kernel)
+        printf("engine kernel at 512x4096x4096: %.1f GFLOP/s (%.2fx cblas_sgemm); achieved / engine kernel %.1f%%\n", own,
+               own / sg, 100 * achieved / own);
     if (a.concurrency) {
         struct job one = {&a, &b.w, 1, a.steps, 0, 0, 0}, two[2] = {one, one};
         run_job(&one);

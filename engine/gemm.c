@@ -6,9 +6,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+static bool prefer_openblas;
+
+void lorad_gemm_prefer_openblas(bool prefer) { prefer_openblas = prefer; }
+
 int lorad_gemm_init(struct lorad_gemm *g, struct lorad_pool *pool) {
     memset(g, 0, sizeof *g);
     g->pool = pool;
+    g->own_kernel = !prefer_openblas && lorad_sgemm_avx512_available();
     for (int t = 0; t < lorad_pool_size(pool); t++) {
         g->scratch[t] = malloc(LORAD_GEMM_SCRATCH_FLOATS * sizeof(float));
         if (!g->scratch[t]) {
@@ -38,6 +43,10 @@ void lorad_tensor_rows_f32(float *out, const struct lorad_tensor *t, int64_t r0,
     }
 }
 
+static bool own_kernel_takes(const struct lorad_gemm *g, enum lorad_dtype dtype) {
+    return g->own_kernel && (dtype == LORAD_DTYPE_F32 || dtype == LORAD_DTYPE_BF16);
+}
+
 struct wjob {
     struct lorad_gemm *g;
     float *out;
@@ -47,10 +56,14 @@ struct wjob {
     bool accumulate;
 };
 
-/* Splits over M (tokens) when every thread gets at least 128 rows: measured on this machine the
- * thinner token slices keep sgemm at full rate for 768x768 weights, where slicing the weight
- * halves it. Otherwise (inference, LM-head chunks) splits over the weight's output dimension. */
-static bool split_rows_of_m(int64_t M, int64_t N, int n_threads) {
+/* With OpenBLAS, splits over M (tokens) when every thread gets at least 128 rows: measured on
+ * this machine the thinner token slices keep sgemm at full rate for 768x768 weights, where
+ * slicing the weight halves it. Otherwise (inference, LM-head chunks) splits over the weight's
+ * output dimension. The engine's own kernel packs whatever part of W a thread multiplies, so
+ * slicing W packs each weight once in all rather than once per thread: it splits over N unless
+ * N is too narrow for whole 32-column panels. */
+static bool split_rows_of_m(const struct lorad_gemm *g, int64_t M, int64_t N, int n_threads) {
+    if (g->own_kernel) return N < 64 * n_threads && M > N;
     return M >= 128 * (int64_t)n_threads || (N < 64 * n_threads && M > N);
 }
 
@@ -59,6 +72,12 @@ static void xwt_part(struct wjob *j, int64_t m0, int64_t m1, int64_t n0, int64_t
     int64_t K = w->cols, N = w->rows, M = m1 - m0;
     if (M <= 0 || n1 <= n0) return;
     float beta = j->accumulate ? 1.0f : 0.0f;
+    if (own_kernel_takes(j->g, w->dtype)) {
+        int64_t esz = lorad_dtype_size(w->dtype);
+        lorad_sgemm_avx512(false, true, w->dtype, M, n1 - n0, K, 1.0f, j->in + m0 * K, K,
+                           (const char *)w->data + n0 * K * esz, K, beta, j->out + m0 * N + n0, N, j->g->scratch[tid]);
+        return;
+    }
     if (w->dtype == LORAD_DTYPE_F32) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)(n1 - n0), (int)K, 1.0f,
                     j->in + m0 * K, (int)K, (const float *)w->data + n0 * K, (int)K, beta,
@@ -79,11 +98,11 @@ static void xwt_part(struct wjob *j, int64_t m0, int64_t m1, int64_t n0, int64_t
 static void xwt_thread(void *ctx, int tid, int nt) {
     struct wjob *j = ctx;
     int64_t b, e;
-    if (split_rows_of_m(j->M, j->w->rows, nt)) {
+    if (split_rows_of_m(j->g, j->M, j->w->rows, nt)) {
         lorad_pool_slice(j->M, tid, nt, 1, &b, &e);
         xwt_part(j, b, e, 0, j->w->rows, tid);
     } else {
-        lorad_pool_slice(j->w->rows, tid, nt, 16, &b, &e);
+        lorad_pool_slice(j->w->rows, tid, nt, 32, &b, &e);
         xwt_part(j, 0, j->M, b, e, tid);
     }
 }
@@ -99,6 +118,12 @@ static void dyw_part(struct wjob *j, int64_t m0, int64_t m1, int64_t k0, int64_t
     int64_t K = w->cols, N = w->rows, M = m1 - m0, kc = k1 - k0;
     if (M <= 0 || kc <= 0) return;
     float beta = j->accumulate ? 1.0f : 0.0f;
+    if (own_kernel_takes(j->g, w->dtype)) {
+        int64_t esz = lorad_dtype_size(w->dtype);
+        lorad_sgemm_avx512(false, false, w->dtype, M, kc, N, 1.0f, j->in + m0 * N, N,
+                           (const char *)w->data + k0 * esz, K, beta, j->out + m0 * K + k0, K, j->g->scratch[tid]);
+        return;
+    }
     if (w->dtype == LORAD_DTYPE_F32) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)M, (int)kc, (int)N, 1.0f, j->in + m0 * N,
                     (int)N, (const float *)w->data + k0, (int)K, beta, j->out + m0 * K + k0, (int)K);
@@ -117,11 +142,11 @@ static void dyw_part(struct wjob *j, int64_t m0, int64_t m1, int64_t k0, int64_t
 static void dyw_thread(void *ctx, int tid, int nt) {
     struct wjob *j = ctx;
     int64_t b, e;
-    if (split_rows_of_m(j->M, j->w->cols, nt)) {
+    if (split_rows_of_m(j->g, j->M, j->w->cols, nt)) {
         lorad_pool_slice(j->M, tid, nt, 1, &b, &e);
         dyw_part(j, b, e, 0, j->w->cols, tid);
     } else {
-        lorad_pool_slice(j->w->cols, tid, nt, 16, &b, &e);
+        lorad_pool_slice(j->w->cols, tid, nt, 32, &b, &e);
         dyw_part(j, 0, j->M, b, e, tid);
     }
 }

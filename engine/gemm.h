@@ -10,18 +10,27 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "sgemm_avx512.h"
 #include "threadpool.h"
 #include "weights.h"
 
-/* Floats of scratch each thread needs for BF16 tiles. */
-#define LORAD_GEMM_SCRATCH_FLOATS ((size_t)1 << 18)
+/* Floats of scratch each thread needs: BF16 tiles for OpenBLAS, or the packed blocks of the
+ * engine's AVX-512 kernel (sgemm_avx512.h), whichever is larger. */
+#define LORAD_GEMM_SCRATCH_FLOATS ((size_t)1 << 19)
+_Static_assert(LORAD_GEMM_SCRATCH_FLOATS >= LORAD_SGEMM_AVX512_WORK_FLOATS, "scratch holds the packed blocks");
 
 struct lorad_gemm {
     struct lorad_pool *pool;            /* borrowed */
+    bool own_kernel;                    /* products go to lorad_sgemm_avx512 instead of OpenBLAS */
     float *scratch[LORAD_MAX_THREADS];  /* one LORAD_GEMM_SCRATCH_FLOATS buffer per thread */
 };
 
-/* Allocates the per-thread scratch for pool (borrowed; must outlive g). 0 or -ENOMEM. */
+/* Process-wide: makes later lorad_gemm_init calls use OpenBLAS even on AVX-512 hosts, so a
+ * benchmark can measure both in one run. Default false. Not thread-safe; call before models exist. */
+void lorad_gemm_prefer_openblas(bool prefer);
+
+/* Allocates the per-thread scratch for pool (borrowed; must outlive g) and picks the kernel: the
+ * engine's AVX-512 one where the CPU has it, else OpenBLAS. 0 or -ENOMEM. */
 int lorad_gemm_init(struct lorad_gemm *g, struct lorad_pool *pool);
 void lorad_gemm_destroy(struct lorad_gemm *g);
 

@@ -15,6 +15,7 @@
 
 #include "gemm.h"
 #include "kernels.h"
+#include "sgemm_avx512.h"
 #include "threadpool.h"
 #include "tiny_model.h"
 #include "vec_math.h"
@@ -116,6 +117,61 @@ static void test_gemm_matches_reference(void **state) {
     (void)state;
     gemm_case(37);  /* split over the weight's rows */
     gemm_case(300); /* split over tokens */
+}
+
+/* The engine's AVX-512 kernel on its own, against a plain double loop: both transposes, F32 and
+ * BF16 B, alpha, beta (beta 0 must not read C, so C starts as NaN), and sizes that cross every
+ * block edge (MC 384, KC 256, NC 1024, the 12x32 tile) as well as degenerate ones. */
+static void sgemm_avx512_case(bool ta, bool tb, bool bf16, int64_t M, int64_t N, int64_t K, float alpha, float beta) {
+    int64_t lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 5, ldc = N + 7;
+    float *A = randv((ta ? K : M) * lda, 1), *Bf = randv((tb ? N : K) * ldb, 1), *C = randv(M * ldc, 1);
+    uint16_t *Bh = malloc(sizeof(uint16_t) * (size_t)((tb ? N : K) * ldb));
+    for (int64_t i = 0; i < (tb ? N : K) * ldb; i++) {
+        Bh[i] = lorad_f32_to_bf16(Bf[i]);
+        if (bf16) Bf[i] = lorad_bf16_to_f32(Bh[i]);
+    }
+    if (beta == 0.0f)
+        for (int64_t i = 0; i < M * ldc; i++) C[i] = NAN;
+    double *want = malloc(sizeof(double) * (size_t)(M * N));
+    double mx = 0;
+    for (int64_t i = 0; i < M; i++)
+        for (int64_t j = 0; j < N; j++) {
+            double acc = 0;
+            for (int64_t k = 0; k < K; k++)
+                acc += (double)(ta ? A[k * lda + i] : A[i * lda + k]) * (tb ? Bf[j * ldb + k] : Bf[k * ldb + j]);
+            want[i * N + j] = alpha * acc + (beta == 0.0f ? 0.0 : (double)beta * C[i * ldc + j]);
+            mx = fmax(mx, fabs(want[i * N + j]));
+        }
+    float *work = malloc(sizeof(float) * LORAD_SGEMM_AVX512_WORK_FLOATS);
+    float *keep = malloc(sizeof(float) * (size_t)(M * ldc));
+    memcpy(keep, C, sizeof(float) * (size_t)(M * ldc));
+    lorad_sgemm_avx512(ta, tb, bf16 ? LORAD_DTYPE_BF16 : LORAD_DTYPE_F32, M, N, K, alpha, A, lda,
+                       bf16 ? (const void *)Bh : (const void *)Bf, ldb, beta, C, ldc, work);
+    double md = 0;
+    for (int64_t i = 0; i < M; i++) {
+        for (int64_t j = 0; j < N; j++) md = fmax(md, fabs(C[i * ldc + j] - want[i * N + j]));
+        for (int64_t j = N; j < ldc; j++) /* the padding between rows stays untouched */
+            if (!(C[i * ldc + j] == keep[i * ldc + j] || (isnan(C[i * ldc + j]) && isnan(keep[i * ldc + j]))))
+                fail_msg("ta %d tb %d bf16 %d %ldx%ldx%ld: wrote C[%ld][%ld] past N", ta, tb, bf16, (long)M, (long)N,
+                         (long)K, (long)i, (long)j);
+    }
+    if (!(md <= 1e-5 * (mx > 1 ? mx : 1)))
+        fail_msg("ta %d tb %d bf16 %d %ldx%ldx%ld alpha %g beta %g: max diff %.3g, max ref %.3g", ta, tb, bf16, (long)M,
+                 (long)N, (long)K, alpha, beta, md, mx);
+    free(A); free(Bf); free(Bh); free(C); free(want); free(work); free(keep);
+}
+static void test_sgemm_avx512_matches_reference(void **state) {
+    (void)state;
+    if (!lorad_sgemm_avx512_available()) skip();
+    static const int64_t shapes[][3] = {{1, 1, 1}, {12, 32, 16}, {13, 33, 17}, {11, 31, 15}, {5, 200, 3},
+                                        {400, 1060, 270}, {397, 40, 600}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+        for (int flags = 0; flags < 8; flags++) {
+            bool ta = flags & 1, tb = flags & 2, bf16 = flags & 4;
+            float beta = (s + (size_t)flags) % 2 ? 1.3f : 0.0f;
+            sgemm_avx512_case(ta, tb, bf16, shapes[s][0], shapes[s][1], shapes[s][2], 0.7f, beta);
+        }
+    sgemm_avx512_case(false, true, false, 7, 9, 0, 1.0f, 0.5f); /* K = 0 scales C by beta */
 }
 
 /* ---- RMSNorm ---- */
@@ -328,6 +384,7 @@ int main(void) {
         cmocka_unit_test(test_pool_slices_cover_everything_once),
         cmocka_unit_test(test_vector_exp),
         cmocka_unit_test(test_gemm_matches_reference),
+        cmocka_unit_test(test_sgemm_avx512_matches_reference),
         cmocka_unit_test(test_rmsnorm),
         cmocka_unit_test(test_rope_llama3),
         cmocka_unit_test(test_attention_gqa_packed),

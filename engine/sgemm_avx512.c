@@ -1,0 +1,229 @@
+#include "sgemm_avx512.h"
+
+#include <assert.h>
+#include <immintrin.h>
+#include <string.h>
+
+/* Register tile and cache blocks. MR x NR = 12 x 32 takes 24 of the 32 zmm registers as
+ * accumulators. A KC x NR panel of B (32 KB) stays in L1 while the MR-row panels of A stream
+ * past it from L2; the packed MC x KC block of A (384 KB) and KC x NC block of B (1 MB) fit L2. */
+#define MR 12
+#define NR 32
+#define MC 384
+#define KC 256
+#define NC 1024
+
+_Static_assert(MC % MR == 0 && NC % NR == 0, "blocks are whole tiles");
+_Static_assert(LORAD_SGEMM_AVX512_WORK_FLOATS >= (size_t)MC * KC + (size_t)KC * NC + 16, "work holds both packs");
+
+static bool os_saves_zmm(void) {
+    /* XCR0 bits 1,2 (SSE, AVX) and 5,6,7 (opmask, ZMM hi256, hi16 ZMM) must all be enabled. */
+    uint32_t lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return (lo & 0xE6) == 0xE6;
+}
+
+bool lorad_sgemm_avx512_available(void) {
+    static int cached = -1; /* racy but idempotent: every thread computes the same answer */
+    if (cached < 0) {
+        __builtin_cpu_init();
+        bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("osxsave") && os_saves_zmm();
+        cached = ok;
+    }
+    return cached == 1;
+}
+
+/* Sixteen rows of 16 floats, transposed in registers: on return r[c] holds column c. */
+__attribute__((target("avx512f"))) static inline void transpose_16x16(__m512 r[16]) {
+    __m512 a[16], b[16];
+    for (int i = 0; i < 8; i++) {
+        a[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        a[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    /* b[4g + c], lane l: rows 4g..4g+3 at column 4l + c */
+    for (int g = 0; g < 4; g++) {
+        __m512d x0 = _mm512_castps_pd(a[4 * g]), x1 = _mm512_castps_pd(a[4 * g + 1]);
+        __m512d x2 = _mm512_castps_pd(a[4 * g + 2]), x3 = _mm512_castps_pd(a[4 * g + 3]);
+        b[4 * g + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(x0, x2));
+        b[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(x0, x2));
+        b[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(x1, x3));
+        b[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(x1, x3));
+    }
+    /* A 4x4 transpose of 128-bit lanes for each c. */
+    for (int c = 0; c < 4; c++) {
+        __m512 u0 = _mm512_shuffle_f32x4(b[c], b[4 + c], 0x44), u1 = _mm512_shuffle_f32x4(b[c], b[4 + c], 0xEE);
+        __m512 u2 = _mm512_shuffle_f32x4(b[8 + c], b[12 + c], 0x44);
+        __m512 u3 = _mm512_shuffle_f32x4(b[8 + c], b[12 + c], 0xEE);
+        r[c] = _mm512_shuffle_f32x4(u0, u2, 0x88);
+        r[4 + c] = _mm512_shuffle_f32x4(u0, u2, 0xDD);
+        r[8 + c] = _mm512_shuffle_f32x4(u1, u3, 0x88);
+        r[12 + c] = _mm512_shuffle_f32x4(u1, u3, 0xDD);
+    }
+}
+
+/* dst (kc, MR) = alpha * the MR rows of src (row stride lda) transposed, 16 k at a time through
+ * a register transpose with four zero rows; the ragged end of k element by element. */
+__attribute__((target("avx512f"))) static void pack_a_rows(float *dst, const float *src, int64_t lda, int64_t kc,
+                                                          float alpha) {
+    __m512 va = _mm512_set1_ps(alpha);
+    int64_t kv = kc & ~(int64_t)15;
+    for (int64_t k = 0; k < kv; k += 16) {
+        __m512 r[16];
+        for (int i = 0; i < MR; i++) r[i] = _mm512_mul_ps(va, _mm512_loadu_ps(src + i * lda + k));
+        for (int i = MR; i < 16; i++) r[i] = _mm512_setzero_ps();
+        transpose_16x16(r);
+        for (int c = 0; c < 16; c++) _mm512_mask_storeu_ps(dst + (k + c) * MR, (__mmask16)((1u << MR) - 1), r[c]);
+    }
+    for (int64_t k = kv; k < kc; k++)
+        for (int i = 0; i < MR; i++) dst[k * MR + i] = alpha * src[i * lda + k];
+}
+
+/* Ap (mc rounded up to MR panels, each (kc, MR)) = alpha * op(A)[i0:i0+mc, k0:k0+kc], zero rows
+ * past mc so the kernel never branches on M. */
+static void pack_a(float *ap, bool trans_a, const float *A, int64_t lda, int64_t i0, int64_t mc, int64_t k0,
+                   int64_t kc, float alpha) {
+    for (int64_t p = 0; p < mc; p += MR) {
+        int64_t rows = mc - p < MR ? mc - p : MR;
+        float *dst = ap + p * kc;
+        if (!trans_a && rows == MR) {
+            pack_a_rows(dst, A + (i0 + p) * lda + k0, lda, kc, alpha);
+        } else if (!trans_a) {
+            for (int64_t i = 0; i < rows; i++) {
+                const float *src = A + (i0 + p + i) * lda + k0;
+                for (int64_t k = 0; k < kc; k++) dst[k * MR + i] = alpha * src[k];
+            }
+        } else {
+            for (int64_t k = 0; k < kc; k++) {
+                const float *src = A + (k0 + k) * lda + i0 + p;
+                for (int64_t i = 0; i < rows; i++) dst[k * MR + i] = alpha * src[i];
+            }
+        }
+        for (int64_t i = rows; i < MR; i++)
+            for (int64_t k = 0; k < kc; k++) dst[k * MR + i] = 0.0f;
+    }
+}
+
+static inline float b_elem(enum lorad_dtype dt, const void *B, int64_t idx) {
+    if (dt == LORAD_DTYPE_BF16) return lorad_bf16_to_f32(((const uint16_t *)B)[idx]);
+    return ((const float *)B)[idx];
+}
+
+/* dst[k * NR + j] = src row j, element k, for 16 rows (row stride ld elements) and 16 k. */
+__attribute__((target("avx512f"))) static void transpose_block(float *dst, enum lorad_dtype dt, const void *src,
+                                                              int64_t ld) {
+    __m512 r[16];
+    for (int j = 0; j < 16; j++) {
+        if (dt == LORAD_DTYPE_F32) {
+            r[j] = _mm512_loadu_ps((const float *)src + j * ld);
+        } else {
+            __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)src + j * ld));
+            r[j] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+        }
+    }
+    transpose_16x16(r);
+    for (int k = 0; k < 16; k++) _mm512_store_ps(dst + k * NR, r[k]);
+}
+
+/* Bp (nc rounded up to NR panels, each (kc, NR)) = op(B)[k0:k0+kc, j0:j0+nc] as f32, zero
+ * columns past nc. */
+static void pack_b(float *bp, bool trans_b, enum lorad_dtype dt, const void *B, int64_t ldb, int64_t k0, int64_t kc,
+                   int64_t j0, int64_t nc) {
+    for (int64_t p = 0; p < nc; p += NR) {
+        int64_t cols = nc - p < NR ? nc - p : NR;
+        float *dst = bp + p * kc;
+        if (trans_b) {
+            /* B (N, K): column j of op(B) is row j of B, contiguous in k. Whole 16x16 blocks
+             * are transposed in registers, the ragged edges element by element. */
+            int64_t esz = dt == LORAD_DTYPE_F32 ? 4 : 2, kv = kc & ~(int64_t)15, jv = cols & ~(int64_t)15;
+            for (int64_t j = 0; j < jv; j += 16)
+                for (int64_t k = 0; k < kv; k += 16)
+                    transpose_block(dst + k * NR + j, dt, (const char *)B + ((j0 + p + j) * ldb + k0 + k) * esz, ldb);
+            for (int64_t j = 0; j < cols; j++) {
+                int64_t row = (j0 + p + j) * ldb + k0;
+                for (int64_t k = j < jv ? kv : 0; k < kc; k++) dst[k * NR + j] = b_elem(dt, B, row + k);
+            }
+        } else {
+            for (int64_t k = 0; k < kc; k++) {
+                int64_t row = (k0 + k) * ldb + j0 + p;
+                if (dt == LORAD_DTYPE_F32 && cols == NR) {
+                    memcpy(dst + k * NR, (const float *)B + row, NR * sizeof(float));
+                } else {
+                    for (int64_t j = 0; j < cols; j++) dst[k * NR + j] = b_elem(dt, B, row + j);
+                }
+            }
+        }
+        if (cols < NR)
+            for (int64_t k = 0; k < kc; k++)
+                for (int64_t j = cols; j < NR; j++) dst[k * NR + j] = 0.0f;
+    }
+}
+
+/* C[0:mr, 0:nr] (ldc) = beta * C + Ap · Bp over kc, for one MR x NR tile; beta == 0 does not read
+ * C. ap (kc, MR), bp (kc, NR), both 64-byte aligned. */
+__attribute__((target("avx512f"))) static void kernel_12x32(int64_t kc, const float *restrict ap,
+                                                           const float *restrict bp, float *restrict C, int64_t ldc,
+                                                           int mr, int nr, float beta) {
+    __m512 c0[MR], c1[MR];
+#pragma GCC unroll 12
+    for (int i = 0; i < MR; i++) c0[i] = c1[i] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < kc; k++) {
+        __m512 b0 = _mm512_load_ps(bp), b1 = _mm512_load_ps(bp + 16);
+#pragma GCC unroll 12
+        for (int i = 0; i < MR; i++) {
+            __m512 a = _mm512_set1_ps(ap[i]);
+            c0[i] = _mm512_fmadd_ps(a, b0, c0[i]);
+            c1[i] = _mm512_fmadd_ps(a, b1, c1[i]);
+        }
+        ap += MR;
+        bp += NR;
+    }
+    __mmask16 m0 = nr >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1);
+    __mmask16 m1 = nr >= 32 ? (__mmask16)0xFFFF : nr > 16 ? (__mmask16)((1u << (nr - 16)) - 1) : 0;
+    __m512 vb = _mm512_set1_ps(beta);
+#pragma GCC unroll 12
+    for (int i = 0; i < MR; i++) {
+        if (i >= mr) break;
+        float *row = C + i * ldc;
+        __m512 r0 = c0[i], r1 = c1[i];
+        if (beta != 0.0f) {
+            r0 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m0, row), r0);
+            r1 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m1, row + 16), r1);
+        }
+        _mm512_mask_storeu_ps(row, m0, r0);
+        _mm512_mask_storeu_ps(row + 16, m1, r1);
+    }
+}
+
+void lorad_sgemm_avx512(bool trans_a, bool trans_b, enum lorad_dtype b_dtype, int64_t M, int64_t N, int64_t K,
+                        float alpha, const float *A, int64_t lda, const void *B, int64_t ldb, float beta, float *C,
+                        int64_t ldc, float *work) {
+    assert(lorad_sgemm_avx512_available());
+    assert(b_dtype == LORAD_DTYPE_F32 || b_dtype == LORAD_DTYPE_BF16);
+    if (M <= 0 || N <= 0) return;
+    if (K == 0 || alpha == 0.0f) {
+        for (int64_t i = 0; i < M; i++)
+            for (int64_t j = 0; j < N; j++) C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
+        return;
+    }
+    float *ap = (float *)(((uintptr_t)work + 63) & ~(uintptr_t)63);
+    float *bp = ap + (size_t)MC * KC;
+    for (int64_t i0 = 0; i0 < M; i0 += MC) {
+        int64_t mc = M - i0 < MC ? M - i0 : MC;
+        for (int64_t k0 = 0; k0 < K; k0 += KC) {
+            int64_t kc = K - k0 < KC ? K - k0 : KC;
+            float b = k0 == 0 ? beta : 1.0f;
+            pack_a(ap, trans_a, A, lda, i0, mc, k0, kc, alpha);
+            for (int64_t j0 = 0; j0 < N; j0 += NC) {
+                int64_t nc = N - j0 < NC ? N - j0 : NC;
+                pack_b(bp, trans_b, b_dtype, B, ldb, k0, kc, j0, nc);
+                for (int64_t jr = 0; jr < nc; jr += NR) {
+                    int nr = (int)(nc - jr < NR ? nc - jr : NR);
+                    for (int64_t ir = 0; ir < mc; ir += MR) {
+                        int mr = (int)(mc - ir < MR ? mc - ir : MR);
+                        kernel_12x32(kc, ap + ir * kc, bp + jr * kc, C + (i0 + ir) * ldc + j0 + jr, ldc, mr, nr, b);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,34 @@
+/* The engine's own single-threaded sgemm for the frozen-weight products, on AVX-512 hosts.
+ *
+ * Why it exists: the environment pins OpenBLAS 0.3.21 to its AVX2 (Haswell) kernel, because that
+ * build's AVX-512 kernels cannot be trusted on these CPUs. On an AVX-512 host the AVX2 kernel
+ * leaves half of each FMA unit idle (measured 2026-11-29: OpenBLAS 121 GFLOP/s with its Haswell
+ * kernel against 200 with its SkylakeX one, 512x4096x4096, 2 threads). The frozen projections are
+ * ~85% of a LoRA step, so the engine multiplies them itself with a 512-bit micro-kernel.
+ *
+ * Design: classic packed GEMM. op(A) (M, K) is packed in MR-row panels (k-major) and scaled by
+ * alpha; op(B) (K, N) in NR-column panels, widened from BF16 while packing, so a BF16 base costs
+ * no separate widening pass. A 12x32 register tile accumulates in 24 zmm registers. The
+ * blocking is fixed, so results depend only on the sizes (bit-identical run to run).
+ *
+ * The caller splits work over threads; each call is single-threaded and uses only `work`. */
+#pragma once
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "weights.h"
+
+/* Floats of `work` one call needs. */
+#define LORAD_SGEMM_AVX512_WORK_FLOATS ((size_t)(256 * 384 + 256 * 1024 + 64))
+
+/* True when the CPU and the OS support AVX-512F (checked once). */
+bool lorad_sgemm_avx512_available(void);
+
+/* C (M, N) = alpha * op(A) · op(B) + beta * C, row-major. op(A) is A (M, K) or, with trans_a,
+ * A^T for A (K, M); op(B) is B (K, N) or, with trans_b, B^T for B (N, K). B holds b_dtype
+ * elements (F32 or BF16), A and C are f32. beta == 0 means C is not read. Requires
+ * lorad_sgemm_avx512_available(); work holds LORAD_SGEMM_AVX512_WORK_FLOATS floats. */
+void lorad_sgemm_avx512(bool trans_a, bool trans_b, enum lorad_dtype b_dtype, int64_t M, int64_t N, int64_t K,
+                        float alpha, const float *A, int64_t lda, const void *B, int64_t ldb, float beta, float *C,
+                        int64_t ldc, float *work);
