@@ -10,10 +10,12 @@ static bool prefer_openblas;
 
 void lorad_gemm_prefer_openblas(bool prefer) { prefer_openblas = prefer; }
 
+bool lorad_gemm_own_kernel_default(void) { return !prefer_openblas && lorad_sgemm_avx512_available(); }
+
 int lorad_gemm_init(struct lorad_gemm *g, struct lorad_pool *pool) {
     memset(g, 0, sizeof *g);
     g->pool = pool;
-    g->own_kernel = !prefer_openblas && lorad_sgemm_avx512_available();
+    g->own_kernel = lorad_gemm_own_kernel_default();
     for (int t = 0; t < lorad_pool_size(pool); t++) {
         g->scratch[t] = malloc(LORAD_GEMM_SCRATCH_FLOATS * sizeof(float));
         if (!g->scratch[t]) {
@@ -157,7 +159,19 @@ void lorad_gemm_dyw(struct lorad_gemm *g, float *dx, const float *dy, const stru
     lorad_pool_run(g->pool, dyw_thread, &j);
 }
 
+void lorad_sgemm_1t(bool own_kernel, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                    const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc,
+                    float *work) {
+    if (own_kernel && N >= 32) {
+        lorad_sgemm_avx512(trans_a, trans_b, LORAD_DTYPE_F32, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, work);
+        return;
+    }
+    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, (int)M, (int)N,
+                (int)K, alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
+}
+
 struct sjob {
+    struct lorad_gemm *g;
     bool ta, tb;
     int64_t M, N, K, lda, ldb, ldc;
     float alpha, beta;
@@ -177,7 +191,7 @@ static void sgemm_thread(void *ctx, int tid, int nt) {
         C += b * j->ldc;
         M = e - b;
     } else {
-        lorad_pool_slice(j->N, tid, nt, 16, &b, &e);
+        lorad_pool_slice(j->N, tid, nt, 32, &b, &e);
         B += j->tb ? b * j->ldb : b;
         C += b;
         N = e - b;
@@ -188,14 +202,14 @@ static void sgemm_thread(void *ctx, int tid, int nt) {
             for (int64_t k = 0; k < N; k++) C[i * j->ldc + k] *= j->beta;
         return;
     }
-    cblas_sgemm(CblasRowMajor, j->ta ? CblasTrans : CblasNoTrans, j->tb ? CblasTrans : CblasNoTrans, (int)M,
-                (int)N, (int)j->K, j->alpha, A, (int)j->lda, B, (int)j->ldb, j->beta, C, (int)j->ldc);
+    lorad_sgemm_1t(j->g->own_kernel, j->ta, j->tb, M, N, j->K, j->alpha, A, j->lda, B, j->ldb, j->beta, C, j->ldc,
+                   j->g->scratch[tid]);
 }
 
 void lorad_sgemm_par(struct lorad_gemm *g, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
                      float alpha, const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
                      int64_t ldc) {
-    struct sjob j = {trans_a, trans_b, M, N, K, lda, ldb, ldc, alpha, beta, A, B, C};
+    struct sjob j = {g, trans_a, trans_b, M, N, K, lda, ldb, ldc, alpha, beta, A, B, C};
     lorad_pool_run(g->pool, sgemm_thread, &j);
 }
 

@@ -48,6 +48,16 @@ void lorad_sgemm_par(struct lorad_gemm *g, bool trans_a, bool trans_b, int64_t M
                      float alpha, const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
                      float *C, int64_t ldc);
 
+/* True unless lorad_gemm_prefer_openblas(true) is in effect or the CPU lacks AVX-512F. */
+bool lorad_gemm_own_kernel_default(void);
+
+/* One thread's row-major C (M, N) = alpha * op(A) · op(B) + beta * C: the engine's kernel when
+ * own_kernel and N >= 32 (narrower outputs waste most of its 32-column tile), else cblas_sgemm.
+ * work holds LORAD_SGEMM_AVX512_WORK_FLOATS floats; only the engine's kernel touches it. */
+void lorad_sgemm_1t(bool own_kernel, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                    const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc,
+                    float *work);
+
 /* Plain reference loops (double accumulation) for the tests. */
 void lorad_gemm_xwt_ref(float *y, const float *x, const struct lorad_tensor *w, int64_t M, bool accumulate);
 void lorad_gemm_dyw_ref(float *dx, const float *dy, const struct lorad_tensor *w, int64_t M, bool accumulate);

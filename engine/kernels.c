@@ -1,9 +1,9 @@
 #include "kernels.h"
 
+#include "gemm.h"
 #include "vec_math.h"
 
 #include <assert.h>
-#include <cblas.h>
 #include <float.h>
 #include <math.h>
 #include <string.h>
@@ -197,9 +197,16 @@ void lorad_rope_forward_ref(float *x, const int32_t *pos, const struct lorad_lla
 
 /* ---- attention ---- */
 
-int64_t lorad_attention_scratch_floats(int T) { return 2 * (int64_t)LORAD_ATTN_BLOCK * T + LORAD_ATTN_BLOCK; }
+/* Per thread: scores P and dP (LORAD_ATTN_BLOCK, T), D (LORAD_ATTN_BLOCK), then the work of the
+ * engine's GEMM kernel. */
+int64_t lorad_attention_scratch_floats(int T) {
+    return 2 * (int64_t)LORAD_ATTN_BLOCK * T + LORAD_ATTN_BLOCK + (int64_t)LORAD_SGEMM_AVX512_WORK_FLOATS;
+}
+
+static float *gemm_work(float *scratch, int T) { return scratch + 2 * (int64_t)LORAD_ATTN_BLOCK * T + LORAD_ATTN_BLOCK; }
 
 struct attn_ctx {
+    bool own_kernel;
     float *const *scratch;
     float *out, *lse, *dq, *dk, *dv;
     const float *q, *k, *v, *dout, *cout, *clse;
@@ -209,13 +216,13 @@ struct attn_ctx {
 
 /* Scores of query rows [i0, i1) against keys [j0, i1) for head h of row b, scaled, masked to
  * [seg, t] with -inf. S (i1-i0, i1-j0). */
-static void block_scores(float *S, const struct attn_ctx *a, int b, int h, int i0, int i1, int j0) {
+static void block_scores(float *S, const struct attn_ctx *a, int b, int h, int i0, int i1, int j0, float *work) {
     const struct lorad_attn_shape *s = &a->s;
     int g = h / (s->H / s->KV), nk = i1 - j0, ldq = s->H * s->hd, ldk = s->KV * s->hd;
     float scale = 1.0f / sqrtf((float)s->hd);
     const float *Q = a->q + ((int64_t)b * s->T + i0) * ldq + h * s->hd;
     const float *K = a->k + ((int64_t)b * s->T + j0) * ldk + g * s->hd;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, i1 - i0, nk, s->hd, scale, Q, ldq, K, ldk, 0.0f, S, nk);
+    lorad_sgemm_1t(a->own_kernel, false, true, i1 - i0, nk, s->hd, scale, Q, ldq, K, ldk, 0.0f, S, nk, work);
     for (int i = i0; i < i1; i++) {
         float *row = S + (int64_t)(i - i0) * nk;
         int lo = a->seg[(int64_t)b * s->T + i] - j0;
@@ -236,14 +243,14 @@ static int block_key_start(const struct attn_ctx *a, int b, int i0, int i1) {
 static void attn_fwd_tasks(void *c, int64_t tb, int64_t te, int tid) {
     struct attn_ctx *a = c;
     const struct lorad_attn_shape *s = &a->s;
-    float *S = a->scratch[tid];
+    float *S = a->scratch[tid], *work = gemm_work(S, s->T);
     int ldq = s->H * s->hd, ldk = s->KV * s->hd;
     for (int64_t task = tb; task < te; task++) {
         int b = (int)(task / s->H), h = (int)(task % s->H), g = h / (s->H / s->KV);
         for (int i0 = 0; i0 < s->T; i0 += LORAD_ATTN_BLOCK) {
             int i1 = i0 + LORAD_ATTN_BLOCK < s->T ? i0 + LORAD_ATTN_BLOCK : s->T;
             int j0 = block_key_start(a, b, i0, i1), nk = i1 - j0;
-            block_scores(S, a, b, h, i0, i1, j0);
+            block_scores(S, a, b, h, i0, i1, j0, work);
             for (int i = i0; i < i1; i++) {
                 float *row = S + (int64_t)(i - i0) * nk, mx = -INFINITY, sum = 0.0f;
                 for (int j = 0; j < nk; j++) mx = row[j] > mx ? row[j] : mx;
@@ -255,15 +262,14 @@ static void attn_fwd_tasks(void *c, int64_t tb, int64_t te, int tid) {
             }
             const float *V = a->v + ((int64_t)b * s->T + j0) * ldk + g * s->hd;
             float *O = a->out + ((int64_t)b * s->T + i0) * ldq + h * s->hd;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, i1 - i0, s->hd, nk, 1.0f, S, nk, V, ldk, 0.0f,
-                        O, ldq);
+            lorad_sgemm_1t(a->own_kernel, false, false, i1 - i0, s->hd, nk, 1.0f, S, nk, V, ldk, 0.0f, O, ldq, work);
         }
     }
 }
 
 void lorad_attention_forward(struct lorad_pool *pool, float *const *scratch, float *out, float *lse, const float *q,
                              const float *k, const float *v, const int32_t *seg, struct lorad_attn_shape s) {
-    struct attn_ctx a = {.scratch = scratch, .out = out, .lse = lse, .q = q, .k = k, .v = v, .seg = seg, .s = s};
+    struct attn_ctx a = {.own_kernel = lorad_gemm_own_kernel_default(), .scratch = scratch, .out = out, .lse = lse, .q = q, .k = k, .v = v, .seg = seg, .s = s};
     par_rows(pool, (int64_t)s.B * s.H, attn_fwd_tasks, &a);
 }
 
@@ -274,6 +280,7 @@ static void attn_bwd_tasks(void *c, int64_t tb, int64_t te, int tid) {
     int rep = s->H / s->KV, ldq = s->H * s->hd, ldk = s->KV * s->hd;
     float scale = 1.0f / sqrtf((float)s->hd);
     float *P = a->scratch[tid], *dP = P + (int64_t)LORAD_ATTN_BLOCK * s->T, *D = dP + (int64_t)LORAD_ATTN_BLOCK * s->T;
+    float *work = gemm_work(P, s->T);
     for (int64_t task = tb; task < te; task++) {
         int b = (int)(task / s->KV), g = (int)(task % s->KV);
         for (int t = 0; t < s->T; t++) {
@@ -286,7 +293,7 @@ static void attn_bwd_tasks(void *c, int64_t tb, int64_t te, int tid) {
             for (int i0 = 0; i0 < s->T; i0 += LORAD_ATTN_BLOCK) {
                 int i1 = i0 + LORAD_ATTN_BLOCK < s->T ? i0 + LORAD_ATTN_BLOCK : s->T, nb = i1 - i0;
                 int j0 = block_key_start(a, b, i0, i1), nk = i1 - j0;
-                block_scores(P, a, b, h, i0, i1, j0);
+                block_scores(P, a, b, h, i0, i1, j0, work);
                 const float *dO = a->dout + ((int64_t)b * s->T + i0) * ldq + h * s->hd;
                 const float *O = a->cout + ((int64_t)b * s->T + i0) * ldq + h * s->hd;
                 const float *Q = a->q + ((int64_t)b * s->T + i0) * ldq + h * s->hd;
@@ -298,20 +305,20 @@ static void attn_bwd_tasks(void *c, int64_t tb, int64_t te, int tid) {
                     D[i] = d;
                 }
                 /* dP = dO V^T */
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nb, nk, s->hd, 1.0f, dO, ldq, Vb + (int64_t)j0 * ldk,
-                            ldk, 0.0f, dP, nk);
+                lorad_sgemm_1t(a->own_kernel, false, true, nb, nk, s->hd, 1.0f, dO, ldq, Vb + (int64_t)j0 * ldk, ldk,
+                               0.0f, dP, nk, work);
                 /* dV += P^T dO */
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, s->hd, nb, 1.0f, P, nk, dO, ldq, 1.0f,
-                            dVb + (int64_t)j0 * ldk, ldk);
+                lorad_sgemm_1t(a->own_kernel, true, false, nk, s->hd, nb, 1.0f, P, nk, dO, ldq, 1.0f,
+                               dVb + (int64_t)j0 * ldk, ldk, work);
                 for (int i = 0; i < nb; i++) {
                     float *pr = P + (int64_t)i * nk, *dr = dP + (int64_t)i * nk;
                     for (int j = 0; j < nk; j++) dr[j] = pr[j] * (dr[j] - D[i]);
                 }
                 /* dQ = scale dS K ; dK += scale dS^T Q */
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nb, s->hd, nk, scale, dP, nk,
-                            Kb + (int64_t)j0 * ldk, ldk, 0.0f, a->dq + ((int64_t)b * s->T + i0) * ldq + h * s->hd, ldq);
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, s->hd, nb, scale, dP, nk, Q, ldq, 1.0f,
-                            dKb + (int64_t)j0 * ldk, ldk);
+                lorad_sgemm_1t(a->own_kernel, false, false, nb, s->hd, nk, scale, dP, nk, Kb + (int64_t)j0 * ldk, ldk,
+                               0.0f, a->dq + ((int64_t)b * s->T + i0) * ldq + h * s->hd, ldq, work);
+                lorad_sgemm_1t(a->own_kernel, true, false, nk, s->hd, nb, scale, dP, nk, Q, ldq, 1.0f,
+                               dKb + (int64_t)j0 * ldk, ldk, work);
             }
         }
     }
@@ -320,7 +327,7 @@ static void attn_bwd_tasks(void *c, int64_t tb, int64_t te, int tid) {
 void lorad_attention_backward(struct lorad_pool *pool, float *const *scratch, float *dq, float *dk, float *dv,
                               const float *dout, const float *q, const float *k, const float *v, const float *out,
                               const float *lse, const int32_t *seg, struct lorad_attn_shape s) {
-    struct attn_ctx a = {.scratch = scratch, .dq = dq, .dk = dk, .dv = dv, .dout = dout, .q = q, .k = k, .v = v,
+    struct attn_ctx a = {.own_kernel = lorad_gemm_own_kernel_default(), .scratch = scratch, .dq = dq, .dk = dk, .dv = dv, .dout = dout, .q = q, .k = k, .v = v,
                          .cout = out, .clse = lse, .seg = seg, .s = s};
     par_rows(pool, (int64_t)s.B * s.KV, attn_bwd_tasks, &a);
 }

@@ -2,7 +2,6 @@
 
 #include <assert.h>
 #include <immintrin.h>
-#include <string.h>
 
 /* Register tile and cache blocks. MR x NR = 12 x 32 takes 24 of the 32 zmm registers as
  * accumulators. A KC x NR panel of B (32 KB) stays in L1 while the MR-row panels of A stream
@@ -103,6 +102,11 @@ static void pack_a(float *ap, bool trans_a, const float *A, int64_t lda, int64_t
     }
 }
 
+__attribute__((target("avx512f"))) static inline void copy_32(float *dst, const float *src) {
+    _mm512_store_ps(dst, _mm512_loadu_ps(src));
+    _mm512_store_ps(dst + 16, _mm512_loadu_ps(src + 16));
+}
+
 static inline float b_elem(enum lorad_dtype dt, const void *B, int64_t idx) {
     if (dt == LORAD_DTYPE_BF16) return lorad_bf16_to_f32(((const uint16_t *)B)[idx]);
     return ((const float *)B)[idx];
@@ -146,7 +150,7 @@ static void pack_b(float *bp, bool trans_b, enum lorad_dtype dt, const void *B, 
             for (int64_t k = 0; k < kc; k++) {
                 int64_t row = (k0 + k) * ldb + j0 + p;
                 if (dt == LORAD_DTYPE_F32 && cols == NR) {
-                    memcpy(dst + k * NR, (const float *)B + row, NR * sizeof(float));
+                    copy_32(dst + k * NR, (const float *)B + row);
                 } else {
                     for (int64_t j = 0; j < cols; j++) dst[k * NR + j] = b_elem(dt, B, row + j);
                 }
@@ -207,15 +211,17 @@ void lorad_sgemm_avx512(bool trans_a, bool trans_b, enum lorad_dtype b_dtype, in
     }
     float *ap = (float *)(((uintptr_t)work + 63) & ~(uintptr_t)63);
     float *bp = ap + (size_t)MC * KC;
-    for (int64_t i0 = 0; i0 < M; i0 += MC) {
-        int64_t mc = M - i0 < MC ? M - i0 : MC;
+    /* B is packed once per call (it is the weight, usually the larger operand); A once per NC
+     * columns. */
+    for (int64_t j0 = 0; j0 < N; j0 += NC) {
+        int64_t nc = N - j0 < NC ? N - j0 : NC;
         for (int64_t k0 = 0; k0 < K; k0 += KC) {
             int64_t kc = K - k0 < KC ? K - k0 : KC;
             float b = k0 == 0 ? beta : 1.0f;
-            pack_a(ap, trans_a, A, lda, i0, mc, k0, kc, alpha);
-            for (int64_t j0 = 0; j0 < N; j0 += NC) {
-                int64_t nc = N - j0 < NC ? N - j0 : NC;
-                pack_b(bp, trans_b, b_dtype, B, ldb, k0, kc, j0, nc);
+            pack_b(bp, trans_b, b_dtype, B, ldb, k0, kc, j0, nc);
+            for (int64_t i0 = 0; i0 < M; i0 += MC) {
+                int64_t mc = M - i0 < MC ? M - i0 : MC;
+                pack_a(ap, trans_a, A, lda, i0, mc, k0, kc, alpha);
                 for (int64_t jr = 0; jr < nc; jr += NR) {
                     int nr = (int)(nc - jr < NR ? nc - jr : NR);
                     for (int64_t ir = 0; ir < mc; ir += MR) {
