@@ -23,13 +23,16 @@ static bool os_saves_zmm(void) {
 }
 
 bool lorad_sgemm_avx512_available(void) {
-    static int cached = -1; /* racy but idempotent: every thread computes the same answer */
-    if (cached < 0) {
+    /* Jobs may start concurrently; every thread computes the same answer, so relaxed atomics
+     * suffice. */
+    static int cached = -1;
+    int v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
+    if (v < 0) {
         __builtin_cpu_init();
-        bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("osxsave") && os_saves_zmm();
-        cached = ok;
+        v = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("osxsave") && os_saves_zmm();
+        __atomic_store_n(&cached, v, __ATOMIC_RELAXED);
     }
-    return cached == 1;
+    return v == 1;
 }
 
 /* Sixteen rows of 16 floats, transposed in registers: on return r[c] holds column c. */

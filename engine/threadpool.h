@@ -2,7 +2,8 @@
  *
  * Design (why not OpenBLAS threads): OpenBLAS is switched to one thread once, when the first pool
  * is created (openblas_set_num_threads(1)), and every GEMM is partitioned across this pool: each
- * worker calls cblas_sgemm on its own slice. Concurrent single-threaded sgemm calls from different
+ * worker multiplies its own slice single-threaded (cblas_sgemm, or the engine's AVX-512 kernel,
+ * sgemm_avx512.h, which follows the same rule). Concurrent single-threaded sgemm calls from different
  * threads really run in parallel (measured 1.86x for two callers, docs/performance-facts), whereas
  * calls that each ask OpenBLAS for several threads are serialised inside OpenBLAS. So a run given
  * N threads uses exactly N threads (the caller plus N-1 workers), and two jobs with N/2 threads
