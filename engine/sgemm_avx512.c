@@ -82,7 +82,7 @@ __attribute__((target("avx512f"))) static void pack_a_rows(float *dst, const flo
 
 /* Ap (mc rounded up to MR panels, each (kc, MR)) = alpha * op(A)[i0:i0+mc, k0:k0+kc], zero rows
  * past mc so the kernel never branches on M. */
-static void pack_a(float *ap, bool trans_a, const float *A, int64_t lda, int64_t i0, int64_t mc, int64_t k0,
+__attribute__((target("avx512f"))) static void pack_a(float *ap, bool trans_a, const float *A, int64_t lda, int64_t i0, int64_t mc, int64_t k0,
                    int64_t kc, float alpha) {
     for (int64_t p = 0; p < mc; p += MR) {
         int64_t rows = mc - p < MR ? mc - p : MR;
@@ -105,9 +105,20 @@ static void pack_a(float *ap, bool trans_a, const float *A, int64_t lda, int64_t
     }
 }
 
-__attribute__((target("avx512f"))) static inline void copy_32(float *dst, const float *src) {
-    _mm512_store_ps(dst, _mm512_loadu_ps(src));
-    _mm512_store_ps(dst + 16, _mm512_loadu_ps(src + 16));
+__attribute__((target("avx512f"))) static inline __m512 bf16x16_to_f32(const uint16_t *src) {
+    __m256i h = _mm256_loadu_si256((const __m256i *)src);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+/* dst (32) = 32 consecutive elements at src as f32; dst 64-byte aligned. */
+__attribute__((target("avx512f"))) static inline void copy_32(float *dst, enum lorad_dtype dt, const void *src) {
+    if (dt == LORAD_DTYPE_F32) {
+        _mm512_store_ps(dst, _mm512_loadu_ps((const float *)src));
+        _mm512_store_ps(dst + 16, _mm512_loadu_ps((const float *)src + 16));
+    } else {
+        _mm512_store_ps(dst, bf16x16_to_f32((const uint16_t *)src));
+        _mm512_store_ps(dst + 16, bf16x16_to_f32((const uint16_t *)src + 16));
+    }
 }
 
 static inline float b_elem(enum lorad_dtype dt, const void *B, int64_t idx) {
@@ -123,8 +134,7 @@ __attribute__((target("avx512f"))) static void transpose_block(float *dst, enum 
         if (dt == LORAD_DTYPE_F32) {
             r[j] = _mm512_loadu_ps((const float *)src + j * ld);
         } else {
-            __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)src + j * ld));
-            r[j] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+            r[j] = bf16x16_to_f32((const uint16_t *)src + j * ld);
         }
     }
     transpose_16x16(r);
@@ -133,7 +143,7 @@ __attribute__((target("avx512f"))) static void transpose_block(float *dst, enum 
 
 /* Bp (nc rounded up to NR panels, each (kc, NR)) = op(B)[k0:k0+kc, j0:j0+nc] as f32, zero
  * columns past nc. */
-static void pack_b(float *bp, bool trans_b, enum lorad_dtype dt, const void *B, int64_t ldb, int64_t k0, int64_t kc,
+__attribute__((target("avx512f"))) static void pack_b(float *bp, bool trans_b, enum lorad_dtype dt, const void *B, int64_t ldb, int64_t k0, int64_t kc,
                    int64_t j0, int64_t nc) {
     for (int64_t p = 0; p < nc; p += NR) {
         int64_t cols = nc - p < NR ? nc - p : NR;
@@ -152,8 +162,8 @@ static void pack_b(float *bp, bool trans_b, enum lorad_dtype dt, const void *B, 
         } else {
             for (int64_t k = 0; k < kc; k++) {
                 int64_t row = (k0 + k) * ldb + j0 + p;
-                if (dt == LORAD_DTYPE_F32 && cols == NR) {
-                    copy_32(dst + k * NR, (const float *)B + row);
+                if (cols == NR) {
+                    copy_32(dst + k * NR, dt, (const char *)B + row * (dt == LORAD_DTYPE_F32 ? 4 : 2));
                 } else {
                     for (int64_t j = 0; j < cols; j++) dst[k * NR + j] = b_elem(dt, B, row + j);
                 }
