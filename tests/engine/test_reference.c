@@ -220,6 +220,18 @@ static void test_grads_checkpointing_gqa_untied(void **state) {
     run_case(&rc);
 }
 
+/* More tokens per micro-batch (2 x 150) than the LM head's 128-token chunk (engine/model.c
+ * HEAD_CHUNK), so the chunked loss, the head's input gradient and lm_head's LoRA gradient are
+ * summed over two whole chunks and a ragged one. */
+static void test_grads_lm_head_chunks(void **state) {
+    (void)state;
+    struct lorad_llama_config c = tiny_config();
+    c.max_seq_len = 160;
+    struct ref_case rc = {"ref-chunks", c, lora(3, 6, (1u << LORAD_Q_PROJ) | (1u << LORAD_V_PROJ) | (1u << LORAD_LM_HEAD), false),
+                          2, 2, 150, 0, 1, 0, "constant", 1e-3, 0, 0, 2, false};
+    run_case(&rc);
+}
+
 static void test_train_cosine_clip_accum(void **state) {
     (void)state;
     struct lorad_llama_config c = tiny_config();
@@ -244,6 +256,7 @@ int main(void) {
         cmocka_unit_test(test_grads_mha_untied),
         cmocka_unit_test(test_grads_gqa_tied_bias_llama3_all_targets),
         cmocka_unit_test(test_grads_checkpointing_gqa_untied),
+        cmocka_unit_test(test_grads_lm_head_chunks),
         cmocka_unit_test(test_train_cosine_clip_accum),
         cmocka_unit_test(test_train_linear_tied_mha),
     };
