@@ -440,7 +440,7 @@ static void test_recovery(void **state) {
         if (step == 5 || step == 10) {
             char dir[32];
             snprintf(dir, sizeof dir, "ckpt/step-%d", step);
-            assert_int_equal(lorad_metrics_writer_checkpoint(w, step, dir, NULL, NULL, NULL), 0);
+            assert_int_equal(lorad_metrics_writer_checkpoint(w, step, dir, NULL, 0, NULL, NULL), 0);
         }
     }
     lorad_metrics_writer_free(w);
