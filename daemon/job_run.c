@@ -167,13 +167,14 @@ static void on_checkpoint(void *ctx, int64_t step, const char *dir, const struct
     struct job_ctx *j = ctx;
     struct lorad_error e = {0};
     char id[LORAD_STORE_ID_MAX];
-    int r = lorad_metrics_writer_checkpoint(j->mw, step, lorad_store_path_relative(j->env->state_dir, dir), NULL, id, &e);
+    /* keep_checkpoints: the engine has already pruned the older directories; their rows go in
+     * the same transaction as the new one. */
+    int r = lorad_metrics_writer_checkpoint(j->mw, step, lorad_store_path_relative(j->env->state_dir, dir), NULL,
+                                            j->keep_checkpoints, id, &e);
     j->last_flush = mono_s();
     /* Not fatal: the directory is an orphan the next resume removes, and training goes on. */
     if (r < 0) store_problem(j, 2, "cannot record checkpoint", r, &e);
     else log_debug("job %s: checkpoint %s at step %" PRId64, j->id, id, step);
-    if (r == 0 && lorad_store_checkpoint_keep_newest(j->env->store, j->id, j->keep_checkpoints, NULL, &e) < 0)
-        store_problem(j, 32, "cannot forget pruned checkpoints", -EIO, &e);
 }
 
 static void on_message(void *ctx, const char *level, const char *message) {

@@ -171,6 +171,11 @@ int lorad_store_job_find_idempotent(struct lorad_store *store, const char *idemp
  * queue_position (queued only), started_at, control} plus every spec key not already set. */
 int lorad_store_job_get(struct lorad_store *store, const char *id, json_t **ret_job,
                         struct lorad_error *err);
+/* Only a job's status, from the status column without building the job object: what the event
+ * stream polls (every 250 ms per stream) to see whether the job has ended. -ENOENT (param
+ * "fine_tuning_job_id") for an unknown id; -EIO if the stored status is not one we know. */
+int lorad_store_job_status(struct lorad_store *store, const char *id,
+                           enum lorad_job_status *ret_status, struct lorad_error *err);
 /* Newest first; status < 0 = any, else only that status. Pagination as for files. */
 int lorad_store_job_list(struct lorad_store *store, int status, const char *after, int limit,
                          json_t **ret_page, struct lorad_error *err);
@@ -287,9 +292,14 @@ int lorad_metrics_writer_pending(const struct lorad_metrics_writer *w);
 /* Commits the buffered rows, a checkpoint row (id "ftckpt-…", step, path) and a "checkpoint"
  * event in ONE transaction, so metrics up to a checkpoint are never lost. The caller must have
  * made the checkpoint directory durable (fsync) before calling. metrics: the checkpoint's
- * metrics object, borrowed; NULL -> taken from the metrics row at that step. ret_id optional. */
+ * metrics object, borrowed; NULL -> taken from the metrics row at that step. keep > 0: the same
+ * transaction forgets every checkpoint row of the job but the newest `keep` (by step, counting
+ * the new one), mirroring the engine's keep_checkpoints pruning of the directories, so no crash
+ * can leave the list offering a pruned checkpoint next to the new one; keep 0 keeps every row;
+ * keep < 0 is -EINVAL (param "keep"). On any failure nothing is written and the buffered rows
+ * stay buffered. ret_id optional. */
 int lorad_metrics_writer_checkpoint(struct lorad_metrics_writer *w, int64_t step, const char *path,
-                                    json_t *metrics, char ret_id[LORAD_STORE_ID_MAX],
+                                    json_t *metrics, int keep, char ret_id[LORAD_STORE_ID_MAX],
                                     struct lorad_error *err);
 /* Frees w; buffered rows are discarded (flush first). NULL is a no-op. */
 void lorad_metrics_writer_free(struct lorad_metrics_writer *w);
@@ -315,12 +325,6 @@ int lorad_store_checkpoint_get(struct lorad_store *store, const char *job_id,
 int lorad_store_checkpoint_latest(struct lorad_store *store, const char *job_id,
                                   char ret_id[LORAD_STORE_ID_MAX], int64_t *ret_step,
                                   char **ret_path, struct lorad_error *err);
-
-/* Forgets every checkpoint row of job_id but the newest `keep` (by step), mirroring the engine's
- * keep_checkpoints pruning of the directories, so the list never offers a checkpoint whose files
- * are gone. keep >= 1 (-EINVAL, param "keep"). ret_removed (optional) = rows deleted. */
-int lorad_store_checkpoint_keep_newest(struct lorad_store *store, const char *job_id, int keep,
-                                       int64_t *ret_removed, struct lorad_error *err);
 
 /* ---- blob paths --------------------------------------------------------------------------- */
 

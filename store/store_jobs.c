@@ -147,6 +147,33 @@ int lorad_store_job_get(struct lorad_store *s, const char *id, json_t **ret_job,
     return r;
 }
 
+int lorad_store_job_status(struct lorad_store *s, const char *id,
+                           enum lorad_job_status *ret_status, struct lorad_error *err) {
+    struct store_conn *c = NULL;
+    int r = store_acquire(s, &c, err);
+    if (r < 0) return r;
+    sqlite3_stmt *st = store_stmt(c, "SELECT status FROM jobs WHERE id = ?1", &r, err);
+    if (st) {
+        store_bind_text(st, 1, id);
+        r = store_step(c, st, "cannot read job", err);
+        if (r == 1) {
+            const char *name = (const char *)sqlite3_column_text(st, 0);
+            enum lorad_job_status status;
+            if (name && lorad_job_status_parse(name, &status) == 0) {
+                *ret_status = status;
+                r = 0;
+            } else {
+                r = lorad_error_set(err, -EIO, "", "job %s has an unknown status %s", id, name ? name : "(null)");
+            }
+        } else if (r == 0) {
+            r = lorad_error_set(err, -ENOENT, "fine_tuning_job_id", "no such job: %s", id);
+        }
+        store_stmt_done(st);
+    }
+    store_release(s, c);
+    return r;
+}
+
 int lorad_store_job_list(struct lorad_store *s, int status, const char *after, int limit,
                          json_t **ret_page, struct lorad_error *err) {
     int r = store_check_limit(limit, 100, err);

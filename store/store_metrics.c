@@ -168,7 +168,7 @@ int lorad_metrics_writer_append(struct lorad_metrics_writer *w, const struct lor
 }
 
 static int checkpoint_tx(struct lorad_metrics_writer *w, struct store_conn *c, int64_t step,
-                         const char *path, json_t *metrics, char ret_id[LORAD_STORE_ID_MAX],
+                         const char *path, json_t *metrics, int keep, char ret_id[LORAD_STORE_ID_MAX],
                          struct lorad_error *err) {
     int r = write_pending_tx(w, c, err);
     if (r < 0) return r;
@@ -227,6 +227,20 @@ static int checkpoint_tx(struct lorad_metrics_writer *w, struct store_conn *c, i
     }
     store_stmt_done(st);
     if (r < 0) return r;
+    /* Forget the rows the engine's keep_checkpoints pruning has removed from disk, in the same
+     * transaction as the new row: committed separately, a crash between the two left the list
+     * offering a checkpoint whose directory was gone. */
+    if (keep > 0) {
+        st = store_stmt(c,
+            "DELETE FROM checkpoints WHERE job_id = ?1 AND step NOT IN"
+            " (SELECT step FROM checkpoints WHERE job_id = ?1 ORDER BY step DESC LIMIT ?2)", &r, err);
+        if (!st) return r;
+        store_bind_text(st, 1, w->job_id);
+        sqlite3_bind_int(st, 2, keep);
+        r = store_step(c, st, "cannot prune checkpoints", err);
+        store_stmt_done(st);
+        if (r < 0) return r;
+    }
     char message[128];
     snprintf(message, sizeof message, "Checkpoint created at step %lld", (long long)step);
     json_t *data = json_pack("{s:s, s:I}", "checkpoint_id", id, "step", (json_int_t)step);
@@ -237,9 +251,10 @@ static int checkpoint_tx(struct lorad_metrics_writer *w, struct store_conn *c, i
 }
 
 int lorad_metrics_writer_checkpoint(struct lorad_metrics_writer *w, int64_t step, const char *path,
-                                    json_t *metrics, char ret_id[LORAD_STORE_ID_MAX],
+                                    json_t *metrics, int keep, char ret_id[LORAD_STORE_ID_MAX],
                                     struct lorad_error *err) {
     if (step < 0) return lorad_error_set(err, -EINVAL, "step", "negative step");
+    if (keep < 0) return lorad_error_set(err, -EINVAL, "keep", "keep must be >= 0, got %d", keep);
     if (!path || !*path) return lorad_error_set(err, -EINVAL, "path", "empty checkpoint path");
     if (strlen(path) > 1024) return lorad_error_set(err, -EINVAL, "path", "path longer than 1024 bytes");
     if (metrics && !json_is_object(metrics))
@@ -253,7 +268,7 @@ int lorad_metrics_writer_checkpoint(struct lorad_metrics_writer *w, int64_t step
     r = store_job_exists(c, w->job_id, "fine_tuning_job_id", err);
     if (r == 0) r = store_tx_begin(w->store, c, err);
     if (r == 0)
-        r = store_tx_end(w->store, c, checkpoint_tx(w, c, step, path, metrics, id, err), err);
+        r = store_tx_end(w->store, c, checkpoint_tx(w, c, step, path, metrics, keep, id, err), err);
     store_release(w->store, c);
     if (r == 0) {
         w->n_rows = 0;
@@ -405,32 +420,6 @@ int lorad_store_checkpoint_get(struct lorad_store *s, const char *job_id, const 
     else if (r == 0)
         r = lorad_error_set(err, -ENOENT, "checkpoint_id", "job %s has no checkpoint %s", job_id, checkpoint_id);
     store_stmt_done(st);
-out:
-    store_release(s, c);
-    return r;
-}
-
-int lorad_store_checkpoint_keep_newest(struct lorad_store *s, const char *job_id, int keep,
-                                       int64_t *ret_removed, struct lorad_error *err) {
-    if (keep < 1) return lorad_error_set(err, -EINVAL, "keep", "keep must be >= 1, got %d", keep);
-    struct store_conn *c = NULL;
-    int r = store_acquire(s, &c, err);
-    if (r < 0) return r;
-    r = store_tx_begin(s, c, err);
-    if (r < 0) goto out;
-    int64_t removed = 0;
-    sqlite3_stmt *st = store_stmt(c,
-        "DELETE FROM checkpoints WHERE job_id = ?1 AND step NOT IN"
-        " (SELECT step FROM checkpoints WHERE job_id = ?1 ORDER BY step DESC LIMIT ?2)", &r, err);
-    if (st) {
-        store_bind_text(st, 1, job_id);
-        sqlite3_bind_int(st, 2, keep);
-        r = store_step(c, st, "cannot prune checkpoints", err);
-        removed = sqlite3_changes(c->db);
-        store_stmt_done(st);
-    }
-    r = store_tx_end(s, c, r, err);
-    if (r == 0 && ret_removed) *ret_removed = removed;
 out:
     store_release(s, c);
     return r;

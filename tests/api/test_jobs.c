@@ -1075,8 +1075,8 @@ static void test_checkpoints(void **state) {
     struct lorad_metrics_writer *w = NULL;
     assert_int_equal(lorad_metrics_writer_new(app.store, id, 0, &w, NULL), 0);
     char ck5[LORAD_STORE_ID_MAX], ck10[LORAD_STORE_ID_MAX];
-    assert_int_equal(lorad_metrics_writer_checkpoint(w, 5, rel5, NULL, ck5, NULL), 0);
-    assert_int_equal(lorad_metrics_writer_checkpoint(w, 10, abs10, NULL, ck10, NULL), 0);
+    assert_int_equal(lorad_metrics_writer_checkpoint(w, 5, rel5, NULL, 0, ck5, NULL), 0);
+    assert_int_equal(lorad_metrics_writer_checkpoint(w, 10, abs10, NULL, 0, ck10, NULL), 0);
     lorad_metrics_writer_free(w);
 
     char target[300];
@@ -1228,7 +1228,7 @@ static void test_with_curl(void **state) {
     struct lorad_metrics_writer *w = NULL;
     assert_int_equal(lorad_metrics_writer_new(app.store, id, 0, &w, NULL), 0);
     char ck[LORAD_STORE_ID_MAX];
-    assert_int_equal(lorad_metrics_writer_checkpoint(w, 3, dir, NULL, ck, NULL), 0); /* seq 6 */
+    assert_int_equal(lorad_metrics_writer_checkpoint(w, 3, dir, NULL, 0, ck, NULL), 0); /* seq 6 */
     lorad_metrics_writer_free(w);
     struct lorad_store_transition t = {.to = LORAD_JOB_FAILED, .error_code = "nan_loss",
                                        .error_message = "loss is NaN at step 3", .error_param = NULL};

@@ -62,7 +62,7 @@ static void *write_loop(void *arg) {
             if (w->steps % CKPT_EVERY == 0) {
                 char path[48];
                 snprintf(path, sizeof path, "ckpt/%d", w->steps);
-                r = lorad_metrics_writer_checkpoint(mw, w->steps, path, NULL, NULL, &err);
+                r = lorad_metrics_writer_checkpoint(mw, w->steps, path, NULL, 0, NULL, &err);
                 if (r < 0) goto fail;
                 w->checkpoints++;
             }

@@ -2,7 +2,8 @@
  * is killed with SIGKILL at a random moment, 20 times. After each kill the database opens cleanly
  * (integrity_check ok), recovery puts the job back in the queue, the metrics up to the last
  * committed checkpoint are all there, and that checkpoint's directory exists on disk: the child
- * makes the directory durable BEFORE it commits the row, as a worker must. */
+ * makes the directory durable BEFORE it commits the row, as a worker must. The child records with
+ * keep = KEEP, and after every kill at most the KEEP newest rows remain. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -19,7 +20,7 @@
 #include "fsutil.h"
 #include "store_fixture.h"
 
-enum { KILLS = 20, CKPT_EVERY = 5 };
+enum { KILLS = 20, CKPT_EVERY = 5, KEEP = 2 };
 
 static int fsync_path(const char *path, int flags) {
     int fd = open(path, flags | O_CLOEXEC);
@@ -76,7 +77,7 @@ static void child(const char *db, const char *ckpt_root) {
         if (step % CKPT_EVERY == 0) {
             char path[512];
             if (write_checkpoint_dir(ckpt_root, step, path, sizeof path) < 0) _exit(7);
-            if (lorad_metrics_writer_checkpoint(w, step, path, NULL, NULL, NULL) < 0) _exit(8);
+            if (lorad_metrics_writer_checkpoint(w, step, path, NULL, KEEP, NULL, NULL) < 0) _exit(8);
         }
     }
 }
@@ -165,6 +166,17 @@ static void test_sigkill_loop(void **state) {
             free(path);
             prev_step = step;
         }
+        /* The rows beyond KEEP are forgotten in the checkpoint's own transaction: no kill leaves
+         * more, and the ones left are the newest, ending at the latest. */
+        json_t *list = NULL;
+        assert_int_equal(lorad_store_checkpoint_list(s, job, NULL, 100, &list, NULL), 0);
+        json_t *data = json_object_get(list, "data");
+        assert_true(json_array_size(data) <= KEEP);
+        assert_int_equal(json_array_size(data), r == 1 ? (size_t)(step / CKPT_EVERY < KEEP ? step / CKPT_EVERY : KEEP) : 0);
+        for (size_t i = 0; i < json_array_size(data); i++)
+            assert_int_equal(json_integer_value(json_object_get(json_array_get(data, i), "step_number")),
+                             step - (int64_t)i * CKPT_EVERY);
+        json_decref(list);
         lorad_store_close(s);
     }
     fprintf(stderr, "crash: %d kills, %d recoveries logged, last checkpoint step %lld\n", KILLS,

@@ -148,6 +148,48 @@ static void test_transition_fields(void **state) {
     fx_close(&fx);
 }
 
+/* lorad_store_job_status reads only the status column; it must agree with the status in the full
+ * job object for every status, follow transitions, and refuse an unknown id without writing. */
+static void test_job_status(void **state) {
+    (void)state;
+    struct fx fx;
+    fx_open(&fx, 0);
+    char file[LORAD_STORE_ID_MAX];
+    fx_file(fx.store, file);
+    for (int target = 0; target < N; target++) {
+        char id[LORAD_STORE_ID_MAX];
+        drive_to(fx.store, file, (enum lorad_job_status)target, id);
+        enum lorad_job_status got = N;
+        assert_int_equal(lorad_store_job_status(fx.store, id, &got, NULL), 0);
+        assert_int_equal(got, target);
+        json_t *job = NULL;
+        assert_int_equal(lorad_store_job_get(fx.store, id, &job, NULL), 0);
+        assert_string_equal(json_string_value(json_object_get(job, "status")), lorad_job_status_name(got));
+        json_decref(job);
+    }
+    /* A change is seen by the next read (no caching). */
+    char id[LORAD_STORE_ID_MAX];
+    fx_job(fx.store, file, Q, 0, id);
+    enum lorad_job_status got = N;
+    assert_int_equal(lorad_store_job_status(fx.store, id, &got, NULL), 0);
+    assert_int_equal(got, Q);
+    fx_move(fx.store, id, R);
+    assert_int_equal(lorad_store_job_status(fx.store, id, &got, NULL), 0);
+    assert_int_equal(got, R);
+    fx_move(fx.store, id, S);
+    assert_int_equal(lorad_store_job_status(fx.store, id, &got, NULL), 0);
+    assert_int_equal(got, S);
+
+    struct lorad_error err = {0};
+    got = N;
+    assert_int_equal(lorad_store_job_status(fx.store, "ftjob-nosuchjobnosuchjobnosu", &got, &err), -ENOENT);
+    assert_int_equal(got, N); /* untouched on failure */
+    assert_string_equal(err.param, "fine_tuning_job_id");
+    assert_non_null(strstr(err.message, "ftjob-nosuchjobnosuchjobnosu"));
+    assert_int_equal(lorad_store_job_status(fx.store, "", &got, NULL), -ENOENT);
+    fx_close(&fx);
+}
+
 static void test_idempotency(void **state) {
     (void)state;
     struct fx fx;
@@ -398,7 +440,7 @@ static void test_recovery(void **state) {
         if (step == 5 || step == 10) {
             char dir[32];
             snprintf(dir, sizeof dir, "ckpt/step-%d", step);
-            assert_int_equal(lorad_metrics_writer_checkpoint(w, step, dir, NULL, NULL, NULL), 0);
+            assert_int_equal(lorad_metrics_writer_checkpoint(w, step, dir, NULL, 0, NULL, NULL), 0);
         }
     }
     lorad_metrics_writer_free(w);
@@ -537,6 +579,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_transition_table),
         cmocka_unit_test(test_transition_fields),
+        cmocka_unit_test(test_job_status),
         cmocka_unit_test(test_idempotency),
         cmocka_unit_test(test_claim_order),
         cmocka_unit_test(test_claim_atomic),

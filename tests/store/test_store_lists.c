@@ -2,6 +2,7 @@
  * edge, the streaming read "events after seq", and the metrics curve with overwritten steps. */
 #include <errno.h>
 #include <math.h>
+#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -236,7 +237,7 @@ static void test_checkpoints_and_metrics(void **state) {
         if (step % EVERY == 0) {
             char path[32];
             snprintf(path, sizeof path, "ckpt/step-%d", step);
-            assert_int_equal(lorad_metrics_writer_checkpoint(w, step, path, NULL,
+            assert_int_equal(lorad_metrics_writer_checkpoint(w, step, path, NULL, 0,
                                                              ckpts[step / EVERY - 1], NULL), 0);
             assert_int_equal(lorad_metrics_writer_pending(w), 0);
         }
@@ -282,18 +283,6 @@ static void test_checkpoints_and_metrics(void **state) {
     assert_int_equal(lorad_store_checkpoint_get(fx.store, "ftjob-AAAAAAAAAAAAAAAAAAAAAAAA", ckpts[0], &ck_step,
                                                 &path, &gerr), -ENOENT);
     assert_string_equal(gerr.param, "fine_tuning_job_id");
-
-    /* Pruning like the engine's keep_checkpoints: the newest 3 stay, in order; keep 0 is refused. */
-    int64_t removed = -1;
-    assert_int_equal(lorad_store_checkpoint_keep_newest(fx.store, job, 0, &removed, &gerr), -EINVAL);
-    assert_string_equal(gerr.param, "keep");
-    assert_int_equal(removed, -1);
-    assert_int_equal(lorad_store_checkpoint_keep_newest(fx.store, job, 3, &removed, NULL), 0);
-    assert_int_equal(removed, NC - 3);
-    walk_all_limits(list_ckpts, &ctx, ckpts, 3);
-    assert_int_equal(lorad_store_checkpoint_get(fx.store, job, ckpts[3], NULL, NULL, NULL), -ENOENT);
-    assert_int_equal(lorad_store_checkpoint_keep_newest(fx.store, job, 3, &removed, NULL), 0);
-    assert_int_equal(removed, 0);
 
     /* Progress followed the newest row. */
     json_t *obj = NULL;
@@ -347,11 +336,127 @@ static void test_checkpoints_and_metrics(void **state) {
     fx_close(&fx);
 }
 
+/* Asserts the job's checkpoint list is exactly `steps` (newest first). */
+static void expect_ckpt_steps(struct lorad_store *s, const char *job, const int64_t *steps, int n) {
+    json_t *page = NULL;
+    assert_int_equal(lorad_store_checkpoint_list(s, job, NULL, 100, &page, NULL), 0);
+    json_t *data = json_object_get(page, "data");
+    assert_int_equal(json_array_size(data), n);
+    for (int i = 0; i < n; i++)
+        assert_int_equal(json_integer_value(json_object_get(json_array_get(data, i), "step_number")), steps[i]);
+    json_decref(page);
+}
+
+static int64_t last_metrics_step(struct lorad_store *s, const char *job) {
+    json_t *rows = NULL;
+    assert_int_equal(lorad_store_metrics_list(s, job, 0, 1000, &rows, NULL), 0);
+    size_t n = json_array_size(rows);
+    int64_t step = n ? json_integer_value(json_object_get(json_array_get(rows, n - 1), "step")) : 0;
+    json_decref(rows);
+    return step;
+}
+
+static void raw_exec(const char *db, const char *sql) {
+    sqlite3 *raw = NULL;
+    assert_int_equal(sqlite3_open_v2(db, &raw, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(raw, sql, NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(raw);
+}
+
+/* keep > 0: the checkpoint's own transaction forgets the job's older rows (the engine's
+ * keep_checkpoints), other jobs untouched; a refused argument or a failure inside the transaction
+ * leaves rows, metrics, events and the buffer exactly as they were. */
+static void test_checkpoint_keep(void **state) {
+    (void)state;
+    struct fx fx;
+    fx_open(&fx, 0);
+    char file[LORAD_STORE_ID_MAX], job[LORAD_STORE_ID_MAX], other[LORAD_STORE_ID_MAX];
+    fx_file(fx.store, file);
+    fx_job(fx.store, file, LORAD_JOB_QUEUED, 0, job);
+    fx_job(fx.store, file, LORAD_JOB_QUEUED, 0, other);
+
+    /* The other job keeps all (keep 0) of its three. */
+    struct lorad_metrics_writer *wo = NULL;
+    assert_int_equal(lorad_metrics_writer_new(fx.store, other, 100, &wo, NULL), 0);
+    for (int step = 1; step <= 3; step++) {
+        char path[32];
+        snprintf(path, sizeof path, "other/step-%d", step);
+        assert_int_equal(lorad_metrics_writer_checkpoint(wo, step, path, NULL, 0, NULL, NULL), 0);
+    }
+    const int64_t other_steps[] = {3, 2, 1};
+    expect_ckpt_steps(fx.store, other, other_steps, 3);
+
+    struct lorad_metrics_writer *w = NULL;
+    assert_int_equal(lorad_metrics_writer_new(fx.store, job, 100, &w, NULL), 0);
+    char ids[13][LORAD_STORE_ID_MAX];
+    for (int step = 1; step <= 12; step++) {
+        struct lorad_metrics_row row = {.step = step, .total_steps = 100, .train_loss = 1.0 / step,
+                                        .tokens_seen = step * 10};
+        assert_int_equal(lorad_metrics_writer_append(w, &row, NULL), 0);
+        if (step % 3) continue;
+        char path[32];
+        snprintf(path, sizeof path, "ck/step-%d", step);
+        assert_int_equal(lorad_metrics_writer_checkpoint(w, step, path, NULL, 2, ids[step], NULL), 0);
+        int64_t want[2] = {step, step - 3};
+        expect_ckpt_steps(fx.store, job, want, step == 3 ? 1 : 2);
+    }
+    assert_int_equal(lorad_store_checkpoint_get(fx.store, job, ids[6], NULL, NULL, NULL), -ENOENT);
+    assert_int_equal(lorad_store_checkpoint_get(fx.store, job, ids[9], NULL, NULL, NULL), 0);
+    expect_ckpt_steps(fx.store, other, other_steps, 3);
+    const int64_t kept[] = {12, 9};
+    int events = fx_event_count(fx.store, job);
+
+    /* A refused argument writes nothing; the buffered row stays buffered. */
+    struct lorad_metrics_row r13 = {.step = 13, .total_steps = 100, .train_loss = 0.5};
+    assert_int_equal(lorad_metrics_writer_append(w, &r13, NULL), 0);
+    struct lorad_error err = {0};
+    char id[LORAD_STORE_ID_MAX] = "untouched";
+    assert_int_equal(lorad_metrics_writer_checkpoint(w, 13, "ck/step-13", NULL, -1, id, &err), -EINVAL);
+    assert_string_equal(err.param, "keep");
+    assert_string_equal(id, "untouched");
+    assert_int_equal(lorad_metrics_writer_pending(w), 1);
+    expect_ckpt_steps(fx.store, job, kept, 2);
+    assert_int_equal(last_metrics_step(fx.store, job), 12);
+    assert_int_equal(fx_event_count(fx.store, job), events);
+
+    /* A failure inside the transaction, after the insert (the prune is refused by a trigger):
+     * everything rolls back, the new row included. */
+    raw_exec(fx.db, "CREATE TRIGGER test_no_prune BEFORE DELETE ON checkpoints"
+                    " BEGIN SELECT RAISE(ABORT, 'injected prune failure'); END;");
+    struct lorad_metrics_row r14 = {.step = 14, .total_steps = 100, .train_loss = 0.4};
+    assert_int_equal(lorad_metrics_writer_append(w, &r14, NULL), 0);
+    assert_true(lorad_metrics_writer_checkpoint(w, 14, "ck/step-14", NULL, 2, id, &err) < 0);
+    assert_non_null(strstr(err.message, "prune"));
+    assert_string_equal(id, "untouched");
+    assert_int_equal(lorad_metrics_writer_pending(w), 2);
+    expect_ckpt_steps(fx.store, job, kept, 2);
+    assert_int_equal(last_metrics_step(fx.store, job), 12);
+    assert_int_equal(fx_event_count(fx.store, job), events);
+    /* keep 0 does not prune, so it is unaffected by the trigger. */
+    assert_int_equal(lorad_metrics_writer_checkpoint(wo, 4, "other/step-4", NULL, 0, NULL, NULL), 0);
+    const int64_t other4[] = {4, 3, 2, 1};
+    expect_ckpt_steps(fx.store, other, other4, 4);
+
+    /* The retry, once the fault is gone, commits all of it. */
+    raw_exec(fx.db, "DROP TRIGGER test_no_prune;");
+    assert_int_equal(lorad_metrics_writer_checkpoint(w, 14, "ck/step-14", NULL, 2, id, NULL), 0);
+    assert_int_equal(lorad_metrics_writer_pending(w), 0);
+    const int64_t after[] = {14, 12};
+    expect_ckpt_steps(fx.store, job, after, 2);
+    assert_int_equal(last_metrics_step(fx.store, job), 14);
+    assert_int_equal(fx_event_count(fx.store, job), events + 3); /* metrics 13, 14; checkpoint */
+    expect_ckpt_steps(fx.store, other, other4, 4);
+    lorad_metrics_writer_free(w);
+    lorad_metrics_writer_free(wo);
+    fx_close(&fx);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_files_and_jobs),
         cmocka_unit_test(test_events),
         cmocka_unit_test(test_checkpoints_and_metrics),
+        cmocka_unit_test(test_checkpoint_keep),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

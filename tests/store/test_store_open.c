@@ -128,7 +128,7 @@ static void test_migrate_from_every_version(void **state) {
         assert_int_equal(lorad_metrics_writer_new(s, job_id, 1, &w, NULL), 0);
         struct lorad_metrics_row row = {.step = 2, .total_steps = 4, .train_loss = 1.5};
         assert_int_equal(lorad_metrics_writer_append(w, &row, NULL), 0);
-        assert_int_equal(lorad_metrics_writer_checkpoint(w, 2, "ck/2", NULL, NULL, NULL), 0);
+        assert_int_equal(lorad_metrics_writer_checkpoint(w, 2, "ck/2", NULL, 0, NULL, NULL), 0);
         lorad_metrics_writer_free(w);
         json_t *rows = NULL;
         assert_int_equal(lorad_store_metrics_list(s, job_id, -1, 100, &rows, NULL), 0);
@@ -313,7 +313,7 @@ static void test_disk_full(void **state) {
         struct lorad_metrics_row row = {.step = step, .total_steps = 40, .train_loss = 1.0};
         assert_int_equal(lorad_metrics_writer_append(w, &row, NULL), 0);
     }
-    assert_int_equal(lorad_metrics_writer_checkpoint(w, 40, "ck/40", NULL, NULL, &err), -ENOSPC);
+    assert_int_equal(lorad_metrics_writer_checkpoint(w, 40, "ck/40", NULL, 0, NULL, &err), -ENOSPC);
     assert_int_equal(lorad_metrics_writer_pending(w), 40); /* kept for a retry */
     json_t *rows = NULL;
     assert_int_equal(lorad_store_metrics_list(fx.store, job, -1, 100, &rows, NULL), 0);
@@ -327,7 +327,7 @@ static void test_disk_full(void **state) {
      * writer's retry commits the 40 rows and the checkpoint together. */
     raw_exec(fx.db, "DELETE FROM events WHERE type = 'message'");
     char ck[LORAD_STORE_ID_MAX];
-    assert_int_equal(lorad_metrics_writer_checkpoint(w, 40, "ck/40", NULL, ck, &err), 0);
+    assert_int_equal(lorad_metrics_writer_checkpoint(w, 40, "ck/40", NULL, 0, ck, &err), 0);
     assert_int_equal(lorad_metrics_writer_pending(w), 0);
     assert_int_equal(lorad_store_metrics_list(fx.store, job, -1, 100, &rows, NULL), 0);
     assert_int_equal(json_array_size(rows), 40);
