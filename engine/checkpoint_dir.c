@@ -119,8 +119,7 @@ static int list_steps(const char *root, int64_t **ret_steps, size_t *ret_n) {
     return 0;
 }
 
-int lorad_checkpoint_commit(const char *root, int64_t step, int keep, char *ret_final, size_t cap,
-                            struct lorad_error *err) {
+int lorad_checkpoint_commit(const char *root, int64_t step, char *ret_final, size_t cap, struct lorad_error *err) {
     char tmp[LORAD_CHECKPOINT_PATH_MAX], final[LORAD_CHECKPOINT_PATH_MAX], old[LORAD_CHECKPOINT_PATH_MAX];
     snprintf(tmp, sizeof tmp, "%s/.step-%" PRId64 ".tmp", root, step);
     snprintf(final, sizeof final, "%s/step-%" PRId64, root, step);
@@ -139,18 +138,19 @@ int lorad_checkpoint_commit(const char *root, int64_t step, int keep, char *ret_
     if ((r = lorad_fsync_parent_dir(final)) < 0) return lorad_error_set(err, r, "", "cannot sync %s", root);
     if (had_old) lorad_remove_tree(old);
     if (ret_final) snprintf(ret_final, cap, "%s", final);
+    return 0;
+}
 
+void lorad_checkpoint_prune(const char *root, int keep) {
     int64_t *steps;
     size_t n;
-    if (keep > 0 && list_steps(root, &steps, &n) == 0) {
-        for (size_t i = (size_t)keep; i < n; i++) {
-            char path[LORAD_CHECKPOINT_PATH_MAX];
-            snprintf(path, sizeof path, "%s/step-%" PRId64, root, steps[i]);
-            lorad_remove_tree(path);
-        }
-        free(steps);
+    if (keep <= 0 || list_steps(root, &steps, &n) < 0) return;
+    for (size_t i = (size_t)keep; i < n; i++) {
+        char path[LORAD_CHECKPOINT_PATH_MAX];
+        snprintf(path, sizeof path, "%s/step-%" PRId64, root, steps[i]);
+        lorad_remove_tree(path);
     }
-    return 0;
+    free(steps);
 }
 
 int lorad_checkpoint_latest(const char *root, int64_t *ret_step, char *ret_path, size_t cap) {

@@ -2,8 +2,10 @@
  *
  * A checkpoint is written into ROOT/.step-N.tmp/, every file fsynced, then the directory is renamed
  * to ROOT/step-N and ROOT is fsynced. A directory named step-N is therefore always complete; a
- * crash leaves at most a .tmp directory, which the next run removes. After a commit only the newest
- * `keep` checkpoints stay. */
+ * crash leaves at most a .tmp directory, which the next run removes. Pruning to the newest `keep`
+ * is a separate call, so a caller that records checkpoints elsewhere (the daemon's store) can
+ * forget the old ones there first: a crash in between then leaves surplus directories, which the
+ * next prune removes, rather than records of directories that are gone. */
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
@@ -16,10 +18,13 @@
 int lorad_checkpoint_begin(const char *root, int64_t step, char *ret_tmp, size_t cap, struct lorad_error *err);
 
 /* fsyncs the files in the temp dir, renames it to ROOT/step-N (replacing an older step-N, as a
- * resumed run that repeats a step does), fsyncs ROOT, then deletes all but the newest keep
- * checkpoints. ret_final (cap bytes, may be NULL) receives ROOT/step-N. */
-int lorad_checkpoint_commit(const char *root, int64_t step, int keep, char *ret_final, size_t cap,
-                            struct lorad_error *err);
+ * resumed run that repeats a step does) and fsyncs ROOT. ret_final (cap bytes, may be NULL)
+ * receives ROOT/step-N. */
+int lorad_checkpoint_commit(const char *root, int64_t step, char *ret_final, size_t cap, struct lorad_error *err);
+
+/* Deletes all but the newest keep (>= 1) step-N directories of ROOT; keep <= 0 keeps all. Best
+ * effort: a directory that cannot be removed is left for the next prune. */
+void lorad_checkpoint_prune(const char *root, int keep);
 
 /* Finds the newest complete checkpoint. Returns 1 with *ret_step and ret_path, 0 when there is
  * none (or ROOT does not exist), -errno on error. */

@@ -363,11 +363,14 @@ static int checkpoint(struct run *r, const struct lorad_step_metrics *m) {
     int rc = lorad_checkpoint_begin(r->ckpt_root, r->cur.step, tmp, sizeof tmp, r->err);
     if (rc == 0) rc = write_adapter_files(r, tmp);
     if (rc == 0) rc = write_state(r, tmp);
-    if (rc == 0) rc = lorad_checkpoint_commit(r->ckpt_root, r->cur.step, r->spec->hp.keep_checkpoints, final, sizeof final, r->err);
+    if (rc == 0) rc = lorad_checkpoint_commit(r->ckpt_root, r->cur.step, final, sizeof final, r->err);
     if (rc < 0) return rc;
     r->last_checkpoint_step = r->cur.step;
     snprintf(r->res->final_checkpoint, sizeof r->res->final_checkpoint, "%s", final);
+    /* The callback records the checkpoint (and forgets pruned ones) before their directories go,
+     * so no record ever names a deleted directory, even after a crash in between. */
     if (r->cb && r->cb->on_checkpoint) r->cb->on_checkpoint(r->cb->ctx, r->cur.step, final, m);
+    lorad_checkpoint_prune(r->ckpt_root, r->spec->hp.keep_checkpoints);
     return 0;
 }
 

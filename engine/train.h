@@ -28,7 +28,8 @@ struct lorad_train_callbacks {
     void *ctx;
     /* After each optimiser step (and its evaluation, if any). */
     void (*on_step)(void *ctx, const struct lorad_step_metrics *m);
-    /* After a checkpoint directory has been committed. */
+    /* After a checkpoint directory has been committed and before older ones beyond
+     * keep_checkpoints are deleted, so a record of them can be dropped first. */
     void (*on_checkpoint)(void *ctx, int64_t step, const char *dir, const struct lorad_step_metrics *m);
     /* Human-readable progress events: "info", "warning". */
     void (*on_message)(void *ctx, const char *level, const char *message);

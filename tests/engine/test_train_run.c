@@ -4,6 +4,7 @@
  * stories260K.bin with pre-tokenised data, so it needs no Python and stays fast. */
 #include "testutil.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -18,6 +19,7 @@ struct calls {
     int n_steps;
     int n_checkpoints;
     int64_t last_checkpoint;
+    int max_dirs_at_callback;     /* most step-N directories seen beside `dir` in on_checkpoint */
     int stop_after;               /* poll answers `stop` once this many steps are done */
     enum lorad_train_control stop;
 };
@@ -30,6 +32,15 @@ static void on_step(void *ctx, const struct lorad_step_metrics *m) {
     assert_true(m->lr > 0);
 }
 
+static int count_step_dirs(const char *root) {
+    DIR *d = opendir(root);
+    assert_non_null(d);
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));) n += strncmp(e->d_name, "step-", 5) == 0;
+    closedir(d);
+    return n;
+}
+
 static void on_checkpoint(void *ctx, int64_t step, const char *dir, const struct lorad_step_metrics *m) {
     struct calls *c = ctx;
     c->n_checkpoints++;
@@ -37,6 +48,11 @@ static void on_checkpoint(void *ctx, int64_t step, const char *dir, const struct
     assert_int_equal(m->step, step);
     struct stat st;
     assert_int_equal(stat(dir, &st), 0);
+    char *root = strdup(dir);
+    *strrchr(root, '/') = '\0';
+    int n = count_step_dirs(root);
+    if (n > c->max_dirs_at_callback) c->max_dirs_at_callback = n;
+    free(root);
 }
 
 static enum lorad_train_control poll_cb(void *ctx) {
@@ -102,6 +118,13 @@ static void test_steps_cancel_pause_resume(void **state) {
     for (int i = 0; i < 20; i++) assert_int_equal(full->steps[i], i + 1);
     assert_int_equal(full->n_checkpoints, 5); /* steps 4, 8, 12, 16, 20 */
     assert_int_equal(full->last_checkpoint, 20);
+    /* keep_checkpoints (default 3) is applied only after on_checkpoint returns, so the daemon can
+     * forget the pruned checkpoints' records before their directories go: the callback sees the
+     * old ones still there, and afterwards three remain. */
+    assert_int_equal(full->max_dirs_at_callback, 4);
+    char *ckpt_root = test_path(out_full, "checkpoints");
+    assert_int_equal(count_step_dirs(ckpt_root), 3);
+    free(ckpt_root);
 
     /* Cancel after 3 steps: stops before step 4, no final adapter. */
     struct calls *cc = calloc(1, sizeof *cc);
