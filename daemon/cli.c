@@ -16,7 +16,8 @@ const struct lorad_command lorad_commands[] = {
     {"train", "run one fine-tuning job in the foreground",
      "usage: lorad train JOB.json --out DIR [--resume] [--skip-invalid]\n"
      "Runs the job spec JOB.json (the body of POST /v1/fine_tuning/jobs) and writes metrics,\n"
-     "checkpoints and the final adapter under DIR.\n",
+     "checkpoints and the final adapter under DIR. lora.init_adapter may name a PEFT directory,\n"
+     "an adapter.tar (as GET /v1/models/{id}/adapter.tar serves it) or a GGUF LoRA.\n",
      lorad_cmd_train},
     {"generate", "generate text from a base model, optionally with an adapter",
      "usage: lorad generate [--model] MODEL [--adapter DIR|FILE] (--prompt TEXT | --prompt-ids 1,2,3)\n"
@@ -53,7 +54,8 @@ const struct lorad_command lorad_commands[] = {
      "Prints ids and pieces of TEXT. Without TEXT, tokenizes each line of standard input.\n",
      lorad_cmd_tokenize},
     {"export", "convert an adapter to another format",
-     "usage: lorad export --adapter DIR --format peft|gguf|merged --out PATH [--model PATH]\n",
+     "usage: lorad export --adapter DIR|FILE --format peft|gguf|merged --out PATH [--model PATH]\n"
+     "--adapter is a PEFT directory, an adapter.tar (as the API serves it) or a GGUF LoRA.\n",
      lorad_cmd_export},
     {"version", "print the version and build details",
      "usage: lorad version\n",

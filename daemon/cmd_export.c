@@ -1,13 +1,14 @@
 /* lorad export --adapter DIR|FILE --format peft|gguf|merged --out PATH [--model PATH]
  *
- *   peft    re-writes the adapter as a PEFT directory (from a PEFT dir or a GGUF LoRA);
+ *   peft    re-writes the adapter as a PEFT directory (from a PEFT dir, an adapter.tar or a GGUF LoRA);
  *   gguf    writes a llama.cpp LoRA GGUF (needs the base config for the q/k RoPE row order);
  *   merged  writes a Hugging Face directory with W + scale * B @ A folded into the base:
  *           config.json, model.safetensors (the base's dtype for an HF base, F32 for GGUF and
  *           llama2.c bases) and the base's tokenizer files when it is an HF directory.
- * The base comes from --model, else from the adapter's base_model_name_or_path when that is a
- * readable path. A tied base whose lm_head is adapted is written untied (lm_head.weight and
- * tie_word_embeddings false), since the merged head no longer equals the embeddings. */
+ * --adapter is a PEFT directory, an adapter.tar (as the API serves it) or a GGUF LoRA. The base
+ * comes from --model, else from the adapter's base_model_name_or_path when that is a readable path.
+ * A tied base whose lm_head is adapted is written untied (lm_head.weight and tie_word_embeddings
+ * false), since the merged head no longer equals the embeddings. */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -15,7 +16,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "adapter_read.h"
@@ -206,15 +206,16 @@ int lorad_cmd_export(int argc, char **argv) {
 
     struct lorad_error err = {0};
     /* The base: --model, else a readable base_model_name_or_path of a PEFT adapter. */
-    struct lorad_adapter_meta meta;
-    struct stat st;
-    char base_from_config[sizeof meta.base_model] = "";
-    if (!model && stat(adapter_path, &st) == 0 && S_ISDIR(st.st_mode) &&
-        lorad_adapter_read_config(adapter_path, &meta, &err) == 0 && meta.base_model[0] &&
-        access(meta.base_model, R_OK) == 0) {
-        snprintf(base_from_config, sizeof base_from_config, "%s", meta.base_model);
+    char base_from_config[sizeof ((struct lorad_adapter_meta *)0)->base_model] = "";
+    struct lorad_adapter *probe = NULL;
+    /* Without a base only the structure is checked; a GGUF adapter fails here, and it carries no
+     * base path anyway. Works alike for a PEFT dir and an adapter.tar. */
+    if (!model && lorad_adapter_load(adapter_path, NULL, &probe, &err) == 0 && probe->meta.base_model[0] &&
+        access(probe->meta.base_model, R_OK) == 0) {
+        snprintf(base_from_config, sizeof base_from_config, "%s", probe->meta.base_model);
         model = base_from_config;
     }
+    lorad_adapter_free(probe);
     lorad_error_clear(&err);
     if (!model && strcmp(format, "peft") != 0) {
         fprintf(stderr,

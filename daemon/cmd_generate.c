@@ -386,93 +386,6 @@ static int install_adapter(struct lorad_model *m, const struct lorad_adapter *ad
     return rc;
 }
 
-/* An adapter.tar (the one-file download form of engine/adapter.h: a ustar archive of one PEFT
- * folder) is unpacked into a fresh temporary directory ret_dir (PATH_MAX bytes), which the caller
- * removes with remove_unpacked(). Returns 1 when path is not a tar (no ustar magic), 0 when
- * unpacked, or -errno with err naming the archive. Only the two PEFT files are written. */
-static const char *const peft_files[] = {"adapter_config.json", "adapter_model.safetensors"};
-
-static void remove_unpacked(const char *dir) {
-    char p[PATH_MAX];
-    for (size_t i = 0; i < sizeof peft_files / sizeof peft_files[0]; i++) {
-        snprintf(p, sizeof p, "%s/%s", dir, peft_files[i]);
-        unlink(p);
-    }
-    rmdir(dir);
-}
-
-static unsigned long long tar_octal(const unsigned char *field, size_t width) {
-    unsigned long long v = 0;
-    for (size_t i = 0; i < width && field[i] >= '0' && field[i] <= '7'; i++) v = v * 8 + (field[i] - '0');
-    return v;
-}
-
-static int unpack_adapter_tar(const char *path, char *ret_dir, struct lorad_error *err) {
-    struct stat st;
-    if (stat(path, &st) < 0 || !S_ISREG(st.st_mode)) return 1;
-    FILE *f = fopen(path, "rbe");
-    if (!f) return 1;
-    unsigned char h[512];
-    if (fread(h, 1, 512, f) != 512 || memcmp(h + 257, "ustar", 5) != 0) {
-        fclose(f);
-        return 1;
-    }
-    const char *tmp = getenv("TMPDIR");
-    snprintf(ret_dir, PATH_MAX, "%s/lorad-adapter-XXXXXX", tmp && tmp[0] ? tmp : "/tmp");
-    if (!mkdtemp(ret_dir)) {
-        fclose(f);
-        return lorad_error_set(err, -errno, "--adapter", "cannot create a directory to unpack %s: %s", path,
-                               strerror(errno));
-    }
-    int rc = 0, found = 0;
-    unsigned long long at = 0; /* offset of the header in h */
-    for (;;) {
-        bool zero = true;
-        for (int i = 0; i < 512 && zero; i++) zero = h[i] == 0;
-        if (zero) break;
-        unsigned sum = 0, want = (unsigned)tar_octal(h + 148, 8);
-        for (int i = 0; i < 512; i++) sum += (i >= 148 && i < 156) ? ' ' : h[i];
-        unsigned long long size = tar_octal(h + 124, 12), padded = (size + 511) / 512 * 512;
-        if (sum != want || at + 512 + padded > (unsigned long long)st.st_size) {
-            rc = lorad_error_set(err, -EINVAL, "--adapter", "%s: truncated or damaged tar entry at byte %llu", path, at);
-            break;
-        }
-        char name[101];
-        memcpy(name, h, 100);
-        name[100] = '\0';
-        const char *base = strrchr(name, '/') ? strrchr(name, '/') + 1 : name;
-        int keep = -1;
-        for (int i = 0; i < 2; i++)
-            if ((h[156] == '0' || h[156] == '\0') && strcmp(base, peft_files[i]) == 0) keep = i;
-        if (keep >= 0) {
-            char out[PATH_MAX];
-            snprintf(out, sizeof out, "%s/%s", ret_dir, peft_files[keep]);
-            FILE *o = fopen(out, "wbe");
-            if (!o) rc = lorad_error_set(err, -errno, "--adapter", "cannot write %s: %s", out, strerror(errno));
-            char buf[1 << 16];
-            for (unsigned long long left = size; rc == 0 && left > 0;) {
-                size_t n = left < sizeof buf ? (size_t)left : sizeof buf;
-                if (fread(buf, 1, n, f) != n || fwrite(buf, 1, n, o) != n)
-                    rc = lorad_error_set(err, -EIO, "--adapter", "cannot unpack %s from %s", base, path);
-                left -= n;
-            }
-            if (o && fclose(o) != 0 && rc == 0) rc = lorad_error_set(err, -EIO, "--adapter", "cannot write %s", out);
-            found |= 1 << keep;
-            if (rc == 0 && fseeko(f, (off_t)(padded - size), SEEK_CUR) < 0) rc = -errno;
-        } else if (fseeko(f, (off_t)padded, SEEK_CUR) < 0) {
-            rc = lorad_error_set(err, -errno, "--adapter", "%s: %s", path, strerror(errno));
-        }
-        at += 512 + padded;
-        if (rc < 0 || fread(h, 1, 512, f) != 512) break;
-    }
-    fclose(f);
-    if (rc == 0 && found != 3)
-        rc = lorad_error_set(err, -EINVAL, "--adapter", "%s: a tar without %s", path,
-                             found & 1 ? peft_files[1] : peft_files[0]);
-    if (rc < 0) remove_unpacked(ret_dir);
-    return rc;
-}
-
 /* ---- sampling ------------------------------------------------------------------------------- */
 
 struct candidate {
@@ -715,19 +628,7 @@ static int prepare_prompt(struct gen *g) {
 /* Loads --adapter (a directory, a GGUF LoRA or a tar of a PEFT folder) into g->ad and the LoRA
  * configuration it calls for into *ret_lc. -errno with err naming --adapter. */
 static int load_adapter(struct gen *g, struct lorad_lora_config *ret_lc, struct lorad_error *err) {
-    const char *path = g->o->adapter;
-    char unpacked[PATH_MAX] = "";
-    int tar = unpack_adapter_tar(path, unpacked, err);
-    if (tar < 0) return tar;
-    int rc = lorad_adapter_load(tar == 0 ? unpacked : path, &g->mf->weights.cfg, &g->ad, err);
-    if (tar == 0) {
-        remove_unpacked(unpacked); /* the adapter holds its own copies of the tensors */
-        if (rc == 0) {
-            free(g->ad->path);
-            g->ad->path = strdup(path); /* later errors name what the user gave */
-            if (!g->ad->path) rc = lorad_error_set(err, -ENOMEM, "", "out of memory");
-        }
-    }
+    int rc = lorad_adapter_load(g->o->adapter, &g->mf->weights.cfg, &g->ad, err);
     if (rc < 0) {
         snprintf(err->param, sizeof err->param, "%s", "--adapter");
         return rc;

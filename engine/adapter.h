@@ -9,6 +9,7 @@
  * appears atomically (temp + fsync + rename). */
 #pragma once
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "error.h"
@@ -55,6 +56,11 @@ int lorad_tar_write(const char *tar_path, const char *dir, const char *const *na
 /* Reads DIR/adapter_config.json into ret_meta, checking peft_type "LORA" and the fields lorad
  * supports; err names the file and key on any mismatch. */
 int lorad_adapter_read_config(const char *dir, struct lorad_adapter_meta *ret_meta, struct lorad_error *err);
+
+/* The same checks on the len bytes of an adapter_config.json held in memory (e.g. a member of an
+ * adapter.tar); source names it in errors. */
+int lorad_adapter_parse_config(const char *text, size_t len, const char *source, struct lorad_adapter_meta *ret_meta,
+                               struct lorad_error *err);
 
 /* PEFT scale of an adapter: alpha/r, or alpha/sqrt(r) with rslora. */
 double lorad_adapter_scale(const struct lorad_adapter_meta *meta);

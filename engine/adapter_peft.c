@@ -89,12 +89,28 @@ int lorad_adapter_write_peft(const char *dir, const struct lorad_adapter_meta *m
     return r;
 }
 
+static int parse_config(json_t *root, const char *path, struct lorad_adapter_meta *ret_meta, struct lorad_error *err);
+
 int lorad_adapter_read_config(const char *dir, struct lorad_adapter_meta *ret_meta, struct lorad_error *err) {
     char path[4096];
     snprintf(path, sizeof path, "%s/adapter_config.json", dir);
     json_error_t jerr;
     json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
     if (!root) return lorad_error_set(err, -EINVAL, "adapter_config.json", "%s: %s (line %d)", path, jerr.text, jerr.line);
+    return parse_config(root, path, ret_meta, err);
+}
+
+int lorad_adapter_parse_config(const char *text, size_t len, const char *source, struct lorad_adapter_meta *ret_meta,
+                               struct lorad_error *err) {
+    json_error_t jerr;
+    json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root)
+        return lorad_error_set(err, -EINVAL, "adapter_config.json", "%s: %s (line %d)", source, jerr.text, jerr.line);
+    return parse_config(root, source, ret_meta, err);
+}
+
+/* Checks a parsed adapter_config.json (consumed: root is released) and fills ret_meta. */
+static int parse_config(json_t *root, const char *path, struct lorad_adapter_meta *ret_meta, struct lorad_error *err) {
     struct lorad_adapter_meta m = {0};
     int r = 0;
     const json_t *v;

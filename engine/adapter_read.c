@@ -232,14 +232,11 @@ static int fill_tensors(struct lorad_adapter *a, const struct source_tensor *src
     return 0;
 }
 
-static int load_peft(struct lorad_adapter *a, const struct lorad_llama_config *cfg, struct lorad_error *err) {
-    int rc = lorad_adapter_read_config(a->path, &a->meta, err);
-    if (rc < 0) return rc;
-    char path[4096];
-    if (snprintf(path, sizeof path, "%s/adapter_model.safetensors", a->path) >= (int)sizeof path)
-        return lorad_error_set(err, -ENAMETOOLONG, "", "path too long: %s", a->path);
-    struct lorad_st_file *f;
-    if ((rc = lorad_st_open(path, &f, err)) < 0) return rc;
+/* The tensors of an opened adapter_model.safetensors f (a->meta already read), validated and
+ * converted; path names f in errors. Does not close f. */
+static int load_peft_tensors(struct lorad_adapter *a, const struct lorad_llama_config *cfg, struct lorad_st_file *f,
+                             const char *path, struct lorad_error *err) {
+    int rc;
     size_t n = lorad_st_n_tensors(f);
     struct source_tensor *src = NULL;
     if (n == 0 || n > LORAD_ADAPTER_MAX_TENSORS) {
@@ -281,7 +278,136 @@ static int load_peft(struct lorad_adapter *a, const struct lorad_llama_config *c
     rc = fill_tensors(a, src, err);
 out:
     free(src);
+    return rc;
+}
+
+static int load_peft(struct lorad_adapter *a, const struct lorad_llama_config *cfg, struct lorad_error *err) {
+    int rc = lorad_adapter_read_config(a->path, &a->meta, err);
+    if (rc < 0) return rc;
+    char path[4096];
+    if (snprintf(path, sizeof path, "%s/adapter_model.safetensors", a->path) >= (int)sizeof path)
+        return lorad_error_set(err, -ENAMETOOLONG, "", "path too long: %s", a->path);
+    struct lorad_st_file *f;
+    if ((rc = lorad_st_open(path, &f, err)) < 0) return rc;
+    rc = load_peft_tensors(a, cfg, f, path, err);
     lorad_st_close(f);
+    return rc;
+}
+
+/* ---- adapter.tar: a POSIX ustar archive of one PEFT folder (what engine/tar_write.c writes and
+ * the API serves). The archive is mapped and its two members are parsed where they lie, so there
+ * is no temporary directory to clean up. Headers are 512-byte blocks (name[100] at 0, size as
+ * octal at 124, checksum at 148, type at 156, "ustar" at 257, prefix[155] at 345), each member's
+ * data padded to 512 bytes, and a zero block ends the archive. */
+
+static const char *const tar_members[2] = {"adapter_config.json", "adapter_model.safetensors"};
+
+/* Reads an octal tar field (NUL/space terminated, leading spaces allowed); -EINVAL when it holds
+ * anything else, e.g. GNU's base-256 encoding of sizes beyond 8 GiB. */
+static int tar_octal(const uint8_t *field, size_t width, uint64_t *ret) {
+    size_t i = 0;
+    while (i < width && field[i] == ' ') i++;
+    uint64_t v = 0;
+    int digits = 0;
+    for (; i < width && field[i] >= '0' && field[i] <= '7'; i++, digits++) v = v * 8 + (uint64_t)(field[i] - '0');
+    if (digits == 0 || (i < width && field[i] != '\0' && field[i] != ' ')) return -EINVAL;
+    *ret = v;
+    return 0;
+}
+
+static int is_tar(const struct lorad_mapping *m) {
+    return m->size >= 512 && memcmp(m->data + 257, "ustar", 5) == 0;
+}
+
+static int load_tar(struct lorad_adapter *a, const struct lorad_llama_config *cfg, struct lorad_error *err) {
+    const char *p = a->path;
+    struct lorad_mapping m;
+    int rc = lorad_map_file(p, &m, err);
+    if (rc < 0) return rc;
+    const uint8_t *found[2] = {NULL, NULL};
+    size_t found_size[2] = {0, 0};
+    uint64_t at = 0;
+    for (;;) {
+        if (m.size - at < 512) {
+            rc = lorad_error_set(err, -EINVAL, "adapter", "%s: truncated tar archive: no end-of-archive block after byte %llu",
+                                 p, (unsigned long long)at);
+            goto out;
+        }
+        const uint8_t *h = m.data + at;
+        int zero = 1;
+        for (int i = 0; i < 512 && zero; i++) zero = h[i] == 0;
+        if (zero) break;
+        uint64_t sum_want, size;
+        unsigned sum = 0;
+        for (int i = 0; i < 512; i++) sum += (i >= 148 && i < 156) ? ' ' : h[i];
+        if (memcmp(h + 257, "ustar", 5) != 0 || tar_octal(h + 148, 8, &sum_want) < 0 || sum_want != sum) {
+            rc = lorad_error_set(err, -EINVAL, "adapter", "%s: damaged tar header at byte %llu (bad magic or checksum)", p,
+                                 (unsigned long long)at);
+            goto out;
+        }
+        if (tar_octal(h + 124, 12, &size) < 0) {
+            rc = lorad_error_set(err, -EINVAL, "adapter", "%s: tar header at byte %llu has a bad size field", p,
+                                 (unsigned long long)at);
+            goto out;
+        }
+        char name[256];
+        if (h[345]) snprintf(name, sizeof name, "%.155s/%.100s", (const char *)h + 345, (const char *)h);
+        else snprintf(name, sizeof name, "%.100s", (const char *)h);
+        char type = (char)h[156];
+        /* pax and GNU long-name headers rewrite the next member's name or size; reading past them
+         * could pick the wrong bytes, so they are refused rather than ignored. */
+        if (type == 'x' || type == 'g' || type == 'L' || type == 'K') {
+            rc = lorad_error_set(err, -EINVAL, "adapter",
+                                 "%s: tar member %s has type '%c' (pax/GNU extended header), which lorad does not "
+                                 "read; create the archive with tar --format=ustar",
+                                 p, name, type);
+            goto out;
+        }
+        uint64_t padded = (size + 511) / 512 * 512;
+        if (size > LORAD_ADAPTER_MAX_TAR_MEMBER || padded > m.size - at - 512) {
+            if (size > LORAD_ADAPTER_MAX_TAR_MEMBER)
+                rc = lorad_error_set(err, -EFBIG, "adapter", "%s: tar member %s is %llu bytes, more than the %llu allowed",
+                                     p, name, (unsigned long long)size, (unsigned long long)LORAD_ADAPTER_MAX_TAR_MEMBER);
+            else
+                rc = lorad_error_set(err, -EINVAL, "adapter",
+                                     "%s: truncated tar archive: member %s needs %llu bytes but only %llu follow", p, name,
+                                     (unsigned long long)size, (unsigned long long)(m.size - at - 512));
+            goto out;
+        }
+        const char *slash = strrchr(name, '/');
+        const char *base = slash ? slash + 1 : name;
+        for (int k = 0; k < 2; k++) {
+            if (strcmp(base, tar_members[k]) != 0) continue;
+            if (type != '0' && type != '\0') {
+                rc = lorad_error_set(err, -EINVAL, "adapter", "%s: tar member %s has type '%c', expected a regular file",
+                                     p, name, type);
+                goto out;
+            }
+            if (found[k]) {
+                rc = lorad_error_set(err, -EINVAL, "adapter", "%s: the tar holds %s twice", p, tar_members[k]);
+                goto out;
+            }
+            found[k] = h + 512;
+            found_size[k] = (size_t)size;
+        }
+        at += 512 + padded;
+    }
+    for (int k = 0; k < 2; k++)
+        if (!found[k]) {
+            rc = lorad_error_set(err, -EINVAL, "adapter", "%s: the tar holds no %s (an adapter.tar is one PEFT folder)", p,
+                                 tar_members[k]);
+            goto out;
+        }
+    char source[4200];
+    snprintf(source, sizeof source, "%s: %s", p, tar_members[0]);
+    if ((rc = lorad_adapter_parse_config((const char *)found[0], found_size[0], source, &a->meta, err)) < 0) goto out;
+    snprintf(source, sizeof source, "%s: %s", p, tar_members[1]);
+    struct lorad_st_file *f;
+    if ((rc = lorad_st_open_mem(source, found[1], found_size[1], &f, err)) < 0) goto out;
+    rc = load_peft_tensors(a, cfg, f, source, err); /* copies the tensors out of the mapping */
+    lorad_st_close(f);
+out:
+    lorad_unmap(&m);
     return rc;
 }
 
@@ -390,26 +516,28 @@ int lorad_adapter_load(const char *path, const struct lorad_llama_config *cfg, s
                        struct lorad_error *err) {
     struct stat st;
     if (stat(path, &st) < 0) return lorad_error_set(err, -errno, "adapter", "%s: %s", path, strerror(errno));
-    int is_gguf = 0;
+    enum { PEFT_DIR, GGUF, TAR } kind = PEFT_DIR;
     if (!S_ISDIR(st.st_mode)) {
-        char magic[4] = {0};
+        uint8_t head[512] = {0};
         FILE *f = fopen(path, "rbe");
         if (!f) return lorad_error_set(err, -errno, "adapter", "%s: %s", path, strerror(errno));
-        size_t got = fread(magic, 1, 4, f);
+        size_t got = fread(head, 1, sizeof head, f);
         fclose(f);
-        if (got != 4 || memcmp(magic, "GGUF", 4) != 0)
+        struct lorad_mapping m = {head, got};
+        if (got >= 4 && memcmp(head, "GGUF", 4) == 0) kind = GGUF;
+        else if (S_ISREG(st.st_mode) && is_tar(&m)) kind = TAR;
+        else
             return lorad_error_set(err, -EINVAL, "adapter",
                                    "%s: not an adapter (expected a PEFT directory with adapter_config.json and "
-                                   "adapter_model.safetensors, or a GGUF LoRA file)",
+                                   "adapter_model.safetensors, a tar of one (adapter.tar), or a GGUF LoRA file)",
                                    path);
-        is_gguf = 1;
     }
     struct lorad_adapter *a = calloc(1, sizeof *a);
     if (!a || !(a->path = strdup(path))) {
         free(a);
         return lorad_error_set(err, -ENOMEM, "", "out of memory");
     }
-    int rc = is_gguf ? load_gguf(a, cfg, err) : load_peft(a, cfg, err);
+    int rc = kind == GGUF ? load_gguf(a, cfg, err) : kind == TAR ? load_tar(a, cfg, err) : load_peft(a, cfg, err);
     if (rc < 0) {
         lorad_adapter_free(a);
         return rc;

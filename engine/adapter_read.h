@@ -1,5 +1,6 @@
 /* Loading LoRA adapters back from disk: a PEFT directory (adapter_config.json +
- * adapter_model.safetensors, F32/BF16/F16 tensors) or a llama.cpp GGUF LoRA file. The result is an
+ * adapter_model.safetensors, F32/BF16/F16 tensors), an adapter.tar (a ustar archive of one such
+ * directory, as the API serves it) or a llama.cpp GGUF LoRA file. The result is an
  * owned list of f32 tensors in PEFT naming WITHOUT the "base_model.model." prefix and in HF row
  * order (GGUF's q/k lora_B rows are moved back from Meta's interleaved RoPE order).
  *
@@ -16,8 +17,12 @@
  * for lm_head. */
 #define LORAD_ADAPTER_MAX_TENSORS (2 * (7 * LORAD_MAX_LAYERS + 1))
 
+/* Upper bound on one member of an adapter.tar (the safetensors of a rank-1024 all-linear adapter of a
+ * 70B base is ~16 GB in F32; anything bigger is not an adapter). */
+#define LORAD_ADAPTER_MAX_TAR_MEMBER (32ull << 30)
+
 struct lorad_adapter {
-    char *path;                          /* what was loaded (dir or .gguf) */
+    char *path;                          /* what was loaded (dir, .tar or .gguf) */
     struct lorad_adapter_meta meta;      /* from adapter_config.json; for GGUF: r from lora_a, alpha
                                           * from adapter.lora.alpha, use_rslora false (GGUF stores
                                           * rsLoRA's alpha already multiplied by sqrt(r)) */
@@ -25,7 +30,13 @@ struct lorad_adapter {
     struct lorad_adapter_tensor *tensors; /* each data is a malloc'd f32 buffer owned by the adapter */
 };
 
-/* Loads path: a directory is read as PEFT, a file starting with "GGUF" as a llama.cpp LoRA.
+/* Loads path: a directory is read as PEFT, a regular file with ustar magic (at byte 257) as an
+ * adapter.tar, a file starting with "GGUF" as a llama.cpp LoRA. An adapter.tar is read in place (the
+ * archive is mapped; no temporary files): its members adapter_config.json and
+ * adapter_model.safetensors (matched by file name, in whatever folder) must be regular files, appear once,
+ * and pass the same checks as in a directory; other members are ignored; pax/GNU extended headers,
+ * truncated headers or members, bad checksums or size fields, and members larger than
+ * LORAD_ADAPTER_MAX_TAR_MEMBER are refused with err naming the archive and the problem.
  * cfg is the base model's config. With cfg == NULL only the structure is checked (names, pairs,
  * rank), which is enough for re-writing a PEFT dir; a GGUF adapter needs cfg (head_dim for the
  * RoPE rows) and fails with -EINVAL without one. Returns 0 and *ret_adapter (owned by the caller,

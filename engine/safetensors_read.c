@@ -11,6 +11,7 @@
 struct lorad_st_file {
     char *path;
     struct lorad_mapping map;
+    int owns_map; /* 0 for lorad_st_open_mem: the bytes belong to the caller */
     json_t *header; /* keeps tensor names, dtypes and metadata strings alive */
     json_t *metadata;
     struct lorad_st_tensor *tensors;
@@ -160,7 +161,25 @@ int lorad_st_open(const char *path, struct lorad_st_file **ret_file, struct lora
         return lorad_error_set(err, -ENOMEM, "model", "out of memory opening %s", path);
     }
     int r = lorad_map_file(path, &f->map, err);
+    f->owns_map = r == 0;
     if (r == 0) r = parse_header(f, err);
+    if (r < 0) {
+        lorad_st_close(f);
+        return r;
+    }
+    *ret_file = f;
+    return 0;
+}
+
+int lorad_st_open_mem(const char *name, const void *data, size_t size, struct lorad_st_file **ret_file,
+                      struct lorad_error *err) {
+    struct lorad_st_file *f = calloc(1, sizeof *f);
+    if (!f || !(f->path = strdup(name))) {
+        free(f);
+        return lorad_error_set(err, -ENOMEM, "model", "out of memory opening %s", name);
+    }
+    f->map = (struct lorad_mapping){data, size};
+    int r = parse_header(f, err);
     if (r < 0) {
         lorad_st_close(f);
         return r;
@@ -171,7 +190,7 @@ int lorad_st_open(const char *path, struct lorad_st_file **ret_file, struct lora
 
 void lorad_st_close(struct lorad_st_file *f) {
     if (!f) return;
-    lorad_unmap(&f->map);
+    if (f->owns_map) lorad_unmap(&f->map);
     json_decref(f->header);
     free(f->tensors);
     free(f->path);

@@ -27,7 +27,11 @@ struct lorad_st_file;
 /* Opens and validates path. Returns 0 and *ret_file (owned by the caller, freed with
  * lorad_st_close), or -EINVAL/-errno with err naming the file and the problem. */
 int lorad_st_open(const char *path, struct lorad_st_file **ret_file, struct lorad_error *err);
-/* Unmaps and frees; every pointer obtained from f dies with it. Safe on NULL. */
+/* Like lorad_st_open for size bytes at data that the caller keeps alive (and unchanged) until
+ * lorad_st_close, e.g. a member inside a mapped archive; name stands for the file in errors. */
+int lorad_st_open_mem(const char *name, const void *data, size_t size, struct lorad_st_file **ret_file,
+                      struct lorad_error *err);
+/* Unmaps (when lorad_st_open mapped it) and frees; every pointer obtained from f dies with it. Safe on NULL. */
 void lorad_st_close(struct lorad_st_file *f);
 
 const char *lorad_st_path(const struct lorad_st_file *f);

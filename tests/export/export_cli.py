@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """`lorad export` end to end: every format from PEFT and GGUF adapters on HF (F32, BF16, tied),
 GGUF and llama2.c bases, outputs checked by tests/reference/peft_merge_ref.py (ours, from PEFT's
-semantics and the file specs); usage errors exit 2, bad inputs exit 1 naming the file."""
+semantics and the file specs), and from an adapter.tar made by GNU tar (same bytes as from the
+directory); usage errors exit 2, bad inputs (damaged archives included) exit 1 naming the file."""
 import json
 import os
 import shutil
@@ -108,6 +109,89 @@ def main():
         again = os.path.join(tmp, "again")
         lorad("--adapter", ad_fx, "--format", "peft", "--out", again)
         ref("same-adapter", ad_fx, again)
+
+        # adapter.tar (the API's one-file download), made by GNU tar as an independent producer:
+        # every format from the archive equals the same export from the directory, byte for byte
+        def make_tar(src, tar_path, *extra):
+            run(["tar", "--format=ustar", "-cf", tar_path, "-C", os.path.dirname(src), os.path.basename(src),
+                 *extra], 0)
+
+        def same_bytes(a, b):
+            if open(a, "rb").read() != open(b, "rb").read():
+                failures.append(f"{a} and {b} differ")
+
+        tar_demo = os.path.join(tmp, "demo_adapter.tar")
+        make_tar(ad_demo, tar_demo)
+        gg_tar = os.path.join(tmp, "demo_from_tar.gguf")
+        lorad("--adapter", tar_demo, "--format", "gguf", "--out", gg_tar)  # base from the tar's config
+        if os.path.exists(gg_tar):
+            same_bytes(gg2, gg_tar)
+        peft_dir, peft_tar = os.path.join(tmp, "peft_from_dir"), os.path.join(tmp, "peft_from_tar")
+        lorad("--adapter", ad_demo, "--format", "peft", "--out", peft_dir)
+        lorad("--adapter", tar_demo, "--format", "peft", "--out", peft_tar)
+        ref("same-adapter", ad_demo, peft_tar)
+        for name in ("adapter_model.safetensors", "adapter_config.json"):
+            if os.path.exists(os.path.join(peft_tar, name)):
+                same_bytes(os.path.join(peft_dir, name), os.path.join(peft_tar, name))
+        out = os.path.join(tmp, "merged_from_tar")
+        lorad("--adapter", tar_demo, "--format", "merged", "--out", out)
+        ref("check-merged", demo, ad_demo, out)
+        # members at the top level (tar -C dir .), and an unrelated extra member, are fine too
+        tar_flat = os.path.join(tmp, "flat.tar")
+        with open(os.path.join(tmp, "README.md"), "w") as f:
+            f.write("not part of the adapter\n")
+        run(["tar", "--format=ustar", "-cf", tar_flat, "-C", ad_fx, ".", "-C", tmp, "README.md"], 0)
+        lorad("--adapter", tar_flat, "--format", "peft", "--out", os.path.join(tmp, "peft_flat"))
+        ref("same-adapter", ad_fx, os.path.join(tmp, "peft_flat"))
+
+        # damaged archives: exit 1, the message names the archive and the problem
+        raw = open(tar_demo, "rb").read()
+
+        def bad_tar(name, data, want):
+            p = os.path.join(tmp, name)
+            with open(p, "wb") as f:
+                f.write(data)
+            lorad("--adapter", p, "--format", "peft", "--out", os.path.join(tmp, "z"), status=1,
+                  text=f"{p}: {want}")
+
+        bad_tar("cut_member.tar", raw[:len(raw) // 2], "truncated tar archive")
+        # every member whole but the end-of-archive zero blocks missing (a download cut on a block edge)
+        end = (len(raw.rstrip(b"\0")) + 511) // 512 * 512
+        bad_tar("cut_end.tar", raw[:end], "truncated tar archive: no end-of-archive block")
+        hdr = bytearray(raw)
+        hdr[0] ^= 1
+        bad_tar("bad_sum.tar", bytes(hdr), "damaged tar header at byte 0 (bad magic or checksum)")
+        hdr = bytearray(raw)
+        hdr[124:136] = b"0000000x000\0"  # the first header's size, with a valid checksum over it
+
+        def reseal(h, at):
+            h[at + 148:at + 156] = b" " * 8
+            h[at + 148:at + 155] = b"%06o\0" % sum(h[at:at + 512])
+
+        reseal(hdr, 0)
+        bad_tar("bad_size.tar", bytes(hdr), "tar header at byte 0 has a bad size field")
+        hdr = bytearray(raw)
+        hdr[124:136] = b"%012o" % (40 << 30)  # 40 GiB (12 digits, no NUL), over the member limit
+        reseal(hdr, 0)
+        bad_tar("huge.tar", bytes(hdr), "tar member ad_demo/ is 42949672960 bytes, more than the")
+        link = os.path.join(tmp, "link_dir")
+        os.makedirs(link)
+        shutil.copy(os.path.join(ad_demo, "adapter_config.json"), link)
+        os.symlink(os.path.join(ad_demo, "adapter_model.safetensors"), os.path.join(link, "adapter_model.safetensors"))
+        make_tar(link, os.path.join(tmp, "link.tar"))
+        lorad("--adapter", os.path.join(tmp, "link.tar"), "--format", "peft", "--out", os.path.join(tmp, "z"),
+              status=1, text="adapter_model.safetensors has type '2', expected a regular file")
+        only_cfg = os.path.join(tmp, "only_cfg.tar")
+        run(["tar", "--format=ustar", "-cf", only_cfg, "-C", ad_demo, "adapter_config.json"], 0)
+        lorad("--adapter", only_cfg, "--format", "peft", "--out", os.path.join(tmp, "z"), status=1,
+              text=f"{only_cfg}: the tar holds no adapter_model.safetensors")
+        bad_json = os.path.join(tmp, "bad_json")
+        shutil.copytree(ad_demo, bad_json)
+        with open(os.path.join(bad_json, "adapter_config.json"), "w") as f:
+            f.write('{"peft_type": "PROMPT_TUNING"}')
+        make_tar(bad_json, os.path.join(tmp, "bad_json.tar"))
+        lorad("--adapter", os.path.join(tmp, "bad_json.tar"), "--format", "peft", "--out", os.path.join(tmp, "z"),
+              status=1, text="bad_json.tar: adapter_config.json: peft_type must be \"LORA\"")
 
         # usage errors: exit 2 with the usage text
         lorad(status=2, text="usage: lorad export")

@@ -1,6 +1,7 @@
 /* Loading adapters back: PEFT and GGUF files written by lorad's writers load to bitwise identical
  * f32 tensors (GGUF q/k rows moved back to HF order); BF16/F16 PEFT tensors convert exactly; every
- * validation failure names the file, the tensor and expected vs got. The merge kernel is checked
+ * validation failure names the file, the tensor and expected vs got; an adapter.tar loads as its
+ * directory does and damaged archives name the archive and the problem. The merge kernel is checked
  * against its plain-loop reference here; against PEFT semantics in export_cli.py. */
 #include "testutil.h"
 
@@ -408,6 +409,128 @@ static void test_merge_kernel_matches_loops(void **state) {
     free(w1); free(w2); free(A); free(B);
 }
 
+/* Re-computes the checksum of the ustar header at tar[at] after a test edited it, so the damage
+ * under test is the edited field, not the checksum. */
+static void tar_reseal(unsigned char *tar, size_t at) {
+    memset(tar + at + 148, ' ', 8);
+    unsigned sum = 0;
+    for (int i = 0; i < 512; i++) sum += tar[at + i];
+    snprintf((char *)tar + at + 148, 8, "%06o", sum);
+}
+
+/* Offset of the ustar header of the member whose name ends in name. */
+static size_t tar_find(const unsigned char *tar, size_t len, const char *name) {
+    for (size_t at = 0; at + 512 <= len; at += 512) {
+        if (memcmp(tar + at + 257, "ustar", 5) != 0) continue;
+        size_t n = strnlen((const char *)tar + at, 100), k = strlen(name);
+        if (n >= k && memcmp(tar + at + n - k, name, k) == 0) return at;
+    }
+    fail_msg("no tar member %s", name);
+    return 0;
+}
+
+/* Writes data to dir/name and expects lorad_adapter_load to fail with rc, err starting with the
+ * archive's path and containing want. */
+static void expect_bad_tar(const char *dir, const char *name, const void *data, size_t len, int rc, const char *want) {
+    struct lorad_llama_config c = test_config();
+    char *path = test_path(dir, name);
+    test_write_file(path, data, len);
+    struct lorad_adapter *a = NULL;
+    struct lorad_error err = {0};
+    assert_int_equal(lorad_adapter_load(path, &c, &a, &err), rc);
+    assert_null(a);
+    char prefix[4096];
+    snprintf(prefix, sizeof prefix, "%s: ", path);
+    if (strncmp(err.message, prefix, strlen(prefix)) != 0 || !strstr(err.message, want))
+        fail_msg("error \"%s\" does not name %s or lacks \"%s\"", err.message, path, want);
+    free(path);
+}
+
+/* An adapter.tar written by the engine's own tar writer (what the API serves) loads to the same
+ * tensors and meta as its directory, without unpacking; each kind of damage fails naming the
+ * archive and the problem. (GNU tar as producer: export_cli.py.) */
+static void test_tar(void **state) {
+    (void)state;
+    struct lorad_llama_config c = test_config();
+    struct adapter_fixture f;
+    make_adapter(&f, &c, 4);
+    char *dir = test_mkdtemp("adapter-load");
+    char *peft = test_path(dir, "peft"), *tar = test_path(dir, "adapter.tar");
+    struct lorad_adapter_meta meta = test_meta(4, 8, true);
+    struct lorad_error err = {0};
+    assert_int_equal(lorad_adapter_write_peft(peft, &meta, f.t, f.n, &err), 0);
+    static const char *const both[] = {"adapter_config.json", "adapter_model.safetensors"};
+    assert_int_equal(lorad_tar_write(tar, peft, both, 2, "adapter", &err), 0);
+    struct lorad_adapter *a = NULL;
+    assert_int_equal(lorad_adapter_load(tar, &c, &a, &err), 0);
+    assert_same_tensors(a, &f);
+    assert_string_equal(a->path, tar);
+    assert_int_equal(a->meta.r, 4);
+    assert_float_equal(a->meta.alpha, 8, 0);
+    assert_true(a->meta.use_rslora);
+    lorad_adapter_free(a);
+    /* The directory's checks apply: a base with other sizes is refused, naming the member. */
+    struct lorad_llama_config other = c;
+    other.dim = 40;
+    assert_int_equal(lorad_adapter_load(tar, &other, &a, &err), -EINVAL);
+    char want[4096];
+    snprintf(want, sizeof want, "%s: adapter_model.safetensors: tensor model.layers.0.self_attn.q_proj.lora_A.weight "
+             "has shape (4, 36), expected (4, 40)", tar);
+    if (!strstr(err.message, want)) fail_msg("error \"%s\" lacks \"%s\"", err.message, want);
+
+    size_t len;
+    unsigned char *raw = test_read_file(tar, &len);
+    unsigned char *bad = malloc(len);
+    size_t st_at = tar_find(raw, len, "adapter_model.safetensors");
+    /* truncated inside a member, and cut before the end-of-archive blocks */
+    expect_bad_tar(dir, "cut.tar", raw, st_at + 1024, -EINVAL, "truncated tar archive: member adapter/adapter_model.safetensors needs");
+    expect_bad_tar(dir, "noend.tar", raw, len - 1024, -EINVAL, "truncated tar archive: no end-of-archive block");
+    expect_bad_tar(dir, "half.tar", raw, 300, -EINVAL, "not an adapter");
+    /* bad checksum; bad size field; a size beyond the member limit */
+    memcpy(bad, raw, len);
+    bad[st_at + 5] ^= 1;
+    expect_bad_tar(dir, "sum.tar", bad, len, -EINVAL, "damaged tar header at byte");
+    memcpy(bad, raw, len);
+    memcpy(bad + st_at + 124, "00000001x00", 11);
+    tar_reseal(bad, st_at);
+    expect_bad_tar(dir, "size.tar", bad, len, -EINVAL, "has a bad size field");
+    memcpy(bad, raw, len);
+    memcpy(bad + st_at + 124, "777777777777", 12); /* 12 digits, no NUL: 64 GiB - 1 */
+    tar_reseal(bad, st_at);
+    expect_bad_tar(dir, "big.tar", bad, len, -EFBIG, "tar member adapter/adapter_model.safetensors is 68719476735 bytes, more than the");
+    /* a member of ours that is not a regular file; a pax header */
+    memcpy(bad, raw, len);
+    bad[st_at + 156] = '2';
+    tar_reseal(bad, st_at);
+    expect_bad_tar(dir, "link.tar", bad, len, -EINVAL, "tar member adapter/adapter_model.safetensors has type '2', expected a regular file");
+    memcpy(bad, raw, len);
+    bad[st_at + 156] = 'x';
+    tar_reseal(bad, st_at);
+    expect_bad_tar(dir, "pax.tar", bad, len, -EINVAL, "pax/GNU extended header");
+    /* damage inside a member is reported by its own parser, under the archive's name */
+    memcpy(bad, raw, len);
+    bad[st_at + 512 + 8] = 'x';
+    expect_bad_tar(dir, "stbad.tar", bad, len, -EINVAL, "adapter_model.safetensors: invalid safetensors file: header does not start with '{'");
+    free(bad);
+    free(raw);
+    /* a missing member; the same member twice */
+    static const char *const cfg_only[] = {"adapter_config.json"};
+    assert_int_equal(lorad_tar_write(tar, peft, cfg_only, 1, "adapter", &err), 0);
+    raw = test_read_file(tar, &len);
+    expect_bad_tar(dir, "missing.tar", raw, len, -EINVAL, "the tar holds no adapter_model.safetensors");
+    free(raw);
+    static const char *const twice[] = {"adapter_config.json", "adapter_model.safetensors", "adapter_config.json"};
+    assert_int_equal(lorad_tar_write(tar, peft, twice, 3, "adapter", &err), 0);
+    raw = test_read_file(tar, &len);
+    expect_bad_tar(dir, "twice.tar", raw, len, -EINVAL, "the tar holds adapter_config.json twice");
+    free(raw);
+    free(peft);
+    free(tar);
+    free_adapter(&f);
+    test_rmtree(dir);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_peft_round_trip),
@@ -417,6 +540,7 @@ int main(void) {
         cmocka_unit_test(test_half_precision_and_bad_dtype),
         cmocka_unit_test(test_truncated_and_missing),
         cmocka_unit_test(test_gguf_failures),
+        cmocka_unit_test(test_tar),
         cmocka_unit_test(test_merge_kernel_matches_loops),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -109,7 +109,7 @@ def adapter_forms(d):
     """The same adapter as a PEFT dir, a tar of it (Python's tarfile) and a GGUF gives the same ids."""
     ad = os.path.join(d, "ad")
     reference("make-adapter", STORIES, ad, "--seed", 5)
-    scratch = os.path.join(d, "tmp")  # where lorad unpacks the tar: must be empty afterwards
+    scratch = os.path.join(d, "tmp")  # TMPDIR: the tar is read in place, nothing may appear here
     os.mkdir(scratch)
     os.environ["TMPDIR"] = scratch
     tar = os.path.join(d, "adapter.tar")
