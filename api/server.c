@@ -1,5 +1,6 @@
 #include "server.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <arpa/inet.h>
 #include <microhttpd.h>
@@ -100,17 +101,27 @@ static bool key_matches(const struct key_set *k, const char *given) {
     return ok != 0;
 }
 
-int lorad_api_server_reload_keys(struct lorad_api_server *s) {
-    if (!s->key_file[0]) return 0;
-    struct key_set *k;
-    int r = load_keys(s->key_file, &k);
-    if (r < 0) return r;
+int lorad_api_server_use_key_file(struct lorad_api_server *s, const char *path) {
+    assert(path);
+    if (strlen(path) >= sizeof s->key_file) return -ENAMETOOLONG;
+    struct key_set *k = NULL;
+    if (path[0]) {
+        int r = load_keys(path, &k);
+        if (r < 0) return r;
+    }
     pthread_rwlock_wrlock(&s->keys_lock);
     struct key_set *old = s->keys;
     s->keys = k;
     pthread_rwlock_unlock(&s->keys_lock);
+    /* key_file is only read by this function and start, both on the daemon's main thread. */
+    if (path != s->key_file) snprintf(s->key_file, sizeof s->key_file, "%s", path);
     free(old);
     return 0;
+}
+
+int lorad_api_server_reload_keys(struct lorad_api_server *s) {
+    if (!s->key_file[0]) return 0;
+    return lorad_api_server_use_key_file(s, s->key_file);
 }
 
 static enum MHD_Result send_json(struct request_state *st, struct MHD_Connection *c, unsigned status, json_t *body, const char *allow) {

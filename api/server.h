@@ -30,5 +30,9 @@ int lorad_api_server_start(const struct lorad_api_server_options *o, struct lora
 uint16_t lorad_api_server_port(const struct lorad_api_server *s);
 /* Re-reads api_key_file (SIGHUP). Thread-safe; on failure the old keys stay. Returns 0 or -errno. */
 int lorad_api_server_reload_keys(struct lorad_api_server *s);
+/* Switches to the key file at path (SIGHUP with a changed api_key_file): its keys replace the
+ * current ones atomically for requests; "" turns authentication off. On failure (-errno from
+ * reading the file, -ENAMETOOLONG) the old file and keys stay. Call from one thread at a time. */
+int lorad_api_server_use_key_file(struct lorad_api_server *s, const char *path);
 /* Stops accepting (quiesce), finishes, frees. NULL is fine. */
 void lorad_api_server_stop(struct lorad_api_server *s);

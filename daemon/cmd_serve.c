@@ -437,22 +437,36 @@ static void reload(struct daemon *d) {
     struct lorad_config fresh;
     struct lorad_error err = {0};
     lorad_config_defaults(&fresh);
+    /* The key file to use: the configuration's, or the running one when the configuration cannot
+     * be read. */
+    const char *key_file = d->cfg.api_key_file;
     if (lorad_config_from_args(&fresh, d->argc, d->argv, LORAD_DEFAULT_CONFIG, &err) < 0) {
         log_error("SIGHUP: %s; keeping the running configuration", err.message);
     } else {
         enum lorad_log_level level;
         if (lorad_log_level_parse(fresh.log_level, &level) == 0) lorad_log_set_level(level);
-        if (strcmp(fresh.api_key_file, d->cfg.api_key_file) != 0)
-            log_warning("SIGHUP: api_key_file changed to '%s'; a new path takes effect at restart", fresh.api_key_file);
         snprintf(d->cfg.log_level, sizeof d->cfg.log_level, "%s", fresh.log_level);
+        key_file = fresh.api_key_file;
     }
-    for (int i = 0; i < d->n_listeners; i++) {
-        int r = lorad_api_server_reload_keys(d->listeners[i].server);
-        if (r < 0) {
-            log_error("SIGHUP: cannot read api_key_file %s: %s; the old keys stay", d->cfg.api_key_file, strerror(-r));
-            break;
+    bool switched = strcmp(key_file, d->cfg.api_key_file) != 0;
+    int r = 0;
+    for (int i = 0; i < d->n_listeners && r == 0; i++) {
+        if ((r = lorad_api_server_use_key_file(d->listeners[i].server, key_file)) < 0) {
+            log_error("SIGHUP: cannot read api_key_file %s: %s; %s", key_file, strerror(-r),
+                      switched ? "the old file and keys stay" : "the old keys stay");
+            /* listeners switched before this one go back, so all serve one key set */
+            for (int k = 0; k < i; k++) lorad_api_server_use_key_file(d->listeners[k].server, d->cfg.api_key_file);
         }
-        if (i == 0 && d->cfg.api_key_file[0]) log_info("SIGHUP: reloaded API keys from %s", d->cfg.api_key_file);
+    }
+    if (r == 0) {
+        if (switched && !key_file[0])
+            log_warning("SIGHUP: api_key_file is no longer set: the API is open to anyone who can reach it");
+        else if (switched)
+            log_info("SIGHUP: API keys now from %s (was %s)", key_file,
+                     d->cfg.api_key_file[0] ? d->cfg.api_key_file : "none: the API was open");
+        else if (key_file[0])
+            log_info("SIGHUP: reloaded API keys from %s", key_file);
+        if (switched) snprintf(d->cfg.api_key_file, sizeof d->cfg.api_key_file, "%s", key_file);
     }
     log_info("SIGHUP: log level %s", d->cfg.log_level);
     lorad_sd_notify("READY=1");

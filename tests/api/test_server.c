@@ -303,6 +303,33 @@ static void test_key_reload(void **state) {
     assert_int_equal(http("GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer fresh\r\nConnection: close\r\n\r\n", buf, sizeof buf), 200);
 }
 
+/* SIGHUP with a changed api_key_file: another file's keys replace the old ones, "" turns auth
+ * off, an unreadable file keeps what was there. Runs last: it leaves auth on with "other". */
+static void test_key_file_switch(void **state) {
+    (void)state;
+    char other[] = "/tmp/lorad-keys2XXXXXX";
+    int fd = mkstemp(other);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, "other\n", 6), 6);
+    close(fd);
+    const char *get = "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    const char *get_other = "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer other\r\nConnection: close\r\n\r\n";
+    assert_int_equal(lorad_api_server_use_key_file(srv, other), 0);
+    assert_int_equal(http(get_other, buf, sizeof buf), 200);
+    assert_int_equal(http(get, buf, sizeof buf), 401);
+    assert_int_equal(lorad_api_server_use_key_file(srv, ""), 0);
+    assert_int_equal(http(get, buf, sizeof buf), 200);
+    assert_int_equal(lorad_api_server_reload_keys(srv), 0); /* no file: stays open */
+    assert_int_equal(http(get, buf, sizeof buf), 200);
+    assert_int_equal(lorad_api_server_use_key_file(srv, other), 0);
+    assert_int_equal(lorad_api_server_use_key_file(srv, "/nonexistent/lorad-keys"), -ENOENT);
+    assert_int_equal(http(get_other, buf, sizeof buf), 200);
+    assert_int_equal(http(get, buf, sizeof buf), 401);
+    assert_int_equal(lorad_api_server_reload_keys(srv), 0); /* still the file that worked */
+    assert_int_equal(http(get_other, buf, sizeof buf), 200);
+    unlink(other);
+}
+
 static int setup(void **state) {
     (void)state;
     char *path = key_path;
@@ -337,6 +364,7 @@ int main(void) {
         cmocka_unit_test(test_sse_stream),
         cmocka_unit_test(test_uploads),
         cmocka_unit_test(test_key_reload),
+        cmocka_unit_test(test_key_file_switch),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

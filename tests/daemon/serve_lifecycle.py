@@ -143,7 +143,30 @@ def test_basics(tmp):
         check(code == 403, f"after SIGHUP the old key is refused (got {code})")
         code, _ = curl(url + "/metrics", "-H", "Authorization: Bearer key-two")
         check(code == 200, f"after SIGHUP the new key works (got {code})")
-        check(not any("key-one" in l or "key-two" in l for l in d.lines), "API keys never appear in the log")
+        # SIGHUP with api_key_file pointing elsewhere switches files; an unreadable one keeps the old.
+        keys2 = os.path.join(tmp, "keys2")
+        with open(keys2, "w") as f:
+            f.write("key-three\n")
+        os.chmod(keys2, 0o600)
+        with open(conf, "w") as f:
+            f.write(f"state_dir {state}\nmodels_dir {models}\napi_key_file {keys2}\nlog_level debug\n")
+        d.p.send_signal(signal.SIGHUP)
+        check(d.read_until(r"SIGHUP: API keys now from .*keys2") is not None, "SIGHUP switches to a new api_key_file")
+        code, _ = curl(url + "/metrics", "-H", "Authorization: Bearer key-two")
+        check(code == 403, f"after the switch the old file's key is refused (got {code})")
+        code, _ = curl(url + "/metrics", "-H", "Authorization: Bearer key-three")
+        check(code == 200, f"after the switch the new file's key works (got {code})")
+        with open(conf, "w") as f:
+            f.write(f"state_dir {state}\nmodels_dir {models}\napi_key_file {tmp}/missing-keys\nlog_level debug\n")
+        d.p.send_signal(signal.SIGHUP)
+        check(d.read_until(r"SIGHUP: cannot read api_key_file .*missing-keys.*the old file and keys stay") is not None,
+              "SIGHUP with an unreadable new api_key_file says the old one stays")
+        code, _ = curl(url + "/metrics", "-H", "Authorization: Bearer key-three")
+        check(code == 200, f"... and the old keys still work (got {code})")
+        with open(conf, "w") as f:  # what the restarts below start with
+            f.write(f"state_dir {state}\nmodels_dir {models}\napi_key_file {keys2}\nlog_level debug\n")
+        check(not any("key-one" in l or "key-two" in l or "key-three" in l for l in d.lines),
+              "API keys never appear in the log")
         # One daemon per state directory: a second one would requeue this one's running jobs.
         p = subprocess.run([LORAD, "serve", "--config", conf, "--port", "0"], capture_output=True, text=True, timeout=20)
         check(p.returncode != 0, "a second daemon on the same state_dir is refused")
