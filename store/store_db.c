@@ -143,6 +143,28 @@ json_t *store_list_page(json_t *data, bool has_more) {
                      has_more, "first_id", first, "last_id", last);
 }
 
+int store_page_after_key(struct store_conn *c, const char *sql, const char *after, const char *job_id,
+                         const char *what, int64_t *ret_key, struct lorad_error *err) {
+    if (!after) {
+        *ret_key = INT64_MAX;
+        return 0;
+    }
+    int r;
+    sqlite3_stmt *st = store_stmt(c, sql, &r, err);
+    if (!st) return r;
+    store_bind_text(st, 1, after);
+    if (job_id) store_bind_text(st, 2, job_id);
+    char failed[64];
+    snprintf(failed, sizeof failed, "cannot read %s", what);
+    r = store_step(c, st, failed, err);
+    int64_t key = r == 1 ? sqlite3_column_int64(st, 0) : 0;
+    store_stmt_done(st);
+    if (r == 0) return lorad_error_set(err, -ENOENT, "after", "no such %s: %s", what, after);
+    if (r < 0) return r;
+    *ret_key = key;
+    return 0;
+}
+
 int store_collect_page(struct store_conn *c, sqlite3_stmt *st, int limit, json_t *(*from_row)(sqlite3_stmt *st),
                        const char *what, json_t **ret_page, struct lorad_error *err) {
     json_t *data = json_array();

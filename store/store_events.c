@@ -84,19 +84,9 @@ int lorad_store_event_list(struct lorad_store *s, const char *job_id, const char
     if (r < 0) return r;
     r = store_job_exists(c, job_id, "fine_tuning_job_id", err);
     if (r < 0) goto out;
-    int64_t after_seq = INT64_MAX;
-    if (after) {
-        sqlite3_stmt *st = store_stmt(c, "SELECT seq FROM events WHERE id = ?1 AND job_id = ?2",
-                                      &r, err);
-        if (!st) goto out;
-        store_bind_text(st, 1, after);
-        store_bind_text(st, 2, job_id);
-        r = store_step(c, st, "cannot read event", err);
-        if (r == 1) after_seq = sqlite3_column_int64(st, 0);
-        else if (r == 0) r = lorad_error_set(err, -ENOENT, "after", "no such event: %s", after);
-        store_stmt_done(st);
-        if (r < 0) goto out;
-    }
+    int64_t after_seq;
+    r = store_page_after_key(c, "SELECT seq FROM events WHERE id = ?1 AND job_id = ?2", after, job_id, "event", &after_seq, err);
+    if (r < 0) goto out;
     sqlite3_stmt *st = store_stmt(c,
         "SELECT id, created_at, level, message, data, type, seq FROM events"
         " WHERE job_id = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3", &r, err);

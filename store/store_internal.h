@@ -84,6 +84,12 @@ json_t *store_list_page(json_t *data, bool has_more);
  * every case. Returns 0 or -errno (err says `what` failed). */
 int store_collect_page(struct store_conn *c, sqlite3_stmt *st, int limit, json_t *(*from_row)(sqlite3_stmt *st),
                        const char *what, json_t **ret_page, struct lorad_error *err);
+/* The sort key of the row a list page starts after: sql selects one integer column and binds ?1 to
+ * the row's id and, when job_id is not NULL, ?2 to its job. Without after (NULL), INT64_MAX, so the
+ * page starts at the newest row. -ENOENT (param "after", "no such <what>: <id>") when no such row
+ * exists. *ret_key is written only on success. */
+int store_page_after_key(struct store_conn *c, const char *sql, const char *after, const char *job_id,
+                         const char *what, int64_t *ret_key, struct lorad_error *err);
 /* -ENOENT (param) unless job id exists. */
 int store_job_exists(struct store_conn *c, const char *job_id, const char *param,
                      struct lorad_error *err);

@@ -183,17 +183,9 @@ int lorad_store_job_list(struct lorad_store *s, int status, const char *after, i
     struct store_conn *c = NULL;
     r = store_acquire(s, &c, err);
     if (r < 0) return r;
-    int64_t after_pk = INT64_MAX;
-    if (after) {
-        sqlite3_stmt *st = store_stmt(c, "SELECT pk FROM jobs WHERE id = ?1", &r, err);
-        if (!st) goto out;
-        store_bind_text(st, 1, after);
-        r = store_step(c, st, "cannot read job", err);
-        if (r == 1) after_pk = sqlite3_column_int64(st, 0);
-        else if (r == 0) r = lorad_error_set(err, -ENOENT, "after", "no such job: %s", after);
-        store_stmt_done(st);
-        if (r < 0) goto out;
-    }
+    int64_t after_pk;
+    r = store_page_after_key(c, "SELECT pk FROM jobs WHERE id = ?1", after, NULL, "job", &after_pk, err);
+    if (r < 0) goto out;
     sqlite3_stmt *st = store_stmt(c,
         JOB_SELECT "WHERE (?1 IS NULL OR j.status = ?1) AND j.pk < ?2 ORDER BY j.pk DESC LIMIT ?3",
         &r, err);

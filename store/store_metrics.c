@@ -340,19 +340,9 @@ int lorad_store_checkpoint_list(struct lorad_store *s, const char *job_id, const
     if (r < 0) return r;
     r = store_job_exists(c, job_id, "fine_tuning_job_id", err);
     if (r < 0) goto out;
-    int64_t after_step = INT64_MAX;
-    if (after) {
-        sqlite3_stmt *st = store_stmt(c,
-            "SELECT step FROM checkpoints WHERE id = ?1 AND job_id = ?2", &r, err);
-        if (!st) goto out;
-        store_bind_text(st, 1, after);
-        store_bind_text(st, 2, job_id);
-        r = store_step(c, st, "cannot read checkpoint", err);
-        if (r == 1) after_step = sqlite3_column_int64(st, 0);
-        else if (r == 0) r = lorad_error_set(err, -ENOENT, "after", "no such checkpoint: %s", after);
-        store_stmt_done(st);
-        if (r < 0) goto out;
-    }
+    int64_t after_step;
+    r = store_page_after_key(c, "SELECT step FROM checkpoints WHERE id = ?1 AND job_id = ?2", after, job_id, "checkpoint", &after_step, err);
+    if (r < 0) goto out;
     sqlite3_stmt *st = store_stmt(c,
         "SELECT c.id, c.created_at, c.step, c.metrics, c.job_id, j.model, j.suffix"
         " FROM checkpoints c JOIN jobs j ON j.id = c.job_id"
