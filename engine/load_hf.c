@@ -342,7 +342,6 @@ static int load_tensor(const struct hf_files *hf, struct lorad_load_owner *o, co
 static int load_weights(const char *dir, const struct hf_files *hf, struct lorad_load_owner *o,
                         struct lorad_base_weights *w, struct lorad_error *err) {
     const struct lorad_llama_config *c = &w->cfg;
-    int64_t q = (int64_t)c->n_heads * c->head_dim, kv = (int64_t)c->n_kv_heads * c->head_dim;
     int r;
     if ((r = load_tensor(hf, o, dir, "model.embed_tokens.weight", c->vocab_size, c->dim, &w->embed, err)) < 0) return r;
     if ((r = load_tensor(hf, o, dir, "model.norm.weight", 1, c->dim, &w->final_norm, err)) < 0) return r;
@@ -356,27 +355,15 @@ static int load_weights(const char *dir, const struct hf_files *hf, struct lorad
                                    "(config.json says tie_word_embeddings is false)", dir, c->vocab_size, c->dim);
         if ((r = load_tensor(hf, o, dir, "lm_head.weight", c->vocab_size, c->dim, &w->lm_head, err)) < 0) return r;
     }
+    struct lorad_layer_tensor_spec specs[LORAD_LAYER_MAX_TENSORS];
+    int n = lorad_layer_tensor_specs(c, specs);
     for (int l = 0; l < c->n_layers; l++) {
-        struct lorad_layer_weights *L = &w->layers[l];
-        char name[128];
-#define LOAD(field, suffix, R, C)                                                     \
-        snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix);                 \
-        if ((r = load_tensor(hf, o, dir, name, R, C, &L->field, err)) < 0) return r;
-        LOAD(attn_norm, "input_layernorm.weight", 1, c->dim);
-        LOAD(wq, "self_attn.q_proj.weight", q, c->dim);
-        LOAD(wk, "self_attn.k_proj.weight", kv, c->dim);
-        LOAD(wv, "self_attn.v_proj.weight", kv, c->dim);
-        LOAD(wo, "self_attn.o_proj.weight", c->dim, q);
-        if (c->attention_bias) {
-            LOAD(bq, "self_attn.q_proj.bias", 1, q);
-            LOAD(bk, "self_attn.k_proj.bias", 1, kv);
-            LOAD(bv, "self_attn.v_proj.bias", 1, kv);
+        for (int i = 0; i < n; i++) {
+            char name[128];
+            snprintf(name, sizeof name, "model.layers.%d.%s", l, specs[i].hf_suffix);
+            struct lorad_tensor *t = lorad_layer_tensor(&w->layers[l], &specs[i]);
+            if ((r = load_tensor(hf, o, dir, name, specs[i].rows, specs[i].cols, t, err)) < 0) return r;
         }
-        LOAD(ffn_norm, "post_attention_layernorm.weight", 1, c->dim);
-        LOAD(w_gate, "mlp.gate_proj.weight", c->hidden_dim, c->dim);
-        LOAD(w_up, "mlp.up_proj.weight", c->hidden_dim, c->dim);
-        LOAD(w_down, "mlp.down_proj.weight", c->dim, c->hidden_dim);
-#undef LOAD
     }
     return 0;
 }

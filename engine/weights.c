@@ -1,7 +1,9 @@
 #include "weights.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -23,6 +25,31 @@ const char *lorad_dtype_name(enum lorad_dtype dtype) {
     return "?";
 }
 
+int lorad_layer_tensor_specs(const struct lorad_llama_config *c,
+                             struct lorad_layer_tensor_spec specs[LORAD_LAYER_MAX_TENSORS]) {
+    int64_t q = (int64_t)c->n_heads * c->head_dim, kv = (int64_t)c->n_kv_heads * c->head_dim;
+    int n = 0;
+#define SPEC(field, suffix, R, C) \
+    specs[n++] = (struct lorad_layer_tensor_spec){offsetof(struct lorad_layer_weights, field), suffix, R, C}
+    SPEC(attn_norm, "input_layernorm.weight", 1, c->dim);
+    SPEC(wq, "self_attn.q_proj.weight", q, c->dim);
+    SPEC(wk, "self_attn.k_proj.weight", kv, c->dim);
+    SPEC(wv, "self_attn.v_proj.weight", kv, c->dim);
+    SPEC(wo, "self_attn.o_proj.weight", c->dim, q);
+    if (c->attention_bias) {
+        SPEC(bq, "self_attn.q_proj.bias", 1, q);
+        SPEC(bk, "self_attn.k_proj.bias", 1, kv);
+        SPEC(bv, "self_attn.v_proj.bias", 1, kv);
+    }
+    SPEC(ffn_norm, "post_attention_layernorm.weight", 1, c->dim);
+    SPEC(w_gate, "mlp.gate_proj.weight", c->hidden_dim, c->dim);
+    SPEC(w_up, "mlp.up_proj.weight", c->hidden_dim, c->dim);
+    SPEC(w_down, "mlp.down_proj.weight", c->dim, c->hidden_dim);
+#undef SPEC
+    assert(n <= LORAD_LAYER_MAX_TENSORS);
+    return n;
+}
+
 static int check_tensor(const struct lorad_tensor *t, const char *name, int64_t rows, int64_t cols,
                         struct lorad_error *err) {
     if (!t->data)
@@ -41,32 +68,19 @@ int lorad_base_weights_validate(const struct lorad_base_weights *w, struct lorad
     const struct lorad_llama_config *c = &w->cfg;
     int r = lorad_llama_config_validate(c, err);
     if (r < 0) return r;
-    int64_t q = (int64_t)c->n_heads * c->head_dim, kv = (int64_t)c->n_kv_heads * c->head_dim;
     if ((r = check_tensor(&w->embed, "model.embed_tokens.weight", c->vocab_size, c->dim, err)) < 0) return r;
     if ((r = check_tensor(&w->final_norm, "model.norm.weight", 1, c->dim, err)) < 0) return r;
     if ((r = check_tensor(&w->lm_head, "lm_head.weight", c->vocab_size, c->dim, err)) < 0) return r;
     if (!w->layers) return lorad_error_set(err, -EINVAL, "model.layers", "no decoder layers");
+    struct lorad_layer_tensor_spec specs[LORAD_LAYER_MAX_TENSORS];
+    int n = lorad_layer_tensor_specs(c, specs);
     for (int l = 0; l < c->n_layers; l++) {
-        const struct lorad_layer_weights *L = &w->layers[l];
-        char name[128];
-#define CHECK(field, suffix, R, C)                                                   \
-        snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix);                \
-        if ((r = check_tensor(&L->field, name, R, C, err)) < 0) return r;
-        CHECK(attn_norm, "input_layernorm.weight", 1, c->dim);
-        CHECK(wq, "self_attn.q_proj.weight", q, c->dim);
-        CHECK(wk, "self_attn.k_proj.weight", kv, c->dim);
-        CHECK(wv, "self_attn.v_proj.weight", kv, c->dim);
-        CHECK(wo, "self_attn.o_proj.weight", c->dim, q);
-        if (c->attention_bias) {
-            CHECK(bq, "self_attn.q_proj.bias", 1, q);
-            CHECK(bk, "self_attn.k_proj.bias", 1, kv);
-            CHECK(bv, "self_attn.v_proj.bias", 1, kv);
+        for (int i = 0; i < n; i++) {
+            char name[128];
+            snprintf(name, sizeof name, "model.layers.%d.%s", l, specs[i].hf_suffix);
+            const struct lorad_tensor *t = lorad_layer_tensor((struct lorad_layer_weights *)&w->layers[l], &specs[i]);
+            if ((r = check_tensor(t, name, specs[i].rows, specs[i].cols, err)) < 0) return r;
         }
-        CHECK(ffn_norm, "post_attention_layernorm.weight", 1, c->dim);
-        CHECK(w_gate, "mlp.gate_proj.weight", c->hidden_dim, c->dim);
-        CHECK(w_up, "mlp.up_proj.weight", c->hidden_dim, c->dim);
-        CHECK(w_down, "mlp.down_proj.weight", c->dim, c->hidden_dim);
-#undef CHECK
     }
     return 0;
 }

@@ -47,6 +47,25 @@ struct lorad_layer_weights {
     struct lorad_tensor w_down;    /* (dim, hidden_dim)             mlp.down_proj */
 };
 
+/* One tensor of a decoder layer: where it lives in struct lorad_layer_weights, its HF name after
+ * "model.layers.N." and its shape for a config. */
+struct lorad_layer_tensor_spec {
+    size_t offset; /* of the struct lorad_tensor within struct lorad_layer_weights */
+    const char *hf_suffix;
+    int64_t rows, cols;
+};
+#define LORAD_LAYER_MAX_TENSORS 12
+
+/* The tensors of one decoder layer for cfg, in HF order (q/k/v biases only with
+ * attention_bias): fills specs and returns how many. The one table loaders and validation share. */
+int lorad_layer_tensor_specs(const struct lorad_llama_config *cfg,
+                             struct lorad_layer_tensor_spec specs[LORAD_LAYER_MAX_TENSORS]);
+
+static inline struct lorad_tensor *lorad_layer_tensor(struct lorad_layer_weights *layer,
+                                                      const struct lorad_layer_tensor_spec *spec) {
+    return (struct lorad_tensor *)((char *)layer + spec->offset);
+}
+
 struct lorad_base_weights {
     struct lorad_llama_config cfg;
     struct lorad_tensor embed;      /* (vocab, dim)   model.embed_tokens */
