@@ -97,16 +97,24 @@ static void xwt_part(struct wjob *j, int64_t m0, int64_t m1, int64_t n0, int64_t
     }
 }
 
+typedef void (*part_fn)(struct wjob *j, int64_t m0, int64_t m1, int64_t n0, int64_t n1, int tid);
+
+/* Thread tid's share of a product with n_out output columns: a slice of the tokens or of the
+ * columns (split_rows_of_m), whole 32-column panels in the latter case. */
+static void run_share(struct wjob *j, part_fn part, int64_t n_out, int tid, int nt) {
+    int64_t b, e;
+    if (split_rows_of_m(j->g, j->M, n_out, nt)) {
+        lorad_pool_slice(j->M, tid, nt, 1, &b, &e);
+        part(j, b, e, 0, n_out, tid);
+    } else {
+        lorad_pool_slice(n_out, tid, nt, 32, &b, &e);
+        part(j, 0, j->M, b, e, tid);
+    }
+}
+
 static void xwt_thread(void *ctx, int tid, int nt) {
     struct wjob *j = ctx;
-    int64_t b, e;
-    if (split_rows_of_m(j->g, j->M, j->w->rows, nt)) {
-        lorad_pool_slice(j->M, tid, nt, 1, &b, &e);
-        xwt_part(j, b, e, 0, j->w->rows, tid);
-    } else {
-        lorad_pool_slice(j->w->rows, tid, nt, 32, &b, &e);
-        xwt_part(j, 0, j->M, b, e, tid);
-    }
+    run_share(j, xwt_part, j->w->rows, tid, nt);
 }
 
 void lorad_gemm_xwt(struct lorad_gemm *g, float *y, const float *x, const struct lorad_tensor *w, int64_t M,
@@ -143,14 +151,7 @@ static void dyw_part(struct wjob *j, int64_t m0, int64_t m1, int64_t k0, int64_t
 
 static void dyw_thread(void *ctx, int tid, int nt) {
     struct wjob *j = ctx;
-    int64_t b, e;
-    if (split_rows_of_m(j->g, j->M, j->w->cols, nt)) {
-        lorad_pool_slice(j->M, tid, nt, 1, &b, &e);
-        dyw_part(j, b, e, 0, j->w->cols, tid);
-    } else {
-        lorad_pool_slice(j->w->cols, tid, nt, 32, &b, &e);
-        dyw_part(j, 0, j->M, b, e, tid);
-    }
+    run_share(j, dyw_part, j->w->cols, tid, nt);
 }
 
 void lorad_gemm_dyw(struct lorad_gemm *g, float *dx, const float *dy, const struct lorad_tensor *w, int64_t M,
