@@ -1,6 +1,8 @@
 /* lorad version: what this binary is and what it was built with. */
 #include "cli.h"
 
+#include "gemm.h"
+
 #include <cblas.h>
 #include <jansson.h>
 #include <microhttpd.h>
@@ -22,5 +24,6 @@ int lorad_cmd_version(int argc, char **argv) {
     printf("jansson %s\n", JANSSON_VERSION);
     printf("libmicrohttpd %s\n", MHD_get_version());
     printf("openblas %s\n", openblas_get_config());
+    printf("gemm %s\n", lorad_gemm_kernel_description());
     return LORAD_EXIT_OK;
 }

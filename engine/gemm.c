@@ -12,6 +12,12 @@ void lorad_gemm_prefer_openblas(bool prefer) { prefer_openblas = prefer; }
 
 bool lorad_gemm_own_kernel_default(void) { return !prefer_openblas && lorad_sgemm_avx512_available(); }
 
+const char *lorad_gemm_kernel_description(void) {
+    if (lorad_gemm_own_kernel_default()) return "engine AVX-512 kernel (OpenBLAS for outputs narrower than 32)";
+    if (lorad_sgemm_avx512_available()) return "OpenBLAS (engine kernel switched off)";
+    return "OpenBLAS (this CPU has no AVX-512F)";
+}
+
 int lorad_gemm_init(struct lorad_gemm *g, struct lorad_pool *pool) {
     memset(g, 0, sizeof *g);
     g->pool = pool;

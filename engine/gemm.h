@@ -51,6 +51,9 @@ void lorad_sgemm_par(struct lorad_gemm *g, bool trans_a, bool trans_b, int64_t M
 /* True unless lorad_gemm_prefer_openblas(true) is in effect or the CPU lacks AVX-512F. */
 bool lorad_gemm_own_kernel_default(void);
 
+/* What multiplies on this host, for `lorad version` and the daemon's start line. Static string. */
+const char *lorad_gemm_kernel_description(void);
+
 /* One thread's row-major C (M, N) = alpha * op(A) · op(B) + beta * C: the engine's kernel when
  * own_kernel and N >= 32 (narrower outputs waste most of its 32-column tile), else cblas_sgemm.
  * work holds LORAD_SGEMM_AVX512_WORK_FLOATS floats; only the engine's kernel touches it. */

@@ -24,6 +24,7 @@ for cmd in serve train generate inspect tokenize export version; do
 done
 check 0 "version" "$bin" version
 grep -q "^lorad [0-9]" /tmp/lorad-cli-out.$$ || { echo "FAIL: version output"; fail=1; }
+grep -Eq "^gemm (engine AVX-512 kernel|OpenBLAS)" /tmp/lorad-cli-out.$$ || { echo "FAIL: version names the GEMM kernel"; fail=1; }
 rm -f /tmp/lorad-cli-out.$$
 [ $fail -eq 0 ] && echo "cli_usage: all checks passed"
 exit $fail
