@@ -307,6 +307,7 @@ static int load_peft(struct lorad_adapter *a, const struct lorad_llama_config *c
 /* Bounds on what extended headers may hold: a path, and the data of one extended header (tar
  * writes a few hundred bytes; these only keep a hostile archive from making us loop long). */
 #define TAR_MAX_PATH 4096
+#define TAR_MAX_PATH_S "4095" /* the longest path, for messages */
 #define TAR_MAX_EXT (64 << 10)
 #define TAR_MAX_PAX_RECORDS 1024
 #define TAR_MAX_PAX_RECORDS_S "1024"
@@ -362,50 +363,48 @@ static int tar_pax_records(const uint8_t *d, size_t n, uint64_t at, int apply, s
                            const char *p, struct lorad_error *err) {
     size_t pos = 0;
     int count = 0;
-    while (pos < n) {
-        unsigned long long rec_at = (unsigned long long)(at + 512 + pos);
-        const char *why = NULL;
+    const char *why = NULL;
+    while (pos < n && !why) {
         size_t digits = 0;
         while (pos + digits < n && digits < 20 && d[pos + digits] >= '0' && d[pos + digits] <= '9') digits++;
         uint64_t len = 0;
         if (++count > TAR_MAX_PAX_RECORDS) why = "more records than the " TAR_MAX_PAX_RECORDS_S " allowed";
-        else if (tar_decimal(d + pos, digits, &len) < 0 || pos + digits >= n || d[pos + digits] != ' ' ||
-                 (digits > 1 && d[pos] == '0'))
+        else if (tar_decimal(d + pos, digits, &len) < 0 || pos + digits >= n || d[pos + digits] != ' ')
             why = "bad length field (want decimal digits and a space)";
         else if (len > n - pos) why = "length runs past the end of the header's data";
         else if (len < digits + 4) why = "length too short for \"KEY=VALUE\\n\""; /* "N k=\n" at least */
         else if (d[pos + len - 1] != '\n') why = "record does not end in a newline (length field inconsistent)";
-        if (why)
-            return lorad_error_set(err, -EINVAL, "adapter", "%s: malformed pax extended header at byte %llu: record at byte %llu: %s",
-                                   p, (unsigned long long)at, rec_at, why);
+        if (why) break;
         const uint8_t *key = d + pos + digits + 1, *end = d + pos + len - 1; /* end: the '\n' */
         const uint8_t *eq = memchr(key, '=', (size_t)(end - key));
-        if (!eq || eq == key)
-            return lorad_error_set(err, -EINVAL, "adapter", "%s: malformed pax extended header at byte %llu: record at byte %llu: %s",
-                                   p, (unsigned long long)at, rec_at, eq ? "empty key" : "no '=' in the record");
+        if (!eq || eq == key) {
+            why = eq ? "empty key" : "no '=' in the record";
+            break;
+        }
         size_t klen = (size_t)(eq - key), vlen = (size_t)(end - eq - 1);
         const uint8_t *val = eq + 1;
+        uint64_t v;
         if (klen == 4 && memcmp(key, "size", 4) == 0) {
-            uint64_t v;
-            if (tar_decimal(val, vlen, &v) < 0)
-                return lorad_error_set(err, -EINVAL, "adapter", "%s: malformed pax extended header at byte %llu: record at byte %llu: size is not a decimal number",
-                                       p, (unsigned long long)at, rec_at);
-            if (apply) pend->size = v, pend->has_size = 1;
+            if (tar_decimal(val, vlen, &v) < 0) why = "size is not a decimal number";
+            else if (apply) pend->size = v, pend->has_size = 1;
         } else if (klen == 4 && memcmp(key, "path", 4) == 0) {
             if (vlen == 0 || vlen >= TAR_MAX_PATH || memchr(val, '\0', vlen))
-                return lorad_error_set(err, -EINVAL, "adapter", "%s: malformed pax extended header at byte %llu: record at byte %llu: path is empty, holds a NUL or is longer than %d bytes",
-                                       p, (unsigned long long)at, rec_at, TAR_MAX_PATH - 1);
-            if (apply) {
+                why = "path is empty, holds a NUL or is longer than " TAR_MAX_PATH_S " bytes";
+            else if (apply) {
                 memcpy(pend->path, val, vlen);
                 pend->path[vlen] = '\0';
                 pend->has_path = 1;
             }
         } else if (klen > 11 && memcmp(key, "GNU.sparse.", 11) == 0) {
-            return lorad_error_set(err, -EINVAL, "adapter", "%s: pax extended header at byte %llu describes a sparse file (%.*s), which lorad does not read",
-                                   p, (unsigned long long)at, (int)klen, (const char *)key);
+            return lorad_error_set(err, -EINVAL, "adapter",
+                                   "%s: pax extended header at byte %llu describes a sparse file (%.*s), which lorad "
+                                   "does not read", p, (unsigned long long)at, (int)klen, (const char *)key);
         }
-        pos += (size_t)len;
+        if (!why) pos += (size_t)len;
     }
+    if (why)
+        return lorad_error_set(err, -EINVAL, "adapter", "%s: malformed pax extended header at byte %llu: record at byte %llu: %s",
+                               p, (unsigned long long)at, (unsigned long long)(at + 512 + pos), why);
     return 0;
 }
 
@@ -425,8 +424,9 @@ static int tar_ext_header(const uint8_t *h, char type, uint64_t size, uint64_t a
     if (type == 'L') {
         size_t n = strnlen((const char *)d, (size_t)size);
         if (n == 0 || n == size || n >= TAR_MAX_PATH)
-            return lorad_error_set(err, -EINVAL, "adapter", "%s: GNU long-name header at byte %llu: the name is empty, not NUL-terminated or longer than %d bytes",
-                                   p, (unsigned long long)at, TAR_MAX_PATH - 1);
+            return lorad_error_set(err, -EINVAL, "adapter",
+                                   "%s: GNU long-name header at byte %llu: the name is empty, not NUL-terminated or "
+                                   "longer than " TAR_MAX_PATH_S " bytes", p, (unsigned long long)at);
         memcpy(pend->path, d, n + 1);
         pend->has_path = 1;
     }
@@ -454,8 +454,9 @@ static int load_tar(struct lorad_adapter *a, const struct lorad_llama_config *cf
         for (int i = 0; i < 512 && zero; i++) zero = h[i] == 0;
         if (zero) {
             if (pend.has_path || pend.has_size) {
-                rc = lorad_error_set(err, -EINVAL, "adapter", "%s: the extended header at byte %llu is not followed by a member",
-                                     p, (unsigned long long)pend.from);
+                rc = lorad_error_set(err, -EINVAL, "adapter",
+                                     "%s: the extended header at byte %llu is not followed by a member", p,
+                                     (unsigned long long)pend.from);
                 goto out;
             }
             break;
