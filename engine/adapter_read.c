@@ -294,11 +294,23 @@ static int load_peft(struct lorad_adapter *a, const struct lorad_llama_config *c
     return rc;
 }
 
-/* ---- adapter.tar: a POSIX ustar archive of one PEFT folder (what engine/tar_write.c writes and
- * the API serves). The archive is mapped and its two members are parsed where they lie, so there
- * is no temporary directory to clean up. Headers are 512-byte blocks (name[100] at 0, size as
- * octal at 124, checksum at 148, type at 156, "ustar" at 257, prefix[155] at 345), each member's
- * data padded to 512 bytes, and a zero block ends the archive. */
+/* ---- adapter.tar: a POSIX tar archive of one PEFT folder (what engine/tar_write.c writes and
+ * the API serves, or what GNU/BSD tar make of the folder). The archive is mapped and its two members
+ * are parsed where they lie, so there is no temporary directory to clean up. Headers are 512-byte
+ * blocks (name[100] at 0, size as octal at 124, checksum at 148, type at 156, "ustar" at 257,
+ * prefix[155] at 345), each member's data padded to 512 bytes, and a zero block ends the archive.
+ * pax (POSIX.1-2001: macOS tar, GNU tar --format=pax/--posix) and GNU tar's own format put a long
+ * name, or a size the octal field cannot hold, into an extra header before the member: type 'x'
+ * (records "LEN KEY=VALUE\n" for the next member), 'g' (the same, for all later members) or 'L'
+ * (GNU: the next member's name as data). */
+
+/* Bounds on what extended headers may hold: a path, and the data of one extended header (tar
+ * writes a few hundred bytes; these only keep a hostile archive from making us loop long). */
+#define TAR_MAX_PATH 4096
+#define TAR_MAX_PATH_S "4095" /* the longest path, for messages */
+#define TAR_MAX_EXT (64 << 10)
+#define TAR_MAX_PAX_RECORDS 1024
+#define TAR_MAX_PAX_RECORDS_S "1024"
 
 static const char *const tar_members[2] = {"adapter_config.json", "adapter_model.safetensors"};
 
@@ -319,6 +331,108 @@ static int is_tar(const struct lorad_mapping *m) {
     return m->size >= 512 && memcmp(m->data + 257, "ustar", 5) == 0;
 }
 
+/* What a pax 'x' header or a GNU 'L' header says about the next member: its path and its size,
+ * each overriding the ustar header's field when has_ is set. */
+struct tar_pending {
+    char path[TAR_MAX_PATH];
+    int has_path, has_size;
+    uint64_t size;
+    uint64_t from; /* offset of the (first) extended header, for the error when no member follows */
+};
+
+/* Reads an unsigned decimal of n chars (no sign, at least one digit, below 2^63); -EINVAL otherwise. */
+static int tar_decimal(const uint8_t *s, size_t n, uint64_t *ret) {
+    uint64_t v = 0;
+    if (n == 0 || n > 19) return -EINVAL; /* 19 digits always fit below 2^63 */
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9') return -EINVAL;
+        v = v * 10 + (uint64_t)(s[i] - '0');
+    }
+    *ret = v;
+    return 0;
+}
+
+/* Parses the records "LEN KEY=VALUE\n" of a pax extended header (data d[0..n) of the header at
+ * byte at of archive p; LEN is decimal and counts the whole record). When apply is set (type 'x',
+ * which describes the next member) path and size go to *pend; other keys (mtime, uid, SCHILY.*,
+ * LIBARCHIVE.*, ...) do not change which bytes are a member's data and are ignored, except
+ * GNU.sparse.*, whose member data is a sparse map rather than the file. A global header ('g')
+ * is only checked: its records would apply to every later member, and a global path or size
+ * makes no sense for an archive of two files. Any malformed record is -EINVAL naming the byte. */
+static int tar_pax_records(const uint8_t *d, size_t n, uint64_t at, int apply, struct tar_pending *pend,
+                           const char *p, struct lorad_error *err) {
+    size_t pos = 0;
+    int count = 0;
+    const char *why = NULL;
+    while (pos < n && !why) {
+        size_t digits = 0;
+        while (pos + digits < n && digits < 20 && d[pos + digits] >= '0' && d[pos + digits] <= '9') digits++;
+        uint64_t len = 0;
+        if (++count > TAR_MAX_PAX_RECORDS) why = "more records than the " TAR_MAX_PAX_RECORDS_S " allowed";
+        else if (tar_decimal(d + pos, digits, &len) < 0 || pos + digits >= n || d[pos + digits] != ' ')
+            why = "bad length field (want decimal digits and a space)";
+        else if (len > n - pos) why = "length runs past the end of the header's data";
+        else if (len < digits + 4) why = "length too short for \"KEY=VALUE\\n\""; /* "N k=\n" at least */
+        else if (d[pos + len - 1] != '\n') why = "record does not end in a newline (length field inconsistent)";
+        if (why) break;
+        const uint8_t *key = d + pos + digits + 1, *end = d + pos + len - 1; /* end: the '\n' */
+        const uint8_t *eq = memchr(key, '=', (size_t)(end - key));
+        if (!eq || eq == key) {
+            why = eq ? "empty key" : "no '=' in the record";
+            break;
+        }
+        size_t klen = (size_t)(eq - key), vlen = (size_t)(end - eq - 1);
+        const uint8_t *val = eq + 1;
+        uint64_t v;
+        if (klen == 4 && memcmp(key, "size", 4) == 0) {
+            if (tar_decimal(val, vlen, &v) < 0) why = "size is not a decimal number";
+            else if (apply) pend->size = v, pend->has_size = 1;
+        } else if (klen == 4 && memcmp(key, "path", 4) == 0) {
+            if (vlen == 0 || vlen >= TAR_MAX_PATH || memchr(val, '\0', vlen))
+                why = "path is empty, holds a NUL or is longer than " TAR_MAX_PATH_S " bytes";
+            else if (apply) {
+                memcpy(pend->path, val, vlen);
+                pend->path[vlen] = '\0';
+                pend->has_path = 1;
+            }
+        } else if (klen > 11 && memcmp(key, "GNU.sparse.", 11) == 0) {
+            return lorad_error_set(err, -EINVAL, "adapter",
+                                   "%s: pax extended header at byte %llu describes a sparse file (%.*s), which lorad "
+                                   "does not read", p, (unsigned long long)at, (int)klen, (const char *)key);
+        }
+        if (!why) pos += (size_t)len;
+    }
+    if (why)
+        return lorad_error_set(err, -EINVAL, "adapter", "%s: malformed pax extended header at byte %llu: record at byte %llu: %s",
+                               p, (unsigned long long)at, (unsigned long long)(at + 512 + pos), why);
+    return 0;
+}
+
+/* Handles the extended header h of type 'x', 'g' (pax), 'L' or 'K' (GNU long name / long link) at
+ * byte at, whose data is size bytes (already checked to lie inside the archive): 'x' and 'L' set
+ * the next member's path (and 'x' its size) in *pend; 'g' is checked and otherwise skipped; 'K'
+ * names a link target, which no member we read has, and is skipped. */
+static int tar_ext_header(const uint8_t *h, char type, uint64_t size, uint64_t at, struct tar_pending *pend,
+                          const char *p, struct lorad_error *err) {
+    if (size > TAR_MAX_EXT)
+        return lorad_error_set(err, -EINVAL, "adapter", "%s: %s header at byte %llu is %llu bytes, more than the %d allowed", p,
+                               type == 'L' || type == 'K' ? "GNU long-name" : "pax extended", (unsigned long long)at,
+                               (unsigned long long)size, TAR_MAX_EXT);
+    if (!pend->has_path && !pend->has_size) pend->from = at;
+    const uint8_t *d = h + 512;
+    if (type == 'x' || type == 'g') return tar_pax_records(d, (size_t)size, at, type == 'x', pend, p, err);
+    if (type == 'L') {
+        size_t n = strnlen((const char *)d, (size_t)size);
+        if (n == 0 || n == size || n >= TAR_MAX_PATH)
+            return lorad_error_set(err, -EINVAL, "adapter",
+                                   "%s: GNU long-name header at byte %llu: the name is empty, not NUL-terminated or "
+                                   "longer than " TAR_MAX_PATH_S " bytes", p, (unsigned long long)at);
+        memcpy(pend->path, d, n + 1);
+        pend->has_path = 1;
+    }
+    return 0;
+}
+
 static int load_tar(struct lorad_adapter *a, const struct lorad_llama_config *cfg, struct lorad_error *err) {
     const char *p = a->path;
     struct lorad_mapping m;
@@ -327,6 +441,8 @@ static int load_tar(struct lorad_adapter *a, const struct lorad_llama_config *cf
     const uint8_t *found[2] = {NULL, NULL};
     size_t found_size[2] = {0, 0};
     uint64_t at = 0;
+    struct tar_pending pend = {0};
+    char name[TAR_MAX_PATH + 8];
     for (;;) {
         if (m.size - at < 512) {
             rc = lorad_error_set(err, -EINVAL, "adapter", "%s: truncated tar archive: no end-of-archive block after byte %llu",
@@ -336,7 +452,15 @@ static int load_tar(struct lorad_adapter *a, const struct lorad_llama_config *cf
         const uint8_t *h = m.data + at;
         int zero = 1;
         for (int i = 0; i < 512 && zero; i++) zero = h[i] == 0;
-        if (zero) break;
+        if (zero) {
+            if (pend.has_path || pend.has_size) {
+                rc = lorad_error_set(err, -EINVAL, "adapter",
+                                     "%s: the extended header at byte %llu is not followed by a member", p,
+                                     (unsigned long long)pend.from);
+                goto out;
+            }
+            break;
+        }
         uint64_t sum_want, size;
         unsigned sum = 0;
         for (int i = 0; i < 512; i++) sum += (i >= 148 && i < 156) ? ' ' : h[i];
@@ -345,23 +469,23 @@ static int load_tar(struct lorad_adapter *a, const struct lorad_llama_config *cf
                                  (unsigned long long)at);
             goto out;
         }
-        if (tar_octal(h + 124, 12, &size) < 0) {
-            rc = lorad_error_set(err, -EINVAL, "adapter", "%s: tar header at byte %llu has a bad size field", p,
-                                 (unsigned long long)at);
-            goto out;
-        }
-        char name[256];
-        if (h[345]) snprintf(name, sizeof name, "%.155s/%.100s", (const char *)h + 345, (const char *)h);
-        else snprintf(name, sizeof name, "%.100s", (const char *)h);
         char type = (char)h[156];
-        /* pax and GNU long-name headers rewrite the next member's name or size; reading past them
-         * could pick the wrong bytes, so they are refused rather than ignored. */
-        if (type == 'x' || type == 'g' || type == 'L' || type == 'K') {
-            rc = lorad_error_set(err, -EINVAL, "adapter",
-                                 "%s: tar member %s has type '%c' (pax/GNU extended header), which lorad does not "
-                                 "read; create the archive with tar --format=ustar",
-                                 p, name, type);
-            goto out;
+        int ext = type == 'x' || type == 'g' || type == 'L' || type == 'K';
+        if (ext || !pend.has_size) {
+            if (tar_octal(h + 124, 12, &size) < 0) {
+                rc = lorad_error_set(err, -EINVAL, "adapter", "%s: tar header at byte %llu has a bad size field", p,
+                                     (unsigned long long)at);
+                goto out;
+            }
+        } else {
+            size = pend.size; /* a pax size overrides the field (which may not hold it) */
+        }
+        if (ext || !pend.has_path) {
+            /* prefix[155] is POSIX ustar's ("ustar\0"); GNU's "ustar  " keeps atime there */
+            if (h[345] && h[262] == '\0') snprintf(name, sizeof name, "%.155s/%.100s", (const char *)h + 345, (const char *)h);
+            else snprintf(name, sizeof name, "%.100s", (const char *)h);
+        } else {
+            snprintf(name, sizeof name, "%s", pend.path);
         }
         uint64_t padded = (size + 511) / 512 * 512;
         if (size > LORAD_ADAPTER_MAX_TAR_MEMBER || padded > m.size - at - 512) {
@@ -374,6 +498,12 @@ static int load_tar(struct lorad_adapter *a, const struct lorad_llama_config *cf
                                      (unsigned long long)size, (unsigned long long)(m.size - at - 512));
             goto out;
         }
+        if (ext) {
+            if ((rc = tar_ext_header(h, type, size, at, &pend, p, err)) < 0) goto out;
+            at += 512 + padded;
+            continue;
+        }
+        pend.has_path = pend.has_size = 0; /* 'x' and 'L' describe only this member */
         const char *slash = strrchr(name, '/');
         const char *base = slash ? slash + 1 : name;
         for (int k = 0; k < 2; k++) {

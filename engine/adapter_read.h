@@ -1,5 +1,5 @@
 /* Loading LoRA adapters back from disk: a PEFT directory (adapter_config.json +
- * adapter_model.safetensors, F32/BF16/F16 tensors), an adapter.tar (a ustar archive of one such
+ * adapter_model.safetensors, F32/BF16/F16 tensors), an adapter.tar (a tar archive of one such
  * directory, as the API serves it) or a llama.cpp GGUF LoRA file. The result is an
  * owned list of f32 tensors in PEFT naming WITHOUT the "base_model.model." prefix and in HF row
  * order (GGUF's q/k lora_B rows are moved back from Meta's interleaved RoPE order).
@@ -30,13 +30,18 @@ struct lorad_adapter {
     struct lorad_adapter_tensor *tensors; /* each data is a malloc'd f32 buffer owned by the adapter */
 };
 
-/* Loads path: a directory is read as PEFT, a regular file with ustar magic (at byte 257) as an
+/* Loads path: a directory is read as PEFT, a regular file with ustar magic (at byte 257: POSIX or GNU) as an
  * adapter.tar, a file starting with "GGUF" as a llama.cpp LoRA. An adapter.tar is read in place (the
  * archive is mapped; no temporary files): its members adapter_config.json and
  * adapter_model.safetensors (matched by file name, in whatever folder) must be regular files, appear once,
- * and pass the same checks as in a directory; other members are ignored; pax/GNU extended headers,
- * truncated headers or members, bad checksums or size fields, and members larger than
- * LORAD_ADAPTER_MAX_TAR_MEMBER are refused with err naming the archive and the problem.
+ * and pass the same checks as in a directory; other members are ignored. ustar, pax (GNU tar
+ * --format=pax/--posix, macOS tar) and GNU-format archives are read: a pax 'x' header's path and
+ * size records replace the next member's name and size (other keys are ignored), a GNU 'L' header
+ * gives the next member's name, 'g' and 'K' headers are checked and skipped. Malformed pax records
+ * (length field, '=', trailing newline), extended headers over 64 KiB or paths over 4095 bytes,
+ * sparse members, truncated headers or members, bad checksums or size fields, and members larger
+ * than LORAD_ADAPTER_MAX_TAR_MEMBER are refused with err naming the archive, the problem and, for
+ * headers, the byte offset.
  * cfg is the base model's config. With cfg == NULL only the structure is checked (names, pairs,
  * rank), which is enough for re-writing a PEFT dir; a GGUF adapter needs cfg (head_dim for the
  * RoPE rows) and fails with -EINVAL without one. Returns 0 and *ret_adapter (owned by the caller,

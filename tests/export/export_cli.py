@@ -1,8 +1,8 @@
 #!/usr/bin/python3
 """`lorad export` end to end: every format from PEFT and GGUF adapters on HF (F32, BF16, tied),
 GGUF and llama2.c bases, outputs checked by tests/reference/peft_merge_ref.py (ours, from PEFT's
-semantics and the file specs), and from an adapter.tar made by GNU tar (same bytes as from the
-directory); usage errors exit 2, bad inputs (damaged archives included) exit 1 naming the file."""
+semantics and the file specs), and from an adapter.tar made by GNU tar in ustar, pax and GNU
+format (same bytes as from the directory); usage errors exit 2, bad inputs (damaged archives included) exit 1 naming the file."""
 import json
 import os
 import shutil
@@ -136,6 +136,45 @@ def main():
         out = os.path.join(tmp, "merged_from_tar")
         lorad("--adapter", tar_demo, "--format", "merged", "--out", out)
         ref("check-merged", demo, ad_demo, out)
+        # pax (GNU tar --format=pax and --posix: an 'x' header before every member, as macOS tar
+        # writes too) and GNU format; folder names over 100 chars force a GNU 'L' long-name header
+        # and, over 155, a pax path record: each exports the same bytes as the directory
+        long_dir = os.path.join(tmp, "d" * 170)
+        shutil.copytree(ad_demo, long_dir)
+        for name, fmt, src in (("pax.tar", "--format=pax", ad_demo), ("posix.tar", "--posix", ad_demo),
+                               ("gnu_long.tar", "--format=gnu", long_dir), ("pax_long.tar", "--format=pax", long_dir)):
+            t = os.path.join(tmp, name)
+            run(["tar", fmt, "-cf", t, "-C", tmp, os.path.basename(src)], 0)
+            data = open(t, "rb").read()
+            kind = b"L" if fmt == "--format=gnu" else b"x"
+            if data[156:157] != kind:  # the archive really has the extended header under test
+                failures.append(f"{name}: first header has type {data[156:157]!r}, expected {kind!r}")
+            if src == long_dir and (b"path=" if kind == b"x" else b"@LongLink") not in data:
+                failures.append(f"{name}: no long-name record")
+            out_dir = os.path.join(tmp, "peft_" + name)
+            lorad("--adapter", t, "--format", "peft", "--out", out_dir)
+            for member in ("adapter_model.safetensors", "adapter_config.json"):
+                if os.path.exists(os.path.join(out_dir, member)):
+                    same_bytes(os.path.join(peft_dir, member), os.path.join(out_dir, member))
+            gg_out = os.path.join(tmp, name + ".gguf")
+            lorad("--adapter", t, "--format", "gguf", "--out", gg_out)
+            if os.path.exists(gg_out):
+                same_bytes(gg2, gg_out)
+        # a malformed pax record in a GNU-made archive: the first record's length made one too big
+        # (same width, so the header's checksum is recomputed over the data only: it covers none)
+        t = bytearray(open(os.path.join(tmp, "pax.tar"), "rb").read())
+        sp = t.index(b" ", 512)
+        n = int(t[512:sp])
+        if len(str(n + 1)) == sp - 512:
+            t[512:sp] = str(n + 1).encode()
+        else:
+            t[512:sp] = str(n - 1).encode()
+        bad_tar_path = os.path.join(tmp, "pax_badlen.tar")
+        with open(bad_tar_path, "wb") as f:
+            f.write(t)
+        lorad("--adapter", bad_tar_path, "--format", "peft", "--out", os.path.join(tmp, "z"), status=1,
+              text=f"{bad_tar_path}: malformed pax extended header at byte 0: record at byte 512:")
+
         # members at the top level (tar -C dir .), and an unrelated extra member, are fine too
         tar_flat = os.path.join(tmp, "flat.tar")
         with open(os.path.join(tmp, "README.md"), "w") as f:

@@ -498,15 +498,18 @@ static void test_tar(void **state) {
     memcpy(bad + st_at + 124, "777777777777", 12); /* 12 digits, no NUL: 64 GiB - 1 */
     tar_reseal(bad, st_at);
     expect_bad_tar(dir, "big.tar", bad, len, -EFBIG, "tar member adapter/adapter_model.safetensors is 68719476735 bytes, more than the");
-    /* a member of ours that is not a regular file; a pax header */
+    /* a member of ours that is not a regular file */
     memcpy(bad, raw, len);
     bad[st_at + 156] = '2';
     tar_reseal(bad, st_at);
     expect_bad_tar(dir, "link.tar", bad, len, -EINVAL, "tar member adapter/adapter_model.safetensors has type '2', expected a regular file");
+    /* the safetensors member turned into a pax header: its data is not "LEN KEY=VALUE\n" records */
     memcpy(bad, raw, len);
     bad[st_at + 156] = 'x';
     tar_reseal(bad, st_at);
-    expect_bad_tar(dir, "pax.tar", bad, len, -EINVAL, "pax/GNU extended header");
+    snprintf(want, sizeof want, "malformed pax extended header at byte %zu: record at byte %zu: bad length field", st_at,
+             st_at + 512);
+    expect_bad_tar(dir, "pax.tar", bad, len, -EINVAL, want);
     /* damage inside a member is reported by its own parser, under the archive's name */
     memcpy(bad, raw, len);
     bad[st_at + 512 + 8] = 'x';
@@ -531,6 +534,202 @@ static void test_tar(void **state) {
     free(dir);
 }
 
+/* Appends the pax record "LEN key=value\n" to buf at *n; LEN counts the whole record, its own
+ * digits included (computed here independently of the parser). */
+static void pax_rec(char *buf, size_t *n, const char *key, const char *value) {
+    size_t body = 1 + strlen(key) + 1 + strlen(value) + 1; /* " key=value\n" */
+    size_t len = body + 1;
+    while (len != body + (size_t)snprintf(NULL, 0, "%zu", len)) len++;
+    *n += (size_t)sprintf(buf + *n, "%zu %s=%s\n", len, key, value);
+}
+
+/* Returns a new archive (length in *ret_len): raw[0..at), then a header block of type with data
+ * ext[0..n) padded to 512, then raw[at..len). The header is a valid POSIX ustar one. */
+static unsigned char *tar_insert(const unsigned char *raw, size_t len, size_t at, char type, const void *ext, size_t n,
+                                 size_t *ret_len) {
+    size_t padded = (n + 511) / 512 * 512;
+    unsigned char *out = calloc(1, len + 512 + padded);
+    memcpy(out, raw, at);
+    unsigned char *h = out + at;
+    snprintf((char *)h, 100, "%s", type == 'L' ? "././@LongLink" : "adapter/PaxHeaders/x");
+    memcpy(h + 100, "0000644", 8);
+    snprintf((char *)h + 124, 12, "%011zo", n);
+    h[156] = (unsigned char)type;
+    memcpy(h + 257, "ustar\0" "00", 8);
+    tar_reseal(out, at);
+    memcpy(out + at + 512, ext, n);
+    memcpy(out + at + 512 + padded, raw + at, len - at);
+    *ret_len = len + 512 + padded;
+    return out;
+}
+
+/* pax ('x', 'g') and GNU long-name ('L', 'K') headers, as GNU tar --format=pax/gnu and macOS tar
+ * write them: a pax path and size replace the next member's name and size field (here the
+ * member's own fields are made wrong, so loading works only if they are honoured), other keys
+ * and global headers are skipped; malformed records fail naming the archive, byte and problem.
+ * (GNU tar itself as producer: export_cli.py.) */
+static void test_tar_pax(void **state) {
+    (void)state;
+    struct lorad_llama_config c = test_config();
+    struct adapter_fixture f;
+    make_adapter(&f, &c, 4);
+    char *dir = test_mkdtemp("adapter-pax");
+    char *peft = test_path(dir, "peft"), *tar = test_path(dir, "adapter.tar");
+    struct lorad_adapter_meta meta = test_meta(4, 8, false);
+    struct lorad_error err = {0};
+    assert_int_equal(lorad_adapter_write_peft(peft, &meta, f.t, f.n, &err), 0);
+    static const char *const both[] = {"adapter_config.json", "adapter_model.safetensors"};
+    assert_int_equal(lorad_tar_write(tar, peft, both, 2, "adapter", &err), 0);
+    size_t len, n2, st_size;
+    unsigned char *raw = test_read_file(tar, &len);
+    size_t st_at = tar_find(raw, len, "adapter_model.safetensors");
+    char *st_path = test_path(peft, "adapter_model.safetensors");
+    free(test_read_file(st_path, &st_size));
+    free(st_path);
+    /* the safetensors member renamed to junk with size 0; an 'x' header gives back a 200-char path
+     * and the size; mtime, SCHILY.* and LIBARCHIVE.* records are ignored; a 'g' header up front */
+    unsigned char *mod = malloc(len);
+    memcpy(mod, raw, len);
+    memset(mod + st_at, 0, 100);
+    memcpy(mod + st_at, "junk", 4);
+    memcpy(mod + st_at + 124, "00000000000", 11);
+    tar_reseal(mod, st_at);
+    char rec[70000], longpath[256], sizebuf[32];
+    size_t rn = 0;
+    memset(longpath, 'd', 200);
+    snprintf(longpath + 200, sizeof longpath - 200, "/adapter_model.safetensors");
+    snprintf(sizebuf, sizeof sizebuf, "%zu", st_size);
+    pax_rec(rec, &rn, "mtime", "1795934285.097888902");
+    pax_rec(rec, &rn, "path", longpath);
+    pax_rec(rec, &rn, "SCHILY.xattr.user.a", "b=c");
+    pax_rec(rec, &rn, "size", sizebuf);
+    pax_rec(rec, &rn, "LIBARCHIVE.creationtime", "1");
+    unsigned char *x = tar_insert(mod, len, st_at, 'x', rec, rn, &n2);
+    size_t gn = 0;
+    char grec[128];
+    pax_rec(grec, &gn, "comment", "made by a test");
+    size_t n3;
+    unsigned char *xg = tar_insert(x, n2, 0, 'g', grec, gn, &n3);
+    test_write_file(tar, xg, n3);
+    struct lorad_adapter *a = NULL;
+    assert_int_equal(lorad_adapter_load(tar, &c, &a, &err), 0);
+    assert_same_tensors(a, &f);
+    lorad_adapter_free(a);
+    free(xg);
+    /* a GNU 'L' long name (and a 'K' long link, skipped) for the renamed member: its size field is
+     * intact here, since GNU format has no size override */
+    memcpy(mod, raw, len);
+    memset(mod + st_at, 0, 100);
+    memcpy(mod + st_at, "junk", 4);
+    tar_reseal(mod, st_at);
+    unsigned char *l = tar_insert(mod, len, st_at, 'L', longpath, strlen(longpath) + 1, &n2);
+    unsigned char *lk = tar_insert(l, n2, st_at, 'K', "target", 7, &n3);
+    test_write_file(tar, lk, n3);
+    assert_int_equal(lorad_adapter_load(tar, &c, &a, &err), 0);
+    assert_same_tensors(a, &f);
+    lorad_adapter_free(a);
+    free(l);
+    free(lk);
+    /* without the 'x' header the renamed, size-0 member is not ours: the override is what works */
+    memcpy(mod, raw, len);
+    memset(mod + st_at, 0, 100);
+    memcpy(mod + st_at, "junk", 4);
+    tar_reseal(mod, st_at);
+    expect_bad_tar(dir, "noext.tar", mod, len, -EINVAL, "the tar holds no adapter_model.safetensors");
+
+    /* malformed records; each names the header's byte and the record's */
+    char want[256];
+    snprintf(want, sizeof want, "malformed pax extended header at byte %zu: record at byte %zu: ", st_at, st_at + 512);
+    static const struct { const char *rec, *why; } bad[] = {
+        {"99 path=adapter_model.safetensors\n", "length runs past the end of the header's data"},
+        {"20 path=adapter_model.safetensors\n", "record does not end in a newline"},
+        {"x1 path=a\n", "bad length field"},
+        {"10path=ab\n", "bad length field"},
+        {"-12 path=ab\n", "bad length field"},
+        {"012345678901234567890 k=v\n", "bad length field"},
+        {"13 pathabcde\n", "no '=' in the record"},
+        {"9 =value\n", "empty key"},
+        {"11 size=1x\n", "size is not a decimal number"},
+        {"8 size=\n", "size is not a decimal number"},
+        {"3 \n", "length too short"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char w[512], name[32];
+        snprintf(w, sizeof w, "%s%s", want, bad[i].why);
+        snprintf(name, sizeof name, "badrec%zu.tar", i);
+        x = tar_insert(raw, len, st_at, 'x', bad[i].rec, strlen(bad[i].rec), &n2);
+        expect_bad_tar(dir, name, x, n2, -EINVAL, w);
+        free(x);
+    }
+    /* a good record followed by a bad one: the second record's byte is named */
+    rn = 0;
+    pax_rec(rec, &rn, "mtime", "1");
+    size_t second = rn;
+    memcpy(rec + rn, "5 a=b\n", 6); /* 6 bytes, says 5 */
+    rn += 6;
+    x = tar_insert(raw, len, st_at, 'x', rec, rn, &n2);
+    snprintf(want, sizeof want, "malformed pax extended header at byte %zu: record at byte %zu: record does not end",
+             st_at, st_at + 512 + second);
+    expect_bad_tar(dir, "second.tar", x, n2, -EINVAL, want);
+    free(x);
+    /* the same checks apply to a global header */
+    x = tar_insert(raw, len, 0, 'g', "13 pathabcde\n", 13, &n2);
+    expect_bad_tar(dir, "badg.tar", x, n2, -EINVAL, "malformed pax extended header at byte 0: record at byte 512: no '='");
+    free(x);
+    /* an extended header over 64 KiB (one valid comment record) */
+    rn = 0;
+    char *big = malloc(65536 + 1);
+    memset(big, 'c', 65536);
+    big[65536] = '\0';
+    pax_rec(rec, &rn, "comment", big);
+    free(big);
+    x = tar_insert(raw, len, st_at, 'x', rec, rn, &n2);
+    snprintf(want, sizeof want, "pax extended header at byte %zu is %zu bytes, more than the 65536 allowed", st_at, rn);
+    expect_bad_tar(dir, "bigext.tar", x, n2, -EINVAL, want);
+    free(x);
+    /* sparse members; a path of 4096 bytes; an 'x' header with nothing after it */
+    rn = 0;
+    pax_rec(rec, &rn, "GNU.sparse.major", "1");
+    x = tar_insert(raw, len, st_at, 'x', rec, rn, &n2);
+    expect_bad_tar(dir, "sparse.tar", x, n2, -EINVAL, "describes a sparse file (GNU.sparse.major)");
+    free(x);
+    char *huge = malloc(4097);
+    memset(huge, 'p', 4096);
+    huge[4096] = '\0';
+    rn = 0;
+    pax_rec(rec, &rn, "path", huge);
+    x = tar_insert(raw, len, st_at, 'x', rec, rn, &n2);
+    expect_bad_tar(dir, "longpath.tar", x, n2, -EINVAL, "path is empty, holds a NUL or is longer than 4095 bytes");
+    free(x);
+    x = tar_insert(raw, len, st_at, 'L', huge, 4097, &n2);
+    expect_bad_tar(dir, "longL.tar", x, n2, -EINVAL, "GNU long-name header at byte");
+    free(x);
+    x = tar_insert(raw, len, st_at, 'L', "adapter_model.safetensors", 25, &n2); /* no NUL */
+    expect_bad_tar(dir, "nonulL.tar", x, n2, -EINVAL, "not NUL-terminated");
+    free(x);
+    free(huge);
+    size_t end = tar_find(raw, len, "adapter_model.safetensors") + 512 + (st_size + 511) / 512 * 512;
+    rn = 0;
+    pax_rec(rec, &rn, "path", "adapter/extra");
+    x = tar_insert(raw, len, end, 'x', rec, rn, &n2);
+    snprintf(want, sizeof want, "the extended header at byte %zu is not followed by a member", end);
+    expect_bad_tar(dir, "dangling.tar", x, n2, -EINVAL, want);
+    free(x);
+    /* a pax size past the archive's end is a truncation */
+    rn = 0;
+    pax_rec(rec, &rn, "size", "99999999");
+    x = tar_insert(raw, len, st_at, 'x', rec, rn, &n2);
+    expect_bad_tar(dir, "paxsize.tar", x, n2, -EINVAL, "truncated tar archive: member adapter/adapter_model.safetensors needs 99999999 bytes");
+    free(x);
+    free(mod);
+    free(raw);
+    free(peft);
+    free(tar);
+    free_adapter(&f);
+    test_rmtree(dir);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_peft_round_trip),
@@ -541,6 +740,7 @@ int main(void) {
         cmocka_unit_test(test_truncated_and_missing),
         cmocka_unit_test(test_gguf_failures),
         cmocka_unit_test(test_tar),
+        cmocka_unit_test(test_tar_pax),
         cmocka_unit_test(test_merge_kernel_matches_loops),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
