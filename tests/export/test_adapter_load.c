@@ -616,6 +616,7 @@ static void test_tar_pax(void **state) {
     assert_same_tensors(a, &f);
     lorad_adapter_free(a);
     free(xg);
+    free(x);
     /* a GNU 'L' long name (and a 'K' long link, skipped) for the renamed member: its size field is
      * intact here, since GNU format has no size override */
     memcpy(mod, raw, len);
