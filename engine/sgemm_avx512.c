@@ -246,3 +246,16 @@ void lorad_sgemm_avx512(bool trans_a, bool trans_b, enum lorad_dtype b_dtype, in
         }
     }
 }
+
+void lorad_sgemm_ref(bool trans_a, bool trans_b, enum lorad_dtype b_dtype, int64_t M, int64_t N, int64_t K, float alpha,
+                     const float *A, int64_t lda, const void *B, int64_t ldb, float beta, float *C, int64_t ldc) {
+    for (int64_t i = 0; i < M; i++)
+        for (int64_t j = 0; j < N; j++) {
+            double acc = 0;
+            for (int64_t k = 0; k < K; k++)
+                acc += (double)(trans_a ? A[k * lda + i] : A[i * lda + k]) *
+                       b_elem(b_dtype, B, trans_b ? j * ldb + k : k * ldb + j);
+            double prior = beta == 0.0f ? 0.0 : (double)beta * C[i * ldc + j];
+            C[i * ldc + j] = (float)((double)alpha * acc + prior);
+        }
+}

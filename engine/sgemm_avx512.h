@@ -32,3 +32,8 @@ bool lorad_sgemm_avx512_available(void);
 void lorad_sgemm_avx512(bool trans_a, bool trans_b, enum lorad_dtype b_dtype, int64_t M, int64_t N, int64_t K,
                         float alpha, const float *A, int64_t lda, const void *B, int64_t ldb, float beta, float *C,
                         int64_t ldc, float *work);
+
+/* The plain loop the kernel is tested against: the same product with double accumulation, on any
+ * CPU. Same arguments and beta == 0 rule, no work buffer. */
+void lorad_sgemm_ref(bool trans_a, bool trans_b, enum lorad_dtype b_dtype, int64_t M, int64_t N, int64_t K, float alpha,
+                     const float *A, int64_t lda, const void *B, int64_t ldb, float beta, float *C, int64_t ldc);

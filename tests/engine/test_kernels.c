@@ -132,16 +132,13 @@ static void sgemm_avx512_case(bool ta, bool tb, bool bf16, int64_t M, int64_t N,
     }
     if (beta == 0.0f)
         for (int64_t i = 0; i < M * ldc; i++) C[i] = NAN;
-    double *want = malloc(sizeof(double) * (size_t)(M * N));
+    float *want = malloc(sizeof(float) * (size_t)(M * ldc));
+    memcpy(want, C, sizeof(float) * (size_t)(M * ldc));
+    lorad_sgemm_ref(ta, tb, bf16 ? LORAD_DTYPE_BF16 : LORAD_DTYPE_F32, M, N, K, alpha, A, lda,
+                    bf16 ? (const void *)Bh : (const void *)Bf, ldb, beta, want, ldc);
     double mx = 0;
     for (int64_t i = 0; i < M; i++)
-        for (int64_t j = 0; j < N; j++) {
-            double acc = 0;
-            for (int64_t k = 0; k < K; k++)
-                acc += (double)(ta ? A[k * lda + i] : A[i * lda + k]) * (tb ? Bf[j * ldb + k] : Bf[k * ldb + j]);
-            want[i * N + j] = alpha * acc + (beta == 0.0f ? 0.0 : (double)beta * C[i * ldc + j]);
-            mx = fmax(mx, fabs(want[i * N + j]));
-        }
+        for (int64_t j = 0; j < N; j++) mx = fmax(mx, fabs(want[i * ldc + j]));
     float *work = malloc(sizeof(float) * LORAD_SGEMM_AVX512_WORK_FLOATS);
     float *keep = malloc(sizeof(float) * (size_t)(M * ldc));
     memcpy(keep, C, sizeof(float) * (size_t)(M * ldc));
@@ -149,7 +146,7 @@ static void sgemm_avx512_case(bool ta, bool tb, bool bf16, int64_t M, int64_t N,
                        bf16 ? (const void *)Bh : (const void *)Bf, ldb, beta, C, ldc, work);
     double md = 0;
     for (int64_t i = 0; i < M; i++) {
-        for (int64_t j = 0; j < N; j++) md = fmax(md, fabs(C[i * ldc + j] - want[i * N + j]));
+        for (int64_t j = 0; j < N; j++) md = fmax(md, fabs((double)C[i * ldc + j] - want[i * ldc + j]));
         for (int64_t j = N; j < ldc; j++) /* the padding between rows stays untouched */
             if (!(C[i * ldc + j] == keep[i * ldc + j] || (isnan(C[i * ldc + j]) && isnan(keep[i * ldc + j]))))
                 fail_msg("ta %d tb %d bf16 %d %ldx%ldx%ld: wrote C[%ld][%ld] past N", ta, tb, bf16, (long)M, (long)N,
