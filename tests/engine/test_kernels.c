@@ -115,8 +115,14 @@ static void gemm_case(int64_t M) {
 }
 static void test_gemm_matches_reference(void **state) {
     (void)state;
-    gemm_case(37);  /* split over the weight's rows */
-    gemm_case(300); /* split over tokens */
+    /* both backends on every host: the engine's kernel where the CPU has AVX-512, and OpenBLAS
+     * (with its BF16 tiles), which hosts without AVX-512 use */
+    for (int openblas = 0; openblas < 2; openblas++) {
+        lorad_gemm_prefer_openblas(openblas);
+        gemm_case(37);  /* split over the weight's rows (OpenBLAS) */
+        gemm_case(300); /* split over tokens (OpenBLAS) */
+    }
+    lorad_gemm_prefer_openblas(false);
 }
 
 /* The engine's AVX-512 kernel on its own, against a plain double loop: both transposes, F32 and
