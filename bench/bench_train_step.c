@@ -160,11 +160,8 @@ static void *run_job(void *arg) {
 static double sgemm_rate(int threads, bool openblas) {
     struct lorad_pool *pool;
     struct lorad_gemm g;
-    if (lorad_pool_new(&pool, threads) < 0) return 0;
+    if (lorad_pool_new(&pool, threads) < 0 || lorad_gemm_init(&g, pool) < 0) return 0;
     lorad_gemm_prefer_openblas(openblas);
-    int r = lorad_gemm_init(&g, pool);
-    lorad_gemm_prefer_openblas(false);
-    if (r < 0) return 0;
     int64_t M = 512, N = 4096, K = 4096;
     float *A = malloc(sizeof(float) * (size_t)(M * K)), *B = malloc(sizeof(float) * (size_t)(N * K)),
           *C = malloc(sizeof(float) * (size_t)(M * N));
@@ -176,6 +173,7 @@ static double sgemm_rate(int threads, bool openblas) {
     int reps = 5;
     for (int i = 0; i < reps; i++) lorad_gemm_xwt(&g, C, A, &W, M, false);
     double rate = 2.0 * M * N * K * reps / (now() - t0) / 1e9;
+    lorad_gemm_prefer_openblas(false);
     free(A); free(B); free(C);
     lorad_gemm_destroy(&g);
     lorad_pool_free(pool);
@@ -315,16 +313,7 @@ int main(int argc, char **argv) {
         if (s2 > sg) sg = s2;
         if (o2 > own) own = o2;
     }
-    struct lorad_pool *probe_pool;
-    struct lorad_gemm probe;
-    bool own_kernel = false;
-    if (lorad_pool_new(&probe_pool, 1) == 0) {
-        if (lorad_gemm_init(&probe, probe_pool) == 0) {
-            own_kernel = probe.own_kernel && !a.openblas;
-            lorad_gemm_destroy(&probe);
-        }
-        lorad_pool_free(probe_pool);
-    }
+    bool own_kernel = lorad_gemm_uses_own_kernel() && !a.openblas;
     double achieved = best_tps * fpt / 1e9;
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);

@@ -10,10 +10,10 @@ static bool prefer_openblas;
 
 void lorad_gemm_prefer_openblas(bool prefer) { prefer_openblas = prefer; }
 
-bool lorad_gemm_own_kernel_default(void) { return !prefer_openblas && lorad_sgemm_avx512_available(); }
+bool lorad_gemm_uses_own_kernel(void) { return !prefer_openblas && lorad_sgemm_avx512_available(); }
 
 const char *lorad_gemm_kernel_description(void) {
-    if (lorad_gemm_own_kernel_default()) return "engine AVX-512 kernel (OpenBLAS for outputs narrower than 32)";
+    if (lorad_gemm_uses_own_kernel()) return "engine AVX-512 kernel (OpenBLAS for outputs narrower than 32)";
     if (lorad_sgemm_avx512_available()) return "OpenBLAS (engine kernel switched off)";
     return "OpenBLAS (this CPU has no AVX-512F)";
 }
@@ -21,7 +21,6 @@ const char *lorad_gemm_kernel_description(void) {
 int lorad_gemm_init(struct lorad_gemm *g, struct lorad_pool *pool) {
     memset(g, 0, sizeof *g);
     g->pool = pool;
-    g->own_kernel = lorad_gemm_own_kernel_default();
     for (int t = 0; t < lorad_pool_size(pool); t++) {
         g->scratch[t] = malloc(LORAD_GEMM_SCRATCH_FLOATS * sizeof(float));
         if (!g->scratch[t]) {
@@ -51,8 +50,8 @@ void lorad_tensor_rows_f32(float *out, const struct lorad_tensor *t, int64_t r0,
     }
 }
 
-static bool own_kernel_takes(const struct lorad_gemm *g, enum lorad_dtype dtype) {
-    return g->own_kernel && (dtype == LORAD_DTYPE_F32 || dtype == LORAD_DTYPE_BF16);
+static bool own_kernel_takes(enum lorad_dtype dtype) {
+    return lorad_gemm_uses_own_kernel() && (dtype == LORAD_DTYPE_F32 || dtype == LORAD_DTYPE_BF16);
 }
 
 struct wjob {
@@ -70,8 +69,8 @@ struct wjob {
  * output dimension. The engine's own kernel packs whatever part of W a thread multiplies, so
  * slicing W packs each weight once in all rather than once per thread: it splits over N unless
  * N is too narrow for whole 32-column panels. */
-static bool split_rows_of_m(const struct lorad_gemm *g, int64_t M, int64_t N, int n_threads) {
-    if (g->own_kernel) return N < 64 * n_threads && M > N;
+static bool split_rows_of_m(int64_t M, int64_t N, int n_threads) {
+    if (lorad_gemm_uses_own_kernel()) return N < 64 * n_threads && M > N;
     return M >= 128 * (int64_t)n_threads || (N < 64 * n_threads && M > N);
 }
 
@@ -80,7 +79,7 @@ static void xwt_part(struct wjob *j, int64_t m0, int64_t m1, int64_t n0, int64_t
     int64_t K = w->cols, N = w->rows, M = m1 - m0;
     if (M <= 0 || n1 <= n0) return;
     float beta = j->accumulate ? 1.0f : 0.0f;
-    if (own_kernel_takes(j->g, w->dtype)) {
+    if (own_kernel_takes(w->dtype)) {
         int64_t esz = lorad_dtype_size(w->dtype);
         lorad_sgemm_avx512(false, true, w->dtype, M, n1 - n0, K, 1.0f, j->in + m0 * K, K,
                            (const char *)w->data + n0 * K * esz, K, beta, j->out + m0 * N + n0, N, j->g->scratch[tid]);
@@ -109,7 +108,7 @@ typedef void (*part_fn)(struct wjob *j, int64_t m0, int64_t m1, int64_t n0, int6
  * columns (split_rows_of_m), whole 32-column panels in the latter case. */
 static void run_share(struct wjob *j, part_fn part, int64_t n_out, int tid, int nt) {
     int64_t b, e;
-    if (split_rows_of_m(j->g, j->M, n_out, nt)) {
+    if (split_rows_of_m(j->M, n_out, nt)) {
         lorad_pool_slice(j->M, tid, nt, 1, &b, &e);
         part(j, b, e, 0, n_out, tid);
     } else {
@@ -134,7 +133,7 @@ static void dyw_part(struct wjob *j, int64_t m0, int64_t m1, int64_t k0, int64_t
     int64_t K = w->cols, N = w->rows, M = m1 - m0, kc = k1 - k0;
     if (M <= 0 || kc <= 0) return;
     float beta = j->accumulate ? 1.0f : 0.0f;
-    if (own_kernel_takes(j->g, w->dtype)) {
+    if (own_kernel_takes(w->dtype)) {
         int64_t esz = lorad_dtype_size(w->dtype);
         lorad_sgemm_avx512(false, false, w->dtype, M, kc, N, 1.0f, j->in + m0 * N, N,
                            (const char *)w->data + k0 * esz, K, beta, j->out + m0 * K + k0, K, j->g->scratch[tid]);
@@ -166,10 +165,9 @@ void lorad_gemm_dyw(struct lorad_gemm *g, float *dx, const float *dy, const stru
     lorad_pool_run(g->pool, dyw_thread, &j);
 }
 
-void lorad_sgemm_1t(bool own_kernel, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-                    const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc,
-                    float *work) {
-    if (own_kernel && N >= 32) {
+void lorad_sgemm_1t(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+                    int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc, float *work) {
+    if (N >= 32 && lorad_gemm_uses_own_kernel()) {
         lorad_sgemm_avx512(trans_a, trans_b, LORAD_DTYPE_F32, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, work);
         return;
     }
@@ -209,7 +207,7 @@ static void sgemm_thread(void *ctx, int tid, int nt) {
             for (int64_t k = 0; k < N; k++) C[i * j->ldc + k] *= j->beta;
         return;
     }
-    lorad_sgemm_1t(j->g->own_kernel, j->ta, j->tb, M, N, j->K, j->alpha, A, j->lda, B, j->ldb, j->beta, C, j->ldc,
+    lorad_sgemm_1t(j->ta, j->tb, M, N, j->K, j->alpha, A, j->lda, B, j->ldb, j->beta, C, j->ldc,
                    j->g->scratch[tid]);
 }
 

@@ -21,16 +21,16 @@ _Static_assert(LORAD_GEMM_SCRATCH_FLOATS >= LORAD_SGEMM_AVX512_WORK_FLOATS, "scr
 
 struct lorad_gemm {
     struct lorad_pool *pool;            /* borrowed */
-    bool own_kernel;                    /* products go to lorad_sgemm_avx512 instead of OpenBLAS */
     float *scratch[LORAD_MAX_THREADS];  /* one LORAD_GEMM_SCRATCH_FLOATS buffer per thread */
 };
 
-/* Process-wide: makes later lorad_gemm_init calls use OpenBLAS even on AVX-512 hosts, so a
- * benchmark can measure both in one run. Default false. Not thread-safe; call before models exist. */
+/* Process-wide: makes products use OpenBLAS even on AVX-512 hosts, so a benchmark or test can
+ * measure both in one run. Default false. Not thread-safe; call while no product runs. */
 void lorad_gemm_prefer_openblas(bool prefer);
 
-/* Allocates the per-thread scratch for pool (borrowed; must outlive g) and picks the kernel: the
- * engine's AVX-512 one where the CPU has it, else OpenBLAS. 0 or -ENOMEM. */
+/* Allocates the per-thread scratch for pool (borrowed; must outlive g). 0 or -ENOMEM. Products
+ * use the engine's AVX-512 kernel where the CPU has it (lorad_gemm_uses_own_kernel), else
+ * OpenBLAS. */
 int lorad_gemm_init(struct lorad_gemm *g, struct lorad_pool *pool);
 void lorad_gemm_destroy(struct lorad_gemm *g);
 
@@ -49,15 +49,16 @@ void lorad_sgemm_par(struct lorad_gemm *g, bool trans_a, bool trans_b, int64_t M
                      float *C, int64_t ldc);
 
 /* True unless lorad_gemm_prefer_openblas(true) is in effect or the CPU lacks AVX-512F. */
-bool lorad_gemm_own_kernel_default(void);
+bool lorad_gemm_uses_own_kernel(void);
 
 /* What multiplies on this host, for `lorad version` and the daemon's start line. Static string. */
 const char *lorad_gemm_kernel_description(void);
 
 /* One thread's row-major C (M, N) = alpha * op(A) · op(B) + beta * C: the engine's kernel when
- * own_kernel and N >= 32 (narrower outputs waste most of its 32-column tile), else cblas_sgemm.
- * work holds LORAD_SGEMM_AVX512_WORK_FLOATS floats; only the engine's kernel touches it. */
-void lorad_sgemm_1t(bool own_kernel, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+ * lorad_gemm_uses_own_kernel() and N >= 32 (narrower outputs waste most of its 32-column
+ * tile), else cblas_sgemm. work holds LORAD_SGEMM_AVX512_WORK_FLOATS floats; only the engine's
+ * kernel touches it. */
+void lorad_sgemm_1t(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                     const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc,
                     float *work);
 

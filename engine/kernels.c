@@ -197,16 +197,15 @@ void lorad_rope_forward_ref(float *x, const int32_t *pos, const struct lorad_lla
 
 /* ---- attention ---- */
 
-/* Per thread: scores P and dP (LORAD_ATTN_BLOCK, T), D (LORAD_ATTN_BLOCK), then the work of the
- * engine's GEMM kernel. */
-int64_t lorad_attention_scratch_floats(int T) {
-    return 2 * (int64_t)LORAD_ATTN_BLOCK * T + LORAD_ATTN_BLOCK + (int64_t)LORAD_SGEMM_AVX512_WORK_FLOATS;
-}
+/* Per thread: scores P and dP (LORAD_ATTN_BLOCK, T) and D (LORAD_ATTN_BLOCK), then the work of
+ * the engine's GEMM kernel. */
+static int64_t scores_floats(int T) { return 2 * (int64_t)LORAD_ATTN_BLOCK * T + LORAD_ATTN_BLOCK; }
 
-static float *gemm_work(float *scratch, int T) { return scratch + 2 * (int64_t)LORAD_ATTN_BLOCK * T + LORAD_ATTN_BLOCK; }
+int64_t lorad_attention_scratch_floats(int T) { return scores_floats(T) + (int64_t)LORAD_SGEMM_AVX512_WORK_FLOATS; }
+
+static float *gemm_work(float *scratch, int T) { return scratch + scores_floats(T); }
 
 struct attn_ctx {
-    bool own_kernel;
     float *const *scratch;
     float *out, *lse, *dq, *dk, *dv;
     const float *q, *k, *v, *dout, *cout, *clse;
@@ -222,7 +221,7 @@ static void block_scores(float *S, const struct attn_ctx *a, int b, int h, int i
     float scale = 1.0f / sqrtf((float)s->hd);
     const float *Q = a->q + ((int64_t)b * s->T + i0) * ldq + h * s->hd;
     const float *K = a->k + ((int64_t)b * s->T + j0) * ldk + g * s->hd;
-    lorad_sgemm_1t(a->own_kernel, false, true, i1 - i0, nk, s->hd, scale, Q, ldq, K, ldk, 0.0f, S, nk, work);
+    lorad_sgemm_1t(false, true, i1 - i0, nk, s->hd, scale, Q, ldq, K, ldk, 0.0f, S, nk, work);
     for (int i = i0; i < i1; i++) {
         float *row = S + (int64_t)(i - i0) * nk;
         int lo = a->seg[(int64_t)b * s->T + i] - j0;
@@ -262,14 +261,14 @@ static void attn_fwd_tasks(void *c, int64_t tb, int64_t te, int tid) {
             }
             const float *V = a->v + ((int64_t)b * s->T + j0) * ldk + g * s->hd;
             float *O = a->out + ((int64_t)b * s->T + i0) * ldq + h * s->hd;
-            lorad_sgemm_1t(a->own_kernel, false, false, i1 - i0, s->hd, nk, 1.0f, S, nk, V, ldk, 0.0f, O, ldq, work);
+            lorad_sgemm_1t(false, false, i1 - i0, s->hd, nk, 1.0f, S, nk, V, ldk, 0.0f, O, ldq, work);
         }
     }
 }
 
 void lorad_attention_forward(struct lorad_pool *pool, float *const *scratch, float *out, float *lse, const float *q,
                              const float *k, const float *v, const int32_t *seg, struct lorad_attn_shape s) {
-    struct attn_ctx a = {.own_kernel = lorad_gemm_own_kernel_default(), .scratch = scratch, .out = out, .lse = lse, .q = q, .k = k, .v = v, .seg = seg, .s = s};
+    struct attn_ctx a = {.scratch = scratch, .out = out, .lse = lse, .q = q, .k = k, .v = v, .seg = seg, .s = s};
     par_rows(pool, (int64_t)s.B * s.H, attn_fwd_tasks, &a);
 }
 
@@ -305,19 +304,19 @@ static void attn_bwd_tasks(void *c, int64_t tb, int64_t te, int tid) {
                     D[i] = d;
                 }
                 /* dP = dO V^T */
-                lorad_sgemm_1t(a->own_kernel, false, true, nb, nk, s->hd, 1.0f, dO, ldq, Vb + (int64_t)j0 * ldk, ldk,
+                lorad_sgemm_1t(false, true, nb, nk, s->hd, 1.0f, dO, ldq, Vb + (int64_t)j0 * ldk, ldk,
                                0.0f, dP, nk, work);
                 /* dV += P^T dO */
-                lorad_sgemm_1t(a->own_kernel, true, false, nk, s->hd, nb, 1.0f, P, nk, dO, ldq, 1.0f,
+                lorad_sgemm_1t(true, false, nk, s->hd, nb, 1.0f, P, nk, dO, ldq, 1.0f,
                                dVb + (int64_t)j0 * ldk, ldk, work);
                 for (int i = 0; i < nb; i++) {
                     float *pr = P + (int64_t)i * nk, *dr = dP + (int64_t)i * nk;
                     for (int j = 0; j < nk; j++) dr[j] = pr[j] * (dr[j] - D[i]);
                 }
                 /* dQ = scale dS K ; dK += scale dS^T Q */
-                lorad_sgemm_1t(a->own_kernel, false, false, nb, s->hd, nk, scale, dP, nk, Kb + (int64_t)j0 * ldk, ldk,
+                lorad_sgemm_1t(false, false, nb, s->hd, nk, scale, dP, nk, Kb + (int64_t)j0 * ldk, ldk,
                                0.0f, a->dq + ((int64_t)b * s->T + i0) * ldq + h * s->hd, ldq, work);
-                lorad_sgemm_1t(a->own_kernel, true, false, nk, s->hd, nb, scale, dP, nk, Q, ldq, 1.0f,
+                lorad_sgemm_1t(true, false, nk, s->hd, nb, scale, dP, nk, Q, ldq, 1.0f,
                                dKb + (int64_t)j0 * ldk, ldk, work);
             }
         }
@@ -327,7 +326,7 @@ static void attn_bwd_tasks(void *c, int64_t tb, int64_t te, int tid) {
 void lorad_attention_backward(struct lorad_pool *pool, float *const *scratch, float *dq, float *dk, float *dv,
                               const float *dout, const float *q, const float *k, const float *v, const float *out,
                               const float *lse, const int32_t *seg, struct lorad_attn_shape s) {
-    struct attn_ctx a = {.own_kernel = lorad_gemm_own_kernel_default(), .scratch = scratch, .dq = dq, .dk = dk, .dv = dv, .dout = dout, .q = q, .k = k, .v = v,
+    struct attn_ctx a = {.scratch = scratch, .dq = dq, .dk = dk, .dv = dv, .dout = dout, .q = q, .k = k, .v = v,
                          .cout = out, .clse = lse, .seg = seg, .s = s};
     par_rows(pool, (int64_t)s.B * s.KV, attn_bwd_tasks, &a);
 }

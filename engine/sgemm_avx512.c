@@ -82,8 +82,8 @@ __attribute__((target("avx512f"))) static void pack_a_rows(float *dst, const flo
 
 /* Ap (mc rounded up to MR panels, each (kc, MR)) = alpha * op(A)[i0:i0+mc, k0:k0+kc], zero rows
  * past mc so the kernel never branches on M. */
-__attribute__((target("avx512f"))) static void pack_a(float *ap, bool trans_a, const float *A, int64_t lda, int64_t i0, int64_t mc, int64_t k0,
-                   int64_t kc, float alpha) {
+__attribute__((target("avx512f"))) static void pack_a(float *ap, bool trans_a, const float *A, int64_t lda,
+                                                     int64_t i0, int64_t mc, int64_t k0, int64_t kc, float alpha) {
     for (int64_t p = 0; p < mc; p += MR) {
         int64_t rows = mc - p < MR ? mc - p : MR;
         float *dst = ap + p * kc;
@@ -143,15 +143,16 @@ __attribute__((target("avx512f"))) static void transpose_block(float *dst, enum 
 
 /* Bp (nc rounded up to NR panels, each (kc, NR)) = op(B)[k0:k0+kc, j0:j0+nc] as f32, zero
  * columns past nc. */
-__attribute__((target("avx512f"))) static void pack_b(float *bp, bool trans_b, enum lorad_dtype dt, const void *B, int64_t ldb, int64_t k0, int64_t kc,
-                   int64_t j0, int64_t nc) {
+__attribute__((target("avx512f"))) static void pack_b(float *bp, bool trans_b, enum lorad_dtype dt, const void *B,
+                                                     int64_t ldb, int64_t k0, int64_t kc, int64_t j0, int64_t nc) {
+    int64_t esz = lorad_dtype_size(dt);
     for (int64_t p = 0; p < nc; p += NR) {
         int64_t cols = nc - p < NR ? nc - p : NR;
         float *dst = bp + p * kc;
         if (trans_b) {
             /* B (N, K): column j of op(B) is row j of B, contiguous in k. Whole 16x16 blocks
              * are transposed in registers, the ragged edges element by element. */
-            int64_t esz = dt == LORAD_DTYPE_F32 ? 4 : 2, kv = kc & ~(int64_t)15, jv = cols & ~(int64_t)15;
+            int64_t kv = kc & ~(int64_t)15, jv = cols & ~(int64_t)15;
             for (int64_t j = 0; j < jv; j += 16)
                 for (int64_t k = 0; k < kv; k += 16)
                     transpose_block(dst + k * NR + j, dt, (const char *)B + ((j0 + p + j) * ldb + k0 + k) * esz, ldb);
@@ -163,7 +164,7 @@ __attribute__((target("avx512f"))) static void pack_b(float *bp, bool trans_b, e
             for (int64_t k = 0; k < kc; k++) {
                 int64_t row = (k0 + k) * ldb + j0 + p;
                 if (cols == NR) {
-                    copy_32(dst + k * NR, dt, (const char *)B + row * (dt == LORAD_DTYPE_F32 ? 4 : 2));
+                    copy_32(dst + k * NR, dt, (const char *)B + row * esz);
                 } else {
                     for (int64_t j = 0; j < cols; j++) dst[k * NR + j] = b_elem(dt, B, row + j);
                 }
