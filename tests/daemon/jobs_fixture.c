@@ -210,7 +210,8 @@ void assert_same_bytes(void *a, size_t na, void *b, size_t nb) {
 
 /* ---- set-up ---- */
 
-void jobs_env_open(void) {
+int jobs_env_setup(void **state) {
+    (void)state;
     E.dir = test_mkdtemp("workers");
     E.state = test_path(E.dir, "state");
     E.models = test_path(E.dir, "models");
@@ -232,15 +233,18 @@ void jobs_env_open(void) {
     struct lorad_store_options so = {.flags = LORAD_STORE_RECOVER};
     assert_int_equal(lorad_store_open(db, &so, &E.store, NULL), 0);
     free(db);
+    return 0;
 }
 
-void jobs_env_close(void) {
+int jobs_env_teardown(void **state) {
+    (void)state;
     lorad_store_close(E.store);
     test_rmtree(E.dir);
     free(E.dir);
     free(E.state);
     free(E.models);
     free(E.jobs);
+    return 0;
 }
 
 

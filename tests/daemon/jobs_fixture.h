@@ -19,9 +19,10 @@ struct jobs_env {
 };
 extern struct jobs_env E;
 
-/* Creates the directories and opens the store with recovery (as the daemon does). */
-void jobs_env_open(void);
-void jobs_env_close(void);
+/* cmocka group set-up / tear-down: creates the directories and opens the store with recovery (as
+ * the daemon does); closes and removes them. */
+int jobs_env_setup(void **state);
+int jobs_env_teardown(void **state);
 
 /* A pre-tokenised dataset of n_records lines (1 + seq_len ids each) stored as files/<id>; line
  * bad_line (0-based, -1: none) holds an id beyond the vocabulary. */

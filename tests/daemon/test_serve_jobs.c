@@ -150,21 +150,9 @@ static void test_daemon_trains_stops_and_recovers(void **state) {
     free(t_doomed);
 }
 
-static int setup(void **state) {
-    (void)state;
-    jobs_env_open();
-    return 0;
-}
-
-static int teardown(void **state) {
-    (void)state;
-    jobs_env_close();
-    return 0;
-}
-
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_daemon_trains_stops_and_recovers),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, jobs_env_setup, jobs_env_teardown);
 }

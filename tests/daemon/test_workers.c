@@ -21,18 +21,6 @@
 
 #define MODEL_ID JOBS_MODEL_ID
 
-static int setup(void **state) {
-    (void)state;
-    jobs_env_open();
-    return 0;
-}
-
-static int teardown(void **state) {
-    (void)state;
-    jobs_env_close();
-    return 0;
-}
-
 static void test_job_succeeds(void **state) {
     (void)state;
     char file[LORAD_STORE_ID_MAX], job[LORAD_STORE_ID_MAX];
@@ -308,5 +296,5 @@ int main(void) {
         cmocka_unit_test(test_shutdown_requeues_and_resumes_identically),
         cmocka_unit_test(test_init_adapter_continues_a_job),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, jobs_env_setup, jobs_env_teardown);
 }
