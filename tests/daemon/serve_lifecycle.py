@@ -106,8 +106,12 @@ def test_basics(tmp):
         f.write("# one key a line\nkey-one\n")
     os.chmod(keys, 0o600)
     conf = os.path.join(tmp, "lorad.conf")
-    with open(conf, "w") as f:
-        f.write(f"state_dir {state}\nmodels_dir {models}\napi_key_file {keys}\nlog_level info\n")
+
+    def write_conf(key_file, log_level):
+        with open(conf, "w") as f:
+            f.write(f"state_dir {state}\nmodels_dir {models}\napi_key_file {key_file}\nlog_level {log_level}\n")
+
+    write_conf(keys, "info")
     d = Daemon(["--config", conf, "--port", "0", "--unix-socket", os.path.join(tmp, "api.sock")])
     try:
         url = d.url()
@@ -135,8 +139,7 @@ def test_basics(tmp):
         # SIGHUP: the key file and the log level are read again.
         with open(keys, "w") as f:
             f.write("key-two\n")
-        with open(conf, "w") as f:
-            f.write(f"state_dir {state}\nmodels_dir {models}\napi_key_file {keys}\nlog_level debug\n")
+        write_conf(keys, "debug")
         d.p.send_signal(signal.SIGHUP)
         check(d.read_until(r"SIGHUP: log level debug") is not None, "SIGHUP re-reads log_level from the config file")
         code, _ = curl(url + "/metrics", "-H", "Authorization: Bearer key-one")
@@ -148,23 +151,20 @@ def test_basics(tmp):
         with open(keys2, "w") as f:
             f.write("key-three\n")
         os.chmod(keys2, 0o600)
-        with open(conf, "w") as f:
-            f.write(f"state_dir {state}\nmodels_dir {models}\napi_key_file {keys2}\nlog_level debug\n")
+        write_conf(keys2, "debug")
         d.p.send_signal(signal.SIGHUP)
         check(d.read_until(r"SIGHUP: API keys now from .*keys2") is not None, "SIGHUP switches to a new api_key_file")
         code, _ = curl(url + "/metrics", "-H", "Authorization: Bearer key-two")
         check(code == 403, f"after the switch the old file's key is refused (got {code})")
         code, _ = curl(url + "/metrics", "-H", "Authorization: Bearer key-three")
         check(code == 200, f"after the switch the new file's key works (got {code})")
-        with open(conf, "w") as f:
-            f.write(f"state_dir {state}\nmodels_dir {models}\napi_key_file {tmp}/missing-keys\nlog_level debug\n")
+        write_conf(f"{tmp}/missing-keys", "debug")
         d.p.send_signal(signal.SIGHUP)
         check(d.read_until(r"SIGHUP: cannot read api_key_file .*missing-keys.*the old file and keys stay") is not None,
               "SIGHUP with an unreadable new api_key_file says the old one stays")
         code, _ = curl(url + "/metrics", "-H", "Authorization: Bearer key-three")
         check(code == 200, f"... and the old keys still work (got {code})")
-        with open(conf, "w") as f:  # what the restarts below start with
-            f.write(f"state_dir {state}\nmodels_dir {models}\napi_key_file {keys2}\nlog_level debug\n")
+        write_conf(keys2, "debug")  # what the restarts below start with
         check(not any("key-one" in l or "key-two" in l or "key-three" in l for l in d.lines),
               "API keys never appear in the log")
         # One daemon per state directory: a second one would requeue this one's running jobs.
