@@ -215,7 +215,10 @@ int lorad_cmd_export(int argc, char **argv) {
         snprintf(base_from_config, sizeof base_from_config, "%s", probe->meta.base_model);
         model = base_from_config;
     }
-    lorad_adapter_free(probe);
+    if (model) { /* it is loaded again below, checked against the base */
+        lorad_adapter_free(probe);
+        probe = NULL;
+    }
     lorad_error_clear(&err);
     if (!model && strcmp(format, "peft") != 0) {
         fprintf(stderr,
@@ -226,8 +229,9 @@ int lorad_cmd_export(int argc, char **argv) {
     }
     struct lorad_model_file *mf = NULL;
     if (model && lorad_model_file_open(model, &mf, &err) < 0) return fail(&err);
-    struct lorad_adapter *ad = NULL;
-    int rc = lorad_adapter_load(adapter_path, mf ? &mf->weights.cfg : NULL, &ad, &err);
+    /* Without a base the probe already is that load (same path, no config). */
+    struct lorad_adapter *ad = probe;
+    int rc = ad ? 0 : lorad_adapter_load(adapter_path, mf ? &mf->weights.cfg : NULL, &ad, &err);
     if (rc == 0) {
         if (strcmp(format, "peft") == 0) {
             if (!ad->meta.base_model[0] && model)

@@ -167,8 +167,8 @@ static void on_checkpoint(void *ctx, int64_t step, const char *dir, const struct
     struct job_ctx *j = ctx;
     struct lorad_error e = {0};
     char id[LORAD_STORE_ID_MAX];
-    /* keep_checkpoints: the engine has already pruned the older directories; their rows go in
-     * the same transaction as the new one. */
+    /* keep_checkpoints: the rows of the older checkpoints go in the same transaction as the new
+     * one; the engine deletes their directories only after this returns. */
     int r = lorad_metrics_writer_checkpoint(j->mw, step, lorad_store_path_relative(j->env->state_dir, dir), NULL,
                                             j->keep_checkpoints, id, &e);
     j->last_flush = mono_s();

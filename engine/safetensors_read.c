@@ -155,18 +155,15 @@ static int parse_header(struct lorad_st_file *f, struct lorad_error *err) {
 }
 
 int lorad_st_open(const char *path, struct lorad_st_file **ret_file, struct lorad_error *err) {
-    struct lorad_st_file *f = calloc(1, sizeof *f);
-    if (!f || !(f->path = strdup(path))) {
-        free(f);
-        return lorad_error_set(err, -ENOMEM, "model", "out of memory opening %s", path);
-    }
-    int r = lorad_map_file(path, &f->map, err);
-    f->owns_map = r == 0;
-    if (r == 0) r = parse_header(f, err);
-    if (r < 0) {
-        lorad_st_close(f);
+    struct lorad_mapping m;
+    int r = lorad_map_file(path, &m, err);
+    if (r < 0) return r;
+    struct lorad_st_file *f;
+    if ((r = lorad_st_open_mem(path, m.data, m.size, &f, err)) < 0) {
+        lorad_unmap(&m);
         return r;
     }
+    f->owns_map = 1;
     *ret_file = f;
     return 0;
 }

@@ -173,7 +173,7 @@ int lorad_store_job_get(struct lorad_store *store, const char *id, json_t **ret_
                         struct lorad_error *err);
 /* Only a job's status, from the status column without building the job object: what the event
  * stream polls (every 250 ms per stream) to see whether the job has ended. -ENOENT (param
- * "fine_tuning_job_id") for an unknown id; -EIO if the stored status is not one we know. */
+ * "fine_tuning_job_id") for an unknown id; -EBADMSG if the stored status is not one we know. */
 int lorad_store_job_status(struct lorad_store *store, const char *id,
                            enum lorad_job_status *ret_status, struct lorad_error *err);
 /* Newest first; status < 0 = any, else only that status. Pagination as for files. */

@@ -147,29 +147,15 @@ int lorad_store_job_get(struct lorad_store *s, const char *id, json_t **ret_job,
     return r;
 }
 
+static int job_status_tx(struct store_conn *c, const char *id, enum lorad_job_status *ret_status,
+                         struct lorad_error *err);
+
 int lorad_store_job_status(struct lorad_store *s, const char *id,
                            enum lorad_job_status *ret_status, struct lorad_error *err) {
     struct store_conn *c = NULL;
     int r = store_acquire(s, &c, err);
     if (r < 0) return r;
-    sqlite3_stmt *st = store_stmt(c, "SELECT status FROM jobs WHERE id = ?1", &r, err);
-    if (st) {
-        store_bind_text(st, 1, id);
-        r = store_step(c, st, "cannot read job", err);
-        if (r == 1) {
-            const char *name = (const char *)sqlite3_column_text(st, 0);
-            enum lorad_job_status status;
-            if (name && lorad_job_status_parse(name, &status) == 0) {
-                *ret_status = status;
-                r = 0;
-            } else {
-                r = lorad_error_set(err, -EIO, "", "job %s has an unknown status %s", id, name ? name : "(null)");
-            }
-        } else if (r == 0) {
-            r = lorad_error_set(err, -ENOENT, "fine_tuning_job_id", "no such job: %s", id);
-        }
-        store_stmt_done(st);
-    }
+    r = job_status_tx(c, id, ret_status, err);
     store_release(s, c);
     return r;
 }
@@ -228,8 +214,8 @@ int lorad_store_job_trained_tokens_sum(struct lorad_store *s, int64_t *ret_sum,
     sqlite3_stmt *st = store_stmt(c, "SELECT CAST(total(trained_tokens) AS INTEGER) FROM jobs", &r, err);
     if (st) {
         r = store_step(c, st, "cannot sum trained tokens", err);
-        if (r >= 0) { /* an aggregate always yields its one row */
-            *ret_sum = r == 1 ? sqlite3_column_int64(st, 0) : 0;
+        if (r == 1) { /* an aggregate always yields its one row */
+            *ret_sum = sqlite3_column_int64(st, 0);
             r = 0;
         }
         store_stmt_done(st);
@@ -363,8 +349,14 @@ static int job_status_tx(struct store_conn *c, const char *id, enum lorad_job_st
     store_bind_text(st, 1, id);
     r = store_step(c, st, "cannot read job", err);
     if (r == 1) {
-        r = lorad_job_status_parse((const char *)sqlite3_column_text(st, 0), ret_status);
-        if (r < 0) r = lorad_error_set(err, -EBADMSG, "", "job %s has an unknown status", id);
+        const char *name = (const char *)sqlite3_column_text(st, 0);
+        enum lorad_job_status status;
+        if (name && lorad_job_status_parse(name, &status) == 0) {
+            *ret_status = status;
+            r = 0;
+        } else {
+            r = lorad_error_set(err, -EBADMSG, "", "job %s has an unknown status %s", id, name ? name : "(null)");
+        }
     } else if (r == 0) {
         r = lorad_error_set(err, -ENOENT, "fine_tuning_job_id", "no such job: %s", id);
     }
