@@ -82,15 +82,6 @@ static double mono_s(void) {
 
 /* ---- state directory ------------------------------------------------------------------------- */
 
-/* Creates dir and its missing parents with mode (existing directories keep theirs). */
-static int make_dirs(const char *dir, mode_t mode) {
-    int r = lorad_mkdir_p_mode(dir, mode);
-    if (r < 0) return r;
-    struct stat st;
-    if (stat(dir, &st) < 0) return -errno;
-    return S_ISDIR(st.st_mode) ? 0 : -ENOTDIR;
-}
-
 /* Uploads in flight when the previous process died are temp files nobody will finish. */
 static void clean_uploads(const char *dir) {
     DIR *d = opendir(dir);
@@ -137,7 +128,7 @@ static int lock_state(struct daemon *d) {
 
 static int prepare_state(struct daemon *d) {
     const char *state = d->cfg.state_dir;
-    int r = make_dirs(state, 0700);
+    int r = lorad_mkdir_p_mode(state, 0700);
     if (r < 0) {
         log_error("cannot create state_dir %s: %s", state, strerror(-r));
         return r;
@@ -152,7 +143,7 @@ static int prepare_state(struct daemon *d) {
     }
     const char *subdirs[] = {d->files_dir, d->uploads_dir, d->jobs_dir};
     for (size_t i = 0; i < 3; i++)
-        if ((r = make_dirs(subdirs[i], 0700)) < 0) {
+        if ((r = lorad_mkdir_p_mode(subdirs[i], 0700)) < 0) {
             log_error("cannot create %s: %s", subdirs[i], strerror(-r));
             return r;
         }

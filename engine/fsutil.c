@@ -45,8 +45,12 @@ int lorad_mkdir_p_mode(const char *dir, mode_t mode) {
         if (mkdir(buf, mode) < 0 && errno != EEXIST) return -errno;
         *p = '/';
     }
-    if (mkdir(buf, mode) < 0 && errno != EEXIST) return -errno;
-    return 0;
+    if (mkdir(buf, mode) == 0) return 0;
+    if (errno != EEXIST) return -errno;
+    /* EEXIST also means a file of that name is in the way */
+    struct stat st;
+    if (stat(buf, &st) < 0) return -errno;
+    return S_ISDIR(st.st_mode) ? 0 : -ENOTDIR;
 }
 
 int lorad_mkdir_p(const char *dir) {
