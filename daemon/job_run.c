@@ -282,7 +282,7 @@ static void flush_metrics(struct job_ctx *j) {
 }
 
 static int finish(struct job_ctx *j, const json_t *job, int rc, const struct lorad_error *err,
-                  const struct lorad_train_result *res, const char *valid_path) {
+                  const struct lorad_train_result *res) {
     if (res->steps_done > 0) {
         /* trained_tokens lives with the progress figures; the final row's figures stay. */
         struct lorad_store_progress p = {.step = res->steps_done, .total_steps = res->total_steps,
@@ -298,7 +298,7 @@ static int finish(struct job_ctx *j, const json_t *job, int rc, const struct lor
         if (!e.message[0]) snprintf(e.message, sizeof e.message, "%s", strerror(-rc));
         const char *code = lorad_job_error_code(rc, &e, res);
         /* A validation-file problem is reported by the corpus with param training_file. */
-        if (valid_path && strstr(e.message, valid_path) && strcmp(e.param, "training_file") == 0)
+        if (j->valid_path && strstr(e.message, j->valid_path) && strcmp(e.param, "training_file") == 0)
             snprintf(e.param, sizeof e.param, "validation_file");
         redact(j, e.message, sizeof e.message);
         return fail(j, code, e.message, e.param);
@@ -455,18 +455,18 @@ int lorad_job_run(const struct lorad_job_env *env, const json_t *job) {
         status = fail(&j, "out_of_memory", "out of memory", NULL);
         goto out;
     }
-    int threads = spec.hp.threads > 0 ? 0 : env->threads;
-    log_info("job %s: running %s on %s with %d threads%s", id, spec.model, train_id,
-             threads ? threads : spec.hp.threads, ckpt_step > 0 ? ", resuming from its checkpoint" : "");
+    int threads = spec.hp.threads > 0 ? spec.hp.threads : env->threads; /* the job's own setting wins */
+    log_info("job %s: running %s on %s with %d threads%s", id, spec.model, train_id, threads,
+             ckpt_step > 0 ? ", resuming from its checkpoint" : "");
     struct lorad_train_options opt = {.model_path = model_path, .training_path = train_path,
-                                      .validation_path = valid_id ? valid_path : NULL, .out_dir = out_dir,
+                                      .validation_path = j.valid_path, .out_dir = out_dir,
                                       .resume = true, .threads = threads};
     struct lorad_train_callbacks cb = {.ctx = &j, .on_step = on_step, .on_checkpoint = on_checkpoint,
                                        .on_message = on_message, .poll = poll_control};
     lorad_error_clear(&err);
     r = lorad_train_run(&spec, &opt, &cb, res, &err);
     flush_metrics(&j);
-    status = finish(&j, job, r, &err, res, valid_id ? valid_path : NULL);
+    status = finish(&j, job, r, &err, res);
 out:
     if (env->on_rate) env->on_rate(env->rate_ctx, NAN);
     free(rel);
