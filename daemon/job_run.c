@@ -1,6 +1,5 @@
 #include "job_run.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -13,6 +12,7 @@
 
 #include "app.h"
 #include "checkpoint_dir.h"
+#include "fsutil.h"
 #include "handlers.h"
 #include "jobspec.h"
 #include "log.h"
@@ -69,24 +69,19 @@ int lorad_job_spec_from_job(const json_t *job, struct lorad_job_spec *ret_spec, 
  * before committing it. Its metrics may be missing from the store, so the run must resume from the
  * store's newest checkpoint instead (docs/store.md): remove every step-N newer than that. */
 static void remove_orphan_checkpoints(const struct job_ctx *j, const char *out_dir, int64_t store_step) {
-    char root[PATH_MAX];
-    if (snprintf(root, sizeof root, "%s/checkpoints", out_dir) >= (int)sizeof root) return;
-    DIR *d = opendir(root);
-    if (!d) return;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        char *end;
-        if (strncmp(e->d_name, "step-", 5) != 0) continue;
-        long long step = strtoll(e->d_name + 5, &end, 10);
-        if (*end || end == e->d_name + 5 || step <= store_step) continue;
-        char path[PATH_MAX + 64];
-        snprintf(path, sizeof path, "%s/%s", root, e->d_name);
+    char root[PATH_MAX], path[LORAD_CHECKPOINT_PATH_MAX];
+    int64_t step;
+    if (lorad_path_join(root, sizeof root, out_dir, "checkpoints") < 0) return;
+    /* newest first, until the newest left is one the store knows */
+    while (lorad_checkpoint_latest(root, &step, path, sizeof path) == 1 && step > store_step) {
         int r = lorad_remove_tree(path);
-        if (r < 0) log_warning("job %s: cannot remove uncommitted checkpoint %s: %s", j->id, path, strerror(-r));
-        else log_info("job %s: removed uncommitted checkpoint step %lld (the store's newest is step %lld)", j->id, step,
-                      (long long)store_step);
+        if (r < 0) {
+            log_warning("job %s: cannot remove uncommitted checkpoint %s: %s", j->id, path, strerror(-r));
+            return;
+        }
+        log_info("job %s: removed uncommitted checkpoint step %lld (the store's newest is step %lld)", j->id,
+                 (long long)step, (long long)store_step);
     }
-    closedir(d);
 }
 
 /* Replaces every occurrence of `what` in s (cap bytes) by `with`. */
