@@ -273,9 +273,14 @@ static bool has_special(void *ctx, const char *piece) { return lorad_tokenizer_s
  * the answer's first trained token begins. */
 static int tokenize_prompt(const struct gen_options *o, struct lorad_tokenizer *tok, int vocab,
                            enum lorad_chat_template tmpl, int32_t **ret_ids, int *ret_n, struct lorad_error *err) {
+    /* json_pack refuses strings that are not UTF-8; checked first so the error names the flag */
+    if (o->system && !lorad_utf8_valid(o->system, strlen(o->system)))
+        return lorad_error_set(err, -EINVAL, "--system", "--system is not valid UTF-8");
+    if (!lorad_utf8_valid(o->prompt, strlen(o->prompt)))
+        return lorad_error_set(err, -EINVAL, "--prompt", "--prompt is not valid UTF-8");
     json_t *rec_json;
     if (o->chat) {
-        /* json_pack refuses strings that are not UTF-8: any NULL part fails the whole record. */
+        /* any NULL part (out of memory) fails the whole record */
         json_t *sys = o->system ? json_pack("{s:s, s:s}", "role", "system", "content", o->system) : NULL;
         json_t *user = json_pack("{s:s, s:s}", "role", "user", "content", o->prompt);
         json_t *answer = json_pack("{s:s, s:s}", "role", "assistant", "content", "x");
@@ -292,10 +297,7 @@ static int tokenize_prompt(const struct gen_options *o, struct lorad_tokenizer *
     }
     char *line = rec_json ? json_dumps(rec_json, JSON_COMPACT) : NULL;
     json_decref(rec_json);
-    if (!line) {
-        const char *flag = o->system && !lorad_utf8_valid(o->system, strlen(o->system)) ? "--system" : "--prompt";
-        return lorad_error_set(err, -EINVAL, flag, "%s is not valid UTF-8", flag);
-    }
+    if (!line) return lorad_error_set(err, -ENOMEM, "--prompt", "out of memory building the prompt");
     struct lorad_record rec;
     enum lorad_dataset_problem problem;
     int rc = lorad_record_parse(line, strlen(line), o->chat ? LORAD_DATA_MESSAGES : LORAD_DATA_PROMPT_COMPLETION, &rec,
