@@ -327,9 +327,8 @@ static int tar_octal(const uint8_t *field, size_t width, uint64_t *ret) {
     return 0;
 }
 
-static int is_tar(const struct lorad_mapping *m) {
-    return m->size >= 512 && memcmp(m->data + 257, "ustar", 5) == 0;
-}
+/* A ustar header's magic, in the first 512 bytes of a file (n of them read). */
+static int is_tar(const uint8_t *head, size_t n) { return n >= 512 && memcmp(head + 257, "ustar", 5) == 0; }
 
 /* What a pax 'x' header or a GNU 'L' header says about the next member: its path and its size,
  * each overriding the ustar header's field when has_ is set. */
@@ -485,17 +484,18 @@ static int load_tar(struct lorad_adapter *a, const struct lorad_llama_config *cf
             if (h[345] && h[262] == '\0') snprintf(name, sizeof name, "%.155s/%.100s", (const char *)h + 345, (const char *)h);
             else snprintf(name, sizeof name, "%.100s", (const char *)h);
         } else {
-            snprintf(name, sizeof name, "%s", pend.path);
+            memcpy(name, pend.path, sizeof pend.path); /* NUL-terminated, shorter than name */
+        }
+        if (size > LORAD_ADAPTER_MAX_TAR_MEMBER) {
+            rc = lorad_error_set(err, -EFBIG, "adapter", "%s: tar member %s is %llu bytes, more than the %llu allowed", p,
+                                 name, (unsigned long long)size, (unsigned long long)LORAD_ADAPTER_MAX_TAR_MEMBER);
+            goto out;
         }
         uint64_t padded = (size + 511) / 512 * 512;
-        if (size > LORAD_ADAPTER_MAX_TAR_MEMBER || padded > m.size - at - 512) {
-            if (size > LORAD_ADAPTER_MAX_TAR_MEMBER)
-                rc = lorad_error_set(err, -EFBIG, "adapter", "%s: tar member %s is %llu bytes, more than the %llu allowed",
-                                     p, name, (unsigned long long)size, (unsigned long long)LORAD_ADAPTER_MAX_TAR_MEMBER);
-            else
-                rc = lorad_error_set(err, -EINVAL, "adapter",
-                                     "%s: truncated tar archive: member %s needs %llu bytes but only %llu follow", p, name,
-                                     (unsigned long long)size, (unsigned long long)(m.size - at - 512));
+        if (padded > m.size - at - 512) {
+            rc = lorad_error_set(err, -EINVAL, "adapter",
+                                 "%s: truncated tar archive: member %s needs %llu bytes but only %llu follow", p, name,
+                                 (unsigned long long)size, (unsigned long long)(m.size - at - 512));
             goto out;
         }
         if (ext) {
@@ -653,9 +653,8 @@ int lorad_adapter_load(const char *path, const struct lorad_llama_config *cfg, s
         if (!f) return lorad_error_set(err, -errno, "adapter", "%s: %s", path, strerror(errno));
         size_t got = fread(head, 1, sizeof head, f);
         fclose(f);
-        struct lorad_mapping m = {head, got};
         if (got >= 4 && memcmp(head, "GGUF", 4) == 0) kind = GGUF;
-        else if (S_ISREG(st.st_mode) && is_tar(&m)) kind = TAR;
+        else if (S_ISREG(st.st_mode) && is_tar(head, got)) kind = TAR;
         else
             return lorad_error_set(err, -EINVAL, "adapter",
                                    "%s: not an adapter (expected a PEFT directory with adapter_config.json and "
