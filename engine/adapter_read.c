@@ -10,6 +10,7 @@
 #include "load_common.h"
 #include "model.h"
 #include "safetensors_read.h"
+#include "tar.h"
 #include "weights.h"
 
 #define PEFT_PREFIX "base_model.model."
@@ -328,7 +329,9 @@ static int tar_octal(const uint8_t *field, size_t width, uint64_t *ret) {
 }
 
 /* A ustar header's magic, in the first 512 bytes of a file (n of them read). */
-static int is_tar(const uint8_t *head, size_t n) { return n >= 512 && memcmp(head + 257, "ustar", 5) == 0; }
+static int is_tar(const uint8_t *head, size_t n) {
+    return n >= LORAD_TAR_BLOCK && memcmp(head + LORAD_TAR_MAGIC, "ustar", 5) == 0;
+}
 
 /* What a pax 'x' header or a GNU 'L' header says about the next member: its path and its size,
  * each overriding the ustar header's field when has_ is set. */
@@ -461,17 +464,16 @@ static int load_tar(struct lorad_adapter *a, const struct lorad_llama_config *cf
             break;
         }
         uint64_t sum_want, size;
-        unsigned sum = 0;
-        for (int i = 0; i < 512; i++) sum += (i >= 148 && i < 156) ? ' ' : h[i];
-        if (memcmp(h + 257, "ustar", 5) != 0 || tar_octal(h + 148, 8, &sum_want) < 0 || sum_want != sum) {
+        if (!is_tar(h, LORAD_TAR_BLOCK) || tar_octal(h + LORAD_TAR_CHKSUM, 8, &sum_want) < 0 ||
+            sum_want != lorad_tar_header_sum(h)) {
             rc = lorad_error_set(err, -EINVAL, "adapter", "%s: damaged tar header at byte %llu (bad magic or checksum)", p,
                                  (unsigned long long)at);
             goto out;
         }
-        char type = (char)h[156];
+        char type = (char)h[LORAD_TAR_TYPE];
         int ext = type == 'x' || type == 'g' || type == 'L' || type == 'K';
         if (ext || !pend.has_size) {
-            if (tar_octal(h + 124, 12, &size) < 0) {
+            if (tar_octal(h + LORAD_TAR_SIZE, 12, &size) < 0) {
                 rc = lorad_error_set(err, -EINVAL, "adapter", "%s: tar header at byte %llu has a bad size field", p,
                                      (unsigned long long)at);
                 goto out;
@@ -481,7 +483,8 @@ static int load_tar(struct lorad_adapter *a, const struct lorad_llama_config *cf
         }
         if (ext || !pend.has_path) {
             /* prefix[155] is POSIX ustar's ("ustar\0"); GNU's "ustar  " keeps atime there */
-            if (h[345] && h[262] == '\0') snprintf(name, sizeof name, "%.155s/%.100s", (const char *)h + 345, (const char *)h);
+            if (h[LORAD_TAR_PREFIX] && h[LORAD_TAR_MAGIC + 5] == '\0')
+                snprintf(name, sizeof name, "%.155s/%.100s", (const char *)h + LORAD_TAR_PREFIX, (const char *)h);
             else snprintf(name, sizeof name, "%.100s", (const char *)h);
         } else {
             memcpy(name, pend.path, sizeof pend.path); /* NUL-terminated, shorter than name */

@@ -10,6 +10,7 @@
 
 #include "adapter.h"
 #include "fsutil.h"
+#include "tar.h"
 
 static void octal(char *field, size_t width, unsigned long long v) {
     snprintf(field, width, "%0*llo", (int)width - 1, v);
@@ -20,19 +21,16 @@ static int tar_header(unsigned char block[512], const char *name, unsigned long 
     memset(block, 0, 512);
     if (strlen(name) >= 100) return -ENAMETOOLONG;
     memcpy(block, name, strlen(name));
-    octal((char *)block + 100, 8, mode);
-    octal((char *)block + 108, 8, 0);
-    octal((char *)block + 116, 8, 0);
-    octal((char *)block + 124, 12, size);
-    octal((char *)block + 136, 12, mtime);
-    block[156] = (unsigned char)type;
-    memcpy(block + 257, "ustar", 6); /* magic "ustar\0" */
-    memcpy(block + 263, "00", 2);    /* version */
-    memset(block + 148, ' ', 8);     /* checksum is computed with its own field as spaces */
-    unsigned sum = 0;
-    for (int i = 0; i < 512; i++) sum += block[i];
-    snprintf((char *)block + 148, 8, "%06o", sum);
-    block[155] = ' ';
+    octal((char *)block + LORAD_TAR_MODE, 8, mode);
+    octal((char *)block + LORAD_TAR_UID, 8, 0);
+    octal((char *)block + LORAD_TAR_GID, 8, 0);
+    octal((char *)block + LORAD_TAR_SIZE, 12, size);
+    octal((char *)block + LORAD_TAR_MTIME, 12, mtime);
+    block[LORAD_TAR_TYPE] = (unsigned char)type;
+    memcpy(block + LORAD_TAR_MAGIC, "ustar", 6); /* magic "ustar\0" */
+    memcpy(block + LORAD_TAR_VERSION, "00", 2);
+    snprintf((char *)block + LORAD_TAR_CHKSUM, 8, "%06o", lorad_tar_header_sum(block));
+    block[LORAD_TAR_CHKSUM + 7] = ' ';
     return 0;
 }
 
