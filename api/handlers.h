@@ -7,8 +7,6 @@
 struct lorad_app;
 struct lorad_error;
 
-struct lorad_app;
-
 /* Installs every handler group. Returns 0 or -ENOENT when a route is missing from the table. */
 int lorad_api_handlers_install(void);
 

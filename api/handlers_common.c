@@ -73,8 +73,12 @@ const char *handler_id_param(const struct lorad_api_request *req, const char *na
     return NULL;
 }
 
+int handler_reply_oom(struct lorad_api_reply *ret_reply) {
+    return lorad_api_reply_error(ret_reply, 503, "out of memory", NULL, "out_of_memory");
+}
+
 int handler_reply_json(struct lorad_api_reply *ret_reply, unsigned status, json_t *obj) {
-    if (!obj) return lorad_api_reply_error(ret_reply, 503, "out of memory", NULL, "out_of_memory");
+    if (!obj) return handler_reply_oom(ret_reply);
     ret_reply->status = status ? status : 200;
     ret_reply->json = obj;
     return 0;

@@ -66,7 +66,7 @@ static int handle_create(const struct lorad_api_request *req, struct lorad_api_r
 
     struct lorad_error err = {0};
     struct lorad_dataset_report *rep = calloc(1, sizeof *rep); /* ~5 KiB: not on a connection's stack */
-    if (!rep) return lorad_api_reply_error(ret_reply, 503, "out of memory", NULL, "out_of_memory");
+    if (!rep) return handler_reply_oom(ret_reply);
     int r = lorad_dataset_validate_file(up->temp_path, LORAD_DATA_AUTO, LORAD_DATASET_DEFAULT_MAX_LINE, rep, &err);
     if (r < 0) {
         free(rep);
@@ -78,7 +78,7 @@ static int handle_create(const struct lorad_api_request *req, struct lorad_api_r
     const char *format = rep->format == LORAD_DATA_AUTO ? NULL : lorad_data_format_name(rep->format);
     int64_t n_lines = rep->n_lines;
     free(rep);
-    if (!report) return lorad_api_reply_error(ret_reply, 503, "out of memory", NULL, "out_of_memory");
+    if (!report) return handler_reply_oom(ret_reply);
 
     char id[LORAD_STORE_ID_MAX], dest[4096], stored[4096];
     if ((r = lorad_store_new_id("file-", id)) < 0 ||
@@ -113,8 +113,6 @@ static int handle_create(const struct lorad_api_request *req, struct lorad_api_r
     json_decref(report);
     if (r < 0) {
         unlink(dest);
-        if (r == -EINVAL && strcmp(err.param, "filename") == 0) /* not UTF-8 */
-            return lorad_api_reply_error(ret_reply, 400, err.message, "filename", "invalid_value");
         return handler_reply_failure(ret_reply, r, &err, NULL);
     }
     file_add_status_details(file);

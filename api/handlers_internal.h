@@ -37,6 +37,8 @@ const char *handler_id_param(const struct lorad_api_request *req, const char *na
                              struct lorad_api_reply *ret_reply);
 
 /* Fills a JSON reply (steals obj). status 200 unless given. Returns 0. */
+/* 503 out_of_memory: the one reply for a failed allocation. */
+int handler_reply_oom(struct lorad_api_reply *ret_reply);
 int handler_reply_json(struct lorad_api_reply *ret_reply, unsigned status, json_t *obj);
 
 /* Serves a regular file from disk as a download (Range is the transport's job). download_name

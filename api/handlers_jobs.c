@@ -133,7 +133,7 @@ static int read_priority(const json_t *body, int *ret_priority, struct lorad_api
 static int parse_spec(const json_t *body, struct lorad_job_spec *ret_spec, struct lorad_api_reply *ret_reply) {
     json_t *spec_body = json_copy((json_t *)body); /* shallow: only the top level is changed */
     if (!spec_body) {
-        lorad_api_reply_error(ret_reply, 503, "out of memory", NULL, "out_of_memory");
+        handler_reply_oom(ret_reply);
         return -ENOMEM;
     }
     json_object_del(spec_body, "priority");
@@ -193,7 +193,7 @@ static int create_job(const struct lorad_api_request *req, struct lorad_api_repl
     int r;
     if (key) {
         if (request_hash(body, hash) < 0) {
-            lorad_api_reply_error(ret_reply, 503, "out of memory", NULL, "out_of_memory");
+            handler_reply_oom(ret_reply);
             goto out;
         }
         /* A replay answers with the job it made even when new jobs would now be refused
@@ -272,7 +272,7 @@ static int create_job(const struct lorad_api_request *req, struct lorad_api_repl
 
     spec_json = lorad_job_spec_to_json(&spec);
     if (!spec_json) {
-        lorad_api_reply_error(ret_reply, 503, "out of memory", NULL, "out_of_memory");
+        handler_reply_oom(ret_reply);
         goto out;
     }
     /* The files were checked above; they are processed, so the job goes straight to the queue. */
@@ -475,7 +475,7 @@ static int list_events(const struct lorad_api_request *req, struct lorad_api_rep
     int r = lorad_store_job_status(app->store, id, &status, &err); /* 404 now rather than an empty stream */
     if (r < 0) return handler_reply_failure(ret_reply, r, &err, NULL);
     struct event_stream *es = calloc(1, sizeof *es);
-    if (!es) return lorad_api_reply_error(ret_reply, 503, "out of memory", NULL, "out_of_memory");
+    if (!es) return handler_reply_oom(ret_reply);
     es->store = app->store;
     snprintf(es->job_id, sizeof es->job_id, "%s", id);
     ret_reply->status = 200;
@@ -527,7 +527,7 @@ static int get_metrics(const struct lorad_api_request *req, struct lorad_api_rep
     char *text = NULL;
     size_t len = 0;
     FILE *f = open_memstream(&text, &len);
-    if (!f) return lorad_api_reply_error(ret_reply, 503, "out of memory", NULL, "out_of_memory");
+    if (!f) return handler_reply_oom(ret_reply);
     if (csv) {
         for (size_t c = 0; c < N_METRIC_COLUMNS; c++) fprintf(f, "%s%s", c ? "," : "", METRIC_COLUMNS[c]);
         fputc('\n', f);

@@ -362,7 +362,7 @@ static int handle_list(const struct lorad_api_request *req, struct lorad_api_rep
     struct lorad_app *app = handler_app(req);
     if (!app || !app->store) return handler_reply_not_ready(ret_reply);
     json_t *data = json_array();
-    if (!data) return lorad_api_reply_error(ret_reply, 503, "out of memory", NULL, "out_of_memory");
+    if (!data) return handler_reply_oom(ret_reply);
     if (app->models_dir) lorad_model_dir_scan(app->models_dir, add_base, data); /* unreadable dir: no base models */
     char after[LORAD_STORE_ID_MAX] = "";
     for (int page_no = 0; page_no < MODELS_MAX_ADAPTER_PAGES; page_no++) {
