@@ -1,6 +1,9 @@
 #include "cli.h"
 
+#include <stdio.h>
 #include <string.h>
+
+#include "cpu_features.h"
 
 const struct lorad_command lorad_commands[] = {
     {"serve", "run the fine-tuning daemon (HTTP API, job queue, workers)",
@@ -113,6 +116,12 @@ int lorad_main(int argc, char **argv) {
     if (lorad_wants_help(argc - 1, argv + 1)) {
         lorad_command_print_usage(cmd, stdout);
         return LORAD_EXIT_OK;
+    }
+    /* A misspelt LORAD_ISA would silently run the full instruction set: refuse it up front. */
+    struct lorad_error err = {0};
+    if (lorad_isa_check_env(&err) < 0) {
+        fprintf(stderr, "lorad %s: %s\n", cmd->name, err.message);
+        return LORAD_EXIT_USAGE;
     }
     return cmd->run(argc - 1, argv + 1);
 }

@@ -34,6 +34,7 @@
 #include "cli.h"
 #include "fsutil.h"
 #include "config.h"
+#include "cpu_features.h"
 #include "gemm.h"
 #include "handlers.h"
 #include "log.h"
@@ -586,7 +587,8 @@ int lorad_cmd_serve(int argc, char **argv) {
     if (threads == 0) threads = cores > d->cfg.workers ? (int)(cores / d->cfg.workers) : 1;
     log_info("lorad %s starting: state_dir %s, models_dir %s, %d worker%s x %d threads", LORAD_VERSION,
              d->cfg.state_dir, d->cfg.models_dir, d->cfg.workers, d->cfg.workers == 1 ? "" : "s", threads);
-    log_info("matrix products: %s", lorad_gemm_kernel_description());
+    log_info("matrix products: %s; instruction set %s (the CPU has %s)", lorad_gemm_kernel_description(),
+             lorad_isa_name(lorad_isa_active()), lorad_isa_name(lorad_isa_detected()));
 
     int status = LORAD_EXIT_FAILURE;
     if (prepare_state(d) < 0 || open_store(d) < 0) goto out;

@@ -1,6 +1,7 @@
 /* lorad version: what this binary is and what it was built with. */
 #include "cli.h"
 
+#include "cpu_features.h"
 #include "gemm.h"
 
 #include <cblas.h>
@@ -24,6 +25,7 @@ int lorad_cmd_version(int argc, char **argv) {
     printf("jansson %s\n", JANSSON_VERSION);
     printf("libmicrohttpd %s\n", MHD_get_version());
     printf("openblas %s\n", openblas_get_config());
+    printf("isa %s (cpu %s)\n", lorad_isa_name(lorad_isa_active()), lorad_isa_name(lorad_isa_detected()));
     printf("gemm %s\n", lorad_gemm_kernel_description());
     return LORAD_EXIT_OK;
 }

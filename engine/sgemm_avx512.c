@@ -3,6 +3,8 @@
 #include <assert.h>
 #include <immintrin.h>
 
+#include "cpu_features.h"
+
 /* Register tile and cache blocks. MR x NR = 12 x 32 takes 24 of the 32 zmm registers as
  * accumulators. A KC x NR panel of B (32 KB) stays in L1 while the MR-row panels of A stream
  * past it from L2; the packed MC x KC block of A (384 KB) and KC x NC block of B (1 MB) fit L2. */
@@ -15,25 +17,7 @@
 _Static_assert(MC % MR == 0 && NC % NR == 0, "blocks are whole tiles");
 _Static_assert(LORAD_SGEMM_AVX512_WORK_FLOATS >= (size_t)MC * KC + (size_t)KC * NC + 16, "work holds both packs");
 
-static bool os_saves_zmm(void) {
-    /* XCR0 bits 1,2 (SSE, AVX) and 5,6,7 (opmask, ZMM hi256, hi16 ZMM) must all be enabled. */
-    uint32_t lo, hi;
-    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-    return (lo & 0xE6) == 0xE6;
-}
-
-bool lorad_sgemm_avx512_available(void) {
-    /* Jobs may start concurrently; every thread computes the same answer, so relaxed atomics
-     * suffice. */
-    static int cached = -1;
-    int v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
-    if (v < 0) {
-        __builtin_cpu_init();
-        v = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("osxsave") && os_saves_zmm();
-        __atomic_store_n(&cached, v, __ATOMIC_RELAXED);
-    }
-    return v == 1;
-}
+bool lorad_sgemm_avx512_available(void) { return lorad_isa_detected() >= LORAD_ISA_AVX512; }
 
 /* Sixteen rows of 16 floats, transposed in registers: on return r[c] holds column c. */
 __attribute__((target("avx512f"))) static inline void transpose_16x16(__m512 r[16]) {

@@ -22,7 +22,8 @@
 /* Floats of `work` one call needs. */
 #define LORAD_SGEMM_AVX512_WORK_FLOATS ((size_t)(256 * 384 + 256 * 1024 + 64))
 
-/* True when the CPU and the OS support AVX-512F (checked once). */
+/* True when the CPU and the OS support AVX-512F (checked once), whatever LORAD_ISA says: the
+ * kernel can run here. Whether products use it is lorad_gemm_uses_own_kernel's decision. */
 bool lorad_sgemm_avx512_available(void);
 
 /* C (M, N) = alpha * op(A) · op(B) + beta * C, row-major. op(A) is A (M, K) or, with trans_a,

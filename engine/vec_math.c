@@ -5,6 +5,8 @@
 #include <stdbool.h>
 #include <string.h>
 
+#include "cpu_features.h"
+
 #define ROW_KERNELS(SUFFIX)                                                                               \
     static inline float exp_approx_##SUFFIX(float x) {                                                   \
         /* written so a NaN x clamps to a finite value: converting NaN to int below would be UB */    \
@@ -49,11 +51,7 @@ ROW_KERNELS(avx2)
 #pragma GCC pop_options
 ROW_KERNELS(base)
 
-static bool have_avx2_fma(void) {
-    static int cached = -1; /* benign race: every thread computes the same value */
-    if (cached < 0) cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    return cached;
-}
+static bool have_avx2_fma(void) { return lorad_isa_active() >= LORAD_ISA_AVX2; }
 
 void lorad_exp_shift_row(float *v, int64_t n, float shift) {
     if (have_avx2_fma()) exp_shift_row_avx2(v, n, shift);
