@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from generate_common import (LORAD, SHARED, STORIES, check, demo_model, generate, ids_of, main, read_dump,
-                             reference, run)
+                             reference, run, two_float32_runs)
 from byte_bpe_ref import CHAR_BYTE
 
 P = ["--prompt-ids", "1,203,207,288"]
@@ -47,7 +47,8 @@ def determinism(d):
             continue
         (ta, meta), tb = read_dump(a), read_dump(b)[0]
         err = float(np.abs(ta["logits"] - tb["logits"]).max() / np.abs(tb["logits"]).max())
-        check(err < 1e-5, f"{name}: KV-cache logits differ from recomputed ones by {err:.2e}")
+        tol = two_float32_runs(STORIES, len(prompt.split(",")) + n)
+        check(err <= tol, f"{name}: KV-cache logits differ from recomputed ones by {err:.2e} > {tol:.2e}")
         check(list(ta["prompt_ids"]) == [int(x) for x in prompt.split(",")] and list(ta["generated_ids"]) == ca and
               meta["stop"] == "max_tokens" and ta["logits"].shape == (n, 512),
               f"{name} dump: prompt {len(ta['prompt_ids'])} ids, logits {ta['logits'].shape}, meta {meta}")

@@ -16,6 +16,25 @@ STORIES_EOS = 2  # llama2.c's convention: 1 is BOS, 2 is EOS
 sys.path.insert(0, os.path.join(SOURCE, "tests", "reference"))
 
 import safetensors_io  # noqa: E402
+from float32_bound import float32_logits_bound  # noqa: E402
+
+
+def llama2c_config(path):
+    """The HF-style sizes of a llama2.c checkpoint, from its header of seven int32s (dim,
+    hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size (negative: untied), seq_len)."""
+    import struct
+    with open(path, "rb") as f:
+        dim, hidden, layers, heads, kv, vocab, seq = struct.unpack("<7i", f.read(28))
+    return {"hidden_size": dim, "intermediate_size": hidden, "num_hidden_layers": layers,
+            "num_attention_heads": heads, "num_key_value_heads": kv, "vocab_size": abs(vocab),
+            "max_position_embeddings": seq}
+
+
+def two_float32_runs(path, tokens):
+    """How far two float32 computations of a llama2.c model's logits (say with and without the KV
+    cache, or adapter and merged weights) may differ relative to the row's scale: each within
+    the logits bound of the exact value."""
+    return 2 * float32_logits_bound(llama2c_config(path), tokens)
 
 failures = []
 

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """`lorad generate` against our PyTorch reference (tests/reference/generate_ref.py, float64, the
 whole sequence recomputed for every token): the dumped logits of every generated position within
-1e-4 relative, and greedy ids equal to the reference's own greedy decoding, on the real
+the float32 logits bound (tests/reference/float32_bound.py), and greedy ids equal to the reference's own greedy decoding, on the real
 stories260K (base, PEFT adapters, a GGUF adapter), on an HF BF16 base, a GGUF base with an
 adapter, and a demo HF model prompted with text; and sampled tokens drawn from the distribution
 the reference computes (top-k / top-p sets, frequencies)."""
@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 from generate_common import (LORAD, STORIES, STORIES_EOS, check, demo_model, fixtures, generate, ids_of, main,
-                             read_dump, reference, run)
+                             read_dump, reference, run, two_float32_runs)
 
 PROMPT = "1,203,207,288"  # ids below every test vocabulary (300 for the fixtures)
 
@@ -80,7 +80,7 @@ def sampling_distribution(d):
 
 def merged_matches_adapter(d, ad):
     """The merged model (W + scale*B*A, exported by lorad) gives the adapter's logits: both dumps
-    of a greedy run agree within 1e-4 relative, row by row, and the ids are equal."""
+    of a greedy run agree within two float32 runs' error bound, row by row, and the ids are equal."""
     merged = os.path.join(d, "merged")
     p = run([LORAD, "export", "--adapter", ad, "--format", "merged", "--out", merged, "--model", STORIES])
     if not check(p.returncode == 0, f"lorad export merged: {p.stderr}"):
@@ -96,7 +96,8 @@ def merged_matches_adapter(d, ad):
     check(rows == 32, f"expected 32 logits rows, got {rows}")
     worst = max(float(np.abs(a["logits"][i] - b["logits"][i]).max() / np.abs(a["logits"][i]).max())
                 for i in range(rows))
-    check(worst <= 1e-4, f"merged vs adapter logits: max relative difference {worst:.2e} > 1e-4")
+    tol = two_float32_runs(STORIES, len(PROMPT.split(",")) + 32)
+    check(worst <= tol, f"merged vs adapter logits: max relative difference {worst:.2e} > {tol:.2e}")
     print(f"merged model vs base+adapter: {rows} rows, max relative logits difference {worst:.1e}")
 
 
