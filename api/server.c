@@ -6,6 +6,7 @@
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,7 +34,7 @@ struct lorad_api_server {
     char key_file[4096];
     pthread_rwlock_t keys_lock;
     struct key_set *keys; /* NULL: auth off */
-    volatile int stopping; /* read by SSE streams so a stop does not wait for them */
+    atomic_bool stopping; /* read by SSE streams on their own threads so a stop does not wait for them */
 };
 
 /* Per-request state across MHD's access-handler calls. */
@@ -522,7 +523,7 @@ static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max) {
     unsigned keepalive_ms = ss->server->opt.sse_keepalive_ms ? ss->server->opt.sse_keepalive_ms : 15000;
     unsigned waited_ms = 0;
     while (ss->pending_off == ss->pending_len) {
-        if (ss->done || ss->server->stopping) return MHD_CONTENT_READER_END_OF_STREAM;
+        if (ss->done || atomic_load(&ss->server->stopping)) return MHD_CONTENT_READER_END_OF_STREAM;
         uint64_t seq = 0;
         char *json = NULL;
         int r = ss->next_event(ss->ctx, ss->after, &seq, &json);
@@ -655,9 +656,12 @@ uint16_t lorad_api_server_port(const struct lorad_api_server *s) {
 
 void lorad_api_server_stop(struct lorad_api_server *s) {
     if (!s) return;
-    s->stopping = 1;
-    MHD_quiesce_daemon(s->mhd);
+    atomic_store(&s->stopping, true);
+    /* Quiesced, MHD leaves the listening socket open: a socket MHD bound itself is closed here, only
+     * after MHD_stop_daemon, since its threads may poll it until then; a passed-in one is the caller's. */
+    MHD_socket lfd = MHD_quiesce_daemon(s->mhd);
     MHD_stop_daemon(s->mhd);
+    if (s->opt.listen_fd < 0 && lfd != MHD_INVALID_SOCKET) close(lfd);
     free(s->keys);
     pthread_rwlock_destroy(&s->keys_lock);
     free(s);

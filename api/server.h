@@ -34,5 +34,8 @@ int lorad_api_server_reload_keys(struct lorad_api_server *s);
  * current ones atomically for requests; "" turns authentication off. On failure (-errno from
  * reading the file, -ENAMETOOLONG) the old file and keys stay. Call from one thread at a time. */
 int lorad_api_server_use_key_file(struct lorad_api_server *s, const char *path);
-/* Stops accepting (quiesce), finishes, frees. NULL is fine. */
+/* Stops accepting (quiesce), ends open SSE streams at their next poll, closes the connections and
+ * frees. Returns only after every handler, content reader and completion callback has returned
+ * (libmicrohttpd joins the connection threads), so what they use may be freed afterwards. Closes
+ * the socket it bound itself; an options.listen_fd stays open (the caller's). NULL is fine. */
 void lorad_api_server_stop(struct lorad_api_server *s);

@@ -7,10 +7,12 @@
  * plus unix_socket when configured. Each listening socket gets its own libmicrohttpd daemon.
  *
  * Signals arrive through a self-pipe read by the main loop (a handler, not a blocked mask plus
- * signalfd: OpenBLAS starts its threads before main, so any thread may take a signal): SIGHUP re-reads the API keys and the log level; SIGTERM/SIGINT refuse new jobs, ask
- * running jobs to checkpoint and go back to `queued`, keep systemd's stop timeout extended while
- * they do, and exit 0. A second SIGTERM/SIGINT exits at once (startup recovery requeues whatever
- * was running). The main loop also sends WATCHDOG=1 and a STATUS= line with the queue. */
+ * signalfd: OpenBLAS starts its threads before main, so any thread may take a signal): SIGHUP
+ * re-reads the API keys and the log level; SIGTERM/SIGINT refuse new jobs, ask running jobs to
+ * checkpoint and go back to `queued`, keep systemd's stop timeout extended while they do, then stop
+ * the HTTP servers, the workers and the store in that order, and exit 0. A second SIGTERM/SIGINT
+ * exits at once (startup recovery requeues whatever was running). The main loop also sends
+ * WATCHDOG=1 and a STATUS= line with the queue. */
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
@@ -401,6 +403,8 @@ static int start_servers(struct daemon *d) {
     return 0;
 }
 
+/* Stops every listener's HTTP server, then closes its socket (MHD may poll it until stopped).
+ * Returns once no request handler or SSE stream of ours runs any more. */
 static void stop_servers(struct daemon *d) {
     for (int i = 0; i < d->n_listeners; i++) {
         struct listener *l = &d->listeners[i];
@@ -508,6 +512,9 @@ static int run_loop(struct daemon *d) {
     }
 }
 
+/* SIGTERM/SIGINT: refuses new jobs and waits until every running job has checkpointed and gone back
+ * to the queue. The HTTP servers keep answering meanwhile (/readyz says "stopping", clients can
+ * still follow their jobs); freeing anything is teardown()'s job, once nothing can reach it. */
 static void shutdown_daemon(struct daemon *d, int sig) {
     atomic_store(&d->app.ready, false);
     atomic_store(&d->app.stopping, true);
@@ -531,9 +538,18 @@ static void shutdown_daemon(struct daemon *d, int sig) {
             _exit(LORAD_EXIT_FAILURE);
         }
     }
+}
+
+/* Frees what the daemon started, in the order that keeps every object alive while something can
+ * still reach it: the HTTP servers first (their handlers wake the workers, read their rates and use
+ * the store; stopping them returns only once every handler and SSE stream has returned), then the
+ * workers (they use the store), then the store. Any of them may not have been started. */
+static void teardown(struct daemon *d) {
+    stop_servers(d);
     lorad_workers_free(d->workers);
     d->workers = NULL;
-    stop_servers(d);
+    lorad_store_close(d->store);
+    d->store = NULL;
 }
 
 int lorad_cmd_serve(int argc, char **argv) {
@@ -624,13 +640,11 @@ int lorad_cmd_serve(int argc, char **argv) {
 
     int sig = run_loop(d);
     shutdown_daemon(d, sig);
-    log_info("stopped");
     status = LORAD_EXIT_OK;
 out:
     if (status != LORAD_EXIT_OK) lorad_sd_notify("STOPPING=1");
-    lorad_workers_free(d->workers);
-    stop_servers(d);
-    lorad_store_close(d->store);
+    teardown(d);
+    if (status == LORAD_EXIT_OK) log_info("stopped");
     if (d->sfd >= 0) close(d->sfd);
     if (d->lock_fd >= 0) close(d->lock_fd);
     return status;

@@ -35,14 +35,29 @@ struct lorad_workers {
     struct worker *w;
 };
 
+/* The absolute time ms from now on CLOCK_MONOTONIC, the clock both condition variables wait on:
+ * a step of the wall clock (NTP, settimeofday, a resumed VM) must neither stretch a wait by the
+ * size of the step nor end every wait at once. */
 static void deadline_after(struct timespec *ts, unsigned ms) {
-    clock_gettime(CLOCK_REALTIME, ts);
+    clock_gettime(CLOCK_MONOTONIC, ts);
     ts->tv_sec += ms / 1000;
     ts->tv_nsec += (long)(ms % 1000) * 1000000L;
     if (ts->tv_nsec >= 1000000000L) {
         ts->tv_sec++;
         ts->tv_nsec -= 1000000000L;
     }
+}
+
+/* Initialises *c to time its waits on CLOCK_MONOTONIC (deadline_after's clock). Returns 0 or -errno;
+ * *c is initialised only on success. */
+static int cond_init_monotonic(pthread_cond_t *c) {
+    pthread_condattr_t ca;
+    int r = pthread_condattr_init(&ca);
+    if (r != 0) return -r;
+    r = pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    if (r == 0) r = pthread_cond_init(c, &ca);
+    pthread_condattr_destroy(&ca);
+    return -r;
 }
 
 static void set_rate(void *ctx, double tokens_per_s) {
@@ -107,13 +122,18 @@ int lorad_workers_start(const struct lorad_workers_options *o, struct lorad_work
         return -ENOMEM;
     }
     p->opt = *o;
+    int r = cond_init_monotonic(&p->wake);
+    if (r == 0 && (r = cond_init_monotonic(&p->idle)) < 0) pthread_cond_destroy(&p->wake);
+    if (r < 0) {
+        free(p->w);
+        free(p);
+        return r;
+    }
     pthread_mutex_init(&p->mu, NULL);
-    pthread_cond_init(&p->wake, NULL);
-    pthread_cond_init(&p->idle, NULL);
     atomic_init(&p->stopping, false);
     for (int i = 0; i < o->workers; i++) {
         p->w[i] = (struct worker){.pool = p, .index = i, .tokens_per_s = NAN};
-        int r = pthread_create(&p->w[i].thread, NULL, worker_main, &p->w[i]);
+        r = pthread_create(&p->w[i].thread, NULL, worker_main, &p->w[i]);
         if (r != 0) {
             lorad_workers_free(p); /* joins the p->n already running */
             return -r;
