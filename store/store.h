@@ -19,6 +19,8 @@
  *   -ENOSPC  disk (or max_pages quota) full; the transaction was rolled back
  *   -EBADMSG the file at the database path is not a SQLite database, or is corrupt
  *   -EPROTO  the database schema is newer than this binary
+ *   -E2BIG   a value SQLite refuses to take (longer than its length limit); message names the
+ *            SQL parameter
  *   -EIO     any other SQLite failure (message carries SQLite's text)
  * On failure nothing was committed and no ret_ parameter was written.
  *

@@ -39,10 +39,13 @@ int64_t store_now(void) { return (int64_t)time(NULL); }
 
 sqlite3_stmt *store_stmt(struct store_conn *c, const char *sql, int *ret_rc,
                          struct lorad_error *err) {
+    c->bound = NULL;
+    c->bind_rc = SQLITE_OK;
     for (int i = 0; i < c->n_cached; i++) {
         if (c->cache[i].sql == sql) {
             sqlite3_reset(c->cache[i].stmt);
             sqlite3_clear_bindings(c->cache[i].stmt);
+            c->bound = c->cache[i].stmt;
             return c->cache[i].stmt;
         }
     }
@@ -61,6 +64,7 @@ sqlite3_stmt *store_stmt(struct store_conn *c, const char *sql, int *ret_rc,
     c->cache[c->n_cached].sql = sql;
     c->cache[c->n_cached].stmt = st;
     c->n_cached++;
+    c->bound = st;
     return st;
 }
 
@@ -71,25 +75,48 @@ void store_stmt_done(sqlite3_stmt *st) {
 }
 
 int store_step(struct store_conn *c, sqlite3_stmt *st, const char *what, struct lorad_error *err) {
+    if (st == c->bound && c->bind_rc != SQLITE_OK) {
+        int rc = c->bind_rc;
+        c->bind_rc = SQLITE_OK;
+        int r = store_errno(rc);
+        return lorad_error_set(err, r ? r : -EIO, "", "%s: cannot bind parameter %d: %s", what,
+                               c->bind_index, sqlite3_errstr(rc));
+    }
     int rc = sqlite3_step(st);
     if (rc == SQLITE_ROW) return 1;
     if (rc == SQLITE_DONE) return 0;
     return store_sqlite_error(c->db, rc, what, err);
 }
 
-int store_bind_text(sqlite3_stmt *st, int i, const char *s) {
-    return s ? sqlite3_bind_text(st, i, s, -1, SQLITE_TRANSIENT) : sqlite3_bind_null(st, i);
+static void bind_result(struct store_conn *c, sqlite3_stmt *st, int i, int rc) {
+    assert(st == c->bound && "bind the statement store_stmt() returned last");
+    if (rc != SQLITE_OK && c->bind_rc == SQLITE_OK) {
+        c->bind_rc = rc;
+        c->bind_index = i;
+    }
 }
 
-int store_bind_double(sqlite3_stmt *st, int i, double v) {
-    return isfinite(v) ? sqlite3_bind_double(st, i, v) : sqlite3_bind_null(st, i);
+void store_bind_text(struct store_conn *c, sqlite3_stmt *st, int i, const char *s) {
+    bind_result(c, st, i,
+                s ? sqlite3_bind_text(st, i, s, -1, SQLITE_TRANSIENT) : sqlite3_bind_null(st, i));
 }
 
-int store_bind_json(sqlite3_stmt *st, int i, json_t *j) {
-    if (!j) return sqlite3_bind_null(st, i);
+void store_bind_int64(struct store_conn *c, sqlite3_stmt *st, int i, int64_t v) {
+    bind_result(c, st, i, sqlite3_bind_int64(st, i, v));
+}
+
+void store_bind_double(struct store_conn *c, sqlite3_stmt *st, int i, double v) {
+    bind_result(c, st, i, isfinite(v) ? sqlite3_bind_double(st, i, v) : sqlite3_bind_null(st, i));
+}
+
+void store_bind_json(struct store_conn *c, sqlite3_stmt *st, int i, json_t *j) {
+    if (!j) {
+        bind_result(c, st, i, sqlite3_bind_null(st, i));
+        return;
+    }
     char *text = json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY);
-    if (!text) return SQLITE_NOMEM;
-    return sqlite3_bind_text(st, i, text, -1, free);
+    /* SQLite frees text with the destructor even when the bind fails. */
+    bind_result(c, st, i, text ? sqlite3_bind_text(st, i, text, -1, free) : SQLITE_NOMEM);
 }
 
 json_t *store_col_text(sqlite3_stmt *st, int i) {
@@ -152,8 +179,8 @@ int store_page_after_key(struct store_conn *c, const char *sql, const char *afte
     int r;
     sqlite3_stmt *st = store_stmt(c, sql, &r, err);
     if (!st) return r;
-    store_bind_text(st, 1, after);
-    if (job_id) store_bind_text(st, 2, job_id);
+    store_bind_text(c, st, 1, after);
+    if (job_id) store_bind_text(c, st, 2, job_id);
     char failed[64];
     snprintf(failed, sizeof failed, "cannot read %s", what);
     r = store_step(c, st, failed, err);
@@ -191,7 +218,7 @@ int store_job_exists(struct store_conn *c, const char *job_id, const char *param
     int r = 0;
     sqlite3_stmt *st = store_stmt(c, "SELECT 1 FROM jobs WHERE id = ?1", &r, err);
     if (!st) return r;
-    store_bind_text(st, 1, job_id);
+    store_bind_text(c, st, 1, job_id);
     r = store_step(c, st, "cannot look up job", err);
     store_stmt_done(st);
     if (r == 0) return lorad_error_set(err, -ENOENT, param, "no such job: %s", job_id);

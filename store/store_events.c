@@ -27,13 +27,13 @@ int store_event_append_tx(struct store_conn *c, const char *job_id, const char *
         " SELECT ?1, ?2, COALESCE(MAX(seq), 0) + 1, ?3, ?4, ?5, ?6, ?7 FROM events"
         " WHERE job_id = ?2 RETURNING seq", &r, err);
     if (!st) return r;
-    store_bind_text(st, 1, id);
-    store_bind_text(st, 2, job_id);
-    sqlite3_bind_int64(st, 3, store_now());
-    store_bind_text(st, 4, level);
-    store_bind_text(st, 5, type);
-    store_bind_text(st, 6, message ? message : "");
-    store_bind_json(st, 7, data);
+    store_bind_text(c, st, 1, id);
+    store_bind_text(c, st, 2, job_id);
+    store_bind_int64(c, st, 3, store_now());
+    store_bind_text(c, st, 4, level);
+    store_bind_text(c, st, 5, type);
+    store_bind_text(c, st, 6, message ? message : "");
+    store_bind_json(c, st, 7, data);
     r = store_step(c, st, "cannot append event", err);
     int64_t seq = r == 1 ? sqlite3_column_int64(st, 0) : 0;
     if (r == 1) r = store_step(c, st, "cannot append event", err);
@@ -91,9 +91,9 @@ int lorad_store_event_list(struct lorad_store *s, const char *job_id, const char
         "SELECT id, created_at, level, message, data, type, seq FROM events"
         " WHERE job_id = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3", &r, err);
     if (!st) goto out;
-    store_bind_text(st, 1, job_id);
-    sqlite3_bind_int64(st, 2, after_seq);
-    sqlite3_bind_int(st, 3, limit + 1);
+    store_bind_text(c, st, 1, job_id);
+    store_bind_int64(c, st, 2, after_seq);
+    store_bind_int64(c, st, 3, limit + 1);
     r = store_collect_page(c, st, limit, event_from_row, "cannot list events", ret_page, err);
 out:
     store_release(s, c);
@@ -114,9 +114,9 @@ int lorad_store_event_since(struct lorad_store *s, const char *job_id, int64_t a
         "SELECT id, created_at, level, message, data, type, seq FROM events"
         " WHERE job_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3", &r, err);
     if (!st) goto out;
-    store_bind_text(st, 1, job_id);
-    sqlite3_bind_int64(st, 2, after_seq);
-    sqlite3_bind_int(st, 3, limit);
+    store_bind_text(c, st, 1, job_id);
+    store_bind_int64(c, st, 2, after_seq);
+    store_bind_int64(c, st, 3, limit);
     json_t *events = json_array();
     int64_t last = after_seq;
     while ((r = store_step(c, st, "cannot list events", err)) == 1) {

@@ -16,6 +16,10 @@ struct store_conn {
         sqlite3_stmt *stmt;
     } cache[STORE_STMT_CACHE];
     int n_cached;
+    /* The statement store_stmt() handed out last and its first failed bind (SQLITE_OK: none),
+     * which store_step() reports instead of running the statement with that parameter NULL. */
+    sqlite3_stmt *bound;
+    int bind_rc, bind_index;
     struct store_conn *next_idle;
 };
 
@@ -36,12 +40,15 @@ int store_acquire(struct lorad_store *s, struct store_conn **ret_conn, struct lo
 void store_release(struct lorad_store *s, struct store_conn *c);
 
 /* The cached prepared statement for the static SQL text sql, reset and unbound. NULL on failure
- * (err set, *ret_rc = -errno). sql must be a string literal (its address is the key). */
+ * (err set, *ret_rc = -errno). sql must be a string literal (its address is the key). It becomes
+ * the connection's statement being bound: bind it (store_bind_*) before asking for another. */
 sqlite3_stmt *store_stmt(struct store_conn *c, const char *sql, int *ret_rc,
                          struct lorad_error *err);
 /* Resets st so its connection's locks are released; clears bindings. */
 void store_stmt_done(sqlite3_stmt *st);
-/* sqlite3_step(): 1 = row, 0 = done, -errno on error (err set with what and SQLite's text). */
+/* sqlite3_step(): 1 = row, 0 = done, -errno on error (err set with what and SQLite's text).
+ * A statement one of whose binds failed is not run: the bind's error is returned (-E2BIG for a
+ * value over SQLite's length limit, -ENOMEM, ...; err names the parameter). */
 int store_step(struct store_conn *c, sqlite3_stmt *st, const char *what, struct lorad_error *err);
 
 /* Maps a SQLite result code to -errno. */
@@ -58,10 +65,14 @@ int store_tx_end(struct lorad_store *s, struct store_conn *c, int r, struct lora
 /* Unix seconds. */
 int64_t store_now(void);
 
-/* Binding helpers: NULL text and NAN doubles bind SQL NULL; json is serialised compactly. */
-int store_bind_text(sqlite3_stmt *st, int i, const char *s);
-int store_bind_double(sqlite3_stmt *st, int i, double v);
-int store_bind_json(sqlite3_stmt *st, int i, json_t *j);
+/* Binding helpers, the only way the store binds: they bind parameter i of st, which must be the
+ * statement store_stmt() returned last on c, and record the first failure for store_step(), so
+ * no caller can store a NULL where a value failed to bind. NULL text and NAN doubles bind SQL
+ * NULL; json is serialised compactly. */
+void store_bind_text(struct store_conn *c, sqlite3_stmt *st, int i, const char *s);
+void store_bind_int64(struct store_conn *c, sqlite3_stmt *st, int i, int64_t v);
+void store_bind_double(struct store_conn *c, sqlite3_stmt *st, int i, double v);
+void store_bind_json(struct store_conn *c, sqlite3_stmt *st, int i, json_t *j);
 /* Column helpers: NULL column -> json null; text JSON column parsed (invalid -> null). */
 json_t *store_col_text(sqlite3_stmt *st, int i);
 json_t *store_col_int(sqlite3_stmt *st, int i);

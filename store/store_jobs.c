@@ -124,7 +124,7 @@ int store_job_get_conn(struct store_conn *c, const char *id, json_t **ret_job,
     int r = 0;
     sqlite3_stmt *st = store_stmt(c, JOB_SELECT "WHERE j.id = ?1", &r, err);
     if (!st) return r;
-    store_bind_text(st, 1, id);
+    store_bind_text(c, st, 1, id);
     r = store_step(c, st, "cannot read job", err);
     if (r == 1) {
         json_t *job = job_from_row(st);
@@ -176,9 +176,9 @@ int lorad_store_job_list(struct lorad_store *s, int status, const char *after, i
         JOB_SELECT "WHERE (?1 IS NULL OR j.status = ?1) AND j.pk < ?2 ORDER BY j.pk DESC LIMIT ?3",
         &r, err);
     if (!st) goto out;
-    store_bind_text(st, 1, status < 0 ? NULL : STATUS_NAMES[status]);
-    sqlite3_bind_int64(st, 2, after_pk);
-    sqlite3_bind_int(st, 3, limit + 1);
+    store_bind_text(c, st, 1, status < 0 ? NULL : STATUS_NAMES[status]);
+    store_bind_int64(c, st, 2, after_pk);
+    store_bind_int64(c, st, 3, limit + 1);
     r = store_collect_page(c, st, limit, job_from_row, "cannot list jobs", ret_page, err);
 out:
     store_release(s, c);
@@ -231,7 +231,7 @@ static int file_exists(struct store_conn *c, const char *id, const char *param,
     int r = 0;
     sqlite3_stmt *st = store_stmt(c, "SELECT 1 FROM files WHERE id = ?1", &r, err);
     if (!st) return r;
-    store_bind_text(st, 1, id);
+    store_bind_text(c, st, 1, id);
     r = store_step(c, st, "cannot look up file", err);
     store_stmt_done(st);
     if (r == 0) return lorad_error_set(err, -ENOENT, param, "no such file: %s", id);
@@ -246,7 +246,7 @@ static int idempotency_lookup(struct store_conn *c, const char *key, const char 
     sqlite3_stmt *st = store_stmt(c, "SELECT id, request_hash FROM jobs WHERE idempotency_key = ?1",
                                   &r, err);
     if (!st) return r;
-    store_bind_text(st, 1, key);
+    store_bind_text(c, st, 1, key);
     r = store_step(c, st, "cannot look up idempotency key", err);
     if (r == 1) {
         const char *stored = (const char *)sqlite3_column_text(st, 1);
@@ -308,18 +308,18 @@ int lorad_store_job_create(struct lorad_store *s, const struct lorad_store_job_n
         " seed, suffix, idempotency_key, request_hash, priority)"
         " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)", &r, err);
     if (!st) goto end;
-    store_bind_text(st, 1, id);
-    store_bind_text(st, 2, j->model);
-    store_bind_text(st, 3, j->training_file);
-    store_bind_text(st, 4, j->validation_file);
-    store_bind_json(st, 5, j->spec);
-    store_bind_text(st, 6, STATUS_NAMES[j->status]);
-    sqlite3_bind_int64(st, 7, store_now());
-    sqlite3_bind_int64(st, 8, j->seed);
-    store_bind_text(st, 9, j->suffix);
-    store_bind_text(st, 10, j->idempotency_key);
-    store_bind_text(st, 11, j->idempotency_key ? j->request_hash : NULL);
-    sqlite3_bind_int(st, 12, j->priority);
+    store_bind_text(c, st, 1, id);
+    store_bind_text(c, st, 2, j->model);
+    store_bind_text(c, st, 3, j->training_file);
+    store_bind_text(c, st, 4, j->validation_file);
+    store_bind_json(c, st, 5, j->spec);
+    store_bind_text(c, st, 6, STATUS_NAMES[j->status]);
+    store_bind_int64(c, st, 7, store_now());
+    store_bind_int64(c, st, 8, j->seed);
+    store_bind_text(c, st, 9, j->suffix);
+    store_bind_text(c, st, 10, j->idempotency_key);
+    store_bind_text(c, st, 11, j->idempotency_key ? j->request_hash : NULL);
+    store_bind_int64(c, st, 12, j->priority);
     r = store_step(c, st, "cannot insert job", err);
     store_stmt_done(st);
     if (r < 0) goto end;
@@ -346,7 +346,7 @@ static int job_status_tx(struct store_conn *c, const char *id, enum lorad_job_st
     int r = 0;
     sqlite3_stmt *st = store_stmt(c, "SELECT status FROM jobs WHERE id = ?1", &r, err);
     if (!st) return r;
-    store_bind_text(st, 1, id);
+    store_bind_text(c, st, 1, id);
     r = store_step(c, st, "cannot read job", err);
     if (r == 1) {
         const char *name = (const char *)sqlite3_column_text(st, 0);
@@ -384,15 +384,15 @@ int store_transition_tx(struct store_conn *c, const char *id,
         " control = CASE WHEN ?2 = 'cancelling' THEN 'cancel' ELSE 'none' END"
         " WHERE id = ?1", &r, err);
     if (!st) return r;
-    store_bind_text(st, 1, id);
-    store_bind_text(st, 2, STATUS_NAMES[t->to]);
-    sqlite3_bind_int64(st, 3, store_now());
-    sqlite3_bind_int(st, 4, lorad_job_status_terminal(t->to));
-    sqlite3_bind_int(st, 5, failed);
-    store_bind_text(st, 6, failed ? (t->error_code ? t->error_code : "failed") : NULL);
-    store_bind_text(st, 7, failed ? (t->error_message ? t->error_message : "") : NULL);
-    store_bind_text(st, 8, failed ? t->error_param : NULL);
-    store_bind_text(st, 9, t->to == LORAD_JOB_SUCCEEDED ? t->fine_tuned_model : NULL);
+    store_bind_text(c, st, 1, id);
+    store_bind_text(c, st, 2, STATUS_NAMES[t->to]);
+    store_bind_int64(c, st, 3, store_now());
+    store_bind_int64(c, st, 4, lorad_job_status_terminal(t->to));
+    store_bind_int64(c, st, 5, failed);
+    store_bind_text(c, st, 6, failed ? (t->error_code ? t->error_code : "failed") : NULL);
+    store_bind_text(c, st, 7, failed ? (t->error_message ? t->error_message : "") : NULL);
+    store_bind_text(c, st, 8, failed ? t->error_param : NULL);
+    store_bind_text(c, st, 9, t->to == LORAD_JOB_SUCCEEDED ? t->fine_tuned_model : NULL);
     r = store_step(c, st, "cannot update job status", err);
     store_stmt_done(st);
     if (r < 0) return r;
@@ -474,7 +474,7 @@ int lorad_store_job_control(struct lorad_store *s, const char *id,
     if (r < 0) return r;
     sqlite3_stmt *st = store_stmt(c, "SELECT status, control FROM jobs WHERE id = ?1", &r, err);
     if (st) {
-        store_bind_text(st, 1, id);
+        store_bind_text(c, st, 1, id);
         r = store_step(c, st, "cannot read job", err);
         if (r == 1) {
             const char *status = (const char *)sqlite3_column_text(st, 0);
@@ -500,8 +500,8 @@ static int set_control_tx(struct store_conn *c, const char *id, const char *cont
     int r = 0;
     sqlite3_stmt *st = store_stmt(c, "UPDATE jobs SET control = ?2 WHERE id = ?1", &r, err);
     if (!st) return r;
-    store_bind_text(st, 1, id);
-    store_bind_text(st, 2, control);
+    store_bind_text(c, st, 1, id);
+    store_bind_text(c, st, 2, control);
     r = store_step(c, st, "cannot update job", err);
     store_stmt_done(st);
     if (r < 0) return r;
@@ -579,13 +579,13 @@ int lorad_store_job_set_progress(struct lorad_store *s, const char *id,
         " trained_tokens = CASE WHEN ?7 < 0 THEN trained_tokens ELSE ?7 END WHERE id = ?1",
         &r, err);
     if (st) {
-        store_bind_text(st, 1, id);
-        sqlite3_bind_int64(st, 2, p->step);
-        sqlite3_bind_int64(st, 3, p->total_steps);
-        store_bind_double(st, 4, p->epoch);
-        store_bind_double(st, 5, p->tokens_per_s);
-        store_bind_double(st, 6, p->eta_s);
-        sqlite3_bind_int64(st, 7, p->trained_tokens);
+        store_bind_text(c, st, 1, id);
+        store_bind_int64(c, st, 2, p->step);
+        store_bind_int64(c, st, 3, p->total_steps);
+        store_bind_double(c, st, 4, p->epoch);
+        store_bind_double(c, st, 5, p->tokens_per_s);
+        store_bind_double(c, st, 6, p->eta_s);
+        store_bind_int64(c, st, 7, p->trained_tokens);
         r = store_step(c, st, "cannot update progress", err);
         store_stmt_done(st);
         if (r == 0 && sqlite3_changes(c->db) == 0)
@@ -621,7 +621,7 @@ int store_recover_tx(struct store_conn *c, struct lorad_error *err) {
         st = store_stmt(c, "SELECT id, step FROM checkpoints WHERE job_id = ?1"
                            " ORDER BY step DESC LIMIT 1", &r, err);
         if (!st) return r;
-        store_bind_text(st, 1, id);
+        store_bind_text(c, st, 1, id);
         r = store_step(c, st, "cannot read checkpoints", err);
         if (r == 1) {
             json_decref(ckpt);

@@ -81,20 +81,20 @@ static int write_row_tx(struct store_conn *c, const char *job_id, const struct l
         " eta_s = excluded.eta_s, valid_loss = excluded.valid_loss,"
         " valid_mean_token_accuracy = excluded.valid_mean_token_accuracy", &r, err);
     if (!st) return r;
-    store_bind_text(st, 1, job_id);
-    sqlite3_bind_int64(st, 2, m->step);
-    sqlite3_bind_int64(st, 3, m->total_steps);
-    store_bind_double(st, 4, m->epoch);
-    store_bind_double(st, 5, m->train_loss);
-    store_bind_double(st, 6, m->train_mean_token_accuracy);
-    store_bind_double(st, 7, m->lr);
-    store_bind_double(st, 8, m->grad_norm);
-    sqlite3_bind_int64(st, 9, m->tokens_seen);
-    store_bind_double(st, 10, m->tokens_per_s);
-    store_bind_double(st, 11, m->elapsed_s);
-    store_bind_double(st, 12, m->eta_s);
-    store_bind_double(st, 13, m->valid_loss);
-    store_bind_double(st, 14, m->valid_mean_token_accuracy);
+    store_bind_text(c, st, 1, job_id);
+    store_bind_int64(c, st, 2, m->step);
+    store_bind_int64(c, st, 3, m->total_steps);
+    store_bind_double(c, st, 4, m->epoch);
+    store_bind_double(c, st, 5, m->train_loss);
+    store_bind_double(c, st, 6, m->train_mean_token_accuracy);
+    store_bind_double(c, st, 7, m->lr);
+    store_bind_double(c, st, 8, m->grad_norm);
+    store_bind_int64(c, st, 9, m->tokens_seen);
+    store_bind_double(c, st, 10, m->tokens_per_s);
+    store_bind_double(c, st, 11, m->elapsed_s);
+    store_bind_double(c, st, 12, m->eta_s);
+    store_bind_double(c, st, 13, m->valid_loss);
+    store_bind_double(c, st, 14, m->valid_mean_token_accuracy);
     r = store_step(c, st, "cannot write metrics", err);
     store_stmt_done(st);
     if (r < 0) return r;
@@ -125,13 +125,13 @@ static int write_pending_tx(struct lorad_metrics_writer *w, struct store_conn *c
         " progress_tokens_per_s = ?5, progress_eta_s = ?6, trained_tokens = ?7 WHERE id = ?1",
         &r, err);
     if (!st) return r;
-    store_bind_text(st, 1, w->job_id);
-    sqlite3_bind_int64(st, 2, m->step);
-    sqlite3_bind_int64(st, 3, m->total_steps);
-    store_bind_double(st, 4, m->epoch);
-    store_bind_double(st, 5, m->tokens_per_s);
-    store_bind_double(st, 6, m->eta_s);
-    sqlite3_bind_int64(st, 7, m->tokens_seen);
+    store_bind_text(c, st, 1, w->job_id);
+    store_bind_int64(c, st, 2, m->step);
+    store_bind_int64(c, st, 3, m->total_steps);
+    store_bind_double(c, st, 4, m->epoch);
+    store_bind_double(c, st, 5, m->tokens_per_s);
+    store_bind_double(c, st, 6, m->eta_s);
+    store_bind_int64(c, st, 7, m->tokens_seen);
     r = store_step(c, st, "cannot update progress", err);
     store_stmt_done(st);
     return r;
@@ -178,8 +178,8 @@ static int checkpoint_tx(struct lorad_metrics_writer *w, struct store_conn *c, i
             "SELECT train_loss, train_mean_token_accuracy, valid_loss, valid_mean_token_accuracy"
             " FROM metrics WHERE job_id = ?1 AND step = ?2", &r, err);
         if (!st) return r;
-        store_bind_text(st, 1, w->job_id);
-        sqlite3_bind_int64(st, 2, step);
+        store_bind_text(c, st, 1, w->job_id);
+        store_bind_int64(c, st, 2, step);
         r = store_step(c, st, "cannot read metrics", err);
         own = json_pack("{s:I}", "step", (json_int_t)step);
         if (r == 1) {
@@ -213,12 +213,12 @@ static int checkpoint_tx(struct lorad_metrics_writer *w, struct store_conn *c, i
         json_decref(own);
         return r;
     }
-    store_bind_text(st, 1, id);
-    store_bind_text(st, 2, w->job_id);
-    sqlite3_bind_int64(st, 3, step);
-    store_bind_text(st, 4, path);
-    store_bind_json(st, 5, metrics);
-    sqlite3_bind_int64(st, 6, store_now());
+    store_bind_text(c, st, 1, id);
+    store_bind_text(c, st, 2, w->job_id);
+    store_bind_int64(c, st, 3, step);
+    store_bind_text(c, st, 4, path);
+    store_bind_json(c, st, 5, metrics);
+    store_bind_int64(c, st, 6, store_now());
     json_decref(own);
     r = store_step(c, st, "cannot insert checkpoint", err);
     if (r == 1) {
@@ -235,8 +235,8 @@ static int checkpoint_tx(struct lorad_metrics_writer *w, struct store_conn *c, i
             "DELETE FROM checkpoints WHERE job_id = ?1 AND step NOT IN"
             " (SELECT step FROM checkpoints WHERE job_id = ?1 ORDER BY step DESC LIMIT ?2)", &r, err);
         if (!st) return r;
-        store_bind_text(st, 1, w->job_id);
-        sqlite3_bind_int(st, 2, keep);
+        store_bind_text(c, st, 1, w->job_id);
+        store_bind_int64(c, st, 2, keep);
         r = store_step(c, st, "cannot prune checkpoints", err);
         store_stmt_done(st);
         if (r < 0) return r;
@@ -291,9 +291,9 @@ int lorad_store_metrics_list(struct lorad_store *s, const char *job_id, int64_t 
         " tokens_seen, tokens_per_s, elapsed_s, eta_s, valid_loss, valid_mean_token_accuracy"
         " FROM metrics WHERE job_id = ?1 AND step > ?2 ORDER BY step LIMIT ?3", &r, err);
     if (!st) goto out;
-    store_bind_text(st, 1, job_id);
-    sqlite3_bind_int64(st, 2, after_step);
-    sqlite3_bind_int(st, 3, limit);
+    store_bind_text(c, st, 1, job_id);
+    store_bind_int64(c, st, 2, after_step);
+    store_bind_int64(c, st, 3, limit);
     static const char *const NAMES[] = {
         "step", "total_steps", "epoch", "train_loss", "train_mean_token_accuracy", "lr",
         "grad_norm", "tokens_seen", "tokens_per_s", "elapsed_s", "eta_s", "valid_loss",
@@ -348,9 +348,9 @@ int lorad_store_checkpoint_list(struct lorad_store *s, const char *job_id, const
         " FROM checkpoints c JOIN jobs j ON j.id = c.job_id"
         " WHERE c.job_id = ?1 AND c.step < ?2 ORDER BY c.step DESC LIMIT ?3", &r, err);
     if (!st) goto out;
-    store_bind_text(st, 1, job_id);
-    sqlite3_bind_int64(st, 2, after_step);
-    sqlite3_bind_int(st, 3, limit + 1);
+    store_bind_text(c, st, 1, job_id);
+    store_bind_int64(c, st, 2, after_step);
+    store_bind_int64(c, st, 3, limit + 1);
     r = store_collect_page(c, st, limit, checkpoint_from_row, "cannot list checkpoints", ret_page, err);
 out:
     store_release(s, c);
@@ -384,7 +384,7 @@ int lorad_store_checkpoint_latest(struct lorad_store *s, const char *job_id,
         "SELECT id, step, path FROM checkpoints WHERE job_id = ?1 ORDER BY step DESC LIMIT 1",
         &r, err);
     if (!st) goto out;
-    store_bind_text(st, 1, job_id);
+    store_bind_text(c, st, 1, job_id);
     r = checkpoint_row(c, st, ret_id, ret_step, ret_path, err);
     store_stmt_done(st);
 out:
@@ -403,8 +403,8 @@ int lorad_store_checkpoint_get(struct lorad_store *s, const char *job_id, const 
     sqlite3_stmt *st = store_stmt(c,
         "SELECT id, step, path FROM checkpoints WHERE id = ?1 AND job_id = ?2", &r, err);
     if (!st) goto out;
-    store_bind_text(st, 1, checkpoint_id);
-    store_bind_text(st, 2, job_id);
+    store_bind_text(c, st, 1, checkpoint_id);
+    store_bind_text(c, st, 2, job_id);
     r = checkpoint_row(c, st, NULL, ret_step, ret_path, err);
     if (r == 1) r = 0;
     else if (r == 0)
