@@ -17,7 +17,9 @@
  *   -EEXIST  idempotency key reused with a different request
  *   -EROFS   store opened read-only, or the database file cannot be written
  *   -ENOSPC  disk (or max_pages quota) full; the transaction was rolled back
- *   -EBADMSG the file at the database path is not a SQLite database, or is corrupt
+ *   -EBADMSG the file at the database path is not a SQLite database, or is corrupt, or a row
+ *            read cannot be turned into its object (text not UTF-8, JSON that does not parse; the
+ *            message names the row and column): a read never leaves such a row out
  *   -EPROTO  the database schema is newer than this binary
  *   -E2BIG   a value SQLite refuses to take (longer than its length limit); message names the
  *            SQL parameter

@@ -67,12 +67,22 @@ int lorad_store_event_append(struct lorad_store *s, const char *job_id, const ch
     return r;
 }
 
-static json_t *event_from_row(sqlite3_stmt *st) {
+static json_t *event_from_row(struct store_row *row) {
     /* columns: id, created_at, level, message, data, type, seq */
     return json_pack("{s:s, s:o, s:o, s:o, s:o, s:o, s:o}", "object", "fine_tuning.job.event",
-                     "id", store_col_text(st, 0), "created_at", store_col_int(st, 1), "level",
-                     store_col_text(st, 2), "message", store_col_text(st, 3), "data",
-                     store_col_json(st, 4), "type", store_col_text(st, 5));
+                     "id", store_col_text(row, 0), "created_at", store_col_int(row, 1), "level",
+                     store_col_text(row, 2), "message", store_col_text(row, 3), "data",
+                     store_col_json(row, 4), "type", store_col_text(row, 5));
+}
+
+/* An event with its "seq", for streaming. */
+static json_t *event_seq_from_row(struct store_row *row) {
+    json_t *ev = event_from_row(row);
+    if (ev && json_object_set_new(ev, "seq", store_col_int(row, 6)) < 0) {
+        json_decref(ev);
+        return NULL;
+    }
+    return ev;
 }
 
 int lorad_store_event_list(struct lorad_store *s, const char *job_id, const char *after,
@@ -117,19 +127,11 @@ int lorad_store_event_since(struct lorad_store *s, const char *job_id, int64_t a
     store_bind_text(c, st, 1, job_id);
     store_bind_int64(c, st, 2, after_seq);
     store_bind_int64(c, st, 3, limit);
-    json_t *events = json_array();
-    int64_t last = after_seq;
-    while ((r = store_step(c, st, "cannot list events", err)) == 1) {
-        json_t *ev = event_from_row(st);
-        last = sqlite3_column_int64(st, 6);
-        json_object_set_new(ev, "seq", json_integer(last));
-        json_array_append_new(events, ev);
-    }
-    store_stmt_done(st);
-    if (r < 0) {
-        json_decref(events);
-        goto out;
-    }
+    json_t *events = NULL;
+    r = store_collect_rows(c, st, limit, event_seq_from_row, "cannot list events", &events, NULL, err);
+    if (r < 0) goto out;
+    size_t n = json_array_size(events);
+    int64_t last = n ? json_integer_value(json_object_get(json_array_get(events, n - 1), "seq")) : after_seq;
     *ret_events = events;
     if (ret_last_seq) *ret_last_seq = last;
 out:

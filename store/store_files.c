@@ -9,13 +9,13 @@
 #define FILE_COLUMNS \
     "id, bytes, created_at, filename, purpose, status, sha256, line_count, format, validation"
 
-static json_t *file_from_row(sqlite3_stmt *st) {
+static json_t *file_from_row(struct store_row *row) {
     return json_pack("{s:o, s:s, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o}",
-                     "id", store_col_text(st, 0), "object", "file", "bytes", store_col_int(st, 1),
-                     "created_at", store_col_int(st, 2), "filename", store_col_text(st, 3),
-                     "purpose", store_col_text(st, 4), "status", store_col_text(st, 5),
-                     "sha256", store_col_text(st, 6), "line_count", store_col_int(st, 7),
-                     "format", store_col_text(st, 8), "validation", store_col_json(st, 9));
+                     "id", store_col_text(row, 0), "object", "file", "bytes", store_col_int(row, 1),
+                     "created_at", store_col_int(row, 2), "filename", store_col_text(row, 3),
+                     "purpose", store_col_text(row, 4), "status", store_col_text(row, 5),
+                     "sha256", store_col_text(row, 6), "line_count", store_col_int(row, 7),
+                     "format", store_col_text(row, 8), "validation", store_col_json(row, 9));
 }
 
 static bool file_status_valid(const char *s) {
@@ -30,9 +30,7 @@ static int file_get_conn(struct store_conn *c, const char *id, json_t **ret_file
     store_bind_text(c, st, 1, id);
     r = store_step(c, st, "cannot read file", err);
     if (r == 1) {
-        json_t *f = file_from_row(st);
-        r = f ? 0 : lorad_error_set(err, -ENOMEM, "", "out of memory");
-        if (f) *ret_file = f;
+        r = store_row_object(st, file_from_row, "cannot read file", ret_file, err);
     } else if (r == 0) {
         r = lorad_error_set(err, -ENOENT, "file_id", "no such file: %s", id);
     }

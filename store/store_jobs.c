@@ -83,37 +83,40 @@ static json_t *hyperparameters_of(json_t *spec) {
     return json_object();
 }
 
-static json_t *job_from_row(sqlite3_stmt *st) {
-    json_t *spec = store_col_json(st, 4);
+static json_t *job_from_row(struct store_row *row) {
+    sqlite3_stmt *st = row->st;
+    json_t *spec = store_col_json(row, 4);
+    if (!spec) return NULL;
     json_t *error = json_null();
     if (sqlite3_column_type(st, 9) != SQLITE_NULL) {
         json_decref(error);
-        error = json_pack("{s:o, s:o, s:o}", "code", store_col_text(st, 9), "message",
-                          store_col_text(st, 10), "param", store_col_text(st, 11));
+        error = json_pack("{s:o, s:o, s:o}", "code", store_col_text(row, 9), "message",
+                          store_col_text(row, 10), "param", store_col_text(row, 11));
     }
     json_t *estimated_finish = json_null();
     const char *status = (const char *)sqlite3_column_text(st, 5);
-    if (status && !strcmp(status, "running") && sqlite3_column_type(st, 20) != SQLITE_NULL) {
-        json_decref(estimated_finish);
-        estimated_finish = json_integer(store_now() + (int64_t)ceil(sqlite3_column_double(st, 20)));
-    }
-    json_t *progress = json_pack("{s:o, s:o, s:o, s:o, s:o}", "step", store_col_int(st, 16),
-                                 "total_steps", store_col_int(st, 17), "epoch",
-                                 store_col_real(st, 18), "tokens_per_s", store_col_real(st, 19),
-                                 "eta_s", store_col_real(st, 20));
+    double eta_s = sqlite3_column_double(st, 20);
+    /* A non-finite eta is reported as corrupt by store_col_real() below. */
+    if (status && !strcmp(status, "running") && sqlite3_column_type(st, 20) != SQLITE_NULL &&
+        isfinite(eta_s))
+        estimated_finish = json_integer(store_now() + (int64_t)ceil(eta_s));
+    json_t *progress = json_pack("{s:o, s:o, s:o, s:o, s:o}", "step", store_col_int(row, 16),
+                                 "total_steps", store_col_int(row, 17), "epoch",
+                                 store_col_real(row, 18), "tokens_per_s", store_col_real(row, 19),
+                                 "eta_s", store_col_real(row, 20));
     json_t *job = json_pack(
         "{s:o, s:s, s:o, s:o, s:o, s:o, s:s, s:[], s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o,"
         " s:o, s:o, s:o, s:o, s:o}",
-        "id", store_col_text(st, 0), "object", "fine_tuning.job", "model", store_col_text(st, 1),
-        "created_at", store_col_int(st, 6), "finished_at", store_col_int(st, 8),
-        "fine_tuned_model", store_col_text(st, 14), "organization_id", "org-lorad",
-        "result_files", "status", store_col_text(st, 5), "validation_file",
-        store_col_text(st, 3), "training_file", store_col_text(st, 2), "hyperparameters",
-        hyperparameters_of(spec), "trained_tokens", store_col_int(st, 15), "error", error,
-        "seed", store_col_int(st, 12), "suffix", store_col_text(st, 13), "estimated_finish",
-        estimated_finish, "progress", progress, "priority", store_col_int(st, 21),
-        "queue_position", store_col_int(st, 23), "started_at", store_col_int(st, 7), "control",
-        store_col_text(st, 22));
+        "id", store_col_text(row, 0), "object", "fine_tuning.job", "model", store_col_text(row, 1),
+        "created_at", store_col_int(row, 6), "finished_at", store_col_int(row, 8),
+        "fine_tuned_model", store_col_text(row, 14), "organization_id", "org-lorad",
+        "result_files", "status", store_col_text(row, 5), "validation_file",
+        store_col_text(row, 3), "training_file", store_col_text(row, 2), "hyperparameters",
+        hyperparameters_of(spec), "trained_tokens", store_col_int(row, 15), "error", error,
+        "seed", store_col_int(row, 12), "suffix", store_col_text(row, 13), "estimated_finish",
+        estimated_finish, "progress", progress, "priority", store_col_int(row, 21),
+        "queue_position", store_col_int(row, 23), "started_at", store_col_int(row, 7), "control",
+        store_col_text(row, 22));
     if (job && json_is_object(spec)) json_object_update_missing(job, spec);
     json_decref(spec);
     return job;
@@ -127,9 +130,7 @@ int store_job_get_conn(struct store_conn *c, const char *id, json_t **ret_job,
     store_bind_text(c, st, 1, id);
     r = store_step(c, st, "cannot read job", err);
     if (r == 1) {
-        json_t *job = job_from_row(st);
-        r = job ? 0 : lorad_error_set(err, -ENOMEM, "", "out of memory");
-        if (job) *ret_job = job;
+        r = store_row_object(st, job_from_row, "cannot read job", ret_job, err);
     } else if (r == 0) {
         r = lorad_error_set(err, -ENOENT, "fine_tuning_job_id", "no such job: %s", id);
     }
@@ -599,6 +600,11 @@ out:
 
 /* ---- startup recovery --------------------------------------------------------------------- */
 
+/* {id, step} of a checkpoint row (columns id, step). */
+static json_t *checkpoint_ref_from_row(struct store_row *row) {
+    return json_pack("{s:o, s:o}", "id", store_col_text(row, 0), "step", store_col_int(row, 1));
+}
+
 int store_recover_tx(struct store_conn *c, struct lorad_error *err) {
     int r = 0;
     for (;;) {
@@ -617,22 +623,16 @@ int store_recover_tx(struct store_conn *c, struct lorad_error *err) {
         store_stmt_done(st);
         if (r <= 0) return r;
 
-        json_t *ckpt = json_null();
+        json_t *ckpt = NULL;
         st = store_stmt(c, "SELECT id, step FROM checkpoints WHERE job_id = ?1"
                            " ORDER BY step DESC LIMIT 1", &r, err);
         if (!st) return r;
         store_bind_text(c, st, 1, id);
         r = store_step(c, st, "cannot read checkpoints", err);
-        if (r == 1) {
-            json_decref(ckpt);
-            ckpt = json_pack("{s:o, s:o}", "id", store_col_text(st, 0), "step",
-                             store_col_int(st, 1));
-        }
+        if (r == 1) r = store_row_object(st, checkpoint_ref_from_row, "cannot read checkpoints", &ckpt, err);
         store_stmt_done(st);
-        if (r < 0) {
-            json_decref(ckpt);
-            return r;
-        }
+        if (r < 0) return r;
+        if (!ckpt) ckpt = json_null(); /* none yet */
         char message[200];
         struct lorad_store_transition t = {.message = message};
         if (from == LORAD_JOB_RUNNING) {
