@@ -99,6 +99,7 @@ int main(int argc, char **argv) {
         {"list limit=20 (API default)", 0, -1, 20, NULL},
         {"list limit=100 (API max)", 0, -1, 100, NULL},
         {"list status=queued limit=100", 0, LORAD_JOB_QUEUED, 100, NULL},
+        {"list status=succeeded limit=100", 0, LORAD_JOB_SUCCEEDED, 100, NULL},
         {"get newest queued job", 1, 0, 0, newest},
     };
     printf("%d queued jobs (+%d finished), %d runs each\n", n_queued, n_queued / 10, reps);

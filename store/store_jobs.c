@@ -60,15 +60,35 @@ bool lorad_job_status_terminal(enum lorad_job_status s) {
 
 /* ---- reading ------------------------------------------------------------------------------ */
 
-#define JOB_SELECT                                                                               \
-    "SELECT j.id, j.model, j.training_file, j.validation_file, j.spec, j.status, j.created_at," \
+/* Columns 0..22 of a job row; column 23 is its queue_position (NULL unless queued), which the two
+ * SELECTs below compute differently with the same meaning: 1 + the queued jobs ahead of it in the
+ * order lorad_store_job_claim_next() takes them (priority DESC, then pk: FIFO within a priority). */
+#define JOB_COLUMNS                                                                              \
+    "j.id, j.model, j.training_file, j.validation_file, j.spec, j.status, j.created_at,"        \
     " j.started_at, j.finished_at, j.error_code, j.error_message, j.error_param, j.seed,"      \
     " j.suffix, j.fine_tuned_model, j.trained_tokens, j.progress_step,"                        \
     " j.progress_total_steps, j.progress_epoch, j.progress_tokens_per_s, j.progress_eta_s,"    \
-    " j.priority, j.control,"                                                                  \
-    " CASE WHEN j.status = 'queued' THEN 1 + (SELECT count(*) FROM jobs q"                     \
-    "   WHERE q.status = 'queued' AND (q.priority > j.priority"                                \
-    "   OR (q.priority = j.priority AND q.pk < j.pk))) END"                                     \
+    " j.priority, j.control"
+
+/* For one job: two counts, each a range of the jobs_queue index (status, priority DESC, pk), so
+ * the cost is the job's place in the queue. One count with an OR of the two ranges costs ~4x. */
+#define JOB_SELECT_ONE                                                                           \
+    "SELECT " JOB_COLUMNS ","                                                                    \
+    " CASE WHEN j.status = 'queued' THEN 1"                                                      \
+    "   + (SELECT count(*) FROM jobs q WHERE q.status = 'queued' AND q.priority > j.priority)"  \
+    "   + (SELECT count(*) FROM jobs q WHERE q.status = 'queued' AND q.priority = j.priority"   \
+    "      AND q.pk < j.pk) END"                                                                 \
+    " FROM jobs j "
+
+/* For a page: a count per queued row made a page of 100 cost 100 walks of the queue (~60 ms
+ * with 10000 queued). Instead the whole queue is numbered once, in jobs_queue's order (no sort),
+ * and each row looks its number up (SQLite builds the automatic index on pk once per query, on
+ * the page's first queued row; a page without one never numbers the queue). */
+#define JOB_SELECT_PAGE                                                                          \
+    "WITH queue(pk, position) AS (SELECT pk, row_number() OVER (ORDER BY priority DESC, pk)"    \
+    "   FROM jobs WHERE status = 'queued')"                                                      \
+    " SELECT " JOB_COLUMNS ","                                                                   \
+    " CASE WHEN j.status = 'queued' THEN (SELECT position FROM queue WHERE queue.pk = j.pk) END" \
     " FROM jobs j "
 
 static json_t *hyperparameters_of(json_t *spec) {
@@ -125,7 +145,7 @@ static json_t *job_from_row(struct store_row *row) {
 int store_job_get_conn(struct store_conn *c, const char *id, json_t **ret_job,
                        struct lorad_error *err) {
     int r = 0;
-    sqlite3_stmt *st = store_stmt(c, JOB_SELECT "WHERE j.id = ?1", &r, err);
+    sqlite3_stmt *st = store_stmt(c, JOB_SELECT_ONE "WHERE j.id = ?1", &r, err);
     if (!st) return r;
     store_bind_text(c, st, 1, id);
     r = store_step(c, st, "cannot read job", err);
@@ -174,7 +194,7 @@ int lorad_store_job_list(struct lorad_store *s, int status, const char *after, i
     r = store_page_after_key(c, "SELECT pk FROM jobs WHERE id = ?1", after, NULL, "job", &after_pk, err);
     if (r < 0) goto out;
     sqlite3_stmt *st = store_stmt(c,
-        JOB_SELECT "WHERE (?1 IS NULL OR j.status = ?1) AND j.pk < ?2 ORDER BY j.pk DESC LIMIT ?3",
+        JOB_SELECT_PAGE "WHERE (?1 IS NULL OR j.status = ?1) AND j.pk < ?2 ORDER BY j.pk DESC LIMIT ?3",
         &r, err);
     if (!st) goto out;
     store_bind_text(c, st, 1, status < 0 ? NULL : STATUS_NAMES[status]);

@@ -2,6 +2,7 @@
  * recovery, file-in-use refusal and ids. All on real temporary database files. */
 #include <errno.h>
 #include <pthread.h>
+#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -297,6 +298,152 @@ static void test_claim_order(void **state) {
     fx_close(&fx);
 }
 
+/* ---- queue positions at scale ------------------------------------------------------------- */
+
+enum { BIG_QUEUE = 10000, BIG_OTHERS = 700 };
+
+struct big_job {
+    int64_t pk;
+    int priority;
+    bool queued;
+    char id[LORAD_STORE_ID_MAX];
+    int64_t position; /* expected; 0 = not queued */
+};
+
+static int cmp_queue_order(const void *a, const void *b) {
+    const struct big_job *x = *(struct big_job *const *)a, *y = *(struct big_job *const *)b;
+    if (x->priority != y->priority) return x->priority > y->priority ? -1 : 1;
+    return (x->pk > y->pk) - (x->pk < y->pk);
+}
+
+/* Inserts the jobs with raw SQL in one transaction (a store create per job would take 10700
+ * fsyncs): priorities -3..3 in a scrambled order, every 16th job another status. */
+static struct big_job *insert_big_queue(const char *db, const char *file, int n) {
+    struct big_job *jobs = calloc((size_t)n, sizeof *jobs);
+    assert_non_null(jobs);
+    sqlite3 *raw = NULL;
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_open_v2(db, &raw, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(raw, "BEGIN", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(raw,
+        "INSERT INTO jobs(pk, id, model, training_file, spec, status, created_at, seed, priority)"
+        " VALUES (?1, ?2, 'm', ?3, '{}', ?4, 1, 0, ?5)", -1, &st, NULL), SQLITE_OK);
+    static const char *const others[] = {"paused", "running", "succeeded", "validating_files"};
+    uint32_t rng = 12345;
+    for (int i = 0; i < n; i++) {
+        struct big_job *j = &jobs[i];
+        rng = rng * 1103515245u + 12345u;
+        j->pk = 1000 + i;
+        j->priority = (int)((rng >> 16) % 7) - 3;
+        j->queued = i % 16 != 7;
+        snprintf(j->id, sizeof j->id, "ftjob-%024d", i);
+        sqlite3_bind_int64(st, 1, j->pk);
+        sqlite3_bind_text(st, 2, j->id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, file, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 4, j->queued ? "queued" : others[(i / 16) % 4], -1, SQLITE_STATIC);
+        sqlite3_bind_int(st, 5, j->priority);
+        assert_int_equal(sqlite3_step(st), SQLITE_DONE);
+        sqlite3_reset(st);
+    }
+    sqlite3_finalize(st);
+    assert_int_equal(sqlite3_exec(raw, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(raw);
+    return jobs;
+}
+
+/* Expected positions: the queued jobs sorted by priority (higher first), then pk (older first). */
+static void expect_positions(struct big_job *jobs, int n) {
+    struct big_job **order = calloc((size_t)n, sizeof *order);
+    assert_non_null(order);
+    int nq = 0;
+    for (int i = 0; i < n; i++) {
+        jobs[i].position = 0;
+        if (jobs[i].queued) order[nq++] = &jobs[i];
+    }
+    qsort(order, (size_t)nq, sizeof *order, cmp_queue_order);
+    for (int k = 0; k < nq; k++) order[k]->position = k + 1;
+    free(order);
+}
+
+static void check_position(const struct big_job *j, json_t *obj) {
+    assert_string_equal(json_string_value(json_object_get(obj, "id")), j->id);
+    json_t *pos = json_object_get(obj, "queue_position");
+    if (j->position == 0) {
+        assert_true(json_is_null(pos));
+    } else {
+        if (json_integer_value(pos) != j->position)
+            fprintf(stderr, "%s: queue_position %lld, expected %lld\n", j->id,
+                    (long long)json_integer_value(pos), (long long)j->position);
+        assert_int_equal(json_integer_value(pos), j->position);
+    }
+}
+
+/* Walks every page of the list (status -1 = all) newest first and checks each job's position. */
+static void check_list_positions(struct lorad_store *s, const struct big_job *jobs, int n, int status) {
+    char after[LORAD_STORE_ID_MAX] = "";
+    int i = n - 1, seen = 0;
+    for (;;) {
+        json_t *page = NULL;
+        assert_int_equal(lorad_store_job_list(s, status, seen ? after : NULL, 100, &page, NULL), 0);
+        json_t *data = json_object_get(page, "data");
+        for (size_t k = 0; k < json_array_size(data); k++, seen++) {
+            while (status >= 0 && !jobs[i].queued) i--;
+            check_position(&jobs[i--], json_array_get(data, k));
+        }
+        if (json_array_size(data)) snprintf(after, sizeof after, "%s", json_string_value(json_object_get(page, "last_id")));
+        bool more = json_is_true(json_object_get(page, "has_more"));
+        json_decref(page);
+        if (!more) break;
+    }
+    int want = 0;
+    for (int k = 0; k < n; k++) want += status < 0 || jobs[k].queued;
+    assert_int_equal(seen, want);
+}
+
+static void check_get_positions(struct lorad_store *s, const struct big_job *jobs, int n, int stride) {
+    for (int i = 0; i < n; i += stride) {
+        json_t *job = NULL;
+        assert_int_equal(lorad_store_job_get(s, jobs[i].id, &job, NULL), 0);
+        check_position(&jobs[i], job);
+        json_decref(job);
+    }
+}
+
+/* 10000 queued jobs (and 700 in other states): every list page and every read gives each queued
+ * job its place in the order the worker claims them (priority DESC, then FIFO), 1..n, computed
+ * here independently by sorting; the other jobs have none. After a claim everyone moves up one. */
+static void test_queue_positions_at_scale(void **state) {
+    (void)state;
+    struct fx fx;
+    fx_open(&fx, 0);
+    char file[LORAD_STORE_ID_MAX];
+    fx_file(fx.store, file);
+    const int n = BIG_QUEUE + BIG_OTHERS;
+    struct big_job *jobs = insert_big_queue(fx.db, file, n);
+    int nq = 0;
+    for (int i = 0; i < n; i++) nq += jobs[i].queued;
+    assert_true(nq >= BIG_QUEUE);
+    expect_positions(jobs, n);
+    check_list_positions(fx.store, jobs, n, -1);
+    check_list_positions(fx.store, jobs, n, LORAD_JOB_QUEUED);
+    check_get_positions(fx.store, jobs, n, 37);
+
+    /* The worker takes position 1; the rest move up. */
+    int first = -1;
+    for (int i = 0; i < n; i++)
+        if (jobs[i].position == 1) first = i;
+    json_t *claimed = NULL;
+    assert_int_equal(lorad_store_job_claim_next(fx.store, &claimed, NULL), 1);
+    assert_string_equal(json_string_value(json_object_get(claimed, "id")), jobs[first].id);
+    json_decref(claimed);
+    jobs[first].queued = false;
+    expect_positions(jobs, n);
+    check_list_positions(fx.store, jobs, n, LORAD_JOB_QUEUED);
+    check_get_positions(fx.store, jobs, n, 101);
+    free(jobs);
+    fx_close(&fx);
+}
+
 struct claimer {
     struct lorad_store *store;
     char ids[200][LORAD_STORE_ID_MAX];
@@ -583,6 +730,7 @@ int main(void) {
         cmocka_unit_test(test_idempotency),
         cmocka_unit_test(test_claim_order),
         cmocka_unit_test(test_claim_atomic),
+        cmocka_unit_test(test_queue_positions_at_scale),
         cmocka_unit_test(test_control_requests),
         cmocka_unit_test(test_recovery),
         cmocka_unit_test(test_file_delete_in_use),
