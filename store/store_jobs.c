@@ -259,6 +259,25 @@ static int file_exists(struct store_conn *c, const char *id, const char *param,
     return r < 0 ? r : 0;
 }
 
+/* 0 if the queue has room for one more job, -EAGAIN if max_queued_jobs (> 0; <= 0 = no limit)
+ * are queued. Inside the write transaction that queues the job, so no writer fills the place
+ * between the count and the change. */
+static int queue_room_tx(struct store_conn *c, int64_t max_queued_jobs, struct lorad_error *err) {
+    if (max_queued_jobs <= 0) return 0;
+    int r = 0;
+    sqlite3_stmt *st = store_stmt(c, "SELECT count(*) FROM jobs WHERE status = 'queued'", &r, err);
+    if (!st) return r;
+    r = store_step(c, st, "cannot count the queue", err);
+    int64_t queued = r == 1 ? sqlite3_column_int64(st, 0) : 0;
+    store_stmt_done(st);
+    if (r < 0) return r;
+    if (queued >= max_queued_jobs)
+        return lorad_error_set(err, -EAGAIN, "",
+                               "%lld jobs are queued (max_queued_jobs = %lld); retry later",
+                               (long long)queued, (long long)max_queued_jobs);
+    return 0;
+}
+
 /* Looks the key up: 0 = unknown, 1 = same request (job id copied to ret_id), -EEXIST = the key
  * was used for a different request. */
 static int idempotency_lookup(struct store_conn *c, const char *key, const char *hash,
@@ -323,6 +342,7 @@ int lorad_store_job_create(struct lorad_store *s, const struct lorad_store_job_n
     }
     r = file_exists(c, j->training_file, "training_file", err);
     if (r == 0 && j->validation_file) r = file_exists(c, j->validation_file, "validation_file", err);
+    if (r == 0 && j->status == LORAD_JOB_QUEUED) r = queue_room_tx(c, j->max_queued_jobs, err);
     if (r < 0) goto end;
     sqlite3_stmt *st = store_stmt(c,
         "INSERT INTO jobs(id, model, training_file, validation_file, spec, status, created_at,"
@@ -531,7 +551,8 @@ static int set_control_tx(struct store_conn *c, const char *id, const char *cont
 
 enum request { REQUEST_CANCEL, REQUEST_PAUSE, REQUEST_RESUME };
 
-static int request_tx(struct store_conn *c, const char *id, enum request req,
+/* max_queued_jobs: the queue limit for a resume (see queue_room_tx()). */
+static int request_tx(struct store_conn *c, const char *id, enum request req, int64_t max_queued_jobs,
                       struct lorad_error *err) {
     enum lorad_job_status from;
     int r = job_status_tx(c, id, &from, err);
@@ -553,6 +574,11 @@ static int request_tx(struct store_conn *c, const char *id, enum request req,
     case REQUEST_RESUME:
         if (from == LORAD_JOB_RUNNING)
             return set_control_tx(c, id, "none", "Pause request withdrawn", err);
+        /* Only a paused job enters the queue; any other is refused by the transition (-EPERM). */
+        if (from == LORAD_JOB_PAUSED) {
+            r = queue_room_tx(c, max_queued_jobs, err);
+            if (r < 0) return r;
+        }
         t.to = LORAD_JOB_QUEUED;
         t.message = "Job resumed";
         break;
@@ -560,13 +586,13 @@ static int request_tx(struct store_conn *c, const char *id, enum request req,
     return store_transition_tx(c, id, &t, err);
 }
 
-static int request(struct lorad_store *s, const char *id, enum request req, json_t **ret_job,
-                   struct lorad_error *err) {
+static int request(struct lorad_store *s, const char *id, enum request req, int64_t max_queued_jobs,
+                   json_t **ret_job, struct lorad_error *err) {
     struct store_conn *c = NULL;
     int r = store_acquire(s, &c, err);
     if (r < 0) return r;
     r = store_tx_begin(s, c, err);
-    if (r == 0) r = store_tx_end(s, c, request_tx(c, id, req, err), err);
+    if (r == 0) r = store_tx_end(s, c, request_tx(c, id, req, max_queued_jobs, err), err);
     if (r == 0 && ret_job) r = store_job_get_conn(c, id, ret_job, err);
     store_release(s, c);
     return r;
@@ -574,17 +600,17 @@ static int request(struct lorad_store *s, const char *id, enum request req, json
 
 int lorad_store_job_cancel(struct lorad_store *s, const char *id, json_t **ret_job,
                            struct lorad_error *err) {
-    return request(s, id, REQUEST_CANCEL, ret_job, err);
+    return request(s, id, REQUEST_CANCEL, 0, ret_job, err);
 }
 
 int lorad_store_job_pause(struct lorad_store *s, const char *id, json_t **ret_job,
                           struct lorad_error *err) {
-    return request(s, id, REQUEST_PAUSE, ret_job, err);
+    return request(s, id, REQUEST_PAUSE, 0, ret_job, err);
 }
 
-int lorad_store_job_resume(struct lorad_store *s, const char *id, json_t **ret_job,
-                           struct lorad_error *err) {
-    return request(s, id, REQUEST_RESUME, ret_job, err);
+int lorad_store_job_resume(struct lorad_store *s, const char *id, int64_t max_queued_jobs,
+                           json_t **ret_job, struct lorad_error *err) {
+    return request(s, id, REQUEST_RESUME, max_queued_jobs, ret_job, err);
 }
 
 int lorad_store_job_set_progress(struct lorad_store *s, const char *id,

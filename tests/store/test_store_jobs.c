@@ -524,10 +524,10 @@ static void test_control_requests(void **state) {
     assert_int_equal(lorad_store_job_pause(fx.store, a, NULL, NULL), 0);
     assert_int_equal(fx_status(fx.store, a), P);
     assert_int_equal(lorad_store_job_pause(fx.store, a, NULL, NULL), 0); /* already paused */
-    assert_int_equal(lorad_store_job_resume(fx.store, a, NULL, NULL), 0);
+    assert_int_equal(lorad_store_job_resume(fx.store, a, 0, NULL, NULL), 0);
     assert_int_equal(fx_status(fx.store, a), Q);
     struct lorad_error err = {0};
-    assert_int_equal(lorad_store_job_resume(fx.store, a, NULL, &err), -EPERM);
+    assert_int_equal(lorad_store_job_resume(fx.store, a, 0, NULL, &err), -EPERM);
 
     /* running: pause is a request the worker honours; resume withdraws it. */
     fx_move(fx.store, a, R);
@@ -535,12 +535,12 @@ static void test_control_requests(void **state) {
     assert_int_equal(lorad_store_job_pause(fx.store, a, NULL, NULL), 0);
     assert_int_equal(fx_status(fx.store, a), R);
     assert_int_equal(control_of(fx.store, a), LORAD_JOB_CONTROL_PAUSE);
-    assert_int_equal(lorad_store_job_resume(fx.store, a, NULL, NULL), 0);
+    assert_int_equal(lorad_store_job_resume(fx.store, a, 0, NULL, NULL), 0);
     assert_int_equal(control_of(fx.store, a), LORAD_JOB_CONTROL_NONE);
     assert_int_equal(lorad_store_job_pause(fx.store, a, NULL, NULL), 0);
     fx_move(fx.store, a, P); /* the worker checkpointed and stopped */
     assert_int_equal(control_of(fx.store, a), LORAD_JOB_CONTROL_NONE);
-    assert_int_equal(lorad_store_job_resume(fx.store, a, NULL, NULL), 0);
+    assert_int_equal(lorad_store_job_resume(fx.store, a, 0, NULL, NULL), 0);
     assert_int_equal(fx_status(fx.store, a), Q);
 
     /* running: cancel goes through cancelling, which the worker sees and finishes. */
@@ -560,6 +560,85 @@ static void test_control_requests(void **state) {
     assert_int_equal(fx_status(fx.store, b), CD);
     assert_int_equal(lorad_store_job_cancel(fx.store, "ftjob-AAAAAAAAAAAAAAAAAAAAAAAA", NULL, &err),
                      -ENOENT);
+    fx_close(&fx);
+}
+
+static int64_t queued_now(struct lorad_store *s) {
+    int64_t counts[LORAD_JOB_STATUS_COUNT];
+    assert_int_equal(lorad_store_job_counts(s, counts, NULL), 0);
+    return counts[Q];
+}
+
+/* max_queued_jobs: a job that would enter the queue (created queued, or a paused one resumed) is
+ * refused with -EAGAIN while that many are queued, and nothing is written; a replay, a job that
+ * starts validating, withdrawing a running job's pause request and an illegal resume (-EPERM) are
+ * not the queue's business. */
+static void test_queue_limit(void **state) {
+    (void)state;
+    struct fx fx;
+    fx_open(&fx, 0);
+    char file[LORAD_STORE_ID_MAX], paused[40], running[40], a[40], b[40];
+    fx_file(fx.store, file);
+    fx_job(fx.store, file, Q, 0, running);
+    fx_move(fx.store, running, R);
+    assert_int_equal(lorad_store_job_pause(fx.store, running, NULL, NULL), 0); /* a request */
+    fx_job(fx.store, file, Q, 0, paused);
+    assert_int_equal(lorad_store_job_pause(fx.store, paused, NULL, NULL), 0);
+    json_t *spec = json_pack("{s:{}}", "hyperparameters");
+    struct lorad_store_job_new j = {.model = "m", .training_file = file, .spec = spec, .status = Q,
+                                    .idempotency_key = "k", .request_hash = "h", .max_queued_jobs = 2};
+    json_t *job = NULL;
+    assert_int_equal(lorad_store_job_create(fx.store, &j, &job, NULL), 0);
+    snprintf(a, sizeof a, "%s", json_string_value(json_object_get(job, "id")));
+    json_decref(job);
+    j.idempotency_key = NULL;
+    assert_int_equal(lorad_store_job_create(fx.store, &j, NULL, NULL), 0);
+    assert_int_equal(queued_now(fx.store), 2);
+
+    struct lorad_error err = {0};
+    job = NULL;
+    assert_int_equal(lorad_store_job_create(fx.store, &j, &job, &err), -EAGAIN);
+    assert_null(job);
+    assert_string_equal(err.message, "2 jobs are queued (max_queued_jobs = 2); retry later");
+    assert_string_equal(err.param, "");
+    int events = fx_event_count(fx.store, paused);
+    assert_int_equal(lorad_store_job_resume(fx.store, paused, 2, &job, &err), -EAGAIN);
+    assert_null(job);
+    assert_string_equal(err.message, "2 jobs are queued (max_queued_jobs = 2); retry later");
+    assert_int_equal(fx_status(fx.store, paused), P);
+    assert_int_equal(fx_event_count(fx.store, paused), events);
+    assert_int_equal(queued_now(fx.store), 2);
+
+    /* Not refused by a full queue. */
+    j.idempotency_key = "k";
+    assert_int_equal(lorad_store_job_create(fx.store, &j, &job, NULL), 1);
+    assert_string_equal(json_string_value(json_object_get(job, "id")), a);
+    json_decref(job);
+    j.idempotency_key = NULL;
+    j.status = V;
+    assert_int_equal(lorad_store_job_create(fx.store, &j, NULL, NULL), 0);
+    j.status = Q;
+    assert_int_equal(lorad_store_job_resume(fx.store, running, 2, NULL, NULL), 0);
+    assert_int_equal(control_of(fx.store, running), LORAD_JOB_CONTROL_NONE);
+    assert_int_equal(lorad_store_job_resume(fx.store, a, 2, NULL, &err), -EPERM);
+    assert_int_equal(queued_now(fx.store), 2);
+
+    /* A place frees up (a claim): the resume gets it, then the queue is full again. A larger or
+     * no limit (0) lets both through. */
+    assert_int_equal(lorad_store_job_claim_next(fx.store, NULL, NULL), 1);
+    assert_int_equal(lorad_store_job_resume(fx.store, paused, 2, &job, NULL), 0);
+    assert_string_equal(json_string_value(json_object_get(job, "status")), "queued");
+    json_decref(job);
+    assert_int_equal(lorad_store_job_create(fx.store, &j, NULL, NULL), -EAGAIN);
+    j.max_queued_jobs = 3;
+    assert_int_equal(lorad_store_job_create(fx.store, &j, NULL, NULL), 0);
+    j.max_queued_jobs = 0;
+    assert_int_equal(lorad_store_job_create(fx.store, &j, NULL, NULL), 0);
+    fx_job(fx.store, file, Q, 0, b);
+    assert_int_equal(lorad_store_job_pause(fx.store, b, NULL, NULL), 0);
+    assert_int_equal(lorad_store_job_resume(fx.store, b, 0, NULL, NULL), 0);
+    assert_int_equal(queued_now(fx.store), 5);
+    json_decref(spec);
     fx_close(&fx);
 }
 
@@ -732,6 +811,7 @@ int main(void) {
         cmocka_unit_test(test_claim_atomic),
         cmocka_unit_test(test_queue_positions_at_scale),
         cmocka_unit_test(test_control_requests),
+        cmocka_unit_test(test_queue_limit),
         cmocka_unit_test(test_recovery),
         cmocka_unit_test(test_file_delete_in_use),
         cmocka_unit_test(test_ids),
