@@ -199,7 +199,7 @@ int lorad_store_job_trained_tokens_sum(struct lorad_store *store, int64_t *ret_s
 
 struct lorad_store_transition {
     enum lorad_job_status to;
-    const char *message;          /* status event message; NULL -> "Job <from> -> <to>" */
+    const char *message;          /* status event message, <= 4096 bytes; NULL -> "Job <from> -> <to>" */
     json_t *data;                 /* extra event data, borrowed; may be NULL */
     const char *error_code;       /* with to == failed: stored as job.error */
     const char *error_message;

@@ -438,9 +438,10 @@ int store_transition_tx(struct store_conn *c, const char *id,
     store_stmt_done(st);
     if (r < 0) return r;
 
-    char message[256];
-    if (t->message) snprintf(message, sizeof message, "%s", t->message);
-    else snprintf(message, sizeof message, "Job %s -> %s", STATUS_NAMES[from], STATUS_NAMES[t->to]);
+    /* t->message is stored as given: a copy cut at a byte count could split a UTF-8 character. */
+    char fallback[64];
+    snprintf(fallback, sizeof fallback, "Job %s -> %s", STATUS_NAMES[from], STATUS_NAMES[t->to]);
+    const char *message = t->message ? t->message : fallback;
     json_t *data = json_is_object(t->data) ? json_deep_copy(t->data) : json_object();
     json_object_set_new(data, "from", json_string(STATUS_NAMES[from]));
     json_object_set_new(data, "to", json_string(STATUS_NAMES[t->to]));
@@ -460,6 +461,8 @@ int lorad_store_job_transition(struct lorad_store *s, const char *id,
     if (r == 0) r = store_check_utf8(t->error_param, "error.param", err);
     if (r == 0) r = store_check_utf8(t->fine_tuned_model, "fine_tuned_model", err);
     if (r < 0) return r;
+    if (t->message && strlen(t->message) > 4096)
+        return lorad_error_set(err, -EINVAL, "message", "message longer than 4096 bytes");
     if ((t->error_message && strlen(t->error_message) > 4096) ||
         (t->error_code && strlen(t->error_code) > 128) ||
         (t->error_param && strlen(t->error_param) > 256) ||

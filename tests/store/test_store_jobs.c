@@ -149,6 +149,51 @@ static void test_transition_fields(void **state) {
     fx_close(&fx);
 }
 
+/* A status event's message is stored whole (up to 4096 bytes, like any event's), never cut at a
+ * byte count: the daemon's "Job succeeded: the fine-tuned model is ft:<model>:<suffix>:<id>" can
+ * pass 255 bytes with a long model name, and a cut inside a multi-byte character made the event a
+ * corrupt row that failed the job's event list. Longer is refused before anything is written. */
+static void test_transition_message(void **state) {
+    (void)state;
+    struct fx fx;
+    fx_open(&fx, 0);
+    char file[LORAD_STORE_ID_MAX], job[LORAD_STORE_ID_MAX];
+    fx_file(fx.store, file);
+    fx_job(fx.store, file, Q, 0, job);
+    fx_move(fx.store, job, R);
+    char message[4098] = "Job succeeded: the fine-tuned model is ft:";
+    size_t n = strlen(message);
+    while (n + 2 <= 300) { /* 2-byte characters across byte 255 */
+        memcpy(message + n, "\xc3\xa9", 2);
+        n += 2;
+    }
+    message[n] = '\0';
+    struct lorad_store_transition t = {.to = S, .message = message};
+    assert_int_equal(lorad_store_job_transition(fx.store, job, &t, NULL, NULL), 0);
+    json_t *page = NULL;
+    struct lorad_error err = {0};
+    int r = lorad_store_event_list(fx.store, job, NULL, 1, &page, &err);
+    if (r < 0) fprintf(stderr, "event list: %s\n", err.message);
+    assert_int_equal(r, 0);
+    json_t *ev = json_array_get(json_object_get(page, "data"), 0);
+    assert_string_equal(json_string_value(json_object_get(ev, "message")), message);
+    json_decref(page);
+
+    char other[LORAD_STORE_ID_MAX];
+    fx_job(fx.store, file, Q, 0, other);
+    int events = fx_event_count(fx.store, other);
+    memset(message, 'm', 4097);
+    message[4097] = '\0';
+    t = (struct lorad_store_transition){.to = P, .message = message};
+    assert_int_equal(lorad_store_job_transition(fx.store, other, &t, NULL, &err), -EINVAL);
+    assert_string_equal(err.param, "message");
+    assert_int_equal(fx_status(fx.store, other), Q);
+    assert_int_equal(fx_event_count(fx.store, other), events);
+    message[4096] = '\0';
+    assert_int_equal(lorad_store_job_transition(fx.store, other, &t, NULL, NULL), 0);
+    fx_close(&fx);
+}
+
 /* lorad_store_job_status reads only the status column; it must agree with the status in the full
  * job object for every status, follow transitions, and refuse an unknown id without writing. */
 static void test_job_status(void **state) {
@@ -805,6 +850,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_transition_table),
         cmocka_unit_test(test_transition_fields),
+        cmocka_unit_test(test_transition_message),
         cmocka_unit_test(test_job_status),
         cmocka_unit_test(test_idempotency),
         cmocka_unit_test(test_claim_order),
