@@ -22,6 +22,7 @@ int handler_reply_failure(struct lorad_api_reply *ret_reply, int r, const struct
     case -EPERM: status = 409, derived = "invalid_state"; break;
     case -EBUSY: status = 409, derived = "busy"; break;
     case -EEXIST: status = 422, derived = "idempotency_key_reused"; break;
+    case -EAGAIN: status = 429, derived = "queue_full"; break;
     case -ENOSPC: status = 503, derived = "disk_full"; break;
     case -EROFS: status = 503, derived = "read_only"; break;
     case -ENOMEM: status = 503, derived = "out_of_memory"; break;

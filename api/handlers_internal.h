@@ -20,8 +20,9 @@ static inline struct lorad_app *handler_app(const struct lorad_api_request *req)
 }
 
 /* Answers a failed store/engine call with the one error shape: -ENOENT 404, -EINVAL/-ERANGE/
- * -E2BIG 400, -EPERM/-EBUSY 409, -EEXIST 422, -ENOSPC/-EROFS/-ENOMEM 503, others 500. The
- * message and param come from err. code may be NULL (then derived from the errno). Returns 0. */
+ * -E2BIG 400, -EPERM/-EBUSY 409, -EEXIST 422, -EAGAIN 429 (queue full), -ENOSPC/-EROFS/-ENOMEM
+ * 503, others 500. The message and param come from err. code may be NULL (then derived from the
+ * errno). Returns 0. */
 int handler_reply_failure(struct lorad_api_reply *ret_reply, int r, const struct lorad_error *err,
                           const char *code);
 

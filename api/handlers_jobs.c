@@ -6,11 +6,11 @@
  * No client string ever becomes a path: ids pass lorad_store_id_valid(), the model name is
  * matched against the models directory by lorad_model_dir_resolve(), and checkpoint files are
  * found through the path the worker recorded in the store. */
+#include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -164,11 +164,8 @@ static void notify_jobs_changed(struct lorad_app *app) {
     if (app->jobs_changed) app->jobs_changed(app->jobs_changed_ctx);
 }
 
-static pthread_mutex_t create_lock = PTHREAD_MUTEX_INITIALIZER;
-
 static int create_job(const struct lorad_api_request *req, struct lorad_api_reply *ret_reply) {
     struct lorad_app *app = handler_app(req);
-    bool locked = false;
     if (atomic_load(&app->stopping))
         return lorad_api_reply_error(ret_reply, 503, "lorad is shutting down and accepts no new jobs", NULL,
                                      "shutting_down");
@@ -250,32 +247,14 @@ static int create_job(const struct lorad_api_request *req, struct lorad_api_repl
         check_file(app, spec.validation_file, "validation_file", need_tokens, ret_reply) < 0)
         goto out;
 
-    /* Counting the queue and inserting are two store calls: holding this across both makes
-     * max_queued_jobs exact for concurrent creates (one daemon per state dir, see lorad.lock). */
-    pthread_mutex_lock(&create_lock);
-    locked = true;
-    if (app->max_queued_jobs > 0) {
-        int64_t counts[LORAD_JOB_STATUS_COUNT];
-        r = lorad_store_job_counts(app->store, counts, &err);
-        if (r < 0) {
-            handler_reply_failure(ret_reply, r, &err, NULL);
-            goto out;
-        }
-        if (counts[LORAD_JOB_QUEUED] >= app->max_queued_jobs) {
-            char msg[160];
-            snprintf(msg, sizeof msg, "%" PRId64 " jobs are queued (max_queued_jobs = %" PRId64 "); retry later",
-                     counts[LORAD_JOB_QUEUED], app->max_queued_jobs);
-            lorad_api_reply_error(ret_reply, 429, msg, NULL, "queue_full");
-            goto out;
-        }
-    }
-
     spec_json = lorad_job_spec_to_json(&spec);
     if (!spec_json) {
         handler_reply_oom(ret_reply);
         goto out;
     }
-    /* The files were checked above; they are processed, so the job goes straight to the queue. */
+    /* The files were checked above; they are processed, so the job goes straight to the queue.
+     * The store counts the queue in the transaction that inserts (429 from -EAGAIN), so the limit
+     * holds against concurrent creates and resumes. */
     struct lorad_store_job_new nj = {
         .model = spec.model,
         .training_file = spec.training_file,
@@ -287,6 +266,7 @@ static int create_job(const struct lorad_api_request *req, struct lorad_api_repl
         .status = LORAD_JOB_QUEUED,
         .idempotency_key = key,
         .request_hash = key ? hash : NULL,
+        .max_queued_jobs = app->max_queued_jobs,
     };
     r = lorad_store_job_create(app->store, &nj, &job, &err);
     if (r == -EEXIST) {
@@ -300,7 +280,6 @@ static int create_job(const struct lorad_api_request *req, struct lorad_api_repl
         if (r == 0) notify_jobs_changed(app);
     }
 out:
-    if (locked) pthread_mutex_unlock(&create_lock);
     json_decref(spec_json);
     lorad_job_spec_clear(&spec);
     return 0;
@@ -341,20 +320,35 @@ static int get_job(const struct lorad_api_request *req, struct lorad_api_reply *
     return reply_result(ret_reply, r, job, &err);
 }
 
+enum control { CONTROL_CANCEL, CONTROL_PAUSE, CONTROL_RESUME };
+
 struct control_action {
     const char *route;
-    int (*fn)(struct lorad_store *, const char *, json_t **, struct lorad_error *);
+    enum control control;
     const char *verb;    /* for the 409 message */
     const char *allowed; /* the statuses it applies to */
     bool notify;         /* the queue may have changed: wake a worker */
 };
 
 static const struct control_action CONTROL_ACTIONS[] = {
-    {JOB "/cancel", lorad_store_job_cancel, "cancelled", "validating_files, queued, running, paused or cancelling",
+    {JOB "/cancel", CONTROL_CANCEL, "cancelled", "validating_files, queued, running, paused or cancelling",
      true},
-    {JOB "/pause", lorad_store_job_pause, "paused", "queued, running or paused", false},
-    {JOB "/resume", lorad_store_job_resume, "resumed", "paused (or running with a pause pending)", true},
+    {JOB "/pause", CONTROL_PAUSE, "paused", "queued, running or paused", false},
+    {JOB "/resume", CONTROL_RESUME, "resumed", "paused (or running with a pause pending)", true},
 };
+
+/* The store call of a control request; its result and ret_job are the store's. */
+static int apply_control(struct lorad_app *app, enum control control, const char *id, json_t **ret_job,
+                         struct lorad_error *err) {
+    switch (control) {
+    case CONTROL_CANCEL: return lorad_store_job_cancel(app->store, id, ret_job, err);
+    case CONTROL_PAUSE: return lorad_store_job_pause(app->store, id, ret_job, err);
+    /* A resumed job re-enters the queue: the same limit as a new one (429 from -EAGAIN). */
+    case CONTROL_RESUME: return lorad_store_job_resume(app->store, id, app->max_queued_jobs, ret_job, err);
+    }
+    assert(!"unknown control");
+    return -EINVAL;
+}
 
 static int control_job(const struct lorad_api_request *req, struct lorad_api_reply *ret_reply) {
     const struct control_action *a = NULL;
@@ -366,7 +360,7 @@ static int control_job(const struct lorad_api_request *req, struct lorad_api_rep
     struct lorad_app *app = handler_app(req);
     json_t *job = NULL;
     struct lorad_error err = {0};
-    int r = a->fn(app->store, id, &job, &err);
+    int r = apply_control(app, a->control, id, &job, &err);
     if (r == -EPERM) {
         /* Name the status the job is in now (the store's message names an edge, not the rule). */
         json_t *now = NULL;

@@ -15,10 +15,15 @@
  *   -EPERM   illegal job status transition
  *   -EBUSY   file in use by a live job; database locked longer than the busy timeout
  *   -EEXIST  idempotency key reused with a different request
+ *   -EAGAIN  the queue is full: max_queued_jobs jobs are queued (message says how many)
  *   -EROFS   store opened read-only, or the database file cannot be written
  *   -ENOSPC  disk (or max_pages quota) full; the transaction was rolled back
- *   -EBADMSG the file at the database path is not a SQLite database, or is corrupt
+ *   -EBADMSG the file at the database path is not a SQLite database, or is corrupt, or a row
+ *            read cannot be turned into its object (text not UTF-8, JSON that does not parse; the
+ *            message names the row and column): a read never leaves such a row out
  *   -EPROTO  the database schema is newer than this binary
+ *   -E2BIG   a value SQLite refuses to take (longer than its length limit); message names the
+ *            SQL parameter
  *   -EIO     any other SQLite failure (message carries SQLite's text)
  * On failure nothing was committed and no ret_ parameter was written.
  *
@@ -149,12 +154,16 @@ struct lorad_store_job_new {
     enum lorad_job_status status; /* initial: LORAD_JOB_VALIDATING_FILES or LORAD_JOB_QUEUED */
     const char *idempotency_key;  /* may be NULL, <= 255 bytes */
     const char *request_hash;     /* hash of the request body; required with a key */
+    int64_t max_queued_jobs;      /* > 0: a queued job is refused (-EAGAIN) while this many are
+                                   * queued; <= 0: no limit */
 };
 
 /* Creates a job (id "ftjob-…") and its first status event in one transaction.
  * Returns 0 when created, 1 when idempotency_key already named a job created from the same
- * request_hash (that job is returned, nothing is written), -EEXIST when the key names a job made
- * from a different request. *ret_job (if non-NULL) is the job object. */
+ * request_hash (that job is returned, nothing is written, even when the queue is full), -EEXIST
+ * when the key names a job made from a different request, -EAGAIN when the job would be queued
+ * and max_queued_jobs are queued already (counted in the same transaction, so concurrent creates
+ * and resumes never exceed it). *ret_job (if non-NULL) is the job object. */
 int lorad_store_job_create(struct lorad_store *store, const struct lorad_store_job_new *j,
                            json_t **ret_job, struct lorad_error *err);
 /* Looks an idempotency key up without writing: 0 when the key is unknown, 1 when it named a job
@@ -190,7 +199,7 @@ int lorad_store_job_trained_tokens_sum(struct lorad_store *store, int64_t *ret_s
 
 struct lorad_store_transition {
     enum lorad_job_status to;
-    const char *message;          /* status event message; NULL -> "Job <from> -> <to>" */
+    const char *message;          /* status event message, <= 4096 bytes; NULL -> "Job <from> -> <to>" */
     json_t *data;                 /* extra event data, borrowed; may be NULL */
     const char *error_code;       /* with to == failed: stored as job.error */
     const char *error_message;
@@ -229,10 +238,12 @@ int lorad_store_job_cancel(struct lorad_store *store, const char *id, json_t **r
  * checkpoints and moves it to paused); paused: no change. Others -> -EPERM. */
 int lorad_store_job_pause(struct lorad_store *store, const char *id, json_t **ret_job,
                           struct lorad_error *err);
-/* Resume: paused -> queued; running with a pending pause request: the request is withdrawn.
- * Others -> -EPERM. */
-int lorad_store_job_resume(struct lorad_store *store, const char *id, json_t **ret_job,
-                           struct lorad_error *err);
+/* Resume: paused -> queued, refused with -EAGAIN (the job stays paused) when max_queued_jobs > 0
+ * jobs are queued already, counted in the same transaction as the change, as for a created job;
+ * running with a pending pause request: the request is withdrawn (never refused, the job does not
+ * enter the queue). Others -> -EPERM. */
+int lorad_store_job_resume(struct lorad_store *store, const char *id, int64_t max_queued_jobs,
+                           json_t **ret_job, struct lorad_error *err);
 
 struct lorad_store_progress {
     int64_t step, total_steps;

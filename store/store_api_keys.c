@@ -25,9 +25,9 @@ int lorad_store_api_key_add(struct lorad_store *s, const char *name, const char 
     sqlite3_stmt *st = store_stmt(c,
         "INSERT INTO api_keys(name, key_sha256, created_at) VALUES (?1, ?2, ?3)", &r, err);
     if (st) {
-        store_bind_text(st, 1, name);
-        store_bind_text(st, 2, sha256_hex);
-        sqlite3_bind_int64(st, 3, store_now());
+        store_bind_text(c, st, 1, name);
+        store_bind_text(c, st, 2, sha256_hex);
+        store_bind_int64(c, st, 3, store_now());
         r = store_step(c, st, "cannot store api key", err);
         store_stmt_done(st);
         if (r == -EEXIST) lorad_error_set(err, r, "sha256", "this key is already stored");
@@ -47,7 +47,7 @@ int lorad_store_api_key_check(struct lorad_store *s, const char *sha256_hex,
     sqlite3_stmt *st = store_stmt(c,
         "SELECT 1 FROM api_keys WHERE key_sha256 = ?1 AND revoked_at IS NULL", &r, err);
     if (st) {
-        store_bind_text(st, 1, sha256_hex);
+        store_bind_text(c, st, 1, sha256_hex);
         r = store_step(c, st, "cannot check api key", err);
         store_stmt_done(st);
     }

@@ -39,10 +39,13 @@ int64_t store_now(void) { return (int64_t)time(NULL); }
 
 sqlite3_stmt *store_stmt(struct store_conn *c, const char *sql, int *ret_rc,
                          struct lorad_error *err) {
+    c->bound = NULL;
+    c->bind_rc = SQLITE_OK;
     for (int i = 0; i < c->n_cached; i++) {
         if (c->cache[i].sql == sql) {
             sqlite3_reset(c->cache[i].stmt);
             sqlite3_clear_bindings(c->cache[i].stmt);
+            c->bound = c->cache[i].stmt;
             return c->cache[i].stmt;
         }
     }
@@ -61,6 +64,7 @@ sqlite3_stmt *store_stmt(struct store_conn *c, const char *sql, int *ret_rc,
     c->cache[c->n_cached].sql = sql;
     c->cache[c->n_cached].stmt = st;
     c->n_cached++;
+    c->bound = st;
     return st;
 }
 
@@ -71,46 +75,119 @@ void store_stmt_done(sqlite3_stmt *st) {
 }
 
 int store_step(struct store_conn *c, sqlite3_stmt *st, const char *what, struct lorad_error *err) {
+    if (st == c->bound && c->bind_rc != SQLITE_OK) {
+        int rc = c->bind_rc;
+        c->bind_rc = SQLITE_OK;
+        int r = store_errno(rc);
+        return lorad_error_set(err, r ? r : -EIO, "", "%s: cannot bind parameter %d: %s", what,
+                               c->bind_index, sqlite3_errstr(rc));
+    }
     int rc = sqlite3_step(st);
     if (rc == SQLITE_ROW) return 1;
     if (rc == SQLITE_DONE) return 0;
     return store_sqlite_error(c->db, rc, what, err);
 }
 
-int store_bind_text(sqlite3_stmt *st, int i, const char *s) {
-    return s ? sqlite3_bind_text(st, i, s, -1, SQLITE_TRANSIENT) : sqlite3_bind_null(st, i);
+static void bind_result(struct store_conn *c, sqlite3_stmt *st, int i, int rc) {
+    assert(st == c->bound && "bind the statement store_stmt() returned last");
+    if (rc != SQLITE_OK && c->bind_rc == SQLITE_OK) {
+        c->bind_rc = rc;
+        c->bind_index = i;
+    }
 }
 
-int store_bind_double(sqlite3_stmt *st, int i, double v) {
-    return isfinite(v) ? sqlite3_bind_double(st, i, v) : sqlite3_bind_null(st, i);
+void store_bind_text(struct store_conn *c, sqlite3_stmt *st, int i, const char *s) {
+    bind_result(c, st, i,
+                s ? sqlite3_bind_text(st, i, s, -1, SQLITE_TRANSIENT) : sqlite3_bind_null(st, i));
 }
 
-int store_bind_json(sqlite3_stmt *st, int i, json_t *j) {
-    if (!j) return sqlite3_bind_null(st, i);
+void store_bind_int64(struct store_conn *c, sqlite3_stmt *st, int i, int64_t v) {
+    bind_result(c, st, i, sqlite3_bind_int64(st, i, v));
+}
+
+void store_bind_double(struct store_conn *c, sqlite3_stmt *st, int i, double v) {
+    bind_result(c, st, i, isfinite(v) ? sqlite3_bind_double(st, i, v) : sqlite3_bind_null(st, i));
+}
+
+void store_bind_json(struct store_conn *c, sqlite3_stmt *st, int i, json_t *j) {
+    if (!j) {
+        bind_result(c, st, i, sqlite3_bind_null(st, i));
+        return;
+    }
     char *text = json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY);
-    if (!text) return SQLITE_NOMEM;
-    return sqlite3_bind_text(st, i, text, -1, free);
+    /* SQLite frees text with the destructor even when the bind fails. */
+    bind_result(c, st, i, text ? sqlite3_bind_text(st, i, text, -1, free) : SQLITE_NOMEM);
 }
 
-json_t *store_col_text(sqlite3_stmt *st, int i) {
-    if (sqlite3_column_type(st, i) == SQLITE_NULL) return json_null();
-    return json_string((const char *)sqlite3_column_text(st, i));
+static json_t *col_failed(struct store_row *row, int i, int rc, const char *why) {
+    if (row->rc == 0) {
+        row->rc = rc;
+        row->col = i;
+        row->why = why;
+    }
+    return NULL;
 }
 
-json_t *store_col_int(sqlite3_stmt *st, int i) {
-    if (sqlite3_column_type(st, i) == SQLITE_NULL) return json_null();
-    return json_integer(sqlite3_column_int64(st, i));
+json_t *store_col_text(struct store_row *row, int i) {
+    if (sqlite3_column_type(row->st, i) == SQLITE_NULL) return json_null();
+    const char *s = (const char *)sqlite3_column_text(row->st, i);
+    if (!s) return col_failed(row, i, -ENOMEM, NULL);
+    json_t *j = json_string(s);
+    if (j) return j;
+    /* json_string() fails for invalid UTF-8 and for want of memory alike; the unchecked variant
+     * fails only for the latter. */
+    j = json_string_nocheck(s);
+    if (!j) return col_failed(row, i, -ENOMEM, NULL);
+    json_decref(j);
+    return col_failed(row, i, -EBADMSG, "is not valid UTF-8");
 }
 
-json_t *store_col_real(sqlite3_stmt *st, int i) {
-    if (sqlite3_column_type(st, i) == SQLITE_NULL) return json_null();
-    return json_real(sqlite3_column_double(st, i));
+json_t *store_col_int(struct store_row *row, int i) {
+    if (sqlite3_column_type(row->st, i) == SQLITE_NULL) return json_null();
+    json_t *j = json_integer(sqlite3_column_int64(row->st, i));
+    return j ? j : col_failed(row, i, -ENOMEM, NULL);
 }
 
-json_t *store_col_json(sqlite3_stmt *st, int i) {
-    if (sqlite3_column_type(st, i) == SQLITE_NULL) return json_null();
-    json_t *j = json_loads((const char *)sqlite3_column_text(st, i), JSON_DECODE_ANY, NULL);
-    return j ? j : json_null();
+json_t *store_col_real(struct store_row *row, int i) {
+    if (sqlite3_column_type(row->st, i) == SQLITE_NULL) return json_null();
+    double v = sqlite3_column_double(row->st, i);
+    /* The store binds non-finite values as NULL, and JSON has no spelling for them. */
+    if (!isfinite(v)) return col_failed(row, i, -EBADMSG, "is not a finite number");
+    json_t *j = json_real(v);
+    return j ? j : col_failed(row, i, -ENOMEM, NULL);
+}
+
+json_t *store_col_json(struct store_row *row, int i) {
+    if (sqlite3_column_type(row->st, i) == SQLITE_NULL) return json_null();
+    const char *s = (const char *)sqlite3_column_text(row->st, i);
+    if (!s) return col_failed(row, i, -ENOMEM, NULL);
+    json_error_t e;
+    json_t *j = json_loads(s, JSON_DECODE_ANY, &e);
+    if (j) return j;
+    if (json_error_code(&e) == json_error_out_of_memory) return col_failed(row, i, -ENOMEM, NULL);
+    return col_failed(row, i, -EBADMSG, "is not valid JSON");
+}
+
+int store_row_error(const struct store_row *row, const char *what, struct lorad_error *err) {
+    if (row->rc != -EBADMSG) return lorad_error_set(err, -ENOMEM, "", "%s: out of memory", what);
+    const char *key = (const char *)sqlite3_column_text(row->st, 0);
+    /* The message ends up in a JSON reply: a key that is itself not UTF-8 is not repeated. */
+    if (!key || store_check_utf8(key, "", NULL) < 0) key = "(unreadable)";
+    return lorad_error_set(err, -EBADMSG, "", "%s: row with %s %s is corrupt: column %s %s", what,
+                           sqlite3_column_name(row->st, 0), key,
+                           sqlite3_column_name(row->st, row->col), row->why);
+}
+
+int store_row_object(sqlite3_stmt *st, store_from_row_fn *from_row, const char *what,
+                     json_t **ret_obj, struct lorad_error *err) {
+    struct store_row row = {.st = st};
+    json_t *obj = from_row(&row);
+    if (obj && row.rc == 0) {
+        *ret_obj = obj;
+        return 0;
+    }
+    json_decref(obj);
+    return store_row_error(&row, what, err);
 }
 
 int store_check_utf8(const char *s, const char *param, struct lorad_error *err) {
@@ -152,8 +229,8 @@ int store_page_after_key(struct store_conn *c, const char *sql, const char *afte
     int r;
     sqlite3_stmt *st = store_stmt(c, sql, &r, err);
     if (!st) return r;
-    store_bind_text(st, 1, after);
-    if (job_id) store_bind_text(st, 2, job_id);
+    store_bind_text(c, st, 1, after);
+    if (job_id) store_bind_text(c, st, 2, job_id);
     char failed[64];
     snprintf(failed, sizeof failed, "cannot read %s", what);
     r = store_step(c, st, failed, err);
@@ -165,24 +242,41 @@ int store_page_after_key(struct store_conn *c, const char *sql, const char *afte
     return 0;
 }
 
-int store_collect_page(struct store_conn *c, sqlite3_stmt *st, int limit, json_t *(*from_row)(sqlite3_stmt *st),
-                       const char *what, json_t **ret_page, struct lorad_error *err) {
-    json_t *data = json_array();
-    bool has_more = false;
-    int r;
-    while ((r = store_step(c, st, what, err)) == 1) {
-        if ((int)json_array_size(data) == limit) {
-            has_more = true;
+int store_collect_rows(struct store_conn *c, sqlite3_stmt *st, int limit, store_from_row_fn *from_row,
+                       const char *what, json_t **ret_rows, bool *ret_more, struct lorad_error *err) {
+    json_t *rows = json_array();
+    bool more = false;
+    int r = rows ? 0 : lorad_error_set(err, -ENOMEM, "", "%s: out of memory", what);
+    while (r == 0 && (r = store_step(c, st, what, err)) == 1) {
+        if ((int)json_array_size(rows) == limit) {
+            more = true;
+            r = 0;
             break;
         }
-        json_array_append_new(data, from_row(st));
+        json_t *obj = NULL;
+        r = store_row_object(st, from_row, what, &obj, err);
+        if (r == 0 && json_array_append_new(rows, obj) < 0)
+            r = lorad_error_set(err, -ENOMEM, "", "%s: out of memory", what);
     }
     store_stmt_done(st);
     if (r < 0) {
-        json_decref(data);
+        json_decref(rows);
         return r;
     }
-    *ret_page = store_list_page(data, has_more);
+    *ret_rows = rows;
+    if (ret_more) *ret_more = more;
+    return 0;
+}
+
+int store_collect_page(struct store_conn *c, sqlite3_stmt *st, int limit, store_from_row_fn *from_row,
+                       const char *what, json_t **ret_page, struct lorad_error *err) {
+    json_t *data = NULL;
+    bool has_more = false;
+    int r = store_collect_rows(c, st, limit, from_row, what, &data, &has_more, err);
+    if (r < 0) return r;
+    json_t *page = store_list_page(data, has_more);
+    if (!page) return lorad_error_set(err, -ENOMEM, "", "%s: out of memory", what);
+    *ret_page = page;
     return 0;
 }
 
@@ -191,7 +285,7 @@ int store_job_exists(struct store_conn *c, const char *job_id, const char *param
     int r = 0;
     sqlite3_stmt *st = store_stmt(c, "SELECT 1 FROM jobs WHERE id = ?1", &r, err);
     if (!st) return r;
-    store_bind_text(st, 1, job_id);
+    store_bind_text(c, st, 1, job_id);
     r = store_step(c, st, "cannot look up job", err);
     store_stmt_done(st);
     if (r == 0) return lorad_error_set(err, -ENOENT, param, "no such job: %s", job_id);

@@ -27,13 +27,13 @@ int store_event_append_tx(struct store_conn *c, const char *job_id, const char *
         " SELECT ?1, ?2, COALESCE(MAX(seq), 0) + 1, ?3, ?4, ?5, ?6, ?7 FROM events"
         " WHERE job_id = ?2 RETURNING seq", &r, err);
     if (!st) return r;
-    store_bind_text(st, 1, id);
-    store_bind_text(st, 2, job_id);
-    sqlite3_bind_int64(st, 3, store_now());
-    store_bind_text(st, 4, level);
-    store_bind_text(st, 5, type);
-    store_bind_text(st, 6, message ? message : "");
-    store_bind_json(st, 7, data);
+    store_bind_text(c, st, 1, id);
+    store_bind_text(c, st, 2, job_id);
+    store_bind_int64(c, st, 3, store_now());
+    store_bind_text(c, st, 4, level);
+    store_bind_text(c, st, 5, type);
+    store_bind_text(c, st, 6, message ? message : "");
+    store_bind_json(c, st, 7, data);
     r = store_step(c, st, "cannot append event", err);
     int64_t seq = r == 1 ? sqlite3_column_int64(st, 0) : 0;
     if (r == 1) r = store_step(c, st, "cannot append event", err);
@@ -67,12 +67,22 @@ int lorad_store_event_append(struct lorad_store *s, const char *job_id, const ch
     return r;
 }
 
-static json_t *event_from_row(sqlite3_stmt *st) {
+static json_t *event_from_row(struct store_row *row) {
     /* columns: id, created_at, level, message, data, type, seq */
     return json_pack("{s:s, s:o, s:o, s:o, s:o, s:o, s:o}", "object", "fine_tuning.job.event",
-                     "id", store_col_text(st, 0), "created_at", store_col_int(st, 1), "level",
-                     store_col_text(st, 2), "message", store_col_text(st, 3), "data",
-                     store_col_json(st, 4), "type", store_col_text(st, 5));
+                     "id", store_col_text(row, 0), "created_at", store_col_int(row, 1), "level",
+                     store_col_text(row, 2), "message", store_col_text(row, 3), "data",
+                     store_col_json(row, 4), "type", store_col_text(row, 5));
+}
+
+/* An event with its "seq", for streaming. */
+static json_t *event_seq_from_row(struct store_row *row) {
+    json_t *ev = event_from_row(row);
+    if (ev && json_object_set_new(ev, "seq", store_col_int(row, 6)) < 0) {
+        json_decref(ev);
+        return NULL;
+    }
+    return ev;
 }
 
 int lorad_store_event_list(struct lorad_store *s, const char *job_id, const char *after,
@@ -91,9 +101,9 @@ int lorad_store_event_list(struct lorad_store *s, const char *job_id, const char
         "SELECT id, created_at, level, message, data, type, seq FROM events"
         " WHERE job_id = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3", &r, err);
     if (!st) goto out;
-    store_bind_text(st, 1, job_id);
-    sqlite3_bind_int64(st, 2, after_seq);
-    sqlite3_bind_int(st, 3, limit + 1);
+    store_bind_text(c, st, 1, job_id);
+    store_bind_int64(c, st, 2, after_seq);
+    store_bind_int64(c, st, 3, limit + 1);
     r = store_collect_page(c, st, limit, event_from_row, "cannot list events", ret_page, err);
 out:
     store_release(s, c);
@@ -114,22 +124,14 @@ int lorad_store_event_since(struct lorad_store *s, const char *job_id, int64_t a
         "SELECT id, created_at, level, message, data, type, seq FROM events"
         " WHERE job_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3", &r, err);
     if (!st) goto out;
-    store_bind_text(st, 1, job_id);
-    sqlite3_bind_int64(st, 2, after_seq);
-    sqlite3_bind_int(st, 3, limit);
-    json_t *events = json_array();
-    int64_t last = after_seq;
-    while ((r = store_step(c, st, "cannot list events", err)) == 1) {
-        json_t *ev = event_from_row(st);
-        last = sqlite3_column_int64(st, 6);
-        json_object_set_new(ev, "seq", json_integer(last));
-        json_array_append_new(events, ev);
-    }
-    store_stmt_done(st);
-    if (r < 0) {
-        json_decref(events);
-        goto out;
-    }
+    store_bind_text(c, st, 1, job_id);
+    store_bind_int64(c, st, 2, after_seq);
+    store_bind_int64(c, st, 3, limit);
+    json_t *events = NULL;
+    r = store_collect_rows(c, st, limit, event_seq_from_row, "cannot list events", &events, NULL, err);
+    if (r < 0) goto out;
+    size_t n = json_array_size(events);
+    int64_t last = n ? json_integer_value(json_object_get(json_array_get(events, n - 1), "seq")) : after_seq;
     *ret_events = events;
     if (ret_last_seq) *ret_last_seq = last;
 out:

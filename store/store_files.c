@@ -9,13 +9,13 @@
 #define FILE_COLUMNS \
     "id, bytes, created_at, filename, purpose, status, sha256, line_count, format, validation"
 
-static json_t *file_from_row(sqlite3_stmt *st) {
+static json_t *file_from_row(struct store_row *row) {
     return json_pack("{s:o, s:s, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o}",
-                     "id", store_col_text(st, 0), "object", "file", "bytes", store_col_int(st, 1),
-                     "created_at", store_col_int(st, 2), "filename", store_col_text(st, 3),
-                     "purpose", store_col_text(st, 4), "status", store_col_text(st, 5),
-                     "sha256", store_col_text(st, 6), "line_count", store_col_int(st, 7),
-                     "format", store_col_text(st, 8), "validation", store_col_json(st, 9));
+                     "id", store_col_text(row, 0), "object", "file", "bytes", store_col_int(row, 1),
+                     "created_at", store_col_int(row, 2), "filename", store_col_text(row, 3),
+                     "purpose", store_col_text(row, 4), "status", store_col_text(row, 5),
+                     "sha256", store_col_text(row, 6), "line_count", store_col_int(row, 7),
+                     "format", store_col_text(row, 8), "validation", store_col_json(row, 9));
 }
 
 static bool file_status_valid(const char *s) {
@@ -27,12 +27,10 @@ static int file_get_conn(struct store_conn *c, const char *id, json_t **ret_file
     int r = 0;
     sqlite3_stmt *st = store_stmt(c, "SELECT " FILE_COLUMNS " FROM files WHERE id = ?1", &r, err);
     if (!st) return r;
-    store_bind_text(st, 1, id);
+    store_bind_text(c, st, 1, id);
     r = store_step(c, st, "cannot read file", err);
     if (r == 1) {
-        json_t *f = file_from_row(st);
-        r = f ? 0 : lorad_error_set(err, -ENOMEM, "", "out of memory");
-        if (f) *ret_file = f;
+        r = store_row_object(st, file_from_row, "cannot read file", ret_file, err);
     } else if (r == 0) {
         r = lorad_error_set(err, -ENOENT, "file_id", "no such file: %s", id);
     }
@@ -74,17 +72,17 @@ int lorad_store_file_create(struct lorad_store *s, const struct lorad_store_file
         " status, path, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         &r, err);
     if (st) {
-        store_bind_text(st, 1, f->id);
-        store_bind_text(st, 2, f->filename);
-        store_bind_text(st, 3, f->purpose);
-        sqlite3_bind_int64(st, 4, f->bytes);
-        store_bind_text(st, 5, f->sha256);
-        sqlite3_bind_int64(st, 6, f->line_count);
-        store_bind_text(st, 7, f->format);
-        store_bind_json(st, 8, f->validation);
-        store_bind_text(st, 9, f->status);
-        store_bind_text(st, 10, f->path);
-        sqlite3_bind_int64(st, 11, store_now());
+        store_bind_text(c, st, 1, f->id);
+        store_bind_text(c, st, 2, f->filename);
+        store_bind_text(c, st, 3, f->purpose);
+        store_bind_int64(c, st, 4, f->bytes);
+        store_bind_text(c, st, 5, f->sha256);
+        store_bind_int64(c, st, 6, f->line_count);
+        store_bind_text(c, st, 7, f->format);
+        store_bind_json(c, st, 8, f->validation);
+        store_bind_text(c, st, 9, f->status);
+        store_bind_text(c, st, 10, f->path);
+        store_bind_int64(c, st, 11, store_now());
         r = store_step(c, st, "cannot insert file", err);
         store_stmt_done(st);
         if (r == -EEXIST) lorad_error_set(err, r, "id", "file %s already exists", f->id);
@@ -113,7 +111,7 @@ int lorad_store_file_path(struct lorad_store *s, const char *id, char **ret_path
     if (r < 0) return r;
     sqlite3_stmt *st = store_stmt(c, "SELECT path FROM files WHERE id = ?1", &r, err);
     if (st) {
-        store_bind_text(st, 1, id);
+        store_bind_text(c, st, 1, id);
         r = store_step(c, st, "cannot read file", err);
         if (r == 1) {
             char *p = strdup((const char *)sqlite3_column_text(st, 0));
@@ -147,11 +145,11 @@ int lorad_store_file_set_status(struct lorad_store *s, const char *id, const cha
         "UPDATE files SET status = ?2, format = ?3, line_count = ?4, validation = ?5"
         " WHERE id = ?1", &r, err);
     if (st) {
-        store_bind_text(st, 1, id);
-        store_bind_text(st, 2, status);
-        store_bind_text(st, 3, format);
-        sqlite3_bind_int64(st, 4, line_count);
-        store_bind_json(st, 5, validation);
+        store_bind_text(c, st, 1, id);
+        store_bind_text(c, st, 2, status);
+        store_bind_text(c, st, 3, format);
+        store_bind_int64(c, st, 4, line_count);
+        store_bind_json(c, st, 5, validation);
         r = store_step(c, st, "cannot update file", err);
         store_stmt_done(st);
         if (r == 0 && sqlite3_changes(c->db) == 0)
@@ -177,7 +175,7 @@ int lorad_store_file_delete(struct lorad_store *s, const char *id, char **ret_pa
         "SELECT id, status FROM jobs WHERE (training_file = ?1 OR validation_file = ?1)"
         " AND status IN ('validating_files','queued','running','paused') LIMIT 1", &r, err);
     if (!st) goto end;
-    store_bind_text(st, 1, id);
+    store_bind_text(c, st, 1, id);
     r = store_step(c, st, "cannot check file use", err);
     if (r == 1)
         r = lorad_error_set(err, -EBUSY, "file_id", "file %s is in use by %s job %s", id,
@@ -187,7 +185,7 @@ int lorad_store_file_delete(struct lorad_store *s, const char *id, char **ret_pa
     if (r < 0) goto end;
     st = store_stmt(c, "DELETE FROM files WHERE id = ?1 RETURNING path", &r, err);
     if (!st) goto end;
-    store_bind_text(st, 1, id);
+    store_bind_text(c, st, 1, id);
     r = store_step(c, st, "cannot delete file", err);
     if (r == 1) {
         path = strdup((const char *)sqlite3_column_text(st, 0));
@@ -220,9 +218,9 @@ int lorad_store_file_list(struct lorad_store *s, const char *purpose, const char
         "SELECT " FILE_COLUMNS " FROM files WHERE (?1 IS NULL OR purpose = ?1) AND pk < ?2"
         " ORDER BY pk DESC LIMIT ?3", &r, err);
     if (!st) goto out;
-    store_bind_text(st, 1, purpose);
-    sqlite3_bind_int64(st, 2, after_pk);
-    sqlite3_bind_int(st, 3, limit + 1);
+    store_bind_text(c, st, 1, purpose);
+    store_bind_int64(c, st, 2, after_pk);
+    store_bind_int64(c, st, 3, limit + 1);
     r = store_collect_page(c, st, limit, file_from_row, "cannot list files", ret_page, err);
 out:
     store_release(s, c);

@@ -16,6 +16,10 @@ struct store_conn {
         sqlite3_stmt *stmt;
     } cache[STORE_STMT_CACHE];
     int n_cached;
+    /* The statement store_stmt() handed out last and its first failed bind (SQLITE_OK: none),
+     * which store_step() reports instead of running the statement with that parameter NULL. */
+    sqlite3_stmt *bound;
+    int bind_rc, bind_index;
     struct store_conn *next_idle;
 };
 
@@ -36,12 +40,15 @@ int store_acquire(struct lorad_store *s, struct store_conn **ret_conn, struct lo
 void store_release(struct lorad_store *s, struct store_conn *c);
 
 /* The cached prepared statement for the static SQL text sql, reset and unbound. NULL on failure
- * (err set, *ret_rc = -errno). sql must be a string literal (its address is the key). */
+ * (err set, *ret_rc = -errno). sql must be a string literal (its address is the key). It becomes
+ * the connection's statement being bound: bind it (store_bind_*) before asking for another. */
 sqlite3_stmt *store_stmt(struct store_conn *c, const char *sql, int *ret_rc,
                          struct lorad_error *err);
 /* Resets st so its connection's locks are released; clears bindings. */
 void store_stmt_done(sqlite3_stmt *st);
-/* sqlite3_step(): 1 = row, 0 = done, -errno on error (err set with what and SQLite's text). */
+/* sqlite3_step(): 1 = row, 0 = done, -errno on error (err set with what and SQLite's text).
+ * A statement one of whose binds failed is not run: the bind's error is returned (-E2BIG for a
+ * value over SQLite's length limit, -ENOMEM, ...; err names the parameter). */
 int store_step(struct store_conn *c, sqlite3_stmt *st, const char *what, struct lorad_error *err);
 
 /* Maps a SQLite result code to -errno. */
@@ -58,15 +65,39 @@ int store_tx_end(struct lorad_store *s, struct store_conn *c, int r, struct lora
 /* Unix seconds. */
 int64_t store_now(void);
 
-/* Binding helpers: NULL text and NAN doubles bind SQL NULL; json is serialised compactly. */
-int store_bind_text(sqlite3_stmt *st, int i, const char *s);
-int store_bind_double(sqlite3_stmt *st, int i, double v);
-int store_bind_json(sqlite3_stmt *st, int i, json_t *j);
-/* Column helpers: NULL column -> json null; text JSON column parsed (invalid -> null). */
-json_t *store_col_text(sqlite3_stmt *st, int i);
-json_t *store_col_int(sqlite3_stmt *st, int i);
-json_t *store_col_real(sqlite3_stmt *st, int i);
-json_t *store_col_json(sqlite3_stmt *st, int i);
+/* Binding helpers, the only way the store binds: they bind parameter i of st, which must be the
+ * statement store_stmt() returned last on c, and record the first failure for store_step(), so
+ * no caller can store a NULL where a value failed to bind. NULL text and NAN doubles bind SQL
+ * NULL; json is serialised compactly. */
+void store_bind_text(struct store_conn *c, sqlite3_stmt *st, int i, const char *s);
+void store_bind_int64(struct store_conn *c, sqlite3_stmt *st, int i, int64_t v);
+void store_bind_double(struct store_conn *c, sqlite3_stmt *st, int i, double v);
+void store_bind_json(struct store_conn *c, sqlite3_stmt *st, int i, json_t *j);
+/* A result row being turned into JSON. The column readers below return NULL for a column they
+ * cannot read and record the first such column and why, so that a corrupt row (-EBADMSG) is told
+ * apart from an allocation failure (-ENOMEM) and is never served with a null in its place. */
+struct store_row {
+    sqlite3_stmt *st;
+    int rc;          /* 0, -EBADMSG or -ENOMEM */
+    int col;         /* the column rc is about */
+    const char *why; /* with -EBADMSG: "is not valid JSON", ... */
+};
+/* Column readers: a NULL column is json null; text that is not UTF-8, a JSON column that does not
+ * parse and a non-finite real are corrupt (NULL, row->rc = -EBADMSG); NULL with -ENOMEM when out
+ * of memory. */
+json_t *store_col_text(struct store_row *row, int i);
+json_t *store_col_int(struct store_row *row, int i);
+json_t *store_col_real(struct store_row *row, int i);
+json_t *store_col_json(struct store_row *row, int i);
+/* The error for a row whose object could not be built: -EBADMSG ("<what>: row with <column 0's
+ * name> <its value> is corrupt: column <name> <why>") when a column was corrupt, else -ENOMEM. */
+int store_row_error(const struct store_row *row, const char *what, struct lorad_error *err);
+/* Builds an object from st's current row; column 0 must identify the row (its id). */
+typedef json_t *store_from_row_fn(struct store_row *row);
+/* *ret_obj = from_row(st's current row), or store_row_error(): a row one of whose columns failed
+ * is an error even when from_row built something. */
+int store_row_object(sqlite3_stmt *st, store_from_row_fn *from_row, const char *what,
+                     json_t **ret_obj, struct lorad_error *err);
 
 /* -EINVAL (param) unless s (may be NULL) is valid UTF-8: everything stored is later served as
  * JSON, and jansson refuses invalid UTF-8. */
@@ -79,10 +110,17 @@ int store_check_json_size(json_t *j, size_t max, const char *param, struct lorad
 int store_check_limit(int limit, int max, struct lorad_error *err);
 /* Builds {object:"list", data, has_more, first_id, last_id}; steals data. */
 json_t *store_list_page(json_t *data, bool has_more);
+/* Steps st through at most limit rows and turns each into an object with from_row
+ * (store_row_object(): a row that cannot be turned into its object fails the call, so no row is
+ * ever left out). *ret_rows is the array; *ret_more (optional) says whether st had another row.
+ * Finishes st in every case. Returns 0 or -errno (err says `what` failed). */
+int store_collect_rows(struct store_conn *c, sqlite3_stmt *st, int limit, store_from_row_fn *from_row,
+                       const char *what, json_t **ret_rows, bool *ret_more, struct lorad_error *err);
 /* Steps st (which selects up to limit + 1 rows, newest first), turns each row into an object with
- * from_row, and writes OpenAI's list page {object, data, has_more} to *ret_page. Finishes st in
- * every case. Returns 0 or -errno (err says `what` failed). */
-int store_collect_page(struct store_conn *c, sqlite3_stmt *st, int limit, json_t *(*from_row)(sqlite3_stmt *st),
+ * from_row, and writes OpenAI's list page {object, data, has_more} to *ret_page. A row that cannot
+ * be turned into its object fails the page (store_row_object()), so a page is never short. Finishes
+ * st in every case. Returns 0 or -errno (err says `what` failed). */
+int store_collect_page(struct store_conn *c, sqlite3_stmt *st, int limit, store_from_row_fn *from_row,
                        const char *what, json_t **ret_page, struct lorad_error *err);
 /* The sort key of the row a list page starts after: sql selects one integer column and binds ?1 to
  * the row's id and, when job_id is not NULL, ?2 to its job. Without after (NULL), INT64_MAX, so the

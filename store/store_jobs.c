@@ -60,15 +60,35 @@ bool lorad_job_status_terminal(enum lorad_job_status s) {
 
 /* ---- reading ------------------------------------------------------------------------------ */
 
-#define JOB_SELECT                                                                               \
-    "SELECT j.id, j.model, j.training_file, j.validation_file, j.spec, j.status, j.created_at," \
+/* Columns 0..22 of a job row; column 23 is its queue_position (NULL unless queued), which the two
+ * SELECTs below compute differently with the same meaning: 1 + the queued jobs ahead of it in the
+ * order lorad_store_job_claim_next() takes them (priority DESC, then pk: FIFO within a priority). */
+#define JOB_COLUMNS                                                                              \
+    "j.id, j.model, j.training_file, j.validation_file, j.spec, j.status, j.created_at,"        \
     " j.started_at, j.finished_at, j.error_code, j.error_message, j.error_param, j.seed,"      \
     " j.suffix, j.fine_tuned_model, j.trained_tokens, j.progress_step,"                        \
     " j.progress_total_steps, j.progress_epoch, j.progress_tokens_per_s, j.progress_eta_s,"    \
-    " j.priority, j.control,"                                                                  \
-    " CASE WHEN j.status = 'queued' THEN 1 + (SELECT count(*) FROM jobs q"                     \
-    "   WHERE q.status = 'queued' AND (q.priority > j.priority"                                \
-    "   OR (q.priority = j.priority AND q.pk < j.pk))) END"                                     \
+    " j.priority, j.control"
+
+/* For one job: two counts, each a range of the jobs_queue index (status, priority DESC, pk), so
+ * the cost is the job's place in the queue. One count with an OR of the two ranges costs ~4x. */
+#define JOB_SELECT_ONE                                                                           \
+    "SELECT " JOB_COLUMNS ","                                                                    \
+    " CASE WHEN j.status = 'queued' THEN 1"                                                      \
+    "   + (SELECT count(*) FROM jobs q WHERE q.status = 'queued' AND q.priority > j.priority)"  \
+    "   + (SELECT count(*) FROM jobs q WHERE q.status = 'queued' AND q.priority = j.priority"   \
+    "      AND q.pk < j.pk) END"                                                                 \
+    " FROM jobs j "
+
+/* For a page: a count per queued row made a page of 100 cost 100 walks of the queue (~60 ms
+ * with 10000 queued). Instead the whole queue is numbered once, in jobs_queue's order (no sort),
+ * and each row looks its number up (SQLite builds the automatic index on pk once per query, on
+ * the page's first queued row; a page without one never numbers the queue). */
+#define JOB_SELECT_PAGE                                                                          \
+    "WITH queue(pk, position) AS (SELECT pk, row_number() OVER (ORDER BY priority DESC, pk)"    \
+    "   FROM jobs WHERE status = 'queued')"                                                      \
+    " SELECT " JOB_COLUMNS ","                                                                   \
+    " CASE WHEN j.status = 'queued' THEN (SELECT position FROM queue WHERE queue.pk = j.pk) END" \
     " FROM jobs j "
 
 static json_t *hyperparameters_of(json_t *spec) {
@@ -83,37 +103,40 @@ static json_t *hyperparameters_of(json_t *spec) {
     return json_object();
 }
 
-static json_t *job_from_row(sqlite3_stmt *st) {
-    json_t *spec = store_col_json(st, 4);
+static json_t *job_from_row(struct store_row *row) {
+    sqlite3_stmt *st = row->st;
+    json_t *spec = store_col_json(row, 4);
+    if (!spec) return NULL;
     json_t *error = json_null();
     if (sqlite3_column_type(st, 9) != SQLITE_NULL) {
         json_decref(error);
-        error = json_pack("{s:o, s:o, s:o}", "code", store_col_text(st, 9), "message",
-                          store_col_text(st, 10), "param", store_col_text(st, 11));
+        error = json_pack("{s:o, s:o, s:o}", "code", store_col_text(row, 9), "message",
+                          store_col_text(row, 10), "param", store_col_text(row, 11));
     }
     json_t *estimated_finish = json_null();
     const char *status = (const char *)sqlite3_column_text(st, 5);
-    if (status && !strcmp(status, "running") && sqlite3_column_type(st, 20) != SQLITE_NULL) {
-        json_decref(estimated_finish);
-        estimated_finish = json_integer(store_now() + (int64_t)ceil(sqlite3_column_double(st, 20)));
-    }
-    json_t *progress = json_pack("{s:o, s:o, s:o, s:o, s:o}", "step", store_col_int(st, 16),
-                                 "total_steps", store_col_int(st, 17), "epoch",
-                                 store_col_real(st, 18), "tokens_per_s", store_col_real(st, 19),
-                                 "eta_s", store_col_real(st, 20));
+    double eta_s = sqlite3_column_double(st, 20);
+    /* A non-finite eta is reported as corrupt by store_col_real() below. */
+    if (status && !strcmp(status, "running") && sqlite3_column_type(st, 20) != SQLITE_NULL &&
+        isfinite(eta_s))
+        estimated_finish = json_integer(store_now() + (int64_t)ceil(eta_s));
+    json_t *progress = json_pack("{s:o, s:o, s:o, s:o, s:o}", "step", store_col_int(row, 16),
+                                 "total_steps", store_col_int(row, 17), "epoch",
+                                 store_col_real(row, 18), "tokens_per_s", store_col_real(row, 19),
+                                 "eta_s", store_col_real(row, 20));
     json_t *job = json_pack(
         "{s:o, s:s, s:o, s:o, s:o, s:o, s:s, s:[], s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o,"
         " s:o, s:o, s:o, s:o, s:o}",
-        "id", store_col_text(st, 0), "object", "fine_tuning.job", "model", store_col_text(st, 1),
-        "created_at", store_col_int(st, 6), "finished_at", store_col_int(st, 8),
-        "fine_tuned_model", store_col_text(st, 14), "organization_id", "org-lorad",
-        "result_files", "status", store_col_text(st, 5), "validation_file",
-        store_col_text(st, 3), "training_file", store_col_text(st, 2), "hyperparameters",
-        hyperparameters_of(spec), "trained_tokens", store_col_int(st, 15), "error", error,
-        "seed", store_col_int(st, 12), "suffix", store_col_text(st, 13), "estimated_finish",
-        estimated_finish, "progress", progress, "priority", store_col_int(st, 21),
-        "queue_position", store_col_int(st, 23), "started_at", store_col_int(st, 7), "control",
-        store_col_text(st, 22));
+        "id", store_col_text(row, 0), "object", "fine_tuning.job", "model", store_col_text(row, 1),
+        "created_at", store_col_int(row, 6), "finished_at", store_col_int(row, 8),
+        "fine_tuned_model", store_col_text(row, 14), "organization_id", "org-lorad",
+        "result_files", "status", store_col_text(row, 5), "validation_file",
+        store_col_text(row, 3), "training_file", store_col_text(row, 2), "hyperparameters",
+        hyperparameters_of(spec), "trained_tokens", store_col_int(row, 15), "error", error,
+        "seed", store_col_int(row, 12), "suffix", store_col_text(row, 13), "estimated_finish",
+        estimated_finish, "progress", progress, "priority", store_col_int(row, 21),
+        "queue_position", store_col_int(row, 23), "started_at", store_col_int(row, 7), "control",
+        store_col_text(row, 22));
     if (job && json_is_object(spec)) json_object_update_missing(job, spec);
     json_decref(spec);
     return job;
@@ -122,14 +145,12 @@ static json_t *job_from_row(sqlite3_stmt *st) {
 int store_job_get_conn(struct store_conn *c, const char *id, json_t **ret_job,
                        struct lorad_error *err) {
     int r = 0;
-    sqlite3_stmt *st = store_stmt(c, JOB_SELECT "WHERE j.id = ?1", &r, err);
+    sqlite3_stmt *st = store_stmt(c, JOB_SELECT_ONE "WHERE j.id = ?1", &r, err);
     if (!st) return r;
-    store_bind_text(st, 1, id);
+    store_bind_text(c, st, 1, id);
     r = store_step(c, st, "cannot read job", err);
     if (r == 1) {
-        json_t *job = job_from_row(st);
-        r = job ? 0 : lorad_error_set(err, -ENOMEM, "", "out of memory");
-        if (job) *ret_job = job;
+        r = store_row_object(st, job_from_row, "cannot read job", ret_job, err);
     } else if (r == 0) {
         r = lorad_error_set(err, -ENOENT, "fine_tuning_job_id", "no such job: %s", id);
     }
@@ -173,12 +194,12 @@ int lorad_store_job_list(struct lorad_store *s, int status, const char *after, i
     r = store_page_after_key(c, "SELECT pk FROM jobs WHERE id = ?1", after, NULL, "job", &after_pk, err);
     if (r < 0) goto out;
     sqlite3_stmt *st = store_stmt(c,
-        JOB_SELECT "WHERE (?1 IS NULL OR j.status = ?1) AND j.pk < ?2 ORDER BY j.pk DESC LIMIT ?3",
+        JOB_SELECT_PAGE "WHERE (?1 IS NULL OR j.status = ?1) AND j.pk < ?2 ORDER BY j.pk DESC LIMIT ?3",
         &r, err);
     if (!st) goto out;
-    store_bind_text(st, 1, status < 0 ? NULL : STATUS_NAMES[status]);
-    sqlite3_bind_int64(st, 2, after_pk);
-    sqlite3_bind_int(st, 3, limit + 1);
+    store_bind_text(c, st, 1, status < 0 ? NULL : STATUS_NAMES[status]);
+    store_bind_int64(c, st, 2, after_pk);
+    store_bind_int64(c, st, 3, limit + 1);
     r = store_collect_page(c, st, limit, job_from_row, "cannot list jobs", ret_page, err);
 out:
     store_release(s, c);
@@ -231,11 +252,30 @@ static int file_exists(struct store_conn *c, const char *id, const char *param,
     int r = 0;
     sqlite3_stmt *st = store_stmt(c, "SELECT 1 FROM files WHERE id = ?1", &r, err);
     if (!st) return r;
-    store_bind_text(st, 1, id);
+    store_bind_text(c, st, 1, id);
     r = store_step(c, st, "cannot look up file", err);
     store_stmt_done(st);
     if (r == 0) return lorad_error_set(err, -ENOENT, param, "no such file: %s", id);
     return r < 0 ? r : 0;
+}
+
+/* 0 if the queue has room for one more job, -EAGAIN if max_queued_jobs (> 0; <= 0 = no limit)
+ * are queued. Inside the write transaction that queues the job, so no writer fills the place
+ * between the count and the change. */
+static int queue_room_tx(struct store_conn *c, int64_t max_queued_jobs, struct lorad_error *err) {
+    if (max_queued_jobs <= 0) return 0;
+    int r = 0;
+    sqlite3_stmt *st = store_stmt(c, "SELECT count(*) FROM jobs WHERE status = 'queued'", &r, err);
+    if (!st) return r;
+    r = store_step(c, st, "cannot count the queue", err);
+    int64_t queued = r == 1 ? sqlite3_column_int64(st, 0) : 0;
+    store_stmt_done(st);
+    if (r < 0) return r;
+    if (queued >= max_queued_jobs)
+        return lorad_error_set(err, -EAGAIN, "",
+                               "%lld jobs are queued (max_queued_jobs = %lld); retry later",
+                               (long long)queued, (long long)max_queued_jobs);
+    return 0;
 }
 
 /* Looks the key up: 0 = unknown, 1 = same request (job id copied to ret_id), -EEXIST = the key
@@ -246,7 +286,7 @@ static int idempotency_lookup(struct store_conn *c, const char *key, const char 
     sqlite3_stmt *st = store_stmt(c, "SELECT id, request_hash FROM jobs WHERE idempotency_key = ?1",
                                   &r, err);
     if (!st) return r;
-    store_bind_text(st, 1, key);
+    store_bind_text(c, st, 1, key);
     r = store_step(c, st, "cannot look up idempotency key", err);
     if (r == 1) {
         const char *stored = (const char *)sqlite3_column_text(st, 1);
@@ -302,24 +342,25 @@ int lorad_store_job_create(struct lorad_store *s, const struct lorad_store_job_n
     }
     r = file_exists(c, j->training_file, "training_file", err);
     if (r == 0 && j->validation_file) r = file_exists(c, j->validation_file, "validation_file", err);
+    if (r == 0 && j->status == LORAD_JOB_QUEUED) r = queue_room_tx(c, j->max_queued_jobs, err);
     if (r < 0) goto end;
     sqlite3_stmt *st = store_stmt(c,
         "INSERT INTO jobs(id, model, training_file, validation_file, spec, status, created_at,"
         " seed, suffix, idempotency_key, request_hash, priority)"
         " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)", &r, err);
     if (!st) goto end;
-    store_bind_text(st, 1, id);
-    store_bind_text(st, 2, j->model);
-    store_bind_text(st, 3, j->training_file);
-    store_bind_text(st, 4, j->validation_file);
-    store_bind_json(st, 5, j->spec);
-    store_bind_text(st, 6, STATUS_NAMES[j->status]);
-    sqlite3_bind_int64(st, 7, store_now());
-    sqlite3_bind_int64(st, 8, j->seed);
-    store_bind_text(st, 9, j->suffix);
-    store_bind_text(st, 10, j->idempotency_key);
-    store_bind_text(st, 11, j->idempotency_key ? j->request_hash : NULL);
-    sqlite3_bind_int(st, 12, j->priority);
+    store_bind_text(c, st, 1, id);
+    store_bind_text(c, st, 2, j->model);
+    store_bind_text(c, st, 3, j->training_file);
+    store_bind_text(c, st, 4, j->validation_file);
+    store_bind_json(c, st, 5, j->spec);
+    store_bind_text(c, st, 6, STATUS_NAMES[j->status]);
+    store_bind_int64(c, st, 7, store_now());
+    store_bind_int64(c, st, 8, j->seed);
+    store_bind_text(c, st, 9, j->suffix);
+    store_bind_text(c, st, 10, j->idempotency_key);
+    store_bind_text(c, st, 11, j->idempotency_key ? j->request_hash : NULL);
+    store_bind_int64(c, st, 12, j->priority);
     r = store_step(c, st, "cannot insert job", err);
     store_stmt_done(st);
     if (r < 0) goto end;
@@ -346,7 +387,7 @@ static int job_status_tx(struct store_conn *c, const char *id, enum lorad_job_st
     int r = 0;
     sqlite3_stmt *st = store_stmt(c, "SELECT status FROM jobs WHERE id = ?1", &r, err);
     if (!st) return r;
-    store_bind_text(st, 1, id);
+    store_bind_text(c, st, 1, id);
     r = store_step(c, st, "cannot read job", err);
     if (r == 1) {
         const char *name = (const char *)sqlite3_column_text(st, 0);
@@ -384,22 +425,23 @@ int store_transition_tx(struct store_conn *c, const char *id,
         " control = CASE WHEN ?2 = 'cancelling' THEN 'cancel' ELSE 'none' END"
         " WHERE id = ?1", &r, err);
     if (!st) return r;
-    store_bind_text(st, 1, id);
-    store_bind_text(st, 2, STATUS_NAMES[t->to]);
-    sqlite3_bind_int64(st, 3, store_now());
-    sqlite3_bind_int(st, 4, lorad_job_status_terminal(t->to));
-    sqlite3_bind_int(st, 5, failed);
-    store_bind_text(st, 6, failed ? (t->error_code ? t->error_code : "failed") : NULL);
-    store_bind_text(st, 7, failed ? (t->error_message ? t->error_message : "") : NULL);
-    store_bind_text(st, 8, failed ? t->error_param : NULL);
-    store_bind_text(st, 9, t->to == LORAD_JOB_SUCCEEDED ? t->fine_tuned_model : NULL);
+    store_bind_text(c, st, 1, id);
+    store_bind_text(c, st, 2, STATUS_NAMES[t->to]);
+    store_bind_int64(c, st, 3, store_now());
+    store_bind_int64(c, st, 4, lorad_job_status_terminal(t->to));
+    store_bind_int64(c, st, 5, failed);
+    store_bind_text(c, st, 6, failed ? (t->error_code ? t->error_code : "failed") : NULL);
+    store_bind_text(c, st, 7, failed ? (t->error_message ? t->error_message : "") : NULL);
+    store_bind_text(c, st, 8, failed ? t->error_param : NULL);
+    store_bind_text(c, st, 9, t->to == LORAD_JOB_SUCCEEDED ? t->fine_tuned_model : NULL);
     r = store_step(c, st, "cannot update job status", err);
     store_stmt_done(st);
     if (r < 0) return r;
 
-    char message[256];
-    if (t->message) snprintf(message, sizeof message, "%s", t->message);
-    else snprintf(message, sizeof message, "Job %s -> %s", STATUS_NAMES[from], STATUS_NAMES[t->to]);
+    /* t->message is stored as given: a copy cut at a byte count could split a UTF-8 character. */
+    char fallback[64];
+    snprintf(fallback, sizeof fallback, "Job %s -> %s", STATUS_NAMES[from], STATUS_NAMES[t->to]);
+    const char *message = t->message ? t->message : fallback;
     json_t *data = json_is_object(t->data) ? json_deep_copy(t->data) : json_object();
     json_object_set_new(data, "from", json_string(STATUS_NAMES[from]));
     json_object_set_new(data, "to", json_string(STATUS_NAMES[t->to]));
@@ -419,6 +461,8 @@ int lorad_store_job_transition(struct lorad_store *s, const char *id,
     if (r == 0) r = store_check_utf8(t->error_param, "error.param", err);
     if (r == 0) r = store_check_utf8(t->fine_tuned_model, "fine_tuned_model", err);
     if (r < 0) return r;
+    if (t->message && strlen(t->message) > 4096)
+        return lorad_error_set(err, -EINVAL, "message", "message longer than 4096 bytes");
     if ((t->error_message && strlen(t->error_message) > 4096) ||
         (t->error_code && strlen(t->error_code) > 128) ||
         (t->error_param && strlen(t->error_param) > 256) ||
@@ -474,7 +518,7 @@ int lorad_store_job_control(struct lorad_store *s, const char *id,
     if (r < 0) return r;
     sqlite3_stmt *st = store_stmt(c, "SELECT status, control FROM jobs WHERE id = ?1", &r, err);
     if (st) {
-        store_bind_text(st, 1, id);
+        store_bind_text(c, st, 1, id);
         r = store_step(c, st, "cannot read job", err);
         if (r == 1) {
             const char *status = (const char *)sqlite3_column_text(st, 0);
@@ -500,8 +544,8 @@ static int set_control_tx(struct store_conn *c, const char *id, const char *cont
     int r = 0;
     sqlite3_stmt *st = store_stmt(c, "UPDATE jobs SET control = ?2 WHERE id = ?1", &r, err);
     if (!st) return r;
-    store_bind_text(st, 1, id);
-    store_bind_text(st, 2, control);
+    store_bind_text(c, st, 1, id);
+    store_bind_text(c, st, 2, control);
     r = store_step(c, st, "cannot update job", err);
     store_stmt_done(st);
     if (r < 0) return r;
@@ -510,7 +554,8 @@ static int set_control_tx(struct store_conn *c, const char *id, const char *cont
 
 enum request { REQUEST_CANCEL, REQUEST_PAUSE, REQUEST_RESUME };
 
-static int request_tx(struct store_conn *c, const char *id, enum request req,
+/* max_queued_jobs: the queue limit for a resume (see queue_room_tx()). */
+static int request_tx(struct store_conn *c, const char *id, enum request req, int64_t max_queued_jobs,
                       struct lorad_error *err) {
     enum lorad_job_status from;
     int r = job_status_tx(c, id, &from, err);
@@ -532,6 +577,11 @@ static int request_tx(struct store_conn *c, const char *id, enum request req,
     case REQUEST_RESUME:
         if (from == LORAD_JOB_RUNNING)
             return set_control_tx(c, id, "none", "Pause request withdrawn", err);
+        /* Only a paused job enters the queue; any other is refused by the transition (-EPERM). */
+        if (from == LORAD_JOB_PAUSED) {
+            r = queue_room_tx(c, max_queued_jobs, err);
+            if (r < 0) return r;
+        }
         t.to = LORAD_JOB_QUEUED;
         t.message = "Job resumed";
         break;
@@ -539,13 +589,13 @@ static int request_tx(struct store_conn *c, const char *id, enum request req,
     return store_transition_tx(c, id, &t, err);
 }
 
-static int request(struct lorad_store *s, const char *id, enum request req, json_t **ret_job,
-                   struct lorad_error *err) {
+static int request(struct lorad_store *s, const char *id, enum request req, int64_t max_queued_jobs,
+                   json_t **ret_job, struct lorad_error *err) {
     struct store_conn *c = NULL;
     int r = store_acquire(s, &c, err);
     if (r < 0) return r;
     r = store_tx_begin(s, c, err);
-    if (r == 0) r = store_tx_end(s, c, request_tx(c, id, req, err), err);
+    if (r == 0) r = store_tx_end(s, c, request_tx(c, id, req, max_queued_jobs, err), err);
     if (r == 0 && ret_job) r = store_job_get_conn(c, id, ret_job, err);
     store_release(s, c);
     return r;
@@ -553,17 +603,17 @@ static int request(struct lorad_store *s, const char *id, enum request req, json
 
 int lorad_store_job_cancel(struct lorad_store *s, const char *id, json_t **ret_job,
                            struct lorad_error *err) {
-    return request(s, id, REQUEST_CANCEL, ret_job, err);
+    return request(s, id, REQUEST_CANCEL, 0, ret_job, err);
 }
 
 int lorad_store_job_pause(struct lorad_store *s, const char *id, json_t **ret_job,
                           struct lorad_error *err) {
-    return request(s, id, REQUEST_PAUSE, ret_job, err);
+    return request(s, id, REQUEST_PAUSE, 0, ret_job, err);
 }
 
-int lorad_store_job_resume(struct lorad_store *s, const char *id, json_t **ret_job,
-                           struct lorad_error *err) {
-    return request(s, id, REQUEST_RESUME, ret_job, err);
+int lorad_store_job_resume(struct lorad_store *s, const char *id, int64_t max_queued_jobs,
+                           json_t **ret_job, struct lorad_error *err) {
+    return request(s, id, REQUEST_RESUME, max_queued_jobs, ret_job, err);
 }
 
 int lorad_store_job_set_progress(struct lorad_store *s, const char *id,
@@ -579,13 +629,13 @@ int lorad_store_job_set_progress(struct lorad_store *s, const char *id,
         " trained_tokens = CASE WHEN ?7 < 0 THEN trained_tokens ELSE ?7 END WHERE id = ?1",
         &r, err);
     if (st) {
-        store_bind_text(st, 1, id);
-        sqlite3_bind_int64(st, 2, p->step);
-        sqlite3_bind_int64(st, 3, p->total_steps);
-        store_bind_double(st, 4, p->epoch);
-        store_bind_double(st, 5, p->tokens_per_s);
-        store_bind_double(st, 6, p->eta_s);
-        sqlite3_bind_int64(st, 7, p->trained_tokens);
+        store_bind_text(c, st, 1, id);
+        store_bind_int64(c, st, 2, p->step);
+        store_bind_int64(c, st, 3, p->total_steps);
+        store_bind_double(c, st, 4, p->epoch);
+        store_bind_double(c, st, 5, p->tokens_per_s);
+        store_bind_double(c, st, 6, p->eta_s);
+        store_bind_int64(c, st, 7, p->trained_tokens);
         r = store_step(c, st, "cannot update progress", err);
         store_stmt_done(st);
         if (r == 0 && sqlite3_changes(c->db) == 0)
@@ -598,6 +648,11 @@ out:
 }
 
 /* ---- startup recovery --------------------------------------------------------------------- */
+
+/* {id, step} of a checkpoint row (columns id, step). */
+static json_t *checkpoint_ref_from_row(struct store_row *row) {
+    return json_pack("{s:o, s:o}", "id", store_col_text(row, 0), "step", store_col_int(row, 1));
+}
 
 int store_recover_tx(struct store_conn *c, struct lorad_error *err) {
     int r = 0;
@@ -617,22 +672,16 @@ int store_recover_tx(struct store_conn *c, struct lorad_error *err) {
         store_stmt_done(st);
         if (r <= 0) return r;
 
-        json_t *ckpt = json_null();
+        json_t *ckpt = NULL;
         st = store_stmt(c, "SELECT id, step FROM checkpoints WHERE job_id = ?1"
                            " ORDER BY step DESC LIMIT 1", &r, err);
         if (!st) return r;
-        store_bind_text(st, 1, id);
+        store_bind_text(c, st, 1, id);
         r = store_step(c, st, "cannot read checkpoints", err);
-        if (r == 1) {
-            json_decref(ckpt);
-            ckpt = json_pack("{s:o, s:o}", "id", store_col_text(st, 0), "step",
-                             store_col_int(st, 1));
-        }
+        if (r == 1) r = store_row_object(st, checkpoint_ref_from_row, "cannot read checkpoints", &ckpt, err);
         store_stmt_done(st);
-        if (r < 0) {
-            json_decref(ckpt);
-            return r;
-        }
+        if (r < 0) return r;
+        if (!ckpt) ckpt = json_null(); /* none yet */
         char message[200];
         struct lorad_store_transition t = {.message = message};
         if (from == LORAD_JOB_RUNNING) {

@@ -81,20 +81,20 @@ static int write_row_tx(struct store_conn *c, const char *job_id, const struct l
         " eta_s = excluded.eta_s, valid_loss = excluded.valid_loss,"
         " valid_mean_token_accuracy = excluded.valid_mean_token_accuracy", &r, err);
     if (!st) return r;
-    store_bind_text(st, 1, job_id);
-    sqlite3_bind_int64(st, 2, m->step);
-    sqlite3_bind_int64(st, 3, m->total_steps);
-    store_bind_double(st, 4, m->epoch);
-    store_bind_double(st, 5, m->train_loss);
-    store_bind_double(st, 6, m->train_mean_token_accuracy);
-    store_bind_double(st, 7, m->lr);
-    store_bind_double(st, 8, m->grad_norm);
-    sqlite3_bind_int64(st, 9, m->tokens_seen);
-    store_bind_double(st, 10, m->tokens_per_s);
-    store_bind_double(st, 11, m->elapsed_s);
-    store_bind_double(st, 12, m->eta_s);
-    store_bind_double(st, 13, m->valid_loss);
-    store_bind_double(st, 14, m->valid_mean_token_accuracy);
+    store_bind_text(c, st, 1, job_id);
+    store_bind_int64(c, st, 2, m->step);
+    store_bind_int64(c, st, 3, m->total_steps);
+    store_bind_double(c, st, 4, m->epoch);
+    store_bind_double(c, st, 5, m->train_loss);
+    store_bind_double(c, st, 6, m->train_mean_token_accuracy);
+    store_bind_double(c, st, 7, m->lr);
+    store_bind_double(c, st, 8, m->grad_norm);
+    store_bind_int64(c, st, 9, m->tokens_seen);
+    store_bind_double(c, st, 10, m->tokens_per_s);
+    store_bind_double(c, st, 11, m->elapsed_s);
+    store_bind_double(c, st, 12, m->eta_s);
+    store_bind_double(c, st, 13, m->valid_loss);
+    store_bind_double(c, st, 14, m->valid_mean_token_accuracy);
     r = store_step(c, st, "cannot write metrics", err);
     store_stmt_done(st);
     if (r < 0) return r;
@@ -125,13 +125,13 @@ static int write_pending_tx(struct lorad_metrics_writer *w, struct store_conn *c
         " progress_tokens_per_s = ?5, progress_eta_s = ?6, trained_tokens = ?7 WHERE id = ?1",
         &r, err);
     if (!st) return r;
-    store_bind_text(st, 1, w->job_id);
-    sqlite3_bind_int64(st, 2, m->step);
-    sqlite3_bind_int64(st, 3, m->total_steps);
-    store_bind_double(st, 4, m->epoch);
-    store_bind_double(st, 5, m->tokens_per_s);
-    store_bind_double(st, 6, m->eta_s);
-    sqlite3_bind_int64(st, 7, m->tokens_seen);
+    store_bind_text(c, st, 1, w->job_id);
+    store_bind_int64(c, st, 2, m->step);
+    store_bind_int64(c, st, 3, m->total_steps);
+    store_bind_double(c, st, 4, m->epoch);
+    store_bind_double(c, st, 5, m->tokens_per_s);
+    store_bind_double(c, st, 6, m->eta_s);
+    store_bind_int64(c, st, 7, m->tokens_seen);
     r = store_step(c, st, "cannot update progress", err);
     store_stmt_done(st);
     return r;
@@ -167,6 +167,16 @@ int lorad_metrics_writer_append(struct lorad_metrics_writer *w, const struct lor
     return 0;
 }
 
+/* A checkpoint's own metrics from its step's metrics row (columns step, train_loss,
+ * train_mean_token_accuracy, valid_loss, valid_mean_token_accuracy). */
+static json_t *checkpoint_metrics_from_row(struct store_row *row) {
+    return json_pack("{s:o, s:o, s:o, s:o, s:o, s:n, s:n}", "step", store_col_int(row, 0),
+                     "train_loss", store_col_real(row, 1), "train_mean_token_accuracy",
+                     store_col_real(row, 2), "valid_loss", store_col_real(row, 3),
+                     "valid_mean_token_accuracy", store_col_real(row, 4), "full_valid_loss",
+                     "full_valid_mean_token_accuracy");
+}
+
 static int checkpoint_tx(struct lorad_metrics_writer *w, struct store_conn *c, int64_t step,
                          const char *path, json_t *metrics, int keep, char ret_id[LORAD_STORE_ID_MAX],
                          struct lorad_error *err) {
@@ -175,26 +185,17 @@ static int checkpoint_tx(struct lorad_metrics_writer *w, struct store_conn *c, i
     json_t *own = NULL;
     if (!metrics) {
         sqlite3_stmt *st = store_stmt(c,
-            "SELECT train_loss, train_mean_token_accuracy, valid_loss, valid_mean_token_accuracy"
+            "SELECT step, train_loss, train_mean_token_accuracy, valid_loss, valid_mean_token_accuracy"
             " FROM metrics WHERE job_id = ?1 AND step = ?2", &r, err);
         if (!st) return r;
-        store_bind_text(st, 1, w->job_id);
-        sqlite3_bind_int64(st, 2, step);
+        store_bind_text(c, st, 1, w->job_id);
+        store_bind_int64(c, st, 2, step);
         r = store_step(c, st, "cannot read metrics", err);
-        own = json_pack("{s:I}", "step", (json_int_t)step);
-        if (r == 1) {
-            json_object_set_new(own, "train_loss", store_col_real(st, 0));
-            json_object_set_new(own, "train_mean_token_accuracy", store_col_real(st, 1));
-            json_object_set_new(own, "valid_loss", store_col_real(st, 2));
-            json_object_set_new(own, "valid_mean_token_accuracy", store_col_real(st, 3));
-            json_object_set_new(own, "full_valid_loss", json_null());
-            json_object_set_new(own, "full_valid_mean_token_accuracy", json_null());
-        }
+        if (r == 1) r = store_row_object(st, checkpoint_metrics_from_row, "cannot read metrics", &own, err);
+        else if (r == 0 && !(own = json_pack("{s:I}", "step", (json_int_t)step)))
+            r = lorad_error_set(err, -ENOMEM, "", "out of memory");
         store_stmt_done(st);
-        if (r < 0) {
-            json_decref(own);
-            return r;
-        }
+        if (r < 0) return r;
         metrics = own;
     }
     char id[LORAD_STORE_ID_MAX];
@@ -213,12 +214,12 @@ static int checkpoint_tx(struct lorad_metrics_writer *w, struct store_conn *c, i
         json_decref(own);
         return r;
     }
-    store_bind_text(st, 1, id);
-    store_bind_text(st, 2, w->job_id);
-    sqlite3_bind_int64(st, 3, step);
-    store_bind_text(st, 4, path);
-    store_bind_json(st, 5, metrics);
-    sqlite3_bind_int64(st, 6, store_now());
+    store_bind_text(c, st, 1, id);
+    store_bind_text(c, st, 2, w->job_id);
+    store_bind_int64(c, st, 3, step);
+    store_bind_text(c, st, 4, path);
+    store_bind_json(c, st, 5, metrics);
+    store_bind_int64(c, st, 6, store_now());
     json_decref(own);
     r = store_step(c, st, "cannot insert checkpoint", err);
     if (r == 1) {
@@ -235,8 +236,8 @@ static int checkpoint_tx(struct lorad_metrics_writer *w, struct store_conn *c, i
             "DELETE FROM checkpoints WHERE job_id = ?1 AND step NOT IN"
             " (SELECT step FROM checkpoints WHERE job_id = ?1 ORDER BY step DESC LIMIT ?2)", &r, err);
         if (!st) return r;
-        store_bind_text(st, 1, w->job_id);
-        sqlite3_bind_int(st, 2, keep);
+        store_bind_text(c, st, 1, w->job_id);
+        store_bind_int64(c, st, 2, keep);
         r = store_step(c, st, "cannot prune checkpoints", err);
         store_stmt_done(st);
         if (r < 0) return r;
@@ -277,6 +278,23 @@ int lorad_metrics_writer_checkpoint(struct lorad_metrics_writer *w, int64_t step
     return r;
 }
 
+/* A metrics row as metrics.jsonl has it (the columns of lorad_store_metrics_list's SELECT). */
+static json_t *metrics_from_row(struct store_row *row) {
+    static const char *const NAMES[] = {
+        "step", "total_steps", "epoch", "train_loss", "train_mean_token_accuracy", "lr",
+        "grad_norm", "tokens_seen", "tokens_per_s", "elapsed_s", "eta_s", "valid_loss",
+        "valid_mean_token_accuracy"};
+    json_t *obj = json_object();
+    for (int i = 0; obj && i < (int)(sizeof NAMES / sizeof NAMES[0]); i++) {
+        bool integer = i == 0 || i == 1 || i == 7;
+        if (json_object_set_new(obj, NAMES[i], integer ? store_col_int(row, i) : store_col_real(row, i)) < 0) {
+            json_decref(obj);
+            obj = NULL;
+        }
+    }
+    return obj;
+}
+
 int lorad_store_metrics_list(struct lorad_store *s, const char *job_id, int64_t after_step,
                              int limit, json_t **ret_rows, struct lorad_error *err) {
     int r = store_check_limit(limit, 100000, err);
@@ -291,34 +309,17 @@ int lorad_store_metrics_list(struct lorad_store *s, const char *job_id, int64_t 
         " tokens_seen, tokens_per_s, elapsed_s, eta_s, valid_loss, valid_mean_token_accuracy"
         " FROM metrics WHERE job_id = ?1 AND step > ?2 ORDER BY step LIMIT ?3", &r, err);
     if (!st) goto out;
-    store_bind_text(st, 1, job_id);
-    sqlite3_bind_int64(st, 2, after_step);
-    sqlite3_bind_int(st, 3, limit);
-    static const char *const NAMES[] = {
-        "step", "total_steps", "epoch", "train_loss", "train_mean_token_accuracy", "lr",
-        "grad_norm", "tokens_seen", "tokens_per_s", "elapsed_s", "eta_s", "valid_loss",
-        "valid_mean_token_accuracy"};
-    json_t *rows = json_array();
-    while ((r = store_step(c, st, "cannot list metrics", err)) == 1) {
-        json_t *row = json_object();
-        for (int i = 0; i < (int)(sizeof NAMES / sizeof NAMES[0]); i++) {
-            bool integer = i == 0 || i == 1 || i == 7;
-            json_object_set_new(row, NAMES[i], integer ? store_col_int(st, i) : store_col_real(st, i));
-        }
-        json_array_append_new(rows, row);
-    }
-    store_stmt_done(st);
-    if (r < 0) {
-        json_decref(rows);
-        goto out;
-    }
-    *ret_rows = rows;
+    store_bind_text(c, st, 1, job_id);
+    store_bind_int64(c, st, 2, after_step);
+    store_bind_int64(c, st, 3, limit);
+    r = store_collect_rows(c, st, limit, metrics_from_row, "cannot list metrics", ret_rows, NULL, err);
 out:
     store_release(s, c);
     return r;
 }
 
-static json_t *checkpoint_from_row(sqlite3_stmt *st) {
+static json_t *checkpoint_from_row(struct store_row *row) {
+    sqlite3_stmt *st = row->st;
     /* columns: id, created_at, step, metrics, job_id, model, suffix */
     const char *suffix = (const char *)sqlite3_column_text(st, 6);
     char name[512];
@@ -326,9 +327,9 @@ static json_t *checkpoint_from_row(sqlite3_stmt *st) {
              (const char *)sqlite3_column_text(st, 5), suffix ? suffix : "lorad",
              (const char *)sqlite3_column_text(st, 4), (long long)sqlite3_column_int64(st, 2));
     return json_pack("{s:s, s:o, s:o, s:s, s:o, s:o, s:o}", "object", "fine_tuning.job.checkpoint",
-                     "id", store_col_text(st, 0), "created_at", store_col_int(st, 1),
-                     "fine_tuned_model_checkpoint", name, "step_number", store_col_int(st, 2),
-                     "metrics", store_col_json(st, 3), "fine_tuning_job_id", store_col_text(st, 4));
+                     "id", store_col_text(row, 0), "created_at", store_col_int(row, 1),
+                     "fine_tuned_model_checkpoint", name, "step_number", store_col_int(row, 2),
+                     "metrics", store_col_json(row, 3), "fine_tuning_job_id", store_col_text(row, 4));
 }
 
 int lorad_store_checkpoint_list(struct lorad_store *s, const char *job_id, const char *after,
@@ -348,9 +349,9 @@ int lorad_store_checkpoint_list(struct lorad_store *s, const char *job_id, const
         " FROM checkpoints c JOIN jobs j ON j.id = c.job_id"
         " WHERE c.job_id = ?1 AND c.step < ?2 ORDER BY c.step DESC LIMIT ?3", &r, err);
     if (!st) goto out;
-    store_bind_text(st, 1, job_id);
-    sqlite3_bind_int64(st, 2, after_step);
-    sqlite3_bind_int(st, 3, limit + 1);
+    store_bind_text(c, st, 1, job_id);
+    store_bind_int64(c, st, 2, after_step);
+    store_bind_int64(c, st, 3, limit + 1);
     r = store_collect_page(c, st, limit, checkpoint_from_row, "cannot list checkpoints", ret_page, err);
 out:
     store_release(s, c);
@@ -384,7 +385,7 @@ int lorad_store_checkpoint_latest(struct lorad_store *s, const char *job_id,
         "SELECT id, step, path FROM checkpoints WHERE job_id = ?1 ORDER BY step DESC LIMIT 1",
         &r, err);
     if (!st) goto out;
-    store_bind_text(st, 1, job_id);
+    store_bind_text(c, st, 1, job_id);
     r = checkpoint_row(c, st, ret_id, ret_step, ret_path, err);
     store_stmt_done(st);
 out:
@@ -403,8 +404,8 @@ int lorad_store_checkpoint_get(struct lorad_store *s, const char *job_id, const 
     sqlite3_stmt *st = store_stmt(c,
         "SELECT id, step, path FROM checkpoints WHERE id = ?1 AND job_id = ?2", &r, err);
     if (!st) goto out;
-    store_bind_text(st, 1, checkpoint_id);
-    store_bind_text(st, 2, job_id);
+    store_bind_text(c, st, 1, checkpoint_id);
+    store_bind_text(c, st, 2, job_id);
     r = checkpoint_row(c, st, NULL, ret_step, ret_path, err);
     if (r == 1) r = 0;
     else if (r == 0)

@@ -514,6 +514,16 @@ static void *race_create(void *arg) {
     return NULL;
 }
 
+static void *race_resume(void *arg) {
+    struct racer *r = arg;
+    char target[128];
+    snprintf(target, sizeof target, "/v1/fine_tuning/jobs/%s/resume", r->body);
+    struct resp resp = request("POST", target, NULL, NULL);
+    r->status = resp.status;
+    resp_free(&resp);
+    return NULL;
+}
+
 /* Concurrent creates against a queue with room for 3: exactly 3 are accepted, the rest are 429,
  * so max_queued_jobs holds even when requests race. */
 static void test_queue_limit_under_concurrency(void **state) {
@@ -700,6 +710,86 @@ static void test_controls(void **state) {
     assert_string_equal(out, "cancelled");
     assert_int_equal(control("ftjob-AAAAAAAAAAAAAAAAAAAAAAAA", "cancel", out, sizeof out), 404);
     assert_int_equal(control("ftjob-short", "pause", out, sizeof out), 404);
+}
+
+/* Resuming a paused job puts it back in the queue, so it meets max_queued_jobs exactly as a new
+ * job does: the same 429 queue_full (and the job stays paused), the same room once a place frees
+ * up. A running job's pause request is withdrawn even when the queue is full (it does not enter
+ * the queue), and an illegal resume is still 409. */
+static void test_resume_queue_full(void **state) {
+    (void)state;
+    char paused[LORAD_STORE_ID_MAX], running[LORAD_STORE_ID_MAX], out[512];
+    create_simple(running);
+    json_t *claimed = NULL;
+    assert_int_equal(lorad_store_job_claim_next(app.store, &claimed, NULL), 1);
+    json_decref(claimed);
+    create_simple(paused);
+    assert_int_equal(control(paused, "pause", out, sizeof out), 200);
+    app.max_queued_jobs = 2;
+    char queued[2][LORAD_STORE_ID_MAX];
+    create_simple(queued[0]);
+    create_simple(queued[1]);
+    assert_int_equal(queued_count(), 2);
+
+    char target[128];
+    snprintf(target, sizeof target, "/v1/fine_tuning/jobs/%s/resume", paused);
+    struct resp r = request("POST", target, NULL, NULL);
+    assert_non_null(strstr(r.body, "\"type\":\"rate_limit_error\""));
+    assert_non_null(strstr(r.body, "max_queued_jobs = 2"));
+    expect_error(&r, 429, NULL, "queue_full");
+    assert_int_equal(control(paused, "pause", out, sizeof out), 200);
+    assert_string_equal(out, "paused"); /* still paused */
+    assert_int_equal(queued_count(), 2);
+    /* A new job meets the same refusal, word for word but for the job. */
+    char *body = simple_body(NULL);
+    struct resp c = post_job(body, NULL);
+    expect_error(&c, 429, NULL, "queue_full");
+    free(body);
+
+    /* Not in the queue's way: withdrawing a running job's pause request; a queued job's resume. */
+    assert_int_equal(control(running, "pause", out, sizeof out), 200);
+    assert_int_equal(control(running, "resume", out, sizeof out), 200);
+    assert_string_equal(out, "running");
+    assert_int_equal(control(queued[0], "resume", out, sizeof out), 409);
+
+    /* A place frees up: the resume goes through, and the queue is full again. */
+    assert_int_equal(control(queued[1], "cancel", out, sizeof out), 200);
+    assert_int_equal(control(paused, "resume", out, sizeof out), 200);
+    assert_string_equal(out, "queued");
+    assert_int_equal(queued_count(), 2);
+    app.max_queued_jobs = 100;
+}
+
+/* Resumes racing creates for the last places: 6 paused jobs resumed while 6 jobs are created
+ * against a queue with room for 3; exactly 3 of the 12 requests get in, the rest are 429. */
+static void test_resume_limit_under_concurrency(void **state) {
+    (void)state;
+    enum { N = 6 };
+    char paused[N][LORAD_STORE_ID_MAX], out[512];
+    for (int i = 0; i < N; i++) {
+        create_simple(paused[i]);
+        assert_int_equal(control(paused[i], "pause", out, sizeof out), 200);
+    }
+    assert_int_equal(queued_count(), 0);
+    app.max_queued_jobs = 3;
+    char *body = simple_body(NULL);
+    struct racer racers[2 * N];
+    pthread_t th[2 * N];
+    for (int i = 0; i < 2 * N; i++) {
+        racers[i] = (struct racer){.body = i < N ? paused[i] : body};
+        assert_int_equal(pthread_create(&th[i], NULL, i < N ? race_resume : race_create, &racers[i]), 0);
+    }
+    int ok = 0, full = 0;
+    for (int i = 0; i < 2 * N; i++) {
+        pthread_join(th[i], NULL);
+        ok += racers[i].status == 200;
+        full += racers[i].status == 429;
+    }
+    assert_int_equal(ok, 3);
+    assert_int_equal(full, 2 * N - 3);
+    assert_int_equal(queued_count(), 3);
+    app.max_queued_jobs = 100;
+    free(body);
 }
 
 /* ---- events ------------------------------------------------------------------------------- */
@@ -1350,7 +1440,7 @@ static int stop_server(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         T(test_create_shape),     T(test_create_errors), T(test_idempotency), T(test_queue_full_and_stopping),
-        T(test_queue_limit_under_concurrency),
+        T(test_queue_limit_under_concurrency), T(test_resume_queue_full), T(test_resume_limit_under_concurrency),
         T(test_list_and_filter),  T(test_controls),      T(test_events_list), T(test_events_stream),
         T(test_metrics),          T(test_checkpoints),   T(test_with_curl),     T(test_init_adapter),
     };

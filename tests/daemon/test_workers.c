@@ -123,7 +123,7 @@ static void test_pause_resume_byte_identical(void **state) {
     usleep(200000);
     assert_int_equal(status_of(job), LORAD_JOB_PAUSED); /* a paused job is not claimed again */
 
-    assert_int_equal(lorad_store_job_resume(E.store, job, NULL, NULL), 0);
+    assert_int_equal(lorad_store_job_resume(E.store, job, 0, NULL, NULL), 0);
     lorad_workers_wake(pool);
     wait_status(job, LORAD_JOB_SUCCEEDED, 60);
     lorad_workers_free(pool);

@@ -2,6 +2,7 @@
  * recovery, file-in-use refusal and ids. All on real temporary database files. */
 #include <errno.h>
 #include <pthread.h>
+#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -145,6 +146,51 @@ static void test_transition_fields(void **state) {
     t = (struct lorad_store_transition){.to = R};
     assert_int_equal(lorad_store_job_transition(fx.store, "ftjob-nosuchjobnosuchjobnosu", &t,
                                                 NULL, &err), -ENOENT);
+    fx_close(&fx);
+}
+
+/* A status event's message is stored whole (up to 4096 bytes, like any event's), never cut at a
+ * byte count: the daemon's "Job succeeded: the fine-tuned model is ft:<model>:<suffix>:<id>" can
+ * pass 255 bytes with a long model name, and a cut inside a multi-byte character made the event a
+ * corrupt row that failed the job's event list. Longer is refused before anything is written. */
+static void test_transition_message(void **state) {
+    (void)state;
+    struct fx fx;
+    fx_open(&fx, 0);
+    char file[LORAD_STORE_ID_MAX], job[LORAD_STORE_ID_MAX];
+    fx_file(fx.store, file);
+    fx_job(fx.store, file, Q, 0, job);
+    fx_move(fx.store, job, R);
+    char message[4098] = "Job succeeded: the fine-tuned model is ft:";
+    size_t n = strlen(message);
+    while (n + 2 <= 300) { /* 2-byte characters across byte 255 */
+        memcpy(message + n, "\xc3\xa9", 2);
+        n += 2;
+    }
+    message[n] = '\0';
+    struct lorad_store_transition t = {.to = S, .message = message};
+    assert_int_equal(lorad_store_job_transition(fx.store, job, &t, NULL, NULL), 0);
+    json_t *page = NULL;
+    struct lorad_error err = {0};
+    int r = lorad_store_event_list(fx.store, job, NULL, 1, &page, &err);
+    if (r < 0) fprintf(stderr, "event list: %s\n", err.message);
+    assert_int_equal(r, 0);
+    json_t *ev = json_array_get(json_object_get(page, "data"), 0);
+    assert_string_equal(json_string_value(json_object_get(ev, "message")), message);
+    json_decref(page);
+
+    char other[LORAD_STORE_ID_MAX];
+    fx_job(fx.store, file, Q, 0, other);
+    int events = fx_event_count(fx.store, other);
+    memset(message, 'm', 4097);
+    message[4097] = '\0';
+    t = (struct lorad_store_transition){.to = P, .message = message};
+    assert_int_equal(lorad_store_job_transition(fx.store, other, &t, NULL, &err), -EINVAL);
+    assert_string_equal(err.param, "message");
+    assert_int_equal(fx_status(fx.store, other), Q);
+    assert_int_equal(fx_event_count(fx.store, other), events);
+    message[4096] = '\0';
+    assert_int_equal(lorad_store_job_transition(fx.store, other, &t, NULL, NULL), 0);
     fx_close(&fx);
 }
 
@@ -297,6 +343,152 @@ static void test_claim_order(void **state) {
     fx_close(&fx);
 }
 
+/* ---- queue positions at scale ------------------------------------------------------------- */
+
+enum { BIG_QUEUE = 10000, BIG_OTHERS = 700 };
+
+struct big_job {
+    int64_t pk;
+    int priority;
+    bool queued;
+    char id[LORAD_STORE_ID_MAX];
+    int64_t position; /* expected; 0 = not queued */
+};
+
+static int cmp_queue_order(const void *a, const void *b) {
+    const struct big_job *x = *(struct big_job *const *)a, *y = *(struct big_job *const *)b;
+    if (x->priority != y->priority) return x->priority > y->priority ? -1 : 1;
+    return (x->pk > y->pk) - (x->pk < y->pk);
+}
+
+/* Inserts the jobs with raw SQL in one transaction (a store create per job would take 10700
+ * fsyncs): priorities -3..3 in a scrambled order, every 16th job another status. */
+static struct big_job *insert_big_queue(const char *db, const char *file, int n) {
+    struct big_job *jobs = calloc((size_t)n, sizeof *jobs);
+    assert_non_null(jobs);
+    sqlite3 *raw = NULL;
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_open_v2(db, &raw, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(raw, "BEGIN", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(raw,
+        "INSERT INTO jobs(pk, id, model, training_file, spec, status, created_at, seed, priority)"
+        " VALUES (?1, ?2, 'm', ?3, '{}', ?4, 1, 0, ?5)", -1, &st, NULL), SQLITE_OK);
+    static const char *const others[] = {"paused", "running", "succeeded", "validating_files"};
+    uint32_t rng = 12345;
+    for (int i = 0; i < n; i++) {
+        struct big_job *j = &jobs[i];
+        rng = rng * 1103515245u + 12345u;
+        j->pk = 1000 + i;
+        j->priority = (int)((rng >> 16) % 7) - 3;
+        j->queued = i % 16 != 7;
+        snprintf(j->id, sizeof j->id, "ftjob-%024d", i);
+        sqlite3_bind_int64(st, 1, j->pk);
+        sqlite3_bind_text(st, 2, j->id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, file, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 4, j->queued ? "queued" : others[(i / 16) % 4], -1, SQLITE_STATIC);
+        sqlite3_bind_int(st, 5, j->priority);
+        assert_int_equal(sqlite3_step(st), SQLITE_DONE);
+        sqlite3_reset(st);
+    }
+    sqlite3_finalize(st);
+    assert_int_equal(sqlite3_exec(raw, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(raw);
+    return jobs;
+}
+
+/* Expected positions: the queued jobs sorted by priority (higher first), then pk (older first). */
+static void expect_positions(struct big_job *jobs, int n) {
+    struct big_job **order = calloc((size_t)n, sizeof *order);
+    assert_non_null(order);
+    int nq = 0;
+    for (int i = 0; i < n; i++) {
+        jobs[i].position = 0;
+        if (jobs[i].queued) order[nq++] = &jobs[i];
+    }
+    qsort(order, (size_t)nq, sizeof *order, cmp_queue_order);
+    for (int k = 0; k < nq; k++) order[k]->position = k + 1;
+    free(order);
+}
+
+static void check_position(const struct big_job *j, json_t *obj) {
+    assert_string_equal(json_string_value(json_object_get(obj, "id")), j->id);
+    json_t *pos = json_object_get(obj, "queue_position");
+    if (j->position == 0) {
+        assert_true(json_is_null(pos));
+    } else {
+        if (json_integer_value(pos) != j->position)
+            fprintf(stderr, "%s: queue_position %lld, expected %lld\n", j->id,
+                    (long long)json_integer_value(pos), (long long)j->position);
+        assert_int_equal(json_integer_value(pos), j->position);
+    }
+}
+
+/* Walks every page of the list (status -1 = all) newest first and checks each job's position. */
+static void check_list_positions(struct lorad_store *s, const struct big_job *jobs, int n, int status) {
+    char after[LORAD_STORE_ID_MAX] = "";
+    int i = n - 1, seen = 0;
+    for (;;) {
+        json_t *page = NULL;
+        assert_int_equal(lorad_store_job_list(s, status, seen ? after : NULL, 100, &page, NULL), 0);
+        json_t *data = json_object_get(page, "data");
+        for (size_t k = 0; k < json_array_size(data); k++, seen++) {
+            while (status >= 0 && !jobs[i].queued) i--;
+            check_position(&jobs[i--], json_array_get(data, k));
+        }
+        if (json_array_size(data)) snprintf(after, sizeof after, "%s", json_string_value(json_object_get(page, "last_id")));
+        bool more = json_is_true(json_object_get(page, "has_more"));
+        json_decref(page);
+        if (!more) break;
+    }
+    int want = 0;
+    for (int k = 0; k < n; k++) want += status < 0 || jobs[k].queued;
+    assert_int_equal(seen, want);
+}
+
+static void check_get_positions(struct lorad_store *s, const struct big_job *jobs, int n, int stride) {
+    for (int i = 0; i < n; i += stride) {
+        json_t *job = NULL;
+        assert_int_equal(lorad_store_job_get(s, jobs[i].id, &job, NULL), 0);
+        check_position(&jobs[i], job);
+        json_decref(job);
+    }
+}
+
+/* 10000 queued jobs (and 700 in other states): every list page and every read gives each queued
+ * job its place in the order the worker claims them (priority DESC, then FIFO), 1..n, computed
+ * here independently by sorting; the other jobs have none. After a claim everyone moves up one. */
+static void test_queue_positions_at_scale(void **state) {
+    (void)state;
+    struct fx fx;
+    fx_open(&fx, 0);
+    char file[LORAD_STORE_ID_MAX];
+    fx_file(fx.store, file);
+    const int n = BIG_QUEUE + BIG_OTHERS;
+    struct big_job *jobs = insert_big_queue(fx.db, file, n);
+    int nq = 0;
+    for (int i = 0; i < n; i++) nq += jobs[i].queued;
+    assert_true(nq >= BIG_QUEUE);
+    expect_positions(jobs, n);
+    check_list_positions(fx.store, jobs, n, -1);
+    check_list_positions(fx.store, jobs, n, LORAD_JOB_QUEUED);
+    check_get_positions(fx.store, jobs, n, 37);
+
+    /* The worker takes position 1; the rest move up. */
+    int first = -1;
+    for (int i = 0; i < n; i++)
+        if (jobs[i].position == 1) first = i;
+    json_t *claimed = NULL;
+    assert_int_equal(lorad_store_job_claim_next(fx.store, &claimed, NULL), 1);
+    assert_string_equal(json_string_value(json_object_get(claimed, "id")), jobs[first].id);
+    json_decref(claimed);
+    jobs[first].queued = false;
+    expect_positions(jobs, n);
+    check_list_positions(fx.store, jobs, n, LORAD_JOB_QUEUED);
+    check_get_positions(fx.store, jobs, n, 101);
+    free(jobs);
+    fx_close(&fx);
+}
+
 struct claimer {
     struct lorad_store *store;
     char ids[200][LORAD_STORE_ID_MAX];
@@ -377,10 +569,10 @@ static void test_control_requests(void **state) {
     assert_int_equal(lorad_store_job_pause(fx.store, a, NULL, NULL), 0);
     assert_int_equal(fx_status(fx.store, a), P);
     assert_int_equal(lorad_store_job_pause(fx.store, a, NULL, NULL), 0); /* already paused */
-    assert_int_equal(lorad_store_job_resume(fx.store, a, NULL, NULL), 0);
+    assert_int_equal(lorad_store_job_resume(fx.store, a, 0, NULL, NULL), 0);
     assert_int_equal(fx_status(fx.store, a), Q);
     struct lorad_error err = {0};
-    assert_int_equal(lorad_store_job_resume(fx.store, a, NULL, &err), -EPERM);
+    assert_int_equal(lorad_store_job_resume(fx.store, a, 0, NULL, &err), -EPERM);
 
     /* running: pause is a request the worker honours; resume withdraws it. */
     fx_move(fx.store, a, R);
@@ -388,12 +580,12 @@ static void test_control_requests(void **state) {
     assert_int_equal(lorad_store_job_pause(fx.store, a, NULL, NULL), 0);
     assert_int_equal(fx_status(fx.store, a), R);
     assert_int_equal(control_of(fx.store, a), LORAD_JOB_CONTROL_PAUSE);
-    assert_int_equal(lorad_store_job_resume(fx.store, a, NULL, NULL), 0);
+    assert_int_equal(lorad_store_job_resume(fx.store, a, 0, NULL, NULL), 0);
     assert_int_equal(control_of(fx.store, a), LORAD_JOB_CONTROL_NONE);
     assert_int_equal(lorad_store_job_pause(fx.store, a, NULL, NULL), 0);
     fx_move(fx.store, a, P); /* the worker checkpointed and stopped */
     assert_int_equal(control_of(fx.store, a), LORAD_JOB_CONTROL_NONE);
-    assert_int_equal(lorad_store_job_resume(fx.store, a, NULL, NULL), 0);
+    assert_int_equal(lorad_store_job_resume(fx.store, a, 0, NULL, NULL), 0);
     assert_int_equal(fx_status(fx.store, a), Q);
 
     /* running: cancel goes through cancelling, which the worker sees and finishes. */
@@ -413,6 +605,85 @@ static void test_control_requests(void **state) {
     assert_int_equal(fx_status(fx.store, b), CD);
     assert_int_equal(lorad_store_job_cancel(fx.store, "ftjob-AAAAAAAAAAAAAAAAAAAAAAAA", NULL, &err),
                      -ENOENT);
+    fx_close(&fx);
+}
+
+static int64_t queued_now(struct lorad_store *s) {
+    int64_t counts[LORAD_JOB_STATUS_COUNT];
+    assert_int_equal(lorad_store_job_counts(s, counts, NULL), 0);
+    return counts[Q];
+}
+
+/* max_queued_jobs: a job that would enter the queue (created queued, or a paused one resumed) is
+ * refused with -EAGAIN while that many are queued, and nothing is written; a replay, a job that
+ * starts validating, withdrawing a running job's pause request and an illegal resume (-EPERM) are
+ * not the queue's business. */
+static void test_queue_limit(void **state) {
+    (void)state;
+    struct fx fx;
+    fx_open(&fx, 0);
+    char file[LORAD_STORE_ID_MAX], paused[40], running[40], a[40], b[40];
+    fx_file(fx.store, file);
+    fx_job(fx.store, file, Q, 0, running);
+    fx_move(fx.store, running, R);
+    assert_int_equal(lorad_store_job_pause(fx.store, running, NULL, NULL), 0); /* a request */
+    fx_job(fx.store, file, Q, 0, paused);
+    assert_int_equal(lorad_store_job_pause(fx.store, paused, NULL, NULL), 0);
+    json_t *spec = json_pack("{s:{}}", "hyperparameters");
+    struct lorad_store_job_new j = {.model = "m", .training_file = file, .spec = spec, .status = Q,
+                                    .idempotency_key = "k", .request_hash = "h", .max_queued_jobs = 2};
+    json_t *job = NULL;
+    assert_int_equal(lorad_store_job_create(fx.store, &j, &job, NULL), 0);
+    snprintf(a, sizeof a, "%s", json_string_value(json_object_get(job, "id")));
+    json_decref(job);
+    j.idempotency_key = NULL;
+    assert_int_equal(lorad_store_job_create(fx.store, &j, NULL, NULL), 0);
+    assert_int_equal(queued_now(fx.store), 2);
+
+    struct lorad_error err = {0};
+    job = NULL;
+    assert_int_equal(lorad_store_job_create(fx.store, &j, &job, &err), -EAGAIN);
+    assert_null(job);
+    assert_string_equal(err.message, "2 jobs are queued (max_queued_jobs = 2); retry later");
+    assert_string_equal(err.param, "");
+    int events = fx_event_count(fx.store, paused);
+    assert_int_equal(lorad_store_job_resume(fx.store, paused, 2, &job, &err), -EAGAIN);
+    assert_null(job);
+    assert_string_equal(err.message, "2 jobs are queued (max_queued_jobs = 2); retry later");
+    assert_int_equal(fx_status(fx.store, paused), P);
+    assert_int_equal(fx_event_count(fx.store, paused), events);
+    assert_int_equal(queued_now(fx.store), 2);
+
+    /* Not refused by a full queue. */
+    j.idempotency_key = "k";
+    assert_int_equal(lorad_store_job_create(fx.store, &j, &job, NULL), 1);
+    assert_string_equal(json_string_value(json_object_get(job, "id")), a);
+    json_decref(job);
+    j.idempotency_key = NULL;
+    j.status = V;
+    assert_int_equal(lorad_store_job_create(fx.store, &j, NULL, NULL), 0);
+    j.status = Q;
+    assert_int_equal(lorad_store_job_resume(fx.store, running, 2, NULL, NULL), 0);
+    assert_int_equal(control_of(fx.store, running), LORAD_JOB_CONTROL_NONE);
+    assert_int_equal(lorad_store_job_resume(fx.store, a, 2, NULL, &err), -EPERM);
+    assert_int_equal(queued_now(fx.store), 2);
+
+    /* A place frees up (a claim): the resume gets it, then the queue is full again. A larger or
+     * no limit (0) lets both through. */
+    assert_int_equal(lorad_store_job_claim_next(fx.store, NULL, NULL), 1);
+    assert_int_equal(lorad_store_job_resume(fx.store, paused, 2, &job, NULL), 0);
+    assert_string_equal(json_string_value(json_object_get(job, "status")), "queued");
+    json_decref(job);
+    assert_int_equal(lorad_store_job_create(fx.store, &j, NULL, NULL), -EAGAIN);
+    j.max_queued_jobs = 3;
+    assert_int_equal(lorad_store_job_create(fx.store, &j, NULL, NULL), 0);
+    j.max_queued_jobs = 0;
+    assert_int_equal(lorad_store_job_create(fx.store, &j, NULL, NULL), 0);
+    fx_job(fx.store, file, Q, 0, b);
+    assert_int_equal(lorad_store_job_pause(fx.store, b, NULL, NULL), 0);
+    assert_int_equal(lorad_store_job_resume(fx.store, b, 0, NULL, NULL), 0);
+    assert_int_equal(queued_now(fx.store), 5);
+    json_decref(spec);
     fx_close(&fx);
 }
 
@@ -579,11 +850,14 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_transition_table),
         cmocka_unit_test(test_transition_fields),
+        cmocka_unit_test(test_transition_message),
         cmocka_unit_test(test_job_status),
         cmocka_unit_test(test_idempotency),
         cmocka_unit_test(test_claim_order),
         cmocka_unit_test(test_claim_atomic),
+        cmocka_unit_test(test_queue_positions_at_scale),
         cmocka_unit_test(test_control_requests),
+        cmocka_unit_test(test_queue_limit),
         cmocka_unit_test(test_recovery),
         cmocka_unit_test(test_file_delete_in_use),
         cmocka_unit_test(test_ids),
