@@ -40,10 +40,11 @@ void lorad_unmap(struct lorad_mapping *map) {
     *map = (struct lorad_mapping){0};
 }
 
-struct lorad_load_owner *lorad_load_owner_new(int n_layers) {
+struct lorad_load_owner *lorad_load_owner_new(int n_layers, enum lorad_load_mode mode) {
     assert(n_layers >= 0);
     struct lorad_load_owner *o = calloc(1, sizeof *o);
     if (!o) return NULL;
+    o->mode = mode;
     o->layers = calloc(n_layers > 0 ? (size_t)n_layers : 1, sizeof *o->layers);
     if (!o->layers) {
         free(o);

@@ -28,18 +28,30 @@ struct lorad_dtype_count {
     int count;
 };
 
+/* What a loader does with the tensors it must convert (dequantise, widen, permute): WEIGHTS
+ * converts them into owned buffers; PROBE only counts the bytes the converted copies would take
+ * and leaves every tensor pointing at its source bytes (right shape and engine dtype, wrong
+ * encoding: no tensor data may be read), so a model can be sized (memory estimates, job
+ * admission) without the time and memory of converting it. */
+enum lorad_load_mode {
+    LORAD_LOAD_WEIGHTS = 0,
+    LORAD_LOAD_PROBE = 1,
+};
+
 struct lorad_load_owner {
+    enum lorad_load_mode mode;
     struct lorad_layer_weights *layers; /* n_layers entries */
     struct lorad_owned_item { void (*free_fn)(void *); void *ptr; } *items;
     size_t n_items, cap_items;
     struct lorad_dtype_count dtypes[LORAD_LOAD_MAX_DTYPES];
     int n_dtypes;
-    size_t owned_bytes;  /* bytes of loader-owned buffers (converted tensors, vocabulary) */
+    size_t owned_bytes;  /* bytes of loader-owned buffers (converted tensors, vocabulary); with
+                          * PROBE, the bytes the converted tensors would take */
     size_t mapped_bytes; /* bytes of tensors used in place from a mapping */
 };
 
 /* Creates an owner with a zeroed layers array of n_layers entries. Returns NULL on ENOMEM. */
-struct lorad_load_owner *lorad_load_owner_new(int n_layers);
+struct lorad_load_owner *lorad_load_owner_new(int n_layers, enum lorad_load_mode mode);
 /* Attaches ptr, freed by free_fn (in reverse order of attachment) at release. On ENOMEM, ptr is
  * freed at once and -ENOMEM returned, so callers never leak. */
 int lorad_load_owner_attach(struct lorad_load_owner *o, void (*free_fn)(void *), void *ptr);

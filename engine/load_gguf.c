@@ -249,8 +249,8 @@ static int read_vocab(const struct lorad_gguf *g, struct lorad_load_owner *o, st
     return flag(g, "tokenizer.ggml.add_eos_token", &v->add_eos, err);
 }
 
-int lorad_load_gguf(const char *path, struct lorad_base_weights *ret_w, struct lorad_vocab_arrays *ret_vocab,
-                    struct lorad_error *err) {
+int lorad_load_gguf(const char *path, enum lorad_load_mode mode, struct lorad_base_weights *ret_w,
+                    struct lorad_vocab_arrays *ret_vocab, struct lorad_error *err) {
     struct lorad_gguf *g;
     int r = lorad_gguf_open(path, &g, err);
     if (r < 0) return r;
@@ -259,7 +259,7 @@ int lorad_load_gguf(const char *path, struct lorad_base_weights *ret_w, struct l
         lorad_gguf_close(g);
         return r;
     }
-    struct lorad_load_owner *o = lorad_load_owner_new(w.cfg.n_layers);
+    struct lorad_load_owner *o = lorad_load_owner_new(w.cfg.n_layers, mode);
     if (!o || lorad_load_owner_attach(o, close_gguf, g) < 0) {
         if (!o) lorad_gguf_close(g);
         lorad_load_owner_release(o);

@@ -368,11 +368,12 @@ static int load_weights(const char *dir, const struct hf_files *hf, struct lorad
     return 0;
 }
 
-int lorad_load_hf_dir(const char *dir, struct lorad_base_weights *ret_w, struct lorad_error *err) {
+int lorad_load_hf_dir(const char *dir, enum lorad_load_mode mode, struct lorad_base_weights *ret_w,
+                      struct lorad_error *err) {
     struct lorad_base_weights w = {0};
     int r = lorad_hf_config_load(dir, &w.cfg, err);
     if (r < 0) return r;
-    struct lorad_load_owner *o = lorad_load_owner_new(w.cfg.n_layers);
+    struct lorad_load_owner *o = lorad_load_owner_new(w.cfg.n_layers, mode);
     if (!o) return lorad_error_set(err, -ENOMEM, "model", "out of memory");
     lorad_load_owner_install(o, &w);
     struct hf_files hf = {0};

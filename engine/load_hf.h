@@ -4,6 +4,7 @@
 #include <stddef.h>
 
 #include "error.h"
+#include "load_common.h"
 #include "llama_config.h"
 #include "weights.h"
 
@@ -23,5 +24,7 @@ int lorad_hf_config_load(const char *dir, struct lorad_llama_config *ret_cfg, st
  * read-only shared mappings; F16 is converted into owned F32 buffers. ret_w->owner is a
  * struct lorad_load_owner; lorad_base_weights_release(ret_w) frees everything. Tied
  * embeddings make lm_head the embed view. Missing or misshapen tensors fail with the HF name,
- * the file and the expected shape. The result passes lorad_base_weights_validate(). */
-int lorad_load_hf_dir(const char *dir, struct lorad_base_weights *ret_w, struct lorad_error *err);
+ * the file and the expected shape. The result passes lorad_base_weights_validate(). With mode
+ * PROBE nothing is converted (load_common.h). */
+int lorad_load_hf_dir(const char *dir, enum lorad_load_mode mode, struct lorad_base_weights *ret_w,
+                      struct lorad_error *err);

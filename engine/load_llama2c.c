@@ -61,7 +61,8 @@ static void unmap_free(void *p) {
     free(p);
 }
 
-int lorad_load_llama2c(const char *path, struct lorad_base_weights *ret_w, struct lorad_error *err) {
+int lorad_load_llama2c(const char *path, enum lorad_load_mode mode, struct lorad_base_weights *ret_w,
+                       struct lorad_error *err) {
     struct lorad_mapping *m = calloc(1, sizeof *m);
     if (!m) return lorad_error_set(err, -ENOMEM, "model", "out of memory");
     int r = lorad_map_file(path, m, err);
@@ -73,7 +74,7 @@ int lorad_load_llama2c(const char *path, struct lorad_base_weights *ret_w, struc
         return r;
     }
     const struct lorad_llama_config *c = &w.cfg;
-    struct lorad_load_owner *o = lorad_load_owner_new(c->n_layers);
+    struct lorad_load_owner *o = lorad_load_owner_new(c->n_layers, mode);
     if (!o || lorad_load_owner_attach(o, unmap_free, m) < 0) {
         if (!o) unmap_free(m);
         lorad_load_owner_release(o);

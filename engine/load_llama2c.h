@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "error.h"
+#include "load_common.h"
 #include "weights.h"
 
 #define LORAD_LLAMA2C_HEADER_BYTES 28
@@ -21,5 +22,7 @@ int lorad_llama2c_parse_header(const uint8_t *header, size_t header_len, uint64_
 
 /* Loads path into *ret_w (HF layout): f32 tensors are used in place from the read-only shared
  * mapping, except wq/wk, which are permuted from Meta to HF RoPE order into owned copies.
- * lorad_base_weights_release(ret_w) frees everything. */
-int lorad_load_llama2c(const char *path, struct lorad_base_weights *ret_w, struct lorad_error *err);
+ * lorad_base_weights_release(ret_w) frees everything. With mode PROBE nothing is converted
+ * (load_common.h). */
+int lorad_load_llama2c(const char *path, enum lorad_load_mode mode, struct lorad_base_weights *ret_w,
+                       struct lorad_error *err);

@@ -67,6 +67,11 @@ int lorad_load_import(struct lorad_load_owner *o, struct lorad_tensor *dst, enum
         return 0;
     }
     size_t out_row = (size_t)cols * esize;
+    if (o->mode == LORAD_LOAD_PROBE) {
+        o->owned_bytes += (size_t)rows * out_row;
+        *dst = (struct lorad_tensor){.data = src, .dtype = out, .rows = rows, .cols = cols};
+        return 0;
+    }
     uint8_t *buf = lorad_load_owner_alloc(o, (size_t)rows * out_row);
     if (!buf) return -ENOMEM;
     for (int64_t r = 0; r < rows; r++) {

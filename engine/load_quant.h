@@ -32,6 +32,7 @@ void lorad_dequant_q4_0(float *dst, const void *src, int64_t n);
  * (rows * lorad_src_row_bytes(type, cols) bytes). F32/BF16 without permutation are used in place
  * when suitably aligned (src must then outlive the owner: attach its mapping to o); everything
  * else is converted row by row into an F32 (or, for BF16, BF16) buffer owned by o. With
- * rope_head_dim > 0 the rows are moved from Meta to HF RoPE layout. Returns 0 or -ENOMEM. */
+ * rope_head_dim > 0 the rows are moved from Meta to HF RoPE layout. With o->mode PROBE nothing is
+ * converted: the bytes a copy would take are counted and *dst points at src. Returns 0 or -ENOMEM. */
 int lorad_load_import(struct lorad_load_owner *o, struct lorad_tensor *dst, enum lorad_src_type type,
                       const void *src, int64_t rows, int64_t cols, int rope_head_dim);

@@ -60,7 +60,8 @@ static int detect_file(const char *path, const struct stat *st, enum lorad_model
                            "%s: not a recognised model file (no GGUF magic; as llama2.c .bin: %s)", path, herr.message);
 }
 
-int lorad_model_file_open(const char *path, struct lorad_model_file **ret, struct lorad_error *err) {
+static int open_model(const char *path, enum lorad_load_mode mode, struct lorad_model_file **ret,
+                      struct lorad_error *err) {
     struct stat st;
     if (stat(path, &st) < 0) return lorad_error_set(err, -errno, "model", "cannot open %s: %s", path, strerror(errno));
     struct lorad_model_file *mf = calloc(1, sizeof *mf);
@@ -71,14 +72,14 @@ int lorad_model_file_open(const char *path, struct lorad_model_file **ret, struc
     int r;
     if (S_ISDIR(st.st_mode)) {
         mf->format = LORAD_FORMAT_HF_DIR;
-        r = lorad_load_hf_dir(path, &mf->weights, err);
+        r = lorad_load_hf_dir(path, mode, &mf->weights, err);
         if (r == 0) mf->tokenizer_path = find_tokenizer(path);
     } else if ((r = detect_file(path, &st, &mf->format, err)) == 0) {
         if (mf->format == LORAD_FORMAT_GGUF) {
-            r = lorad_load_gguf(path, &mf->weights, &mf->vocab, err);
+            r = lorad_load_gguf(path, mode, &mf->weights, &mf->vocab, err);
             mf->has_vocab = r == 0 && mf->vocab.n_tokens > 0;
         } else {
-            r = lorad_load_llama2c(path, &mf->weights, err);
+            r = lorad_load_llama2c(path, mode, &mf->weights, err);
         }
     }
     if (r < 0) {
@@ -86,6 +87,7 @@ int lorad_model_file_open(const char *path, struct lorad_model_file **ret, struc
         return r;
     }
     mf->format_name = lorad_model_format_name(mf->format);
+    mf->probed = mode == LORAD_LOAD_PROBE;
     const struct lorad_load_owner *o = mf->weights.owner;
     mf->dtypes = o->dtypes;
     mf->n_dtypes = o->n_dtypes;
@@ -93,6 +95,14 @@ int lorad_model_file_open(const char *path, struct lorad_model_file **ret, struc
     mf->owned_bytes = o->owned_bytes;
     *ret = mf;
     return 0;
+}
+
+int lorad_model_file_open(const char *path, struct lorad_model_file **ret, struct lorad_error *err) {
+    return open_model(path, LORAD_LOAD_WEIGHTS, ret, err);
+}
+
+int lorad_model_file_probe(const char *path, struct lorad_model_file **ret, struct lorad_error *err) {
+    return open_model(path, LORAD_LOAD_PROBE, ret, err);
 }
 
 void lorad_model_file_close(struct lorad_model_file *mf) {

@@ -1,6 +1,8 @@
 /* Opening a base model whatever its format: a Hugging Face directory (config.json +
  * safetensors), a GGUF file (magic "GGUF") or a llama2.c .bin (sane header and exact size). */
 #pragma once
+#include <stdbool.h>
+
 #include "error.h"
 #include "load_common.h"
 #include "load_vocab.h"
@@ -27,11 +29,18 @@ struct lorad_model_file {
     int has_vocab;
     struct lorad_vocab_arrays vocab;
     char *tokenizer_path;      /* NULL when none was found */
+    bool probed;               /* opened by lorad_model_file_probe: shapes and sizes only */
 };
 
 /* Detects the format of path and loads it. Returns 0 and *ret (close with
  * lorad_model_file_close), or -errno with err naming the file and the problem. */
 int lorad_model_file_open(const char *path, struct lorad_model_file **ret, struct lorad_error *err);
+
+/* Like lorad_model_file_open, but converts nothing: config, tensor shapes, dtypes, the vocabulary
+ * and mapped_bytes/owned_bytes (the bytes the loaded model would hold) are as open would give
+ * them, at the cost of reading the headers. The tensors' data must not be read (probed is true),
+ * so the result sizes a job (lorad_train_memory_estimate) but cannot train or generate. */
+int lorad_model_file_probe(const char *path, struct lorad_model_file **ret, struct lorad_error *err);
 
 /* Releases the weights and everything behind them. Safe on NULL. */
 void lorad_model_file_close(struct lorad_model_file *mf);

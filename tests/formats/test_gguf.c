@@ -152,7 +152,7 @@ static void test_valid_file_loads(void **state) {
     struct lorad_base_weights w = {0};
     struct lorad_vocab_arrays v;
     struct lorad_error err = {0};
-    if (lorad_load_gguf(path, &w, &v, &err) < 0) fail_msg("%s", err.message);
+    if (lorad_load_gguf(path, LORAD_LOAD_WEIGHTS, &w, &v, &err) < 0) fail_msg("%s", err.message);
     assert_int_equal(w.cfg.dim, 32);
     assert_int_equal(w.cfg.n_kv_heads, 1);
     assert_int_equal(w.cfg.head_dim, 16);
@@ -174,7 +174,7 @@ static void expect_bad(const char *name, struct spec s, const char *fault) {
     struct lorad_base_weights w = {0};
     struct lorad_vocab_arrays v = {.n_tokens = 4242};
     struct lorad_error err = {0};
-    int r = lorad_load_gguf(path, &w, &v, &err);
+    int r = lorad_load_gguf(path, LORAD_LOAD_WEIGHTS, &w, &v, &err);
     if (r != -EINVAL) fail_msg("%s: expected -EINVAL, got %d: %s", name, r, err.message);
     assert_null(w.owner);
     assert_int_equal(v.n_tokens, 4242);
@@ -265,7 +265,7 @@ static void test_random_corruptions_fail_cleanly(void **state) {
         struct lorad_base_weights w = {0};
         struct lorad_vocab_arrays v;
         struct lorad_error err = {0};
-        int r = lorad_load_gguf(path, &w, &v, &err);
+        int r = lorad_load_gguf(path, LORAD_LOAD_WEIGHTS, &w, &v, &err);
         if (r < 0) {
             failures++;
             assert_non_null(strstr(err.message, path));

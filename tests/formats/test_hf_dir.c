@@ -168,7 +168,7 @@ static char *make_dir(const char *name, const char *extra_config, const char *vi
 static void expect_load_error(const char *dir, const char *fault1, const char *fault2) {
     struct lorad_base_weights w = {0};
     struct lorad_error err = {0};
-    assert_int_not_equal(lorad_load_hf_dir(dir, &w, &err), 0);
+    assert_int_not_equal(lorad_load_hf_dir(dir, LORAD_LOAD_WEIGHTS, &w, &err), 0);
     assert_null(w.owner);
     if (!strstr(err.message, fault1) || !strstr(err.message, fault2))
         fail_msg("expected \"%s\" and \"%s\" in: %s", fault1, fault2, err.message);
@@ -179,20 +179,20 @@ static void test_hf_dir_tensors(void **state) {
     struct lorad_base_weights w = {0};
     struct lorad_error err = {0};
     char *d = make_dir("ok", "", NULL, NONE);
-    assert_int_equal(lorad_load_hf_dir(d, &w, &err), 0);
+    assert_int_equal(lorad_load_hf_dir(d, LORAD_LOAD_WEIGHTS, &w, &err), 0);
     assert_true(w.lm_head.data != w.embed.data);
     assert_null(w.layers[0].bq.data);
     lorad_base_weights_release(&w);
     free(d);
 
     d = make_dir("tied", ",\"tie_word_embeddings\":true", "lm_head.weight", OMIT);
-    assert_int_equal(lorad_load_hf_dir(d, &w, &err), 0);
+    assert_int_equal(lorad_load_hf_dir(d, LORAD_LOAD_WEIGHTS, &w, &err), 0);
     assert_true(w.lm_head.data == w.embed.data);
     lorad_base_weights_release(&w);
     free(d);
 
     d = make_dir("bias", ",\"attention_bias\":true", NULL, NONE);
-    assert_int_equal(lorad_load_hf_dir(d, &w, &err), 0);
+    assert_int_equal(lorad_load_hf_dir(d, LORAD_LOAD_WEIGHTS, &w, &err), 0);
     assert_non_null(w.layers[0].bk.data);
     assert_int_equal(w.layers[0].bk.cols, 16);
     lorad_base_weights_release(&w);

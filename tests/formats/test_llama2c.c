@@ -122,7 +122,7 @@ static void test_truncated_and_unknown_files(void **state) {
         assert_null(mf);
         assert_non_null(strstr(err.message, path));
         struct lorad_base_weights w = {0};
-        assert_int_equal(lorad_load_llama2c(path, &w, &err), -EINVAL);
+        assert_int_equal(lorad_load_llama2c(path, LORAD_LOAD_WEIGHTS, &w, &err), -EINVAL);
         assert_non_null(strstr(err.message, path));
     }
     /* Garbage of the right size is not a model either. */
