@@ -26,7 +26,9 @@ struct lorad_app {
     const char *files_dir;          /* STATE/files */
     const char *jobs_dir;           /* STATE/jobs */
     int64_t max_queued_jobs;        /* queued jobs beyond this: 429 */
-    int threads_per_job;            /* default for jobs whose spec leaves threads null */
+    int max_threads_per_job;        /* threads of a job whose spec leaves threads null, and the most a
+                                     * job may ask for (more is refused with 400) */
+    int64_t memory_limit;           /* > 0: a job whose memory estimate exceeds it is refused (400) */
     struct lorad_api_metrics *metrics; /* Prometheus registry the /metrics handler renders */
     atomic_bool ready;              /* /readyz: true after recovery, false while stopping */
     atomic_bool stopping;           /* new jobs are refused with 503 while true */

@@ -17,10 +17,12 @@ const struct lorad_command lorad_commands[] = {
      "SIGTERM/SIGINT checkpoint running jobs back to the queue and exit.\n",
      lorad_cmd_serve},
     {"train", "run one fine-tuning job in the foreground",
-     "usage: lorad train JOB.json --out DIR [--resume] [--skip-invalid]\n"
+     "usage: lorad train JOB.json --out DIR [--resume] [--skip-invalid] [--threads N] [--memory-limit SIZE]\n"
      "Runs the job spec JOB.json (the body of POST /v1/fine_tuning/jobs) and writes metrics,\n"
      "checkpoints and the final adapter under DIR. lora.init_adapter may name a PEFT directory,\n"
-     "an adapter.tar (as GET /v1/models/{id}/adapter.tar serves it) or a GGUF LoRA.\n",
+     "an adapter.tar (as GET /v1/models/{id}/adapter.tar serves it) or a GGUF LoRA.\n"
+     "--memory-limit refuses a job whose memory estimate (lorad inspect --job) is larger\n"
+     "(default: 80% of MemAvailable; 0: no limit).\n",
      lorad_cmd_train},
     {"generate", "generate text from a base model, optionally with an adapter",
      "usage: lorad generate [--model] MODEL [--adapter DIR|FILE] (--prompt TEXT | --prompt-ids 1,2,3)\n"
@@ -48,9 +50,11 @@ const struct lorad_command lorad_commands[] = {
      "  --no-kv-cache        recompute the whole sequence for every token (slow; for checking)\n",
      lorad_cmd_generate},
     {"inspect", "describe a model file or directory",
-     "usage: lorad inspect PATH [--seq-len N] [--batch N] [--lora-r N] [--json]\n"
+     "usage: lorad inspect PATH [--job JOB.json] [--seq-len N] [--batch N] [--lora-r N] [--threads N] [--json]\n"
      "Detects the format (HF directory, GGUF, llama2.c .bin) and prints the architecture,\n"
-     "hyper-parameters, parameter count, dtypes, tokenizer and the memory a LoRA run needs.\n",
+     "hyper-parameters, parameter count, dtypes, tokenizer and the memory a LoRA job needs: the\n"
+     "estimate lorad train and the daemon enforce, for JOB.json (PATH is its model) or for LoRA r\n"
+     "on all seven projections at --seq-len (512) and --batch (1) with --threads (all cores).\n",
      lorad_cmd_inspect},
     {"tokenize", "tokenize text with a model's tokenizer",
      "usage: lorad tokenize --model PATH [--ids] [TEXT]\n"

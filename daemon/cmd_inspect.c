@@ -1,49 +1,30 @@
-/* lorad inspect PATH [--seq-len N] [--batch N] [--lora-r N] [--json]: describes a model file or
- * directory (format, hyper-parameters, parameter count, dtypes, tokenizer) and estimates the
- * memory a LoRA fine-tuning run on it needs. */
+/* lorad inspect PATH [--seq-len N] [--batch N] [--lora-r N] [--threads N] [--job JOB.json] [--json]:
+ * describes a model file or directory (format, hyper-parameters, parameter count, dtypes,
+ * tokenizer) and the memory a LoRA fine-tuning job on it needs: the engine's estimate
+ * (engine/train_memory.h), the one `lorad train` and the daemon enforce, for the job file given or
+ * for LoRA r on all seven projections at --seq-len and --batch. The model is probed, not loaded:
+ * nothing is converted, so inspecting a quantised GGUF is quick. */
 #include <errno.h>
+#include <stdbool.h>
+#include <unistd.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
+#include "jobspec.h"
 #include "model_file.h"
+#include "train_memory.h"
 
 #define MIB (1024.0 * 1024.0)
 
-struct memory_estimate {
-    double base, lora, activations, logits, total; /* bytes */
+/* What the estimate was made for, as printed. */
+struct job_shape {
+    int seq_len, batch, r, threads;
+    bool checkpointing;
     int64_t lora_params;
 };
-
-/* An ESTIMATE of the resident memory of a LoRA run, in bytes, assuming LoRA rank r on all seven
- * projections of every layer (q,k,v,o,gate,up,down), f32 training state and no activation
- * checkpointing:
- *   base        = bytes of the frozen tensors as loaded (shared mapped pages + private copies)
- *   lora        = P * 4 bytes * 4 (parameters, gradients, AdamW m and v), where
- *                 P = L * r * [(d+q) + 2(d+kv) + (q+d) + 3(d+f)]   (r*(in+out) per adapted matrix)
- *   activations = B * T * L * 4 bytes * (4d + 2q + 2kv + 3f + 7r + H*T): per token and layer the
- *                 saved residual/normed inputs (4d), q and attention output (2q), k and v (2kv),
- *                 gate/up/activation (3f), the LoRA down-projections (7r) and the attention
- *                 probabilities (H*T, one row of T per head)
- *   logits      = B * T * V * 4 bytes * 2 (logits and their gradient) + B * T * d * 4 (embeddings)
- * with d = hidden_size, q = heads*head_dim, kv = kv_heads*head_dim, f = intermediate_size,
- * H = heads, V = vocab, L = layers. It ignores allocator overhead, per-thread scratch and the
- * optimiser's temporary buffers, so real usage is somewhat higher. */
-static struct memory_estimate estimate(const struct lorad_model_file *mf, int seq_len, int batch, int r) {
-    const struct lorad_llama_config *c = &mf->weights.cfg;
-    double d = c->dim, q = (double)c->n_heads * c->head_dim, kv = (double)c->n_kv_heads * c->head_dim;
-    double f = c->hidden_dim, L = c->n_layers, V = c->vocab_size, H = c->n_heads, T = seq_len, B = batch;
-    struct memory_estimate m;
-    m.lora_params = (int64_t)(L * r * ((d + q) + 2 * (d + kv) + (q + d) + 3 * (d + f)));
-    m.base = (double)mf->mapped_bytes + (double)mf->owned_bytes;
-    m.lora = (double)m.lora_params * 4 * 4;
-    m.activations = B * T * L * 4 * (4 * d + 2 * q + 2 * kv + 3 * f + 7.0 * r + H * T);
-    m.logits = B * T * V * 4 * 2 + B * T * d * 4;
-    m.total = m.base + m.lora + m.activations + m.logits;
-    return m;
-}
 
 static const char *tokenizer_kind(const struct lorad_model_file *mf) {
     if (mf->has_vocab) return "gguf-embedded";
@@ -75,7 +56,8 @@ static double tidy(float f) {
     return strtod(buf, NULL);
 }
 
-static json_t *to_json(const struct lorad_model_file *mf, const struct memory_estimate *m, int seq_len, int batch, int r) {
+static json_t *to_json(const struct lorad_model_file *mf, const struct lorad_memory_estimate *m,
+                       const struct job_shape *js) {
     const struct lorad_llama_config *c = &mf->weights.cfg;
     json_t *dtypes = json_object();
     for (int i = 0; i < mf->n_dtypes; i++) json_object_set_new(dtypes, mf->dtypes[i].name, json_integer(mf->dtypes[i].count));
@@ -96,17 +78,23 @@ static json_t *to_json(const struct lorad_model_file *mf, const struct memory_es
                             "rms_norm_eps", tidy(c->norm_eps), "rope_theta", tidy(c->rope_theta), "rope_scaling", rope,
                             "tie_word_embeddings", c->tie_embeddings, "attention_bias", c->attention_bias,
                             "bos_token_id", c->bos_id, "eos_token_id", c->eos_id);
-    json_t *mem = json_pack("{s:i, s:i, s:i, s:I, s:I, s:I, s:I, s:I, s:I, s:b}", "seq_len", seq_len, "batch", batch,
-                            "lora_r", r, "lora_params", (json_int_t)m->lora_params, "base_bytes", (json_int_t)m->base,
-                            "lora_state_bytes", (json_int_t)m->lora, "activation_bytes", (json_int_t)m->activations,
-                            "logits_bytes", (json_int_t)m->logits, "total_bytes", (json_int_t)m->total, "estimate", 1);
+    json_t *mem = json_pack("{s:i, s:i, s:i, s:i, s:I, s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:b}",
+                            "seq_len", js->seq_len, "batch", js->batch, "lora_r", js->r, "threads", js->threads,
+                            "lora_params", (json_int_t)js->lora_params,
+                            "activation_checkpointing", js->checkpointing, "base_bytes", (json_int_t)m->base_weights,
+                            "activation_bytes", (json_int_t)m->activations, "lora_state_bytes",
+                            (json_int_t)m->lora_state, "scratch_bytes", (json_int_t)m->scratch, "batch_bytes",
+                            (json_int_t)m->batches, "data_bytes", (json_int_t)m->data, "tokenizer_bytes",
+                            (json_int_t)m->tokenizer, "checkpoint_bytes", (json_int_t)m->checkpoint, "total_bytes",
+                            (json_int_t)m->total, "estimate", 1);
     return json_pack("{s:s, s:s, s:s, s:o, s:I, s:o, s:I, s:I, s:o, s:o}", "path", mf->path, "format", mf->format_name,
                      "architecture", "llama", "config", cfg, "n_params", (json_int_t)lorad_llama_config_n_params(c),
                      "tensor_dtypes", dtypes, "mapped_bytes", (json_int_t)mf->mapped_bytes, "private_bytes",
                      (json_int_t)mf->owned_bytes, "tokenizer", tok, "memory", mem);
 }
 
-static void print_text(const struct lorad_model_file *mf, const struct memory_estimate *m, int seq_len, int batch, int r) {
+static void print_text(const struct lorad_model_file *mf, const struct lorad_memory_estimate *m,
+                       const struct job_shape *js) {
     const struct lorad_llama_config *c = &mf->weights.cfg;
     printf("path:                     %s\n", mf->path);
     printf("format:                   %s\n", mf->format_name);
@@ -143,17 +131,43 @@ static void print_text(const struct lorad_model_file *mf, const struct memory_es
     else if (mf->tokenizer_path) printf(" (%s)", mf->tokenizer_path);
     else printf(" (pass a tokenizer file)");
     printf("\n");
-    printf("memory estimate for LoRA r=%d on q,k,v,o,gate,up,down, seq_len %d, batch %d:\n", r, seq_len, batch);
-    printf("  base weights            %10.1f MiB\n", m->base / MIB);
-    printf("  LoRA params+grads+AdamW %10.1f MiB (%lld parameters)\n", m->lora / MIB, (long long)m->lora_params);
-    printf("  activations             %10.1f MiB\n", m->activations / MIB);
-    printf("  logits                  %10.1f MiB\n", m->logits / MIB);
-    printf("  total (estimate)       ~%10.1f MiB\n", m->total / MIB);
+    printf("memory estimate for LoRA r=%d, seq_len %d, batch %d, %d threads%s:\n", js->r, js->seq_len, js->batch,
+           js->threads, js->checkpointing ? ", activation checkpointing" : "");
+    printf("  base weights            %10.1f MiB\n", (double)m->base_weights / MIB);
+    printf("  activations             %10.1f MiB\n", (double)m->activations / MIB);
+    printf("  LoRA params+grads+AdamW %10.1f MiB (%lld parameters)\n", (double)m->lora_state / MIB,
+           (long long)js->lora_params);
+    printf("  per-thread scratch      %10.1f MiB\n", (double)m->scratch / MIB);
+    printf("  token batches           %10.1f MiB\n", (double)m->batches / MIB);
+    printf("  tokenizer               %10.1f MiB\n", (double)m->tokenizer / MIB);
+    printf("  checkpoint buffers      %10.1f MiB\n", (double)m->checkpoint / MIB);
+    printf("  total (estimate)       ~%10.1f MiB (%lld bytes; the dataset index adds 80 bytes a line)\n",
+           (double)m->total / MIB, (long long)m->total);
+}
+
+/* The spec the estimate is made for: the job file, or LoRA r (alpha 2r) on all seven projections
+ * with batch and seq_len. The model and data fields only need to be present. */
+static int make_spec(const char *job_path, const char *model, int seq_len, int batch, int r,
+                     struct lorad_job_spec *ret_spec, struct lorad_error *err) {
+    json_error_t jerr;
+    json_t *body = job_path ? json_load_file(job_path, 0, &jerr)
+                            : json_pack("{s:s, s:s, s:{s:i, s:i}, s:{s:i, s:i, s:s}}", "model", model, "training_file",
+                                        "-", "hyperparameters", "batch_size", batch, "max_seq_len", seq_len, "lora",
+                                        "r", r, "alpha", 2 * r, "target_modules", "all-linear");
+    if (!body) {
+        if (job_path) return lorad_error_set(err, -EINVAL, "", "%s:%d: %s", job_path, jerr.line, jerr.text);
+        return lorad_error_set(err, -ENOMEM, "", "out of memory");
+    }
+    int rc = lorad_job_spec_parse(body, ret_spec, err);
+    json_decref(body);
+    return rc;
 }
 
 int lorad_cmd_inspect(int argc, char **argv) {
-    const char *path = NULL;
+    const char *path = NULL, *job_path = NULL;
     int seq_len = 512, batch = 1, r = 8, json = 0;
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    int threads = cores > 0 ? (int)cores : 1;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--seq-len") == 0) {
             if (i + 1 >= argc || parse_int("--seq-len", argv[++i], 1, 1 << 20, &seq_len) < 0) return LORAD_EXIT_USAGE;
@@ -161,6 +175,14 @@ int lorad_cmd_inspect(int argc, char **argv) {
             if (i + 1 >= argc || parse_int("--batch", argv[++i], 1, 1 << 16, &batch) < 0) return LORAD_EXIT_USAGE;
         } else if (strcmp(argv[i], "--lora-r") == 0) {
             if (i + 1 >= argc || parse_int("--lora-r", argv[++i], 1, 4096, &r) < 0) return LORAD_EXIT_USAGE;
+        } else if (strcmp(argv[i], "--threads") == 0) {
+            if (i + 1 >= argc || parse_int("--threads", argv[++i], 1, 256, &threads) < 0) return LORAD_EXIT_USAGE;
+        } else if (strcmp(argv[i], "--job") == 0) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "lorad inspect: --job needs a job file\n");
+                return LORAD_EXIT_USAGE;
+            }
+            job_path = argv[++i];
         } else if (strcmp(argv[i], "--json") == 0) {
             json = 1;
         } else if (argv[i][0] == '-' || path) {
@@ -174,22 +196,43 @@ int lorad_cmd_inspect(int argc, char **argv) {
         fprintf(stderr, "lorad inspect: missing PATH\n");
         return LORAD_EXIT_USAGE;
     }
-    struct lorad_model_file *mf;
     struct lorad_error err = {0};
-    if (lorad_model_file_open(path, &mf, &err) < 0) {
+    struct lorad_job_spec spec;
+    if (make_spec(job_path, path, seq_len, batch, r, &spec, &err) < 0) {
+        fprintf(stderr, "lorad inspect: %s%s%s\n", job_path ? job_path : "", job_path ? ": " : "", err.message);
+        return LORAD_EXIT_USAGE;
+    }
+    /* a job file's own thread count, as `lorad train` would use it */
+    if (job_path && spec.hp.threads > 0) threads = spec.hp.threads;
+    struct lorad_model_file *mf;
+    if (lorad_model_file_probe(path, &mf, &err) < 0) {
         fprintf(stderr, "lorad inspect: %s\n", err.message);
+        lorad_job_spec_clear(&spec);
         return LORAD_EXIT_FAILURE;
     }
-    struct memory_estimate m = estimate(mf, seq_len, batch, r);
+    struct lorad_memory_estimate m;
+    struct job_shape js = {spec.hp.max_seq_len, spec.hp.batch_size, spec.lora.r, threads,
+                           spec.hp.activation_checkpointing, 0};
+    struct lorad_lora_config lc;
+    if (lorad_job_lora_config(&spec, &lc, &err) == 0) {
+        int n_tensors;
+        size_t n_params;
+        lorad_lora_layout_size(&mf->weights.cfg, &lc, &n_tensors, &n_params);
+        js.lora_params = (int64_t)n_params;
+    }
     int rc = LORAD_EXIT_OK;
-    if (json) {
-        json_t *o = to_json(mf, &m, seq_len, batch, r);
+    if (lorad_train_memory_estimate(&m, &spec, mf, threads, 0, &err) < 0) {
+        fprintf(stderr, "lorad inspect: %s\n", err.message);
+        rc = LORAD_EXIT_FAILURE;
+    } else if (json) {
+        json_t *o = to_json(mf, &m, &js);
         if (!o || json_dumpf(o, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER) < 0) rc = LORAD_EXIT_FAILURE;
         else printf("\n");
         json_decref(o);
     } else {
-        print_text(mf, &m, seq_len, batch, r);
+        print_text(mf, &m, &js);
     }
     lorad_model_file_close(mf);
+    lorad_job_spec_clear(&spec);
     return rc;
 }

@@ -40,6 +40,7 @@
 #include "gemm.h"
 #include "handlers.h"
 #include "log.h"
+#include "meminfo.h"
 #include "sd_notify.h"
 #include "server.h"
 #include "store.h"
@@ -599,10 +600,16 @@ int lorad_cmd_serve(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
 
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    int threads = d->cfg.threads_per_job;
+    int threads = d->cfg.max_threads_per_job;
     if (threads == 0) threads = cores > d->cfg.workers ? (int)(cores / d->cfg.workers) : 1;
-    log_info("lorad %s starting: state_dir %s, models_dir %s, %d worker%s x %d threads", LORAD_VERSION,
-             d->cfg.state_dir, d->cfg.models_dir, d->cfg.workers, d->cfg.workers == 1 ? "" : "s", threads);
+    int64_t memory_limit = d->cfg.memory_limit;
+    if (memory_limit == 0 && (r = lorad_default_memory_limit(&memory_limit)) < 0) {
+        log_warning("cannot read MemAvailable (%s): jobs are not limited by memory; set memory_limit", strerror(-r));
+        memory_limit = 0;
+    }
+    log_info("lorad %s starting: state_dir %s, models_dir %s, %d worker%s x %d threads, memory_limit %.2f GiB%s",
+             LORAD_VERSION, d->cfg.state_dir, d->cfg.models_dir, d->cfg.workers, d->cfg.workers == 1 ? "" : "s",
+             threads, (double)memory_limit / (1 << 30), d->cfg.memory_limit == 0 ? " (80% of MemAvailable)" : "");
     log_info("matrix products: %s; instruction set %s (the CPU has %s)", lorad_gemm_kernel_description(),
              lorad_isa_name(lorad_isa_active()), lorad_isa_name(lorad_isa_detected()));
 
@@ -610,7 +617,8 @@ int lorad_cmd_serve(int argc, char **argv) {
     if (prepare_state(d) < 0 || open_store(d) < 0) goto out;
     d->app = (struct lorad_app){.store = d->store, .state_dir = d->cfg.state_dir, .models_dir = d->cfg.models_dir,
                                 .files_dir = d->files_dir, .jobs_dir = d->jobs_dir,
-                                .max_queued_jobs = d->cfg.max_queued_jobs, .threads_per_job = threads};
+                                .max_queued_jobs = d->cfg.max_queued_jobs, .max_threads_per_job = threads,
+                                .memory_limit = memory_limit};
     atomic_init(&d->app.ready, false);
     atomic_init(&d->app.stopping, false);
     if ((r = lorad_api_handlers_install()) < 0) {
@@ -623,7 +631,8 @@ int lorad_cmd_serve(int argc, char **argv) {
     }
     struct lorad_workers_options wo = {.store = d->store, .state_dir = d->cfg.state_dir,
                                        .models_dir = d->cfg.models_dir, .jobs_dir = d->jobs_dir,
-                                       .workers = d->cfg.workers, .threads_per_job = threads};
+                                       .workers = d->cfg.workers, .max_threads_per_job = threads,
+                                       .memory_limit = memory_limit};
     if ((r = lorad_workers_start(&wo, &d->workers)) < 0) {
         log_error("cannot start the workers: %s", strerror(-r));
         goto out;

@@ -1,4 +1,4 @@
-/* lorad train JOB.json --out DIR [--resume] [--skip-invalid] [--threads N]
+/* lorad train JOB.json --out DIR [--resume] [--skip-invalid] [--threads N] [--memory-limit SIZE]
  * Runs one job in the foreground on the same code path as the daemon's workers. On a terminal it
  * draws a progress bar; otherwise it prints one plain line per step. SIGINT/SIGTERM pause the run
  * at the next step boundary: it checkpoints, so `--resume` continues exactly where it stopped (a
@@ -14,6 +14,8 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "config.h"
+#include "meminfo.h"
 #include "train.h"
 
 static atomic_int stop_requested;
@@ -100,11 +102,13 @@ int lorad_cmd_train(int argc, char **argv) {
         {"resume", no_argument, NULL, 'r'},
         {"skip-invalid", no_argument, NULL, 's'},
         {"threads", required_argument, NULL, 't'},
+        {"memory-limit", required_argument, NULL, 'm'},
         {NULL, 0, NULL, 0},
     };
     const char *out = NULL;
     bool resume = false, skip_invalid = false;
     int threads = 0, c;
+    int64_t memory_limit = -1; /* -1: the default share of MemAvailable */
     optind = 1;
     opterr = 0;
     while ((c = getopt_long(argc, argv, "o:", options, NULL)) != -1) {
@@ -116,6 +120,13 @@ int lorad_cmd_train(int argc, char **argv) {
             threads = atoi(optarg);
             if (threads < 1 || threads > 256) {
                 fprintf(stderr, "lorad train: --threads must be between 1 and 256\n");
+                return LORAD_EXIT_USAGE;
+            }
+            break;
+        case 'm':
+            if (lorad_config_parse_bytes(optarg, &memory_limit) < 0) {
+                fprintf(stderr, "lorad train: --memory-limit takes a size such as 6g, 512m or 0 (no limit), got '%s'\n",
+                        optarg);
                 return LORAD_EXIT_USAGE;
             }
             break;
@@ -149,11 +160,13 @@ int lorad_cmd_train(int argc, char **argv) {
     resolve(train, sizeof train, job_path, spec.training_file);
     if (spec.validation_file[0]) resolve(valid, sizeof valid, job_path, spec.validation_file);
 
+    if (memory_limit < 0 && lorad_default_memory_limit(&memory_limit) < 0) memory_limit = 0; /* unknown: none */
     struct progress progress = {.tty = isatty(STDERR_FILENO) && isatty(STDOUT_FILENO)};
     struct lorad_train_callbacks cb = {&progress, on_step, on_checkpoint, on_message, poll_stop};
     struct lorad_train_options opt = {
         .model_path = model, .training_path = train, .validation_path = spec.validation_file[0] ? valid : NULL,
-        .out_dir = out, .resume = resume, .skip_invalid = skip_invalid, .threads = threads};
+        .out_dir = out, .resume = resume, .skip_invalid = skip_invalid, .threads = threads,
+        .memory_limit_bytes = memory_limit};
     struct sigaction sa = {.sa_handler = on_signal};
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);

@@ -19,8 +19,13 @@ const struct lorad_config_option lorad_config_options[] = {
     {"models_dir", LORAD_CONFIG_STRING, FIELD(models_dir), 0, 0, "/var/lib/lorad/models", NULL,
      "base models: each entry (HF directory, .gguf or llama2.c .bin) is a model"},
     {"workers", LORAD_CONFIG_INT, FIELD(workers), 1, 64, "1", NULL, "jobs trained at the same time"},
-    {"threads_per_job", LORAD_CONFIG_INT, FIELD(threads_per_job), 0, 256, "0", NULL,
-     "compute threads per job; 0 = cores / workers"},
+    {"max_threads_per_job", LORAD_CONFIG_INT, FIELD(max_threads_per_job), 0, 256, "0", NULL,
+     "compute threads a job runs with; a job may ask for fewer (hyperparameters.threads), never more; "
+     "0 = cores / workers"},
+    {"memory_limit", LORAD_CONFIG_BYTES, FIELD(memory_limit), 0, INT64_C(1) << 50, "0", NULL,
+     "memory the running jobs may take together (the engine's estimate of each); a job that alone would "
+     "need more is refused at creation, others wait in the queue until it fits; 0 = 80% of MemAvailable "
+     "at start"},
     {"max_upload_bytes", LORAD_CONFIG_BYTES, FIELD(max_upload_bytes), 1024, INT64_C(1) << 40, "1g", NULL,
      "largest accepted dataset upload"},
     {"max_request_body", LORAD_CONFIG_BYTES, FIELD(max_request_body), 1024, INT64_C(1) << 30, "1m", NULL,
@@ -38,11 +43,20 @@ const struct lorad_config_option lorad_config_options[] = {
     {NULL, 0, 0, 0, 0, 0, NULL, NULL, NULL},
 };
 
+/* Names a key had before: old config files and flags keep working. */
+static const struct {
+    const char *old_name, *name;
+} renamed_options[] = {
+    {"threads_per_job", "max_threads_per_job"}, /* it was always the threads a job got; now also their ceiling */
+};
+
 static const struct lorad_config_option *find_option(const char *name) {
     char canon[64];
     size_t n = strlen(name);
     if (n >= sizeof canon) return NULL;
     for (size_t i = 0; i <= n; i++) canon[i] = name[i] == '-' ? '_' : name[i];
+    for (size_t i = 0; i < sizeof renamed_options / sizeof renamed_options[0]; i++)
+        if (strcmp(canon, renamed_options[i].old_name) == 0) snprintf(canon, sizeof canon, "%s", renamed_options[i].name);
     for (const struct lorad_config_option *o = lorad_config_options; o->name; o++)
         if (strcmp(o->name, canon) == 0) return o;
     return NULL;
@@ -235,4 +249,13 @@ void lorad_config_write_defaults(FILE *f) {
             fprintf(f, " [%lld..%lld]", (long long)o->min, (long long)o->max);
         fprintf(f, "\n#%s %s\n\n", o->name, o->def[0] ? o->def : "\"\"");
     }
+}
+
+int lorad_config_parse_bytes(const char *s, int64_t *ret_bytes) {
+    int64_t v;
+    int r = parse_int64(s, true, &v);
+    if (r < 0) return r;
+    if (v < 0) return -ERANGE;
+    *ret_bytes = v;
+    return 0;
 }

@@ -21,7 +21,8 @@ struct lorad_config {
     char state_dir[LORAD_CONFIG_PATH_MAX];   /* SQLite database, uploaded files, job outputs */
     char models_dir[LORAD_CONFIG_PATH_MAX];  /* base models: one entry per model */
     int workers;                 /* jobs trained at once */
-    int threads_per_job;         /* 0 = all cores divided by workers */
+    int max_threads_per_job;     /* threads a job runs with, and the most it may ask for; 0 = cores / workers */
+    int64_t memory_limit;        /* bytes the running jobs' estimates may add up to; 0 = 80% of MemAvailable */
     int64_t max_upload_bytes;    /* POST /v1/files body limit */
     int64_t max_request_body;    /* JSON body limit */
     int max_json_depth;          /* JSON nesting limit */
@@ -69,6 +70,10 @@ int lorad_config_load_file(struct lorad_config *cfg, const char *path, bool miss
  * file). *ret_config_path receives the config file used. Positional arguments are an error. */
 int lorad_config_from_args(struct lorad_config *cfg, int argc, char **argv, const char *default_config_path,
                            struct lorad_error *err);
+
+/* Parses a size as the config file writes one ("512m", "2g", "1048576"): 0, -EINVAL or -ERANGE
+ * (negative or too large). For flags of other commands that take a size. */
+int lorad_config_parse_bytes(const char *s, int64_t *ret_bytes);
 
 /* Writes a commented default config file (every option with its help and default) to f. */
 

@@ -122,6 +122,7 @@ const char *lorad_job_error_code(int rc, const struct lorad_error *err, const st
     if (rc == -EINVAL && data_param) return "invalid_training_data";
     if (strcmp(p, "model") == 0 && (rc == -ENOENT || rc == -ENOTDIR)) return "model_not_found";
     if (rc == -ENOMEM) return "out_of_memory";
+    if (rc == -E2BIG && (strcmp(p, "model") == 0 || starts_with(p, "hyperparameters."))) return "memory_limit_exceeded";
     if (rc == -ERANGE) return "loss_not_finite";
     if (rc == -ENOSPC || rc == -EDQUOT) return "disk_full";
     return "training_failed";
@@ -450,12 +451,13 @@ int lorad_job_run(const struct lorad_job_env *env, const json_t *job) {
         status = fail(&j, "out_of_memory", "out of memory", NULL);
         goto out;
     }
-    int threads = spec.hp.threads > 0 ? spec.hp.threads : env->threads; /* the job's own setting wins */
+    /* The operator's ceiling holds even for a job created under a larger one. */
+    int threads = spec.hp.threads > 0 && spec.hp.threads < env->max_threads ? spec.hp.threads : env->max_threads;
     log_info("job %s: running %s on %s with %d threads%s", id, spec.model, train_id, threads,
              ckpt_step > 0 ? ", resuming from its checkpoint" : "");
     struct lorad_train_options opt = {.model_path = model_path, .training_path = train_path,
                                       .validation_path = j.valid_path, .out_dir = out_dir,
-                                      .resume = true, .threads = threads};
+                                      .resume = true, .threads = threads, .memory_limit_bytes = env->memory_limit};
     struct lorad_train_callbacks cb = {.ctx = &j, .on_step = on_step, .on_checkpoint = on_checkpoint,
                                        .on_message = on_message, .poll = poll_control};
     lorad_error_clear(&err);

@@ -12,7 +12,7 @@
  *   pause request       -> paused
  *   daemon shutting down-> queued (the next start resumes it from its checkpoint)
  *   engine error        -> failed, with a code derived from the errno and param:
- *                          invalid_training_data, model_not_found, out_of_memory,
+ *                          invalid_training_data, model_not_found, out_of_memory, memory_limit_exceeded,
  *                          loss_not_finite, disk_full, file_not_found, training_failed.
  * A failing job never takes the process down: every error ends in a transition, and an error of
  * the store itself is logged. */
@@ -21,6 +21,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "error.h"
 #include "store.h"
@@ -32,7 +33,9 @@ struct lorad_job_env {
     const char *state_dir;    /* file and checkpoint paths in the store are relative to it */
     const char *models_dir;
     const char *jobs_dir;     /* out_dir of job J is jobs_dir/J */
-    int threads;              /* compute threads for a job whose spec leaves threads null (>= 1) */
+    int max_threads;          /* compute threads of a job whose spec leaves threads null, and the
+                               * most a job asking for more gets (>= 1) */
+    int64_t memory_limit;     /* > 0: the run refuses to start above it (0: no limit) */
     int metrics_batch_rows;   /* 0: flush metrics at most once a second or every 32 rows */
     const atomic_bool *shutdown; /* set: checkpoint and hand the job back to the queue */
     /* Called after each step with the run's tokens/s (for /metrics). May be NULL. */

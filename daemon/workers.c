@@ -25,12 +25,16 @@ struct worker {
 
 struct lorad_workers {
     struct lorad_workers_options opt;
+    /* Held by a worker from reading the free memory until its claimed job is counted in
+     * reserved_bytes, so two workers never both take the same free memory. Taken before mu. */
+    pthread_mutex_t claim_mu;
     pthread_mutex_t mu;
     pthread_cond_t wake;   /* the queue may have changed, or stop */
     pthread_cond_t idle;   /* a job ended */
     uint64_t generation;   /* bumped by every wake, so a wake between a claim and a wait is not lost */
     atomic_bool stopping;
     int busy;
+    int64_t reserved_bytes; /* the memory estimates of the running jobs */
     int n;
     struct worker *w;
 };
@@ -71,33 +75,62 @@ static void *worker_main(void *arg) {
     struct worker *w = arg;
     struct lorad_workers *p = w->pool;
     struct lorad_job_env env = {.store = p->opt.store, .state_dir = p->opt.state_dir, .models_dir = p->opt.models_dir,
-                                .jobs_dir = p->opt.jobs_dir, .threads = p->opt.threads_per_job,
+                                .jobs_dir = p->opt.jobs_dir, .max_threads = p->opt.max_threads_per_job,
+                                .memory_limit = p->opt.memory_limit,
                                 .metrics_batch_rows = p->opt.metrics_batch_rows, .shutdown = &p->stopping,
                                 .on_rate = set_rate, .rate_ctx = w};
     unsigned poll_ms = p->opt.poll_ms ? p->opt.poll_ms : 1000;
     int claim_errors = 0;
+    int64_t logged_waiting = 0;
     pthread_mutex_lock(&p->mu);
     while (!atomic_load(&p->stopping)) {
         uint64_t seen = p->generation;
         pthread_mutex_unlock(&p->mu);
         json_t *job = NULL;
         struct lorad_error err = {0};
-        int r = lorad_store_job_claim_next(p->opt.store, &job, &err);
+        int64_t waiting = 0;
+        pthread_mutex_lock(&p->claim_mu);
+        pthread_mutex_lock(&p->mu);
+        /* With nothing running any job may start: one whose estimate exceeds the whole limit
+         * (made under a larger one) then fails in the engine's own check, naming the limit,
+         * instead of blocking the queue for ever. */
+        int64_t free_bytes = p->opt.memory_limit <= 0 || p->busy == 0 ? -1 : p->opt.memory_limit - p->reserved_bytes;
+        if (free_bytes < -1) free_bytes = 0;
+        pthread_mutex_unlock(&p->mu);
+        int r = lorad_store_job_claim_next(p->opt.store, free_bytes, &job, &waiting, &err);
+        int64_t job_bytes = 0;
         if (r == 1) {
-            claim_errors = 0;
+            json_t *est = json_object_get(job, "memory_estimate_bytes");
+            job_bytes = json_is_integer(est) ? json_integer_value(est) : 0;
             const char *id = json_string_value(json_object_get(job, "id"));
             pthread_mutex_lock(&p->mu);
             snprintf(w->job_id, sizeof w->job_id, "%s", id ? id : "");
             w->tokens_per_s = NAN;
             p->busy++;
+            p->reserved_bytes += job_bytes;
             pthread_mutex_unlock(&p->mu);
+        }
+        pthread_mutex_unlock(&p->claim_mu);
+        if (r == 1) {
+            claim_errors = 0;
+            logged_waiting = 0;
             lorad_job_run(&env, job);
             json_decref(job);
             pthread_mutex_lock(&p->mu);
             w->job_id[0] = '\0';
             p->busy--;
+            p->reserved_bytes -= job_bytes;
             pthread_cond_broadcast(&p->idle);
+            /* its memory is free again: a worker waiting for it looks at the queue now */
+            p->generation++;
+            pthread_cond_broadcast(&p->wake);
             continue; /* look for the next job at once */
+        }
+        if (r == 0 && waiting > 0 && waiting != logged_waiting && w->index == 0) {
+            log_info("the next queued job needs an estimated %.2f GiB; it starts when running jobs free that much of "
+                     "memory_limit (%.2f GiB)",
+                     (double)waiting / (1 << 30), (double)p->opt.memory_limit / (1 << 30));
+            logged_waiting = waiting;
         }
         if (r < 0 && claim_errors++ == 0)
             log_error("worker %d: cannot claim a job: %s", w->index, err.message[0] ? err.message : strerror(-r));
@@ -113,7 +146,7 @@ static void *worker_main(void *arg) {
 }
 
 int lorad_workers_start(const struct lorad_workers_options *o, struct lorad_workers **ret_pool) {
-    if (!o->store || o->workers < 1 || o->threads_per_job < 1) return -EINVAL;
+    if (!o->store || o->workers < 1 || o->max_threads_per_job < 1 || o->memory_limit < 0) return -EINVAL;
     struct lorad_workers *p = calloc(1, sizeof *p);
     if (!p) return -ENOMEM;
     p->w = calloc((size_t)o->workers, sizeof *p->w);
@@ -129,6 +162,7 @@ int lorad_workers_start(const struct lorad_workers_options *o, struct lorad_work
         free(p);
         return r;
     }
+    pthread_mutex_init(&p->claim_mu, NULL);
     pthread_mutex_init(&p->mu, NULL);
     atomic_init(&p->stopping, false);
     for (int i = 0; i < o->workers; i++) {
@@ -199,6 +233,7 @@ void lorad_workers_free(struct lorad_workers *p) {
     pthread_cond_destroy(&p->idle);
     pthread_cond_destroy(&p->wake);
     pthread_mutex_destroy(&p->mu);
+    pthread_mutex_destroy(&p->claim_mu);
     free(p->w);
     free(p);
 }

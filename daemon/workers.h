@@ -1,9 +1,12 @@
-/* The worker pool: `workers` threads, each running one job at a time (daemon/job_run.h) with
- * `threads_per_job` compute threads of its own.
+/* The worker pool: `workers` threads, each running one job at a time (daemon/job_run.h) with at
+ * most `max_threads_per_job` compute threads of its own.
  *
  * A worker claims the next queued job with lorad_store_job_claim_next (priority, then FIFO; two
- * workers never get the same job, even across processes). When nothing is queued it sleeps until
- * lorad_workers_wake() (the API's app->jobs_changed hook) or the poll interval passes.
+ * workers never get the same job, even across processes), but only when the job's memory estimate
+ * fits in memory_limit beside the running jobs' estimates; the next job is never overtaken, so a
+ * big one is not starved by small ones. When nothing can start it sleeps until
+ * lorad_workers_wake() (the API's app->jobs_changed hook), a job of the pool ends, or the poll
+ * interval passes.
  *
  * Stopping is two-phase so the daemon can keep systemd informed while checkpoints are written:
  * lorad_workers_request_stop() asks every running job to checkpoint and go back to `queued`
@@ -11,6 +14,7 @@
  * joins the threads. */
 #pragma once
 #include <stdbool.h>
+#include <stdint.h>
 
 struct lorad_store;
 struct lorad_workers;
@@ -21,7 +25,9 @@ struct lorad_workers_options {
     const char *models_dir;
     const char *jobs_dir;
     int workers;                /* threads, >= 1 */
-    int threads_per_job;        /* >= 1; used for jobs whose spec leaves threads null */
+    int max_threads_per_job;    /* >= 1: threads of a job whose spec leaves threads null, and the
+                                 * most any job gets */
+    int64_t memory_limit;       /* > 0: the running jobs' estimates stay within it; 0: no limit */
     unsigned poll_ms;           /* 0: look at the queue every 1000 ms when not woken */
     int metrics_batch_rows;     /* 0: the runner's default (see job_run.h) */
 };

@@ -440,3 +440,19 @@ void lorad_job_spec_clear(struct lorad_job_spec *spec) {
 const char *lorad_lr_schedule_name(enum lorad_lr_schedule s) { return schedule_names[s]; }
 const char *lorad_data_format_name(enum lorad_data_format f) { return format_names[f]; }
 const char *lorad_chat_template_name(enum lorad_chat_template t) { return template_names[t]; }
+
+int lorad_job_lora_config(const struct lorad_job_spec *spec, struct lorad_lora_config *ret_config,
+                          struct lorad_error *err) {
+    const struct lorad_lora_spec *l = &spec->lora;
+    struct lorad_lora_config lc = {.r = l->r,
+                                   .alpha = (float)l->alpha,
+                                   .dropout = (float)l->dropout,
+                                   .use_rslora = l->use_rslora,
+                                   .init = l->init};
+    const char *names[LORAD_JOB_MAX_TARGETS];
+    for (int i = 0; i < l->n_targets; i++) names[i] = l->targets[i];
+    int r = lorad_lora_parse_targets(&lc.targets, names, l->n_targets, err);
+    if (r < 0) return r;
+    *ret_config = lc;
+    return 0;
+}

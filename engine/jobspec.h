@@ -94,6 +94,11 @@ int lorad_job_spec_parse(const json_t *body, struct lorad_job_spec *ret_spec, st
  * Parsing this JSON again yields the same spec. */
 json_t *lorad_job_spec_to_json(const struct lorad_job_spec *spec);
 
+/* The engine's LoRA config for the spec's lora block (targets parsed into the module bit set).
+ * Returns 0, or -EINVAL naming "lora.target_modules" (cannot happen for a parsed spec). */
+int lorad_job_lora_config(const struct lorad_job_spec *spec, struct lorad_lora_config *ret_config,
+                          struct lorad_error *err);
+
 /* Frees what the spec owns (its metadata). Safe to call twice. */
 void lorad_job_spec_clear(struct lorad_job_spec *spec);
 

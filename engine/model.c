@@ -165,11 +165,24 @@ static void carve_all(struct lorad_model *m, struct carver *c, const struct lora
     }
 }
 
-int64_t lorad_model_engine_bytes(const struct lorad_llama_config *cfg, const struct lorad_lora_config *lc,
-                                 const struct lorad_run_options *opts) {
+void lorad_model_memory_of(struct lorad_model_memory *ret, const struct lorad_llama_config *cfg,
+                           const struct lorad_lora_config *lc, const struct lorad_run_options *opts) {
     struct carver c = {0};
     carve_all(NULL, &c, cfg, lc, opts);
-    return (int64_t)c.used + (int64_t)opts->threads * (int64_t)(LORAD_GEMM_SCRATCH_FLOATS * sizeof(float));
+    int n_lora;
+    size_t n_params;
+    lorad_lora_layout_size(cfg, lc, &n_lora, &n_params);
+    int64_t attn_floats = lorad_attention_scratch_floats(opts->max_seq);
+    if (opts->kv_cache_len > attn_floats) attn_floats = opts->kv_cache_len;
+    /* the carver rounds every piece up to 64 bytes */
+    int64_t lora = 2 * (((int64_t)n_params * 4 + 63) & ~(int64_t)63);
+    int64_t attn = (int64_t)opts->threads * ((attn_floats * 4 + 63) & ~(int64_t)63);
+    int64_t gemm = (int64_t)opts->threads * (int64_t)(LORAD_GEMM_SCRATCH_FLOATS * sizeof(float));
+    assert((int64_t)c.used >= lora + attn);
+    *ret = (struct lorad_model_memory){.activations = (int64_t)c.used - lora - attn,
+                                       .lora = lora,
+                                       .scratch = attn + gemm,
+                                       .total = (int64_t)c.used + gemm};
 }
 
 static int64_t base_bytes(const struct lorad_base_weights *w) {
@@ -224,7 +237,9 @@ int lorad_model_new(struct lorad_model **ret_model, const struct lorad_base_weig
     if ((r = validate_options(opts, &w->cfg, err)) < 0) return r;
     if (w->cfg.head_dim % 2 != 0)
         return lorad_error_set(err, -EINVAL, "head_dim", "head_dim must be even for RoPE, got %d", w->cfg.head_dim);
-    int64_t need = lorad_model_engine_bytes(&w->cfg, lc, opts);
+    struct lorad_model_memory mem;
+    lorad_model_memory_of(&mem, &w->cfg, lc, opts);
+    int64_t need = mem.total;
     if (opts->memory_limit_bytes > 0 && need + base_bytes(w) > opts->memory_limit_bytes)
         return lorad_error_set(err, -E2BIG, "memory_limit_bytes",
                                "memory_limit_bytes %lld is too small: base weights %lld + engine buffers %lld bytes",

@@ -57,9 +57,18 @@ int lorad_model_new(struct lorad_model **ret_model, const struct lorad_base_weig
                     struct lorad_error *err);
 void lorad_model_free(struct lorad_model *m);
 
-/* Bytes lorad_model_new would allocate for these inputs (no allocation; inputs assumed valid). */
-int64_t lorad_model_engine_bytes(const struct lorad_llama_config *cfg, const struct lorad_lora_config *lc,
-                                 const struct lorad_run_options *opts);
+/* The bytes lorad_model_new allocates for a config and options, by what they hold. */
+struct lorad_model_memory {
+    int64_t activations; /* activations and their gradients for max_batch x max_seq tokens, the
+                          * LM head's logits chunk, the KV cache, RoPE tables, norms */
+    int64_t lora;        /* the flat LoRA parameters and their gradients */
+    int64_t scratch;     /* per-thread GEMM and attention scratch */
+    int64_t total;
+};
+
+/* Fills *ret for these inputs without allocating (inputs assumed valid). */
+void lorad_model_memory_of(struct lorad_model_memory *ret, const struct lorad_llama_config *cfg,
+                           const struct lorad_lora_config *lc, const struct lorad_run_options *opts);
 
 /* Number of labels != -100 in n (for the denominator). */
 int64_t lorad_count_labels(const int32_t *labels, int64_t n);

@@ -30,6 +30,7 @@
 #include "safetensors_write.h"
 #include "samples.h"
 #include "tokenizer.h"
+#include "train_memory.h"
 
 #define STATE_FILE "training_state.safetensors"
 #define STATE_FORMAT "lorad-training-state-1"
@@ -203,23 +204,31 @@ static struct lorad_batch engine_batch(const struct lorad_token_batch *tb) {
 
 /* ---- model ---------------------------------------------------------------------------------- */
 
+/* Refuses a run whose estimated memory exceeds the caller's limit before anything big is
+ * allocated, and reports the estimate. */
+static int check_memory(struct run *r) {
+    int64_t records = lorad_corpus_size(r->train) + (r->valid ? lorad_corpus_size(r->valid) : 0);
+    struct lorad_memory_estimate e;
+    int rc = lorad_train_memory_estimate(&e, r->spec, r->mf, r->threads, records, r->err);
+    if (rc < 0) return rc;
+    char what[400];
+    lorad_memory_estimate_describe(what, sizeof what, &e);
+    say(r, "info", "memory estimate %s", what);
+    if (r->opt->memory_limit_bytes > 0)
+        return lorad_memory_estimate_check(&e, r->opt->memory_limit_bytes, "the memory limit", r->err);
+    return 0;
+}
+
 static int build_model(struct run *r) {
     const struct lorad_job_spec *s = r->spec;
-    struct lorad_lora_config lc = {.r = s->lora.r,
-                                   .alpha = (float)s->lora.alpha,
-                                   .dropout = (float)s->lora.dropout,
-                                   .use_rslora = s->lora.use_rslora,
-                                   .init = s->lora.init};
-    const char *names[LORAD_JOB_MAX_TARGETS];
-    for (int i = 0; i < s->lora.n_targets; i++) names[i] = s->lora.targets[i];
-    int rc = lorad_lora_parse_targets(&lc.targets, names, s->lora.n_targets, r->err);
+    struct lorad_lora_config lc;
+    int rc = lorad_job_lora_config(s, &lc, r->err);
     if (rc < 0) return rc;
     struct lorad_run_options ro = {.threads = r->threads,
                                    .max_batch = r->rows_per_micro,
                                    .max_seq = s->hp.max_seq_len,
                                    .activation_checkpointing = s->hp.activation_checkpointing,
-                                   .seed = (uint64_t)s->seed,
-                                   .memory_limit_bytes = r->opt->memory_limit_bytes};
+                                   .seed = (uint64_t)s->seed};
     rc = lorad_model_new(&r->model, &r->mf->weights, &lc, &ro, r->err);
     if (rc < 0) {
         /* The engine names its own fields; map them to the job spec's. */
@@ -665,6 +674,7 @@ int lorad_train_run(const struct lorad_job_spec *spec, const struct lorad_train_
     if ((rc = open_corpora(&r)) < 0) goto out;
     if ((rc = count_steps(&r)) < 0) goto out;
     ret_result->total_steps = r.total_steps;
+    if ((rc = check_memory(&r)) < 0) goto out;
     if ((rc = build_model(&r)) < 0) goto out;
     if ((rc = resume_or_start(&r)) < 0) goto out;
     say(&r, "info", "training %" PRId64 " steps with %d threads", r.total_steps, r.threads);

@@ -45,7 +45,8 @@ struct lorad_train_options {
     bool resume;                 /* continue from out_dir's newest checkpoint if there is one */
     bool skip_invalid;           /* drop invalid dataset lines instead of failing */
     int threads;                 /* 0: spec's hyperparameters.threads, else all cores */
-    int64_t memory_limit_bytes;  /* 0: no limit */
+    int64_t memory_limit_bytes;  /* 0: no limit; else the run refuses (-E2BIG) a job whose
+                                  * lorad_train_memory_estimate exceeds it */
 };
 
 enum lorad_train_outcome {

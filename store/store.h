@@ -156,6 +156,7 @@ struct lorad_store_job_new {
     const char *request_hash;     /* hash of the request body; required with a key */
     int64_t max_queued_jobs;      /* > 0: a queued job is refused (-EAGAIN) while this many are
                                    * queued; <= 0: no limit */
+    int64_t memory_bytes;         /* the job's memory estimate (> 0), or 0: unknown */
 };
 
 /* Creates a job (id "ftjob-…") and its first status event in one transaction.
@@ -216,11 +217,14 @@ int lorad_store_job_transition(struct lorad_store *store, const char *id,
                                const struct lorad_store_transition *t, json_t **ret_job,
                                struct lorad_error *err);
 
-/* Atomically takes the next queued job (highest priority, then oldest) and moves it to running.
- * Returns 1 and *ret_job, or 0 when nothing is queued (ret_job untouched). Two callers never get
- * the same job. */
-int lorad_store_job_claim_next(struct lorad_store *store, json_t **ret_job,
-                               struct lorad_error *err);
+/* Atomically takes the next queued job (highest priority, then oldest) and moves it to running,
+ * if its memory estimate is at most max_memory_bytes (< 0: any; a job without an estimate counts
+ * as 0). Returns 1 and *ret_job, or 0 when nothing is queued or the next job does not fit
+ * (ret_job untouched; *ret_waiting_bytes, if given, is then that job's estimate, 0 when the queue
+ * is empty). Later jobs never overtake a next one that does not fit. Two callers never get the
+ * same job. */
+int lorad_store_job_claim_next(struct lorad_store *store, int64_t max_memory_bytes, json_t **ret_job,
+                               int64_t *ret_waiting_bytes, struct lorad_error *err);
 
 /* What the API asks of a job; the worker polls lorad_store_job_control() each step. */
 enum lorad_job_control {

@@ -60,7 +60,7 @@ bool lorad_job_status_terminal(enum lorad_job_status s) {
 
 /* ---- reading ------------------------------------------------------------------------------ */
 
-/* Columns 0..22 of a job row; column 23 is its queue_position (NULL unless queued), which the two
+/* Columns 0..23 of a job row; column 24 is its queue_position (NULL unless queued), which the two
  * SELECTs below compute differently with the same meaning: 1 + the queued jobs ahead of it in the
  * order lorad_store_job_claim_next() takes them (priority DESC, then pk: FIFO within a priority). */
 #define JOB_COLUMNS                                                                              \
@@ -68,7 +68,7 @@ bool lorad_job_status_terminal(enum lorad_job_status s) {
     " j.started_at, j.finished_at, j.error_code, j.error_message, j.error_param, j.seed,"      \
     " j.suffix, j.fine_tuned_model, j.trained_tokens, j.progress_step,"                        \
     " j.progress_total_steps, j.progress_epoch, j.progress_tokens_per_s, j.progress_eta_s,"    \
-    " j.priority, j.control"
+    " j.priority, j.control, j.memory_bytes"
 
 /* For one job: two counts, each a range of the jobs_queue index (status, priority DESC, pk), so
  * the cost is the job's place in the queue. One count with an OR of the two ranges costs ~4x. */
@@ -135,8 +135,9 @@ static json_t *job_from_row(struct store_row *row) {
         hyperparameters_of(spec), "trained_tokens", store_col_int(row, 15), "error", error,
         "seed", store_col_int(row, 12), "suffix", store_col_text(row, 13), "estimated_finish",
         estimated_finish, "progress", progress, "priority", store_col_int(row, 21),
-        "queue_position", store_col_int(row, 23), "started_at", store_col_int(row, 7), "control",
+        "queue_position", store_col_int(row, 24), "started_at", store_col_int(row, 7), "control",
         store_col_text(row, 22));
+    if (job) json_object_set_new(job, "memory_estimate_bytes", store_col_int(row, 23));
     if (job && json_is_object(spec)) json_object_update_missing(job, spec);
     json_decref(spec);
     return job;
@@ -346,8 +347,8 @@ int lorad_store_job_create(struct lorad_store *s, const struct lorad_store_job_n
     if (r < 0) goto end;
     sqlite3_stmt *st = store_stmt(c,
         "INSERT INTO jobs(id, model, training_file, validation_file, spec, status, created_at,"
-        " seed, suffix, idempotency_key, request_hash, priority)"
-        " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)", &r, err);
+        " seed, suffix, idempotency_key, request_hash, priority, memory_bytes)"
+        " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)", &r, err);
     if (!st) goto end;
     store_bind_text(c, st, 1, id);
     store_bind_text(c, st, 2, j->model);
@@ -361,6 +362,7 @@ int lorad_store_job_create(struct lorad_store *s, const struct lorad_store_job_n
     store_bind_text(c, st, 10, j->idempotency_key);
     store_bind_text(c, st, 11, j->idempotency_key ? j->request_hash : NULL);
     store_bind_int64(c, st, 12, j->priority);
+    if (j->memory_bytes > 0) store_bind_int64(c, st, 13, j->memory_bytes);
     r = store_step(c, st, "cannot insert job", err);
     store_stmt_done(st);
     if (r < 0) goto end;
@@ -478,20 +480,31 @@ int lorad_store_job_transition(struct lorad_store *s, const char *id,
     return r;
 }
 
-int lorad_store_job_claim_next(struct lorad_store *s, json_t **ret_job, struct lorad_error *err) {
+int lorad_store_job_claim_next(struct lorad_store *s, int64_t max_memory_bytes, json_t **ret_job,
+                               int64_t *ret_waiting_bytes, struct lorad_error *err) {
     struct store_conn *c = NULL;
     int r = store_acquire(s, &c, err);
     if (r < 0) return r;
     char id[LORAD_STORE_ID_MAX] = "";
+    int64_t waiting = 0;
     r = store_tx_begin(s, c, err);
     if (r < 0) goto out;
     /* Selecting and moving to running in one write transaction is what makes the claim atomic:
      * a second claimer's transaction starts only after this one committed. */
     sqlite3_stmt *st = store_stmt(c,
-        "SELECT id FROM jobs WHERE status = 'queued' ORDER BY priority DESC, pk LIMIT 1", &r, err);
+        "SELECT id, memory_bytes FROM jobs WHERE status = 'queued' ORDER BY priority DESC, pk LIMIT 1", &r, err);
     if (st) {
         r = store_step(c, st, "cannot read queue", err);
-        if (r == 1) snprintf(id, sizeof id, "%s", (const char *)sqlite3_column_text(st, 0));
+        if (r == 1) {
+            int64_t need = sqlite3_column_int64(st, 1); /* NULL (an older job) reads as 0 */
+            /* Only the head is considered: a big job is not overtaken for ever by small ones. */
+            if (max_memory_bytes >= 0 && need > max_memory_bytes) {
+                waiting = need;
+                r = 0;
+            } else {
+                snprintf(id, sizeof id, "%s", (const char *)sqlite3_column_text(st, 0));
+            }
+        }
         store_stmt_done(st);
     }
     if (r == 1) {
@@ -504,6 +517,7 @@ int lorad_store_job_claim_next(struct lorad_store *s, json_t **ret_job, struct l
         int rr = store_job_get_conn(c, id, ret_job, err);
         if (rr < 0) r = rr;
     }
+    if (r >= 0 && ret_waiting_bytes) *ret_waiting_bytes = waiting;
 out:
     store_release(s, c);
     return r;

@@ -102,6 +102,11 @@ static const char *const MIGRATIONS[] = {
     "  created_at INTEGER NOT NULL,"
     "  revoked_at INTEGER);"
     "PRAGMA user_version = 3;",
+
+    /* 4: each job's memory estimate at creation (bytes), so workers only start what fits; NULL
+     * for jobs made before it was recorded. */
+    "ALTER TABLE jobs ADD COLUMN memory_bytes INTEGER CHECK (memory_bytes IS NULL OR memory_bytes >= 0);"
+    "PRAGMA user_version = 4;",
 };
 
 const int store_schema_latest = (int)(sizeof MIGRATIONS / sizeof MIGRATIONS[0]);

@@ -262,7 +262,7 @@ static int setup_state(void **state) {
     app.files_dir = files_dir;
     app.jobs_dir = jobs_dir;
     app.max_queued_jobs = 100;
-    app.threads_per_job = 1;
+    app.max_threads_per_job = 1;
     atomic_store(&app.ready, true);
     atomic_store(&app.stopping, false);
     app.jobs_changed = on_jobs_changed;
@@ -563,7 +563,7 @@ static void test_queue_full_and_stopping(void **state) {
     assert_int_equal(queued_count(), 3);
     /* A running job leaves the queue: there is room again. */
     json_t *claimed = NULL;
-    assert_int_equal(lorad_store_job_claim_next(app.store, &claimed, NULL), 1);
+    assert_int_equal(lorad_store_job_claim_next(app.store, -1, &claimed, NULL, NULL), 1);
     json_decref(claimed);
     r = post_job(body, NULL);
     assert_int_equal(r.status, 200);
@@ -681,7 +681,7 @@ static void test_controls(void **state) {
 
     /* A running job: pause is a request the worker sees; resume withdraws it. */
     json_t *claimed = NULL;
-    assert_int_equal(lorad_store_job_claim_next(app.store, &claimed, NULL), 1);
+    assert_int_equal(lorad_store_job_claim_next(app.store, -1, &claimed, NULL, NULL), 1);
     assert_string_equal(jstr(claimed, "id"), a); /* a kept its place ahead of b */
     json_decref(claimed);
     assert_int_equal(control(a, "pause", out, sizeof out), 200);
@@ -721,7 +721,7 @@ static void test_resume_queue_full(void **state) {
     char paused[LORAD_STORE_ID_MAX], running[LORAD_STORE_ID_MAX], out[512];
     create_simple(running);
     json_t *claimed = NULL;
-    assert_int_equal(lorad_store_job_claim_next(app.store, &claimed, NULL), 1);
+    assert_int_equal(lorad_store_job_claim_next(app.store, -1, &claimed, NULL, NULL), 1);
     json_decref(claimed);
     create_simple(paused);
     assert_int_equal(control(paused, "pause", out, sizeof out), 200);
@@ -814,7 +814,7 @@ static void test_events_list(void **state) {
     char id[LORAD_STORE_ID_MAX];
     create_simple(id);
     json_t *claimed = NULL;
-    assert_int_equal(lorad_store_job_claim_next(app.store, &claimed, NULL), 1);
+    assert_int_equal(lorad_store_job_claim_next(app.store, -1, &claimed, NULL, NULL), 1);
     json_decref(claimed);
     write_metrics(id, 1, 3, 10); /* events: created, started, 3 metrics = 5 */
     char target[200];
@@ -964,7 +964,7 @@ static void test_events_stream(void **state) {
     char id[LORAD_STORE_ID_MAX];
     create_simple(id);
     json_t *claimed = NULL;
-    assert_int_equal(lorad_store_job_claim_next(app.store, &claimed, NULL), 1); /* seq 1 created, 2 started */
+    assert_int_equal(lorad_store_job_claim_next(app.store, -1, &claimed, NULL, NULL), 1); /* seq 1 created, 2 started */
     json_decref(claimed);
 
     struct stream_reader sr = {.lock = PTHREAD_MUTEX_INITIALIZER};
@@ -1033,7 +1033,7 @@ static void test_metrics(void **state) {
     resp_free(&r);
 
     json_t *claimed = NULL;
-    assert_int_equal(lorad_store_job_claim_next(app.store, &claimed, NULL), 1);
+    assert_int_equal(lorad_store_job_claim_next(app.store, -1, &claimed, NULL, NULL), 1);
     json_decref(claimed);
     enum { STEPS = 9 };
     write_metrics(id, 1, STEPS, STEPS);
@@ -1149,7 +1149,7 @@ static void test_checkpoints(void **state) {
     create_simple(id);
     create_simple(other);
     json_t *claimed = NULL;
-    assert_int_equal(lorad_store_job_claim_next(app.store, &claimed, NULL), 1);
+    assert_int_equal(lorad_store_job_claim_next(app.store, -1, &claimed, NULL, NULL), 1);
     assert_string_equal(jstr(claimed, "id"), id);
     json_decref(claimed);
     write_metrics(id, 1, 10, 10);
@@ -1308,7 +1308,7 @@ static void test_with_curl(void **state) {
     assert_int_equal(job_count(), 1);
 
     json_t *claimed = NULL;
-    assert_int_equal(lorad_store_job_claim_next(app.store, &claimed, NULL), 1);
+    assert_int_equal(lorad_store_job_claim_next(app.store, -1, &claimed, NULL, NULL), 1);
     json_decref(claimed);
     write_metrics(id, 1, 3, 3); /* seq 3..5 */
     char *dir = NULL;
@@ -1409,7 +1409,7 @@ static void test_init_adapter(void **state) {
     struct resp r = post_job(b, NULL);
     expect_error(&r, 400, "lora.init_adapter", "model_not_found"); /* queued, not succeeded */
     json_t *claimed = NULL;
-    assert_int_equal(lorad_store_job_claim_next(app.store, &claimed, NULL), 1);
+    assert_int_equal(lorad_store_job_claim_next(app.store, -1, &claimed, NULL, NULL), 1);
     json_decref(claimed);
     struct lorad_store_transition t = {.to = LORAD_JOB_SUCCEEDED, .fine_tuned_model = name};
     assert_int_equal(lorad_store_job_transition(app.store, id, &t, NULL, NULL), 0);

@@ -139,7 +139,7 @@ void wait_progress(const char *id, int64_t step, double timeout_s) {
 
 struct lorad_workers *start_pool(int workers) {
     struct lorad_workers_options o = {.store = E.store, .state_dir = E.state, .models_dir = E.models,
-                                      .jobs_dir = E.jobs, .workers = workers, .threads_per_job = 1, .poll_ms = 50,
+                                      .jobs_dir = E.jobs, .workers = workers, .max_threads_per_job = 1, .poll_ms = 50,
                                       .metrics_batch_rows = 1};
     struct lorad_workers *p = NULL;
     assert_int_equal(lorad_workers_start(&o, &p), 0);

@@ -80,7 +80,7 @@ static void test_flags_override_file(void **state) {
     assert_int_equal(lorad_config_from_args(&c, 8, argv, NULL, &err), 0);
     assert_int_equal(c.port, 0);           /* flag beats file */
     assert_int_equal(c.workers, 3);        /* from file */
-    assert_int_equal(c.threads_per_job, 2);
+    assert_int_equal(c.max_threads_per_job, 2); /* the old name still sets it */
     assert_string_equal(c.state_dir, "/s");
 
     char *bad[] = {"serve", "--no-such-flag", "1", NULL};

@@ -61,7 +61,7 @@ static void child(const char *db, const char *ckpt_root) {
     struct lorad_store *s = NULL;
     if (lorad_store_open(db, NULL, &s, NULL) < 0) _exit(2);
     json_t *job = NULL;
-    if (lorad_store_job_claim_next(s, &job, NULL) != 1) _exit(3);
+    if (lorad_store_job_claim_next(s, -1, &job, NULL, NULL) != 1) _exit(3);
     char id[LORAD_STORE_ID_MAX];
     snprintf(id, sizeof id, "%s", json_string_value(json_object_get(job, "id")));
     json_decref(job);

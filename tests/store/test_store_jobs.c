@@ -322,7 +322,7 @@ static void test_claim_order(void **state) {
     char file[LORAD_STORE_ID_MAX], low1[40], high[40], low2[40], held[40];
     fx_file(fx.store, file);
     json_t *job = NULL;
-    assert_int_equal(lorad_store_job_claim_next(fx.store, &job, NULL), 0);
+    assert_int_equal(lorad_store_job_claim_next(fx.store, -1, &job, NULL, NULL), 0);
     assert_null(job);
     fx_job(fx.store, file, LORAD_JOB_QUEUED, 0, low1);
     fx_job(fx.store, file, LORAD_JOB_VALIDATING_FILES, 9, held); /* not queued: never claimed */
@@ -333,13 +333,13 @@ static void test_claim_order(void **state) {
     json_decref(job);
     const char *expect[] = {high, low1, low2};
     for (int i = 0; i < 3; i++) {
-        assert_int_equal(lorad_store_job_claim_next(fx.store, &job, NULL), 1);
+        assert_int_equal(lorad_store_job_claim_next(fx.store, -1, &job, NULL, NULL), 1);
         assert_string_equal(json_string_value(json_object_get(job, "id")), expect[i]);
         assert_string_equal(json_string_value(json_object_get(job, "status")), "running");
         assert_true(json_is_null(json_object_get(job, "queue_position")));
         json_decref(job);
     }
-    assert_int_equal(lorad_store_job_claim_next(fx.store, &job, NULL), 0);
+    assert_int_equal(lorad_store_job_claim_next(fx.store, -1, &job, NULL, NULL), 0);
     fx_close(&fx);
 }
 
@@ -478,7 +478,7 @@ static void test_queue_positions_at_scale(void **state) {
     for (int i = 0; i < n; i++)
         if (jobs[i].position == 1) first = i;
     json_t *claimed = NULL;
-    assert_int_equal(lorad_store_job_claim_next(fx.store, &claimed, NULL), 1);
+    assert_int_equal(lorad_store_job_claim_next(fx.store, -1, &claimed, NULL, NULL), 1);
     assert_string_equal(json_string_value(json_object_get(claimed, "id")), jobs[first].id);
     json_decref(claimed);
     jobs[first].queued = false;
@@ -500,7 +500,7 @@ static void *claim_loop(void *arg) {
     struct claimer *c = arg;
     for (;;) {
         json_t *job = NULL;
-        int r = lorad_store_job_claim_next(c->store, &job, NULL);
+        int r = lorad_store_job_claim_next(c->store, -1, &job, NULL, NULL);
         if (r == 0) break;
         if (r < 0) {
             c->failures++;
@@ -670,7 +670,7 @@ static void test_queue_limit(void **state) {
 
     /* A place frees up (a claim): the resume gets it, then the queue is full again. A larger or
      * no limit (0) lets both through. */
-    assert_int_equal(lorad_store_job_claim_next(fx.store, NULL, NULL), 1);
+    assert_int_equal(lorad_store_job_claim_next(fx.store, -1, NULL, NULL, NULL), 1);
     assert_int_equal(lorad_store_job_resume(fx.store, paused, 2, &job, NULL), 0);
     assert_string_equal(json_string_value(json_object_get(job, "status")), "queued");
     json_decref(job);
