@@ -1,11 +1,9 @@
 #include "server.h"
 
-#include <assert.h>
 #include <errno.h>
 #include <arpa/inet.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -15,25 +13,15 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "api_keys.h"
 #include "api_metrics.h"
 #include "sha256.h"
 #include "api_error.h"
 #include "routes.h"
 
-#define MAX_KEYS 64
-#define MAX_KEY_LEN 256
-
-struct key_set {
-    int n;
-    char key[MAX_KEYS][MAX_KEY_LEN];
-};
-
 struct lorad_api_server {
     struct MHD_Daemon *mhd;
     struct lorad_api_server_options opt;
-    char key_file[4096];
-    pthread_rwlock_t keys_lock;
-    struct key_set *keys; /* NULL: auth off */
     atomic_bool stopping; /* read by SSE streams on their own threads so a stop does not wait for them */
 };
 
@@ -58,72 +46,6 @@ struct request_state {
     struct lorad_api_server *server;
     struct timespec started;
 };
-
-static int load_keys(const char *path, struct key_set **ret_keys) {
-    FILE *f = fopen(path, "r");
-    if (!f) return -errno;
-    struct key_set *k = calloc(1, sizeof *k);
-    if (!k) {
-        fclose(f);
-        return -ENOMEM;
-    }
-    char line[MAX_KEY_LEN + 2];
-    while (fgets(line, sizeof line, f)) {
-        size_t n = strcspn(line, "\r\n");
-        line[n] = '\0';
-        char *s = line;
-        while (*s == ' ' || *s == '\t') s++;
-        size_t len = strlen(s);
-        while (len && (s[len - 1] == ' ' || s[len - 1] == '\t')) s[--len] = '\0';
-        if (len == 0 || s[0] == '#') continue;
-        if (k->n == MAX_KEYS) break;
-        snprintf(k->key[k->n++], MAX_KEY_LEN, "%s", s);
-    }
-    fclose(f);
-    *ret_keys = k;
-    return 0;
-}
-
-/* Compares every byte of every key regardless of where a mismatch is, so timing does not leak
- * key contents (length differences are folded into the result, not early exits). */
-static bool key_matches(const struct key_set *k, const char *given) {
-    size_t glen = strlen(given);
-    unsigned ok = 0;
-    for (int i = 0; i < k->n; i++) {
-        size_t klen = strlen(k->key[i]);
-        unsigned diff = (unsigned)(klen ^ glen);
-        for (size_t j = 0; j < MAX_KEY_LEN - 1; j++) {
-            unsigned char a = j < klen ? (unsigned char)k->key[i][j] : 0;
-            unsigned char b = j < glen ? (unsigned char)given[j] : 0;
-            diff |= a ^ b;
-        }
-        ok |= (diff == 0);
-    }
-    return ok != 0;
-}
-
-int lorad_api_server_use_key_file(struct lorad_api_server *s, const char *path) {
-    assert(path);
-    if (strlen(path) >= sizeof s->key_file) return -ENAMETOOLONG;
-    struct key_set *k = NULL;
-    if (path[0]) {
-        int r = load_keys(path, &k);
-        if (r < 0) return r;
-    }
-    pthread_rwlock_wrlock(&s->keys_lock);
-    struct key_set *old = s->keys;
-    s->keys = k;
-    pthread_rwlock_unlock(&s->keys_lock);
-    /* key_file is only read by this function and start, both on the daemon's main thread. */
-    if (path != s->key_file) snprintf(s->key_file, sizeof s->key_file, "%s", path);
-    free(old);
-    return 0;
-}
-
-int lorad_api_server_reload_keys(struct lorad_api_server *s) {
-    if (!s->key_file[0]) return 0;
-    return lorad_api_server_use_key_file(s, s->key_file);
-}
 
 static enum MHD_Result send_json(struct request_state *st, struct MHD_Connection *c, unsigned status, json_t *body, const char *allow) {
     char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
@@ -283,14 +205,8 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
             return status == 405 ? send_error(st, c, 405, "method not allowed on this path", NULL, "method_not_allowed", allow)
                                  : send_error(st, c, 404, "no such route", NULL, "not_found", NULL);
         if (!st->route->public_route) {
-            pthread_rwlock_rdlock(&s->keys_lock);
-            int verdict = 0; /* 0 ok, 401, 403 */
-            if (s->keys) {
-                const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
-                if (!auth || strncasecmp(auth, "Bearer ", 7) != 0) verdict = 401;
-                else if (!key_matches(s->keys, auth + 7)) verdict = 403;
-            }
-            pthread_rwlock_unlock(&s->keys_lock);
+            unsigned verdict =
+                lorad_api_keys_verdict(s->opt.keys, MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization"));
             if (verdict == 401) return send_error(st, c, 401, "missing bearer token (Authorization: Bearer KEY)", NULL, "missing_api_key", NULL);
             if (verdict == 403) return send_error(st, c, 403, "invalid API key", NULL, "invalid_api_key", NULL);
         }
@@ -613,19 +529,8 @@ int lorad_api_server_start(const struct lorad_api_server_options *o, struct lora
     struct lorad_api_server *s = calloc(1, sizeof *s);
     if (!s) return -ENOMEM;
     s->opt = *o;
-    pthread_rwlock_init(&s->keys_lock, NULL);
-    if (o->api_key_file && o->api_key_file[0]) {
-        snprintf(s->key_file, sizeof s->key_file, "%s", o->api_key_file);
-        int r = load_keys(s->key_file, &s->keys);
-        if (r < 0) {
-            pthread_rwlock_destroy(&s->keys_lock);
-            free(s);
-            return r;
-        }
-    }
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(o->port)};
     if (inet_pton(AF_INET, o->bind_address ? o->bind_address : "127.0.0.1", &sa.sin_addr) != 1) {
-        free(s->keys);
         free(s);
         return -EINVAL;
     }
@@ -640,8 +545,6 @@ int lorad_api_server_start(const struct lorad_api_server_options *o, struct lora
                                     o->connection_timeout_s, MHD_OPTION_NOTIFY_COMPLETED, request_completed, s,
                                     MHD_OPTION_END);
     if (!s->mhd) {
-        free(s->keys);
-        pthread_rwlock_destroy(&s->keys_lock);
         free(s);
         return -EADDRINUSE;
     }
@@ -662,7 +565,5 @@ void lorad_api_server_stop(struct lorad_api_server *s) {
     MHD_socket lfd = MHD_quiesce_daemon(s->mhd);
     MHD_stop_daemon(s->mhd);
     if (s->opt.listen_fd < 0 && lfd != MHD_INVALID_SOCKET) close(lfd);
-    free(s->keys);
-    pthread_rwlock_destroy(&s->keys_lock);
     free(s);
 }

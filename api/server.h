@@ -4,6 +4,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+struct lorad_api_keys;
+
 struct lorad_api_server_options {
     const char *bind_address;     /* "127.0.0.1"; ignored when listen_fd >= 0 */
     uint16_t port;                /* 0 = pick a free port; see lorad_api_server_port() */
@@ -16,7 +18,8 @@ struct lorad_api_server_options {
                                    * transport unlinks the temp file after the handler returns,
                                    * so a handler keeps it by rename()ing it */
     unsigned max_json_depth;      /* deeper JSON is 400 */
-    const char *api_key_file;     /* NULL or "": no auth */
+    struct lorad_api_keys *keys;  /* borrowed: outlives the server, shared by every listener so one
+                                   * SIGHUP swaps the keys of all (api_keys.h); NULL: no auth */
     void *app;                    /* handed to every handler as req->app */
     unsigned sse_poll_ms;         /* wait between empty polls of an event source (0: 250) */
     unsigned sse_keepalive_ms;    /* ": keepalive" after this much silence (0: 15000) */
@@ -24,18 +27,13 @@ struct lorad_api_server_options {
 
 struct lorad_api_server;
 
-/* Loads the key file and starts listening. Returns 0 and *ret_server, or -errno. */
+/* Starts listening. Returns 0 and *ret_server (stop with lorad_api_server_stop), or -errno. */
 int lorad_api_server_start(const struct lorad_api_server_options *o, struct lorad_api_server **ret_server);
 /* The port actually bound (useful with port 0). */
 uint16_t lorad_api_server_port(const struct lorad_api_server *s);
-/* Re-reads api_key_file (SIGHUP). Thread-safe; on failure the old keys stay. Returns 0 or -errno. */
-int lorad_api_server_reload_keys(struct lorad_api_server *s);
-/* Switches to the key file at path (SIGHUP with a changed api_key_file): its keys replace the
- * current ones atomically for requests; "" turns authentication off. On failure (-errno from
- * reading the file, -ENAMETOOLONG) the old file and keys stay. Call from one thread at a time. */
-int lorad_api_server_use_key_file(struct lorad_api_server *s, const char *path);
 /* Stops accepting (quiesce), ends open SSE streams at their next poll, closes the connections and
  * frees. Returns only after every handler, content reader and completion callback has returned
- * (libmicrohttpd joins the connection threads), so what they use may be freed afterwards. Closes
- * the socket it bound itself; an options.listen_fd stays open (the caller's). NULL is fine. */
+ * (libmicrohttpd joins the connection threads), so what they use (the store, the workers, the key
+ * set) may be freed afterwards. Closes the socket it bound itself; an options.listen_fd stays open
+ * (the caller's). NULL is fine. */
 void lorad_api_server_stop(struct lorad_api_server *s);

@@ -1,10 +1,12 @@
 /* lorad serve: the daemon.
  *
- * Start: configuration (/etc/lorad/lorad.conf, then flags) -> state directory layout (api/app.h)
- * -> the store opened with startup recovery (running jobs back to queued) -> jobs left in
- * validating_files settled -> handlers, worker pool, HTTP server(s) -> sd_notify READY=1.
+ * Start: configuration (/etc/lorad/lorad.conf, then flags, then the api_key_file they name) ->
+ * state directory layout (api/app.h) -> the store opened with startup recovery (running jobs back
+ * to queued) -> jobs left in validating_files settled -> handlers, worker pool, HTTP server(s) ->
+ * sd_notify READY=1.
  * Listening: the inherited sockets of systemd socket activation ($LISTEN_FDS), else bind:port;
- * plus unix_socket when configured. Each listening socket gets its own libmicrohttpd daemon.
+ * plus unix_socket when configured. Each listening socket gets its own libmicrohttpd daemon; all
+ * of them check one shared API key set (api_keys.h), so a SIGHUP changes the keys of all at once.
  *
  * Signals arrive through a self-pipe read by the main loop (a handler, not a blocked mask plus
  * signalfd: OpenBLAS starts its threads before main, so any thread may take a signal): SIGHUP
@@ -32,6 +34,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "api_keys.h"
 #include "app.h"
 #include "cli.h"
 #include "fsutil.h"
@@ -73,6 +76,7 @@ struct daemon {
     struct lorad_workers *workers;
     struct listener listeners[MAX_LISTENERS];
     int n_listeners;
+    struct lorad_api_keys *keys; /* shared by every listener; freed only after they have stopped */
     int sfd;
     int lock_fd;           /* STATE/lorad.lock, flock()ed for the life of the process */
     char last_status[160];
@@ -381,14 +385,12 @@ static int start_servers(struct daemon *d) {
             .max_upload_bytes = (uint64_t)d->cfg.max_upload_bytes,
             .upload_dir = d->uploads_dir,
             .max_json_depth = (unsigned)d->cfg.max_json_depth,
-            .api_key_file = d->cfg.api_key_file,
+            .keys = d->keys,
             .app = &d->app,
         };
         int r = lorad_api_server_start(&o, &l->server);
         if (r < 0) {
-            if (d->cfg.api_key_file[0] && access(d->cfg.api_key_file, R_OK) < 0)
-                log_error("cannot read api_key_file %s: %s", d->cfg.api_key_file, strerror(errno));
-            else log_error("cannot start the HTTP server on %s: %s", l->url, strerror(-r));
+            log_error("cannot start the HTTP server on %s: %s", l->url, strerror(-r));
             return r;
         }
         log_info("listening on %s", l->url);
@@ -398,6 +400,9 @@ static int start_servers(struct daemon *d) {
         if (stat(d->cfg.api_key_file, &st) == 0 && (st.st_mode & S_IROTH))
             log_warning("api_key_file %s is readable by every user", d->cfg.api_key_file);
         log_info("API keys required (api_key_file %s)", d->cfg.api_key_file);
+        if (lorad_api_keys_count(d->keys) == 0)
+            log_warning("api_key_file %s has no keys: every request but /livez and /readyz is refused",
+                        d->cfg.api_key_file);
     } else {
         log_warning("api_key_file is not set: the API is open to anyone who can reach it");
     }
@@ -447,16 +452,11 @@ static void reload(struct daemon *d) {
         key_file = fresh.api_key_file;
     }
     bool switched = strcmp(key_file, d->cfg.api_key_file) != 0;
-    int r = 0;
-    for (int i = 0; i < d->n_listeners && r == 0; i++) {
-        if ((r = lorad_api_server_use_key_file(d->listeners[i].server, key_file)) < 0) {
-            log_error("SIGHUP: cannot read api_key_file %s: %s; %s", key_file, strerror(-r),
-                      switched ? "the old file and keys stay" : "the old keys stay");
-            /* listeners switched before this one go back, so all serve one key set */
-            for (int k = 0; k < i; k++) lorad_api_server_use_key_file(d->listeners[k].server, d->cfg.api_key_file);
-        }
-    }
-    if (r == 0) {
+    struct lorad_error kerr = {0};
+    int r = lorad_api_keys_use_file(d->keys, key_file, &kerr);
+    if (r < 0) {
+        log_error("SIGHUP: %s; %s", kerr.message, switched ? "the old file and keys stay" : "the old keys stay");
+    } else {
         if (switched && !key_file[0])
             log_warning("SIGHUP: api_key_file is no longer set: the API is open to anyone who can reach it");
         else if (switched)
@@ -542,11 +542,14 @@ static void shutdown_daemon(struct daemon *d, int sig) {
 }
 
 /* Frees what the daemon started, in the order that keeps every object alive while something can
- * still reach it: the HTTP servers first (their handlers wake the workers, read their rates and use
- * the store; stopping them returns only once every handler and SSE stream has returned), then the
- * workers (they use the store), then the store. Any of them may not have been started. */
+ * still reach it: the HTTP servers first (their handlers check the API keys, wake the workers, read
+ * their rates and use the store; stopping them returns only once every handler and SSE stream has
+ * returned), then the key set, the workers (they use the store), then the store. Any of them may
+ * not have been started. */
 static void teardown(struct daemon *d) {
     stop_servers(d);
+    lorad_api_keys_free(d->keys); /* only the servers' handlers read them */
+    d->keys = NULL;
     lorad_workers_free(d->workers);
     d->workers = NULL;
     lorad_store_close(d->store);
@@ -576,11 +579,15 @@ int lorad_cmd_serve(int argc, char **argv) {
     struct lorad_error err = {0};
     lorad_config_defaults(&d->cfg);
     int r = lorad_config_from_args(&d->cfg, argc, argv, LORAD_DEFAULT_CONFIG, &err);
+    /* The key file is configuration: a bad one stops the start (and --check-config) before the
+     * state directory is touched, like a bad config line. */
+    if (r == 0) r = lorad_api_keys_open(d->cfg.api_key_file, &d->keys, &err);
     if (r < 0) {
         fprintf(stderr, "lorad serve: %s\n", err.message);
         return LORAD_EXIT_USAGE;
     }
     if (check_only) {
+        lorad_api_keys_free(d->keys);
         printf("configuration ok\n");
         return LORAD_EXIT_OK;
     }
@@ -589,6 +596,7 @@ int lorad_cmd_serve(int argc, char **argv) {
 
     if (pipe2(signal_pipe, O_CLOEXEC | O_NONBLOCK) < 0) {
         log_error("cannot set up signal handling: %s", strerror(errno));
+        lorad_api_keys_free(d->keys);
         return LORAD_EXIT_FAILURE;
     }
     d->sfd = signal_pipe[0];

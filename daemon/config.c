@@ -38,7 +38,7 @@ const struct lorad_config_option lorad_config_options[] = {
     {"max_queued_jobs", LORAD_CONFIG_INT, FIELD(max_queued_jobs), 1, 1000000, "1000", NULL,
      "jobs waiting at once; further jobs are refused with 429"},
     {"api_key_file", LORAD_CONFIG_STRING, FIELD(api_key_file), 0, 0, "", NULL,
-     "file with one API key per line; empty means no authentication"},
+     "file with one API key per line (at most 64 keys of at most 255 bytes); empty means no authentication"},
     {"log_level", LORAD_CONFIG_ENUM, FIELD(log_level), 0, 0, "info", "error|warning|info|debug", "log verbosity"},
     {NULL, 0, 0, 0, 0, 0, NULL, NULL, NULL},
 };

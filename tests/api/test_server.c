@@ -14,10 +14,12 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include "api_keys.h"
 #include "routes.h"
 #include "server.h"
 
 static struct lorad_api_server *srv;
+static struct lorad_api_keys *keys; /* borrowed by srv, as the daemon's listeners borrow its one */
 
 /* Sends a raw request, returns the status and copies the whole response into out. */
 static int http(const char *req, char *out, size_t cap) {
@@ -295,16 +297,17 @@ static void test_key_reload(void **state) {
     assert_non_null(f);
     fputs("fresh\n", f);
     fclose(f);
-    assert_int_equal(lorad_api_server_reload_keys(srv), 0);
+    assert_int_equal(lorad_api_keys_reload(keys, NULL), 0);
     assert_int_equal(http("GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k1\r\nConnection: close\r\n\r\n", buf, sizeof buf), 403);
     assert_int_equal(http("GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer fresh\r\nConnection: close\r\n\r\n", buf, sizeof buf), 200);
     unlink(key_path);
-    assert_true(lorad_api_server_reload_keys(srv) < 0);
+    assert_true(lorad_api_keys_reload(keys, NULL) < 0);
     assert_int_equal(http("GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer fresh\r\nConnection: close\r\n\r\n", buf, sizeof buf), 200);
 }
 
 /* SIGHUP with a changed api_key_file: another file's keys replace the old ones, "" turns auth
- * off, an unreadable file keeps what was there. Runs last: it leaves auth on with "other". */
+ * off, an unreadable file keeps what was there; a second server borrowing the same holder (a
+ * second listener) sees each change too. Runs last: it leaves auth on with "other". */
 static void test_key_file_switch(void **state) {
     (void)state;
     char other[] = "/tmp/lorad-keys2XXXXXX";
@@ -314,19 +317,36 @@ static void test_key_file_switch(void **state) {
     close(fd);
     const char *get = "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
     const char *get_other = "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer other\r\nConnection: close\r\n\r\n";
-    assert_int_equal(lorad_api_server_use_key_file(srv, other), 0);
-    assert_int_equal(http(get_other, buf, sizeof buf), 200);
-    assert_int_equal(http(get, buf, sizeof buf), 401);
-    assert_int_equal(lorad_api_server_use_key_file(srv, ""), 0);
+    struct lorad_api_server *first = srv, *second = NULL;
+    struct lorad_api_server_options o = {.bind_address = "127.0.0.1", .listen_fd = -1, .max_connections = 4,
+                                         .connection_timeout_s = 5, .max_request_body = 1024, .max_json_depth = 8,
+                                         .keys = keys};
+    assert_int_equal(lorad_api_server_start(&o, &second), 0);
+    struct lorad_api_server *both[] = {first, second};
+    assert_int_equal(lorad_api_keys_use_file(keys, other, NULL), 0);
+    for (int i = 0; i < 2; i++) {
+        srv = both[i];
+        assert_int_equal(http(get_other, buf, sizeof buf), 200);
+        assert_int_equal(http(get, buf, sizeof buf), 401);
+    }
+    assert_int_equal(lorad_api_keys_use_file(keys, "", NULL), 0);
+    for (int i = 0; i < 2; i++) {
+        srv = both[i];
+        assert_int_equal(http(get, buf, sizeof buf), 200);
+    }
+    assert_int_equal(lorad_api_keys_reload(keys, NULL), 0); /* no file: stays open */
     assert_int_equal(http(get, buf, sizeof buf), 200);
-    assert_int_equal(lorad_api_server_reload_keys(srv), 0); /* no file: stays open */
-    assert_int_equal(http(get, buf, sizeof buf), 200);
-    assert_int_equal(lorad_api_server_use_key_file(srv, other), 0);
-    assert_int_equal(lorad_api_server_use_key_file(srv, "/nonexistent/lorad-keys"), -ENOENT);
+    assert_int_equal(lorad_api_keys_use_file(keys, other, NULL), 0);
+    assert_int_equal(lorad_api_keys_use_file(keys, "/nonexistent/lorad-keys", NULL), -ENOENT);
+    for (int i = 0; i < 2; i++) {
+        srv = both[i];
+        assert_int_equal(http(get_other, buf, sizeof buf), 200);
+        assert_int_equal(http(get, buf, sizeof buf), 401);
+    }
+    assert_int_equal(lorad_api_keys_reload(keys, NULL), 0); /* still the file that worked */
     assert_int_equal(http(get_other, buf, sizeof buf), 200);
-    assert_int_equal(http(get, buf, sizeof buf), 401);
-    assert_int_equal(lorad_api_server_reload_keys(srv), 0); /* still the file that worked */
-    assert_int_equal(http(get_other, buf, sizeof buf), 200);
+    srv = first;
+    lorad_api_server_stop(second);
     unlink(other);
 }
 
@@ -335,12 +355,13 @@ static int setup(void **state) {
     char *path = key_path;
     int fd = mkstemp(path);
     assert_true(fd >= 0);
-    const char *keys = "# comment\nk1\n  k2  \n";
-    assert_int_equal(write(fd, keys, strlen(keys)), (ssize_t)strlen(keys));
+    const char *text = "# comment\nk1\n  k2  \n";
+    assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
     close(fd);
+    assert_int_equal(lorad_api_keys_open(path, &keys, NULL), 0);
     struct lorad_api_server_options o = {.bind_address = "127.0.0.1", .port = 0, .listen_fd = -1,
                                          .max_connections = 8, .connection_timeout_s = 5,
-                                         .max_request_body = 1024, .max_json_depth = 32, .api_key_file = path,
+                                         .max_request_body = 1024, .max_json_depth = 32, .keys = keys,
                                          .sse_poll_ms = 10, .sse_keepalive_ms = 10,
                                          .max_upload_bytes = 4096};
     int r = lorad_api_server_start(&o, &srv);
@@ -352,6 +373,7 @@ static int setup(void **state) {
 static int teardown(void **state) {
     (void)state;
     lorad_api_server_stop(srv);
+    lorad_api_keys_free(keys);
     return 0;
 }
 

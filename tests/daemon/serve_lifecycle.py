@@ -2,7 +2,8 @@
 """`lorad serve` as a process: the real binary on real sockets, driven with real curl.
 
 Checks: --port 0 logs `listening on http://ADDR:PORT` (one stderr line other tests parse), /livez
-and /readyz answer, API keys are enforced and re-read on SIGHUP, SIGTERM exits 0 quickly, the state
+and /readyz answer, API keys are enforced and re-read on SIGHUP (a bad key file is refused naming the line: fatal at
+start, the old keys stay at SIGHUP), SIGTERM exits 0 quickly, the state
 layout is created 0700, a bad config key fails naming the line, a port in use fails clearly, the
 sd_notify protocol (READY=1, STATUS=, WATCHDOG=1, STOPPING=1) reaches $NOTIFY_SOCKET, a socket
 passed by socket activation ($LISTEN_FDS/$LISTEN_PID) is served, unix_socket works (including
@@ -164,6 +165,31 @@ def test_basics(tmp):
               "SIGHUP with an unreadable new api_key_file says the old one stays")
         code, _ = curl(url + "/metrics", "-H", "Authorization: Bearer key-three")
         check(code == 200, f"... and the old keys still work (got {code})")
+        # A new key file with a line the loader refuses keeps the old file and keys, and the log
+        # names the line; none of the bad file is used (not its good key, not pieces of the long one).
+        bad_keys = os.path.join(tmp, "bad-keys")
+        with open(bad_keys, "w") as f:
+            f.write("# a good key, then one too long\nkey-four\n" + "k" * 300 + "\n")
+        os.chmod(bad_keys, 0o600)
+        write_conf(bad_keys, "debug")
+        d.p.send_signal(signal.SIGHUP)
+        check(d.read_until(r"SIGHUP: api_key_file .*bad-keys line 3: key is 300 bytes, longer than the 255-byte "
+                           r"limit; the old file and keys stay") is not None,
+              f"SIGHUP with a too-long key in a new api_key_file names the line and keeps the old file ({d.lines[-3:]})")
+        for key, want in (("key-three", 200), ("key-four", 403), ("k" * 255, 403), ("k" * 43, 403)):
+            code, _ = curl(url + "/metrics", "-H", f"Authorization: Bearer {key}")
+            check(code == want, f"after the refused file, key {key[:12]}... (len {len(key)}) -> {want} (got {code})")
+        # The same file re-read with a bad line keeps its old keys too.
+        with open(keys2, "w") as f:
+            f.write("key-three\nkey five\n")
+        write_conf(keys2, "debug")
+        d.p.send_signal(signal.SIGHUP)
+        check(d.read_until(r"SIGHUP: api_key_file .*keys2 line 2: .*space.*; the old keys stay") is not None,
+              f"SIGHUP re-reading a key file with a space in a key names the line and keeps the keys ({d.lines[-3:]})")
+        code, _ = curl(url + "/metrics", "-H", "Authorization: Bearer key-three")
+        check(code == 200, f"... and the old keys still work (got {code})")
+        with open(keys2, "w") as f:
+            f.write("key-three\n")
         write_conf(keys2, "debug")  # what the restarts below start with
         check(not any("key-one" in l or "key-two" in l or "key-three" in l for l in d.lines),
               "API keys never appear in the log")
@@ -208,6 +234,24 @@ def test_bad_config_and_port_in_use(tmp):
                        capture_output=True, text=True, timeout=20)
     check(p.returncode != 0, "a bad config key fails")
     check("bad.conf:2" in p.stderr and "no_such_key" in p.stderr, f"the error names the file, line and key: {p.stderr!r}")
+
+    # A bad api_key_file is a configuration error: refused at start (and by --check-config) naming
+    # the file and line, before the state directory is touched.
+    bad_keys = os.path.join(tmp, "bad-keys")
+    with open(bad_keys, "w") as f:
+        f.write("good-key\n\n" + "x" * 300 + "\n")
+    for extra in ([], ["--check-config"]):
+        state = os.path.join(tmp, "s-keys")
+        try:
+            p = subprocess.run([LORAD, "serve", "--port", "0", "--state-dir", state, "--models-dir", tmp,
+                                "--api-key-file", bad_keys] + extra, capture_output=True, text=True, timeout=10)
+            rc, err = p.returncode, p.stderr
+        except subprocess.TimeoutExpired as e:  # it started serving: run() has killed it
+            rc, err = "still running after 10 s", (e.stderr or b"").decode(errors="replace")
+        check(rc == 2, f"serve {extra} with a too-long API key exits 2 (got {rc})")
+        check(f"api_key_file {bad_keys} line 3: key is 300 bytes, longer than the 255-byte limit" in err,
+              f"... naming the file and the line: {err!r}")
+        check(not os.path.exists(state), f"... before the state directory is created ({extra})")
 
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
