@@ -21,8 +21,10 @@
 #include "handlers_internal.h"
 #include "jobspec.h"
 #include "model_dir.h"
+#include "model_file.h"
 #include "sha256.h"
 #include "store.h"
+#include "train_memory.h"
 
 #define JOBS "/v1/fine_tuning/jobs"
 #define JOB JOBS "/{fine_tuning_job_id}"
@@ -49,7 +51,7 @@ static const char *job_id_param(const struct lorad_api_request *req, struct lora
  * otherwise (an unknown file is the request's fault, hence 400 as OpenAI answers, not 404), so
  * such a job is refused now instead of failing later in a worker. */
 static int check_file(struct lorad_app *app, const char *id, const char *param, bool need_tokens,
-                      struct lorad_api_reply *ret_reply) {
+                      int64_t *ret_lines, struct lorad_api_reply *ret_reply) {
     char msg[320];
     if (!lorad_store_id_valid("file-", id)) {
         /* In a job file for `lorad train` this may be a path; through the API only ids exist. */
@@ -90,8 +92,52 @@ static int check_file(struct lorad_app *app, const char *id, const char *param, 
         lorad_api_reply_error(ret_reply, 400, msg, param, "tokenizer_required");
         r = -EINVAL;
     }
+    if (r == 0) *ret_lines = json_integer_value(json_object_get(file, "line_count"));
     json_decref(file);
     return r;
+}
+
+/* The operator's limits on what one job may take: at most max_threads_per_job threads (a client
+ * may ask for fewer), and a memory estimate (lorad_train_memory_estimate, with the threads it will
+ * run with and the datasets' line counts) within memory_limit. Sets *ret_memory_bytes to the
+ * estimate, which the workers schedule by. Fills a 400 naming the field and returns -E2BIG when
+ * a limit is exceeded; a model that cannot be probed is a 400 for "model". */
+static int check_resources(struct lorad_app *app, const struct lorad_job_spec *spec, const char *model_path,
+                           int64_t lines, int64_t *ret_memory_bytes, struct lorad_api_reply *ret_reply) {
+    char msg[900];
+    int ceiling = app->max_threads_per_job > 0 ? app->max_threads_per_job : 1;
+    if (spec->hp.threads > ceiling) {
+        snprintf(msg, sizeof msg,
+                 "hyperparameters.threads is %d, more than this server's max_threads_per_job (%d); ask for at most "
+                 "%d or leave it null",
+                 spec->hp.threads, ceiling, ceiling);
+        lorad_api_reply_error(ret_reply, 400, msg, "hyperparameters.threads", "invalid_value");
+        return -E2BIG;
+    }
+    int threads = spec->hp.threads > 0 ? spec->hp.threads : ceiling;
+    struct lorad_model_file *mf = NULL;
+    struct lorad_error err = {0};
+    int r = lorad_model_file_probe(model_path, &mf, &err);
+    if (r == -ENOMEM) {
+        handler_reply_oom(ret_reply);
+        return r;
+    }
+    if (r < 0) {
+        lorad_api_reply_error(ret_reply, 400, err.message, "model", "invalid_model");
+        return r;
+    }
+    struct lorad_memory_estimate e;
+    r = lorad_train_memory_estimate(&e, spec, mf, threads, lines, &err);
+    lorad_model_file_close(mf);
+    if (r == 0 && app->memory_limit > 0)
+        r = lorad_memory_estimate_check(&e, app->memory_limit, "this server's memory_limit", &err);
+    if (r < 0) {
+        lorad_api_reply_error(ret_reply, 400, err.message, err.param[0] ? err.param : NULL,
+                              r == -E2BIG ? "memory_limit_exceeded" : "invalid_value");
+        return r;
+    }
+    *ret_memory_bytes = e.total;
+    return 0;
 }
 
 /* sha256 hex of the body as canonical JSON (sorted keys, compact), so key order and whitespace do
@@ -242,10 +288,13 @@ static int create_job(const struct lorad_api_request *req, struct lorad_api_repl
     }
     /* A llama2.c file never carries a vocabulary (an HF dir or GGUF without one fails in the run). */
     bool need_tokens = model_format == LORAD_FORMAT_LLAMA2C;
-    if (check_file(app, spec.training_file, "training_file", need_tokens, ret_reply) < 0) goto out;
+    int64_t train_lines = 0, valid_lines = 0;
+    if (check_file(app, spec.training_file, "training_file", need_tokens, &train_lines, ret_reply) < 0) goto out;
     if (spec.validation_file[0] &&
-        check_file(app, spec.validation_file, "validation_file", need_tokens, ret_reply) < 0)
+        check_file(app, spec.validation_file, "validation_file", need_tokens, &valid_lines, ret_reply) < 0)
         goto out;
+    int64_t memory_bytes = 0;
+    if (check_resources(app, &spec, model_path, train_lines + valid_lines, &memory_bytes, ret_reply) < 0) goto out;
 
     spec_json = lorad_job_spec_to_json(&spec);
     if (!spec_json) {
@@ -267,6 +316,7 @@ static int create_job(const struct lorad_api_request *req, struct lorad_api_repl
         .idempotency_key = key,
         .request_hash = key ? hash : NULL,
         .max_queued_jobs = app->max_queued_jobs,
+        .memory_bytes = memory_bytes,
     };
     r = lorad_store_job_create(app->store, &nj, &job, &err);
     if (r == -EEXIST) {
