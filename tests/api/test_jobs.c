@@ -263,6 +263,7 @@ static int setup_state(void **state) {
     app.jobs_dir = jobs_dir;
     app.max_queued_jobs = 100;
     app.max_threads_per_job = 1;
+    app.memory_limit = 0;
     atomic_store(&app.ready, true);
     atomic_store(&app.stopping, false);
     app.jobs_changed = on_jobs_changed;
@@ -1382,6 +1383,72 @@ static void test_with_curl(void **state) {
     free(dir);
 }
 
+/* ---- resource limits ---------------------------------------------------------------------- */
+
+/* The operator's config is the ceiling: a job may ask for fewer threads than max_threads_per_job,
+ * never more; and a job whose memory estimate exceeds memory_limit is refused at creation with
+ * 400 naming the field to change and the bytes involved, before anything is stored. The estimate
+ * itself is stored and shown as memory_estimate_bytes: at least the base weights (the model file
+ * holds float32 weights, read whole), and larger for a larger batch. */
+static void test_create_resource_limits(void **state) {
+    (void)state;
+    app.max_threads_per_job = 2;
+    char *b = simple_body("\"hyperparameters\": {\"threads\": 3}");
+    struct resp r = post_job(b, NULL);
+    free(b);
+    expect_error(&r, 400, "hyperparameters.threads", "invalid_value");
+    assert_int_equal(job_count(), 0);
+    b = simple_body("\"hyperparameters\": {\"threads\": 2, \"batch_size\": 1}");
+    json_t *small = create_ok(b, NULL);
+    free(b);
+    b = simple_body("\"hyperparameters\": {\"threads\": 1, \"batch_size\": 16}");
+    json_t *big = create_ok(b, NULL);
+    free(b);
+    json_t *small_est = json_object_get(small, "memory_estimate_bytes");
+    json_t *big_est = json_object_get(big, "memory_estimate_bytes");
+    assert_true(json_is_integer(small_est) && json_is_integer(big_est));
+    struct stat st;
+    char *model = test_path(models_dir, "stories260K.bin");
+    assert_int_equal(stat(model, &st), 0);
+    free(model);
+    json_int_t small_bytes = json_integer_value(small_est), big_bytes = json_integer_value(big_est);
+    assert_true(small_bytes >= st.st_size);
+    assert_true(small_bytes < (json_int_t)1 << 30);
+    assert_true(big_bytes > small_bytes);
+    json_decref(small);
+    json_decref(big);
+
+    /* A limit between the two: the small job fits, the big one is refused for its batch. */
+    app.memory_limit = small_bytes + (big_bytes - small_bytes) / 2;
+    int64_t before = job_count();
+    b = simple_body("\"hyperparameters\": {\"threads\": 2, \"batch_size\": 1}");
+    json_decref(create_ok(b, NULL));
+    free(b);
+    b = simple_body("\"hyperparameters\": {\"threads\": 1, \"batch_size\": 16}");
+    r = post_job(b, NULL);
+    free(b);
+    char limit_text[64], big_text[64];
+    snprintf(limit_text, sizeof limit_text, "%lld bytes", (long long)app.memory_limit);
+    snprintf(big_text, sizeof big_text, "%lld bytes", (long long)big_bytes);
+    if (!strstr(r.body, limit_text) || !strstr(r.body, big_text))
+        fprintf(stderr, "want '%s' and '%s' in: %s\n", limit_text, big_text, r.body);
+    assert_non_null(strstr(r.body, limit_text));
+    assert_non_null(strstr(r.body, big_text));
+    expect_error(&r, 400, "hyperparameters.batch_size", "memory_limit_exceeded");
+    assert_int_equal(job_count(), before + 1);
+
+    /* A limit below the model itself names the model, whatever the batch. */
+    app.memory_limit = st.st_size / 2;
+    b = simple_body("\"hyperparameters\": {\"batch_size\": 1}");
+    r = post_job(b, NULL);
+    free(b);
+    expect_error(&r, 400, "model", "memory_limit_exceeded");
+    assert_int_equal(job_count(), before + 1);
+    app.memory_limit = 0;
+    app.max_threads_per_job = 1;
+    app.memory_limit = 0;
+}
+
 /* ---- main --------------------------------------------------------------------------------- */
 
 static int start_server(void **state) {
@@ -1443,6 +1510,7 @@ int main(void) {
         T(test_queue_limit_under_concurrency), T(test_resume_queue_full), T(test_resume_limit_under_concurrency),
         T(test_list_and_filter),  T(test_controls),      T(test_events_list), T(test_events_stream),
         T(test_metrics),          T(test_checkpoints),   T(test_with_curl),     T(test_init_adapter),
+        T(test_create_resource_limits),
     };
     return cmocka_run_group_tests(tests, start_server, stop_server);
 }

@@ -74,12 +74,17 @@ void parse_spec(const char *text, struct lorad_job_spec *spec) {
 
 /* Creates a queued job the way the API does: the normalised spec is stored whole. */
 void make_job_status(const char *text, enum lorad_job_status status, char id[LORAD_STORE_ID_MAX]) {
+    make_job_sized(text, status, 0, id);
+}
+
+void make_job_sized(const char *text, enum lorad_job_status status, int64_t memory_bytes,
+                    char id[LORAD_STORE_ID_MAX]) {
     struct lorad_job_spec spec;
     parse_spec(text, &spec);
     json_t *norm = lorad_job_spec_to_json(&spec);
     assert_non_null(norm);
     struct lorad_store_job_new j = {.model = spec.model, .training_file = spec.training_file, .spec = norm,
-                                    .seed = spec.seed, .status = status};
+                                    .seed = spec.seed, .status = status, .memory_bytes = memory_bytes};
     json_t *job = NULL;
     struct lorad_error err = {0};
     int r = lorad_store_job_create(E.store, &j, &job, &err);
@@ -137,10 +142,12 @@ void wait_progress(const char *id, int64_t step, double timeout_s) {
     }
 }
 
-struct lorad_workers *start_pool(int workers) {
+struct lorad_workers *start_pool(int workers) { return start_pool_limited(workers, 0); }
+
+struct lorad_workers *start_pool_limited(int workers, int64_t memory_limit) {
     struct lorad_workers_options o = {.store = E.store, .state_dir = E.state, .models_dir = E.models,
                                       .jobs_dir = E.jobs, .workers = workers, .max_threads_per_job = 1, .poll_ms = 50,
-                                      .metrics_batch_rows = 1};
+                                      .metrics_batch_rows = 1, .memory_limit = memory_limit};
     struct lorad_workers *p = NULL;
     assert_int_equal(lorad_workers_start(&o, &p), 0);
     return p;

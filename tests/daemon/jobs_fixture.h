@@ -37,6 +37,9 @@ void parse_spec(const char *text, struct lorad_job_spec *spec);
 void make_job(const char *text, char id[LORAD_STORE_ID_MAX]);
 /* The same in another initial status (validating_files). */
 void make_job_status(const char *text, enum lorad_job_status status, char id[LORAD_STORE_ID_MAX]);
+/* The same with a stored memory estimate (0: none, as for a job from before estimates). */
+void make_job_sized(const char *text, enum lorad_job_status status, int64_t memory_bytes,
+                    char id[LORAD_STORE_ID_MAX]);
 
 json_t *get_job(const char *id);
 enum lorad_job_status status_of(const char *id);
@@ -47,6 +50,8 @@ void wait_progress(const char *id, int64_t step, double timeout_s);
 
 /* A worker pool on E: 1 thread per job, 50 ms polls, every metrics row committed at once. */
 struct lorad_workers *start_pool(int workers);
+/* The same with the pool's memory_limit (0: none). */
+struct lorad_workers *start_pool_limited(int workers, int64_t memory_limit);
 
 /* Every step 1..n has exactly one metrics row. */
 void assert_metrics_complete(const char *id, int64_t n);

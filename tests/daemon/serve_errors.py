@@ -3,7 +3,7 @@ code of openapi.yaml, each asserting the status, the one error shape
 {"error":{"message","type","param","code"}}, and `param` where the request has a field to blame.
 
   400 bad JSON, too-deep JSON, a bad hyperparameter, an unknown key, a bad query parameter, an upload
-      without its file / filename
+      without its file / filename, more threads than max_threads_per_job, a job over memory_limit
   401 no Authorization (an api_key_file is set)       403 a wrong key
   404 unknown route, unknown job / file / checkpoint / model
   405 wrong method (Allow header)                      409 cancel/pause a finished job; delete a file in use
@@ -80,6 +80,13 @@ def test(d, daemons):
     check_error(dm.create_job(dict(small, training_file=NO_FILE)), 400, param="training_file",
                 what="job on an unknown file")
     check_error(dm.create_job(dict(small, model="no-such-model")), 400, param="model", what="job on an unknown model")
+    # The operator's ceilings: more threads than --threads-per-job, and more memory than memory_limit
+    # (here its default, 80% of MemAvailable at start: 2^27 tokens of activations exceed it anywhere).
+    check_error(dm.create_job(dict(small, hyperparameters=hp(threads=2))), 400, param="hyperparameters.threads",
+                what="threads over max_threads_per_job")
+    e = check_error(dm.create_job(dict(small, hyperparameters=hp(batch_size=1024, max_seq_len=131072))), 400,
+                    param="hyperparameters.batch_size", code="memory_limit_exceeded", what="job over memory_limit")
+    check(re.search(r"\(\d+ bytes", e["message"]), f"the memory refusal gives no size in bytes: {e['message']}")
     check_error(dm.get("/v1/files?limit=0"), 400, param="limit", what="limit=0")
     check_error(dm.get(f"{J}?limit=abc"), 400, param="limit", what="limit=abc")
     check_error(dm.get(f"{J}?after=not-an-id"), 400, param="after", what="after=not-an-id")

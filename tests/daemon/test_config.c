@@ -95,6 +95,38 @@ static void test_flags_override_file(void **state) {
     free(dir);
 }
 
+/* memory_limit takes a byte size with the same suffixes as the other sizes; 0 (the default) means
+ * "80% of MemAvailable at start", resolved by serve; a negative or non-size value names the line. */
+static void test_memory_limit_and_threads(void **state) {
+    (void)state;
+    char *dir = test_mkdtemp("config");
+    struct lorad_config c;
+    lorad_config_defaults(&c);
+    assert_true(c.memory_limit == 0);
+    char *path = write_file(dir, "memory_limit 12g\nmax_threads_per_job 4\n");
+    struct lorad_error err = {0};
+    assert_int_equal(lorad_config_load_file(&c, path, false, &err), 0);
+    assert_true(c.memory_limit == (int64_t)12 << 30);
+    assert_int_equal(c.max_threads_per_job, 4);
+    free(path);
+    const char *bad[] = {"memory_limit -1\n", "memory_limit lots\n", "max_threads_per_job 257\n"};
+    const char *param[] = {"memory_limit", "memory_limit", "max_threads_per_job"};
+    for (int i = 0; i < 3; i++) {
+        path = write_file(dir, bad[i]);
+        assert_true(lorad_config_load_file(&c, path, false, &err) < 0);
+        assert_string_equal(err.param, param[i]);
+        assert_non_null(strstr(err.message, "lorad.conf:1"));
+        free(path);
+    }
+    int64_t b = 0;
+    assert_int_equal(lorad_config_parse_bytes("1536m", &b), 0);
+    assert_true(b == (int64_t)1536 << 20);
+    assert_int_equal(lorad_config_parse_bytes("-5", &b), -ERANGE);
+    assert_true(b == (int64_t)1536 << 20); /* untouched on error */
+    test_rmtree(dir);
+    free(dir);
+}
+
 static void test_written_defaults_parse_back(void **state) {
     (void)state;
     /* The commented default config that `cmake --install` ships, uncommented, must load. */
@@ -137,6 +169,7 @@ int main(void) {
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_file_parses_and_names_bad_line),
         cmocka_unit_test(test_flags_override_file),
+        cmocka_unit_test(test_memory_limit_and_threads),
         cmocka_unit_test(test_written_defaults_parse_back),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -264,6 +264,57 @@ static void test_init_adapter_continues_a_job(void **state) {
     free(t_third);
 }
 
+/* The running jobs' estimates stay within memory_limit. Two workers, two long jobs that each
+ * claim 1 GiB (more than the real run needs, so the engine's own check passes): under a 1.5 GiB
+ * limit the second waits while the first runs and starts once it ends; under 2 GiB both run at
+ * once. A job whose estimate exceeds the whole limit (made under a larger one) is not left to
+ * block the queue: it runs alone, and the engine refuses it with memory_limit_exceeded. */
+static void test_memory_limit_schedules_jobs(void **state) {
+    (void)state;
+    const int64_t GiB = (int64_t)1 << 30;
+    char file[LORAD_STORE_ID_MAX], a[LORAD_STORE_ID_MAX], b[LORAD_STORE_ID_MAX];
+    make_file(20, -1, 12, file);
+    char *text = spec_text(MODEL_ID, file, 1000, 100000, 0);
+    make_job_sized(text, LORAD_JOB_QUEUED, GiB, a);
+    make_job_sized(text, LORAD_JOB_QUEUED, GiB, b);
+    struct lorad_workers *pool = start_pool_limited(2, GiB + GiB / 2);
+    wait_progress(a, 2, 30);
+    usleep(300000); /* six polls of the idle worker */
+    assert_int_equal(status_of(b), LORAD_JOB_QUEUED);
+    assert_int_equal(lorad_workers_busy(pool), 1);
+    assert_int_equal(lorad_store_job_cancel(E.store, a, NULL, NULL), 0);
+    wait_status(a, LORAD_JOB_CANCELLED, 30);
+    wait_progress(b, 1, 30);
+    assert_int_equal(lorad_store_job_cancel(E.store, b, NULL, NULL), 0);
+    wait_status(b, LORAD_JOB_CANCELLED, 30);
+    lorad_workers_free(pool);
+
+    make_job_sized(text, LORAD_JOB_QUEUED, GiB, a);
+    make_job_sized(text, LORAD_JOB_QUEUED, GiB, b);
+    pool = start_pool_limited(2, 2 * GiB);
+    wait_progress(a, 1, 30);
+    wait_progress(b, 1, 30);
+    assert_int_equal(lorad_workers_busy(pool), 2);
+    assert_int_equal(lorad_store_job_cancel(E.store, a, NULL, NULL), 0);
+    assert_int_equal(lorad_store_job_cancel(E.store, b, NULL, NULL), 0);
+    wait_status(a, LORAD_JOB_CANCELLED, 30);
+    wait_status(b, LORAD_JOB_CANCELLED, 30);
+    lorad_workers_free(pool);
+
+    /* 64 KiB is less than stories260K's weights alone. */
+    make_job_sized(text, LORAD_JOB_QUEUED, GiB, a);
+    pool = start_pool_limited(1, 64 << 10);
+    wait_status(a, LORAD_JOB_FAILED, 30);
+    lorad_workers_free(pool);
+    json_t *j = get_job(a);
+    json_t *e = json_object_get(j, "error");
+    assert_string_equal(json_string_value(json_object_get(e, "code")), "memory_limit_exceeded");
+    assert_string_equal(json_string_value(json_object_get(e, "param")), "model");
+    assert_non_null(strstr(json_string_value(json_object_get(e, "message")), "65536 bytes"));
+    json_decref(j);
+    free(text);
+}
+
 static void test_error_codes(void **state) {
     (void)state;
     struct lorad_error err = {0};
@@ -283,6 +334,10 @@ static void test_error_codes(void **state) {
     assert_string_equal(lorad_job_error_code(-EIO, &err, res), "training_failed");
     snprintf(err.param, sizeof err.param, "hyperparameters.batch_size");
     assert_string_equal(lorad_job_error_code(-EINVAL, &err, res), "training_failed");
+    /* The engine's memory check names the field to change; either way it is the limit's doing. */
+    assert_string_equal(lorad_job_error_code(-E2BIG, &err, res), "memory_limit_exceeded");
+    snprintf(err.param, sizeof err.param, "model");
+    assert_string_equal(lorad_job_error_code(-E2BIG, &err, res), "memory_limit_exceeded");
     free(res);
 }
 
@@ -295,6 +350,7 @@ int main(void) {
         cmocka_unit_test(test_bad_jobs_fail_good_job_succeeds),
         cmocka_unit_test(test_shutdown_requeues_and_resumes_identically),
         cmocka_unit_test(test_init_adapter_continues_a_job),
+        cmocka_unit_test(test_memory_limit_schedules_jobs),
     };
     return cmocka_run_group_tests(tests, jobs_env_setup, jobs_env_teardown);
 }

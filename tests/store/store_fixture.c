@@ -48,11 +48,16 @@ void fx_file(struct lorad_store *s, char out_id[LORAD_STORE_ID_MAX]) {
 
 void fx_job(struct lorad_store *s, const char *file_id, enum lorad_job_status status, int priority,
             char out_id[LORAD_STORE_ID_MAX]) {
+    fx_job_sized(s, file_id, status, priority, 0, out_id);
+}
+
+void fx_job_sized(struct lorad_store *s, const char *file_id, enum lorad_job_status status, int priority,
+                  int64_t memory_bytes, char out_id[LORAD_STORE_ID_MAX]) {
     json_t *spec = json_pack("{s:{s:i, s:f}}", "hyperparameters", "n_epochs", 1,
                              "learning_rate_multiplier", 2.0);
     struct lorad_store_job_new j = {.model = "stories260K", .training_file = file_id,
                                     .spec = spec, .seed = 42, .priority = priority,
-                                    .status = status};
+                                    .status = status, .memory_bytes = memory_bytes};
     json_t *job = NULL;
     struct lorad_error err = {0};
     int r = lorad_store_job_create(s, &j, &job, &err);

@@ -21,6 +21,9 @@ void fx_file(struct lorad_store *s, char out_id[LORAD_STORE_ID_MAX]);
 /* Creates a job on training file file_id in the initial status (validating_files or queued). */
 void fx_job(struct lorad_store *s, const char *file_id, enum lorad_job_status status, int priority,
             char out_id[LORAD_STORE_ID_MAX]);
+/* fx_job with a memory estimate (0 = none stored, as for a job from before estimates). */
+void fx_job_sized(struct lorad_store *s, const char *file_id, enum lorad_job_status status, int priority,
+                  int64_t memory_bytes, char out_id[LORAD_STORE_ID_MAX]);
 /* The job's status as stored. */
 enum lorad_job_status fx_status(struct lorad_store *s, const char *job_id);
 /* Number of events the job has. */

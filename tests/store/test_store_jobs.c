@@ -343,6 +343,50 @@ static void test_claim_order(void **state) {
     fx_close(&fx);
 }
 
+/* Claiming within a memory budget: the head of the queue is claimed only when its estimate fits;
+ * when it does not, nothing is claimed, the head's estimate is reported, and a smaller job behind
+ * it is not claimed in its place (a big job would otherwise wait for ever behind small ones). A
+ * job stored without an estimate counts as 0; a budget of -1 means no limit. */
+static void test_claim_memory_budget(void **state) {
+    (void)state;
+    struct fx fx;
+    fx_open(&fx, 0);
+    char file[LORAD_STORE_ID_MAX], big[40], small[40], legacy[40];
+    fx_file(fx.store, file);
+    json_t *job = NULL;
+    int64_t waiting = -7;
+    assert_int_equal(lorad_store_job_claim_next(fx.store, 100, &job, &waiting, NULL), 0);
+    assert_int_equal(waiting, 0); /* empty queue */
+    fx_job_sized(fx.store, file, LORAD_JOB_QUEUED, 0, 1000, big);
+    fx_job_sized(fx.store, file, LORAD_JOB_QUEUED, 0, 10, small);
+    fx_job_sized(fx.store, file, LORAD_JOB_QUEUED, 0, 0, legacy);
+    assert_int_equal(lorad_store_job_get(fx.store, big, &job, NULL), 0);
+    assert_int_equal(json_integer_value(json_object_get(job, "memory_estimate_bytes")), 1000);
+    json_decref(job);
+    assert_int_equal(lorad_store_job_get(fx.store, legacy, &job, NULL), 0);
+    assert_true(json_is_null(json_object_get(job, "memory_estimate_bytes")));
+    json_decref(job);
+    job = NULL;
+    assert_int_equal(lorad_store_job_claim_next(fx.store, 999, &job, &waiting, NULL), 0);
+    assert_null(job);
+    assert_int_equal(waiting, 1000);
+    assert_int_equal(fx_status(fx.store, big), LORAD_JOB_QUEUED);
+    assert_int_equal(fx_status(fx.store, small), LORAD_JOB_QUEUED);
+    assert_int_equal(lorad_store_job_claim_next(fx.store, 1000, &job, &waiting, NULL), 1);
+    assert_string_equal(json_string_value(json_object_get(job, "id")), big);
+    assert_int_equal(waiting, 0);
+    json_decref(job);
+    assert_int_equal(lorad_store_job_claim_next(fx.store, 9, &job, &waiting, NULL), 0);
+    assert_int_equal(waiting, 10);
+    assert_int_equal(lorad_store_job_claim_next(fx.store, -1, &job, NULL, NULL), 1);
+    assert_string_equal(json_string_value(json_object_get(job, "id")), small);
+    json_decref(job);
+    assert_int_equal(lorad_store_job_claim_next(fx.store, 0, &job, &waiting, NULL), 1);
+    assert_string_equal(json_string_value(json_object_get(job, "id")), legacy);
+    json_decref(job);
+    fx_close(&fx);
+}
+
 /* ---- queue positions at scale ------------------------------------------------------------- */
 
 enum { BIG_QUEUE = 10000, BIG_OTHERS = 700 };
@@ -854,6 +898,7 @@ int main(void) {
         cmocka_unit_test(test_job_status),
         cmocka_unit_test(test_idempotency),
         cmocka_unit_test(test_claim_order),
+        cmocka_unit_test(test_claim_memory_budget),
         cmocka_unit_test(test_claim_atomic),
         cmocka_unit_test(test_queue_positions_at_scale),
         cmocka_unit_test(test_control_requests),
