@@ -3,6 +3,7 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -314,20 +315,26 @@ int lorad_corpus_sample(struct lorad_corpus *c, int64_t i, struct lorad_sample *
     return r;
 }
 
-int lorad_corpus_split_holdout(struct lorad_corpus *train, int64_t n_holdout, struct lorad_corpus **ret_holdout) {
-    if (n_holdout <= 0 || n_holdout >= train->n) return -EINVAL;
+int lorad_corpus_split_holdout(struct lorad_corpus *train, int64_t n_holdout, struct lorad_corpus **ret_holdout,
+                               struct lorad_error *err) {
+    if (n_holdout <= 0 || n_holdout >= train->n)
+        return lorad_error_set(err, -EINVAL, "", "cannot hold out %" PRId64 " of %" PRId64 " samples", n_holdout,
+                               train->n);
     struct lorad_corpus *h = calloc(1, sizeof *h);
     if (!h) return -ENOMEM;
     *h = *train;
     h->reader = NULL;
     h->rec = malloc((size_t)n_holdout * sizeof *h->rec);
     h->path = strdup(train->path);
-    struct lorad_error e;
-    if (!h->rec || !h->path || lorad_line_reader_open(&h->reader, train->path, train->opt.max_line, &e) < 0) {
+    int r = h->rec && h->path ? 0 : -ENOMEM;
+    /* The hold-out re-reads its records from the file through a reader of its own: the file
+     * having gone or become unreadable since it was indexed is that, not a lack of memory. */
+    if (r == 0) r = lorad_line_reader_open(&h->reader, train->path, train->opt.max_line, err);
+    if (r < 0) {
         free(h->rec);
         free(h->path);
         free(h);
-        return -ENOMEM;
+        return r;
     }
     memcpy(h->rec, train->rec + (train->n - n_holdout), (size_t)n_holdout * sizeof *h->rec);
     h->n = h->cap = n_holdout;

@@ -84,8 +84,12 @@ enum lorad_data_format lorad_corpus_format(const struct lorad_corpus *c);
 int lorad_corpus_sample(struct lorad_corpus *c, int64_t i, struct lorad_sample *ret, struct lorad_error *err);
 
 /* Records that are only evaluated: the last n_holdout records of the file's order are split off
- * for validation loss when no validation file is given. The training corpus then skips them. */
-int lorad_corpus_split_holdout(struct lorad_corpus *train, int64_t n_holdout, struct lorad_corpus **ret_holdout);
+ * for validation loss when no validation file is given. The training corpus then skips them.
+ * Returns 0 and *ret_holdout (the caller closes it), or -errno with err: -EINVAL unless
+ * 0 < n_holdout < the corpus size, the line reader's error when the file cannot be opened again,
+ * -ENOMEM. On error train is unchanged. */
+int lorad_corpus_split_holdout(struct lorad_corpus *train, int64_t n_holdout, struct lorad_corpus **ret_holdout,
+                               struct lorad_error *err);
 
 /* ---- epoch plans and batches ------------------------------------------------------------- */
 

@@ -153,8 +153,11 @@ static int open_corpora(struct run *r) {
         int64_t n = lorad_corpus_size(r->train) / 10;
         if (n < 1) n = 1;
         if (n > 1000) n = 1000;
-        rc = lorad_corpus_split_holdout(r->train, n, &r->valid);
-        if (rc < 0) return lorad_error_set(r->err, rc, "training_file", "cannot split a validation hold-out");
+        rc = lorad_corpus_split_holdout(r->train, n, &r->valid, r->err);
+        if (rc < 0) {
+            if (!r->err->param[0]) snprintf(r->err->param, sizeof r->err->param, "training_file");
+            return rc;
+        }
         say(r, "info", "holding out %" PRId64 " samples of the training file for validation", n);
     }
     return 0;
@@ -489,6 +492,7 @@ static int evaluate(struct run *r, double *ret_loss, double *ret_acc) {
         double l;
         int64_t c, t;
         rc = lorad_model_eval(r->model, &b, &l, &c, &t, r->err);
+        if (rc < 0) break; /* l, c and t are written only on success */
         loss += l;
         correct += c;
         tokens += t;

@@ -5,9 +5,11 @@
  * tests/tokenizer) and from the definitions, never from the pipeline under test. */
 #include "testutil.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "samples.h"
 #include "tokenizer.h"
@@ -196,7 +198,7 @@ static void test_holdout_is_the_tail(void **state) {
     struct fixture *f = *state;
     char *path = write_texts(f, "hold.jsonl", 20, -1, 0);
     struct lorad_corpus *c = open_corpus(f, path, false, 64), *h = NULL;
-    assert_int_equal(lorad_corpus_split_holdout(c, 4, &h), 0);
+    assert_int_equal(lorad_corpus_split_holdout(c, 4, &h, NULL), 0);
     assert_int_equal(lorad_corpus_size(c), 16);
     assert_int_equal(lorad_corpus_size(h), 4);
     struct lorad_sample s = {.tokens = malloc(64 * sizeof(int32_t)), .train = malloc(64)};
@@ -217,6 +219,26 @@ static void test_holdout_is_the_tail(void **state) {
     free(path);
 }
 
+/* The hold-out re-reads its records from the file: when the file has gone since it was indexed the
+ * split fails with that error and the path (not -ENOMEM), and the training corpus keeps every
+ * record. Sizes out of range are -EINVAL. */
+static void test_holdout_errors_say_why(void **state) {
+    struct fixture *f = *state;
+    char *path = write_texts(f, "gone.jsonl", 10, -1, 0);
+    struct lorad_corpus *c = open_corpus(f, path, false, 64), *h = NULL;
+    struct lorad_error err = {0};
+    assert_int_equal(lorad_corpus_split_holdout(c, 0, &h, &err), -EINVAL);
+    assert_int_equal(lorad_corpus_split_holdout(c, 10, &h, &err), -EINVAL);
+    assert_int_equal(unlink(path), 0);
+    err = (struct lorad_error){0};
+    assert_int_equal(lorad_corpus_split_holdout(c, 2, &h, &err), -ENOENT);
+    assert_null(h);
+    assert_non_null(strstr(err.message, path));
+    assert_int_equal(lorad_corpus_size(c), 10);
+    lorad_corpus_free(c);
+    free(path);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_prompt_completion_masks_the_prompt),
@@ -224,6 +246,7 @@ int main(void) {
         cmocka_unit_test(test_packing_keeps_samples_apart),
         cmocka_unit_test(test_truncation_is_counted),
         cmocka_unit_test(test_holdout_is_the_tail),
+        cmocka_unit_test(test_holdout_errors_say_why),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -12,7 +12,22 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "model.h"
 #include "train.h"
+
+/* The run's calls to lorad_model_eval go through this wrapper (-Wl,--wrap, see CMakeLists.txt):
+ * call number eval_fail_at (1-based; 0 = never) fails with -EIO and leaves its outputs unwritten,
+ * as the contract allows a failing call to. */
+int __real_lorad_model_eval(struct lorad_model *m, const struct lorad_batch *b, double *ret_loss_sum,
+                            int64_t *ret_correct, int64_t *ret_tokens, struct lorad_error *err);
+int __wrap_lorad_model_eval(struct lorad_model *m, const struct lorad_batch *b, double *ret_loss_sum,
+                            int64_t *ret_correct, int64_t *ret_tokens, struct lorad_error *err);
+static int eval_calls, eval_fail_at;
+int __wrap_lorad_model_eval(struct lorad_model *m, const struct lorad_batch *b, double *ret_loss_sum,
+                            int64_t *ret_correct, int64_t *ret_tokens, struct lorad_error *err) {
+    if (++eval_calls == eval_fail_at) return lorad_error_set(err, -EIO, "", "injected evaluation failure");
+    return __real_lorad_model_eval(m, b, ret_loss_sum, ret_correct, ret_tokens, err);
+}
 
 struct calls {
     int64_t steps[1024];
@@ -213,10 +228,43 @@ static void test_nan_loss_fails_with_erange(void **state) {
     free(dir);
 }
 
+/* An evaluation whose forward fails part-way fails the run with that error: no validation loss is
+ * made of the batches before it (their sum is discarded, never reported), and the step it belonged
+ * to reports no metrics. Every evaluation before it reported a finite loss. */
+static void test_evaluation_failure_fails_the_run(void **state) {
+    (void)state;
+    char *dir = test_mkdtemp("train-eval");
+    char *data = write_ids(dir, 40, -1); /* hold-out: 4 samples = 2 eval batches of 2 */
+    struct lorad_job_spec spec;
+    parse_spec(&spec, "{\"model\":\"stories\",\"training_file\":\"ids\",\"seed\":5,"
+                      "\"hyperparameters\":{\"n_epochs\":1,\"batch_size\":2,\"max_seq_len\":16,\"threads\":1,"
+                      "\"eval_every_steps\":2},\"lora\":{\"r\":4}}");
+    struct calls c = {0};
+    struct lorad_train_result *res = calloc(1, sizeof *res);
+    eval_calls = 0;
+    eval_fail_at = 4; /* the second batch of the second evaluation (step 4) */
+    struct lorad_train_options opt = {.model_path = test_shared_data("stories260K.bin"), .training_path = data,
+                                      .out_dir = dir};
+    struct lorad_train_callbacks cb = {.ctx = &c, .on_step = on_step, .poll = poll_cb};
+    struct lorad_error err = {0};
+    assert_int_equal(lorad_train_run(&spec, &opt, &cb, res, &err), -EIO);
+    eval_fail_at = 0;
+    assert_non_null(strstr(err.message, "injected evaluation failure"));
+    assert_int_equal(eval_calls, 4);
+    assert_int_equal(c.n_steps, 3); /* steps 1-3 reported; step 4 failed in its evaluation */
+    assert_int_equal(c.steps[c.n_steps - 1], 3);
+    lorad_job_spec_clear(&spec);
+    free(res);
+    free(data);
+    test_rmtree(dir);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_steps_cancel_pause_resume),
         cmocka_unit_test(test_nan_loss_fails_with_erange),
+        cmocka_unit_test(test_evaluation_failure_fails_the_run),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
