@@ -38,28 +38,31 @@ int handler_reply_failure(struct lorad_api_reply *ret_reply, int r, const struct
     return lorad_api_reply_error(ret_reply, status, message, param, code ? code : derived);
 }
 
+int handler_query_int(const char *s, int64_t min, int64_t max, int64_t *ret_value) {
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || end == s || *end || v < min || v > max) return -EINVAL;
+    *ret_value = v;
+    return 0;
+}
+
 int handler_page_args(const struct lorad_api_request *req, const char *id_prefix, int default_limit,
                       int max_limit, int *ret_limit, const char **ret_after, struct lorad_api_reply *ret_reply) {
-    int limit = default_limit;
+    int64_t limit = default_limit;
     const char *s = req->query(req, "limit");
-    if (s) {
-        char *end;
-        errno = 0;
-        long v = strtol(s, &end, 10);
-        if (errno || end == s || *end || v < 1 || v > max_limit) {
-            char msg[128];
-            snprintf(msg, sizeof msg, "limit must be an integer between 1 and %d", max_limit);
-            lorad_api_reply_error(ret_reply, 400, msg, "limit", "invalid_value");
-            return -EINVAL;
-        }
-        limit = (int)v;
+    if (s && handler_query_int(s, 1, max_limit, &limit) < 0) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "limit must be an integer between 1 and %d", max_limit);
+        lorad_api_reply_error(ret_reply, 400, msg, "limit", "invalid_value");
+        return -EINVAL;
     }
     const char *after = req->query(req, "after");
     if (after && !lorad_store_id_valid(id_prefix, after)) {
         lorad_api_reply_error(ret_reply, 400, "after is not a valid id", "after", "invalid_value");
         return -EINVAL;
     }
-    *ret_limit = limit;
+    *ret_limit = (int)limit;
     *ret_after = after;
     return 0;
 }

@@ -26,6 +26,10 @@ static inline struct lorad_app *handler_app(const struct lorad_api_request *req)
 int handler_reply_failure(struct lorad_api_reply *ret_reply, int r, const struct lorad_error *err,
                           const char *code);
 
+/* A query parameter's decimal integer in [min, max]: 0 and *ret_value, or -EINVAL (no sign
+ * games, no trailing text, no overflow). */
+int handler_query_int(const char *s, int64_t min, int64_t max, int64_t *ret_value);
+
 /* Reads ?limit (1..max_limit, default default_limit) and ?after (must be a valid id with
  * id_prefix when present). On bad input fills ret_reply with a 400 naming the parameter and
  * returns -EINVAL; on success returns 0. */

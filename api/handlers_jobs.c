@@ -36,7 +36,9 @@
 #define PRIORITY_MAX 100
 #define IDEMPOTENCY_KEY_MAX 255
 /* Metrics are read from the store in pages of this many rows (the store's own maximum). */
-#define METRICS_PAGE 100000
+/* Rows of one metrics reply: a job may have up to max_steps rows (1e9), so the reply is paged
+ * to keep it to tens of MB (a row is ~300 bytes of JSON). */
+#define METRICS_PAGE_MAX 100000
 /* Events an SSE stream fetches per store read. */
 #define STREAM_BATCH 100
 
@@ -566,46 +568,60 @@ static int get_metrics(const struct lorad_api_request *req, struct lorad_api_rep
     else if (format && strcmp(format, "json") != 0)
         return lorad_api_reply_error(ret_reply, 400, "format must be json or csv", "format", "invalid_value");
 
-    /* Built as text page by page, so memory holds the reply and one page of rows, never the
-     * whole curve as JSON objects. */
+    int64_t after_step = -1, limit = METRICS_PAGE_MAX;
+    const char *after_s = req->query(req, "after_step"), *limit_s = req->query(req, "limit");
+    if (after_s && handler_query_int(after_s, 0, INT64_MAX, &after_step) < 0)
+        return lorad_api_reply_error(ret_reply, 400, "after_step must be a step number (an integer >= 0)",
+                                     "after_step", "invalid_value");
+    if (limit_s && handler_query_int(limit_s, 1, METRICS_PAGE_MAX, &limit) < 0)
+        return lorad_api_reply_error(ret_reply, 400, "limit must be an integer between 1 and 100000", "limit",
+                                     "invalid_value");
+
+    json_t *rows = NULL;
+    struct lorad_error err = {0};
+    int r = lorad_store_metrics_list(app->store, id, after_step, (int)limit, &rows, &err);
+    if (r < 0) return handler_reply_failure(ret_reply, r, &err, NULL);
+    bool has_more = false;
+    if ((int64_t)json_array_size(rows) == limit) { /* a full page: is there a row after it? */
+        json_t *next = NULL;
+        int64_t last = json_integer_value(json_object_get(json_array_get(rows, (size_t)limit - 1), "step"));
+        r = lorad_store_metrics_list(app->store, id, last, 1, &next, &err);
+        if (r < 0) {
+            json_decref(rows);
+            return handler_reply_failure(ret_reply, r, &err, NULL);
+        }
+        has_more = json_array_size(next) > 0;
+        json_decref(next);
+    }
     char *text = NULL;
     size_t len = 0;
     FILE *f = open_memstream(&text, &len);
-    if (!f) return handler_reply_oom(ret_reply);
+    if (!f) {
+        json_decref(rows);
+        return handler_reply_oom(ret_reply);
+    }
     if (csv) {
         for (size_t c = 0; c < N_METRIC_COLUMNS; c++) fprintf(f, "%s%s", c ? "," : "", METRIC_COLUMNS[c]);
         fputc('\n', f);
     } else {
         fputs("{\"object\":\"list\",\"data\":[", f);
     }
-    int64_t after_step = -1;
-    bool first = true;
-    int r = 0;
-    struct lorad_error err = {0};
-    for (;;) {
-        json_t *rows = NULL;
-        r = lorad_store_metrics_list(app->store, id, after_step, METRICS_PAGE, &rows, &err);
-        if (r < 0) break;
-        size_t i, n = json_array_size(rows);
-        json_t *row;
-        json_array_foreach(rows, i, row) {
-            if (csv) {
-                for (size_t c = 0; c < N_METRIC_COLUMNS; c++) {
-                    if (c) fputc(',', f);
-                    csv_cell(f, json_object_get(row, METRIC_COLUMNS[c]));
-                }
-                fputc('\n', f);
-            } else {
-                if (!first) fputc(',', f);
-                if (json_dumpf(row, f, JSON_COMPACT | JSON_PRESERVE_ORDER) < 0) r = -ENOMEM;
+    size_t i;
+    json_t *row;
+    json_array_foreach(rows, i, row) {
+        if (csv) {
+            for (size_t c = 0; c < N_METRIC_COLUMNS; c++) {
+                if (c) fputc(',', f);
+                csv_cell(f, json_object_get(row, METRIC_COLUMNS[c]));
             }
-            first = false;
-            after_step = json_integer_value(json_object_get(row, "step"));
+            fputc('\n', f);
+        } else {
+            if (i) fputc(',', f);
+            if (json_dumpf(row, f, JSON_COMPACT | JSON_PRESERVE_ORDER) < 0) r = -ENOMEM;
         }
-        json_decref(rows);
-        if (r < 0 || n < METRICS_PAGE) break;
     }
-    if (!csv) fputs("],\"has_more\":false}", f);
+    json_decref(rows);
+    if (!csv) fprintf(f, "],\"has_more\":%s}", has_more ? "true" : "false");
     bool write_failed = ferror(f) != 0;
     if (fclose(f) != 0) write_failed = true;
     if (r == 0 && write_failed) r = -ENOMEM;

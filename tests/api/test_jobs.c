@@ -1098,6 +1098,43 @@ static void test_metrics(void **state) {
     assert_null(line);
     resp_free(&r);
 
+    /* Pages: after_step and limit walk the rows; has_more is true until the last page. */
+    int64_t after = -1;
+    int seen = 0, pages = 0;
+    for (bool more = true; more; pages++) {
+        if (after < 0) snprintf(target, sizeof target, "/v1/fine_tuning/jobs/%s/metrics?limit=4", id);
+        else snprintf(target, sizeof target, "/v1/fine_tuning/jobs/%s/metrics?limit=4&after_step=%lld", id,
+                      (long long)after);
+        r = get(target);
+        assert_int_equal(r.status, 200);
+        json_t *pg = json_of(&r);
+        resp_free(&r);
+        json_t *rows = json_object_get(pg, "data");
+        more = json_is_true(json_object_get(pg, "has_more"));
+        assert_int_equal(json_array_size(rows), more ? 4 : STEPS - seen);
+        for (size_t k = 0; k < json_array_size(rows); k++)
+            assert_int_equal(json_integer_value(json_object_get(json_array_get(rows, k), "step")), ++seen);
+        after = seen;
+        json_decref(pg);
+    }
+    assert_int_equal(seen, STEPS);
+    assert_int_equal(pages, 3);
+    snprintf(target, sizeof target, "/v1/fine_tuning/jobs/%s/metrics?format=csv&after_step=7", id);
+    r = get(target);
+    assert_int_equal(r.status, 200);
+    assert_memory_equal(r.body, header, strlen(header));
+    assert_true(strncmp(r.body + strlen(header), "8,", 2) == 0);
+    assert_non_null(strstr(r.body + strlen(header), "\n9,"));
+    resp_free(&r);
+    const char *bad_pages[][2] = {{"limit=0", "limit"}, {"limit=100001", "limit"}, {"limit=4x", "limit"},
+                                  {"after_step=-1", "after_step"}, {"after_step=1e3", "after_step"},
+                                  {"after_step=99999999999999999999", "after_step"}};
+    for (size_t k = 0; k < sizeof bad_pages / sizeof bad_pages[0]; k++) {
+        snprintf(target, sizeof target, "/v1/fine_tuning/jobs/%s/metrics?%s", id, bad_pages[k][0]);
+        r = get(target);
+        expect_error(&r, 400, bad_pages[k][1], "invalid_value");
+    }
+
     snprintf(target, sizeof target, "/v1/fine_tuning/jobs/%s/metrics?format=xml", id);
     r = get(target);
     expect_error(&r, 400, "format", NULL);
