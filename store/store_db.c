@@ -128,6 +128,11 @@ static json_t *col_failed(struct store_row *row, int i, int rc, const char *why)
     return NULL;
 }
 
+char *store_col_strdup(sqlite3_stmt *st, int i) {
+    const char *s = (const char *)sqlite3_column_text(st, i);
+    return s ? strdup(s) : NULL;
+}
+
 json_t *store_col_text(struct store_row *row, int i) {
     if (sqlite3_column_type(row->st, i) == SQLITE_NULL) return json_null();
     const char *s = (const char *)sqlite3_column_text(row->st, i);

@@ -114,7 +114,7 @@ int lorad_store_file_path(struct lorad_store *s, const char *id, char **ret_path
         store_bind_text(c, st, 1, id);
         r = store_step(c, st, "cannot read file", err);
         if (r == 1) {
-            char *p = strdup((const char *)sqlite3_column_text(st, 0));
+            char *p = store_col_strdup(st, 0);
             r = p ? 0 : lorad_error_set(err, -ENOMEM, "", "out of memory");
             if (p) *ret_path = p;
         } else if (r == 0) {
@@ -188,7 +188,7 @@ int lorad_store_file_delete(struct lorad_store *s, const char *id, char **ret_pa
     store_bind_text(c, st, 1, id);
     r = store_step(c, st, "cannot delete file", err);
     if (r == 1) {
-        path = strdup((const char *)sqlite3_column_text(st, 0));
+        path = store_col_strdup(st, 0);
         r = path ? store_step(c, st, "cannot delete file", err)
                  : lorad_error_set(err, -ENOMEM, "", "out of memory");
     } else if (r == 0) {

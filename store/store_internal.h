@@ -89,6 +89,9 @@ json_t *store_col_text(struct store_row *row, int i);
 json_t *store_col_int(struct store_row *row, int i);
 json_t *store_col_real(struct store_row *row, int i);
 json_t *store_col_json(struct store_row *row, int i);
+/* A malloc'd copy of a NOT NULL text column, or NULL when out of memory (sqlite3_column_text
+ * itself answers NULL then). The caller frees it. */
+char *store_col_strdup(sqlite3_stmt *st, int i);
 /* The error for a row whose object could not be built: -EBADMSG ("<what>: row with <column 0's
  * name> <its value> is corrupt: column <name> <why>") when a column was corrupt, else -ENOMEM. */
 int store_row_error(const struct store_row *row, const char *what, struct lorad_error *err);

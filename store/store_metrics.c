@@ -364,7 +364,7 @@ static int checkpoint_row(struct store_conn *c, sqlite3_stmt *st, char ret_id[LO
                           int64_t *ret_step, char **ret_path, struct lorad_error *err) {
     int r = store_step(c, st, "cannot read checkpoint", err);
     if (r != 1) return r;
-    char *path = strdup((const char *)sqlite3_column_text(st, 2));
+    char *path = store_col_strdup(st, 2);
     if (!path) return lorad_error_set(err, -ENOMEM, "", "out of memory");
     if (ret_id) snprintf(ret_id, LORAD_STORE_ID_MAX, "%s", (const char *)sqlite3_column_text(st, 0));
     if (ret_step) *ret_step = sqlite3_column_int64(st, 1);
