@@ -48,11 +48,6 @@ int lorad_adapter_write_gguf(const char *path, const struct lorad_adapter_meta *
                              const struct lorad_adapter_tensor *tensors, int n_tensors,
                              const struct lorad_llama_config *cfg, struct lorad_error *err);
 
-/* Writes an uncompressed POSIX ustar archive at tar_path holding the named regular files of dir
- * under the archive folder name `folder`/ (names are plain file names, no '/'). */
-int lorad_tar_write(const char *tar_path, const char *dir, const char *const *names, int n_names, const char *folder,
-                    struct lorad_error *err);
-
 /* Reads DIR/adapter_config.json into ret_meta, checking peft_type "LORA" and the fields lorad
  * supports; err names the file and key on any mismatch. */
 int lorad_adapter_read_config(const char *dir, struct lorad_adapter_meta *ret_meta, struct lorad_error *err);

@@ -15,7 +15,7 @@
 #include <stddef.h>
 
 #include "dataset.h"
-#include "jobspec.h"
+#include "data_format.h"
 
 enum lorad_segment_kind {
     LORAD_SEGMENT_TEXT = 0, /* tokenise text without adding BOS/EOS or parsing special tokens */

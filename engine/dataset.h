@@ -16,7 +16,7 @@
 #include <stdio.h>
 
 #include "error.h"
-#include "jobspec.h"
+#include "data_format.h"
 
 #define LORAD_DATASET_DEFAULT_MAX_LINE (1 << 20)  /* bytes per JSONL line */
 #define LORAD_DATASET_MAX_TURNS 1024

@@ -8,7 +8,7 @@
 #include <stdint.h>
 
 #include "error.h"
-#include "load_common.h"
+#include "map_file.h"
 
 enum lorad_gguf_value_type {
     LORAD_GGUF_U8 = 0, LORAD_GGUF_I8 = 1, LORAD_GGUF_U16 = 2, LORAD_GGUF_I16 = 3,

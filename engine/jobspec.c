@@ -27,8 +27,6 @@ struct field {
 
 static const char *const schedule_names[] = {"constant", "linear", "cosine", NULL};
 static const char *const init_names[] = {"kaiming", "gaussian", NULL};
-static const char *const format_names[] = {"auto", "text", "prompt_completion", "alpaca", "messages", "tokens", NULL};
-static const char *const template_names[] = {"auto", "llama2", "llama3", "chatml", "none", NULL};
 
 #define HP(f) offsetof(struct lorad_job_spec, hp.f)
 static const struct field hyperparameter_fields[] = {
@@ -66,8 +64,8 @@ static const struct field lora_fields[] = {
 #undef LO
 
 static const struct field data_fields[] = {
-    {"format", F_ENUM, offsetof(struct lorad_job_spec, data_format), 0, 0, false, false, false, LORAD_DATA_AUTO, false, format_names},
-    {"template", F_ENUM, offsetof(struct lorad_job_spec, template), 0, 0, false, false, false, LORAD_TEMPLATE_AUTO, false, template_names},
+    {"format", F_ENUM, offsetof(struct lorad_job_spec, data_format), 0, 0, false, false, false, LORAD_DATA_AUTO, false, lorad_data_format_names},
+    {"template", F_ENUM, offsetof(struct lorad_job_spec, template), 0, 0, false, false, false, LORAD_TEMPLATE_AUTO, false, lorad_chat_template_names},
 };
 
 #define N(a) (sizeof(a) / sizeof((a)[0]))
@@ -438,8 +436,6 @@ void lorad_job_spec_clear(struct lorad_job_spec *spec) {
 }
 
 const char *lorad_lr_schedule_name(enum lorad_lr_schedule s) { return schedule_names[s]; }
-const char *lorad_data_format_name(enum lorad_data_format f) { return format_names[f]; }
-const char *lorad_chat_template_name(enum lorad_chat_template t) { return template_names[t]; }
 
 int lorad_job_lora_config(const struct lorad_job_spec *spec, struct lorad_lora_config *ret_config,
                           struct lorad_error *err) {

@@ -12,6 +12,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "data_format.h"
 #include "error.h"
 #include "lora.h"  /* enum lorad_lora_init */
 #include "optim.h" /* enum lorad_lr_schedule */
@@ -19,22 +20,6 @@
 #define LORAD_JOB_MAX_TARGETS 8
 #define LORAD_JOB_SUFFIX_MAX 64
 #define LORAD_JOB_REF_MAX 1024 /* model / file references: ids or local paths */
-
-enum lorad_data_format {
-    LORAD_DATA_AUTO = 0,
-    LORAD_DATA_TEXT,              /* {"text"} */
-    LORAD_DATA_PROMPT_COMPLETION, /* {"prompt","completion"} */
-    LORAD_DATA_ALPACA,            /* {"instruction","input","output"} */
-    LORAD_DATA_MESSAGES,          /* {"messages":[{"role","content","weight"?}]} */
-    LORAD_DATA_TOKENS,            /* {"input_ids":[...], "labels"?:[...]}: pre-tokenised, no template */
-};
-enum lorad_chat_template {
-    LORAD_TEMPLATE_AUTO = 0,
-    LORAD_TEMPLATE_LLAMA2,
-    LORAD_TEMPLATE_LLAMA3,
-    LORAD_TEMPLATE_CHATML,
-    LORAD_TEMPLATE_NONE,
-};
 
 struct lorad_hyperparameters {
     int n_epochs;
@@ -103,5 +88,3 @@ int lorad_job_lora_config(const struct lorad_job_spec *spec, struct lorad_lora_c
 void lorad_job_spec_clear(struct lorad_job_spec *spec);
 
 const char *lorad_lr_schedule_name(enum lorad_lr_schedule s);
-const char *lorad_data_format_name(enum lorad_data_format f);
-const char *lorad_chat_template_name(enum lorad_chat_template t);

@@ -10,36 +10,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-int lorad_map_file(const char *path, struct lorad_mapping *ret_map, struct lorad_error *err) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return lorad_error_set(err, -errno, "model", "cannot open %s: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) < 0) {
-        int r = -errno;
-        close(fd);
-        return lorad_error_set(err, r, "model", "cannot stat %s: %s", path, strerror(-r));
-    }
-    if (!S_ISREG(st.st_mode)) {
-        close(fd);
-        return lorad_error_set(err, -EINVAL, "model", "%s is not a regular file", path);
-    }
-    if (st.st_size == 0) {
-        close(fd);
-        return lorad_error_set(err, -EINVAL, "model", "%s is empty", path);
-    }
-    void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
-    int saved = errno;
-    close(fd); /* the mapping keeps the file alive */
-    if (p == MAP_FAILED) return lorad_error_set(err, -saved, "model", "cannot map %s: %s", path, strerror(saved));
-    *ret_map = (struct lorad_mapping){.data = p, .size = (size_t)st.st_size};
-    return 0;
-}
-
-void lorad_unmap(struct lorad_mapping *map) {
-    if (map->data) munmap((void *)map->data, map->size);
-    *map = (struct lorad_mapping){0};
-}
-
 struct lorad_load_owner *lorad_load_owner_new(int n_layers, enum lorad_load_mode mode) {
     assert(n_layers >= 0);
     struct lorad_load_owner *o = calloc(1, sizeof *o);

@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "load_common.h"
+#include "map_file.h"
 #include "safetensors_write.h"
 
 struct lorad_st_file {

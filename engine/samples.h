@@ -18,7 +18,7 @@
 #include "chat_template.h"
 #include "dataset.h"
 #include "error.h"
-#include "jobspec.h"
+#include "data_format.h"
 
 /* How the corpus tokenises text: the tokenizer, seen through the calls the pipeline needs. */
 struct lorad_encoder {

@@ -1,7 +1,9 @@
-/* The POSIX ustar header, shared by the archive writer (tar_write.c) and the adapter.tar reader
- * (adapter_read.c): 512-byte blocks with these field offsets. */
+/* POSIX ustar archives: the header, shared by the archive writer (tar_write.c) and the
+ * adapter.tar reader (adapter_read.c) as 512-byte blocks with these field offsets, and the writer. */
 #pragma once
 #include <stdint.h>
+
+#include "error.h"
 
 enum {
     LORAD_TAR_BLOCK = 512,
@@ -24,3 +26,8 @@ static inline unsigned lorad_tar_header_sum(const uint8_t h[LORAD_TAR_BLOCK]) {
     for (int i = 0; i < LORAD_TAR_BLOCK; i++) sum += (i >= LORAD_TAR_CHKSUM && i < LORAD_TAR_CHKSUM + 8) ? ' ' : h[i];
     return sum;
 }
+
+/* Writes an uncompressed POSIX ustar archive at tar_path holding the named regular files of dir
+ * under the archive folder name `folder`/ (names are plain file names, no '/'). */
+int lorad_tar_write(const char *tar_path, const char *dir, const char *const *names, int n_names, const char *folder,
+                    struct lorad_error *err);

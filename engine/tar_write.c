@@ -8,7 +8,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "adapter.h"
 #include "fsutil.h"
 #include "tar.h"
 

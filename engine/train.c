@@ -29,6 +29,7 @@
 #include "safetensors_read.h"
 #include "safetensors_write.h"
 #include "samples.h"
+#include "tar.h"
 #include "tokenizer.h"
 #include "train_memory.h"
 

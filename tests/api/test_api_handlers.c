@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "adapter.h"
+#include "tar.h"
 #include "app.h"
 #include "handlers.h"
 #include "load_hf.h"

@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "adapter.h"
+#include "tar.h"
 #include "app.h"
 #include "handlers.h"
 #include "jobspec.h"

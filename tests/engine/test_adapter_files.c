@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "adapter.h"
+#include "tar.h"
 
 static void run_case(int n_heads, int n_kv, int head_dim, int dim, int hidden, int r, double alpha, bool rslora) {
     char *dir = test_mkdtemp("adapter");

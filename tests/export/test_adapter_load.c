@@ -15,6 +15,7 @@
 #include "adapter_read.h"
 #include "merge.h"
 #include "safetensors_write.h"
+#include "tar.h"
 #include "weights.h"
 
 #define N_LAYERS 2
