@@ -1,4 +1,6 @@
-/* Opening the database, the connection pool, transactions, statement cache and error mapping. */
+/* The connection layer every store file builds on: connections and their pool, transactions,
+ * the statement cache, binding and column reading, list pages and error mapping. Opening the
+ * database (migrations, recovery) is store_open.c, above the files it calls. */
 #include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -299,7 +301,7 @@ int store_job_exists(struct store_conn *c, const char *job_id, const char *param
 
 /* ---- connections -------------------------------------------------------------------------- */
 
-static void conn_close(struct store_conn *c) {
+void store_conn_close(struct store_conn *c) {
     if (!c) return;
     for (int i = 0; i < c->n_cached; i++) sqlite3_finalize(c->cache[i].stmt);
     sqlite3_close(c->db);
@@ -314,9 +316,7 @@ static int conn_exec(struct store_conn *c, const char *sql, const char *path, co
                            what, sqlite3_errmsg(c->db));
 }
 
-/* Opens one connection with lorad's settings. first: the connection that creates the file and
- * switches it to WAL. */
-static int conn_open(struct lorad_store *s, bool first, struct store_conn **ret_conn,
+int store_conn_open(struct lorad_store *s, bool first, struct store_conn **ret_conn,
                      struct lorad_error *err) {
     bool readonly = s->opts.flags & LORAD_STORE_READONLY;
     struct store_conn *c = calloc(1, sizeof *c);
@@ -328,7 +328,7 @@ static int conn_open(struct lorad_store *s, bool first, struct store_conn **ret_
         int r = lorad_error_set(err, store_errno(rc) ? store_errno(rc) : -EIO, "",
                                 "%s: cannot open database: %s", s->path,
                                 c->db ? sqlite3_errmsg(c->db) : sqlite3_errstr(rc));
-        conn_close(c);
+        store_conn_close(c);
         return r;
     }
     sqlite3_extended_result_codes(c->db, 1);
@@ -349,7 +349,7 @@ static int conn_open(struct lorad_store *s, bool first, struct store_conn **ret_
         r = conn_exec(c, sql, s->path, "max_page_count", err);
     }
     if (r < 0) {
-        conn_close(c);
+        store_conn_close(c);
         return r;
     }
     *ret_conn = c;
@@ -373,7 +373,7 @@ int store_acquire(struct lorad_store *s, struct store_conn **ret_conn, struct lo
     s->n_open++;
     pthread_mutex_unlock(&s->pool_lock);
     struct store_conn *c = NULL;
-    int r = conn_open(s, false, &c, err);
+    int r = store_conn_open(s, false, &c, err);
     if (r < 0) {
         pthread_mutex_lock(&s->pool_lock);
         s->n_open--;
@@ -420,91 +420,4 @@ int store_tx_end(struct lorad_store *s, struct store_conn *c, int r, struct lora
     }
     pthread_mutex_unlock(&s->write_lock);
     return r;
-}
-
-/* ---- open / close ------------------------------------------------------------------------- */
-
-static int quick_check(struct store_conn *c, const char *path, struct lorad_error *err) {
-    int r = 0;
-    sqlite3_stmt *st = store_stmt(c, "PRAGMA quick_check", &r, err);
-    if (!st) return r;
-    r = store_step(c, st, path, err);
-    if (r == 1) {
-        const char *res = (const char *)sqlite3_column_text(st, 0);
-        if (!res || strcmp(res, "ok") != 0)
-            r = lorad_error_set(err, -EBADMSG, "", "%s: database is corrupt: %s", path,
-                                res ? res : "?");
-        else
-            r = 0;
-    } else if (r == 0) {
-        r = lorad_error_set(err, -EBADMSG, "", "%s: quick_check returned nothing", path);
-    }
-    store_stmt_done(st);
-    return r;
-}
-
-int lorad_store_open(const char *path, const struct lorad_store_options *opts,
-                     struct lorad_store **ret_store, struct lorad_error *err) {
-    if (!path || !*path) return lorad_error_set(err, -EINVAL, "path", "empty database path");
-    struct lorad_store *s = calloc(1, sizeof *s);
-    if (!s || !(s->path = strdup(path))) {
-        free(s);
-        return lorad_error_set(err, -ENOMEM, "", "out of memory");
-    }
-    if (opts) s->opts = *opts;
-    if (s->opts.busy_timeout_ms <= 0) s->opts.busy_timeout_ms = 5000;
-    if (s->opts.pool_max <= 0) s->opts.pool_max = 16;
-    pthread_mutex_init(&s->pool_lock, NULL);
-    pthread_cond_init(&s->pool_cond, NULL);
-    pthread_mutex_init(&s->write_lock, NULL);
-
-    struct store_conn *c = NULL;
-    int r = conn_open(s, true, &c, err);
-    if (r < 0) goto fail;
-    s->n_open = 1;
-    if (s->opts.flags & LORAD_STORE_READONLY) {
-        int version = 0;
-        r = store_read_user_version(c->db, &version, path, err);
-        if (r == 0 && version != store_schema_latest)
-            r = lorad_error_set(err, -EPROTO, "",
-                                "%s: schema version %d, this lorad needs %d (open it read-write "
-                                "once to migrate, or upgrade lorad)",
-                                path, version, store_schema_latest);
-    } else {
-        r = store_migrate(c->db, store_schema_latest, path, err);
-    }
-    if (r == 0 && (s->opts.flags & LORAD_STORE_RECOVER)) {
-        r = quick_check(c, path, err);
-        if (r == 0) {
-            r = store_tx_begin(s, c, err);
-            if (r == 0) r = store_tx_end(s, c, store_recover_tx(c, err), err);
-        }
-    }
-    if (r < 0) goto fail;
-    s->idle = c;
-    *ret_store = s;
-    return 0;
-fail:
-    conn_close(c);
-    s->n_open = 0;
-    lorad_store_close(s);
-    return r;
-}
-
-void lorad_store_close(struct lorad_store *s) {
-    if (!s) return;
-    assert(s->n_open == 0 || s->idle);
-    int closed = 0;
-    while (s->idle) {
-        struct store_conn *c = s->idle;
-        s->idle = c->next_idle;
-        conn_close(c);
-        closed++;
-    }
-    assert(closed == s->n_open && "lorad_store_close with a call in flight");
-    pthread_mutex_destroy(&s->pool_lock);
-    pthread_cond_destroy(&s->pool_cond);
-    pthread_mutex_destroy(&s->write_lock);
-    free(s->path);
-    free(s);
 }

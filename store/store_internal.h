@@ -35,6 +35,11 @@ struct lorad_store {
     pthread_mutex_t write_lock;
 };
 
+/* Opens one connection with lorad's settings (busy timeout, foreign keys, synchronous FULL, the
+ * page limit), refusing a file that is not a database without writing to it. first: the
+ * connection that creates the file and switches it to WAL. Close it with store_conn_close. */
+int store_conn_open(struct lorad_store *s, bool first, struct store_conn **ret_conn, struct lorad_error *err);
+void store_conn_close(struct store_conn *c);
 /* Borrow a connection (blocks while pool_max are in use); give it back with store_release(). */
 int store_acquire(struct lorad_store *s, struct store_conn **ret_conn, struct lorad_error *err);
 void store_release(struct lorad_store *s, struct store_conn *c);
