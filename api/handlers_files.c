@@ -1,6 +1,6 @@
 /* /v1/files: uploads of training data, their validation report, listing, download and deletion.
  *
- * An upload is validated as a whole before it is stored (engine/dataset.h, format detected from
+ * An upload is validated as a whole before it is stored (engine/data/dataset.h, format detected from
  * the first good line). Whatever the verdict, a non-empty upload is kept: a file whose every line
  * is a valid record is "processed"; a file with bad lines (or no record at all) is stored with
  * status "error", its validation report naming each bad line (the first 20) and status_details

@@ -1,7 +1,7 @@
 /* lorad inspect PATH [--seq-len N] [--batch N] [--lora-r N] [--threads N] [--job JOB.json] [--json]:
  * describes a model file or directory (format, hyper-parameters, parameter count, dtypes,
  * tokenizer) and the memory a LoRA fine-tuning job on it needs: the engine's estimate
- * (engine/train_memory.h), the one `lorad train` and the daemon enforce, for the job file given or
+ * (engine/train/train_memory.h), the one `lorad train` and the daemon enforce, for the job file given or
  * for LoRA r on all seven projections at --seq-len and --batch. The model is probed, not loaded:
  * nothing is converted, so inspecting a quantised GGUF is quick. */
 #include <errno.h>

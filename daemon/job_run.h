@@ -1,5 +1,5 @@
 /* One queued job, run to its next status: the bridge between a stored job (store/) and
- * lorad_train_run (engine/train.h), the code path `lorad train` uses too.
+ * lorad_train_run (engine/train/train.h), the code path `lorad train` uses too.
  *
  * The runner rebuilds the job spec from the stored job, resolves the model in the models
  * directory and the files through the store, trains into JOBS/<job-id>/ with resume always on, and

@@ -9,7 +9,7 @@
  * (busy timeout). A struct lorad_metrics_writer belongs to one thread.
  *
  * Errors: functions return 0 (or a documented positive value) or -errno and fill the optional
- * struct lorad_error (engine/error.h). Codes used throughout:
+ * struct lorad_error (engine/base/error.h). Codes used throughout:
  *   -ENOENT  object not found (param names the id field)
  *   -EINVAL  bad argument (param names it)
  *   -EPERM   illegal job status transition

@@ -301,7 +301,7 @@ double f64_central_difference(double (*f)(void *ctx, const double *x), void *ctx
  * with probability below 1e-4 even for n = 1500. For terms of mixed sign the sum of magnitudes
  * exceeds the magnitude of the result by about sqrt(n), so a stage is accurate to
  * lambda n u of the scale of its output. The engine's exp approximation (relative error 2e-7,
- * engine/vec_math.h) is below that for every n >= 1. To first order, the errors introduced along
+ * engine/kernels/vec_math.h) is below that for every n >= 1. To first order, the errors introduced along
  * a chain add, so a result at the end of `stages` stages is accurate to stages * lambda * n * u
  * relative to its scale. A wrong or missing term of a gradient moves it by O(1) of its scale,
  * hundreds of times the bound at the sizes the tests use. */

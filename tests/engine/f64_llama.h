@@ -42,7 +42,7 @@ void f64_llama_free(struct f64_llama *f);
  * honoured as lorad_batch defines them), with dropout masks when f->dropout > 0. */
 double f64_llama_loss_sum(const struct f64_llama *f, const struct lorad_batch *b);
 
-/* The operations, for the kernel-level checks. Shapes as in engine/kernels.h; all float64. */
+/* The operations, for the kernel-level checks. Shapes as in engine/kernels/kernels.h; all float64. */
 void f64_rmsnorm(double *out, const double *x, const double *w, double eps, int64_t N, int64_t C);
 void f64_rope_inv_freq(double *inv_freq, const struct lorad_llama_config *cfg); /* (head_dim/2) */
 void f64_rope(double *x, const int32_t *pos, const double *inv_freq, int64_t N, int n_heads, int head_dim);

@@ -220,7 +220,7 @@ static void test_grads_checkpointing_gqa_untied(void **state) {
     run_case(&rc);
 }
 
-/* More tokens per micro-batch (2 x 150) than the LM head's 128-token chunk (engine/model.c
+/* More tokens per micro-batch (2 x 150) than the LM head's 128-token chunk (engine/model/model.c
  * HEAD_CHUNK), so the chunked loss, the head's input gradient and lm_head's LoRA gradient are
  * summed over two whole chunks and a ragged one. */
 static void test_grads_lm_head_chunks(void **state) {

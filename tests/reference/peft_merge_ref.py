@@ -6,7 +6,7 @@ PEFT LoRA (LoraLayer): a module W (out, in) gets lora_A.weight (r, in) and lora_
 merging adds delta = scaling * (B @ A) with scaling = lora_alpha / r, or lora_alpha / sqrt(r) when
 use_rslora is set. Tensors are saved as "base_model.model.<module>.lora_{A,B}.weight".
 
-lorad's merge contract (docs in engine/merge.h): the sum W + delta is formed in f32 and rounded
+lorad's merge contract (docs in engine/adapter/merge.h): the sum W + delta is formed in f32 and rounded
 ONCE to the base dtype (BF16: round to nearest even). PEFT itself, on a bf16 base, adds a bf16
 delta to the bf16 weight (two roundings); we check lorad's single rounding, computed here in
 float64 and rounded to f32 then bf16.

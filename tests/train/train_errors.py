@@ -69,7 +69,7 @@ def test(d):
     job = write_job(os.path.join(d, "init8.json"), model=model, training_file=good, hyperparameters=hp,
                     lora={"r": 8, "init_adapter": os.path.join(d, "out-skip", "adapter")})
     train(job, os.path.join(d, "o7"))
-    # The same adapter as the adapter.tar the run wrote (engine/tar_write.c, what the API serves)
+    # The same adapter as the adapter.tar the run wrote (engine/formats/tar_write.c, what the API serves)
     # continues identically: same losses, same final tensors byte for byte.
     job = write_job(os.path.join(d, "init_tar.json"), model=model, training_file=good, hyperparameters=hp,
                     lora={"r": 8, "init_adapter": os.path.join(d, "out-skip", "adapter", "adapter.tar")})

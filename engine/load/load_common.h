@@ -1,4 +1,4 @@
-/* Pieces shared by the model loaders (safetensors/HF, GGUF, llama2.c): read-only file mappings,
+/* Pieces shared by the model loaders (safetensors/HF, GGUF, llama2.c): the load mode,
  * the owner object behind a struct lorad_base_weights, and the Meta <-> HF RoPE row permutation.
  *
  * A loader allocates one struct lorad_load_owner, attaches every mapping and buffer its tensors

@@ -92,7 +92,7 @@ struct lorad_tokenizer {
     bool byte_level_prefix_space;   /* BYTE_LEVEL add_prefix_space */
 };
 
-/* Table helpers (tok_core.c). */
+/* Table helpers (tok_vocab.c). */
 int tok_str_map_build(struct lorad_tokenizer *t);
 int32_t tok_str_map_get(const struct lorad_tokenizer *t, const char *s, size_t len);
 int tok_pair_map_init(struct tok_pair_map *m, size_t n);

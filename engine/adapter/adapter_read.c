@@ -295,7 +295,7 @@ static int load_peft(struct lorad_adapter *a, const struct lorad_llama_config *c
     return rc;
 }
 
-/* ---- adapter.tar: a POSIX tar archive of one PEFT folder (what engine/tar_write.c writes and
+/* ---- adapter.tar: a POSIX tar archive of one PEFT folder (what engine/formats/tar_write.c writes and
  * the API serves, or what GNU/BSD tar make of the folder). The archive is mapped and its two members
  * are parsed where they lie, so there is no temporary directory to clean up. Headers are 512-byte
  * blocks (name[100] at 0, size as octal at 124, checksum at 148, type at 156, "ustar" at 257,
