@@ -8,7 +8,6 @@
 #include "adapter_read.h"
 #include "gguf.h"
 #include "load_common.h"
-#include "model.h"
 #include "safetensors_read.h"
 #include "tar.h"
 #include "weights.h"
@@ -675,14 +674,5 @@ int lorad_adapter_load(const char *path, const struct lorad_llama_config *cfg, s
         return rc;
     }
     *ret_adapter = a;
-    return 0;
-}
-
-int lorad_adapter_copy_into(const struct lorad_adapter *a, struct lorad_model *m, struct lorad_error *err) {
-    for (int i = 0; i < a->n_tensors; i++) {
-        const struct lorad_adapter_tensor *t = &a->tensors[i];
-        int rc = lorad_model_set_lora_tensor(m, t->name, t->data, t->rows, t->cols, err);
-        if (rc < 0) return rc;
-    }
     return 0;
 }

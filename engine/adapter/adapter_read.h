@@ -62,12 +62,6 @@ const struct lorad_adapter_tensor *lorad_adapter_find(const struct lorad_adapter
 int lorad_adapter_module(const struct lorad_adapter *a, const char *module, const struct lorad_adapter_tensor **ret_A,
                          const struct lorad_adapter_tensor **ret_B);
 
-struct lorad_model;
-/* Copies every tensor of a into m's LoRA buffers (lorad_model_set_lora_tensor); modules a does
- * not carry keep what m holds. Returns 0, or the first failure (-ENOENT: m has no such LoRA
- * tensor; -EINVAL: shape) with err naming the tensor. */
-int lorad_adapter_copy_into(const struct lorad_adapter *a, struct lorad_model *m, struct lorad_error *err);
-
 /* Checks a list of adapter tensors against r and, when cfg is non-NULL, the base shapes, exactly
  * as lorad_adapter_load does; source names the file in errors. Returns 0 or -EINVAL. */
 int lorad_adapter_validate(const struct lorad_adapter_tensor *tensors, int n_tensors, int r,

@@ -36,6 +36,16 @@ void lorad_encoder_from_tokenizer(struct lorad_encoder *enc, struct lorad_tokeni
                                   .vocab_size = vocab_size};
 }
 
+static bool encoder_has_special(void *ctx, const char *piece) {
+    const struct lorad_encoder *enc = ctx;
+    return enc->special_id(enc->ctx, piece) >= 0;
+}
+
+enum lorad_chat_template lorad_encoder_template(const struct lorad_encoder *enc, enum lorad_chat_template tmpl) {
+    if (tmpl != LORAD_TEMPLATE_AUTO) return tmpl;
+    return enc->special_id ? lorad_chat_template_auto(encoder_has_special, (void *)enc) : LORAD_TEMPLATE_NONE;
+}
+
 /* Without a label a position is trained; shifting to next-token targets happens in the batch. */
 static int sample_from_ids(struct lorad_sample *ret, int cap, const struct lorad_record *rec,
                            const struct lorad_encoder *enc, int max_seq_len, enum lorad_dataset_problem *ret_problem,

@@ -41,6 +41,10 @@ struct lorad_tokenizer;
  * tokenizer's own BOS/EOS ids for the template's BOS/EOS segments. */
 void lorad_encoder_from_tokenizer(struct lorad_encoder *enc, struct lorad_tokenizer *t, int vocab_size);
 
+/* tmpl, or for AUTO the template the encoder's special tokens call for (lorad_chat_template_auto;
+ * NONE without a tokenizer). */
+enum lorad_chat_template lorad_encoder_template(const struct lorad_encoder *enc, enum lorad_chat_template tmpl);
+
 /* One tokenised sample: ids and whether each token is a training target. */
 struct lorad_sample {
     int n;

@@ -20,11 +20,13 @@
 #include <unistd.h>
 
 #include "adapter.h"
+#include "adapter_apply.h"
 #include "adapter_read.h"
 #include "checkpoint_dir.h"
 #include "fsutil.h"
 #include "model.h"
 #include "model_file.h"
+#include "model_tokenizer.h"
 #include "optim.h"
 #include "safetensors_read.h"
 #include "safetensors_write.h"
@@ -96,25 +98,17 @@ static void say(struct run *r, const char *level, const char *fmt, ...) {
 
 /* ---- the tokenizer as the corpus sees it ----------------------------------------------------- */
 
-static bool has_special(void *ctx, const char *piece) { return lorad_tokenizer_special_id(ctx, piece) >= 0; }
-
 /* The model's own tokenizer: a GGUF's vocabulary or the file beside an HF model's weights. */
 static int load_tokenizer(struct run *r) {
-    int rc;
     r->enc = (struct lorad_encoder){.bos_id = -1, .eos_id = -1, .vocab_size = r->mf->weights.cfg.vocab_size};
-    if (r->mf->has_vocab) rc = lorad_tokenizer_from_vocab(&r->tok, &r->mf->vocab, r->err);
-    else if (r->mf->tokenizer_path) rc = lorad_tokenizer_load(&r->tok, r->mf->tokenizer_path, r->err);
-    else {
+    int rc = lorad_model_file_tokenizer(r->mf, NULL, &r->tok, r->err);
+    if (rc < 0) return rc;
+    if (!r->tok) {
         /* A llama2.c .bin carries no tokenizer: the data must be pre-tokenised. */
         say(r, "info", "%s has no tokenizer: training data must be {\"input_ids\": [...]} records", r->opt->model_path);
         return 0;
     }
-    if (rc < 0) return rc;
-    int vocab = lorad_tokenizer_vocab_size(r->tok);
-    if (vocab > r->mf->weights.cfg.vocab_size)
-        return lorad_error_set(r->err, -EINVAL, "model", "%s: tokenizer has %d pieces but the model only %d",
-                               r->opt->model_path, vocab, r->mf->weights.cfg.vocab_size);
-    lorad_encoder_from_tokenizer(&r->enc, r->tok, vocab);
+    lorad_encoder_from_tokenizer(&r->enc, r->tok, lorad_tokenizer_vocab_size(r->tok));
     return 0;
 }
 
@@ -122,8 +116,7 @@ static int load_tokenizer(struct run *r) {
 
 static int open_corpora(struct run *r) {
     const struct lorad_hyperparameters *hp = &r->spec->hp;
-    enum lorad_chat_template tmpl = r->spec->template;
-    if (tmpl == LORAD_TEMPLATE_AUTO) tmpl = r->tok ? lorad_chat_template_auto(has_special, r->tok) : LORAD_TEMPLATE_NONE;
+    enum lorad_chat_template tmpl = lorad_encoder_template(&r->enc, r->spec->template);
     struct lorad_corpus_options co = {.format = r->spec->data_format,
                                       .tmpl = tmpl,
                                       .train_on_input = hp->train_on_input,
