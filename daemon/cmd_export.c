@@ -37,22 +37,10 @@ static int fail(const struct lorad_error *err) {
     return LORAD_EXIT_FAILURE;
 }
 
-/* Writes len bytes to path through path.tmp + fsync + rename. */
+/* Writes len bytes to path, whole or not at all. */
 static int write_file_atomic(const char *path, const void *data, size_t len, struct lorad_error *err) {
-    char tmp[4096];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
-        return lorad_error_set(err, -ENAMETOOLONG, "", "path too long: %s", path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) return lorad_error_set(err, -errno, "", "cannot create %s: %s", tmp, strerror(errno));
-    int r = lorad_write_all(fd, data, len);
-    if (r == 0 && fsync(fd) < 0) r = -errno;
-    if (close(fd) < 0 && r == 0) r = -errno;
-    if (r == 0 && rename(tmp, path) < 0) r = -errno;
-    if (r == 0) r = lorad_fsync_parent_dir(path);
-    if (r < 0) {
-        unlink(tmp);
-        return lorad_error_set(err, r, "", "cannot write %s: %s", path, strerror(-r));
-    }
+    int r = lorad_atomic_write_file(path, data, len);
+    if (r < 0) return lorad_error_set(err, r, "", "cannot write %s: %s", path, strerror(-r));
     return 0;
 }
 

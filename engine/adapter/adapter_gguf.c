@@ -127,16 +127,12 @@ int lorad_adapter_write_gguf(const char *path, const struct lorad_adapter_meta *
         goto out;
     }
 
-    char tmp[4096];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp) {
-        r = lorad_error_set(err, -ENAMETOOLONG, "", "path too long: %s", path);
+    struct lorad_atomic_file file;
+    if ((r = lorad_atomic_open(&file, path)) < 0) {
+        r = lorad_error_set(err, r, "", "cannot create %s.tmp: %s", path, strerror(-r));
         goto out;
     }
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        r = lorad_error_set(err, -errno, "", "cannot create %s: %s", tmp, strerror(errno));
-        goto out;
-    }
+    int fd = file.fd;
     r = lorad_write_all(fd, h.p, h.len);
     for (int i = 0; r == 0 && i < n_tensors; i++) {
         const struct lorad_adapter_tensor *t = &tensors[i];
@@ -162,12 +158,7 @@ int lorad_adapter_write_gguf(const char *path, const struct lorad_adapter_meta *
         free(permuted);
         if (r == 0) r = lorad_write_all(fd, zeros, (GGUF_ALIGNMENT - bytes % GGUF_ALIGNMENT) % GGUF_ALIGNMENT);
     }
-    if (r == 0 && fsync(fd) < 0) r = -errno;
-    if (close(fd) < 0 && r == 0) r = -errno;
-    if (r == 0 && rename(tmp, path) < 0) r = -errno;
-    if (r == 0) r = lorad_fsync_parent_dir(path);
-    if (r < 0) {
-        unlink(tmp);
+    if ((r = lorad_atomic_finish(&file, r)) < 0) {
         if (!err || !err->message[0]) lorad_error_set(err, r, "", "cannot write %s: %s", path, strerror(-r));
     }
 out:

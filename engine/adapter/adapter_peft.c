@@ -32,21 +32,8 @@ static json_t *peft_config_json(const struct lorad_adapter_meta *m) {
 }
 
 static int write_text_atomic(const char *path, const char *text, struct lorad_error *err) {
-    char tmp[4096];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
-        return lorad_error_set(err, -ENAMETOOLONG, "", "path too long: %s", path);
-    FILE *f = fopen(tmp, "we");
-    if (!f) return lorad_error_set(err, -errno, "", "cannot create %s: %s", tmp, strerror(errno));
-    int r = fputs(text, f) < 0 ? -EIO : 0;
-    if (r == 0 && fflush(f) != 0) r = -errno;
-    if (r == 0 && fsync(fileno(f)) < 0) r = -errno;
-    if (fclose(f) != 0 && r == 0) r = -errno;
-    if (r == 0 && rename(tmp, path) < 0) r = -errno;
-    if (r == 0) r = lorad_fsync_parent_dir(path);
-    if (r < 0) {
-        unlink(tmp);
-        return lorad_error_set(err, r, "", "cannot write %s: %s", path, strerror(-r));
-    }
+    int r = lorad_atomic_write_file(path, text, strlen(text));
+    if (r < 0) return lorad_error_set(err, r, "", "cannot write %s: %s", path, strerror(-r));
     return 0;
 }
 

@@ -128,28 +128,19 @@ int lorad_st_writer_finish(struct lorad_st_writer *w, struct lorad_error *err) {
         lorad_st_writer_free(w);
         return lorad_error_set(err, -ENOMEM, "", "out of memory building a safetensors header");
     }
-    char tmp[4096];
-    int r = 0;
-    if (snprintf(tmp, sizeof tmp, "%s.tmp", w->path) >= (int)sizeof tmp) {
-        r = lorad_error_set(err, -ENAMETOOLONG, "", "path too long: %s", w->path);
+    struct lorad_atomic_file out;
+    int r = lorad_atomic_open(&out, w->path);
+    if (r < 0) {
+        r = lorad_error_set(err, r, "", "cannot create %s.tmp: %s", w->path, strerror(-r));
         goto out;
     }
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        r = lorad_error_set(err, -errno, "", "cannot create %s: %s", tmp, strerror(errno));
-        goto out;
-    }
+    int fd = out.fd;
     uint8_t len8[8];
     for (int i = 0; i < 8; i++) len8[i] = (uint8_t)((uint64_t)hlen >> (8 * i));
     r = lorad_write_all(fd, len8, 8);
     if (r == 0) r = lorad_write_all(fd, header, hlen);
     for (size_t i = 0; r == 0 && i < w->n; i++) r = lorad_write_all(fd, w->entries[i].data, w->entries[i].nbytes);
-    if (r == 0 && fsync(fd) < 0) r = -errno;
-    if (close(fd) < 0 && r == 0) r = -errno;
-    if (r == 0 && rename(tmp, w->path) < 0) r = -errno;
-    if (r == 0) r = lorad_fsync_parent_dir(w->path);
-    if (r < 0) {
-        unlink(tmp);
+    if ((r = lorad_atomic_finish(&out, r)) < 0) {
         lorad_error_set(err, r, "", "cannot write %s: %s", w->path, strerror(-r));
     }
 out:

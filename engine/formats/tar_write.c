@@ -55,17 +55,16 @@ static int copy_file(int out, const char *path, unsigned long long size) {
 
 int lorad_tar_write(const char *tar_path, const char *dir, const char *const *names, int n_names, const char *folder,
                     struct lorad_error *err) {
-    char tmp[4096];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp", tar_path) >= (int)sizeof tmp)
-        return lorad_error_set(err, -ENAMETOOLONG, "", "path too long: %s", tar_path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) return lorad_error_set(err, -errno, "", "cannot create %s: %s", tmp, strerror(errno));
+    struct lorad_atomic_file out;
+    int r = lorad_atomic_open(&out, tar_path);
+    if (r < 0) return lorad_error_set(err, r, "", "cannot create %s.tmp: %s", tar_path, strerror(-r));
+    int fd = out.fd;
     unsigned char block[512];
     static const unsigned char zeros[1024];
     unsigned long long now = (unsigned long long)time(NULL);
     char entry[256];
     snprintf(entry, sizeof entry, "%s/", folder);
-    int r = tar_header(block, entry, 0, now, '5', 0755);
+    r = tar_header(block, entry, 0, now, '5', 0755);
     if (r == 0) r = lorad_write_all(fd, block, 512);
     for (int i = 0; r == 0 && i < n_names; i++) {
         char path[4096];
@@ -82,12 +81,8 @@ int lorad_tar_write(const char *tar_path, const char *dir, const char *const *na
         if (r == 0) r = lorad_write_all(fd, zeros, (512 - (size_t)st.st_size % 512) % 512);
     }
     if (r == 0) r = lorad_write_all(fd, zeros, 1024);
-    if (r == 0 && fsync(fd) < 0) r = -errno;
-    if (close(fd) < 0 && r == 0) r = -errno;
-    if (r == 0 && rename(tmp, tar_path) < 0) r = -errno;
-    if (r == 0) r = lorad_fsync_parent_dir(tar_path);
+    r = lorad_atomic_finish(&out, r);
     if (r < 0) {
-        unlink(tmp);
         if (!err || !err->message[0]) lorad_error_set(err, r, "", "cannot write %s: %s", tar_path, strerror(-r));
     }
     return r;

@@ -14,17 +14,6 @@
 
 #include "fsutil.h"
 
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-    (void)st;
-    (void)ftw;
-    return (flag == FTW_DP ? rmdir(path) : unlink(path)) < 0 && errno != ENOENT ? -1 : 0;
-}
-
-int lorad_remove_tree(const char *path) {
-    if (nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS) < 0 && errno != ENOENT) return -errno;
-    return 0;
-}
-
 /* Parses "step-N" (exactly) into N. */
 static int parse_step_name(const char *name, int64_t *ret) {
     if (strncmp(name, "step-", 5) != 0 || !name[5]) return 0;
@@ -44,34 +33,6 @@ int lorad_checkpoint_begin(const char *root, int64_t step, char *ret_tmp, size_t
     if ((r = lorad_remove_tree(ret_tmp)) < 0) return lorad_error_set(err, r, "", "cannot clear %s", ret_tmp);
     if (mkdir(ret_tmp, 0755) < 0) return lorad_error_set(err, -errno, "", "cannot create %s: %s", ret_tmp, strerror(errno));
     return 0;
-}
-
-static int fsync_path(const char *path, int flags) {
-    int fd = open(path, flags | O_CLOEXEC);
-    if (fd < 0) return -errno;
-    int r = fsync(fd) < 0 ? -errno : 0;
-    close(fd);
-    return r;
-}
-
-/* fsyncs every regular file directly inside dir, then dir itself. */
-static int fsync_dir_contents(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return -errno;
-    int r = 0;
-    struct dirent *e;
-    while (r == 0 && (e = readdir(d))) {
-        if (e->d_name[0] == '.') continue;
-        char path[LORAD_CHECKPOINT_PATH_MAX];
-        if (snprintf(path, sizeof path, "%s/%s", dir, e->d_name) >= (int)sizeof path) {
-            r = -ENAMETOOLONG;
-            break;
-        }
-        struct stat st;
-        if (lstat(path, &st) == 0 && S_ISREG(st.st_mode)) r = fsync_path(path, O_RDONLY);
-    }
-    closedir(d);
-    return r ? r : fsync_path(dir, O_RDONLY | O_DIRECTORY);
 }
 
 static int cmp_i64_desc(const void *a, const void *b) {
@@ -123,20 +84,11 @@ int lorad_checkpoint_commit(const char *root, int64_t step, char *ret_final, siz
     char tmp[LORAD_CHECKPOINT_PATH_MAX], final[LORAD_CHECKPOINT_PATH_MAX], old[LORAD_CHECKPOINT_PATH_MAX];
     snprintf(tmp, sizeof tmp, "%s/.step-%" PRId64 ".tmp", root, step);
     snprintf(final, sizeof final, "%s/step-%" PRId64, root, step);
-    int r = fsync_dir_contents(tmp);
-    if (r < 0) return lorad_error_set(err, r, "", "cannot sync %s: %s", tmp, strerror(-r));
-    /* A repeated step (after a resume) replaces the older copy: move it aside first so that some
+    /* A repeated step (after a resume) replaces the older copy through .step-N.old, so that some
      * complete step-N exists at every moment. */
     snprintf(old, sizeof old, "%s/.step-%" PRId64 ".old", root, step);
-    struct stat st;
-    bool had_old = stat(final, &st) == 0;
-    if (had_old) {
-        lorad_remove_tree(old);
-        if (rename(final, old) < 0) return lorad_error_set(err, -errno, "", "cannot replace %s: %s", final, strerror(errno));
-    }
-    if (rename(tmp, final) < 0) return lorad_error_set(err, -errno, "", "cannot rename %s: %s", tmp, strerror(errno));
-    if ((r = lorad_fsync_parent_dir(final)) < 0) return lorad_error_set(err, r, "", "cannot sync %s", root);
-    if (had_old) lorad_remove_tree(old);
+    int r = lorad_dir_swap_in(tmp, final, old);
+    if (r < 0) return lorad_error_set(err, r, "", "cannot commit %s as %s: %s", tmp, final, strerror(-r));
     if (ret_final) snprintf(ret_final, cap, "%s", final);
     return 0;
 }

@@ -33,5 +33,3 @@ int lorad_checkpoint_latest(const char *root, int64_t *ret_step, char *ret_path,
 /* Removes leftover ROOT/.step-*.tmp directories of an interrupted run. */
 int lorad_checkpoint_clean_temp(const char *root);
 
-/* Removes a directory tree (files and subdirectories). Returns 0 or -errno; missing is fine. */
-int lorad_remove_tree(const char *path);

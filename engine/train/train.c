@@ -461,11 +461,8 @@ static int write_final_adapter(struct run *r) {
     lorad_remove_tree(old);
     int rc = write_adapter_files(r, tmp);
     if (rc < 0) return rc;
-    if (rename(final, old) < 0 && errno != ENOENT)
-        return lorad_error_set(r->err, -errno, "", "cannot replace %s: %s", final, strerror(errno));
-    if (rename(tmp, final) < 0) return lorad_error_set(r->err, -errno, "", "cannot create %s: %s", final, strerror(errno));
-    lorad_fsync_parent_dir(final);
-    lorad_remove_tree(old);
+    if ((rc = lorad_dir_swap_in(tmp, final, old)) < 0)
+        return lorad_error_set(r->err, rc, "", "cannot create %s: %s", final, strerror(-rc));
     return 0;
 }
 

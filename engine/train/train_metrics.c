@@ -70,21 +70,17 @@ int lorad_metrics_append(const char *path, const struct lorad_step_metrics *m) {
 int lorad_metrics_truncate_after(const char *path, int64_t last_step) {
     FILE *in = fopen(path, "re");
     if (!in) return errno == ENOENT ? 0 : -errno;
-    char tmp[4096];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp) {
-        fclose(in);
-        return -ENAMETOOLONG;
-    }
-    FILE *out = fopen(tmp, "we");
+    struct lorad_atomic_file file;
+    int r = lorad_atomic_open(&file, path);
+    FILE *out = r == 0 ? lorad_atomic_fdopen(&file) : NULL;
     if (!out) {
-        int e = -errno;
+        if (r == 0) r = lorad_atomic_finish(&file, -ENOMEM);
         fclose(in);
-        return e;
+        return r;
     }
     char *line = NULL;
     size_t cap = 0;
     ssize_t n;
-    int r = 0;
     while ((n = getline(&line, &cap, in)) > 0) {
         json_t *o = json_loadb(line, (size_t)n, 0, NULL);
         const json_t *step = o ? json_object_get(o, "step") : NULL;
@@ -98,11 +94,5 @@ int lorad_metrics_truncate_after(const char *path, int64_t last_step) {
     }
     free(line);
     fclose(in);
-    if (r == 0 && fflush(out) != 0) r = -errno;
-    if (r == 0 && fsync(fileno(out)) < 0) r = -errno;
-    if (fclose(out) != 0 && r == 0) r = -errno;
-    if (r == 0 && rename(tmp, path) < 0) r = -errno;
-    if (r == 0) r = lorad_fsync_parent_dir(path);
-    if (r < 0) unlink(tmp);
-    return r;
+    return lorad_atomic_finish(&file, r);
 }
