@@ -25,6 +25,14 @@ int lorad_write_all(int fd, const void *buf, size_t len) {
     return 0;
 }
 
+static int fsync_path(const char *path, int flags) {
+    int fd = open(path, flags | O_CLOEXEC);
+    if (fd < 0) return -errno;
+    int r = fsync(fd) < 0 ? -errno : 0;
+    close(fd);
+    return r;
+}
+
 int lorad_fsync_parent_dir(const char *path) {
     char dir[PATH_MAX];
     if (snprintf(dir, sizeof dir, "%s", path) >= (int)sizeof dir) return -ENAMETOOLONG;
@@ -32,11 +40,7 @@ int lorad_fsync_parent_dir(const char *path) {
     if (!slash) strcpy(dir, ".");
     else if (slash == dir) dir[1] = '\0';
     else *slash = '\0';
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0) return -errno;
-    int r = fsync(fd) < 0 ? -errno : 0;
-    close(fd);
-    return r;
+    return fsync_path(dir, O_RDONLY | O_DIRECTORY);
 }
 
 int lorad_mkdir_p_mode(const char *dir, mode_t mode) {
@@ -111,14 +115,6 @@ int lorad_atomic_write_file(const char *path, const void *data, size_t len) {
     int r = lorad_atomic_open(&f, path);
     if (r < 0) return r;
     return lorad_atomic_finish(&f, lorad_write_all(f.fd, data, len));
-}
-
-static int fsync_path(const char *path, int flags) {
-    int fd = open(path, flags | O_CLOEXEC);
-    if (fd < 0) return -errno;
-    int r = fsync(fd) < 0 ? -errno : 0;
-    close(fd);
-    return r;
 }
 
 /* fsyncs every regular file directly inside dir, then dir itself. */

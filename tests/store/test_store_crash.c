@@ -22,37 +22,20 @@
 
 enum { KILLS = 20, CKPT_EVERY = 5, KEEP = 2 };
 
-static int fsync_path(const char *path, int flags) {
-    int fd = open(path, flags | O_CLOEXEC);
-    if (fd < 0) return -errno;
-    int r = fsync(fd) < 0 ? -errno : 0;
-    close(fd);
-    return r;
-}
-
 /* Writes <dir>/step-N durably: a temporary directory with its file, both fsynced, renamed into
  * place, and the parent fsynced. A directory left by a run killed before its commit is replaced. */
 static int write_checkpoint_dir(const char *ckpt_root, long step, char *out, size_t out_len) {
-    char tmp[512], file[600], final_file[600];
+    char tmp[512], old[512], file[600];
     snprintf(tmp, sizeof tmp, "%s/step-%ld.tmp", ckpt_root, step);
+    snprintf(old, sizeof old, "%s/step-%ld.old", ckpt_root, step);
     snprintf(out, out_len, "%s/step-%ld", ckpt_root, step);
     snprintf(file, sizeof file, "%s/adapter.bin", tmp);
-    snprintf(final_file, sizeof final_file, "%s/adapter.bin", out);
-    unlink(file);
-    rmdir(tmp);
-    unlink(final_file);
-    rmdir(out);
-    if (mkdir(tmp, 0755) < 0) return -errno;
-    int fd = open(file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) return -errno;
+    int r = lorad_remove_tree(tmp);
+    if (r == 0 && mkdir(tmp, 0755) < 0) r = -errno;
     char body[64];
     int n = snprintf(body, sizeof body, "step %ld\n", step);
-    int r = lorad_write_all(fd, body, (size_t)n);
-    if (r == 0 && fsync(fd) < 0) r = -errno;
-    close(fd);
-    if (r == 0) r = fsync_path(tmp, O_RDONLY | O_DIRECTORY);
-    if (r == 0 && rename(tmp, out) < 0) r = -errno;
-    if (r == 0) r = lorad_fsync_parent_dir(out);
+    if (r == 0) r = lorad_atomic_write_file(file, body, (size_t)n);
+    if (r == 0) r = lorad_dir_swap_in(tmp, out, old);
     return r;
 }
 
