@@ -269,9 +269,10 @@ static int create_job(const struct lorad_api_request *req, struct lorad_api_repl
     }
     if (spec.lora.init_adapter[0]) {
         /* Through the API it names a fine-tuned model; the worker maps it to that job's adapter
-         * directory again at run time (lorad_api_fine_tuned_adapter_dir), so no path is stored. */
+         * directory again at run time (lorad_store_fine_tuned_adapter_dir), so no path is stored. */
         char dir[4096], base[LORAD_MODEL_ID_MAX];
-        r = lorad_api_fine_tuned_adapter_dir(app, spec.lora.init_adapter, dir, sizeof dir, base, sizeof base, &err);
+        r = lorad_store_fine_tuned_adapter_dir(app->store, app->jobs_dir, spec.lora.init_adapter, dir, sizeof dir, base,
+                                               sizeof base, &err);
         if (r == -ENOENT) {
             lorad_api_reply_error(ret_reply, 400, err.message, "lora.init_adapter", "model_not_found");
             goto out;

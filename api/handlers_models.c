@@ -5,7 +5,7 @@
  * metadata and tensor table), never by loading the weights, and each description is cached by
  * (path, mtime, size), so listing a directory of large models costs a few stat() calls.
  *
- * A fine-tuned model is named "ft:<base>:<suffix|lorad>:<job-id>" (lorad_api_fine_tuned_model_name).
+ * A fine-tuned model is named "ft:<base>:<suffix|lorad>:<job-id>" (lorad_store_fine_tuned_model_name).
  * Only the job id (the last ':' component, checked by lorad_store_id_valid) is used to find it, and
  * the whole name must then equal the job's fine_tuned_model; its files are read from
  * jobs_dir/<job-id>/adapter/ under fixed names. No client string ever becomes a path. */
@@ -246,25 +246,12 @@ static const char *const adapter_file_names[] = {"adapter_model.safetensors", "a
                                                  "adapter.gguf"};
 #define N_ADAPTER_FILES (sizeof adapter_file_names / sizeof adapter_file_names[0])
 
-/* The name a succeeded job publishes: its stored fine_tuned_model, else the name built the
- * same way the job runner builds it. Returns 0 or -ENAMETOOLONG. */
-static int job_model_name(json_t *job, char *buf, size_t cap) {
-    const char *stored = json_string_value(json_object_get(job, "fine_tuned_model"));
-    if (stored) {
-        int n = snprintf(buf, cap, "%s", stored);
-        return n < 0 || (size_t)n >= cap ? -ENAMETOOLONG : 0;
-    }
-    const char *model = json_string_value(json_object_get(job, "model"));
-    return lorad_api_fine_tuned_model_name(model ? model : "", json_string_value(json_object_get(job, "suffix")),
-                                           json_string_value(json_object_get(job, "id")), buf, cap);
-}
-
 /* The model object of a succeeded job. Returns a new reference or NULL. */
 static json_t *adapter_model_object(const struct lorad_app *app, json_t *job) {
     char name[512], dir[4096];
     const char *job_id = json_string_value(json_object_get(job, "id"));
     const char *base = json_string_value(json_object_get(job, "model"));
-    if (!job_id || !base || job_model_name(job, name, sizeof name) < 0) return NULL;
+    if (!job_id || !base || lorad_store_job_fine_tuned_model(job, name, sizeof name) < 0) return NULL;
     json_t *finished = json_object_get(job, "finished_at");
     json_t *m = json_pack("{s:s, s:s, s:O, s:s, s:s, s:s, s:s, s:s, s:s}", "id", name, "object", "model", "created",
                           json_is_integer(finished) ? finished : json_object_get(job, "created_at"), "owned_by", "user",
@@ -298,49 +285,6 @@ static json_t *adapter_model_object(const struct lorad_app *app, json_t *job) {
     json_object_set_new(m, "adapter", adapter ? adapter : json_null());
     json_object_set_new(m, "files", files ? files : json_array());
     return m;
-}
-
-/* Resolves a fine-tuned model name to its succeeded job. Returns 0 and *ret_job; -ENOENT when
- * the name does not name a succeeded job (ft:... with a malformed or unknown id, another status,
- * or a name that differs from the job's); other -errno from the store. */
-static int find_adapter_job(const struct lorad_app *app, const char *name, json_t **ret_job, struct lorad_error *err) {
-    const char *colon = strrchr(name, ':');
-    if (strncmp(name, "ft:", 3) != 0 || !colon || !lorad_store_id_valid("ftjob-", colon + 1)) return -ENOENT;
-    json_t *job = NULL;
-    int r = lorad_store_job_get(app->store, colon + 1, &job, err);
-    if (r < 0) return r;
-    char expect[512];
-    const char *status = json_string_value(json_object_get(job, "status"));
-    if (!status || strcmp(status, "succeeded") != 0 || job_model_name(job, expect, sizeof expect) < 0 ||
-        strcmp(expect, name) != 0) {
-        json_decref(job);
-        return -ENOENT;
-    }
-    *ret_job = job;
-    return 0;
-}
-
-int lorad_api_fine_tuned_adapter_dir(const struct lorad_app *app, const char *name, char *ret_dir, size_t dir_cap,
-                                     char *ret_base, size_t base_cap, struct lorad_error *err) {
-    json_t *job = NULL;
-    int r = app->store && app->jobs_dir ? find_adapter_job(app, name, &job, err) : -ENOENT;
-    if (r == -ENOENT)
-        return lorad_error_set(err, -ENOENT, "lora.init_adapter",
-                               "'%.200s' is not the fine_tuned_model of a succeeded job", name);
-    if (r < 0) return r;
-    const char *id = json_string_value(json_object_get(job, "id"));
-    const char *base = json_string_value(json_object_get(job, "model"));
-    char dir[4096];
-    int n = snprintf(dir, sizeof dir, "%s/%s/adapter", app->jobs_dir, id ? id : "");
-    r = 0;
-    if (!id || !base || n < 0 || (size_t)n >= dir_cap || strlen(base) >= base_cap)
-        r = lorad_error_set(err, -ENAMETOOLONG, "lora.init_adapter", "adapter path too long");
-    if (r == 0) {
-        memcpy(ret_dir, dir, (size_t)n + 1);
-        memcpy(ret_base, base, strlen(base) + 1);
-    }
-    json_decref(job);
-    return r;
 }
 
 static int reply_no_model(struct lorad_api_reply *ret_reply, const char *name) {
@@ -401,7 +345,7 @@ static int handle_get(const struct lorad_api_request *req, struct lorad_api_repl
     struct lorad_error err = {0};
     if (strncmp(name, "ft:", 3) == 0) {
         json_t *job = NULL;
-        int r = find_adapter_job(app, name, &job, &err);
+        int r = lorad_store_fine_tuned_job(app->store, name, &job, &err);
         if (r == -ENOENT) return reply_no_model(ret_reply, name);
         if (r < 0) return handler_reply_failure(ret_reply, r, &err, NULL);
         json_t *m = adapter_model_object(app, job);
@@ -426,7 +370,7 @@ static int serve_adapter_file(const struct lorad_api_request *req, struct lorad_
     if (!name) return reply_no_model(ret_reply, "");
     struct lorad_error err = {0};
     json_t *job = NULL;
-    int r = strncmp(name, "ft:", 3) == 0 ? find_adapter_job(app, name, &job, &err) : -ENOENT;
+    int r = strncmp(name, "ft:", 3) == 0 ? lorad_store_fine_tuned_job(app->store, name, &job, &err) : -ENOENT;
     if (r == -ENOENT) {
         char msg[256];
         snprintf(msg, sizeof msg, "model '%.160s' is not a fine-tuned model with adapter files", name);

@@ -10,10 +10,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "app.h"
 #include "checkpoint_dir.h"
 #include "fsutil.h"
-#include "handlers.h"
 #include "jobspec.h"
 #include "log.h"
 #include "model_dir.h"
@@ -46,21 +44,14 @@ static bool starts_with(const char *s, const char *prefix) {
 
 /* ---- spec and paths --------------------------------------------------------------------------- */
 
-int lorad_job_spec_from_job(const json_t *job, struct lorad_job_spec *ret_spec, struct lorad_error *err) {
-    /* The job object is the stored normalised spec merged under the job's own fields; these are
-     * the spec's keys (method is left out: its hyperparameters are the job's hyperparameters). */
-    static const char *const keys[] = {"model", "training_file", "validation_file", "seed", "suffix",
-                                       "metadata", "hyperparameters", "lora", "data"};
-    json_t *body = json_object();
-    if (!body) return lorad_error_set(err, -ENOMEM, "", "out of memory");
-    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
-        json_t *v = json_object_get(job, keys[i]);
-        if (v && json_object_set(body, keys[i], v) < 0) {
-            json_decref(body);
-            return lorad_error_set(err, -ENOMEM, "", "out of memory");
-        }
-    }
-    int r = lorad_job_spec_parse(body, ret_spec, err);
+/* The spec the job was created with, as the store keeps it (the API stored
+ * lorad_job_spec_to_json's object), parsed back. Returns 0 or -errno with err naming the field. */
+static int stored_spec(const struct lorad_job_env *env, const char *id, struct lorad_job_spec *ret_spec,
+                       struct lorad_error *err) {
+    json_t *body = NULL;
+    int r = lorad_store_job_spec(env->store, id, &body, err);
+    if (r < 0) return r;
+    r = lorad_job_spec_parse(body, ret_spec, err);
     json_decref(body);
     return r;
 }
@@ -307,8 +298,8 @@ static int finish(struct job_ctx *j, const json_t *job, int rc, const struct lor
     case LORAD_TRAIN_FINISHED: {
         char name[512];
         const char *suffix = json_string_value(json_object_get(job, "suffix"));
-        if (lorad_api_fine_tuned_model_name(json_string_value(json_object_get(job, "model")), suffix, j->id, name,
-                                            sizeof name) < 0)
+        if (lorad_store_fine_tuned_model_name(json_string_value(json_object_get(job, "model")), suffix, j->id, name,
+                                              sizeof name) < 0)
             return fail(j, "training_failed", "the fine-tuned model name is too long", "suffix");
         char msg[640];
         snprintf(msg, sizeof msg, "Job succeeded: the fine-tuned model is %s", name);
@@ -369,7 +360,7 @@ int lorad_job_run(const struct lorad_job_env *env, const json_t *job) {
 
     struct lorad_error err = {0};
     struct lorad_job_spec spec;
-    int r = lorad_job_spec_from_job(job, &spec, &err);
+    int r = stored_spec(env, id, &spec, &err);
     if (r < 0) return fail(&j, "invalid_job_spec", err.message, err.param);
 
     char model_path[PATH_MAX], train_path[PATH_MAX], valid_path[PATH_MAX], out_dir[PATH_MAX];
@@ -384,11 +375,9 @@ int lorad_job_run(const struct lorad_job_env *env, const json_t *job) {
     if (spec.lora.init_adapter[0]) {
         /* Through the API, init_adapter names a succeeded job's fine_tuned_model; the engine wants
          * that job's adapter directory, derived from the job id (never from a client string). */
-        struct lorad_app lookup = {.store = env->store, .state_dir = env->state_dir, .models_dir = env->models_dir,
-                                   .jobs_dir = env->jobs_dir};
         char dir[PATH_MAX], base[LORAD_MODEL_ID_MAX];
-        r = lorad_api_fine_tuned_adapter_dir(&lookup, spec.lora.init_adapter, dir, sizeof dir, base, sizeof base,
-                                             &err);
+        r = lorad_store_fine_tuned_adapter_dir(env->store, env->jobs_dir, spec.lora.init_adapter, dir, sizeof dir, base,
+                                               sizeof base, &err);
         if (r < 0 || strlen(dir) >= sizeof spec.lora.init_adapter) {
             status = fail(&j, "model_not_found", r < 0 ? err.message : "the adapter path is too long",
                           "lora.init_adapter");

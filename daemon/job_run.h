@@ -49,11 +49,5 @@ struct lorad_job_env {
  * the next start's recovery requeues it). */
 int lorad_job_run(const struct lorad_job_env *env, const json_t *job);
 
-/* The job spec a stored job was created from: the job object's spec fields (model,
- * training_file, validation_file, seed, suffix, metadata, hyperparameters, lora, data) parsed
- * with lorad_job_spec_parse. Returns 0 or -errno with err naming the field. */
-struct lorad_job_spec;
-int lorad_job_spec_from_job(const json_t *job, struct lorad_job_spec *ret_spec, struct lorad_error *err);
-
 /* The error code a failed run is stored with (the list above), from lorad_train_run's result. */
 const char *lorad_job_error_code(int rc, const struct lorad_error *err, const struct lorad_train_result *res);

@@ -32,6 +32,7 @@
 #pragma once
 #include <jansson.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "error.h"
@@ -196,6 +197,35 @@ int lorad_store_job_counts(struct lorad_store *store, int64_t counts[LORAD_JOB_S
 /* *ret_sum = trained_tokens summed over every job (jobs without a figure count 0): the tokens
  * trained by this installation, for Prometheus. */
 int lorad_store_job_trained_tokens_sum(struct lorad_store *store, int64_t *ret_sum,
+                                       struct lorad_error *err);
+
+/* The job's spec exactly as lorad_store_job_create() stored it (the normalised spec, without the
+ * job's own columns): what a worker parses back into a struct lorad_job_spec. *ret_spec is a new
+ * reference. -ENOENT (param "fine_tuning_job_id"); -EBADMSG when the stored spec is not an object. */
+int lorad_store_job_spec(struct lorad_store *store, const char *id, json_t **ret_spec,
+                         struct lorad_error *err);
+
+/* ---- fine-tuned models (store_fine_tuned.c) ------------------------------------------------ */
+
+/* The name a succeeded job publishes: "ft:<base>:<suffix or lorad>:<job-id>", base being the
+ * model id without directories (OpenAI's ft: shape without the organisation). Returns 0, or
+ * -ENAMETOOLONG when cap is too small. */
+int lorad_store_fine_tuned_model_name(const char *base_model, const char *suffix, const char *job_id,
+                                      char *buf, size_t cap);
+/* A job object's published name: its fine_tuned_model, else the name built as above from its
+ * model, suffix and id. Returns 0 or -ENAMETOOLONG. */
+int lorad_store_job_fine_tuned_model(const json_t *job, char *buf, size_t cap);
+/* The succeeded job whose published name is `name` (*ret_job, a new reference). -ENOENT, with err
+ * untouched, when name is not ft:... with a valid job id, or that job has not succeeded, or its
+ * name differs; other -errno from reading the job. */
+int lorad_store_fine_tuned_job(struct lorad_store *store, const char *name, json_t **ret_job,
+                               struct lorad_error *err);
+/* The final adapter of that job, jobs_dir/<job-id>/adapter (derived from the id, never from the
+ * client's string), in ret_dir, and the job's base model id in ret_base: what lora.init_adapter
+ * names through the API. -ENOENT (param "lora.init_adapter") when name is not a succeeded job's
+ * model or store/jobs_dir is NULL; -ENAMETOOLONG when a buffer is too small; other -errno. */
+int lorad_store_fine_tuned_adapter_dir(struct lorad_store *store, const char *jobs_dir, const char *name,
+                                       char *ret_dir, size_t dir_cap, char *ret_base, size_t base_cap,
                                        struct lorad_error *err);
 
 struct lorad_store_transition {

@@ -518,7 +518,7 @@ static void test_models(void **state) {
 
     /* A succeeded job on demo-hf with its adapter on disk. */
     create_job("demo-hf", good_id, "mine", ft_job);
-    assert_int_equal(lorad_api_fine_tuned_model_name("demo-hf", "mine", ft_job, ft_name, sizeof ft_name), 0);
+    assert_int_equal(lorad_store_fine_tuned_model_name("demo-hf", "mine", ft_job, ft_name, sizeof ft_name), 0);
     move_job(ft_job, LORAD_JOB_QUEUED, LORAD_JOB_RUNNING, NULL);
     move_job(ft_job, LORAD_JOB_RUNNING, LORAD_JOB_SUCCEEDED, ft_name);
     write_adapter(ft_job, hf);
@@ -669,7 +669,7 @@ static void test_models(void **state) {
      * an error that names the adapter file and not the server's path; its downloads are 404. */
     char lost[LORAD_STORE_ID_MAX], lost_name[256];
     create_job("demo-hf", good_id, NULL, lost);
-    assert_int_equal(lorad_api_fine_tuned_model_name("demo-hf", NULL, lost, lost_name, sizeof lost_name), 0);
+    assert_int_equal(lorad_store_fine_tuned_model_name("demo-hf", NULL, lost, lost_name, sizeof lost_name), 0);
     move_job(lost, LORAD_JOB_QUEUED, LORAD_JOB_RUNNING, NULL);
     move_job(lost, LORAD_JOB_RUNNING, LORAD_JOB_SUCCEEDED, lost_name);
     r = http("/v1/models/%s", lost_name);

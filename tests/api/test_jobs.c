@@ -1508,7 +1508,7 @@ static void test_init_adapter(void **state) {
     (void)state;
     char id[LORAD_STORE_ID_MAX], name[256], extra[400];
     create_simple(id);
-    assert_int_equal(lorad_api_fine_tuned_model_name("stories260K.bin", NULL, id, name, sizeof name), 0);
+    assert_int_equal(lorad_store_fine_tuned_model_name("stories260K.bin", NULL, id, name, sizeof name), 0);
     snprintf(extra, sizeof extra, "\"lora\": {\"init_adapter\": \"%s\"}", name);
     char *b = simple_body(extra);
     struct resp r = post_job(b, NULL);
@@ -1524,14 +1524,14 @@ static void test_init_adapter(void **state) {
     json_decref(job);
     free(b);
     char dir[4096], base[256], want[4096];
-    assert_int_equal(lorad_api_fine_tuned_adapter_dir(&app, name, dir, sizeof dir, base, sizeof base, NULL), 0);
+    assert_int_equal(lorad_store_fine_tuned_adapter_dir(app.store, jobs_dir, name, dir, sizeof dir, base, sizeof base, NULL), 0);
     snprintf(want, sizeof want, "%s/%s/adapter", jobs_dir, id);
     assert_string_equal(dir, want);
     assert_string_equal(base, "stories260K.bin");
     /* The new job has not succeeded: its name is no model yet. */
     char forged[256];
-    assert_int_equal(lorad_api_fine_tuned_model_name("stories260K.bin", NULL, new_id, forged, sizeof forged), 0);
-    assert_int_equal(lorad_api_fine_tuned_adapter_dir(&app, forged, dir, sizeof dir, base, sizeof base, NULL), -ENOENT);
+    assert_int_equal(lorad_store_fine_tuned_model_name("stories260K.bin", NULL, new_id, forged, sizeof forged), 0);
+    assert_int_equal(lorad_store_fine_tuned_adapter_dir(app.store, jobs_dir, forged, dir, sizeof dir, base, sizeof base, NULL), -ENOENT);
 }
 
 static int stop_server(void **state) {

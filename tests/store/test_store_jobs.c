@@ -236,6 +236,84 @@ static void test_job_status(void **state) {
     fx_close(&fx);
 }
 
+/* The stored spec comes back as it was given, without the job's own columns merged in (the job
+ * object has them); an unknown id is -ENOENT naming the field; a spec column that is not a JSON
+ * object is -EBADMSG naming the job. Published names: the base model's directories are dropped,
+ * a missing suffix reads "lorad", and only the succeeded job's exact name finds it. */
+static void test_job_spec_and_fine_tuned_names(void **state) {
+    (void)state;
+    struct fx fx;
+    fx_open(&fx, 0);
+    char file[LORAD_STORE_ID_MAX], id[LORAD_STORE_ID_MAX];
+    fx_file(fx.store, file);
+    fx_job(fx.store, file, Q, 0, id);
+    json_t *spec = NULL, *want = json_pack("{s:{s:i, s:f}}", "hyperparameters", "n_epochs", 1,
+                                           "learning_rate_multiplier", 2.0);
+    assert_int_equal(lorad_store_job_spec(fx.store, id, &spec, NULL), 0);
+    assert_true(json_equal(spec, want));
+    assert_null(json_object_get(spec, "status"));
+    json_decref(spec);
+    json_decref(want);
+    struct lorad_error err = {0};
+    spec = NULL;
+    assert_int_equal(lorad_store_job_spec(fx.store, "ftjob-nosuchjobnosuchjobnosu", &spec, &err), -ENOENT);
+    assert_null(spec);
+    assert_string_equal(err.param, "fine_tuning_job_id");
+
+    char name[256];
+    assert_int_equal(lorad_store_fine_tuned_model_name("models/llama/tiny", NULL, id, name, sizeof name), 0);
+    char expect[256];
+    snprintf(expect, sizeof expect, "ft:tiny:lorad:%s", id);
+    assert_string_equal(name, expect);
+    assert_int_equal(lorad_store_fine_tuned_model_name("tiny", "mine", id, name, sizeof name), 0);
+    snprintf(expect, sizeof expect, "ft:tiny:mine:%s", id);
+    assert_string_equal(name, expect);
+    assert_int_equal(lorad_store_fine_tuned_model_name("tiny", "mine", id, name, 12), -ENAMETOOLONG);
+
+    /* Not succeeded yet: no model by that name. */
+    char published[256], dir[4096], base[64];
+    assert_int_equal(lorad_store_fine_tuned_model_name("stories260K", NULL, id, published, sizeof published), 0);
+    json_t *job = NULL;
+    assert_int_equal(lorad_store_fine_tuned_job(fx.store, published, &job, NULL), -ENOENT);
+    fx_move(fx.store, id, R);
+    struct lorad_store_transition t = {.to = S, .fine_tuned_model = published};
+    assert_int_equal(lorad_store_job_transition(fx.store, id, &t, NULL, NULL), 0);
+    assert_int_equal(lorad_store_fine_tuned_job(fx.store, published, &job, NULL), 0);
+    assert_string_equal(json_string_value(json_object_get(job, "id")), id);
+    json_decref(job);
+    assert_int_equal(lorad_store_fine_tuned_adapter_dir(fx.store, "/srv/jobs", published, dir, sizeof dir, base,
+                                                        sizeof base, NULL), 0);
+    snprintf(expect, sizeof expect, "/srv/jobs/%s/adapter", id);
+    assert_string_equal(dir, expect);
+    assert_string_equal(base, "stories260K");
+    /* The same id under another base or suffix, a path, or a too-small buffer. */
+    char forged[256];
+    snprintf(forged, sizeof forged, "ft:other:lorad:%s", id);
+    assert_int_equal(lorad_store_fine_tuned_job(fx.store, forged, &job, NULL), -ENOENT);
+    memset(&err, 0, sizeof err);
+    assert_int_equal(lorad_store_fine_tuned_adapter_dir(fx.store, "/srv/jobs", "../../etc", dir, sizeof dir, base,
+                                                        sizeof base, &err), -ENOENT);
+    assert_string_equal(err.param, "lora.init_adapter");
+    assert_int_equal(lorad_store_fine_tuned_adapter_dir(fx.store, "/srv/jobs", published, dir, 20, base,
+                                                        sizeof base, NULL), -ENAMETOOLONG);
+
+    /* A corrupt spec column is an error naming the job, never an empty spec. */
+    sqlite3 *raw = NULL;
+    assert_int_equal(sqlite3_open_v2(fx.db, &raw, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(raw, "UPDATE jobs SET spec = '[1, 2]'", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(raw);
+    memset(&err, 0, sizeof err);
+    assert_int_equal(lorad_store_job_spec(fx.store, id, &spec, &err), -EBADMSG);
+    assert_non_null(strstr(err.message, id));
+    assert_int_equal(sqlite3_open_v2(fx.db, &raw, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(raw, "UPDATE jobs SET spec = '{\"cut'", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(raw);
+    memset(&err, 0, sizeof err);
+    assert_int_equal(lorad_store_job_spec(fx.store, id, &spec, &err), -EBADMSG);
+    assert_non_null(strstr(err.message, id));
+    fx_close(&fx);
+}
+
 static void test_idempotency(void **state) {
     (void)state;
     struct fx fx;
@@ -896,6 +974,7 @@ int main(void) {
         cmocka_unit_test(test_transition_fields),
         cmocka_unit_test(test_transition_message),
         cmocka_unit_test(test_job_status),
+        cmocka_unit_test(test_job_spec_and_fine_tuned_names),
         cmocka_unit_test(test_idempotency),
         cmocka_unit_test(test_claim_order),
         cmocka_unit_test(test_claim_memory_budget),
