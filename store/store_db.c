@@ -219,34 +219,13 @@ int store_check_limit(int limit, int max, struct lorad_error *err) {
     return 0;
 }
 
-json_t *store_list_page(json_t *data, bool has_more) {
+/* {object:"list", data, has_more, first_id, last_id}; steals data. */
+static json_t *list_page(json_t *data, bool has_more) {
     size_t n = json_array_size(data);
     json_t *first = n ? json_object_get(json_array_get(data, 0), "id") : NULL;
     json_t *last = n ? json_object_get(json_array_get(data, n - 1), "id") : NULL;
     return json_pack("{s:s, s:o, s:b, s:O?, s:O?}", "object", "list", "data", data, "has_more",
                      has_more, "first_id", first, "last_id", last);
-}
-
-int store_page_after_key(struct store_conn *c, const char *sql, const char *after, const char *job_id,
-                         const char *what, int64_t *ret_key, struct lorad_error *err) {
-    if (!after) {
-        *ret_key = INT64_MAX;
-        return 0;
-    }
-    int r;
-    sqlite3_stmt *st = store_stmt(c, sql, &r, err);
-    if (!st) return r;
-    store_bind_text(c, st, 1, after);
-    if (job_id) store_bind_text(c, st, 2, job_id);
-    char failed[64];
-    snprintf(failed, sizeof failed, "cannot read %s", what);
-    r = store_step(c, st, failed, err);
-    int64_t key = r == 1 ? sqlite3_column_int64(st, 0) : 0;
-    store_stmt_done(st);
-    if (r == 0) return lorad_error_set(err, -ENOENT, "after", "no such %s: %s", what, after);
-    if (r < 0) return r;
-    *ret_key = key;
-    return 0;
 }
 
 int store_collect_rows(struct store_conn *c, sqlite3_stmt *st, int limit, store_from_row_fn *from_row,
@@ -272,18 +251,6 @@ int store_collect_rows(struct store_conn *c, sqlite3_stmt *st, int limit, store_
     }
     *ret_rows = rows;
     if (ret_more) *ret_more = more;
-    return 0;
-}
-
-int store_collect_page(struct store_conn *c, sqlite3_stmt *st, int limit, store_from_row_fn *from_row,
-                       const char *what, json_t **ret_page, struct lorad_error *err) {
-    json_t *data = NULL;
-    bool has_more = false;
-    int r = store_collect_rows(c, st, limit, from_row, what, &data, &has_more, err);
-    if (r < 0) return r;
-    json_t *page = store_list_page(data, has_more);
-    if (!page) return lorad_error_set(err, -ENOMEM, "", "%s: out of memory", what);
-    *ret_page = page;
     return 0;
 }
 
@@ -419,5 +386,62 @@ int store_tx_end(struct lorad_store *s, struct store_conn *c, int r, struct lora
         sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
     }
     pthread_mutex_unlock(&s->write_lock);
+    return r;
+}
+
+/* The sort key of the row a page starts after: sql selects one integer column for id ?1 (and job
+ * ?2 when job_id is set). Without after, INT64_MAX: the page starts at the newest row. */
+static int page_after_key(struct store_conn *c, const char *sql, const char *after, const char *job_id,
+                          const char *what, int64_t *ret_key, struct lorad_error *err) {
+    if (!after) {
+        *ret_key = INT64_MAX;
+        return 0;
+    }
+    int r;
+    sqlite3_stmt *st = store_stmt(c, sql, &r, err);
+    if (!st) return r;
+    store_bind_text(c, st, 1, after);
+    if (job_id) store_bind_text(c, st, 2, job_id);
+    char failed[64];
+    snprintf(failed, sizeof failed, "cannot read %s", what);
+    r = store_step(c, st, failed, err);
+    int64_t key = r == 1 ? sqlite3_column_int64(st, 0) : 0;
+    store_stmt_done(st);
+    if (r == 0) return lorad_error_set(err, -ENOENT, "after", "no such %s: %s", what, after);
+    if (r < 0) return r;
+    *ret_key = key;
+    return 0;
+}
+
+int store_list(struct lorad_store *s, const struct store_list_query *q, const char *after, int limit,
+               json_t **ret_page, struct lorad_error *err) {
+    assert(!(q->job_id && q->filter));
+    int r = store_check_limit(limit, q->max_limit, err);
+    if (r < 0) return r;
+    struct store_conn *c = NULL;
+    r = store_acquire(s, &c, err);
+    if (r < 0) return r;
+    char failed[64];
+    snprintf(failed, sizeof failed, "cannot list %ss", q->what);
+    int64_t key = INT64_MAX;
+    json_t *data = NULL;
+    bool has_more = false;
+    if (q->job_id && (r = store_job_exists(c, q->job_id, "fine_tuning_job_id", err)) < 0) goto out;
+    if ((r = page_after_key(c, q->key_sql, after, q->job_id, q->what, &key, err)) < 0) goto out;
+    sqlite3_stmt *st = store_stmt(c, q->page_sql, &r, err);
+    if (!st) goto out;
+    store_bind_text(c, st, 1, q->job_id ? q->job_id : q->filter);
+    store_bind_int64(c, st, 2, key);
+    store_bind_int64(c, st, 3, limit + 1); /* one more row than the page says whether there are more */
+    r = store_collect_rows(c, st, limit, q->from_row, failed, &data, &has_more, err);
+    if (r < 0) goto out;
+    json_t *page = list_page(data, has_more);
+    if (!page) {
+        r = lorad_error_set(err, -ENOMEM, "", "%s: out of memory", failed);
+        goto out;
+    }
+    *ret_page = page;
+out:
+    store_release(s, c);
     return r;
 }

@@ -87,27 +87,13 @@ static json_t *event_seq_from_row(struct store_row *row) {
 
 int lorad_store_event_list(struct lorad_store *s, const char *job_id, const char *after,
                            int limit, json_t **ret_page, struct lorad_error *err) {
-    int r = store_check_limit(limit, 100, err);
-    if (r < 0) return r;
-    struct store_conn *c = NULL;
-    r = store_acquire(s, &c, err);
-    if (r < 0) return r;
-    r = store_job_exists(c, job_id, "fine_tuning_job_id", err);
-    if (r < 0) goto out;
-    int64_t after_seq;
-    r = store_page_after_key(c, "SELECT seq FROM events WHERE id = ?1 AND job_id = ?2", after, job_id, "event", &after_seq, err);
-    if (r < 0) goto out;
-    sqlite3_stmt *st = store_stmt(c,
-        "SELECT id, created_at, level, message, data, type, seq FROM events"
-        " WHERE job_id = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3", &r, err);
-    if (!st) goto out;
-    store_bind_text(c, st, 1, job_id);
-    store_bind_int64(c, st, 2, after_seq);
-    store_bind_int64(c, st, 3, limit + 1);
-    r = store_collect_page(c, st, limit, event_from_row, "cannot list events", ret_page, err);
-out:
-    store_release(s, c);
-    return r;
+    const struct store_list_query q = {
+        .what = "event", .max_limit = 100, .job_id = job_id,
+        .key_sql = "SELECT seq FROM events WHERE id = ?1 AND job_id = ?2",
+        .page_sql = "SELECT id, created_at, level, message, data, type, seq FROM events"
+                    " WHERE job_id = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
+        .from_row = event_from_row};
+    return store_list(s, &q, after, limit, ret_page, err);
 }
 
 int lorad_store_event_since(struct lorad_store *s, const char *job_id, int64_t after_seq,

@@ -206,23 +206,11 @@ out:
 
 int lorad_store_file_list(struct lorad_store *s, const char *purpose, const char *after,
                           int limit, json_t **ret_page, struct lorad_error *err) {
-    int r = store_check_limit(limit, 100, err);
-    if (r < 0) return r;
-    struct store_conn *c = NULL;
-    r = store_acquire(s, &c, err);
-    if (r < 0) return r;
-    int64_t after_pk;
-    r = store_page_after_key(c, "SELECT pk FROM files WHERE id = ?1", after, NULL, "file", &after_pk, err);
-    if (r < 0) goto out;
-    sqlite3_stmt *st = store_stmt(c,
-        "SELECT " FILE_COLUMNS " FROM files WHERE (?1 IS NULL OR purpose = ?1) AND pk < ?2"
-        " ORDER BY pk DESC LIMIT ?3", &r, err);
-    if (!st) goto out;
-    store_bind_text(c, st, 1, purpose);
-    store_bind_int64(c, st, 2, after_pk);
-    store_bind_int64(c, st, 3, limit + 1);
-    r = store_collect_page(c, st, limit, file_from_row, "cannot list files", ret_page, err);
-out:
-    store_release(s, c);
-    return r;
+    const struct store_list_query q = {
+        .what = "file", .max_limit = 100, .filter = purpose,
+        .key_sql = "SELECT pk FROM files WHERE id = ?1",
+        .page_sql = "SELECT " FILE_COLUMNS " FROM files WHERE (?1 IS NULL OR purpose = ?1) AND pk < ?2"
+                    " ORDER BY pk DESC LIMIT ?3",
+        .from_row = file_from_row};
+    return store_list(s, &q, after, limit, ret_page, err);
 }

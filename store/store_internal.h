@@ -116,26 +116,30 @@ int store_check_json_size(json_t *j, size_t max, const char *param, struct lorad
 #define STORE_SMALL_JSON_MAX (64u << 10) /* event data, checkpoint metrics */
 /* Checks limit against [1, max]: -EINVAL (param "limit") otherwise. */
 int store_check_limit(int limit, int max, struct lorad_error *err);
-/* Builds {object:"list", data, has_more, first_id, last_id}; steals data. */
-json_t *store_list_page(json_t *data, bool has_more);
 /* Steps st through at most limit rows and turns each into an object with from_row
  * (store_row_object(): a row that cannot be turned into its object fails the call, so no row is
  * ever left out). *ret_rows is the array; *ret_more (optional) says whether st had another row.
  * Finishes st in every case. Returns 0 or -errno (err says `what` failed). */
 int store_collect_rows(struct store_conn *c, sqlite3_stmt *st, int limit, store_from_row_fn *from_row,
                        const char *what, json_t **ret_rows, bool *ret_more, struct lorad_error *err);
-/* Steps st (which selects up to limit + 1 rows, newest first), turns each row into an object with
- * from_row, and writes OpenAI's list page {object, data, has_more} to *ret_page. A row that cannot
- * be turned into its object fails the page (store_row_object()), so a page is never short. Finishes
- * st in every case. Returns 0 or -errno (err says `what` failed). */
-int store_collect_page(struct store_conn *c, sqlite3_stmt *st, int limit, store_from_row_fn *from_row,
-                       const char *what, json_t **ret_page, struct lorad_error *err);
-/* The sort key of the row a list page starts after: sql selects one integer column and binds ?1 to
- * the row's id and, when job_id is not NULL, ?2 to its job. Without after (NULL), INT64_MAX, so the
- * page starts at the newest row. -ENOENT (param "after", "no such <what>: <id>") when no such row
- * exists. *ret_key is written only on success. */
-int store_page_after_key(struct store_conn *c, const char *sql, const char *after, const char *job_id,
-                         const char *what, int64_t *ret_key, struct lorad_error *err);
+/* One list route's query, for store_list(). Pages are newest first and continue below the sort
+ * key of the `after` row (OpenAI's cursor pagination). */
+struct store_list_query {
+    const char *what;     /* "file", "job", ...: names the cursor in "no such <what>" and failures */
+    int max_limit;        /* limit must be 1..max_limit (-EINVAL, param "limit") */
+    const char *job_id;   /* rows of one job, which must exist (-ENOENT, param "fine_tuning_job_id"),
+                           * bound as ?1 of both statements' second parameter; or NULL */
+    const char *filter;   /* without job_id, ?1 of page_sql (NULL: no filter); must be NULL with one */
+    const char *key_sql;  /* the sort key of the row with id ?1 (and job ?2 when job_id is set) */
+    const char *page_sql; /* rows with ?1 (job_id or filter), sort key < ?2, newest first, LIMIT ?3 */
+    store_from_row_fn *from_row;
+};
+/* Reads one list page {object:"list", data, has_more, first_id, last_id} into *ret_page, in one
+ * connection borrowed for the call. A row that cannot be turned into its object fails the page
+ * (store_row_object()), so a page is never short. -ENOENT (param "after") when the cursor row does
+ * not exist; other -errno. */
+int store_list(struct lorad_store *s, const struct store_list_query *q, const char *after, int limit,
+               json_t **ret_page, struct lorad_error *err);
 /* -ENOENT (param) unless job id exists. */
 int store_job_exists(struct store_conn *c, const char *job_id, const char *param,
                      struct lorad_error *err);

@@ -184,27 +184,14 @@ int lorad_store_job_status(struct lorad_store *s, const char *id,
 
 int lorad_store_job_list(struct lorad_store *s, int status, const char *after, int limit,
                          json_t **ret_page, struct lorad_error *err) {
-    int r = store_check_limit(limit, 100, err);
-    if (r < 0) return r;
     if (status >= LORAD_JOB_STATUS_COUNT)
         return lorad_error_set(err, -EINVAL, "status", "unknown status %d", status);
-    struct store_conn *c = NULL;
-    r = store_acquire(s, &c, err);
-    if (r < 0) return r;
-    int64_t after_pk;
-    r = store_page_after_key(c, "SELECT pk FROM jobs WHERE id = ?1", after, NULL, "job", &after_pk, err);
-    if (r < 0) goto out;
-    sqlite3_stmt *st = store_stmt(c,
-        JOB_SELECT_PAGE "WHERE (?1 IS NULL OR j.status = ?1) AND j.pk < ?2 ORDER BY j.pk DESC LIMIT ?3",
-        &r, err);
-    if (!st) goto out;
-    store_bind_text(c, st, 1, status < 0 ? NULL : STATUS_NAMES[status]);
-    store_bind_int64(c, st, 2, after_pk);
-    store_bind_int64(c, st, 3, limit + 1);
-    r = store_collect_page(c, st, limit, job_from_row, "cannot list jobs", ret_page, err);
-out:
-    store_release(s, c);
-    return r;
+    const struct store_list_query q = {
+        .what = "job", .max_limit = 100, .filter = status < 0 ? NULL : STATUS_NAMES[status],
+        .key_sql = "SELECT pk FROM jobs WHERE id = ?1",
+        .page_sql = JOB_SELECT_PAGE "WHERE (?1 IS NULL OR j.status = ?1) AND j.pk < ?2 ORDER BY j.pk DESC LIMIT ?3",
+        .from_row = job_from_row};
+    return store_list(s, &q, after, limit, ret_page, err);
 }
 
 int lorad_store_job_counts(struct lorad_store *s, int64_t counts[LORAD_JOB_STATUS_COUNT],

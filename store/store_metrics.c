@@ -334,28 +334,14 @@ static json_t *checkpoint_from_row(struct store_row *row) {
 
 int lorad_store_checkpoint_list(struct lorad_store *s, const char *job_id, const char *after,
                                 int limit, json_t **ret_page, struct lorad_error *err) {
-    int r = store_check_limit(limit, 100, err);
-    if (r < 0) return r;
-    struct store_conn *c = NULL;
-    r = store_acquire(s, &c, err);
-    if (r < 0) return r;
-    r = store_job_exists(c, job_id, "fine_tuning_job_id", err);
-    if (r < 0) goto out;
-    int64_t after_step;
-    r = store_page_after_key(c, "SELECT step FROM checkpoints WHERE id = ?1 AND job_id = ?2", after, job_id, "checkpoint", &after_step, err);
-    if (r < 0) goto out;
-    sqlite3_stmt *st = store_stmt(c,
-        "SELECT c.id, c.created_at, c.step, c.metrics, c.job_id, j.model, j.suffix"
-        " FROM checkpoints c JOIN jobs j ON j.id = c.job_id"
-        " WHERE c.job_id = ?1 AND c.step < ?2 ORDER BY c.step DESC LIMIT ?3", &r, err);
-    if (!st) goto out;
-    store_bind_text(c, st, 1, job_id);
-    store_bind_int64(c, st, 2, after_step);
-    store_bind_int64(c, st, 3, limit + 1);
-    r = store_collect_page(c, st, limit, checkpoint_from_row, "cannot list checkpoints", ret_page, err);
-out:
-    store_release(s, c);
-    return r;
+    const struct store_list_query q = {
+        .what = "checkpoint", .max_limit = 100, .job_id = job_id,
+        .key_sql = "SELECT step FROM checkpoints WHERE id = ?1 AND job_id = ?2",
+        .page_sql = "SELECT c.id, c.created_at, c.step, c.metrics, c.job_id, j.model, j.suffix"
+                    " FROM checkpoints c JOIN jobs j ON j.id = c.job_id"
+                    " WHERE c.job_id = ?1 AND c.step < ?2 ORDER BY c.step DESC LIMIT ?3",
+        .from_row = checkpoint_from_row};
+    return store_list(s, &q, after, limit, ret_page, err);
 }
 
 /* Steps st (a SELECT of id, step, path) once. Returns 1 with the row's fields in the optional ret_
