@@ -137,7 +137,7 @@ static void *run_job(void *arg) {
     float *params = lorad_model_params(m, &np), *grads = lorad_model_grads(m, NULL);
     struct lorad_adamw opt;
     lorad_adamw_init(&opt, np);
-    struct lorad_batch b = {ids, labels, NULL, NULL, a->batch, a->seq};
+    struct lorad_batch b = {.tokens = ids, .labels = labels, .B = a->batch, .T = a->seq};
     double t0 = 0;
     for (int s = 0; s <= j->steps; s++) {
         if (s == 1) t0 = now(); /* step 0 warms up */

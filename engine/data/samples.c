@@ -421,31 +421,7 @@ void lorad_epoch_plan_clear(struct lorad_epoch_plan *p) {
 
 /* ---- batches ------------------------------------------------------------------------------ */
 
-int lorad_token_batch_alloc(struct lorad_token_batch *b, int cap_B, int cap_T) {
-    memset(b, 0, sizeof *b);
-    size_t n = (size_t)cap_B * (size_t)cap_T;
-    b->tokens = malloc(n * sizeof(int32_t));
-    b->labels = malloc(n * sizeof(int32_t));
-    b->positions = malloc(n * sizeof(int32_t));
-    b->seg_start = malloc(n * sizeof(int32_t));
-    if (!b->tokens || !b->labels || !b->positions || !b->seg_start) {
-        lorad_token_batch_free(b);
-        return -ENOMEM;
-    }
-    b->cap_B = cap_B;
-    b->cap_T = cap_T;
-    return 0;
-}
-
-void lorad_token_batch_free(struct lorad_token_batch *b) {
-    free(b->tokens);
-    free(b->labels);
-    free(b->positions);
-    free(b->seg_start);
-    memset(b, 0, sizeof *b);
-}
-
-int lorad_token_batch_fill(struct lorad_token_batch *b, struct lorad_corpus *c, const struct lorad_epoch_plan *plan,
+int lorad_batch_fill(struct lorad_batch *b, struct lorad_corpus *c, const struct lorad_epoch_plan *plan,
                      int64_t first_row, int n_rows, struct lorad_error *err) {
     assert(n_rows >= 1 && n_rows <= b->cap_B && first_row + n_rows <= plan->n_rows);
     int T = c->opt.max_seq_len;

@@ -15,6 +15,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "batch.h"
 #include "chat_template.h"
 #include "dataset.h"
 #include "error.h"
@@ -108,21 +109,7 @@ int lorad_epoch_plan_build(struct lorad_epoch_plan *ret, const struct lorad_corp
                            bool shuffle, bool packing, int max_seq_len);
 void lorad_epoch_plan_clear(struct lorad_epoch_plan *p);
 
-/* A micro-batch in the layout the engine takes. Every array is (B, T) row-major. */
-struct lorad_token_batch {
-    int B, T;            /* rows used, padded length (the longest row) */
-    int cap_B, cap_T;
-    int32_t *tokens;     /* (B, T) input ids; padding = eos or 0 */
-    int32_t *labels;     /* (B, T) next-token targets, -100 where not trained or padding */
-    int32_t *positions;  /* (B, T) position ids, restarting at each packed sample */
-    int32_t *seg_start;  /* (B, T) index in the row where this token's sample starts */
-    int64_t n_labels;    /* labels != -100 */
-    int64_t n_tokens;    /* non-padding tokens */
-};
-
-int lorad_token_batch_alloc(struct lorad_token_batch *b, int cap_B, int cap_T);
-void lorad_token_batch_free(struct lorad_token_batch *b);
-
-/* Fills b with rows [first_row, first_row + n_rows) of plan (n_rows <= cap_B; fewer at the end). */
-int lorad_token_batch_fill(struct lorad_token_batch *b, struct lorad_corpus *c, const struct lorad_epoch_plan *plan,
+/* Fills b (from lorad_batch_alloc, model/batch.h) with rows [first_row, first_row + n_rows) of plan
+ * (n_rows <= cap_B; fewer at the end), padded to the longest row, and counts n_labels and n_tokens. */
+int lorad_batch_fill(struct lorad_batch *b, struct lorad_corpus *c, const struct lorad_epoch_plan *plan,
                      int64_t first_row, int n_rows, struct lorad_error *err);

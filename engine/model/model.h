@@ -17,6 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "batch.h"
 #include "error.h"
 #include "lora.h"
 #include "weights.h"
@@ -32,18 +33,6 @@ struct lorad_run_options {
 };
 
 #define LORAD_MAX_BATCH_TOKENS ((int64_t)1 << 24)
-
-/* A (B, T) micro-batch. labels[t] is the target of position t (already shifted), -100 ignored.
- * positions NULL means 0..T-1 per row; seg_start NULL means 0 (no packing). With packing,
- * positions restart per sample and seg_start[b*T+t] is the index in the row of the first token of
- * t's sample: t attends to [seg_start, t] only. labels may be NULL for lorad_model_infer-like use. */
-struct lorad_batch {
-    const int32_t *tokens;    /* (B, T) */
-    const int32_t *labels;    /* (B, T) */
-    const int32_t *positions; /* (B, T) or NULL */
-    const int32_t *seg_start; /* (B, T) or NULL */
-    int B, T;
-};
 
 struct lorad_model;
 

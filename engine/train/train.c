@@ -68,7 +68,7 @@ struct run {
     int micro_per_step;    /* gradient_accumulation_steps */
     struct lorad_epoch_plan plan;
     int plan_epoch;        /* epoch plan currently holds; -1 none */
-    struct lorad_token_batch *micro; /* (micro_per_step) */
+    struct lorad_batch *micro; /* (micro_per_step) */
 
     struct cursor cur;
     int64_t last_checkpoint_step;
@@ -190,14 +190,6 @@ static int ensure_plan(struct run *r, int epoch) {
     return 0;
 }
 
-static struct lorad_batch engine_batch(const struct lorad_token_batch *tb) {
-    return (struct lorad_batch){.tokens = tb->tokens,
-                                .labels = tb->labels,
-                                .positions = tb->positions,
-                                .seg_start = tb->seg_start,
-                                .B = tb->B,
-                                .T = tb->T};
-}
 
 /* ---- model ---------------------------------------------------------------------------------- */
 
@@ -254,7 +246,7 @@ static int build_model(struct run *r) {
     r->micro = calloc((size_t)r->micro_per_step, sizeof *r->micro);
     if (!r->micro) return lorad_error_set(r->err, -ENOMEM, "", "out of memory for batches");
     for (int k = 0; k < r->micro_per_step; k++)
-        if (lorad_token_batch_alloc(&r->micro[k], r->rows_per_micro, s->hp.max_seq_len) < 0)
+        if (lorad_batch_alloc(&r->micro[k], r->rows_per_micro, s->hp.max_seq_len) < 0)
             return lorad_error_set(r->err, -ENOMEM, "", "out of memory for batches");
     return 0;
 }
@@ -474,15 +466,14 @@ static int evaluate(struct run *r, double *ret_loss, double *ret_acc) {
     if (rc < 0) return lorad_error_set(r->err, rc, "", "cannot plan validation");
     double loss = 0;
     int64_t correct = 0, tokens = 0;
-    struct lorad_token_batch *tb = &r->micro[0];
+    struct lorad_batch *b = &r->micro[0];
     for (int64_t row = 0; row < p.n_rows && rc == 0; row += r->rows_per_micro) {
         int n = (int)(p.n_rows - row < r->rows_per_micro ? p.n_rows - row : r->rows_per_micro);
-        rc = lorad_token_batch_fill(tb, r->valid, &p, row, n, r->err);
+        rc = lorad_batch_fill(b, r->valid, &p, row, n, r->err);
         if (rc < 0) break;
-        struct lorad_batch b = engine_batch(tb);
         double l;
         int64_t c, t;
-        rc = lorad_model_eval(r->model, &b, &l, &c, &t, r->err);
+        rc = lorad_model_eval(r->model, b, &l, &c, &t, r->err);
         if (rc < 0) break; /* l, c and t are written only on success */
         loss += l;
         correct += c;
@@ -510,7 +501,7 @@ static int train_step(struct run *r, struct lorad_step_metrics *m) {
     for (int k = 0; k < r->micro_per_step && r->cur.row < r->plan.n_rows; k++) {
         int64_t left = r->plan.n_rows - r->cur.row;
         int n = (int)(left < r->rows_per_micro ? left : r->rows_per_micro);
-        if ((rc = lorad_token_batch_fill(&r->micro[k], r->train, &r->plan, r->cur.row, n, r->err)) < 0) return rc;
+        if ((rc = lorad_batch_fill(&r->micro[k], r->train, &r->plan, r->cur.row, n, r->err)) < 0) return rc;
         r->cur.row += n;
         denom += r->micro[k].n_labels;
         tokens += r->micro[k].n_tokens;
@@ -519,10 +510,9 @@ static int train_step(struct run *r, struct lorad_step_metrics *m) {
     double loss = 0;
     int64_t correct = 0;
     for (int k = 0; k < n_micro; k++) {
-        struct lorad_batch b = engine_batch(&r->micro[k]);
         double l;
         int64_t c;
-        rc = lorad_model_forward_backward(r->model, &b, denom > 0 ? denom : 1, &l, &c, r->err);
+        rc = lorad_model_forward_backward(r->model, &r->micro[k], denom > 0 ? denom : 1, &l, &c, r->err);
         if (rc < 0) return rc;
         loss += l;
         correct += c;
@@ -682,7 +672,7 @@ int lorad_train_run(const struct lorad_job_spec *spec, const struct lorad_train_
     }
 out:
     if (r.micro)
-        for (int k = 0; k < r.micro_per_step; k++) lorad_token_batch_free(&r.micro[k]);
+        for (int k = 0; k < r.micro_per_step; k++) lorad_batch_free(&r.micro[k]);
     free(r.micro);
     lorad_epoch_plan_clear(&r.plan);
     lorad_adamw_destroy(&r.adam);

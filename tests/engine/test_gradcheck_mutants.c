@@ -63,7 +63,7 @@ static struct gradcheck_report check(void) {
         ids[i] = (int32_t)(tiny_rand(&s) % (uint64_t)c.vocab_size);
         labels[i] = (int32_t)(tiny_rand(&s) % (uint64_t)c.vocab_size);
     }
-    struct lorad_batch b = {ids, labels, NULL, NULL, 2, 9};
+    struct lorad_batch b = {.tokens = ids, .labels = labels, .B = 2, .T = 9};
     double ls;
     int64_t corr;
     assert_int_equal(lorad_model_forward_backward(m, &b, 18, &ls, &corr, &err), 0);

@@ -78,7 +78,7 @@ static void test_whole_model_finite_differences(void **state) {
     randomize_lora(m, 0.2, 5);
     int32_t ids[18], labels[18];
     random_batch(ids, labels, 18, c.vocab_size);
-    struct lorad_batch b = {ids, labels, NULL, NULL, 2, 9};
+    struct lorad_batch b = {.tokens = ids, .labels = labels, .B = 2, .T = 9};
     double ls;
     int64_t corr;
     struct lorad_error err = {0};
@@ -114,7 +114,7 @@ static void test_dropout_gradients_finite_differences(void **state) {
     randomize_lora(m, 0.2, 6);
     int32_t ids[11], labels[11];
     random_batch(ids, labels, 11, c.vocab_size);
-    struct lorad_batch b = {ids, labels, NULL, NULL, 1, 11};
+    struct lorad_batch b = {.tokens = ids, .labels = labels, .B = 1, .T = 11};
     int64_t denom = lorad_count_labels(labels, 11), corr;
     struct lorad_error err = {0};
     double ls, base_loss = eval_loss(m, &b);
@@ -188,7 +188,7 @@ static void test_merge_identity(void **state) {
     if (md > two_runs * mx) fail_msg("adapted vs merged logits differ by %.3g (max %.3g)", md, mx);
     assert_true(mdb > 1e-2 * mx); /* the adapter really changes the output */
     /* the training forward agrees too */
-    struct lorad_batch b = {ids, labels, NULL, NULL, 1, 12};
+    struct lorad_batch b = {.tokens = ids, .labels = labels, .B = 1, .T = 12};
     double l1 = eval_loss(m, &b);
     /* mm with B = 0 adapters equals its base */
     size_t n;
@@ -224,18 +224,18 @@ static void test_infer_matches_training_forward(void **state) {
     for (int i = 0; i < 97; i++) mx = fmax(mx, logits[i]);
     for (int i = 0; i < 97; i++) s += exp(logits[i] - mx);
     double ce = mx + log(s) - logits[11];
-    struct lorad_batch b = {ids, labels, NULL, NULL, 1, 10};
+    struct lorad_batch b = {.tokens = ids, .labels = labels, .B = 1, .T = 10};
     assert_true(fabs(ce - eval_loss(m, &b)) <= 2 * gradcheck_model_bound(&c, 10) * fabs(ce));
     lorad_model_free(m);
     tiny_model_free(&tm);
 }
 
 static void grads_of(float *out, const struct lorad_base_weights *w, struct lorad_lora_config lc,
-                     struct lorad_run_options o, const int32_t *ids, const int32_t *labels, int B, int T,
+                     struct lorad_run_options o, int32_t *ids, int32_t *labels, int B, int T,
                      double *ret_loss) {
     struct lorad_model *m = new_model(w, lc, o);
     randomize_lora(m, 0.2, 77);
-    struct lorad_batch b = {ids, labels, NULL, NULL, B, T};
+    struct lorad_batch b = {.tokens = ids, .labels = labels, .B = B, .T = T};
     double ls;
     int64_t corr;
     struct lorad_error err = {0};
@@ -327,7 +327,7 @@ static void test_packing_equals_separate_rows(void **state) {
     grads_of(g1, &tm.w, lc, opts(2, 2, 7), sep_ids, sep_lab, 2, 7, &l1);
     struct lorad_model *m = new_model(&tm.w, lc, opts(2, 1, 12));
     randomize_lora(m, 0.2, 77);
-    struct lorad_batch b = {pk_ids, pk_lab, pos, seg, 1, 12};
+    struct lorad_batch b = {.tokens = pk_ids, .labels = pk_lab, .positions = pos, .seg_start = seg, .B = 1, .T = 12};
     int64_t corr;
     struct lorad_error err = {0};
     assert_int_equal(lorad_model_forward_backward(m, &b, lorad_count_labels(pk_lab, 12), &l2, &corr, &err), 0);
@@ -340,7 +340,7 @@ static void test_packing_equals_separate_rows(void **state) {
     assert_int_equal(gradcheck_model(&rep, m, &tm.w, &lc, 42, 0, &b, lorad_count_labels(pk_lab, 12), 7), 0);
     expect_gradients_pass(&rep, "packed");
     /* without seg_start the second sample would see the first: the loss changes */
-    struct lorad_batch nb = {pk_ids, pk_lab, pos, NULL, 1, 12};
+    struct lorad_batch nb = {.tokens = pk_ids, .labels = pk_lab, .positions = pos, .B = 1, .T = 12};
     assert_true(fabs(eval_loss(m, &nb) * lorad_count_labels(pk_lab, 12) - l2) > 1e-4);
     lorad_model_free(m);
     free(g1); free(g2);
@@ -509,7 +509,7 @@ static void test_bad_input_is_named(void **state) {
     int32_t ids[8] = {1, 2, 3, 4, 5, 6, 7, 8}, labels[8] = {1, 2, 3, 4, 5, 6, 7, -100}, seg[8] = {0, 0, 0, 0, 5, 0, 0, 0};
     double ls;
     int64_t corr;
-    struct lorad_batch b = {ids, labels, NULL, NULL, 1, 8};
+    struct lorad_batch b = {.tokens = ids, .labels = labels, .B = 1, .T = 8};
     ids[3] = 97;
     assert_int_equal(lorad_model_forward_backward(m, &b, 7, &ls, &corr, &err), -EINVAL);
     assert_string_equal(err.param, "input_ids");

@@ -142,7 +142,7 @@ static void run_case(const struct ref_case *rc) {
         double sum = 0;
         for (int k = 0; k < ga; k++) {
             int64_t off = ((int64_t)s * ga + k) * per;
-            struct lorad_batch b = {ids + off, labels + off, NULL, NULL, rc->B, rc->T};
+            struct lorad_batch b = {.tokens = ids + off, .labels = labels + off, .B = rc->B, .T = rc->T};
             double ls;
             int64_t corr;
             r = lorad_model_forward_backward(m, &b, denom, &ls, &corr, &err);

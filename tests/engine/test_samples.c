@@ -149,9 +149,9 @@ static void test_packing_keeps_samples_apart(void **state) {
     assert_true(p.n_rows < N); /* short samples do share rows */
     int64_t total = 0;
     for (int i = 0; i < N; i++) total += lorad_corpus_sample_length(c, i);
-    struct lorad_token_batch b;
-    assert_int_equal(lorad_token_batch_alloc(&b, (int)p.n_rows, T), 0);
-    assert_int_equal(lorad_token_batch_fill(&b, c, &p, 0, (int)p.n_rows, NULL), 0);
+    struct lorad_batch b;
+    assert_int_equal(lorad_batch_alloc(&b, (int)p.n_rows, T), 0);
+    assert_int_equal(lorad_batch_fill(&b, c, &p, 0, (int)p.n_rows, NULL), 0);
     assert_int_equal(b.n_tokens, total);
     int32_t bos = lorad_tokenizer_bos_id(f->tok), eos = lorad_tokenizer_eos_id(f->tok);
     int64_t samples = 0;
@@ -178,7 +178,7 @@ static void test_packing_keeps_samples_apart(void **state) {
         for (int t = used; t < b.T; t++) assert_int_equal(lab[t], -100);
     }
     assert_int_equal(samples, N);
-    lorad_token_batch_free(&b);
+    lorad_batch_free(&b);
     lorad_epoch_plan_clear(&p);
     lorad_corpus_free(c);
     free(path);
