@@ -159,25 +159,7 @@ static int open_corpora(struct run *r) {
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-/* Steps of the whole run: each epoch's plan cut into steps of batch_size × accumulation rows (the
- * last step of an epoch may be short), capped by max_steps. Packing makes row counts differ per
- * epoch, so every plan is built once here. */
-static int count_steps(struct run *r) {
-    const struct lorad_hyperparameters *hp = &r->spec->hp;
-    int64_t rows_per_step = (int64_t)r->rows_per_micro * r->micro_per_step, total = 0;
-    for (int e = 0; e < hp->n_epochs; e++) {
-        struct lorad_epoch_plan p;
-        int rc = lorad_epoch_plan_build(&p, r->train, (uint64_t)r->spec->seed, e, true, hp->packing, hp->max_seq_len);
-        if (rc < 0) return lorad_error_set(r->err, rc, "", "cannot plan epoch %d", e + 1);
-        total += ceil_div(p.n_rows, rows_per_step);
-        lorad_epoch_plan_clear(&p);
-        if (hp->max_steps > 0 && total >= hp->max_steps) break;
-    }
-    if (hp->max_steps > 0 && total > hp->max_steps) total = hp->max_steps;
-    r->total_steps = total;
-    return 0;
-}
-
+/* Makes r->plan the plan of `epoch` (0-based), building it unless it already is. */
 static int ensure_plan(struct run *r, int epoch) {
     if (r->plan_epoch == epoch) return 0;
     lorad_epoch_plan_clear(&r->plan);
@@ -190,6 +172,30 @@ static int ensure_plan(struct run *r, int epoch) {
     return 0;
 }
 
+/* Steps of the whole run: each epoch's rows cut into steps of batch_size × accumulation rows (the
+ * last step of an epoch may be short), capped by max_steps. Without packing a row is one record whatever the order,
+ * so nothing is built to count them. With packing the rows depend on the epoch's shuffle, so the
+ * plan is built through ensure_plan, the one place plans are made, and the last one counted stays
+ * for the run (for one epoch, or max_steps within it, the plan the run uses is the one counted).
+ * Keeping every epoch's plan instead would cost 16 bytes per record per epoch, which the memory
+ * estimate counts once. */
+static int count_steps(struct run *r) {
+    const struct lorad_hyperparameters *hp = &r->spec->hp;
+    int64_t rows_per_step = (int64_t)r->rows_per_micro * r->micro_per_step, total = 0;
+    for (int e = 0; e < hp->n_epochs; e++) {
+        int64_t rows = lorad_corpus_size(r->train);
+        if (hp->packing) {
+            int rc = ensure_plan(r, e);
+            if (rc < 0) return rc;
+            rows = r->plan.n_rows;
+        }
+        total += ceil_div(rows, rows_per_step);
+        if (hp->max_steps > 0 && total >= hp->max_steps) break;
+    }
+    if (hp->max_steps > 0 && total > hp->max_steps) total = hp->max_steps;
+    r->total_steps = total;
+    return 0;
+}
 
 /* ---- model ---------------------------------------------------------------------------------- */
 
