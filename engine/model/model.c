@@ -351,11 +351,52 @@ static void drop_rows(void *c, int tid, int nt) {
             else x->out[i * x->cols + k] = v;
         }
 }
-static void apply_dropout(struct lorad_model *m, float *out, const float *in, int64_t M, int64_t cols, int64_t row0,
-                          int layer, int module, bool accumulate) {
-    struct drop_job j = {{out, in, cols, row0, m->opts.seed, m->dropout_counter, (uint64_t)layer + 1,
-                          (uint64_t)module, m->lc.dropout, accumulate},
-                         M};
+/* One adapted linear of the model: its frozen weight and bias, and which LoRA pair (if the module
+ * is adapted) and dropout stream it uses. */
+struct linear {
+    const struct lorad_tensor *W;  /* (out, in) */
+    const float *bias;             /* (out) or NULL */
+    int layer;                     /* 0..L-1, or L for the LM head */
+    enum lorad_lora_module module;
+};
+
+/* The rows one call of a linear covers. */
+struct linear_rows {
+    float *u;     /* (M, r) drop(x) A^T: forward writes it, backward reads it */
+    int64_t M;    /* rows of x */
+    int64_t row0; /* index of x's first row in the batch: chunks draw the same dropout masks as one call */
+};
+
+/* Whether a result overwrites its output or is added to it (the residual add is fused this way). */
+enum linear_out { LINEAR_STORE, LINEAR_ADD };
+
+static struct linear layer_linear(const struct lorad_model *m, int l, enum lorad_lora_module module) {
+    const struct lorad_layer_weights *W = &m->w->layers[l];
+    bool bias = m->cfg.attention_bias;
+    switch (module) {
+    case LORAD_Q_PROJ: return (struct linear){&W->wq, bias ? m->bq + l * m->qd : NULL, l, module};
+    case LORAD_K_PROJ: return (struct linear){&W->wk, bias ? m->bk + l * m->kvd : NULL, l, module};
+    case LORAD_V_PROJ: return (struct linear){&W->wv, bias ? m->bv + l * m->kvd : NULL, l, module};
+    case LORAD_O_PROJ: return (struct linear){&W->wo, NULL, l, module};
+    case LORAD_GATE_PROJ: return (struct linear){&W->w_gate, NULL, l, module};
+    case LORAD_UP_PROJ: return (struct linear){&W->w_up, NULL, l, module};
+    case LORAD_DOWN_PROJ: return (struct linear){&W->w_down, NULL, l, module};
+    case LORAD_LM_HEAD: case LORAD_N_LORA_MODULES: break;
+    }
+    assert(!"not a decoder-layer module");
+    return (struct linear){0};
+}
+
+static struct linear head_linear(const struct lorad_model *m) {
+    return (struct linear){&m->w->lm_head, NULL, m->cfg.n_layers, LORAD_LM_HEAD};
+}
+
+/* out (rows.M, cols) = in * mask / (1-p), stored or added; the mask is lin's dropout stream. */
+static void apply_dropout(struct lorad_model *m, float *out, const float *in, int64_t cols, const struct linear *lin,
+                          struct linear_rows rows, enum linear_out mode) {
+    struct drop_job j = {{out, in, cols, rows.row0, m->opts.seed, m->dropout_counter, (uint64_t)lin->layer + 1,
+                          (uint64_t)lin->module, m->lc.dropout, mode == LINEAR_ADD},
+                         rows.M};
     lorad_pool_run(m->pool, drop_rows, &j);
 }
 
@@ -364,43 +405,45 @@ static int lora_index(const struct lorad_model *m, int layer, int module) {
     return m->lora_a[layer][module];
 }
 
-/* y (M, out) = x (M, in) W^T + bias + scale * (drop(x) A^T) B^T; u (M, r) keeps drop(x) A^T.
- * With accumulate, y += instead (the residual add is fused this way). */
-static void lora_linear_forward(struct lorad_model *m, float *y, const float *x, const struct lorad_tensor *W,
-                                const float *bias, int layer, int module, float *u, int64_t M, int64_t row0,
-                                bool accumulate) {
-    int64_t out = W->rows, in = W->cols;
-    lorad_gemm_xwt(&m->gemm, y, x, W, M, accumulate);
-    if (bias)
+/* y (M, out) = x (M, in) W^T + bias + scale * (drop(x) A^T) B^T, stored or added to y; rows.u
+ * (M, r) keeps drop(x) A^T. */
+static void lora_linear_forward(struct lorad_model *m, float *y, const float *x, struct linear lin,
+                                struct linear_rows rows, enum linear_out mode) {
+    const struct lorad_tensor *W = lin.W;
+    int64_t out = W->rows, in = W->cols, M = rows.M;
+    float *u = rows.u;
+    lorad_gemm_xwt(&m->gemm, y, x, W, M, mode == LINEAR_ADD);
+    if (lin.bias)
         for (int64_t i = 0; i < M; i++)
-            for (int64_t j = 0; j < out; j++) y[i * out + j] += bias[j];
-    int a = lora_index(m, layer, module);
+            for (int64_t j = 0; j < out; j++) y[i * out + j] += lin.bias[j];
+    int a = lora_index(m, lin.layer, lin.module);
     if (a < 0) return;
     const float *A = m->params + m->table[a].offset, *B = m->params + m->table[a + 1].offset;
     const float *xin = x;
     if (m->dropout_active && m->lc.dropout > 0) {
-        apply_dropout(m, m->xd, x, M, in, row0, layer, module, false);
+        apply_dropout(m, m->xd, x, in, &lin, rows, LINEAR_STORE);
         xin = m->xd;
     }
     lorad_sgemm_par(&m->gemm, false, true, M, m->r, in, 1.0f, xin, in, A, in, 0.0f, u, m->r);
     lorad_sgemm_par(&m->gemm, false, true, M, out, m->r, m->scale, u, m->r, B, m->r, 1.0f, y, out);
 }
 
-/* dx (M, in) (+)= dy W + LoRA path; grads of A and B accumulate. x is the forward input, u the
- * saved drop(x) A^T. */
-static void lora_linear_backward(struct lorad_model *m, float *dx, const float *dy, const float *x,
-                                 const struct lorad_tensor *W, int layer, int module, const float *u, int64_t M,
-                                 int64_t row0, bool accumulate) {
-    int64_t out = W->rows, in = W->cols, r = m->r;
-    lorad_gemm_dyw(&m->gemm, dx, dy, W, M, accumulate);
-    int a = lora_index(m, layer, module);
+/* dx (M, in) = dy W + the LoRA path, stored or added to dx; grads of A and B accumulate. x is the
+ * forward input, rows.u the drop(x) A^T forward saved. */
+static void lora_linear_backward(struct lorad_model *m, float *dx, const float *dy, const float *x, struct linear lin,
+                                 struct linear_rows rows, enum linear_out mode) {
+    const struct lorad_tensor *W = lin.W;
+    int64_t out = W->rows, in = W->cols, r = m->r, M = rows.M;
+    const float *u = rows.u;
+    lorad_gemm_dyw(&m->gemm, dx, dy, W, M, mode == LINEAR_ADD);
+    int a = lora_index(m, lin.layer, lin.module);
     if (a < 0) return;
     const float *A = m->params + m->table[a].offset, *B = m->params + m->table[a + 1].offset;
     float *dA = m->grads + m->table[a].offset, *dB = m->grads + m->table[a + 1].offset;
     bool drop = m->dropout_active && m->lc.dropout > 0;
     const float *xin = x;
     if (drop) {
-        apply_dropout(m, m->xd, x, M, in, row0, layer, module, false);
+        apply_dropout(m, m->xd, x, in, &lin, rows, LINEAR_STORE);
         xin = m->xd;
     }
     /* dB (out, r) += scale dy^T u */
@@ -413,8 +456,34 @@ static void lora_linear_backward(struct lorad_model *m, float *dx, const float *
         lorad_sgemm_par(&m->gemm, false, false, M, in, r, 1.0f, m->du, r, A, in, 1.0f, dx, in);
     } else {
         lorad_sgemm_par(&m->gemm, false, false, M, in, r, 1.0f, m->du, r, A, in, 0.0f, m->dtmp, in);
-        apply_dropout(m, dx, m->dtmp, M, in, row0, layer, module, true);
+        apply_dropout(m, dx, m->dtmp, in, &lin, rows, LINEAR_ADD);
     }
+}
+
+/* One pass over decoder layer l: what every linear call in it shares. u is the layer's saved
+ * drop(x) A^T per module (training), or NULL to use the model's scratch for all (inference, which
+ * never runs backward). */
+struct layer_pass {
+    struct lorad_model *m;
+    int l;
+    int64_t N;       /* rows */
+    float *const *u; /* (N_BLOCK_MODULES) of (N, r), or NULL */
+};
+
+static struct linear_rows pass_rows(const struct layer_pass *p, enum lorad_lora_module module) {
+    return (struct linear_rows){p->u ? p->u[module] : p->m->du, p->N, 0};
+}
+
+/* lora_linear_forward of module in the pass's layer: y (N, out) from x (N, in). */
+static void layer_linear_forward(const struct layer_pass *p, float *y, const float *x, enum lorad_lora_module module,
+                                 enum linear_out mode) {
+    lora_linear_forward(p->m, y, x, layer_linear(p->m, p->l, module), pass_rows(p, module), mode);
+}
+
+/* lora_linear_backward of module in the pass's layer: dx (N, in) from dy (N, out) and x. */
+static void layer_linear_backward(const struct layer_pass *p, float *dx, const float *dy, const float *x,
+                                  enum lorad_lora_module module, enum linear_out mode) {
+    lora_linear_backward(p->m, dx, dy, x, layer_linear(p->m, p->l, module), pass_rows(p, module), mode);
 }
 
 /* ---------------------------------------------------------------- blocks */
@@ -434,23 +503,22 @@ static float *x_at(struct lorad_model *m, int l) { return m->xs + (int64_t)l * m
  * (checkpointing recompute) skips the down projection, whose output backward does not need. */
 static void block_forward(struct lorad_model *m, int l, struct block_acts *a, float *x_out, const float *x_in,
                           const struct run *rn) {
-    const struct lorad_layer_weights *W = &m->w->layers[l];
     const struct lorad_llama_config *c = &m->cfg;
     int64_t N = rn->N, d = m->d;
-    bool bias = c->attention_bias;
+    const struct layer_pass lp = {m, l, N, a->u};
     lorad_rmsnorm_forward(m->pool, a->h1, a->inv1, x_in, m->attn_norm + l * d, c->norm_eps, N, d);
-    lora_linear_forward(m, a->q, a->h1, &W->wq, bias ? m->bq + l * m->qd : NULL, l, LORAD_Q_PROJ, a->u[LORAD_Q_PROJ], N, 0, false);
-    lora_linear_forward(m, a->k, a->h1, &W->wk, bias ? m->bk + l * m->kvd : NULL, l, LORAD_K_PROJ, a->u[LORAD_K_PROJ], N, 0, false);
-    lora_linear_forward(m, a->v, a->h1, &W->wv, bias ? m->bv + l * m->kvd : NULL, l, LORAD_V_PROJ, a->u[LORAD_V_PROJ], N, 0, false);
+    layer_linear_forward(&lp, a->q, a->h1, LORAD_Q_PROJ, LINEAR_STORE);
+    layer_linear_forward(&lp, a->k, a->h1, LORAD_K_PROJ, LINEAR_STORE);
+    layer_linear_forward(&lp, a->v, a->h1, LORAD_V_PROJ, LINEAR_STORE);
     lorad_rope_forward(m->pool, a->q, rn->pos, m->rope_cos, m->rope_sin, N, c->n_heads, c->head_dim);
     lorad_rope_forward(m->pool, a->k, rn->pos, m->rope_cos, m->rope_sin, N, c->n_kv_heads, c->head_dim);
     struct lorad_attn_shape s = {rn->B, rn->T, c->n_heads, c->n_kv_heads, c->head_dim};
     lorad_attention_forward(m->pool, m->attn_scratch, a->att, a->lse, a->q, a->k, a->v, rn->seg, s);
     memcpy(a->x_mid, x_in, sizeof(float) * (size_t)(N * d));
-    lora_linear_forward(m, a->x_mid, a->att, &W->wo, NULL, l, LORAD_O_PROJ, a->u[LORAD_O_PROJ], N, 0, true);
+    layer_linear_forward(&lp, a->x_mid, a->att, LORAD_O_PROJ, LINEAR_ADD);
     lorad_rmsnorm_forward(m->pool, a->h2, a->inv2, a->x_mid, m->ffn_norm + l * d, c->norm_eps, N, d);
-    lora_linear_forward(m, a->gate, a->h2, &W->w_gate, NULL, l, LORAD_GATE_PROJ, a->u[LORAD_GATE_PROJ], N, 0, false);
-    lora_linear_forward(m, a->up, a->h2, &W->w_up, NULL, l, LORAD_UP_PROJ, a->u[LORAD_UP_PROJ], N, 0, false);
+    layer_linear_forward(&lp, a->gate, a->h2, LORAD_GATE_PROJ, LINEAR_STORE);
+    layer_linear_forward(&lp, a->up, a->h2, LORAD_UP_PROJ, LINEAR_STORE);
     if (!x_out) {
         /* recompute for backward: only u of down_proj's LoRA is needed, not its output */
         int ai = lora_index(m, l, LORAD_DOWN_PROJ);
@@ -458,7 +526,8 @@ static void block_forward(struct lorad_model *m, int l, struct block_acts *a, fl
         lorad_swiglu_forward(m->pool, m->hb1, a->gate, a->up, N * m->hid);
         const float *xin = m->hb1;
         if (m->dropout_active && m->lc.dropout > 0) {
-            apply_dropout(m, m->xd, m->hb1, N, m->hid, 0, l, LORAD_DOWN_PROJ, false);
+            struct linear down = layer_linear(m, l, LORAD_DOWN_PROJ);
+            apply_dropout(m, m->xd, m->hb1, m->hid, &down, pass_rows(&lp, LORAD_DOWN_PROJ), LINEAR_STORE);
             xin = m->xd;
         }
         lorad_sgemm_par(&m->gemm, false, true, N, m->r, m->hid, 1.0f, xin, m->hid, m->params + m->table[ai].offset,
@@ -467,41 +536,45 @@ static void block_forward(struct lorad_model *m, int l, struct block_acts *a, fl
     }
     lorad_swiglu_forward(m->pool, m->hb1, a->gate, a->up, N * m->hid);
     memcpy(x_out, a->x_mid, sizeof(float) * (size_t)(N * d));
-    lora_linear_forward(m, x_out, m->hb1, &W->w_down, NULL, l, LORAD_DOWN_PROJ, a->u[LORAD_DOWN_PROJ], N, 0, true);
+    layer_linear_forward(&lp, x_out, m->hb1, LORAD_DOWN_PROJ, LINEAR_ADD);
 }
 
 /* On entry m->dres (N, d) holds d loss / d x_out of block l; on exit d loss / d x_in. */
 static void block_backward(struct lorad_model *m, int l, struct block_acts *a, const float *x_in,
                            const struct run *rn) {
-    const struct lorad_layer_weights *W = &m->w->layers[l];
     const struct lorad_llama_config *c = &m->cfg;
     int64_t N = rn->N, d = m->d;
+    const struct layer_pass lp = {m, l, N, a->u};
     /* MLP: x_out = x_mid + down(silu(gate) * up) */
     lorad_swiglu_forward(m->pool, m->hb1, a->gate, a->up, N * m->hid);
-    lora_linear_backward(m, m->hb2, m->dres, m->hb1, &W->w_down, l, LORAD_DOWN_PROJ, a->u[LORAD_DOWN_PROJ], N, 0, false);
+    layer_linear_backward(&lp, m->hb2, m->dres, m->hb1, LORAD_DOWN_PROJ, LINEAR_STORE);
     lorad_swiglu_backward(m->pool, m->hb1, m->hb2, m->hb2, a->gate, a->up, N * m->hid); /* hb1 = dgate, hb2 = dup */
-    lora_linear_backward(m, m->dh, m->hb1, a->h2, &W->w_gate, l, LORAD_GATE_PROJ, a->u[LORAD_GATE_PROJ], N, 0, false);
-    lora_linear_backward(m, m->dh, m->hb2, a->h2, &W->w_up, l, LORAD_UP_PROJ, a->u[LORAD_UP_PROJ], N, 0, true);
+    layer_linear_backward(&lp, m->dh, m->hb1, a->h2, LORAD_GATE_PROJ, LINEAR_STORE);
+    layer_linear_backward(&lp, m->dh, m->hb2, a->h2, LORAD_UP_PROJ, LINEAR_ADD);
     lorad_rmsnorm_backward(m->pool, m->dres, m->dh, a->x_mid, a->inv2, m->ffn_norm + l * d, N, d);
     /* attention: x_mid = x_in + o(attn(rope(q), rope(k), v)) */
-    lora_linear_backward(m, m->datt, m->dres, a->att, &W->wo, l, LORAD_O_PROJ, a->u[LORAD_O_PROJ], N, 0, false);
+    layer_linear_backward(&lp, m->datt, m->dres, a->att, LORAD_O_PROJ, LINEAR_STORE);
     struct lorad_attn_shape s = {rn->B, rn->T, c->n_heads, c->n_kv_heads, c->head_dim};
     lorad_attention_backward(m->pool, m->attn_scratch, m->dq, m->dk, m->dv, m->datt, a->q, a->k, a->v, a->att, a->lse,
                              rn->seg, s);
     lorad_rope_backward(m->pool, m->dq, rn->pos, m->rope_cos, m->rope_sin, N, c->n_heads, c->head_dim);
     lorad_rope_backward(m->pool, m->dk, rn->pos, m->rope_cos, m->rope_sin, N, c->n_kv_heads, c->head_dim);
-    lora_linear_backward(m, m->dh, m->dq, a->h1, &W->wq, l, LORAD_Q_PROJ, a->u[LORAD_Q_PROJ], N, 0, false);
-    lora_linear_backward(m, m->dh, m->dk, a->h1, &W->wk, l, LORAD_K_PROJ, a->u[LORAD_K_PROJ], N, 0, true);
-    lora_linear_backward(m, m->dh, m->dv, a->h1, &W->wv, l, LORAD_V_PROJ, a->u[LORAD_V_PROJ], N, 0, true);
+    layer_linear_backward(&lp, m->dh, m->dq, a->h1, LORAD_Q_PROJ, LINEAR_STORE);
+    layer_linear_backward(&lp, m->dh, m->dk, a->h1, LORAD_K_PROJ, LINEAR_ADD);
+    layer_linear_backward(&lp, m->dh, m->dv, a->h1, LORAD_V_PROJ, LINEAR_ADD);
     lorad_rmsnorm_backward(m->pool, m->dres, m->dh, x_in, a->inv1, m->attn_norm + l * d, N, d);
 }
 
 /* ---------------------------------------------------------------- the head, in token chunks */
 
-/* Runs the final norm and the LM head chunk by chunk: CE sum and correct count; with grad also
- * writes m->dres = d loss / d x_final (scaled by grad_scale = 1/denominator). */
-static void head_forward_backward(struct lorad_model *m, const int32_t *labels, const struct run *rn, bool grad,
-                                  float grad_scale, double *ret_loss, int64_t *ret_correct) {
+/* Evaluation wants the loss only; training also the gradient. */
+enum head_mode { HEAD_LOSS, HEAD_LOSS_AND_GRAD };
+
+/* Runs the final norm and the LM head chunk by chunk: CE sum and correct count; with
+ * HEAD_LOSS_AND_GRAD also writes m->dres = d loss / d x_final (scaled by grad_scale = 1/denominator). */
+static void head_forward_backward(struct lorad_model *m, const int32_t *labels, const struct run *rn,
+                                  enum head_mode mode, float grad_scale, double *ret_loss, int64_t *ret_correct) {
+    bool grad = mode == HEAD_LOSS_AND_GRAD;
     int64_t N = rn->N, d = m->d, V = m->V;
     int L = m->cfg.n_layers;
     const float *xf = x_at(m, L);
@@ -513,7 +586,8 @@ static void head_forward_backward(struct lorad_model *m, const int32_t *labels, 
         int64_t n = N - c0 < HEAD_CHUNK ? N - c0 : HEAD_CHUNK;
         if (lorad_count_labels(labels + c0, n) == 0) continue; /* contributes nothing */
         float *u = m->head_u ? m->head_u + c0 * m->r : NULL;
-        lora_linear_forward(m, m->logits, m->hf + c0 * d, &m->w->lm_head, NULL, L, LORAD_LM_HEAD, u, n, c0, false);
+        const struct linear_rows rows = {u, n, c0};
+        lora_linear_forward(m, m->logits, m->hf + c0 * d, head_linear(m), rows, LINEAR_STORE);
         lorad_crossentropy_forward_backward(m->pool, m->logits, m->row_loss, m->row_correct, labels + c0, grad_scale,
                                             grad, n, V);
         for (int64_t i = 0; i < n; i++) {
@@ -521,8 +595,7 @@ static void head_forward_backward(struct lorad_model *m, const int32_t *labels, 
             correct += m->row_correct[i];
         }
         if (grad)
-            lora_linear_backward(m, m->dh + c0 * d, m->logits, m->hf + c0 * d, &m->w->lm_head, L, LORAD_LM_HEAD, u, n,
-                                 c0, false);
+            lora_linear_backward(m, m->dh + c0 * d, m->logits, m->hf + c0 * d, head_linear(m), rows, LINEAR_STORE);
     }
     if (grad) {
         memset(m->dres, 0, sizeof(float) * (size_t)(N * d));
@@ -597,7 +670,7 @@ int lorad_model_forward_backward(struct lorad_model *m, const struct lorad_batch
     model_forward(m, b, &rn);
     double loss;
     int64_t correct;
-    head_forward_backward(m, b->labels, &rn, true, (float)(1.0 / (double)denominator), &loss, &correct);
+    head_forward_backward(m, b->labels, &rn, HEAD_LOSS_AND_GRAD, (float)(1.0 / (double)denominator), &loss, &correct);
     for (int l = m->cfg.n_layers - 1; l >= 0; l--) {
         struct block_acts *a = acts_of(m, l);
         if (m->opts.activation_checkpointing) block_forward(m, l, a, NULL, x_at(m, l), &rn); /* recompute */
@@ -619,7 +692,7 @@ int lorad_model_eval(struct lorad_model *m, const struct lorad_batch *b, double 
     model_forward(m, b, &rn);
     double loss;
     int64_t correct;
-    head_forward_backward(m, b->labels, &rn, false, 0.0f, &loss, &correct);
+    head_forward_backward(m, b->labels, &rn, HEAD_LOSS, 0.0f, &loss, &correct);
     *ret_loss_sum = loss;
     *ret_correct = correct;
     *ret_tokens = lorad_count_labels(b->labels, rn.N);
@@ -683,12 +756,11 @@ int lorad_model_infer(struct lorad_model *m, const int32_t *tokens, int n, bool 
     float *x = x_at(m, 0), *y = x_at(m, 1);
     lorad_embedding_forward(m->pool, x, tokens, &m->w->embed, n, d);
     for (int l = 0; l < c->n_layers; l++) {
-        const struct lorad_layer_weights *W = &m->w->layers[l];
-        bool bias = c->attention_bias;
+        const struct layer_pass lp = {m, l, n, NULL};
         lorad_rmsnorm_forward(m->pool, a->h1, a->inv1, x, m->attn_norm + l * d, c->norm_eps, n, d);
-        lora_linear_forward(m, a->q, a->h1, &W->wq, bias ? m->bq + l * m->qd : NULL, l, LORAD_Q_PROJ, m->du, n, 0, false);
-        lora_linear_forward(m, a->k, a->h1, &W->wk, bias ? m->bk + l * m->kvd : NULL, l, LORAD_K_PROJ, m->du, n, 0, false);
-        lora_linear_forward(m, a->v, a->h1, &W->wv, bias ? m->bv + l * m->kvd : NULL, l, LORAD_V_PROJ, m->du, n, 0, false);
+        layer_linear_forward(&lp, a->q, a->h1, LORAD_Q_PROJ, LINEAR_STORE);
+        layer_linear_forward(&lp, a->k, a->h1, LORAD_K_PROJ, LINEAR_STORE);
+        layer_linear_forward(&lp, a->v, a->h1, LORAD_V_PROJ, LINEAR_STORE);
         lorad_rope_forward(m->pool, a->q, pos, m->rope_cos, m->rope_sin, n, c->n_heads, c->head_dim);
         lorad_rope_forward(m->pool, a->k, pos, m->rope_cos, m->rope_sin, n, c->n_kv_heads, c->head_dim);
         int64_t base = ((int64_t)l * m->cache_cap + m->cache_len) * m->kvd;
@@ -697,17 +769,18 @@ int lorad_model_infer(struct lorad_model *m, const int32_t *tokens, int n, bool 
         struct cache_attn ca = {m, a, l, n, m->cache_len};
         lorad_pool_run(m->pool, cache_attn_thread, &ca);
         memcpy(y, x, sizeof(float) * (size_t)(n * d));
-        lora_linear_forward(m, y, a->att, &W->wo, NULL, l, LORAD_O_PROJ, m->du, n, 0, true);
+        layer_linear_forward(&lp, y, a->att, LORAD_O_PROJ, LINEAR_ADD);
         lorad_rmsnorm_forward(m->pool, a->h2, a->inv2, y, m->ffn_norm + l * d, c->norm_eps, n, d);
-        lora_linear_forward(m, a->gate, a->h2, &W->w_gate, NULL, l, LORAD_GATE_PROJ, m->du, n, 0, false);
-        lora_linear_forward(m, a->up, a->h2, &W->w_up, NULL, l, LORAD_UP_PROJ, m->du, n, 0, false);
+        layer_linear_forward(&lp, a->gate, a->h2, LORAD_GATE_PROJ, LINEAR_STORE);
+        layer_linear_forward(&lp, a->up, a->h2, LORAD_UP_PROJ, LINEAR_STORE);
         lorad_swiglu_forward(m->pool, m->hb1, a->gate, a->up, n * m->hid);
         memcpy(x, y, sizeof(float) * (size_t)(n * d));
-        lora_linear_forward(m, x, m->hb1, &W->w_down, NULL, l, LORAD_DOWN_PROJ, m->du, n, 0, true);
+        layer_linear_forward(&lp, x, m->hb1, LORAD_DOWN_PROJ, LINEAR_ADD);
     }
     const float *last = x + (int64_t)(n - 1) * d;
     lorad_rmsnorm_forward(NULL, m->hf, m->inv_f, last, m->final_norm, c->norm_eps, 1, d);
-    lora_linear_forward(m, ret_logits, m->hf, &m->w->lm_head, NULL, c->n_layers, LORAD_LM_HEAD, m->du, 1, 0, false);
+    const struct linear_rows last_row = {m->du, 1, 0};
+    lora_linear_forward(m, ret_logits, m->hf, head_linear(m), last_row, LINEAR_STORE);
     m->cache_len += n;
     m->lora_enabled = true;
     return 0;
