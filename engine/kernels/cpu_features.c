@@ -9,6 +9,7 @@ static const char *const isa_names[] = {
     [LORAD_ISA_BASELINE] = "baseline",
     [LORAD_ISA_AVX2] = "avx2",
     [LORAD_ISA_AVX512] = "avx512",
+    [LORAD_ISA_AVX512_BF16] = "avx512bf16",
 };
 #define N_ISA ((int)(sizeof isa_names / sizeof isa_names[0]))
 
@@ -31,8 +32,10 @@ static enum lorad_isa detect(void) {
     if ((xcr0 & 0x6) != 0x6) return LORAD_ISA_BASELINE; /* SSE and AVX (ymm) state */
     if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return LORAD_ISA_BASELINE;
     /* opmask, upper halves of zmm0-15 and zmm16-31 */
-    if (__builtin_cpu_supports("avx512f") && (xcr0 & 0xE0) == 0xE0) return LORAD_ISA_AVX512;
-    return LORAD_ISA_AVX2;
+    if (!__builtin_cpu_supports("avx512f") || (xcr0 & 0xE0) != 0xE0) return LORAD_ISA_AVX2;
+    /* vdpbf16ps on zmm also needs AVX512BW for the 16-bit packing the kernel does */
+    if (__builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw")) return LORAD_ISA_AVX512_BF16;
+    return LORAD_ISA_AVX512;
 }
 
 /* -1 when the variable is unset, empty or "auto"; -2 when it is not a name we know. */
@@ -71,6 +74,6 @@ enum lorad_isa lorad_isa_active(void) {
 int lorad_isa_check_env(struct lorad_error *err) {
     if (env_cap() != -2) return 0;
     return lorad_error_set(err, -EINVAL, "LORAD_ISA",
-                           "environment variable LORAD_ISA=%.64s is not one of auto, avx512, avx2, baseline",
+                           "environment variable LORAD_ISA=%.64s is not one of auto, avx512bf16, avx512, avx2, baseline",
                            getenv("LORAD_ISA"));
 }

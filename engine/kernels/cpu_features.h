@@ -7,7 +7,9 @@
  * numbers.
  *
  *   LORAD_ISA=auto      (or unset, or empty) everything the CPU and the OS support
- *   LORAD_ISA=avx512    at most AVX-512F: the engine's own sgemm for the weight products
+ *   LORAD_ISA=avx512bf16  at most AVX-512F with AVX512_BF16: bf16 compute on vdpbf16ps
+ *   LORAD_ISA=avx512    at most AVX-512F: the engine's own sgemm for the weight products; bf16
+ *                       compute, when a job asks for it, rounds operands and multiplies in fp32
  *   LORAD_ISA=avx2      at most AVX2+FMA: OpenBLAS for every product, AVX2 elementwise rows
  *   LORAD_ISA=baseline  plain x86-64: OpenBLAS for every product, scalar elementwise rows
  *
@@ -22,6 +24,7 @@ enum lorad_isa {
     LORAD_ISA_BASELINE = 0,
     LORAD_ISA_AVX2 = 1,   /* AVX2 and FMA */
     LORAD_ISA_AVX512 = 2, /* AVX-512F with the OS saving zmm state */
+    LORAD_ISA_AVX512_BF16 = 3, /* and AVX512_BF16 (vdpbf16ps): Cooper Lake, Sapphire Rapids, Zen 4 */
 };
 
 /* What the CPU and the OS support, detected once. */
@@ -32,7 +35,7 @@ enum lorad_isa lorad_isa_detected(void);
  * lorad_isa_check_env, so a typo is refused rather than ignored). */
 enum lorad_isa lorad_isa_active(void);
 
-/* "baseline", "avx2" or "avx512". */
+/* "baseline", "avx2", "avx512" or "avx512bf16". */
 const char *lorad_isa_name(enum lorad_isa isa);
 
 /* Checks LORAD_ISA: 0 when unset or valid, else -EINVAL with err naming the variable, its value

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bf16gemm_avx512.h"
 #include "cpu_features.h"
 
 static bool prefer_openblas;
@@ -21,9 +22,30 @@ const char *lorad_gemm_kernel_description(void) {
     return "OpenBLAS (this CPU has no AVX-512F)";
 }
 
+const char *const lorad_compute_dtype_names[] = {"float32", "bfloat16", "auto", NULL};
+
+bool lorad_gemm_bf16_usable(void) {
+    return !prefer_openblas && lorad_isa_active() >= LORAD_ISA_AVX512_BF16 && lorad_gemm_bf16_avx512_available();
+}
+
+int lorad_compute_dtype_resolve(enum lorad_compute_dtype requested, bool base_is_bf16, const char *param,
+                                enum lorad_compute_dtype *ret, struct lorad_error *err) {
+    enum lorad_compute_dtype d = requested;
+    if (d == LORAD_COMPUTE_AUTO) d = base_is_bf16 && lorad_gemm_bf16_usable() ? LORAD_COMPUTE_BFLOAT16 : LORAD_COMPUTE_FLOAT32;
+    if (d == LORAD_COMPUTE_BFLOAT16 && !lorad_gemm_bf16_usable()) {
+        const char *why = lorad_gemm_bf16_avx512_available() ? "LORAD_ISA or the caller rules out the bf16 kernel"
+                                                             : "this CPU has no AVX512_BF16";
+        return lorad_error_set(err, -ENOTSUP, param, "compute_dtype \"bfloat16\" is not available: %s; use \"float32\" or \"auto\"", why);
+    }
+    assert(d == LORAD_COMPUTE_FLOAT32 || d == LORAD_COMPUTE_BFLOAT16);
+    *ret = d;
+    return 0;
+}
+
 int lorad_gemm_init(struct lorad_gemm *g, struct lorad_pool *pool) {
     memset(g, 0, sizeof *g);
     g->pool = pool;
+    g->compute = LORAD_COMPUTE_FLOAT32;
     for (int t = 0; t < lorad_pool_size(pool); t++) {
         g->scratch[t] = malloc(LORAD_GEMM_SCRATCH_FLOATS * sizeof(float));
         if (!g->scratch[t]) {
@@ -72,8 +94,8 @@ struct wjob {
  * output dimension. The engine's own kernel packs whatever part of W a thread multiplies, so
  * slicing W packs each weight once in all rather than once per thread: it splits over N unless
  * N is too narrow for whole 32-column panels. */
-static bool split_rows_of_m(int64_t M, int64_t N, int n_threads) {
-    if (lorad_gemm_uses_own_kernel()) return N < 64 * n_threads && M > N;
+static bool split_rows_of_m(const struct lorad_gemm *g, int64_t M, int64_t N, int n_threads) {
+    if (g->compute == LORAD_COMPUTE_BFLOAT16 || lorad_gemm_uses_own_kernel()) return N < 64 * n_threads && M > N;
     return M >= 128 * (int64_t)n_threads || (N < 64 * n_threads && M > N);
 }
 
@@ -82,6 +104,12 @@ static void xwt_part(struct wjob *j, int64_t m0, int64_t m1, int64_t n0, int64_t
     int64_t K = w->cols, N = w->rows, M = m1 - m0;
     if (M <= 0 || n1 <= n0) return;
     float beta = j->accumulate ? 1.0f : 0.0f;
+    if (j->g->compute == LORAD_COMPUTE_BFLOAT16) {
+        int64_t esz = lorad_dtype_size(w->dtype);
+        lorad_gemm_bf16_avx512(true, w->dtype, M, n1 - n0, K, j->in + m0 * K, K, (const char *)w->data + n0 * K * esz, K,
+                               beta, j->out + m0 * N + n0, N, j->g->scratch[tid]);
+        return;
+    }
     if (own_kernel_takes(w->dtype)) {
         int64_t esz = lorad_dtype_size(w->dtype);
         lorad_sgemm_avx512(false, true, w->dtype, M, n1 - n0, K, 1.0f, j->in + m0 * K, K,
@@ -111,7 +139,7 @@ typedef void (*part_fn)(struct wjob *j, int64_t m0, int64_t m1, int64_t n0, int6
  * columns (split_rows_of_m), whole 32-column panels in the latter case. */
 static void run_share(struct wjob *j, part_fn part, int64_t n_out, int tid, int nt) {
     int64_t b, e;
-    if (split_rows_of_m(j->M, n_out, nt)) {
+    if (split_rows_of_m(j->g, j->M, n_out, nt)) {
         lorad_pool_slice(j->M, tid, nt, 1, &b, &e);
         part(j, b, e, 0, n_out, tid);
     } else {
@@ -136,6 +164,12 @@ static void dyw_part(struct wjob *j, int64_t m0, int64_t m1, int64_t k0, int64_t
     int64_t K = w->cols, N = w->rows, M = m1 - m0, kc = k1 - k0;
     if (M <= 0 || kc <= 0) return;
     float beta = j->accumulate ? 1.0f : 0.0f;
+    if (j->g->compute == LORAD_COMPUTE_BFLOAT16) {
+        int64_t esz = lorad_dtype_size(w->dtype);
+        lorad_gemm_bf16_avx512(false, w->dtype, M, kc, N, j->in + m0 * N, N, (const char *)w->data + k0 * esz, K, beta,
+                               j->out + m0 * K + k0, K, j->g->scratch[tid]);
+        return;
+    }
     if (own_kernel_takes(w->dtype)) {
         int64_t esz = lorad_dtype_size(w->dtype);
         lorad_sgemm_avx512(false, false, w->dtype, M, kc, N, 1.0f, j->in + m0 * N, N,

@@ -4,12 +4,17 @@
  * handed to cblas_sgemm in place; BF16 weights are widened a tile of rows at a time into a
  * per-thread scratch buffer and multiplied tile by tile, so a BF16 base stays half the size in
  * memory. Every product is split statically over the pool (fixed slices for a fixed thread
- * count), so results are bit-identical run to run. */
+ * count), so results are bit-identical run to run.
+ *
+ * The frozen-weight products (lorad_gemm_xwt, lorad_gemm_dyw) compute in the struct's compute
+ * dtype: fp32, or bf16 operands with fp32 accumulation (bf16gemm_avx512.h says exactly what is
+ * rounded). Every other product is fp32. */
 #pragma once
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
+#include "error.h"
 #include "sgemm_avx512.h"
 #include "threadpool.h"
 #include "weights.h"
@@ -19,9 +24,31 @@
 #define LORAD_GEMM_SCRATCH_FLOATS ((size_t)1 << 19)
 _Static_assert(LORAD_GEMM_SCRATCH_FLOATS >= LORAD_SGEMM_AVX512_WORK_FLOATS, "scratch holds the packed blocks");
 
+/* The arithmetic of the frozen-weight products. AUTO is a request only (a job's default);
+ * lorad_compute_dtype_resolve turns it into one of the other two. */
+enum lorad_compute_dtype {
+    LORAD_COMPUTE_FLOAT32 = 0,
+    LORAD_COMPUTE_BFLOAT16 = 1,
+    LORAD_COMPUTE_AUTO = 2,
+};
+
+/* "float32", "bfloat16", "auto" by value, NULL-terminated (the job spec's names). */
+extern const char *const lorad_compute_dtype_names[];
+
+/* Whether this process can compute in bf16: the CPU has AVX512_BF16, LORAD_ISA allows it and
+ * products are not forced onto OpenBLAS. */
+bool lorad_gemm_bf16_usable(void);
+
+/* *ret = the dtype to compute in for a request and a base whose linear weights are all BF16
+ * (base_is_bf16): AUTO is bf16 when the base is bf16 and lorad_gemm_bf16_usable(), else float32.
+ * Asking for BFLOAT16 where it is not usable is -ENOTSUP with err naming param and the reason. */
+int lorad_compute_dtype_resolve(enum lorad_compute_dtype requested, bool base_is_bf16, const char *param,
+                                enum lorad_compute_dtype *ret, struct lorad_error *err);
+
 struct lorad_gemm {
     struct lorad_pool *pool;            /* borrowed */
     float *scratch[LORAD_MAX_THREADS];  /* one LORAD_GEMM_SCRATCH_FLOATS buffer per thread */
+    enum lorad_compute_dtype compute;   /* FLOAT32 or (when lorad_gemm_bf16_usable) BFLOAT16 */
 };
 
 /* Process-wide: makes products use OpenBLAS even on AVX-512 hosts, so a benchmark or test can
@@ -30,7 +57,7 @@ void lorad_gemm_prefer_openblas(bool prefer);
 
 /* Allocates the per-thread scratch for pool (borrowed; must outlive g). 0 or -ENOMEM. Products
  * use the engine's AVX-512 kernel where the CPU has it (lorad_gemm_uses_own_kernel), else
- * OpenBLAS. */
+ * OpenBLAS, and compute in float32 until g->compute is set to a resolved dtype. */
 int lorad_gemm_init(struct lorad_gemm *g, struct lorad_pool *pool);
 void lorad_gemm_destroy(struct lorad_gemm *g);
 

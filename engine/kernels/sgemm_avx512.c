@@ -4,6 +4,7 @@
 #include <immintrin.h>
 
 #include "cpu_features.h"
+#include "transpose_avx512.h"
 
 /* Register tile and cache blocks. MR x NR = 12 x 32 takes 24 of the 32 zmm registers as
  * accumulators. A KC x NR panel of B (32 KB) stays in L1 while the MR-row panels of A stream
@@ -19,34 +20,6 @@ _Static_assert(LORAD_SGEMM_AVX512_WORK_FLOATS >= (size_t)MC * KC + (size_t)KC * 
 
 bool lorad_sgemm_avx512_available(void) { return lorad_isa_detected() >= LORAD_ISA_AVX512; }
 
-/* Sixteen rows of 16 floats, transposed in registers: on return r[c] holds column c. */
-__attribute__((target("avx512f"))) static inline void transpose_16x16(__m512 r[16]) {
-    __m512 a[16], b[16];
-    for (int i = 0; i < 8; i++) {
-        a[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        a[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-    /* b[4g + c], lane l: rows 4g..4g+3 at column 4l + c */
-    for (int g = 0; g < 4; g++) {
-        __m512d x0 = _mm512_castps_pd(a[4 * g]), x1 = _mm512_castps_pd(a[4 * g + 1]);
-        __m512d x2 = _mm512_castps_pd(a[4 * g + 2]), x3 = _mm512_castps_pd(a[4 * g + 3]);
-        b[4 * g + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(x0, x2));
-        b[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(x0, x2));
-        b[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(x1, x3));
-        b[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(x1, x3));
-    }
-    /* A 4x4 transpose of 128-bit lanes for each c. */
-    for (int c = 0; c < 4; c++) {
-        __m512 u0 = _mm512_shuffle_f32x4(b[c], b[4 + c], 0x44), u1 = _mm512_shuffle_f32x4(b[c], b[4 + c], 0xEE);
-        __m512 u2 = _mm512_shuffle_f32x4(b[8 + c], b[12 + c], 0x44);
-        __m512 u3 = _mm512_shuffle_f32x4(b[8 + c], b[12 + c], 0xEE);
-        r[c] = _mm512_shuffle_f32x4(u0, u2, 0x88);
-        r[4 + c] = _mm512_shuffle_f32x4(u0, u2, 0xDD);
-        r[8 + c] = _mm512_shuffle_f32x4(u1, u3, 0x88);
-        r[12 + c] = _mm512_shuffle_f32x4(u1, u3, 0xDD);
-    }
-}
-
 /* dst (kc, MR) = alpha * the MR rows of src (row stride lda) transposed, 16 k at a time through
  * a register transpose with four zero rows; the ragged end of k element by element. */
 __attribute__((target("avx512f"))) static void pack_a_rows(float *dst, const float *src, int64_t lda, int64_t kc,
@@ -57,7 +30,7 @@ __attribute__((target("avx512f"))) static void pack_a_rows(float *dst, const flo
         __m512 r[16];
         for (int i = 0; i < MR; i++) r[i] = _mm512_mul_ps(va, _mm512_loadu_ps(src + i * lda + k));
         for (int i = MR; i < 16; i++) r[i] = _mm512_setzero_ps();
-        transpose_16x16(r);
+        lorad_transpose_16x16(r);
         for (int c = 0; c < 16; c++) _mm512_mask_storeu_ps(dst + (k + c) * MR, (__mmask16)((1u << MR) - 1), r[c]);
     }
     for (int64_t k = kv; k < kc; k++)
@@ -121,7 +94,7 @@ __attribute__((target("avx512f"))) static void transpose_block(float *dst, enum 
             r[j] = bf16x16_to_f32((const uint16_t *)src + j * ld);
         }
     }
-    transpose_16x16(r);
+    lorad_transpose_16x16(r);
     for (int k = 0; k < 16; k++) _mm512_store_ps(dst + k * NR, r[k]);
 }
 

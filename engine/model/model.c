@@ -222,8 +222,23 @@ static int validate_options(const struct lorad_run_options *o, const struct lora
                                LORAD_MAX_SEQ_LEN, o->kv_cache_len);
     if (o->memory_limit_bytes < 0)
         return lorad_error_set(err, -EINVAL, "memory_limit_bytes", "memory_limit_bytes must be >= 0");
+    if ((unsigned)o->compute_dtype > LORAD_COMPUTE_AUTO)
+        return lorad_error_set(err, -EINVAL, "compute_dtype", "compute_dtype %d is not float32, bfloat16 or auto",
+                               (int)o->compute_dtype);
     (void)cfg;
     return 0;
+}
+
+/* Whether every matrix a frozen-weight product reads is stored in bf16. */
+static bool linears_all_bf16(const struct lorad_base_weights *w) {
+    if (w->lm_head.dtype != LORAD_DTYPE_BF16) return false;
+    for (int l = 0; l < w->cfg.n_layers; l++) {
+        const struct lorad_layer_weights *L = &w->layers[l];
+        const struct lorad_tensor *t[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
+            if (t[i]->dtype != LORAD_DTYPE_BF16) return false;
+    }
+    return true;
 }
 
 static void copy_vec(float *out, const struct lorad_tensor *t) { lorad_tensor_rows_f32(out, t, 0, 1, 0, t->cols); }
@@ -237,6 +252,9 @@ int lorad_model_new(struct lorad_model **ret_model, const struct lorad_base_weig
     if ((r = validate_options(opts, &w->cfg, err)) < 0) return r;
     if (w->cfg.head_dim % 2 != 0)
         return lorad_error_set(err, -EINVAL, "head_dim", "head_dim must be even for RoPE, got %d", w->cfg.head_dim);
+    enum lorad_compute_dtype compute;
+    if ((r = lorad_compute_dtype_resolve(opts->compute_dtype, linears_all_bf16(w), "compute_dtype", &compute, err)) < 0)
+        return r;
     struct lorad_model_memory mem;
     lorad_model_memory_of(&mem, &w->cfg, lc, opts);
     int64_t need = mem.total;
@@ -272,6 +290,8 @@ int lorad_model_new(struct lorad_model **ret_model, const struct lorad_base_weig
         free(m);
         return lorad_error_set(err, r, "", "out of memory");
     }
+    m->gemm.compute = compute;
+    m->opts.compute_dtype = compute;
 
     const struct lorad_llama_config *cfg = &m->cfg;
     m->d = cfg->dim;
@@ -805,6 +825,8 @@ const struct lorad_lora_tensor *lorad_model_lora_tensor(const struct lorad_model
     return i >= 0 && i < m->n_lora ? &m->table[i] : NULL;
 }
 float lorad_model_lora_scale(const struct lorad_model *m) { return m->scale; }
+enum lorad_compute_dtype lorad_model_compute_dtype(const struct lorad_model *m) { return m->gemm.compute; }
+
 const struct lorad_llama_config *lorad_model_config(const struct lorad_model *m) { return &m->cfg; }
 uint64_t lorad_model_dropout_counter(const struct lorad_model *m) { return m->dropout_counter; }
 void lorad_model_set_dropout_counter(struct lorad_model *m, uint64_t counter) { m->dropout_counter = counter; }

@@ -19,6 +19,7 @@
 
 #include "batch.h"
 #include "error.h"
+#include "gemm.h"
 #include "lora.h"
 #include "weights.h"
 
@@ -30,6 +31,7 @@ struct lorad_run_options {
     uint64_t seed;                 /* LoRA init and dropout masks */
     int64_t memory_limit_bytes;    /* > 0: refuse when engine buffers + base weights exceed it */
     int kv_cache_len;              /* > 0: tokens of KV cache for lorad_model_infer (batch 1) */
+    enum lorad_compute_dtype compute_dtype; /* frozen-weight products (gemm.h); 0 = float32 */
 };
 
 #define LORAD_MAX_BATCH_TOKENS ((int64_t)1 << 24)
@@ -104,6 +106,8 @@ int lorad_model_merged_weight(const struct lorad_model *m, int layer, enum lorad
 
 float lorad_model_lora_scale(const struct lorad_model *m);
 const struct lorad_llama_config *lorad_model_config(const struct lorad_model *m);
+/* The dtype the frozen-weight products compute in: opts->compute_dtype resolved (never AUTO). */
+enum lorad_compute_dtype lorad_model_compute_dtype(const struct lorad_model *m);
 
 /* Dropout masks are drawn from (seed, micro-batch counter, layer, module, element); the counter
  * advances on every forward_backward. Save/restore it with a checkpoint for exact resume. */

@@ -8,10 +8,12 @@
  * gradient by O(1) of its scale, far outside these bounds. */
 #include "testutil.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "bf16gemm_avx512.h"
 #include "f64_llama.h"
 #include "gemm.h"
 #include "kernels.h"
@@ -188,6 +190,114 @@ static void test_sgemm_avx512_matches_reference(void **state) {
             sgemm_avx512_case(ta, tb, bf16, shapes[s][0], shapes[s][1], shapes[s][2], 0.7f, beta);
         }
     sgemm_avx512_case(false, true, false, 7, 9, 0, 1.0f, 0.5f); /* K = 0 scales C by beta */
+}
+
+/* The BF16 kernel against its plain loop, element by element: the loop rounds both operands to
+ * bf16 exactly as the kernel must, and sums the (exact) products in double, so the kernel may
+ * differ only by its fp32 accumulation: |err_ij| <= f32_chain_error_bound(2, K) *
+ * (sum_k |a_ik b_kj| + |beta C_ij|). To show the operands really are rounded, the same product
+ * in fp32 without rounding must lie outside that bound somewhere. */
+static void gemm_bf16_case(bool tb, bool bf16, int64_t M, int64_t N, int64_t K, float beta) {
+    int64_t lda = K + 3, ldb = (tb ? K : N) + 5, ldc = N + 7, nb = (tb ? N : K) * ldb;
+    float *A = randv(M * lda, 1), *Bf = randv(nb, 1), *C = randv(M * ldc, 1);
+    uint16_t *Bh = malloc(sizeof(uint16_t) * (size_t)nb);
+    for (int64_t i = 0; i < nb; i++) Bh[i] = lorad_f32_to_bf16(Bf[i]);
+    if (beta == 0.0f)
+        for (int64_t i = 0; i < M * ldc; i++) C[i] = NAN;
+    enum lorad_dtype dt = bf16 ? LORAD_DTYPE_BF16 : LORAD_DTYPE_F32;
+    const void *B = bf16 ? (const void *)Bh : (const void *)Bf;
+    float *want = malloc(sizeof(float) * (size_t)(M * ldc)), *unrounded = malloc(sizeof(float) * (size_t)(M * ldc));
+    float *got = malloc(sizeof(float) * (size_t)(M * ldc)), *work = malloc(sizeof(float) * LORAD_SGEMM_AVX512_WORK_FLOATS);
+    memcpy(want, C, sizeof(float) * (size_t)(M * ldc));
+    memcpy(got, C, sizeof(float) * (size_t)(M * ldc));
+    memcpy(unrounded, C, sizeof(float) * (size_t)(M * ldc));
+    lorad_gemm_bf16_ref(tb, dt, M, N, K, A, lda, B, ldb, beta, want, ldc);
+    lorad_sgemm_ref(false, tb, dt, M, N, K, 1.0f, A, lda, B, ldb, beta, unrounded, ldc);
+    lorad_gemm_bf16_avx512(tb, dt, M, N, K, A, lda, B, ldb, beta, got, ldc, work);
+    double bound = f32_chain_error_bound(2, K > 2 ? K : 2);
+    int64_t outside = 0;
+    for (int64_t i = 0; i < M; i++) {
+        for (int64_t j = 0; j < N; j++) {
+            double mag = beta == 0.0f ? 0.0 : fabs((double)beta * C[i * ldc + j]);
+            for (int64_t k = 0; k < K; k++) {
+                double b = bf16 ? lorad_bf16_to_f32(Bh[tb ? j * ldb + k : k * ldb + j]) : Bf[tb ? j * ldb + k : k * ldb + j];
+                mag += fabs((double)A[i * lda + k] * b);
+            }
+            double tol = bound * mag, d = fabs((double)got[i * ldc + j] - want[i * ldc + j]);
+            if (!(d <= tol))
+                fail_msg("bf16 gemm tb %d bf16 %d %ldx%ldx%ld beta %g: C[%ld][%ld] = %.9g, reference %.9g, tolerance %.3g",
+                         tb, bf16, (long)M, (long)N, (long)K, beta, (long)i, (long)j, got[i * ldc + j],
+                         want[i * ldc + j], tol);
+            if (fabs((double)unrounded[i * ldc + j] - want[i * ldc + j]) > tol) outside++;
+        }
+        for (int64_t j = N; j < ldc; j++) /* the padding between rows stays untouched */
+            if (!(got[i * ldc + j] == C[i * ldc + j] || (isnan(got[i * ldc + j]) && isnan(C[i * ldc + j]))))
+                fail_msg("bf16 gemm wrote C[%ld][%ld] past N", (long)i, (long)j);
+    }
+    /* worst-case bounds grow with K faster than bf16's typical error, so only short sums can show it */
+    if (K >= 8 && K <= 64 && outside == 0) fail_msg("bf16 gemm %ldx%ldx%ld: fp32 without rounding is within the bound everywhere", (long)M, (long)N, (long)K);
+    free(A); free(Bf); free(Bh); free(C); free(want); free(unrounded); free(got); free(work);
+}
+static void test_gemm_bf16_matches_reference(void **state) {
+    (void)state;
+    if (!lorad_gemm_bf16_avx512_available()) skip();
+    /* every block edge: MR 12, NR 32 (and the 16-column halves), KC 512 with an odd tail, MC 384,
+     * NC 1024, and odd K that needs a zero partner */
+    static const int64_t shapes[][3] = {{1, 1, 1}, {12, 32, 32}, {13, 33, 17}, {11, 31, 15}, {5, 200, 3},
+                                        {400, 1060, 545}, {397, 48, 1031}, {24, 64, 544}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+        for (int flags = 0; flags < 4; flags++) {
+            if (shapes[s][0] * shapes[s][1] > 100000 && !(flags & 2)) continue; /* the big one with bf16 B only */
+            gemm_bf16_case(flags & 1, flags & 2, shapes[s][0], shapes[s][1], shapes[s][2],
+                           (s + (size_t)flags) % 2 ? 1.3f : 0.0f);
+        }
+}
+
+/* The products over the pool compute in bf16 when asked, both ways of splitting included. */
+static void test_gemm_compute_bf16(void **state) {
+    (void)state;
+    if (!lorad_gemm_bf16_usable()) skip();
+    struct lorad_gemm g;
+    assert_int_equal(lorad_gemm_init(&g, pool), 0);
+    g.compute = LORAD_COMPUTE_BFLOAT16;
+    static const int64_t shapes[][3] = {{300, 150, 53}, {1, 640, 96}, {200, 40, 70}};
+    for (size_t s = 0; s < 3; s++) {
+        int64_t M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
+        float *x = randv(M * K, 1), *dy = randv(M * N, 1), *wf = randv(N * K, 1);
+        uint16_t *wb = malloc(sizeof(uint16_t) * (size_t)(N * K));
+        for (int64_t i = 0; i < N * K; i++) wb[i] = lorad_f32_to_bf16(wf[i]);
+        struct lorad_tensor W = {wb, LORAD_DTYPE_BF16, N, K};
+        float *y = malloc(sizeof(float) * (size_t)(M * N)), *yr = malloc(sizeof(float) * (size_t)(M * N));
+        float *dx = malloc(sizeof(float) * (size_t)(M * K)), *dxr = malloc(sizeof(float) * (size_t)(M * K));
+        lorad_gemm_xwt(&g, y, x, &W, M, false);
+        lorad_gemm_bf16_ref(true, LORAD_DTYPE_BF16, M, N, K, x, K, wb, K, 0.0f, yr, N);
+        assert_close_tight(y, yr, M * N, f32_chain_error_bound(1, K), "xwt bf16");
+        lorad_gemm_dyw(&g, dx, dy, &W, M, false);
+        lorad_gemm_bf16_ref(false, LORAD_DTYPE_BF16, M, K, N, dy, N, wb, K, 0.0f, dxr, K);
+        assert_close_tight(dx, dxr, M * K, f32_chain_error_bound(1, N), "dyw bf16");
+        free(x); free(dy); free(wf); free(wb); free(y); free(yr); free(dx); free(dxr);
+    }
+    lorad_gemm_destroy(&g);
+}
+
+/* auto picks bf16 only for a bf16 base on a CPU that has the kernel; asking for bf16 elsewhere is
+ * refused with the parameter named. */
+static void test_compute_dtype_resolve(void **state) {
+    (void)state;
+    struct lorad_error err = {0};
+    enum lorad_compute_dtype d = LORAD_COMPUTE_AUTO;
+    assert_int_equal(lorad_compute_dtype_resolve(LORAD_COMPUTE_AUTO, false, "p", &d, &err), 0);
+    assert_int_equal(d, LORAD_COMPUTE_FLOAT32);
+    assert_int_equal(lorad_compute_dtype_resolve(LORAD_COMPUTE_AUTO, true, "p", &d, &err), 0);
+    assert_int_equal(d, lorad_gemm_bf16_usable() ? LORAD_COMPUTE_BFLOAT16 : LORAD_COMPUTE_FLOAT32);
+    lorad_gemm_prefer_openblas(true);
+    d = LORAD_COMPUTE_AUTO;
+    assert_int_equal(lorad_compute_dtype_resolve(LORAD_COMPUTE_BFLOAT16, true, "hyperparameters.compute_dtype", &d, &err),
+                     -ENOTSUP);
+    assert_int_equal(d, LORAD_COMPUTE_AUTO); /* not written on failure */
+    assert_string_equal(err.param, "hyperparameters.compute_dtype");
+    assert_non_null(strstr(err.message, "bfloat16"));
+    lorad_gemm_prefer_openblas(false);
 }
 
 /* ---- RMSNorm ---- */
@@ -415,6 +525,9 @@ int main(void) {
         cmocka_unit_test(test_vector_exp),
         cmocka_unit_test(test_gemm_matches_reference),
         cmocka_unit_test(test_sgemm_avx512_matches_reference),
+        cmocka_unit_test(test_gemm_bf16_matches_reference),
+        cmocka_unit_test(test_gemm_compute_bf16),
+        cmocka_unit_test(test_compute_dtype_resolve),
         cmocka_unit_test(test_rmsnorm),
         cmocka_unit_test(test_rope_llama3),
         cmocka_unit_test(test_attention_gqa_packed),
