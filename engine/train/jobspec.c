@@ -49,6 +49,7 @@ static const struct field hyperparameter_fields[] = {
     {"checkpoint_every_steps", F_INT64, HP(checkpoint_every_steps), 1, 1e9, false, false, true, 0, true, NULL},
     {"keep_checkpoints", F_INT, HP(keep_checkpoints), 1, 1000, false, false, false, 3, false, NULL},
     {"activation_checkpointing", F_BOOL, HP(activation_checkpointing), 0, 0, false, false, false, 0, false, NULL},
+    {"compute_dtype", F_ENUM, HP(compute_dtype), 0, 0, false, false, false, LORAD_COMPUTE_AUTO, false, lorad_compute_dtype_names},
     {"threads", F_INT, HP(threads), 1, 256, false, false, true, 0, true, NULL},
 };
 #undef HP

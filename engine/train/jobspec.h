@@ -14,6 +14,7 @@
 
 #include "data_format.h"
 #include "error.h"
+#include "gemm.h"
 #include "lora.h"  /* enum lorad_lora_init */
 #include "optim.h" /* enum lorad_lr_schedule */
 
@@ -41,6 +42,7 @@ struct lorad_hyperparameters {
     int64_t checkpoint_every_steps; /* 0 = only at the end (JSON null) */
     int keep_checkpoints;
     bool activation_checkpointing;
+    enum lorad_compute_dtype compute_dtype; /* AUTO unless the job names one (gemm.h) */
     int threads;                    /* 0 = the runner decides (JSON null) */
 };
 

@@ -223,15 +223,21 @@ static int build_model(struct run *r) {
                                    .max_batch = r->rows_per_micro,
                                    .max_seq = s->hp.max_seq_len,
                                    .activation_checkpointing = s->hp.activation_checkpointing,
-                                   .seed = (uint64_t)s->seed};
+                                   .seed = (uint64_t)s->seed,
+                                   .compute_dtype = s->hp.compute_dtype};
     rc = lorad_model_new(&r->model, &r->mf->weights, &lc, &ro, r->err);
     if (rc < 0) {
         /* The engine names its own fields; map them to the job spec's. */
         if (strcmp(r->err->param, "max_batch") == 0) snprintf(r->err->param, sizeof r->err->param, "hyperparameters.batch_size");
         else if (strcmp(r->err->param, "max_seq") == 0) snprintf(r->err->param, sizeof r->err->param, "hyperparameters.max_seq_len");
         else if (strcmp(r->err->param, "threads") == 0) snprintf(r->err->param, sizeof r->err->param, "hyperparameters.threads");
+        else if (strcmp(r->err->param, "compute_dtype") == 0)
+            snprintf(r->err->param, sizeof r->err->param, "hyperparameters.compute_dtype");
         return rc;
     }
+    r->res->compute_dtype = lorad_model_compute_dtype(r->model);
+    say(r, "info", "computing in %s (%s requested; base stored as %s)", lorad_compute_dtype_names[r->res->compute_dtype],
+        lorad_compute_dtype_names[s->hp.compute_dtype], lorad_dtype_name(r->mf->weights.lm_head.dtype));
     size_t n;
     lorad_model_params(r->model, &n);
     if (lorad_adamw_init(&r->adam, n) < 0) return lorad_error_set(r->err, -ENOMEM, "", "out of memory for AdamW state");
@@ -317,9 +323,13 @@ static int write_adapter_files(struct run *r, const char *dir) {
     return rc;
 }
 
-/* A hash of the normalised spec: a resume under a different spec would not reproduce the run. */
+/* A hash of the normalised spec: a resume under a different spec would not reproduce the run.
+ * The compute dtype is left out, like the thread count: restore warns when either differs, and
+ * checkpoints written before the field existed still resume. */
 static void hash_spec(struct run *r) {
     json_t *j = lorad_job_spec_to_json(r->spec);
+    json_t *hp = j ? json_object_get(j, "hyperparameters") : NULL;
+    if (hp) json_object_del(hp, "compute_dtype");
     char *s = j ? json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
     uint64_t h = 1469598103934665603ull;
     for (const char *p = s ? s : ""; *p; p++) h = (h ^ (uint8_t)*p) * 1099511628211ull;
@@ -351,6 +361,7 @@ static int write_state(struct run *r, const char *dir) {
                            "threads", "train_samples"};
     rc = lorad_st_writer_metadata(w, "format", STATE_FORMAT);
     if (rc == 0) rc = lorad_st_writer_metadata(w, "spec_hash", r->spec_hash);
+    if (rc == 0) rc = lorad_st_writer_metadata(w, "compute_dtype", lorad_compute_dtype_names[r->res->compute_dtype]);
     for (int i = 0; i < 9 && rc == 0; i++) rc = lorad_st_writer_metadata(w, keys[i], v[i]);
     if (rc == 0) rc = lorad_st_writer_add(w, "lora.params", "F32", shape, 1, params, n * sizeof(float));
     if (rc == 0) rc = lorad_st_writer_add(w, "adamw.m", "F32", shape, 1, r->adam.m, n * sizeof(float));
@@ -431,6 +442,10 @@ static int restore(struct run *r, const char *dir, int64_t step) {
     if (v[6] != r->threads)
         say(r, "warning", "resuming with %d threads where the checkpoint used %" PRId64
             ": results will not be bit-identical to an uninterrupted run", r->threads, v[6]);
+    const char *was = lorad_st_metadata(f, "compute_dtype"), *now = lorad_compute_dtype_names[r->res->compute_dtype];
+    if (was && strcmp(was, now) != 0)
+        say(r, "warning", "resuming computing in %s where the checkpoint computed in %s"
+            ": results will not be bit-identical to an uninterrupted run", now, was);
     size_t n;
     float *params = lorad_model_params(r->model, &n);
     if ((rc = read_f32(f, "lora.params", params, n, r->err)) < 0 || (rc = read_f32(f, "adamw.m", r->adam.m, n, r->err)) < 0 ||

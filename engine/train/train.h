@@ -63,6 +63,7 @@ struct lorad_train_result {
     struct lorad_step_metrics last;   /* last step's metrics (valid when steps_done > 0) */
     struct lorad_dataset_report train_report;
     int64_t truncated;                /* samples cut at max_seq_len */
+    enum lorad_compute_dtype compute_dtype; /* what the frozen-weight products computed in (never AUTO) */
     char final_checkpoint[4096];      /* "" when none */
 };
 

@@ -31,7 +31,7 @@ static const char *full_example =
     "\"max_steps\":100,\"max_seq_len\":256,\"lr_scheduler\":\"linear\",\"warmup_steps\":5,\"weight_decay\":0.1,"
     "\"max_grad_norm\":0.5,\"adam_beta1\":0.8,\"adam_beta2\":0.99,\"adam_epsilon\":1e-6,\"packing\":true,"
     "\"train_on_input\":true,\"eval_every_steps\":10,\"checkpoint_every_steps\":20,\"keep_checkpoints\":2,"
-    "\"activation_checkpointing\":true,\"threads\":2},"
+    "\"activation_checkpointing\":true,\"compute_dtype\":\"bfloat16\",\"threads\":2},"
     "\"lora\":{\"r\":4,\"alpha\":8,\"dropout\":0.05,\"target_modules\":[\"q_proj\",\"lm_head\"],\"use_rslora\":true,"
     "\"init\":\"gaussian\",\"init_adapter\":\"/a\"},"
     "\"data\":{\"format\":\"messages\",\"template\":\"chatml\"}}";
@@ -53,6 +53,7 @@ static void test_full_example(void **state) {
     assert_int_equal(s.hp.max_steps, 100);
     assert_int_equal(s.hp.max_seq_len, 256);
     assert_int_equal(s.hp.lr_scheduler, LORAD_LR_LINEAR);
+    assert_int_equal(s.hp.compute_dtype, LORAD_COMPUTE_BFLOAT16);
     assert_int_equal(s.hp.warmup_steps, 5);
     assert_float_equal(s.hp.weight_decay, 0.1, 0);
     assert_float_equal(s.hp.max_grad_norm, 0.5, 0);
@@ -104,6 +105,7 @@ static void test_defaults_match_documentation(void **state) {
     assert_int_equal(s.hp.max_steps, 0);
     assert_int_equal(s.hp.max_seq_len, 512);
     assert_int_equal(s.hp.lr_scheduler, LORAD_LR_COSINE);
+    assert_int_equal(s.hp.compute_dtype, LORAD_COMPUTE_AUTO);
     assert_int_equal(s.hp.warmup_steps, 0);
     assert_float_equal(s.hp.weight_decay, 0.01, 0);
     assert_float_equal(s.hp.max_grad_norm, 1.0, 0);
@@ -166,6 +168,8 @@ static void test_errors_name_the_field(void **state) {
                  "hyperparameters.adam_beta2");
     expect_error("{\"model\":\"m\",\"training_file\":\"t\",\"hyperparameters\":{\"lr_scheduler\":\"step\"}}",
                  "hyperparameters.lr_scheduler");
+    expect_error("{\"model\":\"m\",\"training_file\":\"t\",\"hyperparameters\":{\"compute_dtype\":\"float16\"}}",
+                 "hyperparameters.compute_dtype");
     expect_error("{\"model\":\"m\",\"training_file\":\"t\",\"hyperparameters\":{\"packing\":\"yes\"}}",
                  "hyperparameters.packing");
     expect_error("{\"model\":\"m\",\"training_file\":\"t\",\"hyperparameters\":{\"batch_size\":null}}",

@@ -27,14 +27,17 @@ struct ref_case {
     double lr, wd, clip;
     int threads;
     bool ckpt;
+    enum lorad_compute_dtype compute; /* FLOAT32 (0) unless a case asks */
+    bool bf16_base;                   /* the base matrices stored as BF16 */
 };
 
 static void add_base(void *user, const char *name, const struct lorad_tensor *t) {
     struct lorad_st_writer *w = user;
     int64_t shape[2] = {t->rows, t->cols};
     int nd = t->rows == 1 ? 1 : 2;
-    assert_int_equal(lorad_st_writer_add(w, name, "F32", nd == 1 ? shape + 1 : shape, nd, t->data,
-                                         (size_t)(t->rows * t->cols) * 4), 0);
+    bool bf16 = t->dtype == LORAD_DTYPE_BF16;
+    assert_int_equal(lorad_st_writer_add(w, name, bf16 ? "BF16" : "F32", nd == 1 ? shape + 1 : shape, nd, t->data,
+                                         (size_t)(t->rows * t->cols) * (bf16 ? 2 : 4)), 0);
 }
 
 static void targets_json(char *out, size_t n, uint32_t targets) {
@@ -51,9 +54,9 @@ static void targets_json(char *out, size_t n, uint32_t targets) {
 static void run_case(const struct ref_case *rc) {
     const struct lorad_llama_config *c = &rc->cfg;
     struct tiny_model tm;
-    tiny_model_init(&tm, c, (uint64_t)rc->M * 31 + (uint64_t)c->dim, false, false);
+    tiny_model_init(&tm, c, (uint64_t)rc->M * 31 + (uint64_t)c->dim, rc->bf16_base, rc->bf16_base);
     struct lorad_run_options o = {.threads = rc->threads, .max_batch = rc->B, .max_seq = rc->T, .seed = 5,
-                                  .activation_checkpointing = rc->ckpt};
+                                  .activation_checkpointing = rc->ckpt, .compute_dtype = rc->compute};
     struct lorad_model *m = NULL;
     struct lorad_error err = {0};
     int r = lorad_model_new(&m, &tm.w, &rc->lora, &o, &err);
@@ -109,6 +112,8 @@ static void run_case(const struct ref_case *rc) {
              "\"max_grad_norm\":%.9g}",
              rc->steps, rc->grad_accum, rc->lr, rc->warmup, rc->sched, rc->wd, rc->clip);
     assert_int_equal(lorad_st_writer_metadata(w, "train", buf), 0);
+    snprintf(buf, sizeof buf, "{\"dtype\":\"%s\"}", lorad_compute_dtype_names[rc->compute]);
+    assert_int_equal(lorad_st_writer_metadata(w, "compute", buf), 0);
     tiny_model_foreach(&tm, add_base, w);
     int n_lora = lorad_model_n_lora_tensors(m);
     for (int i = 0; i < n_lora; i++) {
@@ -196,7 +201,7 @@ static void test_grads_mha_untied(void **state) {
     struct lorad_llama_config c = tiny_config();
     c.n_heads = 3; c.n_kv_heads = 3; c.head_dim = 12; c.vocab_size = 97;
     struct ref_case rc = {"ref-mha", c, lora(4, 8, (1u << LORAD_Q_PROJ) | (1u << LORAD_V_PROJ), false), 2, 2, 13,
-                          0, 1, 0, "constant", 1e-3, 0, 0, 1, false};
+                          0, 1, 0, "constant", 1e-3, 0, 0, 1, false, LORAD_COMPUTE_FLOAT32, false};
     run_case(&rc);
 }
 
@@ -206,7 +211,7 @@ static void test_grads_gqa_tied_bias_llama3_all_targets(void **state) {
     c.tie_embeddings = true; c.attention_bias = true; c.rope_theta = 10000;
     c.rope_scaling = (struct lorad_rope_scaling){LORAD_ROPE_LLAMA3, 8, 1, 4, 64};
     struct ref_case rc = {"ref-gqa", c, lora(3, 5, LORAD_LORA_ALL_LINEAR | (1u << LORAD_LM_HEAD), true), 3, 2, 13,
-                          0, 1, 0, "constant", 1e-3, 0, 0, 2, false};
+                          0, 1, 0, "constant", 1e-3, 0, 0, 2, false, LORAD_COMPUTE_FLOAT32, false};
     run_case(&rc);
 }
 
@@ -216,7 +221,7 @@ static void test_grads_checkpointing_gqa_untied(void **state) {
     c.n_kv_heads = 1; c.n_layers = 3;
     struct ref_case rc = {"ref-ckpt", c, lora(2, 4, (1u << LORAD_K_PROJ) | (1u << LORAD_O_PROJ) | (1u << LORAD_DOWN_PROJ) |
                                                        (1u << LORAD_LM_HEAD), false),
-                          2, 1, 13, 0, 1, 0, "constant", 1e-3, 0, 0, 2, true};
+                          2, 1, 13, 0, 1, 0, "constant", 1e-3, 0, 0, 2, true, LORAD_COMPUTE_FLOAT32, false};
     run_case(&rc);
 }
 
@@ -228,7 +233,7 @@ static void test_grads_lm_head_chunks(void **state) {
     struct lorad_llama_config c = tiny_config();
     c.max_seq_len = 160;
     struct ref_case rc = {"ref-chunks", c, lora(3, 6, (1u << LORAD_Q_PROJ) | (1u << LORAD_V_PROJ) | (1u << LORAD_LM_HEAD), false),
-                          2, 2, 150, 0, 1, 0, "constant", 1e-3, 0, 0, 2, false};
+                          2, 2, 150, 0, 1, 0, "constant", 1e-3, 0, 0, 2, false, LORAD_COMPUTE_FLOAT32, false};
     run_case(&rc);
 }
 
@@ -238,7 +243,7 @@ static void test_train_cosine_clip_accum(void **state) {
     c.attention_bias = true;
     c.rope_scaling = (struct lorad_rope_scaling){LORAD_ROPE_LLAMA3, 4, 1, 4, 32};
     struct ref_case rc = {"ref-train-cos", c, lora(4, 8, LORAD_LORA_ALL_LINEAR | (1u << LORAD_LM_HEAD), false), 40, 1,
-                          13, 20, 2, 3, "cosine", 1e-2, 0.01, 0.5, 2, false};
+                          13, 20, 2, 3, "cosine", 1e-2, 0.01, 0.5, 2, false, LORAD_COMPUTE_FLOAT32, false};
     run_case(&rc);
 }
 
@@ -247,8 +252,24 @@ static void test_train_linear_tied_mha(void **state) {
     struct lorad_llama_config c = tiny_config();
     c.n_heads = 3; c.n_kv_heads = 3; c.head_dim = 12; c.tie_embeddings = true;
     struct ref_case rc = {"ref-train-lin", c, lora(2, 2, (1u << LORAD_Q_PROJ) | (1u << LORAD_V_PROJ) | (1u << LORAD_LM_HEAD), true),
-                          40, 2, 9, 20, 2, 4, "linear", 5e-3, 0.1, 1.0, 1, false};
+                          40, 2, 9, 20, 2, 4, "linear", 5e-3, 0.1, 1.0, 1, false, LORAD_COMPUTE_FLOAT32, false};
     run_case(&rc);
+}
+
+/* One step computing the frozen-weight products in bf16 on a bf16 base (the reference rounds the
+ * same operands, tests/reference/llama_lora_ref.py Bf16Product; tolerance derived there), and
+ * bf16 compute on an f32 base, whose weights are rounded while packed. */
+static void test_grads_bf16_compute(void **state) {
+    (void)state;
+    if (!lorad_gemm_bf16_usable()) skip();
+    struct lorad_llama_config c = tiny_config();
+    struct ref_case rc = {"ref-bf16", c, lora(4, 8, LORAD_LORA_ALL_LINEAR | (1u << LORAD_LM_HEAD), false), 2, 2, 13,
+                          0, 1, 0, "constant", 1e-3, 0, 0, 2, false, LORAD_COMPUTE_BFLOAT16, true};
+    run_case(&rc);
+    c.tie_embeddings = true; c.attention_bias = true;
+    struct ref_case rc2 = {"ref-bf16-f32base", c, lora(3, 6, LORAD_LORA_ALL_LINEAR, false), 2, 2, 13,
+                           0, 1, 0, "constant", 1e-3, 0, 0, 2, true, LORAD_COMPUTE_BFLOAT16, false};
+    run_case(&rc2);
 }
 
 int main(void) {
@@ -257,6 +278,7 @@ int main(void) {
         cmocka_unit_test(test_grads_gqa_tied_bias_llama3_all_targets),
         cmocka_unit_test(test_grads_checkpointing_gqa_untied),
         cmocka_unit_test(test_grads_lm_head_chunks),
+        cmocka_unit_test(test_grads_bf16_compute),
         cmocka_unit_test(test_train_cosine_clip_accum),
         cmocka_unit_test(test_train_linear_tied_mha),
     };

@@ -268,17 +268,48 @@ def rms_norm(x, weight, eps):
     return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps) * weight
 
 
+def round_bf16(t):
+    """t rounded to bfloat16 (nearest even, through float32 as an fp32 engine holds it), same dtype."""
+    return t.to(torch.float32).to(torch.bfloat16).to(t.dtype)
+
+
+class Bf16Product(torch.autograd.Function):
+    """y = bf16(x) bf16(W)^T, with the input gradient bf16(dy) bf16(W): the frozen-weight products
+    under compute dtype bfloat16 (docs/reference-interchange.md). The products of the rounded
+    operands are summed in the tensors' dtype (float64 here), i.e. exactly."""
+
+    @staticmethod
+    def forward(ctx, x, w):
+        wr = round_bf16(w)
+        ctx.save_for_backward(wr)
+        return round_bf16(x) @ wr.t()
+
+    @staticmethod
+    def backward(ctx, dy):
+        (wr,) = ctx.saved_tensors
+        return round_bf16(dy) @ wr, None
+
+
 class LlamaLora:
     """Functional LlamaForCausalLM + LoRA over dicts of HF-named tensors.
 
-    `base` holds frozen tensors; `lora` the adapters (callers set requires_grad)."""
+    `base` holds frozen tensors; `lora` the adapters (callers set requires_grad). With
+    bf16_products the frozen-weight products round their operands to bfloat16 (Bf16Product);
+    the LoRA path, norms, attention and the loss stay in the tensors' dtype."""
 
-    def __init__(self, cfg, lcfg, base):
+    def __init__(self, cfg, lcfg, base, bf16_products=False):
         self.cfg, self.lcfg, self.base = cfg, lcfg, base
+        self.bf16_products = bf16_products
 
     def linear(self, x, lora, prefix, weight=None):
         w = self.base[prefix + ".weight"] if weight is None else weight
-        y = F.linear(x, w, self.base.get(prefix + ".bias"))
+        if self.bf16_products:
+            y = Bf16Product.apply(x, w)
+            bias = self.base.get(prefix + ".bias")
+            if bias is not None:
+                y = y + bias
+        else:
+            y = F.linear(x, w, self.base.get(prefix + ".bias"))
         a = lora.get(prefix + ".lora_A.weight")
         if a is not None:
             y = y + self.lcfg.scale * F.linear(F.linear(x, a), lora[prefix + ".lora_B.weight"])
@@ -425,6 +456,9 @@ def load_case(path):
         c.cfg = ModelConfig(meta_json("config"))
         c.lcfg = LoraConfig(meta_json("lora"))
         c.tc = TrainConfig(meta_json("train"))
+        c.compute_dtype = meta_json("compute").get("dtype", "float32") if "compute" in meta else "float32"
+        if c.compute_dtype not in ("float32", "bfloat16"):
+            raise CaseError(f"compute dtype {c.compute_dtype!r} is not float32 or bfloat16")
     except CaseError as e:
         raise CaseError(f"{path}: {e}") from e
 
@@ -499,15 +533,35 @@ def step_tokens(c):
     return micro * b * t
 
 
-def tolerance_for(name, c):
+def float32_tolerance(name, c):
     if name == "loss" or name.startswith("grad."):
         return float32_bound(c.cfg, step_tokens(c))
     return TRAIN_TOL
 
 
-def compute_result(c):
-    """The reference's result tensors (float64 numpy), keyed as in the result file."""
-    model = LlamaLora(c.cfg, c.lcfg, c.base)
+# Under compute dtype bfloat16 the engine's fp32 values and this float64 reference can round an
+# operand to neighbouring bf16 values where it lies within their difference of a rounding
+# boundary. Such a flip moves that operand by one bf16 spacing, at most twice its own rounding
+# error, and only a fraction P of operands is that close: P <= 2^8 * delta for a relative fp32
+# deviation delta, which is at most 6 sqrt(n) u per stage over ~30 stages, so P < 3e-2 for these
+# sizes. With independent signs the flips move a result by at most 2 sqrt(P) ~ 0.35 of what all
+# the roundings together move it (E, the distance between this reference with and without bf16
+# rounding, computed per tensor). Hence the float32 tolerance plus BF16_FLIP_SHARE * E. An engine
+# that did not round would be off by E itself, which exceeds that whenever E > 2 * the float32
+# tolerance; cmd_compare refuses a bf16 case where no tensor has such an E.
+BF16_FLIP_SHARE = 0.5
+
+
+def tolerance_for(name, c):
+    return float32_tolerance(name, c) + BF16_FLIP_SHARE * getattr(c, "bf16_effect", {}).get(name, 0.0)
+
+
+def compute_result(c, bf16_products=None):
+    """The reference's result tensors (float64 numpy), keyed as in the result file; the case's
+    compute dtype decides the frozen-weight products unless bf16_products says."""
+    if bf16_products is None:
+        bf16_products = c.compute_dtype == "bfloat16"
+    model = LlamaLora(c.cfg, c.lcfg, c.base, bf16_products=bf16_products)
     if c.tc.steps == 0:
         lora = {n: t.clone().requires_grad_(True) for n, t in c.lora_init.items()}
         loss = model.step_loss(lora, c.input_ids, c.labels)
@@ -589,9 +643,19 @@ def cmd_compare(case_path, result_path, out=sys.stdout):
         c = load_case(case_path)
         got = load_result(result_path)
         expected = compute_result(c)
+        if c.compute_dtype == "bfloat16":
+            without = compute_result(c, bf16_products=False)
+            c.bf16_effect = {n: relative_error(expected[n], without[n]) for n in expected}
     except CaseError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if c.compute_dtype == "bfloat16":
+        telling = [n for n, e in c.bf16_effect.items() if e > 2 * float32_tolerance(n, c)]
+        print(f"bf16 case: {len(telling)} of {len(c.bf16_effect)} tensors tell bf16 from fp32 compute "
+              f"(largest effect {max(c.bf16_effect.values()):.3e})", file=out)
+        if not telling:
+            print("FAIL: this case cannot tell bf16 compute from fp32 compute", file=out)
+            return 1
     return 0 if compare_results(expected, got, result_path, c, out=out) else 1
 
 
