@@ -2,7 +2,7 @@
  *
  *   bench_train_step [--dim 768 --layers 12 --heads 12 --kv-heads 12 --hidden 2048 --vocab 32000
  *                     --seq 512 --batch 1 --r 8 --targets qv|all --threads 2 --steps 3 --ckpt
- *                     --rounds 1 --bf16 --concurrency --torch --openblas]
+ *                     --rounds 1 --bf16 --compute float32|bfloat16|both --concurrency --torch --openblas]
  *
  * Prints tokens/s, achieved GFLOP/s (formula printed), the partitioned cblas_sgemm rate at
  * 512x4096x4096 with the same threads in the same run, MFU = achieved / cblas_sgemm, and peak
@@ -11,9 +11,13 @@
  * --concurrency also times two 1-thread runs side by side against one 1-thread run. --rounds N
  * repeats everything N times, alternating lorad and PyTorch, and prints each round's ratios, their
  * median and the best of each side.
+ * --compute picks the frozen-weight products' dtype (default float32); "both" runs a bf16-compute
+ * step beside each fp32 one and prints their ratio, and the bf16 kernel's rate against the peak of
+ * its inner loop (vdpbf16ps on registers, measured here) on AVX512_BF16 hosts.
  * --torch runs bench/torch_train_step.py with the same shape (through /usr/bin/python3) and
  * prints the ratios. Not a test: timings on a shared machine are noisy. */
 #include <errno.h>
+#include <immintrin.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,7 +33,9 @@
 struct args {
     int dim, layers, heads, kv_heads, hidden, vocab, seq, batch, r, threads, steps, rounds;
     bool all, ckpt, bf16, concurrency, torch, openblas;
+    int compute; /* enum lorad_compute_dtype, or COMPUTE_BOTH */
 };
+#define COMPUTE_BOTH 3
 
 static double now(void) {
     struct timespec ts;
@@ -105,6 +111,7 @@ struct job {
     const struct lorad_base_weights *w;
     int threads;
     int steps;
+    enum lorad_compute_dtype compute;
     double seconds;
     double loss;
     int rc;
@@ -117,7 +124,7 @@ static void *run_job(void *arg) {
                                    .targets = a->all ? LORAD_LORA_ALL_LINEAR
                                                      : (1u << LORAD_Q_PROJ) | (1u << LORAD_V_PROJ)};
     struct lorad_run_options o = {.threads = j->threads, .max_batch = a->batch, .max_seq = a->seq,
-                                  .activation_checkpointing = a->ckpt, .seed = 1};
+                                  .activation_checkpointing = a->ckpt, .seed = 1, .compute_dtype = j->compute};
     struct lorad_model *m;
     struct lorad_error err = {0};
     if ((j->rc = lorad_model_new(&m, j->w, &lc, &o, &err)) < 0) {
@@ -157,7 +164,7 @@ static void *run_job(void *arg) {
 
 /* GFLOP/s of the engine's partitioned product at 512x4096x4096: through cblas_sgemm (OpenBLAS)
  * with openblas, else through the kernel the engine picks on this CPU. */
-static double sgemm_rate(int threads, bool openblas) {
+static double gemm_rate(int threads, bool openblas, enum lorad_compute_dtype compute) {
     struct lorad_pool *pool;
     struct lorad_gemm g;
     if (lorad_pool_new(&pool, threads) < 0 || lorad_gemm_init(&g, pool) < 0) return 0;
@@ -168,19 +175,60 @@ static double sgemm_rate(int threads, bool openblas) {
     for (int64_t i = 0; i < M * K; i++) A[i] = frand();
     for (int64_t i = 0; i < N * K; i++) B[i] = frand();
     struct lorad_tensor W = {B, LORAD_DTYPE_F32, N, K};
+    uint16_t *Bh = NULL;
+    g.compute = compute;
+    if (compute == LORAD_COMPUTE_BFLOAT16) { /* a bf16 base, as bf16 compute is used on */
+        Bh = malloc(sizeof(uint16_t) * (size_t)(N * K));
+        for (int64_t i = 0; i < N * K; i++) Bh[i] = lorad_f32_to_bf16(B[i]);
+        W = (struct lorad_tensor){Bh, LORAD_DTYPE_BF16, N, K};
+    }
     lorad_gemm_xwt(&g, C, A, &W, M, false);
     double t0 = now();
     int reps = 5;
     for (int i = 0; i < reps; i++) lorad_gemm_xwt(&g, C, A, &W, M, false);
     double rate = 2.0 * M * N * K * reps / (now() - t0) / 1e9;
     lorad_gemm_prefer_openblas(false);
-    free(A); free(B); free(C);
+    free(A); free(B); free(C); free(Bh);
     lorad_gemm_destroy(&g);
     lorad_pool_free(pool);
     return rate;
 }
 
 #define MAX_ROUNDS 16
+
+/* The bf16 kernel's inner loop without memory: 24 independent vdpbf16ps accumulator chains, as
+ * in its 12x32 tile, per thread of the pool. 64 FLOP per instruction (16 lanes x 2 products). */
+struct peak_job {
+    int64_t iters;
+    float sink[LORAD_MAX_THREADS];
+};
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) static void peak_thread(void *ctx, int tid, int nt) {
+    (void)nt;
+    struct peak_job *j = ctx;
+    __m512 c[24];
+    for (int i = 0; i < 24; i++) c[i] = _mm512_set1_ps((float)i);
+    __m512bh a = (__m512bh)_mm512_set1_epi32(0x3f803f80), b = (__m512bh)_mm512_set1_epi32(0x3c003c00);
+    for (int64_t k = 0; k < j->iters; k++) {
+#pragma GCC unroll 24
+        for (int i = 0; i < 24; i++) c[i] = _mm512_dpbf16_ps(c[i], a, b);
+        __asm__ volatile("" : "+v"(a)); /* keep the loop from being folded */
+    }
+    __m512 sum = c[0];
+    for (int i = 1; i < 24; i++) sum = _mm512_add_ps(sum, c[i]);
+    j->sink[tid] = _mm512_reduce_add_ps(sum);
+}
+static double bf16_peak_rate(int threads) {
+    if (!lorad_gemm_bf16_usable()) return 0;
+    struct lorad_pool *pool;
+    if (lorad_pool_new(&pool, threads) < 0) return 0;
+    struct peak_job j = {.iters = 2000000};
+    lorad_pool_run(pool, peak_thread, &j);
+    double t0 = now();
+    lorad_pool_run(pool, peak_thread, &j);
+    double rate = 64.0 * 24 * (double)j.iters * threads / (now() - t0) / 1e9;
+    lorad_pool_free(pool);
+    return rate;
+}
 
 static double median(double *v, int n) {
     double t[MAX_ROUNDS];
@@ -195,7 +243,7 @@ static double median(double *v, int n) {
 }
 
 static int parse(struct args *a, int argc, char **argv) {
-    *a = (struct args){768, 12, 12, 12, 2048, 32000, 512, 1, 8, 2, 3, 1, false, false, false, false, false, false};
+    *a = (struct args){768, 12, 12, 12, 2048, 32000, 512, 1, 8, 2, 3, 1, false, false, false, false, false, false, LORAD_COMPUTE_FLOAT32};
     for (int i = 1; i < argc; i++) {
         const char *k = argv[i];
         int *iv = NULL;
@@ -217,6 +265,15 @@ static int parse(struct args *a, int argc, char **argv) {
         else if (!strcmp(k, "--torch")) a->torch = true;
         else if (!strcmp(k, "--openblas")) a->openblas = true;
         else if (!strcmp(k, "--targets") && i + 1 < argc) a->all = !strcmp(argv[++i], "all");
+        else if (!strcmp(k, "--compute") && i + 1 < argc) {
+            const char *v = argv[++i];
+            a->compute = !strcmp(v, "both") ? COMPUTE_BOTH : !strcmp(v, "bfloat16") ? LORAD_COMPUTE_BFLOAT16
+                         : !strcmp(v, "float32") ? LORAD_COMPUTE_FLOAT32 : -1;
+            if (a->compute < 0) {
+                fprintf(stderr, "--compute must be float32, bfloat16 or both\n");
+                return -1;
+            }
+        }
         else { fprintf(stderr, "unknown option %s\n", k); return -1; }
         if (iv) {
             if (i + 1 >= argc) return -1;
@@ -265,16 +322,21 @@ int main(int argc, char **argv) {
     double lora_flops, fpt = flops_per_token(&a, &b.w.cfg, &lora_flops);
     /* the best of several sgemm samples around the run: on a shared machine a single sample can
      * be slowed by other processes and would inflate MFU */
-    double sg = sgemm_rate(a.threads, true), own = sgemm_rate(a.threads, false);
+    double sg = gemm_rate(a.threads, true, LORAD_COMPUTE_FLOAT32), own = gemm_rate(a.threads, false, LORAD_COMPUTE_FLOAT32);
     double tokens = (double)a.batch * a.seq;
     double best_tps = 0, best_ttps = 0, best_conc = 0, trss = 0, loss = 0;
-    double ratio[MAX_ROUNDS], conc[MAX_ROUNDS];
-    bool torch_ok = a.torch;
+    double ratio[MAX_ROUNDS], conc[MAX_ROUNDS], bf16_ratio[MAX_ROUNDS], best_bf16_tps = 0;
+    bool torch_ok = a.torch, both = a.compute == COMPUTE_BOTH;
+    if ((both || a.compute == LORAD_COMPUTE_BFLOAT16) && !lorad_gemm_bf16_usable()) {
+        fprintf(stderr, "bf16 compute is not available on this host (no AVX512_BF16, or LORAD_ISA/--openblas)\n");
+        return 1;
+    }
     /* Rounds alternate lorad and PyTorch (and the concurrency pair) so that a slow spell of the
      * shared host hits both sides rather than one. */
     for (int r = 0; r < a.rounds; r++) {
         lorad_gemm_prefer_openblas(a.openblas);
-        struct job j = {&a, &b.w, a.threads, a.steps, 0, 0, 0};
+        struct job j = {&a, &b.w, a.threads, a.steps, both ? LORAD_COMPUTE_FLOAT32 : (enum lorad_compute_dtype)a.compute,
+                        0, 0, 0};
         run_job(&j);
         if (j.rc < 0) return 1;
         double tps = tokens / j.seconds;
@@ -282,8 +344,18 @@ int main(int argc, char **argv) {
         if (tps > best_tps) best_tps = tps;
         char line[512];
         int len = snprintf(line, sizeof line, "round %d: lorad %.1f tokens/s", r + 1, tps);
+        if (both) {
+            struct job jb = {&a, &b.w, a.threads, a.steps, LORAD_COMPUTE_BFLOAT16, 0, 0, 0};
+            run_job(&jb);
+            if (jb.rc < 0) return 1;
+            double btps = tokens / jb.seconds;
+            if (btps > best_bf16_tps) best_bf16_tps = btps;
+            bf16_ratio[r] = btps / tps;
+            len += snprintf(line + len, sizeof line - (size_t)len, "; bf16 compute %.1f tokens/s = %.2fx (loss %.4f vs %.4f)",
+                            btps, bf16_ratio[r], jb.loss, j.loss);
+        }
         if (a.concurrency) {
-            struct job one = {&a, &b.w, 1, a.steps, 0, 0, 0}, two[2] = {one, one};
+            struct job one = {&a, &b.w, 1, a.steps, j.compute, 0, 0, 0}, two[2] = {one, one};
             run_job(&one);
             pthread_t th[2];
             for (int i = 0; i < 2; i++) pthread_create(&th[i], NULL, run_job, &two[i]);
@@ -309,7 +381,7 @@ int main(int argc, char **argv) {
         fflush(stdout);
     }
     for (int i = 0; i < 2; i++) {
-        double s2 = sgemm_rate(a.threads, true), o2 = sgemm_rate(a.threads, false);
+        double s2 = gemm_rate(a.threads, true, LORAD_COMPUTE_FLOAT32), o2 = gemm_rate(a.threads, false, LORAD_COMPUTE_FLOAT32);
         if (s2 > sg) sg = s2;
         if (o2 > own) own = o2;
     }
@@ -330,6 +402,15 @@ int main(int argc, char **argv) {
     if (own_kernel)
         printf("engine kernel at 512x4096x4096: %.1f GFLOP/s (%.2fx cblas_sgemm); achieved / engine kernel %.1f%%\n", own,
                own / sg, 100 * achieved / own);
+    if (both) {
+        double bg = gemm_rate(a.threads, false, LORAD_COMPUTE_BFLOAT16), peak = bf16_peak_rate(a.threads);
+        double bach = best_bf16_tps * fpt / 1e9;
+        printf("bf16 compute: best %.1f tokens/s, achieved %.1f GFLOP/s; bf16/fp32 tokens/s median of rounds %.2fx, "
+               "best/best %.2fx\n", best_bf16_tps, bach, median(bf16_ratio, a.rounds), best_bf16_tps / best_tps);
+        printf("bf16 kernel at 512x4096x4096 (bf16 weights): %.1f GFLOP/s (%.2fx the fp32 one); vdpbf16ps inner-loop peak "
+               "%.1f GFLOP/s; kernel / peak %.1f%%; bf16 step MFU (achieved / peak) %.1f%%\n",
+               bg, bg / own, peak, 100 * bg / peak, 100 * bach / peak);
+    }
     if (a.concurrency)
         printf("concurrency: two 1-thread runs / one 1-thread run: median %.2fx, best %.2fx over %d round(s)\n",
                median(conc, a.rounds), best_conc, a.rounds);
