@@ -16,6 +16,8 @@ void lorad_gemm_prefer_openblas(bool prefer) { prefer_openblas = prefer; }
 bool lorad_gemm_uses_own_kernel(void) { return !prefer_openblas && lorad_isa_active() >= LORAD_ISA_AVX512; }
 
 const char *lorad_gemm_kernel_description(void) {
+    if (lorad_gemm_uses_own_kernel() && lorad_gemm_bf16_usable())
+        return "engine AVX-512 kernel (OpenBLAS for outputs narrower than 32); bf16 compute on AVX512_BF16";
     if (lorad_gemm_uses_own_kernel()) return "engine AVX-512 kernel (OpenBLAS for outputs narrower than 32)";
     if (lorad_sgemm_avx512_available() && prefer_openblas) return "OpenBLAS (engine kernel switched off)";
     if (lorad_sgemm_avx512_available()) return "OpenBLAS (engine kernel switched off by LORAD_ISA)";

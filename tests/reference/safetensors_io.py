@@ -105,8 +105,9 @@ _WRITE_DTYPES = {
 }
 
 
-def write(path, tensors, metadata=None):
-    """Write `tensors` (name -> numpy array of a dtype in _WRITE_DTYPES) with string metadata."""
+def write(path, tensors, metadata=None, bf16_names=()):
+    """Write `tensors` (name -> numpy array of a dtype in _WRITE_DTYPES) with string metadata.
+    Tensors named in bf16_names are uint16 arrays of bfloat16 bit patterns, written as BF16."""
     header = {}
     if metadata:
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
@@ -114,6 +115,14 @@ def write(path, tensors, metadata=None):
     offset = 0
     for name in sorted(tensors):
         arr = np.array(tensors[name], order="C", copy=False)  # keeps 0-d shapes, unlike ascontiguousarray
+        if name in bf16_names:
+            if arr.dtype != np.uint16:
+                raise SafetensorsError(f"{path}: tensor '{name}': BF16 bits must be uint16, are {arr.dtype}")
+            raw = arr.astype("<u2", copy=False).tobytes()
+            header[name] = {"dtype": "BF16", "shape": list(arr.shape), "data_offsets": [offset, offset + len(raw)]}
+            chunks.append(raw)
+            offset += len(raw)
+            continue
         if arr.dtype not in _WRITE_DTYPES:
             raise SafetensorsError(f"{path}: tensor '{name}': cannot write dtype {arr.dtype}")
         raw = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()

@@ -47,8 +47,10 @@ def write_job(path, **spec):
     return path
 
 
-def train(job, out, *extra, check_rc=True, timeout=600):
-    p = subprocess.run([LORAD, "train", job, "--out", out, *extra], capture_output=True, text=True, timeout=timeout)
+def train(job, out, *extra, check_rc=True, timeout=600, env=None):
+    """Runs `lorad train`; env adds variables to the inherited environment."""
+    p = subprocess.run([LORAD, "train", job, "--out", out, *extra], capture_output=True, text=True, timeout=timeout,
+                       env={**os.environ, **env} if env else None)
     if check_rc and p.returncode != 0:
         raise Fail(f"lorad train {job} exited {p.returncode}:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
     return p

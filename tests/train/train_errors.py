@@ -37,6 +37,18 @@ def test(d):
     p = train(job, os.path.join(d, "o2"), check_rc=False)
     check(p.returncode == 1 and "hyperparameters.learning_rat" in p.stderr, f"unknown key: {p.stderr}")
 
+    # bf16 compute where the CPU (here: LORAD_ISA's cap) has no AVX512_BF16 is refused, naming the field;
+    # auto on the same host falls back to float32 and says so.
+    job = write_job(os.path.join(d, "bf16.json"), model=model, training_file=bad,
+                    hyperparameters={**hp, "compute_dtype": "bfloat16"})
+    p = train(job, os.path.join(d, "o-bf16"), "--skip-invalid", check_rc=False, env={"LORAD_ISA": "avx512"})
+    check(p.returncode == 1 and "hyperparameters.compute_dtype" in p.stderr and "bfloat16" in p.stderr,
+          f"bf16 compute without AVX512_BF16: {p.stderr}")
+    job = write_job(os.path.join(d, "auto.json"), model=model, training_file=bad,
+                    hyperparameters={**hp, "compute_dtype": "auto"})
+    p = train(job, os.path.join(d, "o-auto"), "--skip-invalid", env={"LORAD_ISA": "avx512"})
+    check("computing in float32" in p.stdout + p.stderr, f"auto without AVX512_BF16: {p.stdout}{p.stderr}")
+
     job = write_job(os.path.join(d, "nomodel.json"), model=os.path.join(d, "no-such-model"), training_file=bad,
                     hyperparameters=hp)
     p = train(job, os.path.join(d, "o3"), check_rc=False)
