@@ -12,6 +12,7 @@ int lorad_dtype_size(enum lorad_dtype dtype) {
     case LORAD_DTYPE_F32: return 4;
     case LORAD_DTYPE_BF16: return 2;
     case LORAD_DTYPE_F16: return 2;
+    case LORAD_DTYPE_Q8_0: case LORAD_DTYPE_Q4_0: case LORAD_DTYPE_Q4_K: case LORAD_DTYPE_Q6_K: return 0;
     }
     return 0;
 }
@@ -21,6 +22,10 @@ const char *lorad_dtype_name(enum lorad_dtype dtype) {
     case LORAD_DTYPE_F32: return "F32";
     case LORAD_DTYPE_BF16: return "BF16";
     case LORAD_DTYPE_F16: return "F16";
+    case LORAD_DTYPE_Q8_0: return "Q8_0";
+    case LORAD_DTYPE_Q4_0: return "Q4_0";
+    case LORAD_DTYPE_Q4_K: return "Q4_K";
+    case LORAD_DTYPE_Q6_K: return "Q6_K";
     }
     return "?";
 }

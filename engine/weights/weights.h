@@ -12,16 +12,24 @@
 #include <stdint.h>
 
 #include "llama_config.h"
+#include "quant_blocks.h"
 
 enum lorad_dtype {
     LORAD_DTYPE_F32 = 0,
     LORAD_DTYPE_BF16 = 1,
     LORAD_DTYPE_F16 = 2,
+    /* GGML block formats, kept as stored (quant_blocks.h) */
+    LORAD_DTYPE_Q8_0 = 3,
+    LORAD_DTYPE_Q4_0 = 4,
+    LORAD_DTYPE_Q4_K = 5,
+    LORAD_DTYPE_Q6_K = 6,
 };
 
-/* Size in bytes of one element of dtype. */
+/* Size in bytes of one element of dtype; 0 for the block formats (see quant_blocks.h for their
+ * row sizes). */
 int lorad_dtype_size(enum lorad_dtype dtype);
-/* "F32", "BF16", "F16". */
+static inline int lorad_dtype_is_quantised(enum lorad_dtype dtype) { return dtype >= LORAD_DTYPE_Q8_0; }
+/* "F32", "BF16", "F16", "Q8_0", "Q4_0", "Q4_K", "Q6_K". */
 const char *lorad_dtype_name(enum lorad_dtype dtype);
 
 /* A read-only 2-D view: rows x cols, row-major, contiguous. A vector has rows == 1. */

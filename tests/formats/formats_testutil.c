@@ -30,14 +30,7 @@ const struct lorad_tensor *fmt_hf_tensor(const struct lorad_base_weights *w, con
     return NULL;
 }
 
-float fmt_tensor_get(const struct lorad_tensor *t, int64_t i) {
-    switch (t->dtype) {
-    case LORAD_DTYPE_F32: return ((const float *)t->data)[i];
-    case LORAD_DTYPE_BF16: return lorad_bf16_to_f32(((const uint16_t *)t->data)[i]);
-    case LORAD_DTYPE_F16: return lorad_f16_to_f32(((const uint16_t *)t->data)[i]);
-    }
-    return 0;
-}
+float fmt_tensor_get(const struct lorad_tensor *t, int64_t i) { return lorad_tensor_value(t, i / t->cols, i % t->cols); }
 
 void fmt_write_fixtures(const char *dir) {
     char *argv[] = {LORAD_PYTHON, LORAD_SOURCE_DIR "/tests/formats/write_fixtures.py", (char *)dir, NULL};
