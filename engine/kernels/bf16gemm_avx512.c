@@ -19,8 +19,8 @@
 #define BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512bf16")))
 
 _Static_assert(MC % MR == 0 && NC % NR == 0 && KC % 32 == 0, "blocks are whole tiles and vectors");
-_Static_assert(LORAD_SGEMM_AVX512_WORK_FLOATS >= (size_t)MC * KC / 2 + (size_t)KC * NC / 2 + 16,
-               "work holds both packs");
+_Static_assert(LORAD_SGEMM_AVX512_WORK_FLOATS >= (size_t)MC * KC / 2 + (size_t)KC * NC / 2 + (size_t)NR * KC + 16,
+               "work holds both packs and a decoded panel");
 
 bool lorad_gemm_bf16_avx512_available(void) { return lorad_isa_detected() >= LORAD_ISA_AVX512_BF16; }
 
@@ -30,6 +30,13 @@ static inline uint32_t pair(uint16_t lo, uint16_t hi) { return (uint32_t)lo | (u
 static inline uint16_t elem_bf16(enum lorad_dtype dt, const void *p, int64_t idx) {
     if (dt == LORAD_DTYPE_BF16) return ((const uint16_t *)p)[idx];
     return lorad_f32_to_bf16(((const float *)p)[idx]);
+}
+
+/* Element (r, c) of stored B (ldb elements per row) from column b_col0 on, any dtype, as bf16. */
+static uint16_t stored_bf16(enum lorad_dtype dt, const void *B, int64_t ldb, int64_t b_col0, int64_t r, int64_t c) {
+    if (!lorad_dtype_is_quantised(dt)) return elem_bf16(dt, B, r * ldb + b_col0 + c);
+    struct lorad_tensor t = {B, dt, r + 1, ldb};
+    return lorad_f32_to_bf16(lorad_tensor_value(&t, r, b_col0 + c));
 }
 
 /* 32 f32 at src rounded to bf16, in order, as 16 pairs. */
@@ -78,13 +85,37 @@ BF16_TARGET static void pack_a(uint32_t *ap, const float *A, int64_t lda, int64_
 
 /* bp (nc rounded up to NR panels, each (kc2, NR) pairs) = bf16(op(B)[k0:k0+kc, j0:j0+nc]), zero
  * columns past nc and a zero partner for an odd last k. */
-BF16_TARGET static void pack_b(uint32_t *bp, bool trans_b, enum lorad_dtype dt, const void *B, int64_t ldb,
-                               int64_t k0, int64_t kc, int64_t j0, int64_t nc) {
-    int64_t esz = lorad_dtype_size(dt), kc2 = (kc + 1) / 2;
-    const char *base = (const char *)B;
+BF16_TARGET static void pack_b(uint32_t *bp, float *tmp, bool trans_b, enum lorad_dtype dt_in, const void *B_in,
+                               int64_t ldb_in, int64_t b_col0, int64_t k0_in, int64_t kc, int64_t j0, int64_t nc) {
+    int64_t kc2 = (kc + 1) / 2;
     for (int64_t p = 0; p < nc; p += NR) {
         int64_t cols = nc - p < NR ? nc - p : NR;
         uint32_t *dst = bp + p * kc2;
+        /* A quantised B is decoded panel by panel into tmp (f32) and packed from there, so
+         * it is dequantised once per pack and never as a whole. Segments are 32-aligned: K and
+         * N are whole blocks, and k0, b_col0 and the panels' columns are multiples of 32. */
+        enum lorad_dtype dt = dt_in;
+        const void *B = (const char *)B_in + (lorad_dtype_is_quantised(dt_in) ? 0 : b_col0 * lorad_dtype_size(dt_in));
+        int64_t ldb = ldb_in, k0 = k0_in, jp = j0 + p, esz = lorad_dtype_size(dt_in);
+        if (lorad_dtype_is_quantised(dt_in)) {
+            size_t row_bytes = lorad_dtype_row_bytes(dt_in, ldb_in);
+            assert(cols == NR || trans_b);
+            if (trans_b)
+                for (int64_t c = 0; c < cols; c++)
+                    lorad_row_segment_f32(tmp + c * kc, dt_in, (const char *)B_in + (size_t)(j0 + p + c) * row_bytes,
+                                          b_col0 + k0_in, kc);
+            else
+                for (int64_t k = 0; k < kc; k++)
+                    lorad_row_segment_f32(tmp + k * NR, dt_in, (const char *)B_in + (size_t)(k0_in + k) * row_bytes,
+                                          b_col0 + j0 + p, NR);
+            dt = LORAD_DTYPE_F32;
+            B = tmp;
+            ldb = trans_b ? kc : NR;
+            k0 = 0;
+            jp = 0;
+            esz = 4;
+        }
+        const char *base = (const char *)B;
         if (trans_b) {
             /* B (N, K): a column of op(B) is a row of B, so its k pairs are consecutive 32-bit
              * lanes; blocks of 16 columns x 16 pairs are transposed in registers. */
@@ -93,12 +124,12 @@ BF16_TARGET static void pack_b(uint32_t *bp, bool trans_b, enum lorad_dtype dt, 
                 for (int64_t k = 0; k < kv; k += 32) {
                     __m512 r[16];
                     for (int c = 0; c < 16; c++)
-                        r[c] = _mm512_castsi512_ps(load_32(dt, base + ((j0 + p + j + c) * ldb + k0 + k) * esz));
+                        r[c] = _mm512_castsi512_ps(load_32(dt, base + ((jp + j + c) * ldb + k0 + k) * esz));
                     lorad_transpose_16x16(r);
                     for (int q = 0; q < 16; q++) _mm512_store_ps((float *)(dst + (k / 2 + q) * NR + j), r[q]);
                 }
             for (int64_t j = 0; j < NR; j++) {
-                int64_t row = (j0 + p + j) * ldb + k0;
+                int64_t row = (jp + j) * ldb + k0;
                 for (int64_t kk = j < jv ? kv / 2 : 0; kk < kc2; kk++) {
                     uint16_t lo = 0, hi = 0;
                     if (j < cols) {
@@ -115,7 +146,7 @@ BF16_TARGET static void pack_b(uint32_t *bp, bool trans_b, enum lorad_dtype dt, 
             const __m512i first = _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0);
             const __m512i second = _mm512_set_epi64(15, 14, 7, 6, 13, 12, 5, 4);
             for (int64_t kk = 0; kk < kc2; kk++) {
-                int64_t r0 = (k0 + 2 * kk) * ldb + j0 + p, r1 = r0 + ldb;
+                int64_t r0 = (k0 + 2 * kk) * ldb + jp, r1 = r0 + ldb;
                 bool has_hi = 2 * kk + 1 < kc;
                 if (cols == NR) {
                     __m512i a = load_32(dt, base + r0 * esz);
@@ -174,9 +205,10 @@ BF16_TARGET static void kernel_12x32(int64_t kc2, const uint32_t *restrict ap, c
 }
 
 void lorad_gemm_bf16_avx512(bool trans_b, enum lorad_dtype b_dtype, int64_t M, int64_t N, int64_t K, const float *A,
-                            int64_t lda, const void *B, int64_t ldb, float beta, float *C, int64_t ldc, float *work) {
+                            int64_t lda, const void *B, int64_t ldb, int64_t b_col0, float beta, float *C, int64_t ldc,
+                            float *work) {
     assert(lorad_gemm_bf16_avx512_available());
-    assert(b_dtype == LORAD_DTYPE_F32 || b_dtype == LORAD_DTYPE_BF16);
+    assert(b_dtype == LORAD_DTYPE_F32 || b_dtype == LORAD_DTYPE_BF16 || lorad_dtype_is_quantised(b_dtype));
     if (M <= 0 || N <= 0) return;
     if (K == 0) {
         for (int64_t i = 0; i < M; i++)
@@ -185,12 +217,13 @@ void lorad_gemm_bf16_avx512(bool trans_b, enum lorad_dtype b_dtype, int64_t M, i
     }
     uint32_t *ap = (uint32_t *)(((uintptr_t)work + 63) & ~(uintptr_t)63);
     uint32_t *bp = ap + (size_t)MC * KC / 2;
+    float *tmp = (float *)(bp + (size_t)KC * NC / 2);
     for (int64_t j0 = 0; j0 < N; j0 += NC) {
         int64_t nc = N - j0 < NC ? N - j0 : NC;
         for (int64_t k0 = 0; k0 < K; k0 += KC) {
             int64_t kc = K - k0 < KC ? K - k0 : KC, kc2 = (kc + 1) / 2;
             float b = k0 == 0 ? beta : 1.0f;
-            pack_b(bp, trans_b, b_dtype, B, ldb, k0, kc, j0, nc);
+            pack_b(bp, tmp, trans_b, b_dtype, B, ldb, b_col0, k0, kc, j0, nc);
             for (int64_t i0 = 0; i0 < M; i0 += MC) {
                 int64_t mc = M - i0 < MC ? M - i0 : MC;
                 pack_a(ap, A, lda, i0, mc, k0, kc);
@@ -208,13 +241,13 @@ void lorad_gemm_bf16_avx512(bool trans_b, enum lorad_dtype b_dtype, int64_t M, i
 }
 
 void lorad_gemm_bf16_ref(bool trans_b, enum lorad_dtype b_dtype, int64_t M, int64_t N, int64_t K, const float *A,
-                         int64_t lda, const void *B, int64_t ldb, float beta, float *C, int64_t ldc) {
+                         int64_t lda, const void *B, int64_t ldb, int64_t b_col0, float beta, float *C, int64_t ldc) {
     for (int64_t i = 0; i < M; i++)
         for (int64_t j = 0; j < N; j++) {
             double acc = 0;
             for (int64_t k = 0; k < K; k++) {
                 float a = lorad_bf16_to_f32(lorad_f32_to_bf16(A[i * lda + k]));
-                float b = lorad_bf16_to_f32(elem_bf16(b_dtype, B, trans_b ? j * ldb + k : k * ldb + j));
+                float b = lorad_bf16_to_f32(stored_bf16(b_dtype, B, ldb, b_col0, trans_b ? j : k, trans_b ? k : j));
                 acc += (double)a * b;
             }
             double prior = beta == 0.0f ? 0.0 : (double)beta * C[i * ldc + j];

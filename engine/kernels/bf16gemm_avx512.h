@@ -26,12 +26,15 @@
 bool lorad_gemm_bf16_avx512_available(void);
 
 /* C (M, N) = bf16(A) · op(bf16(B)) + beta * C, row-major, A (M, K) f32; op(B) is B (K, N) or,
- * with trans_b, B^T for B (N, K), of b_dtype F32 or BF16. beta == 0 means C is not read. Requires
- * lorad_gemm_bf16_avx512_available(); work holds LORAD_SGEMM_AVX512_WORK_FLOATS floats. */
+ * with trans_b, B^T for B (N, K), from column b_col0 of B's stored rows, of b_dtype F32, BF16 or
+ * a block format (decoded to f32, then rounded to bf16, while packed; addressing as for
+ * lorad_sgemm_avx512). beta == 0 means C is not read. Requires lorad_gemm_bf16_avx512_available();
+ * work holds LORAD_SGEMM_AVX512_WORK_FLOATS floats. */
 void lorad_gemm_bf16_avx512(bool trans_b, enum lorad_dtype b_dtype, int64_t M, int64_t N, int64_t K, const float *A,
-                            int64_t lda, const void *B, int64_t ldb, float beta, float *C, int64_t ldc, float *work);
+                            int64_t lda, const void *B, int64_t ldb, int64_t b_col0, float beta, float *C, int64_t ldc,
+                            float *work);
 
 /* The plain loop the kernel is tested against, on any CPU: the same bf16 rounding of both
  * operands (lorad_f32_to_bf16), products summed in double. Same arguments, no work buffer. */
 void lorad_gemm_bf16_ref(bool trans_b, enum lorad_dtype b_dtype, int64_t M, int64_t N, int64_t K, const float *A,
-                         int64_t lda, const void *B, int64_t ldb, float beta, float *C, int64_t ldc);
+                         int64_t lda, const void *B, int64_t ldb, int64_t b_col0, float beta, float *C, int64_t ldc);

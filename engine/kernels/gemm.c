@@ -66,19 +66,13 @@ void lorad_gemm_destroy(struct lorad_gemm *g) {
 }
 
 void lorad_tensor_rows_f32(float *out, const struct lorad_tensor *t, int64_t r0, int64_t n, int64_t c0, int64_t nc) {
-    for (int64_t i = 0; i < n; i++) {
-        if (t->dtype == LORAD_DTYPE_F32) {
-            memcpy(out + i * nc, (const float *)t->data + (r0 + i) * t->cols + c0, (size_t)nc * sizeof(float));
-        } else {
-            const uint16_t *src = (const uint16_t *)t->data + (r0 + i) * t->cols + c0;
-            float *dst = out + i * nc;
-            for (int64_t j = 0; j < nc; j++) dst[j] = lorad_bf16_to_f32(src[j]);
-        }
-    }
+    size_t row_bytes = lorad_dtype_row_bytes(t->dtype, t->cols);
+    for (int64_t i = 0; i < n; i++)
+        lorad_row_segment_f32(out + i * nc, t->dtype, (const char *)t->data + (size_t)(r0 + i) * row_bytes, c0, nc);
 }
 
 static bool own_kernel_takes(enum lorad_dtype dtype) {
-    return lorad_gemm_uses_own_kernel() && (dtype == LORAD_DTYPE_F32 || dtype == LORAD_DTYPE_BF16);
+    return lorad_gemm_uses_own_kernel() && (dtype == LORAD_DTYPE_F32 || dtype == LORAD_DTYPE_BF16 || lorad_dtype_is_quantised(dtype));
 }
 
 struct wjob {
@@ -107,15 +101,15 @@ static void xwt_part(struct wjob *j, int64_t m0, int64_t m1, int64_t n0, int64_t
     if (M <= 0 || n1 <= n0) return;
     float beta = j->accumulate ? 1.0f : 0.0f;
     if (j->g->compute == LORAD_COMPUTE_BFLOAT16) {
-        int64_t esz = lorad_dtype_size(w->dtype);
-        lorad_gemm_bf16_avx512(true, w->dtype, M, n1 - n0, K, j->in + m0 * K, K, (const char *)w->data + n0 * K * esz, K,
-                               beta, j->out + m0 * N + n0, N, j->g->scratch[tid]);
+        lorad_gemm_bf16_avx512(true, w->dtype, M, n1 - n0, K, j->in + m0 * K, K,
+                               (const char *)w->data + n0 * lorad_dtype_row_bytes(w->dtype, K), K, 0, beta,
+                               j->out + m0 * N + n0, N, j->g->scratch[tid]);
         return;
     }
     if (own_kernel_takes(w->dtype)) {
-        int64_t esz = lorad_dtype_size(w->dtype);
         lorad_sgemm_avx512(false, true, w->dtype, M, n1 - n0, K, 1.0f, j->in + m0 * K, K,
-                           (const char *)w->data + n0 * K * esz, K, beta, j->out + m0 * N + n0, N, j->g->scratch[tid]);
+                           (const char *)w->data + n0 * lorad_dtype_row_bytes(w->dtype, K), K, 0, beta,
+                           j->out + m0 * N + n0, N, j->g->scratch[tid]);
         return;
     }
     if (w->dtype == LORAD_DTYPE_F32) {
@@ -167,15 +161,14 @@ static void dyw_part(struct wjob *j, int64_t m0, int64_t m1, int64_t k0, int64_t
     if (M <= 0 || kc <= 0) return;
     float beta = j->accumulate ? 1.0f : 0.0f;
     if (j->g->compute == LORAD_COMPUTE_BFLOAT16) {
-        int64_t esz = lorad_dtype_size(w->dtype);
-        lorad_gemm_bf16_avx512(false, w->dtype, M, kc, N, j->in + m0 * N, N, (const char *)w->data + k0 * esz, K, beta,
-                               j->out + m0 * K + k0, K, j->g->scratch[tid]);
+        /* W's rows from their starts, op(B) from column k0 on (the form a quantised W needs) */
+        lorad_gemm_bf16_avx512(false, w->dtype, M, kc, N, j->in + m0 * N, N, w->data, K, k0, beta, j->out + m0 * K + k0, K,
+                               j->g->scratch[tid]);
         return;
     }
     if (own_kernel_takes(w->dtype)) {
-        int64_t esz = lorad_dtype_size(w->dtype);
-        lorad_sgemm_avx512(false, false, w->dtype, M, kc, N, 1.0f, j->in + m0 * N, N,
-                           (const char *)w->data + k0 * esz, K, beta, j->out + m0 * K + k0, K, j->g->scratch[tid]);
+        lorad_sgemm_avx512(false, false, w->dtype, M, kc, N, 1.0f, j->in + m0 * N, N, w->data, K, k0, beta,
+                           j->out + m0 * K + k0, K, j->g->scratch[tid]);
         return;
     }
     if (w->dtype == LORAD_DTYPE_F32) {
@@ -207,7 +200,7 @@ void lorad_gemm_dyw(struct lorad_gemm *g, float *dx, const float *dy, const stru
 void lorad_sgemm_1t(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
                     int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc, float *work) {
     if (N >= 32 && lorad_gemm_uses_own_kernel()) {
-        lorad_sgemm_avx512(trans_a, trans_b, LORAD_DTYPE_F32, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, work);
+        lorad_sgemm_avx512(trans_a, trans_b, LORAD_DTYPE_F32, M, N, K, alpha, A, lda, B, ldb, 0, beta, C, ldc, work);
         return;
     }
     cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, (int)M, (int)N,

@@ -97,8 +97,10 @@ void lorad_gemm_dyw_ref(float *dx, const float *dy, const struct lorad_tensor *w
 static inline float lorad_tensor_at(const struct lorad_tensor *t, int64_t row, int64_t col) {
     int64_t i = row * t->cols + col;
     if (t->dtype == LORAD_DTYPE_BF16) return lorad_bf16_to_f32(((const uint16_t *)t->data)[i]);
-    return ((const float *)t->data)[i];
+    if (t->dtype == LORAD_DTYPE_F32) return ((const float *)t->data)[i];
+    return lorad_tensor_value(t, row, col);
 }
 
-/* Copies rows [r0, r0+n) columns [c0, c0+nc) of t into out (n, nc) as f32. */
+/* Copies rows [r0, r0+n) columns [c0, c0+nc) of t into out (n, nc) as f32 (for a quantised t,
+ * c0 and nc are multiples of LORAD_QUANT_GROUP). */
 void lorad_tensor_rows_f32(float *out, const struct lorad_tensor *t, int64_t r0, int64_t n, int64_t c0, int64_t nc);

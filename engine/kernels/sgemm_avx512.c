@@ -16,7 +16,8 @@
 #define NC 1024
 
 _Static_assert(MC % MR == 0 && NC % NR == 0, "blocks are whole tiles");
-_Static_assert(LORAD_SGEMM_AVX512_WORK_FLOATS >= (size_t)MC * KC + (size_t)KC * NC + 16, "work holds both packs");
+_Static_assert(LORAD_SGEMM_AVX512_WORK_FLOATS >= (size_t)MC * KC + (size_t)KC * NC + (size_t)NR * KC + 16,
+               "work holds both packs and a decoded panel");
 
 bool lorad_sgemm_avx512_available(void) { return lorad_isa_detected() >= LORAD_ISA_AVX512; }
 
@@ -83,6 +84,13 @@ static inline float b_elem(enum lorad_dtype dt, const void *B, int64_t idx) {
     return ((const float *)B)[idx];
 }
 
+/* Element (r, c) of stored B (ldb elements per row) from column b_col0 on, any dtype. */
+static float stored_elem(enum lorad_dtype dt, const void *B, int64_t ldb, int64_t b_col0, int64_t r, int64_t c) {
+    if (!lorad_dtype_is_quantised(dt)) return b_elem(dt, B, r * ldb + b_col0 + c);
+    struct lorad_tensor t = {B, dt, r + 1, ldb};
+    return lorad_tensor_value(&t, r, b_col0 + c);
+}
+
 /* dst[k * NR + j] = src row j, element k, for 16 rows (row stride ld elements) and 16 k. */
 __attribute__((target("avx512f"))) static void transpose_block(float *dst, enum lorad_dtype dt, const void *src,
                                                               int64_t ld) {
@@ -100,26 +108,50 @@ __attribute__((target("avx512f"))) static void transpose_block(float *dst, enum 
 
 /* Bp (nc rounded up to NR panels, each (kc, NR)) = op(B)[k0:k0+kc, j0:j0+nc] as f32, zero
  * columns past nc. */
-__attribute__((target("avx512f"))) static void pack_b(float *bp, bool trans_b, enum lorad_dtype dt, const void *B,
-                                                     int64_t ldb, int64_t k0, int64_t kc, int64_t j0, int64_t nc) {
-    int64_t esz = lorad_dtype_size(dt);
+__attribute__((target("avx512f"))) static void pack_b(float *bp, float *tmp, bool trans_b, enum lorad_dtype dt_in,
+                                                     const void *B_in, int64_t ldb_in, int64_t b_col0, int64_t k0_in,
+                                                     int64_t kc, int64_t j0, int64_t nc) {
     for (int64_t p = 0; p < nc; p += NR) {
         int64_t cols = nc - p < NR ? nc - p : NR;
         float *dst = bp + p * kc;
+        /* A quantised B is decoded panel by panel into tmp (f32) and packed from there, so
+         * it is dequantised once per pack and never as a whole. Segments are 32-aligned: K and
+         * N are whole blocks, and k0, b_col0 and the panels' columns are multiples of 32. */
+        enum lorad_dtype dt = dt_in;
+        const void *B = (const char *)B_in + (lorad_dtype_is_quantised(dt_in) ? 0 : b_col0 * lorad_dtype_size(dt_in));
+        int64_t ldb = ldb_in, k0 = k0_in, jp = j0 + p, esz = lorad_dtype_size(dt_in);
+        if (lorad_dtype_is_quantised(dt_in)) {
+            size_t row_bytes = lorad_dtype_row_bytes(dt_in, ldb_in);
+            assert(cols == NR || trans_b);
+            if (trans_b)
+                for (int64_t c = 0; c < cols; c++)
+                    lorad_row_segment_f32(tmp + c * kc, dt_in, (const char *)B_in + (size_t)(j0 + p + c) * row_bytes,
+                                          b_col0 + k0_in, kc);
+            else
+                for (int64_t k = 0; k < kc; k++)
+                    lorad_row_segment_f32(tmp + k * NR, dt_in, (const char *)B_in + (size_t)(k0_in + k) * row_bytes,
+                                          b_col0 + j0 + p, NR);
+            dt = LORAD_DTYPE_F32;
+            B = tmp;
+            ldb = trans_b ? kc : NR;
+            k0 = 0;
+            jp = 0;
+            esz = 4;
+        }
         if (trans_b) {
             /* B (N, K): column j of op(B) is row j of B, contiguous in k. Whole 16x16 blocks
              * are transposed in registers, the ragged edges element by element. */
             int64_t kv = kc & ~(int64_t)15, jv = cols & ~(int64_t)15;
             for (int64_t j = 0; j < jv; j += 16)
                 for (int64_t k = 0; k < kv; k += 16)
-                    transpose_block(dst + k * NR + j, dt, (const char *)B + ((j0 + p + j) * ldb + k0 + k) * esz, ldb);
+                    transpose_block(dst + k * NR + j, dt, (const char *)B + ((jp + j) * ldb + k0 + k) * esz, ldb);
             for (int64_t j = 0; j < cols; j++) {
-                int64_t row = (j0 + p + j) * ldb + k0;
+                int64_t row = (jp + j) * ldb + k0;
                 for (int64_t k = j < jv ? kv : 0; k < kc; k++) dst[k * NR + j] = b_elem(dt, B, row + k);
             }
         } else {
             for (int64_t k = 0; k < kc; k++) {
-                int64_t row = (k0 + k) * ldb + j0 + p;
+                int64_t row = (k0 + k) * ldb + jp;
                 if (cols == NR) {
                     copy_32(dst + k * NR, dt, (const char *)B + row * esz);
                 } else {
@@ -170,10 +202,10 @@ __attribute__((target("avx512f"))) static void kernel_12x32(int64_t kc, const fl
 }
 
 void lorad_sgemm_avx512(bool trans_a, bool trans_b, enum lorad_dtype b_dtype, int64_t M, int64_t N, int64_t K,
-                        float alpha, const float *A, int64_t lda, const void *B, int64_t ldb, float beta, float *C,
-                        int64_t ldc, float *work) {
+                        float alpha, const float *A, int64_t lda, const void *B, int64_t ldb, int64_t b_col0, float beta,
+                        float *C, int64_t ldc, float *work) {
     assert(lorad_sgemm_avx512_available());
-    assert(b_dtype == LORAD_DTYPE_F32 || b_dtype == LORAD_DTYPE_BF16);
+    assert(b_dtype == LORAD_DTYPE_F32 || b_dtype == LORAD_DTYPE_BF16 || lorad_dtype_is_quantised(b_dtype));
     if (M <= 0 || N <= 0) return;
     if (K == 0 || alpha == 0.0f) {
         for (int64_t i = 0; i < M; i++)
@@ -181,7 +213,7 @@ void lorad_sgemm_avx512(bool trans_a, bool trans_b, enum lorad_dtype b_dtype, in
         return;
     }
     float *ap = (float *)(((uintptr_t)work + 63) & ~(uintptr_t)63);
-    float *bp = ap + (size_t)MC * KC;
+    float *bp = ap + (size_t)MC * KC, *tmp = bp + (size_t)KC * NC;
     /* B is packed once per call (it is the weight, usually the larger operand); A once per NC
      * columns. */
     for (int64_t j0 = 0; j0 < N; j0 += NC) {
@@ -189,7 +221,7 @@ void lorad_sgemm_avx512(bool trans_a, bool trans_b, enum lorad_dtype b_dtype, in
         for (int64_t k0 = 0; k0 < K; k0 += KC) {
             int64_t kc = K - k0 < KC ? K - k0 : KC;
             float b = k0 == 0 ? beta : 1.0f;
-            pack_b(bp, trans_b, b_dtype, B, ldb, k0, kc, j0, nc);
+            pack_b(bp, tmp, trans_b, b_dtype, B, ldb, b_col0, k0, kc, j0, nc);
             for (int64_t i0 = 0; i0 < M; i0 += MC) {
                 int64_t mc = M - i0 < MC ? M - i0 : MC;
                 pack_a(ap, trans_a, A, lda, i0, mc, k0, kc, alpha);
@@ -206,13 +238,14 @@ void lorad_sgemm_avx512(bool trans_a, bool trans_b, enum lorad_dtype b_dtype, in
 }
 
 void lorad_sgemm_ref(bool trans_a, bool trans_b, enum lorad_dtype b_dtype, int64_t M, int64_t N, int64_t K, float alpha,
-                     const float *A, int64_t lda, const void *B, int64_t ldb, float beta, float *C, int64_t ldc) {
+                     const float *A, int64_t lda, const void *B, int64_t ldb, int64_t b_col0, float beta, float *C,
+                     int64_t ldc) {
     for (int64_t i = 0; i < M; i++)
         for (int64_t j = 0; j < N; j++) {
             double acc = 0;
             for (int64_t k = 0; k < K; k++)
                 acc += (double)(trans_a ? A[k * lda + i] : A[i * lda + k]) *
-                       b_elem(b_dtype, B, trans_b ? j * ldb + k : k * ldb + j);
+                       stored_elem(b_dtype, B, ldb, b_col0, trans_b ? j : k, trans_b ? k : j);
             double prior = beta == 0.0f ? 0.0 : (double)beta * C[i * ldc + j];
             C[i * ldc + j] = (float)((double)alpha * acc + prior);
         }

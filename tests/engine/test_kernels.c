@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -153,7 +154,7 @@ static void sgemm_avx512_case(bool ta, bool tb, bool bf16, int64_t M, int64_t N,
     float *want = malloc(sizeof(float) * (size_t)(M * ldc));
     memcpy(want, C, sizeof(float) * (size_t)(M * ldc));
     lorad_sgemm_ref(ta, tb, bf16 ? LORAD_DTYPE_BF16 : LORAD_DTYPE_F32, M, N, K, alpha, A, lda,
-                    bf16 ? (const void *)Bh : (const void *)Bf, ldb, beta, want, ldc);
+                    bf16 ? (const void *)Bh : (const void *)Bf, ldb, 0, beta, want, ldc);
     double mx = 0;
     for (int64_t i = 0; i < M; i++)
         for (int64_t j = 0; j < N; j++) mx = fmax(mx, fabs(want[i * ldc + j]));
@@ -161,7 +162,7 @@ static void sgemm_avx512_case(bool ta, bool tb, bool bf16, int64_t M, int64_t N,
     float *keep = malloc(sizeof(float) * (size_t)(M * ldc));
     memcpy(keep, C, sizeof(float) * (size_t)(M * ldc));
     lorad_sgemm_avx512(ta, tb, bf16 ? LORAD_DTYPE_BF16 : LORAD_DTYPE_F32, M, N, K, alpha, A, lda,
-                       bf16 ? (const void *)Bh : (const void *)Bf, ldb, beta, C, ldc, work);
+                       bf16 ? (const void *)Bh : (const void *)Bf, ldb, 0, beta, C, ldc, work);
     double md = 0;
     for (int64_t i = 0; i < M; i++) {
         for (int64_t j = 0; j < N; j++) md = fmax(md, fabs((double)C[i * ldc + j] - want[i * ldc + j]));
@@ -192,6 +193,71 @@ static void test_sgemm_avx512_matches_reference(void **state) {
     sgemm_avx512_case(false, true, false, 7, 9, 0, 1.0f, 0.5f); /* K = 0 scales C by beta */
 }
 
+/* A (N, K) weight of random GGML blocks: random quant bytes, f16 scales small enough that values
+ * stay O(1). */
+static void *random_quant_weight(enum lorad_dtype dt, int64_t N, int64_t K) {
+    int64_t nb = N * K / lorad_dtype_block_values(dt), bb = lorad_dtype_block_bytes(dt);
+    uint8_t *w = malloc((size_t)(nb * bb));
+    for (int64_t i = 0; i < nb * bb; i++) w[i] = (uint8_t)(tiny_rand(&rng) >> 24);
+    for (int64_t b = 0; b < nb; b++) {
+        uint8_t *p = w + b * bb;
+        uint16_t h1 = lorad_f32_to_f16((float)(0.002 + 0.01 * tiny_uniform(&rng)));
+        uint16_t h2 = lorad_f32_to_f16((float)(0.002 + 0.01 * tiny_uniform(&rng)));
+        int off = dt == LORAD_DTYPE_Q6_K ? 208 : 0;
+        p[off] = (uint8_t)h1; p[off + 1] = (uint8_t)(h1 >> 8);
+        if (dt == LORAD_DTYPE_Q4_K) { p[2] = (uint8_t)h2; p[3] = (uint8_t)(h2 >> 8); }
+    }
+    return w;
+}
+
+/* Quantised weights stay quantised: every backend (the engine's fp32 kernel, OpenBLAS with
+ * dequantised tiles, bf16 compute) decodes them while multiplying, against the plain loops that
+ * decode element by element; both split directions and both products. */
+static void test_gemm_quantised_weights(void **state) {
+    (void)state;
+    static const enum lorad_dtype dts[] = {LORAD_DTYPE_Q8_0, LORAD_DTYPE_Q4_0, LORAD_DTYPE_Q4_K, LORAD_DTYPE_Q6_K};
+    int64_t N = 160, K = 512;
+    struct lorad_gemm g;
+    assert_int_equal(lorad_gemm_init(&g, pool), 0);
+    for (size_t d = 0; d < 4; d++) {
+        void *wq = random_quant_weight(dts[d], N, K);
+        struct lorad_tensor W = {wq, dts[d], N, K};
+        /* the plain loops read the weight decoded once, element by element (lorad_tensor_value) */
+        float *wf = malloc(sizeof(float) * (size_t)(N * K));
+        for (int64_t r = 0; r < N; r++)
+            for (int64_t c = 0; c < K; c++) wf[r * K + c] = lorad_tensor_value(&W, r, c);
+        struct lorad_tensor Wf = {wf, LORAD_DTYPE_F32, N, K};
+        for (int backend = 0; backend < 3; backend++) {
+            if (backend == 2 && !lorad_gemm_bf16_usable()) continue;
+            lorad_gemm_prefer_openblas(backend == 1);
+            g.compute = backend == 2 ? LORAD_COMPUTE_BFLOAT16 : LORAD_COMPUTE_FLOAT32;
+            for (int64_t M = 37; M <= 300; M += 263) {
+                float *x = randv(M * K, 1), *dy = randv(M * N, 1);
+                float *y = malloc(sizeof(float) * (size_t)(M * N)), *yr = malloc(sizeof(float) * (size_t)(M * N));
+                float *dx = malloc(sizeof(float) * (size_t)(M * K)), *dxr = malloc(sizeof(float) * (size_t)(M * K));
+                lorad_gemm_xwt(&g, y, x, &W, M, false);
+                lorad_gemm_dyw(&g, dx, dy, &W, M, false);
+                if (backend == 2) {
+                    lorad_gemm_bf16_ref(true, LORAD_DTYPE_F32, M, N, K, x, K, wf, K, 0, 0.0f, yr, N);
+                    lorad_gemm_bf16_ref(false, LORAD_DTYPE_F32, M, K, N, dy, N, wf, K, 0, 0.0f, dxr, K);
+                } else {
+                    lorad_gemm_xwt_ref(yr, x, &Wf, M, false);
+                    lorad_gemm_dyw_ref(dxr, dy, &Wf, M, false);
+                }
+                char what[64];
+                snprintf(what, sizeof what, "%s backend %d M %ld xwt", lorad_dtype_name(dts[d]), backend, (long)M);
+                assert_close_tight(y, yr, M * N, f32_chain_error_bound(1, K), what);
+                snprintf(what, sizeof what, "%s backend %d M %ld dyw", lorad_dtype_name(dts[d]), backend, (long)M);
+                assert_close_tight(dx, dxr, M * K, f32_chain_error_bound(1, N), what);
+                free(x); free(dy); free(y); free(yr); free(dx); free(dxr);
+            }
+        }
+        free(wq); free(wf);
+    }
+    lorad_gemm_prefer_openblas(false);
+    lorad_gemm_destroy(&g);
+}
+
 /* The BF16 kernel against its plain loop, element by element: the loop rounds both operands to
  * bf16 exactly as the kernel must, and sums the (exact) products in double, so the kernel may
  * differ only by its fp32 accumulation: |err_ij| <= f32_chain_error_bound(2, K) *
@@ -211,9 +277,9 @@ static void gemm_bf16_case(bool tb, bool bf16, int64_t M, int64_t N, int64_t K, 
     memcpy(want, C, sizeof(float) * (size_t)(M * ldc));
     memcpy(got, C, sizeof(float) * (size_t)(M * ldc));
     memcpy(unrounded, C, sizeof(float) * (size_t)(M * ldc));
-    lorad_gemm_bf16_ref(tb, dt, M, N, K, A, lda, B, ldb, beta, want, ldc);
-    lorad_sgemm_ref(false, tb, dt, M, N, K, 1.0f, A, lda, B, ldb, beta, unrounded, ldc);
-    lorad_gemm_bf16_avx512(tb, dt, M, N, K, A, lda, B, ldb, beta, got, ldc, work);
+    lorad_gemm_bf16_ref(tb, dt, M, N, K, A, lda, B, ldb, 0, beta, want, ldc);
+    lorad_sgemm_ref(false, tb, dt, M, N, K, 1.0f, A, lda, B, ldb, 0, beta, unrounded, ldc);
+    lorad_gemm_bf16_avx512(tb, dt, M, N, K, A, lda, B, ldb, 0, beta, got, ldc, work);
     double bound = f32_chain_error_bound(2, K > 2 ? K : 2);
     int64_t outside = 0;
     for (int64_t i = 0; i < M; i++) {
@@ -270,10 +336,10 @@ static void test_gemm_compute_bf16(void **state) {
         float *y = malloc(sizeof(float) * (size_t)(M * N)), *yr = malloc(sizeof(float) * (size_t)(M * N));
         float *dx = malloc(sizeof(float) * (size_t)(M * K)), *dxr = malloc(sizeof(float) * (size_t)(M * K));
         lorad_gemm_xwt(&g, y, x, &W, M, false);
-        lorad_gemm_bf16_ref(true, LORAD_DTYPE_BF16, M, N, K, x, K, wb, K, 0.0f, yr, N);
+        lorad_gemm_bf16_ref(true, LORAD_DTYPE_BF16, M, N, K, x, K, wb, K, 0, 0.0f, yr, N);
         assert_close_tight(y, yr, M * N, f32_chain_error_bound(1, K), "xwt bf16");
         lorad_gemm_dyw(&g, dx, dy, &W, M, false);
-        lorad_gemm_bf16_ref(false, LORAD_DTYPE_BF16, M, K, N, dy, N, wb, K, 0.0f, dxr, K);
+        lorad_gemm_bf16_ref(false, LORAD_DTYPE_BF16, M, K, N, dy, N, wb, K, 0, 0.0f, dxr, K);
         assert_close_tight(dx, dxr, M * K, f32_chain_error_bound(1, N), "dyw bf16");
         free(x); free(dy); free(wf); free(wb); free(y); free(yr); free(dx); free(dxr);
     }
@@ -527,6 +593,7 @@ int main(void) {
         cmocka_unit_test(test_sgemm_avx512_matches_reference),
         cmocka_unit_test(test_gemm_bf16_matches_reference),
         cmocka_unit_test(test_gemm_compute_bf16),
+        cmocka_unit_test(test_gemm_quantised_weights),
         cmocka_unit_test(test_compute_dtype_resolve),
         cmocka_unit_test(test_rmsnorm),
         cmocka_unit_test(test_rope_llama3),
