@@ -30,17 +30,9 @@ bool lorad_merge_unties_head(const struct lorad_base_weights *base, const struct
 }
 
 static void tensor_to_f32(float *dst, const struct lorad_tensor *t) {
-    int64_t n = t->rows * t->cols;
-    const unsigned char *s = t->data;
-    for (int64_t i = 0; i < n; i++) {
-        if (t->dtype == LORAD_DTYPE_F32) {
-            memcpy(&dst[i], s + 4 * i, 4);
-        } else {
-            uint16_t h;
-            memcpy(&h, s + 2 * i, 2);
-            dst[i] = t->dtype == LORAD_DTYPE_BF16 ? lorad_bf16_to_f32(h) : lorad_f16_to_f32(h);
-        }
-    }
+    size_t row_bytes = lorad_dtype_row_bytes(t->dtype, t->cols);
+    for (int64_t r = 0; r < t->rows; r++)
+        lorad_row_segment_f32(dst + r * t->cols, t->dtype, (const char *)t->data + (size_t)r * row_bytes, 0, t->cols);
 }
 
 /* Buffers created for the output; they must outlive the writer, which borrows them. */

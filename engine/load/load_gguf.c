@@ -75,6 +75,8 @@ static enum lorad_src_type src_type(uint32_t t, int *ok) {
     case LORAD_GGML_BF16: return LORAD_SRC_BF16;
     case LORAD_GGML_Q8_0: return LORAD_SRC_Q8_0;
     case LORAD_GGML_Q4_0: return LORAD_SRC_Q4_0;
+    case LORAD_GGML_Q4_K: return LORAD_SRC_Q4_K;
+    case LORAD_GGML_Q6_K: return LORAD_SRC_Q6_K;
     }
     *ok = 0;
     return LORAD_SRC_F32;
@@ -96,7 +98,7 @@ static int load_tensor(const struct lorad_gguf *g, struct lorad_load_owner *o, c
     int ok;
     enum lorad_src_type type = src_type(t->type, &ok);
     if (!ok)
-        return lorad_error_set(err, -EINVAL, name, "%s: tensor %s has type %s; supported are F32, F16, BF16, Q8_0, Q4_0",
+        return lorad_error_set(err, -EINVAL, name, "%s: tensor %s has type %s; supported are F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K",
                                g->path, name, lorad_ggml_type_name(t->type));
     int r = lorad_load_import(o, dst, type, t->data, rows, cols, rope_head_dim);
     return r < 0 ? lorad_error_set(err, r, "model", "out of memory loading %s", name) : 0;

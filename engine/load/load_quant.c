@@ -1,72 +1,53 @@
 #include "load_quant.h"
 
 #include <assert.h>
+#include <stdbool.h>
 #include <errno.h>
 #include <string.h>
 
-static uint16_t read_u16le(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+
+/* The engine dtype a source encoding becomes. */
+static enum lorad_dtype engine_dtype(enum lorad_src_type type) {
+    switch (type) {
+    case LORAD_SRC_F32: case LORAD_SRC_F16: return LORAD_DTYPE_F32;
+    case LORAD_SRC_BF16: return LORAD_DTYPE_BF16;
+    case LORAD_SRC_Q8_0: return LORAD_DTYPE_Q8_0;
+    case LORAD_SRC_Q4_0: return LORAD_DTYPE_Q4_0;
+    case LORAD_SRC_Q4_K: return LORAD_DTYPE_Q4_K;
+    case LORAD_SRC_Q6_K: return LORAD_DTYPE_Q6_K;
+    }
+    return LORAD_DTYPE_F32;
+}
 
 size_t lorad_src_row_bytes(enum lorad_src_type type, int64_t cols) {
-    switch (type) {
-    case LORAD_SRC_F32: return (size_t)cols * 4;
-    case LORAD_SRC_F16:
-    case LORAD_SRC_BF16: return (size_t)cols * 2;
-    case LORAD_SRC_Q8_0: return (size_t)(cols / LORAD_QK) * LORAD_Q8_0_BLOCK_BYTES;
-    case LORAD_SRC_Q4_0: return (size_t)(cols / LORAD_QK) * LORAD_Q4_0_BLOCK_BYTES;
-    }
-    return 0;
+    if (type == LORAD_SRC_F16) return (size_t)cols * 2;
+    return lorad_dtype_row_bytes(engine_dtype(type), cols);
 }
 
 const char *lorad_src_type_name(enum lorad_src_type type) {
-    static const char *names[] = {"F32", "F16", "BF16", "Q8_0", "Q4_0"};
-    return (unsigned)type < sizeof names / sizeof names[0] ? names[type] : "?";
-}
-
-void lorad_dequant_q8_0(float *dst, const void *src, int64_t n) {
-    assert(n % LORAD_QK == 0);
-    const uint8_t *b = src;
-    for (int64_t i = 0; i < n; i += LORAD_QK, b += LORAD_Q8_0_BLOCK_BYTES) {
-        float d = lorad_f16_to_f32(read_u16le(b));
-        for (int j = 0; j < LORAD_QK; j++) dst[i + j] = d * (float)(int8_t)b[2 + j];
-    }
-}
-
-void lorad_dequant_q4_0(float *dst, const void *src, int64_t n) {
-    assert(n % LORAD_QK == 0);
-    const uint8_t *b = src;
-    for (int64_t i = 0; i < n; i += LORAD_QK, b += LORAD_Q4_0_BLOCK_BYTES) {
-        float d = lorad_f16_to_f32(read_u16le(b));
-        for (int j = 0; j < LORAD_QK / 2; j++) {
-            dst[i + j] = d * (float)((b[2 + j] & 0x0f) - 8);
-            dst[i + j + LORAD_QK / 2] = d * (float)((b[2 + j] >> 4) - 8);
-        }
-    }
+    return type == LORAD_SRC_F16 ? "F16" : lorad_dtype_name(engine_dtype(type));
 }
 
 static void convert_row(void *dst, enum lorad_src_type type, const uint8_t *src, int64_t cols) {
-    switch (type) {
-    case LORAD_SRC_F32: memcpy(dst, src, (size_t)cols * 4); break;
-    case LORAD_SRC_BF16: memcpy(dst, src, (size_t)cols * 2); break;
-    case LORAD_SRC_F16:
-        for (int64_t c = 0; c < cols; c++) ((float *)dst)[c] = lorad_f16_to_f32(read_u16le(src + 2 * c));
-        break;
-    case LORAD_SRC_Q8_0: lorad_dequant_q8_0(dst, src, cols); break;
-    case LORAD_SRC_Q4_0: lorad_dequant_q4_0(dst, src, cols); break;
+    if (type == LORAD_SRC_F16) {
+        lorad_row_segment_f32(dst, LORAD_DTYPE_F16, src, 0, cols);
+        return;
     }
+    memcpy(dst, src, lorad_src_row_bytes(type, cols)); /* kept in its own dtype */
 }
 
 int lorad_load_import(struct lorad_load_owner *o, struct lorad_tensor *dst, enum lorad_src_type type,
                       const void *src, int64_t rows, int64_t cols, int rope_head_dim) {
-    enum lorad_dtype out = type == LORAD_SRC_BF16 ? LORAD_DTYPE_BF16 : LORAD_DTYPE_F32;
-    size_t esize = (size_t)lorad_dtype_size(out), src_row = lorad_src_row_bytes(type, cols);
+    enum lorad_dtype out = engine_dtype(type);
+    bool blocks = lorad_dtype_is_quantised(out);
+    size_t esize = blocks ? 1 : (size_t)lorad_dtype_size(out), src_row = lorad_src_row_bytes(type, cols);
     lorad_load_owner_note_dtype(o, lorad_src_type_name(type));
-    if ((type == LORAD_SRC_F32 || type == LORAD_SRC_BF16) && rope_head_dim == 0 &&
-        (uintptr_t)src % esize == 0) {
+    if (type != LORAD_SRC_F16 && rope_head_dim == 0 && (uintptr_t)src % esize == 0) {
         *dst = (struct lorad_tensor){.data = src, .dtype = out, .rows = rows, .cols = cols};
         o->mapped_bytes += (size_t)rows * src_row;
         return 0;
     }
-    size_t out_row = (size_t)cols * esize;
+    size_t out_row = lorad_dtype_row_bytes(out, cols);
     if (o->mode == LORAD_LOAD_PROBE) {
         o->owned_bytes += (size_t)rows * out_row;
         *dst = (struct lorad_tensor){.data = src, .dtype = out, .rows = rows, .cols = cols};

@@ -188,7 +188,7 @@ void lorad_model_memory_of(struct lorad_model_memory *ret, const struct lorad_ll
 static int64_t base_bytes(const struct lorad_base_weights *w) {
     const struct lorad_llama_config *c = &w->cfg;
     int64_t total = 0;
-#define ADD(t) total += (t).rows * (t).cols * lorad_dtype_size((t).dtype)
+#define ADD(t) total += (t).rows * (int64_t)lorad_dtype_row_bytes((t).dtype, (t).cols)
     ADD(w->embed);
     ADD(w->final_norm);
     if (!c->tie_embeddings) ADD(w->lm_head);

@@ -63,9 +63,13 @@ static int check_tensor(const struct lorad_tensor *t, const char *name, int64_t 
     if (t->rows != rows || t->cols != cols)
         return lorad_error_set(err, -EINVAL, name, "tensor %s has shape [%lld, %lld], expected [%lld, %lld]",
                                name, (long long)t->rows, (long long)t->cols, (long long)rows, (long long)cols);
-    if (t->dtype != LORAD_DTYPE_F32 && t->dtype != LORAD_DTYPE_BF16)
-        return lorad_error_set(err, -EINVAL, name, "tensor %s has dtype %s; the engine takes F32 or BF16",
+    if (t->dtype == LORAD_DTYPE_F16)
+        return lorad_error_set(err, -EINVAL, name, "tensor %s has dtype %s; the engine takes F32, BF16, Q8_0, Q4_0, Q4_K or Q6_K",
                                name, lorad_dtype_name(t->dtype));
+    if (lorad_dtype_is_quantised(t->dtype) && t->cols % lorad_dtype_block_values(t->dtype) != 0)
+        return lorad_error_set(err, -EINVAL, name, "tensor %s is %s with %lld columns, not a whole number of %lld-value blocks",
+                               name, lorad_dtype_name(t->dtype), (long long)t->cols,
+                               (long long)lorad_dtype_block_values(t->dtype));
     return 0;
 }
 

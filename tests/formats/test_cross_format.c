@@ -213,6 +213,49 @@ static void test_gguf_quantised_within_half_a_step(void **state) {
     lorad_model_file_close(mf);
 }
 
+/* A Q4_K_M-style GGUF (Q4_K and Q6_K matrices, tests/formats/write_kquant_fixture.py) loads with
+ * its matrices kept as stored: each element decodes to the truth our numpy decoder made of the
+ * blocks (to within one float32 rounding per term), q/k rows in HF order, and only the permuted
+ * q/k rows are copied; everything else stays in the mapping. */
+static void test_gguf_k_quants_kept_as_stored(void **state) {
+    (void)state;
+    char *kdir = test_mkdtemp("kquant");
+    char *argv[] = {LORAD_PYTHON, LORAD_SOURCE_DIR "/tests/formats/write_kquant_fixture.py", kdir, NULL};
+    assert_int_equal(test_run(argv), 0);
+    char *p = test_path(kdir, "truth.f32"), *q = test_path(kdir, "truth_order.txt"), *g = test_path(kdir, "gguf_q4_k_m.gguf");
+    size_t len;
+    float *kt = (float *)test_read_file(p, &len);
+    char kn[64][96];
+    int nk = 0;
+    FILE *f = fopen(q, "r");
+    assert_non_null(f);
+    while (nk < 64 && fscanf(f, "%95s", kn[nk]) == 1) nk++;
+    fclose(f);
+    struct lorad_model_file *mf = NULL;
+    struct lorad_error err = {0};
+    if (lorad_model_file_open(g, &mf, &err) < 0) fail_msg("loading %s: %s", g, err.message);
+    assert_int_equal(dtype_count(mf, "Q4_K"), 9);
+    assert_int_equal(dtype_count(mf, "Q6_K"), 7);
+    size_t off = 0, qk_bytes = 0;
+    for (int k = 0; k < nk; k++) {
+        const struct lorad_tensor *t = fmt_hf_tensor(&mf->weights, kn[k]);
+        if (!t) fail_msg("no tensor %s", kn[k]);
+        if (t->rows > 1) assert_true(t->dtype == LORAD_DTYPE_Q4_K || t->dtype == LORAD_DTYPE_Q6_K);
+        if (strstr(kn[k], "q_proj") || strstr(kn[k], "k_proj")) qk_bytes += t->rows * lorad_dtype_row_bytes(t->dtype, t->cols);
+        for (int64_t i = 0; i < t->rows * t->cols; i++) {
+            float x = kt[off + (size_t)i], y = fmt_tensor_get(t, i);
+            if (!(fabsf(x - y) <= fabsf(x) * 0x1p-22f + 1e-30f))
+                fail_msg("%s[%lld]: loaded %.9g, truth %.9g", kn[k], (long long)i, y, x);
+        }
+        off += (size_t)(t->rows * t->cols);
+    }
+    assert_int_equal(off, len / 4);
+    assert_true(mf->owned_bytes >= qk_bytes && mf->owned_bytes < qk_bytes + ((size_t)1 << 20)); /* + the vocabulary */
+    lorad_model_file_close(mf);
+    test_rmtree(kdir);
+    free(kt); free(p); free(q); free(g); free(kdir);
+}
+
 static void test_llama2c_meta_layout(void **state) {
     (void)state;
     struct lorad_model_file *mf = load_model("model.bin");
@@ -228,6 +271,7 @@ int main(void) {
         cmocka_unit_test(test_hf_f32_used_in_place),
         cmocka_unit_test(test_hf_bf16_sharded_f16),
         cmocka_unit_test(test_gguf_lossless),
+        cmocka_unit_test(test_gguf_k_quants_kept_as_stored),
         cmocka_unit_test(test_gguf_quantised_within_half_a_step),
         cmocka_unit_test(test_llama2c_meta_layout),
     };

@@ -136,7 +136,7 @@ def write_hf_dir(d, t, dtype, shards=1):
 
 # ---------------------------------------------------------------- GGUF v3 (from the spec)
 
-GGML = {"F32": 0, "F16": 1, "Q4_0": 2, "Q8_0": 8, "BF16": 30}
+GGML = {"F32": 0, "F16": 1, "Q4_0": 2, "Q8_0": 8, "Q4_K": 12, "Q6_K": 14, "BF16": 30}
 U32, I32, F32, BOOL, STRING, ARRAY = 4, 5, 6, 7, 8, 9
 
 
@@ -237,7 +237,9 @@ def gguf_tensors(t):
     return out
 
 
-def write_gguf(path, t, typ, alignment=32):
+def write_gguf(path, t, typ, alignment=32, encoded=None):
+    """encoded: optional {gguf name: (type, bytes)} for tensors given as ready blocks (their
+    bytes in the file's Meta row order)."""
     tokens, scores, types = toy_vocab()
     kvs = [
         kv("general.architecture", STRING, "llama"),
@@ -268,7 +270,10 @@ def write_gguf(path, t, typ, alignment=32):
         if heads:
             a = hf_to_meta(a, heads)
         ty = "F32" if a.ndim == 1 else typ  # norms stay F32, as llama.cpp keeps 1-D tensors
-        b = gguf_encode(a, ty)
+        if encoded and name in encoded:
+            ty, b = encoded[name]
+        else:
+            b = gguf_encode(a, ty)
         ne = list(reversed(a.shape))  # innermost first
         infos.append(gstr(name) + struct.pack("<I", len(ne)) + b"".join(struct.pack("<Q", n) for n in ne)
                      + struct.pack("<IQ", GGML[ty], off))
