@@ -29,10 +29,17 @@ BLOCK = {"Q4_K": 144, "Q6_K": 210}
 Q6_K_TENSORS = ("attn_v.weight", "ffn_down.weight", "output.weight")
 
 
+# f16 super-block scales that keep weights near 1/sqrt(dim), so the model's activations stay sane
+# (a Q4_K value is d*sc*q - dmin*m with sc, m < 64 and q < 16; a Q6_K one d*scale*(q-32), |scale|
+# < 128): the training test needs a base whose loss is finite and moves.
+SCALE_RANGE = {"Q4_K": (1e-4, 4e-4), "Q6_K": (2e-5, 8e-5)}
+
+
 def random_blocks(rng, typ, rows, cols):
     nb = rows * cols // 256
     b = rng.integers(0, 256, size=(nb, BLOCK[typ]), dtype=np.uint8)
-    scale = lambda: (0.002 + 0.01 * rng.random(nb)).astype(np.float16).view(np.uint8).reshape(nb, 2)  # noqa: E731
+    lo, hi = SCALE_RANGE[typ]
+    scale = lambda: (lo + (hi - lo) * rng.random(nb)).astype(np.float16).view(np.uint8).reshape(nb, 2)  # noqa: E731
     if typ == "Q4_K":
         b[:, 0:2], b[:, 2:4] = scale(), scale()
     else:
