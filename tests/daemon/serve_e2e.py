@@ -112,6 +112,8 @@ def test(d, daemons):
     check(ids == sorted(set(ids)), f"SSE ids are not strictly increasing: {ids}")
     check(metric_steps == list(range(1, total + 1)),
           f"metrics events cover steps {metric_steps}, want 1..{total} once each")
+    check(any(re.match(r"computing in (float32|bfloat16) \(auto requested", json.loads(t)["message"]) for _, t in body),
+          "no event says which dtype the job computed in")
     check(any("succe" in json.loads(t)["message"].lower() for _, t in body[-2:]),
           f"the last events do not report success: {[json.loads(t)['message'] for _, t in body[-3:]]}")
 
