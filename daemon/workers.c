@@ -96,20 +96,26 @@ static void *worker_main(void *arg) {
          * instead of blocking the queue for ever. */
         int64_t free_bytes = p->opt.memory_limit <= 0 || p->busy == 0 ? -1 : p->opt.memory_limit - p->reserved_bytes;
         if (free_bytes < -1) free_bytes = 0;
+        /* Counted busy before the claim commits, not after: the store shows the job running the
+         * moment it commits, and a shutdown (or a test) that saw it running must not find the
+         * pool idle in the gap before this worker counts it. Uncounted again if nothing came. */
+        p->busy++;
         pthread_mutex_unlock(&p->mu);
         int r = lorad_store_job_claim_next(p->opt.store, free_bytes, &job, &waiting, &err);
         int64_t job_bytes = 0;
+        pthread_mutex_lock(&p->mu);
         if (r == 1) {
             json_t *est = json_object_get(job, "memory_estimate_bytes");
             job_bytes = json_is_integer(est) ? json_integer_value(est) : 0;
             const char *id = json_string_value(json_object_get(job, "id"));
-            pthread_mutex_lock(&p->mu);
             snprintf(w->job_id, sizeof w->job_id, "%s", id ? id : "");
             w->tokens_per_s = NAN;
-            p->busy++;
             p->reserved_bytes += job_bytes;
-            pthread_mutex_unlock(&p->mu);
+        } else {
+            p->busy--;
+            pthread_cond_broadcast(&p->idle);
         }
+        pthread_mutex_unlock(&p->mu);
         pthread_mutex_unlock(&p->claim_mu);
         if (r == 1) {
             claim_errors = 0;

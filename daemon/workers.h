@@ -43,7 +43,8 @@ void lorad_workers_wake(void *ctx);
  * job_live_rate; ctx is the pool). False when the job is not running here or has no step yet. */
 bool lorad_workers_live_rate(void *ctx, const char *job_id, double *ret_tokens_per_s);
 
-/* Number of jobs being run right now. */
+/* Number of jobs being run right now, counting a claim in progress (a job the store may already
+ * show running). */
 int lorad_workers_busy(struct lorad_workers *pool);
 
 /* Asks every running job to checkpoint and return to `queued`, and stops claiming new jobs.
