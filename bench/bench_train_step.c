@@ -2,7 +2,8 @@
  *
  *   bench_train_step [--dim 768 --layers 12 --heads 12 --kv-heads 12 --hidden 2048 --vocab 32000
  *                     --seq 512 --batch 1 --r 8 --targets qv|all --threads 2 --steps 3 --ckpt
- *                     --rounds 1 --bf16 --compute float32|bfloat16|both --concurrency --torch --openblas]
+ *                     --rounds 1 --bf16 --quant q4_0|q4_k_m --compute float32|bfloat16|both --concurrency
+ *                     --torch --openblas]
  *
  * Prints tokens/s, achieved GFLOP/s (formula printed), the partitioned cblas_sgemm rate at
  * 512x4096x4096 with the same threads in the same run, MFU = achieved / cblas_sgemm, and peak
@@ -11,11 +12,15 @@
  * --concurrency also times two 1-thread runs side by side against one 1-thread run. --rounds N
  * repeats everything N times, alternating lorad and PyTorch, and prints each round's ratios, their
  * median and the best of each side.
+ * --quant makes the matrices random GGUF blocks in llama.cpp's Q4_0 or Q4_K_M mix (see
+ * matrix_dtype), kept quantised as the engine keeps a downloaded GGUF; with --compute bfloat16
+ * the products decode them into bf16 tiles.
  * --compute picks the frozen-weight products' dtype (default float32); "both" runs a bf16-compute
  * step beside each fp32 one and prints their ratio, and the bf16 kernel's rate against the peak of
  * its inner loop (vdpbf16ps on registers, measured here) on AVX512_BF16 hosts.
  * --torch runs bench/torch_train_step.py with the same shape (through /usr/bin/python3) and
  * prints the ratios. Not a test: timings on a shared machine are noisy. */
+#include <assert.h>
 #include <errno.h>
 #include <immintrin.h>
 #include <pthread.h>
@@ -28,14 +33,17 @@
 #include "gemm.h"
 #include "model.h"
 #include "optim.h"
+#include "quant_blocks.h"
 #include "threadpool.h"
 
 struct args {
     int dim, layers, heads, kv_heads, hidden, vocab, seq, batch, r, threads, steps, rounds;
     bool all, ckpt, bf16, concurrency, torch, openblas;
     int compute; /* enum lorad_compute_dtype, or COMPUTE_BOTH */
+    int quant;   /* QUANT_* */
 };
 #define COMPUTE_BOTH 3
+enum { QUANT_NONE, QUANT_Q4_0, QUANT_Q4_K_M };
 
 static double now(void) {
     struct timespec ts;
@@ -54,8 +62,37 @@ struct base {
     void *mem;
 };
 
-static struct lorad_tensor make(char **p, int64_t rows, int64_t cols, bool bf16, float scale, float offset) {
-    struct lorad_tensor t = {*p, bf16 ? LORAD_DTYPE_BF16 : LORAD_DTYPE_F32, rows, cols};
+static void put_f16(char *at, float v) {
+    uint16_t h = lorad_f32_to_f16(v);
+    memcpy(at, &h, 2);
+}
+
+/* Random quantised blocks: random payload bytes, with each block's f16 scales chosen so that
+ * |value| stays within about `scale` (the f32/bf16 tensors' range), whatever the payload. */
+static void fill_quant(char *p, int64_t n_blocks, enum lorad_dtype dt, float scale) {
+    int64_t bb = lorad_dtype_block_bytes(dt);
+    for (int64_t i = 0; i < n_blocks * bb; i += 8) {
+        rs ^= rs << 13; rs ^= rs >> 7; rs ^= rs << 17;
+        memcpy(p + i, &rs, (size_t)(n_blocks * bb - i < 8 ? n_blocks * bb - i : 8));
+    }
+    for (int64_t b = 0; b < n_blocks; b++) {
+        char *blk = p + b * bb;
+        if (dt == LORAD_DTYPE_Q4_0) put_f16(blk, scale / 8);               /* d*(q-8), |q-8| <= 8 */
+        else if (dt == LORAD_DTYPE_Q4_K) {                                   /* d*sc*q - dmin*m, sc,m < 64, q < 16 */
+            put_f16(blk, scale / (63 * 15));
+            put_f16(blk + 2, 7.5f * scale / (63 * 15));                     /* centres the mean of sc*q */
+        } else if (dt == LORAD_DTYPE_Q6_K) put_f16(blk + 208, scale / (128 * 32)); /* d*scale*(q-32) */
+    }
+}
+
+static struct lorad_tensor make(char **p, int64_t rows, int64_t cols, enum lorad_dtype dt, float scale, float offset) {
+    struct lorad_tensor t = {*p, dt, rows, cols};
+    if (lorad_dtype_is_quantised(dt)) {
+        fill_quant(*p, rows * cols / lorad_dtype_block_values(dt), dt, scale);
+        *p += rows * (int64_t)lorad_dtype_row_bytes(dt, cols);
+        return t;
+    }
+    bool bf16 = dt == LORAD_DTYPE_BF16;
     for (int64_t i = 0; i < rows * cols; i++) {
         float v = offset + scale * frand();
         if (bf16) ((uint16_t *)*p)[i] = lorad_f32_to_bf16(v);
@@ -63,6 +100,16 @@ static struct lorad_tensor make(char **p, int64_t rows, int64_t cols, bool bf16,
     }
     *p += rows * cols * (bf16 ? 2 : 4);
     return t;
+}
+
+/* The matrix dtype of a base: f32, bf16, or a llama.cpp mix. Q4_0 files keep output in Q6_K;
+ * Q4_K_M also puts attn_v and ffn_down in Q6_K (llama.cpp does that for about half of the
+ * layers; all of them here, which over- rather than under-states memory). */
+static enum lorad_dtype matrix_dtype(const struct args *a, const char *which) {
+    if (a->quant == QUANT_NONE) return a->bf16 ? LORAD_DTYPE_BF16 : LORAD_DTYPE_F32;
+    if (!strcmp(which, "output")) return LORAD_DTYPE_Q6_K;
+    if (a->quant == QUANT_Q4_0) return LORAD_DTYPE_Q4_0;
+    return !strcmp(which, "attn_v") || !strcmp(which, "ffn_down") ? LORAD_DTYPE_Q6_K : LORAD_DTYPE_Q4_K;
 }
 
 static int make_base(struct base *b, const struct args *a) {
@@ -78,21 +125,23 @@ static int make_base(struct base *b, const struct args *a) {
     char *p = b->mem;
     int64_t d = c->dim, q = (int64_t)c->n_heads * c->head_dim, kv = (int64_t)c->n_kv_heads * c->head_dim;
     float s = 0.04f;
-    b->w.embed = make(&p, c->vocab_size, d, a->bf16, 1.0f, 0);
+    enum lorad_dtype f32 = LORAD_DTYPE_F32;
+    b->w.embed = make(&p, c->vocab_size, d, matrix_dtype(a, "embed"), 1.0f, 0);
     for (int l = 0; l < c->n_layers; l++) {
         struct lorad_layer_weights *L = &b->w.layers[l];
-        L->attn_norm = make(&p, 1, d, false, 0.1f, 1);
-        L->wq = make(&p, q, d, a->bf16, s, 0);
-        L->wk = make(&p, kv, d, a->bf16, s, 0);
-        L->wv = make(&p, kv, d, a->bf16, s, 0);
-        L->wo = make(&p, d, q, a->bf16, s, 0);
-        L->ffn_norm = make(&p, 1, d, false, 0.1f, 1);
-        L->w_gate = make(&p, c->hidden_dim, d, a->bf16, s, 0);
-        L->w_up = make(&p, c->hidden_dim, d, a->bf16, s, 0);
-        L->w_down = make(&p, d, c->hidden_dim, a->bf16, s, 0);
+        L->attn_norm = make(&p, 1, d, f32, 0.1f, 1);
+        L->wq = make(&p, q, d, matrix_dtype(a, "attn_q"), s, 0);
+        L->wk = make(&p, kv, d, matrix_dtype(a, "attn_k"), s, 0);
+        L->wv = make(&p, kv, d, matrix_dtype(a, "attn_v"), s, 0);
+        L->wo = make(&p, d, q, matrix_dtype(a, "attn_output"), s, 0);
+        L->ffn_norm = make(&p, 1, d, f32, 0.1f, 1);
+        L->w_gate = make(&p, c->hidden_dim, d, matrix_dtype(a, "ffn_gate"), s, 0);
+        L->w_up = make(&p, c->hidden_dim, d, matrix_dtype(a, "ffn_up"), s, 0);
+        L->w_down = make(&p, d, c->hidden_dim, matrix_dtype(a, "ffn_down"), s, 0);
     }
-    b->w.final_norm = make(&p, 1, d, false, 0.1f, 1);
-    b->w.lm_head = make(&p, c->vocab_size, d, a->bf16, s, 0);
+    b->w.final_norm = make(&p, 1, d, f32, 0.1f, 1);
+    b->w.lm_head = make(&p, c->vocab_size, d, matrix_dtype(a, "output"), s, 0);
+    assert(p <= (char *)b->mem + bytes);
     return 0;
 }
 
@@ -243,7 +292,7 @@ static double median(double *v, int n) {
 }
 
 static int parse(struct args *a, int argc, char **argv) {
-    *a = (struct args){768, 12, 12, 12, 2048, 32000, 512, 1, 8, 2, 3, 1, false, false, false, false, false, false, LORAD_COMPUTE_FLOAT32};
+    *a = (struct args){768, 12, 12, 12, 2048, 32000, 512, 1, 8, 2, 3, 1, false, false, false, false, false, false, LORAD_COMPUTE_FLOAT32, QUANT_NONE};
     for (int i = 1; i < argc; i++) {
         const char *k = argv[i];
         int *iv = NULL;
@@ -265,6 +314,14 @@ static int parse(struct args *a, int argc, char **argv) {
         else if (!strcmp(k, "--torch")) a->torch = true;
         else if (!strcmp(k, "--openblas")) a->openblas = true;
         else if (!strcmp(k, "--targets") && i + 1 < argc) a->all = !strcmp(argv[++i], "all");
+        else if (!strcmp(k, "--quant") && i + 1 < argc) {
+            const char *v = argv[++i];
+            a->quant = !strcmp(v, "q4_0") ? QUANT_Q4_0 : !strcmp(v, "q4_k_m") ? QUANT_Q4_K_M : -1;
+            if (a->quant < 0) {
+                fprintf(stderr, "--quant must be q4_0 or q4_k_m\n");
+                return -1;
+            }
+        }
         else if (!strcmp(k, "--compute") && i + 1 < argc) {
             const char *v = argv[++i];
             a->compute = !strcmp(v, "both") ? COMPUTE_BOTH : !strcmp(v, "bfloat16") ? LORAD_COMPUTE_BFLOAT16
@@ -283,13 +340,15 @@ static int parse(struct args *a, int argc, char **argv) {
     return 0;
 }
 
-static bool torch_run(const struct args *a, bool show_command, double *ret_tps, double *ret_rss) {
+/* One PyTorch peer run at the same shape: eager fp32, or under CPU bf16 autocast (the second
+ * peer for bf16 compute). Activation checkpointing follows --ckpt so both sides recompute. */
+static bool torch_run(const struct args *a, bool show_command, bool autocast, double *ret_tps, double *ret_rss) {
     char cmd[1024];
     snprintf(cmd, sizeof cmd,
              "/usr/bin/python3 %s/torch_train_step.py --dim %d --layers %d --heads %d --kv-heads %d --hidden %d "
-             "--vocab %d --seq %d --batch %d --r %d --targets %s --threads %d --steps %d",
+             "--vocab %d --seq %d --batch %d --r %d --targets %s --threads %d --steps %d%s%s",
              LORAD_BENCH_DIR, a->dim, a->layers, a->heads, a->kv_heads, a->hidden, a->vocab, a->seq, a->batch, a->r,
-             a->all ? "all" : "qv", a->threads, a->steps);
+             a->all ? "all" : "qv", a->threads, a->steps, a->ckpt ? " --ckpt" : "", autocast ? " --autocast" : "");
     if (show_command) {
         printf("torch: %s\n", cmd);
         fflush(stdout);
@@ -326,7 +385,10 @@ int main(int argc, char **argv) {
     double tokens = (double)a.batch * a.seq;
     double best_tps = 0, best_ttps = 0, best_conc = 0, trss = 0, loss = 0;
     double ratio[MAX_ROUNDS], conc[MAX_ROUNDS], bf16_ratio[MAX_ROUNDS], best_bf16_tps = 0;
+    /* bf16 compute against PyTorch eager fp32 and against PyTorch under bf16 autocast */
+    double bf16_torch[MAX_ROUNDS], bf16_autocast[MAX_ROUNDS], best_atps = 0, arss = 0;
     bool torch_ok = a.torch, both = a.compute == COMPUTE_BOTH;
+    bool bf16_run = both || a.compute == LORAD_COMPUTE_BFLOAT16, autocast_ok = a.torch && bf16_run;
     if ((both || a.compute == LORAD_COMPUTE_BFLOAT16) && !lorad_gemm_bf16_usable()) {
         fprintf(stderr, "bf16 compute is not available on this host (no AVX512_BF16, or LORAD_ISA/--openblas)\n");
         return 1;
@@ -339,7 +401,7 @@ int main(int argc, char **argv) {
                         0, 0, 0};
         run_job(&j);
         if (j.rc < 0) return 1;
-        double tps = tokens / j.seconds;
+        double tps = tokens / j.seconds, btps = tps;
         loss = j.loss;
         if (tps > best_tps) best_tps = tps;
         char line[512];
@@ -348,7 +410,7 @@ int main(int argc, char **argv) {
             struct job jb = {&a, &b.w, a.threads, a.steps, LORAD_COMPUTE_BFLOAT16, 0, 0, 0};
             run_job(&jb);
             if (jb.rc < 0) return 1;
-            double btps = tokens / jb.seconds;
+            btps = tokens / jb.seconds;
             if (btps > best_bf16_tps) best_bf16_tps = btps;
             bf16_ratio[r] = btps / tps;
             len += snprintf(line + len, sizeof line - (size_t)len, "; bf16 compute %.1f tokens/s = %.2fx (loss %.4f vs %.4f)",
@@ -369,12 +431,25 @@ int main(int argc, char **argv) {
         lorad_gemm_prefer_openblas(false);
         if (torch_ok) {
             double ttps = 0;
-            torch_ok = torch_run(&a, r == 0, &ttps, &trss);
+            torch_ok = torch_run(&a, r == 0, false, &ttps, &trss);
             if (torch_ok) {
                 ratio[r] = tps / ttps;
+                bf16_torch[r] = btps / ttps;
                 if (ttps > best_ttps) best_ttps = ttps;
-                snprintf(line + len, sizeof line - (size_t)len, "; torch %.1f tokens/s; lorad/torch %.2fx", ttps,
-                         ratio[r]);
+                len += snprintf(line + len, sizeof line - (size_t)len, "; torch %.1f tokens/s; lorad/torch %.2fx", ttps,
+                                ratio[r]);
+                if (both)
+                    len += snprintf(line + len, sizeof line - (size_t)len, "; lorad bf16/torch %.2fx", bf16_torch[r]);
+            }
+        }
+        if (autocast_ok && torch_ok) {
+            double atps = 0, rss_a = 0;
+            autocast_ok = torch_run(&a, r == 0, true, &atps, &rss_a);
+            if (autocast_ok) {
+                bf16_autocast[r] = btps / atps;
+                if (atps > best_atps) best_atps = atps, arss = rss_a;
+                snprintf(line + len, sizeof line - (size_t)len, "; torch bf16 autocast %.1f tokens/s; lorad bf16/autocast %.2fx",
+                         atps, bf16_autocast[r]);
             }
         }
         printf("%s\n", line);
@@ -392,7 +467,8 @@ int main(int argc, char **argv) {
     double rss = (double)ru.ru_maxrss * 1024.0;
     printf("shape: dim %d layers %d heads %d kv %d hidden %d vocab %d seq %d batch %d r %d targets %s threads %d%s%s\n",
            a.dim, a.layers, a.heads, a.kv_heads, a.hidden, a.vocab, a.seq, a.batch, a.r, a.all ? "all-linear" : "q,v",
-           a.threads, a.ckpt ? " ckpt" : "", a.bf16 ? " bf16" : "");
+           a.threads, a.ckpt ? " ckpt" : "",
+           a.quant == QUANT_Q4_0 ? " Q4_0" : a.quant == QUANT_Q4_K_M ? " Q4_K_M" : a.bf16 ? " bf16" : "");
     printf("flops/token = %d*N_mm + LoRA 6*r*sum(d_in+d_out) + attention 6*L*d*T = %.4f GFLOP (LoRA %.5f)\n",
            a.ckpt ? 6 : 4, fpt / 1e9, lora_flops / 1e9);
     printf("products: %s\n", own_kernel ? "engine AVX-512 kernel (sgemm_avx512.c)" : "OpenBLAS cblas_sgemm");
@@ -421,6 +497,15 @@ int main(int argc, char **argv) {
                    best_ttps, trss / 1e6, median(ratio, a.rounds), best_tps / best_ttps, rss / trss);
         else
             printf("torch: not available (no torch in /usr/bin/python3?)\n");
+        if (torch_ok && bf16_run)
+            printf("lorad bf16 compute / torch eager fp32 tokens/s: median of rounds %.2fx, best/best %.2fx\n",
+                   median(bf16_torch, a.rounds), (both ? best_bf16_tps : best_tps) / best_ttps);
+        if (autocast_ok && torch_ok)
+            printf("torch bf16 autocast: best %.1f tokens/s  peak RSS %.0f MB  ->  lorad bf16 / autocast: median of rounds "
+                   "%.2fx, best/best %.2fx\n",
+                   best_atps, arss / 1e6, median(bf16_autocast, a.rounds), (both ? best_bf16_tps : best_tps) / best_atps);
+        else if (bf16_run && torch_ok)
+            printf("torch bf16 autocast: did not run\n");
     }
     free(b.mem);
     free(b.w.layers);

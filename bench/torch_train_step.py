@@ -2,7 +2,10 @@
 """Time one LoRA training step of a Llama model in float32 eager PyTorch (the baseline lorad is
 measured against). Forward, backward and torch.optim.AdamW on the LoRA tensors only; the base
 weights are random and frozen (requires_grad=False). The model is the one of
-tests/reference/llama_lora_ref.py run in float32.
+tests/reference/llama_lora_ref.py run in float32. --ckpt recomputes each decoder layer in the
+backward pass (torch.utils.checkpoint, as torchtune's enable_activation_checkpointing does);
+--autocast runs the step under CPU bfloat16 autocast (torch.autocast("cpu", torch.bfloat16): the
+products in bf16, the weights kept in float32), PyTorch's own mixed-precision path on CPU.
 
 Prints one JSON line: {"tokens_per_s", "step_s", "peak_rss_bytes", "threads", ...}.
 step_s is the mean over --steps timed steps after --warmup untimed ones.
@@ -17,6 +20,7 @@ import sys
 import time
 
 import torch
+import torch.utils.checkpoint
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "reference"))
 import llama_lora_ref as ref  # noqa: E402
@@ -38,6 +42,8 @@ def main():
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ckpt", action="store_true", help="activation checkpointing per decoder layer")
+    ap.add_argument("--autocast", action="store_true", help="CPU bfloat16 autocast")
     args = ap.parse_args()
     if args.dim % args.heads:
         ap.error("--dim must be a multiple of --heads")
@@ -63,9 +69,15 @@ def main():
     ids = torch.randint(0, args.vocab, (1, args.batch, args.seq), generator=gen)
     labels = torch.randint(0, args.vocab, (1, args.batch, args.seq), generator=gen)
 
+    run_layer = None
+    if args.ckpt:
+        def run_layer(fn, *layer_args):
+            return torch.utils.checkpoint.checkpoint(fn, *layer_args, use_reentrant=False)
+
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = model.step_loss(lora, ids, labels)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.autocast):
+            loss = model.step_loss(lora, ids, labels, run_layer=run_layer)
         opt.step()
         return loss
 
@@ -80,7 +92,8 @@ def main():
         return 1
     print(json.dumps({"tokens_per_s": args.batch * args.seq / step_s, "step_s": step_s,
                       "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-                      "threads": args.threads, "torch": torch.__version__, "loss": loss}))
+                      "threads": args.threads, "torch": torch.__version__, "loss": loss,
+                      "ckpt": args.ckpt, "autocast": args.autocast}))
     return 0
 
 

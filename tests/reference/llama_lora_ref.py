@@ -315,41 +315,51 @@ class LlamaLora:
             y = y + self.lcfg.scale * F.linear(F.linear(x, a), lora[prefix + ".lora_B.weight"])
         return y
 
-    def logits(self, lora, input_ids):
-        """input_ids (B, T) int64 -> logits (B, T, V)."""
+    def logits(self, lora, input_ids, run_layer=None):
+        """input_ids (B, T) int64 -> logits (B, T, V). run_layer(fn, *args), if given, calls each
+        decoder layer (a benchmark passes torch.utils.checkpoint.checkpoint)."""
         cfg, base = self.cfg, self.base
-        batch, seq = input_ids.shape
+        seq = input_ids.shape[1]
         embed = base["model.embed_tokens.weight"]
         dtype = embed.dtype
         x = embed[input_ids]  # (B, T, d)
         cos, sin = rope_cos_sin(cfg, seq, dtype)  # (T, hd)
         causal = torch.full((seq, seq), float("-inf"), dtype=dtype).triu(1)  # (T, T)
-        n_rep = cfg.heads // cfg.kv_heads
-        hd = cfg.head_dim
         for i in range(cfg.layers):
-            p = f"model.layers.{i}."
-            h = rms_norm(x, base[p + "input_layernorm.weight"], cfg.eps)
-            q = self.linear(h, lora, p + "self_attn.q_proj").view(batch, seq, cfg.heads, hd).transpose(1, 2)
-            k = self.linear(h, lora, p + "self_attn.k_proj").view(batch, seq, cfg.kv_heads, hd).transpose(1, 2)
-            v = self.linear(h, lora, p + "self_attn.v_proj").view(batch, seq, cfg.kv_heads, hd).transpose(1, 2)
-            q = q * cos + rotate_half(q) * sin  # (B, H, T, hd)
-            k = k * cos + rotate_half(k) * sin  # (B, KV, T, hd)
-            # query head h reads kv head h // n_rep
-            k = k.repeat_interleave(n_rep, dim=1)
-            v = v.repeat_interleave(n_rep, dim=1)
-            scores = q @ k.transpose(-2, -1) / math.sqrt(hd) + causal  # (B, H, T, T)
-            att = torch.softmax(scores, dim=-1) @ v  # (B, H, T, hd)
-            att = att.transpose(1, 2).reshape(batch, seq, cfg.heads * hd)
-            x = x + self.linear(att, lora, p + "self_attn.o_proj")
-            h = rms_norm(x, base[p + "post_attention_layernorm.weight"], cfg.eps)
-            gate = self.linear(h, lora, p + "mlp.gate_proj")
-            up = self.linear(h, lora, p + "mlp.up_proj")
-            x = x + self.linear(F.silu(gate) * up, lora, p + "mlp.down_proj")
+            if run_layer is None:
+                x = self.layer(i, x, lora, cos, sin, causal)
+            else:
+                x = run_layer(self.layer, i, x, lora, cos, sin, causal)
         x = rms_norm(x, base["model.norm.weight"], cfg.eps)
         head = embed if cfg.tied else base["lm_head.weight"]
         return self.linear(x, lora, "lm_head", weight=head)
 
-    def step_loss(self, lora, input_ids, labels, backward=True):
+    def layer(self, i, x, lora, cos, sin, causal):
+        """Decoder layer i: x (B, T, d) -> (B, T, d)."""
+        cfg, base = self.cfg, self.base
+        batch, seq = x.shape[0], x.shape[1]
+        n_rep = cfg.heads // cfg.kv_heads
+        hd = cfg.head_dim
+        p = f"model.layers.{i}."
+        h = rms_norm(x, base[p + "input_layernorm.weight"], cfg.eps)
+        q = self.linear(h, lora, p + "self_attn.q_proj").view(batch, seq, cfg.heads, hd).transpose(1, 2)
+        k = self.linear(h, lora, p + "self_attn.k_proj").view(batch, seq, cfg.kv_heads, hd).transpose(1, 2)
+        v = self.linear(h, lora, p + "self_attn.v_proj").view(batch, seq, cfg.kv_heads, hd).transpose(1, 2)
+        q = q * cos + rotate_half(q) * sin  # (B, H, T, hd)
+        k = k * cos + rotate_half(k) * sin  # (B, KV, T, hd)
+        # query head h reads kv head h // n_rep
+        k = k.repeat_interleave(n_rep, dim=1)
+        v = v.repeat_interleave(n_rep, dim=1)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(hd) + causal  # (B, H, T, T)
+        att = torch.softmax(scores, dim=-1) @ v  # (B, H, T, hd)
+        att = att.transpose(1, 2).reshape(batch, seq, cfg.heads * hd)
+        x = x + self.linear(att, lora, p + "self_attn.o_proj")
+        h = rms_norm(x, base[p + "post_attention_layernorm.weight"], cfg.eps)
+        gate = self.linear(h, lora, p + "mlp.gate_proj")
+        up = self.linear(h, lora, p + "mlp.up_proj")
+        return x + self.linear(F.silu(gate) * up, lora, p + "mlp.down_proj")
+
+    def step_loss(self, lora, input_ids, labels, backward=True, run_layer=None):
         """One optimiser step's loss over micro-batches input_ids/labels (m, B, T):
         sum of CE over unmasked labels / their count. With backward, accumulates into .grad."""
         count = int((labels != IGNORE_INDEX).sum())
@@ -357,7 +367,7 @@ class LlamaLora:
             raise CaseError("labels: a step has no unmasked label (loss undefined)")
         total = 0.0
         for mb in range(input_ids.shape[0]):
-            logits = self.logits(lora, input_ids[mb])
+            logits = self.logits(lora, input_ids[mb], run_layer)
             ce_sum = F.cross_entropy(logits.reshape(-1, self.cfg.vocab), labels[mb].reshape(-1),
                                      ignore_index=IGNORE_INDEX, reduction="sum")
             if backward:
