@@ -118,7 +118,9 @@ static int make_base(struct base *b, const struct args *a) {
     c->dim = a->dim; c->hidden_dim = a->hidden; c->n_layers = a->layers; c->n_heads = a->heads;
     c->n_kv_heads = a->kv_heads; c->head_dim = a->dim / a->heads; c->vocab_size = a->vocab;
     c->max_seq_len = a->seq > 4096 ? a->seq : 4096;
-    int64_t bytes = lorad_llama_config_n_params(c) * 4 + 4096;
+    /* the matrices at their dtype's size (a quantised value takes under a byte), the norms in f32 */
+    int64_t elem = a->quant != QUANT_NONE ? 1 : a->bf16 ? 2 : 4;
+    int64_t bytes = lorad_llama_config_n_params(c) * elem + (2 * (int64_t)a->layers + 1) * a->dim * 4 + 4096;
     b->mem = malloc((size_t)bytes);
     b->w.layers = calloc((size_t)a->layers, sizeof *b->w.layers);
     if (!b->mem || !b->w.layers) return -ENOMEM;
@@ -216,7 +218,7 @@ static void *run_job(void *arg) {
 static double gemm_rate(int threads, bool openblas, enum lorad_compute_dtype compute) {
     struct lorad_pool *pool;
     struct lorad_gemm g;
-    if (lorad_pool_new(&pool, threads) < 0 || lorad_gemm_init(&g, pool) < 0) return 0;
+    if (lorad_pool_new(&pool, threads) < 0 || lorad_gemm_init(&g, pool, compute) < 0) return 0;
     lorad_gemm_prefer_openblas(openblas);
     int64_t M = 512, N = 4096, K = 4096;
     float *A = malloc(sizeof(float) * (size_t)(M * K)), *B = malloc(sizeof(float) * (size_t)(N * K)),
@@ -225,7 +227,6 @@ static double gemm_rate(int threads, bool openblas, enum lorad_compute_dtype com
     for (int64_t i = 0; i < N * K; i++) B[i] = frand();
     struct lorad_tensor W = {B, LORAD_DTYPE_F32, N, K};
     uint16_t *Bh = NULL;
-    g.compute = compute;
     if (compute == LORAD_COMPUTE_BFLOAT16) { /* a bf16 base, as bf16 compute is used on */
         Bh = malloc(sizeof(uint16_t) * (size_t)(N * K));
         for (int64_t i = 0; i < N * K; i++) Bh[i] = lorad_f32_to_bf16(B[i]);
@@ -377,7 +378,10 @@ int main(int argc, char **argv) {
         return 2;
     }
     struct base b = {0};
-    if (make_base(&b, &a) < 0) return 1;
+    if (make_base(&b, &a) < 0) {
+        fprintf(stderr, "cannot allocate the random base\n");
+        return 1;
+    }
     double lora_flops, fpt = flops_per_token(&a, &b.w.cfg, &lora_flops);
     /* the best of several sgemm samples around the run: on a shared machine a single sample can
      * be slowed by other processes and would inflate MFU */

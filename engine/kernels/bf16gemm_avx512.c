@@ -8,18 +8,21 @@
 #include "transpose_avx512.h"
 
 /* Register tile as in the fp32 kernel. KC counts k values (KC / 2 pairs): a KC x NR panel of B in
- * bf16 is the same 32 KB as the fp32 kernel's, and the MC x KC block of A (384 KB) and KC x NC
- * block of B (1 MB) the same L2 budget. */
+ * bf16 is the same 32 KB as the fp32 kernel's, and the MC x KC block of A (384 KB) stays in L2.
+ * NC is wide because A is packed (rounded, transposed) again for every NC columns of B: at 1024 a
+ * thread's 2816-column half of TinyLlama's gate/up projections packed its activations three
+ * times. The KC x NC block of B (3 MB) lives in L3 either way; the kernel streams its 32 KB
+ * panels. */
 #define MR 12
 #define NR 32
 #define MC 384
 #define KC 512
-#define NC 1024
+#define NC 3072
 
 #define BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512bf16")))
 
 _Static_assert(MC % MR == 0 && NC % NR == 0 && KC % 32 == 0, "blocks are whole tiles and vectors");
-_Static_assert(LORAD_SGEMM_AVX512_WORK_FLOATS >= (size_t)MC * KC / 2 + (size_t)KC * NC / 2 + (size_t)NR * KC + 16,
+_Static_assert(LORAD_GEMM_BF16_WORK_FLOATS >= (size_t)MC * KC / 2 + (size_t)KC * NC / 2 + (size_t)NR * KC + 16,
                "work holds both packs and a decoded panel");
 
 bool lorad_gemm_bf16_avx512_available(void) { return lorad_isa_detected() >= LORAD_ISA_AVX512_BF16; }

@@ -21,6 +21,10 @@
 
 #include "weights.h"
 
+/* Floats of work one call needs: the packed blocks of A and B and a decoded panel of a quantised
+ * B (bf16gemm_avx512.c's blocking), rounded up. */
+#define LORAD_GEMM_BF16_WORK_FLOATS ((size_t)(384 * 512 / 2 + 512 * 3072 / 2 + 32 * 512 + 64))
+
 /* True when the CPU and the OS support AVX-512F, AVX512BW and AVX512_BF16 (checked once),
  * whatever LORAD_ISA says. */
 bool lorad_gemm_bf16_avx512_available(void);
@@ -29,7 +33,7 @@ bool lorad_gemm_bf16_avx512_available(void);
  * with trans_b, B^T for B (N, K), from column b_col0 of B's stored rows, of b_dtype F32, BF16 or
  * a block format (decoded to f32, then rounded to bf16, while packed; addressing as for
  * lorad_sgemm_avx512). beta == 0 means C is not read. Requires lorad_gemm_bf16_avx512_available();
- * work holds LORAD_SGEMM_AVX512_WORK_FLOATS floats. */
+ * work holds LORAD_GEMM_BF16_WORK_FLOATS floats. */
 void lorad_gemm_bf16_avx512(bool trans_b, enum lorad_dtype b_dtype, int64_t M, int64_t N, int64_t K, const float *A,
                             int64_t lda, const void *B, int64_t ldb, int64_t b_col0, float beta, float *C, int64_t ldc,
                             float *work);

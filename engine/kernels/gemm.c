@@ -44,12 +44,20 @@ int lorad_compute_dtype_resolve(enum lorad_compute_dtype requested, bool base_is
     return 0;
 }
 
-int lorad_gemm_init(struct lorad_gemm *g, struct lorad_pool *pool) {
+size_t lorad_gemm_scratch_floats(enum lorad_compute_dtype compute) {
+    if (compute == LORAD_COMPUTE_FLOAT32) return LORAD_GEMM_SCRATCH_FLOATS;
+    return LORAD_GEMM_BF16_WORK_FLOATS > LORAD_GEMM_SCRATCH_FLOATS ? LORAD_GEMM_BF16_WORK_FLOATS
+                                                                    : LORAD_GEMM_SCRATCH_FLOATS;
+}
+
+int lorad_gemm_init(struct lorad_gemm *g, struct lorad_pool *pool, enum lorad_compute_dtype compute) {
+    assert(compute == LORAD_COMPUTE_FLOAT32 || compute == LORAD_COMPUTE_BFLOAT16);
     memset(g, 0, sizeof *g);
     g->pool = pool;
-    g->compute = LORAD_COMPUTE_FLOAT32;
+    g->compute = compute;
+    g->scratch_floats = lorad_gemm_scratch_floats(compute);
     for (int t = 0; t < lorad_pool_size(pool); t++) {
-        g->scratch[t] = malloc(LORAD_GEMM_SCRATCH_FLOATS * sizeof(float));
+        g->scratch[t] = malloc(g->scratch_floats * sizeof(float));
         if (!g->scratch[t]) {
             lorad_gemm_destroy(g);
             return -ENOMEM;
@@ -101,6 +109,7 @@ static void xwt_part(struct wjob *j, int64_t m0, int64_t m1, int64_t n0, int64_t
     if (M <= 0 || n1 <= n0) return;
     float beta = j->accumulate ? 1.0f : 0.0f;
     if (j->g->compute == LORAD_COMPUTE_BFLOAT16) {
+        assert(j->g->scratch_floats >= LORAD_GEMM_BF16_WORK_FLOATS);
         lorad_gemm_bf16_avx512(true, w->dtype, M, n1 - n0, K, j->in + m0 * K, K,
                                (const char *)w->data + n0 * lorad_dtype_row_bytes(w->dtype, K), K, 0, beta,
                                j->out + m0 * N + n0, N, j->g->scratch[tid]);
@@ -162,6 +171,7 @@ static void dyw_part(struct wjob *j, int64_t m0, int64_t m1, int64_t k0, int64_t
     float beta = j->accumulate ? 1.0f : 0.0f;
     if (j->g->compute == LORAD_COMPUTE_BFLOAT16) {
         /* W's rows from their starts, op(B) from column k0 on (the form a quantised W needs) */
+        assert(j->g->scratch_floats >= LORAD_GEMM_BF16_WORK_FLOATS);
         lorad_gemm_bf16_avx512(false, w->dtype, M, kc, N, j->in + m0 * N, N, w->data, K, k0, beta, j->out + m0 * K + k0, K,
                                j->g->scratch[tid]);
         return;

@@ -15,12 +15,14 @@
 #include <stdint.h>
 
 #include "error.h"
+#include "bf16gemm_avx512.h"
 #include "sgemm_avx512.h"
 #include "threadpool.h"
 #include "weights.h"
 
-/* Floats of scratch each thread needs: BF16 tiles for OpenBLAS, or the packed blocks of the
- * engine's AVX-512 kernel (sgemm_avx512.h), whichever is larger. */
+/* Floats of scratch each thread needs for float32 products: BF16 tiles for OpenBLAS, or the
+ * packed blocks of the engine's fp32 AVX-512 kernel (sgemm_avx512.h), whichever is larger.
+ * bf16 compute needs more (lorad_gemm_scratch_floats). */
 #define LORAD_GEMM_SCRATCH_FLOATS ((size_t)1 << 19)
 _Static_assert(LORAD_GEMM_SCRATCH_FLOATS >= LORAD_SGEMM_AVX512_WORK_FLOATS, "scratch holds the packed blocks");
 
@@ -45,9 +47,15 @@ bool lorad_gemm_bf16_usable(void);
 int lorad_compute_dtype_resolve(enum lorad_compute_dtype requested, bool base_is_bf16, const char *param,
                                 enum lorad_compute_dtype *ret, struct lorad_error *err);
 
+/* Floats of per-thread scratch products computing in `compute` use: LORAD_GEMM_SCRATCH_FLOATS
+ * for FLOAT32, at least the bf16 kernel's packed blocks for BFLOAT16 (and for AUTO, which may
+ * become either). What lorad_gemm_init allocates, so memory estimates count it the same way. */
+size_t lorad_gemm_scratch_floats(enum lorad_compute_dtype compute);
+
 struct lorad_gemm {
     struct lorad_pool *pool;            /* borrowed */
-    float *scratch[LORAD_MAX_THREADS];  /* one LORAD_GEMM_SCRATCH_FLOATS buffer per thread */
+    float *scratch[LORAD_MAX_THREADS];  /* one buffer of scratch_floats per thread */
+    size_t scratch_floats;
     enum lorad_compute_dtype compute;   /* FLOAT32 or (when lorad_gemm_bf16_usable) BFLOAT16 */
 };
 
@@ -55,10 +63,11 @@ struct lorad_gemm {
  * measure both in one run. Default false. Not thread-safe; call while no product runs. */
 void lorad_gemm_prefer_openblas(bool prefer);
 
-/* Allocates the per-thread scratch for pool (borrowed; must outlive g). 0 or -ENOMEM. Products
- * use the engine's AVX-512 kernel where the CPU has it (lorad_gemm_uses_own_kernel), else
- * OpenBLAS, and compute in float32 until g->compute is set to a resolved dtype. */
-int lorad_gemm_init(struct lorad_gemm *g, struct lorad_pool *pool);
+/* Allocates the per-thread scratch for pool (borrowed; must outlive g) and products computing in
+ * `compute` (resolved: FLOAT32 or BFLOAT16). 0 or -ENOMEM. Products use the engine's AVX-512
+ * kernel where the CPU has it (lorad_gemm_uses_own_kernel), else OpenBLAS. g->compute may later
+ * be switched to FLOAT32, not to BFLOAT16 unless it was initialised so (the scratch is smaller). */
+int lorad_gemm_init(struct lorad_gemm *g, struct lorad_pool *pool, enum lorad_compute_dtype compute);
 void lorad_gemm_destroy(struct lorad_gemm *g);
 
 /* y (M, N) = x (M, K) · W^T, W (N, K); with accumulate, y += instead. */

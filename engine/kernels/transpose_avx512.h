@@ -4,7 +4,8 @@
 #include <immintrin.h>
 
 /* Sixteen rows of 16 floats, transposed in registers: on return r[c] holds column c. */
-__attribute__((target("avx512f"))) static inline void lorad_transpose_16x16(__m512 r[16]) {
+/* always_inline: called out of line, the sixteen rows go through memory both ways. */
+__attribute__((target("avx512f"), always_inline)) static inline void lorad_transpose_16x16(__m512 r[16]) {
     __m512 a[16], b[16];
     for (int i = 0; i < 8; i++) {
         a[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);

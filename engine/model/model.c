@@ -177,7 +177,7 @@ void lorad_model_memory_of(struct lorad_model_memory *ret, const struct lorad_ll
     /* the carver rounds every piece up to 64 bytes */
     int64_t lora = 2 * (((int64_t)n_params * 4 + 63) & ~(int64_t)63);
     int64_t attn = (int64_t)opts->threads * ((attn_floats * 4 + 63) & ~(int64_t)63);
-    int64_t gemm = (int64_t)opts->threads * (int64_t)(LORAD_GEMM_SCRATCH_FLOATS * sizeof(float));
+    int64_t gemm = (int64_t)opts->threads * (int64_t)(lorad_gemm_scratch_floats(opts->compute_dtype) * sizeof(float));
     assert((int64_t)c.used >= lora + attn);
     *ret = (struct lorad_model_memory){.activations = (int64_t)c.used - lora - attn,
                                        .lora = lora,
@@ -230,8 +230,8 @@ static int validate_options(const struct lorad_run_options *o, const struct lora
 }
 
 /* Whether every matrix a frozen-weight product reads is stored in bf16. */
-static bool linears_all_bf16(const struct lorad_base_weights *w) {
-    if (w->lm_head.dtype != LORAD_DTYPE_BF16) return false;
+bool lorad_base_linears_bf16(const struct lorad_base_weights *w) {
+    if (!w->layers || w->lm_head.dtype != LORAD_DTYPE_BF16) return false;
     for (int l = 0; l < w->cfg.n_layers; l++) {
         const struct lorad_layer_weights *L = &w->layers[l];
         const struct lorad_tensor *t[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
@@ -253,10 +253,12 @@ int lorad_model_new(struct lorad_model **ret_model, const struct lorad_base_weig
     if (w->cfg.head_dim % 2 != 0)
         return lorad_error_set(err, -EINVAL, "head_dim", "head_dim must be even for RoPE, got %d", w->cfg.head_dim);
     enum lorad_compute_dtype compute;
-    if ((r = lorad_compute_dtype_resolve(opts->compute_dtype, linears_all_bf16(w), "compute_dtype", &compute, err)) < 0)
+    if ((r = lorad_compute_dtype_resolve(opts->compute_dtype, lorad_base_linears_bf16(w), "compute_dtype", &compute, err)) < 0)
         return r;
     struct lorad_model_memory mem;
-    lorad_model_memory_of(&mem, &w->cfg, lc, opts);
+    struct lorad_run_options resolved = *opts;
+    resolved.compute_dtype = compute;
+    lorad_model_memory_of(&mem, &w->cfg, lc, &resolved);
     int64_t need = mem.total;
     if (opts->memory_limit_bytes > 0 && need + base_bytes(w) > opts->memory_limit_bytes)
         return lorad_error_set(err, -E2BIG, "memory_limit_bytes",
@@ -284,13 +286,12 @@ int lorad_model_new(struct lorad_model **ret_model, const struct lorad_base_weig
         free(m);
         return lorad_error_set(err, r, "threads", "cannot start %d threads", opts->threads);
     }
-    if ((r = lorad_gemm_init(&m->gemm, m->pool)) < 0) {
+    if ((r = lorad_gemm_init(&m->gemm, m->pool, compute)) < 0) {
         lorad_pool_free(m->pool);
         free(m->arena);
         free(m);
         return lorad_error_set(err, r, "", "out of memory");
     }
-    m->gemm.compute = compute;
     m->opts.compute_dtype = compute;
 
     const struct lorad_llama_config *cfg = &m->cfg;

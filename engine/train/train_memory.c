@@ -38,10 +38,18 @@ int lorad_train_memory_estimate(struct lorad_memory_estimate *ret, const struct 
     if (threads < 1 || threads > LORAD_MAX_THREADS)
         return lorad_error_set(err, -EINVAL, "hyperparameters.threads", "threads must be in [1, %d], got %d",
                                LORAD_MAX_THREADS, threads);
+    /* The compute dtype the run will resolve to sizes the GEMM scratch. A request that cannot be
+     * met is the run's error to report; here it counts as bf16, the larger. */
+    enum lorad_compute_dtype compute;
+    struct lorad_error ignored = {0};
+    if (lorad_compute_dtype_resolve(hp->compute_dtype, lorad_base_linears_bf16(&mf->weights), "compute_dtype", &compute,
+                                    &ignored) < 0)
+        compute = LORAD_COMPUTE_BFLOAT16;
     struct lorad_run_options ro = {.threads = threads,
                                    .max_batch = hp->batch_size,
                                    .max_seq = hp->max_seq_len,
-                                   .activation_checkpointing = hp->activation_checkpointing};
+                                   .activation_checkpointing = hp->activation_checkpointing,
+                                   .compute_dtype = compute};
     struct lorad_model_memory mm;
     lorad_model_memory_of(&mm, &mf->weights.cfg, &lc, &ro);
     int n_tensors;

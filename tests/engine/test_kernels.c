@@ -102,7 +102,7 @@ static void gemm_case(int64_t M) {
     uint16_t *wb = malloc(sizeof(uint16_t) * (size_t)(N * K));
     for (int64_t i = 0; i < N * K; i++) wb[i] = lorad_f32_to_bf16(wf[i]);
     struct lorad_gemm g;
-    assert_int_equal(lorad_gemm_init(&g, pool), 0);
+    assert_int_equal(lorad_gemm_init(&g, pool, LORAD_COMPUTE_FLOAT32), 0);
     for (int dt = 0; dt < 2; dt++) {
         struct lorad_tensor W = {dt ? (const void *)wb : (const void *)wf, dt ? LORAD_DTYPE_BF16 : LORAD_DTYPE_F32, N, K};
         float *y = calloc((size_t)(M * N), 4), *yr = calloc((size_t)(M * N), 4);
@@ -218,7 +218,8 @@ static void test_gemm_quantised_weights(void **state) {
     static const enum lorad_dtype dts[] = {LORAD_DTYPE_Q8_0, LORAD_DTYPE_Q4_0, LORAD_DTYPE_Q4_K, LORAD_DTYPE_Q6_K};
     int64_t N = 160, K = 512;
     struct lorad_gemm g;
-    assert_int_equal(lorad_gemm_init(&g, pool), 0);
+    /* bf16-sized scratch, so the backends can take turns on one g */
+    assert_int_equal(lorad_gemm_init(&g, pool, lorad_gemm_bf16_usable() ? LORAD_COMPUTE_BFLOAT16 : LORAD_COMPUTE_FLOAT32), 0);
     for (size_t d = 0; d < 4; d++) {
         void *wq = random_quant_weight(dts[d], N, K);
         struct lorad_tensor W = {wq, dts[d], N, K};
@@ -273,7 +274,7 @@ static void gemm_bf16_case(bool tb, bool bf16, int64_t M, int64_t N, int64_t K, 
     enum lorad_dtype dt = bf16 ? LORAD_DTYPE_BF16 : LORAD_DTYPE_F32;
     const void *B = bf16 ? (const void *)Bh : (const void *)Bf;
     float *want = malloc(sizeof(float) * (size_t)(M * ldc)), *unrounded = malloc(sizeof(float) * (size_t)(M * ldc));
-    float *got = malloc(sizeof(float) * (size_t)(M * ldc)), *work = malloc(sizeof(float) * LORAD_SGEMM_AVX512_WORK_FLOATS);
+    float *got = malloc(sizeof(float) * (size_t)(M * ldc)), *work = malloc(sizeof(float) * LORAD_GEMM_BF16_WORK_FLOATS);
     memcpy(want, C, sizeof(float) * (size_t)(M * ldc));
     memcpy(got, C, sizeof(float) * (size_t)(M * ldc));
     memcpy(unrounded, C, sizeof(float) * (size_t)(M * ldc));
@@ -308,9 +309,9 @@ static void test_gemm_bf16_matches_reference(void **state) {
     (void)state;
     if (!lorad_gemm_bf16_avx512_available()) skip();
     /* every block edge: MR 12, NR 32 (and the 16-column halves), KC 512 with an odd tail, MC 384,
-     * NC 1024, and odd K that needs a zero partner */
-    static const int64_t shapes[][3] = {{1, 1, 1}, {12, 32, 32}, {13, 33, 17}, {11, 31, 15}, {5, 200, 3},
-                                        {400, 1060, 545}, {397, 48, 1031}, {24, 64, 544}};
+     * NC 3072, and odd K that needs a zero partner */
+    static const int64_t shapes[][3] = {{1, 1, 1},       {12, 32, 32},    {13, 33, 17},  {11, 31, 15}, {5, 200, 3},
+                                        {400, 1060, 545}, {397, 48, 1031}, {24, 64, 544}, {30, 3110, 70}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
         for (int flags = 0; flags < 4; flags++) {
             if (shapes[s][0] * shapes[s][1] > 100000 && !(flags & 2)) continue; /* the big one with bf16 B only */
@@ -324,8 +325,7 @@ static void test_gemm_compute_bf16(void **state) {
     (void)state;
     if (!lorad_gemm_bf16_usable()) skip();
     struct lorad_gemm g;
-    assert_int_equal(lorad_gemm_init(&g, pool), 0);
-    g.compute = LORAD_COMPUTE_BFLOAT16;
+    assert_int_equal(lorad_gemm_init(&g, pool, LORAD_COMPUTE_BFLOAT16), 0);
     static const int64_t shapes[][3] = {{300, 150, 53}, {1, 640, 96}, {200, 40, 70}};
     for (size_t s = 0; s < 3; s++) {
         int64_t M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
