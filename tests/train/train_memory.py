@@ -55,6 +55,26 @@ def inspect_total(model, job):
     return json.loads(p.stdout)["memory"]
 
 
+def check_attention_memory_is_linear(d, model, data):
+    """With checkpointing, activations grow with layers x seq x dim: doubling seq_len at most
+    doubles them (plus the per-thread score blocks, also linear in T), where a kept (heads x T x T)
+    per layer would add 3 x L x H x T^2 x 4 bytes going from T to 2T."""
+    sizes = {}
+    for t in (1024, 2048):
+        job = write_job(os.path.join(d, f"linear-{t}.json"), model=model, training_file=data,
+                        hyperparameters=dict(n_epochs=1, max_steps=1, batch_size=1, max_seq_len=t, threads=2,
+                                             activation_checkpointing=True),
+                        lora=dict(r=8, alpha=16, target_modules="all-linear"))
+        mem = inspect_total(model, job)
+        sizes[t] = mem["activation_bytes"] + mem["scratch_bytes"]
+    quadratic = 3 * 4 * 16 * 1024 ** 2 * 4
+    grown = sizes[2048] - 2 * sizes[1024]
+    print(f"activations + scratch: {sizes[1024]} bytes at T=1024, {sizes[2048]} at T=2048 "
+          f"(beyond doubling: {grown}; a kept score matrix would add {quadratic})")
+    check(sizes[2048] <= 2.05 * sizes[1024] and grown < quadratic / 20,
+          f"activations + scratch grow from {sizes[1024]} to {sizes[2048]} bytes when seq_len doubles: not linear")
+
+
 def test(d):
     rng = random.Random(7)
     data = os.path.join(d, "data.jsonl")
@@ -72,7 +92,16 @@ def test(d):
     subprocess.run([sys.executable, os.path.join(SOURCE, "tests", "formats", "write_kquant_fixture.py"), d],
                    check=True, stdout=subprocess.DEVNULL)
     kquant = os.path.join(d, "gguf_q4_k_m.gguf")
+    # Many heads and a long sequence: a (heads x T x T) score matrix kept per layer would be
+    # 4 layers x 16 x 2048^2 x 4 bytes = 1 GiB here, far above everything else.
+    many_heads = make_model(os.path.join(d, "byte-16-heads"), dim=256, layers=4, heads=16, kv_heads=4, hidden=768)
+    long_data = os.path.join(d, "long.jsonl")
+    with open(long_data, "w") as f:
+        for _ in range(4):
+            f.write(json.dumps({"input_ids": [rng.randrange(3, 255) for _ in range(2100)]}) + "\n")
+    check_attention_memory_is_linear(d, many_heads, long_data)
     cases = [
+        (many_heads, dict(batch_size=1, max_seq_len=2048, threads=2, activation_checkpointing=True), {}),
         (byte_f32, dict(batch_size=4, max_seq_len=512, threads=2), {}),
         (byte_f32, dict(batch_size=4, max_seq_len=512, threads=1, activation_checkpointing=True), {}),
         (byte_f32, dict(batch_size=2, max_seq_len=1024, threads=2, gradient_accumulation_steps=4), {"dropout": 0.1}),
@@ -91,7 +120,8 @@ def test(d):
         hyper.update(hp)
         lo = dict(r=8, alpha=16, target_modules="all-linear")
         lo.update(lora)
-        job = write_job(os.path.join(d, f"job{i}.json"), model=model, training_file=data, hyperparameters=hyper,
+        job = write_job(os.path.join(d, f"job{i}.json"), model=model,
+                        training_file=long_data if hp["max_seq_len"] > LINE_TOKENS else data, hyperparameters=hyper,
                         lora=lo)
         out_dir = os.path.join(d, f"out{i}")
         peak, out, rc = peak_rss([LORAD, "train", job, "--out", out_dir])
@@ -105,9 +135,10 @@ def test(d):
 
         mem = inspect_total(model, job)
         check(mem["data_bytes"] == 0, f"case {i}: inspect counted a dataset it did not read: {mem}")
-        check(est - mem["total_bytes"] == 80 * N_LINES,
+        n_lines = 4 if hp["max_seq_len"] > LINE_TOKENS else N_LINES
+        check(est - mem["total_bytes"] == 80 * n_lines,
               f"case {i}: lorad train's estimate {est} is not inspect's {mem['total_bytes']} plus the "
-              f"dataset index of {N_LINES} lines")
+              f"dataset index of {n_lines} lines")
 
         # Below the estimate: refused before the activations exist, naming the field and the bytes.
         limit = est - mem["activation_bytes"] // 2
