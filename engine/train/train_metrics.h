@@ -1,7 +1,8 @@
 /* The figures of one training step, as `metrics.jsonl` records them and the daemon stores them.
  * One line per step:
  *   {"step","total_steps","epoch","train_loss","train_mean_token_accuracy","lr","grad_norm",
- *    "tokens_seen","tokens_per_s","elapsed_s","eta_s"[,"valid_loss","valid_mean_token_accuracy"]} */
+ *    "tokens_seen","tokens_per_s","elapsed_s","eta_s"[,"valid_loss","valid_mean_token_accuracy"]
+ *    [,"world_size"]} (world_size in metrics.jsonl, not in the API's metric objects) */
 #pragma once
 #include <jansson.h>
 #include <stdbool.h>
@@ -22,6 +23,7 @@ struct lorad_step_metrics {
     bool has_valid;      /* valid_* are set on evaluation steps */
     double valid_loss;
     double valid_mean_token_accuracy;
+    int world_size;      /* processes the step was trained on (metrics.jsonl only; 0: not recorded) */
 };
 
 /* The metrics as a JSON object with the keys above. New reference, caller owns; NULL on ENOMEM. */
