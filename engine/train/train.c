@@ -373,8 +373,29 @@ static int write_state(struct run *r, const char *dir) {
     return lorad_st_writer_finish(w, r->err);
 }
 
+static const struct lorad_train_collective *collective_of(const struct run *r) {
+    const struct lorad_train_collective *c = r->opt->collective;
+    return c && c->world_size > 1 ? c : NULL;
+}
+
+/* Whether this process writes the run's files (rank 0, or the only process). */
+static bool is_writer(const struct run *r) { return !collective_of(r) || r->opt->collective->rank == 0; }
+
+static int sum_f64(struct run *r, double *buf, size_t n) {
+    const struct lorad_train_collective *c = collective_of(r);
+    if (!c) return 0;
+    int rc = c->sum_f64(c->ctx, buf, n);
+    return rc < 0 ? lorad_error_set(r->err, rc, "", "summing across %d processes failed: %s", c->world_size,
+                                    strerror(-rc))
+                  : 0;
+}
+
 static int checkpoint(struct run *r, const struct lorad_step_metrics *m) {
     char tmp[LORAD_CHECKPOINT_PATH_MAX], final[LORAD_CHECKPOINT_PATH_MAX];
+    if (!is_writer(r)) { /* rank 0 writes it; the others hold the same state */
+        r->last_checkpoint_step = r->cur.step;
+        return 0;
+    }
     int rc = lorad_checkpoint_begin(r->ckpt_root, r->cur.step, tmp, sizeof tmp, r->err);
     if (rc == 0) rc = write_adapter_files(r, tmp);
     if (rc == 0) rc = write_state(r, tmp);
@@ -470,6 +491,7 @@ static int write_final_adapter(struct run *r) {
         lorad_path_join(final, sizeof final, r->opt->out_dir, "adapter") < 0 ||
         lorad_path_join(old, sizeof old, r->opt->out_dir, ".adapter.old") < 0)
         return lorad_error_set(r->err, -ENAMETOOLONG, "", "output path too long");
+    if (!is_writer(r)) return 0;
     lorad_remove_tree(tmp);
     lorad_remove_tree(old);
     int rc = write_adapter_files(r, tmp);
@@ -508,7 +530,8 @@ static int evaluate(struct run *r, double *ret_loss, double *ret_acc) {
 }
 
 /* One optimiser step: up to micro_per_step micro-batches from the cursor, normalised by the
- * labels of the whole step (torchtune), then AdamW. */
+ * labels of the whole step (torchtune), then AdamW. With several processes each fills its share
+ * of every micro-batch's rows; label counts, losses and gradients are summed across them. */
 static int train_step(struct run *r, struct lorad_step_metrics *m) {
     int rc;
     for (;;) {
@@ -517,26 +540,49 @@ static int train_step(struct run *r, struct lorad_step_metrics *m) {
         r->cur.epoch++;
         r->cur.row = 0;
     }
+    const struct lorad_train_collective *coll = collective_of(r);
+    int rank = coll ? coll->rank : 0, world = coll ? coll->world_size : 1;
     int n_micro = 0;
     int64_t denom = 0, tokens = 0;
+    bool mine[r->micro_per_step];
     for (int k = 0; k < r->micro_per_step && r->cur.row < r->plan.n_rows; k++) {
         int64_t left = r->plan.n_rows - r->cur.row;
         int n = (int)(left < r->rows_per_micro ? left : r->rows_per_micro);
-        if ((rc = lorad_batch_fill(&r->micro[k], r->train, &r->plan, r->cur.row, n, r->err)) < 0) return rc;
+        int64_t b = r->cur.row + (int64_t)n * rank / world, e = r->cur.row + (int64_t)n * (rank + 1) / world;
+        mine[k] = e > b;
+        if (mine[k]) {
+            if ((rc = lorad_batch_fill(&r->micro[k], r->train, &r->plan, b, (int)(e - b), r->err)) < 0) return rc;
+            denom += r->micro[k].n_labels;
+            tokens += r->micro[k].n_tokens;
+        }
         r->cur.row += n;
-        denom += r->micro[k].n_labels;
-        tokens += r->micro[k].n_tokens;
         n_micro++;
     }
+    double counts[2] = {(double)denom, (double)tokens}; /* exact: both far below 2^53 */
+    if ((rc = sum_f64(r, counts, 2)) < 0) return rc;
+    denom = (int64_t)counts[0];
+    tokens = (int64_t)counts[1];
     double loss = 0;
     int64_t correct = 0;
     for (int k = 0; k < n_micro; k++) {
+        if (!mine[k]) continue;
         double l;
         int64_t c;
         rc = lorad_model_forward_backward(r->model, &r->micro[k], denom > 0 ? denom : 1, &l, &c, r->err);
         if (rc < 0) return rc;
         loss += l;
         correct += c;
+    }
+    if (coll) {
+        size_t n_grads;
+        float *grads = lorad_model_grads(r->model, &n_grads);
+        if ((rc = coll->sum_f32(coll->ctx, grads, n_grads)) < 0)
+            return lorad_error_set(r->err, rc, "", "summing gradients across %d processes failed: %s", world,
+                                   strerror(-rc));
+        double sums[2] = {loss, (double)correct};
+        if ((rc = sum_f64(r, sums, 2)) < 0) return rc;
+        loss = sums[0];
+        correct = (int64_t)sums[1];
     }
     double norm, lr;
     rc = lorad_adamw_step(&r->adam, &r->ocfg, lorad_model_params(r->model, NULL), lorad_model_grads(r->model, NULL),
@@ -562,6 +608,7 @@ static int train_step(struct run *r, struct lorad_step_metrics *m) {
         .grad_norm = norm,
         .tokens_seen = r->cur.tokens_seen,
         .elapsed_s = r->cur.elapsed_before + run_s,
+        .world_size = world,
     };
     return 0;
 }
@@ -581,6 +628,12 @@ static int run_steps(struct run *r) {
     struct lorad_step_metrics m = {0};
     while (r->cur.step < r->total_steps) {
         enum lorad_train_control c = r->cb && r->cb->poll ? r->cb->poll(r->cb->ctx) : LORAD_TRAIN_CONTINUE;
+        if (collective_of(r)) { /* every process stops together: the most drastic request wins */
+            double v[2] = {c == LORAD_TRAIN_CANCEL, c == LORAD_TRAIN_PAUSE};
+            int rc = sum_f64(r, v, 2);
+            if (rc < 0) return rc;
+            c = v[0] > 0 ? LORAD_TRAIN_CANCEL : v[1] > 0 ? LORAD_TRAIN_PAUSE : LORAD_TRAIN_CONTINUE;
+        }
         if (c == LORAD_TRAIN_CANCEL) {
             r->res->outcome = LORAD_TRAIN_CANCELLED;
             return 0;
@@ -603,7 +656,7 @@ static int run_steps(struct run *r) {
             if ((rc = evaluate(r, &m.valid_loss, &m.valid_mean_token_accuracy)) < 0) return rc;
             m.has_valid = true;
         }
-        if ((rc = lorad_metrics_append(r->metrics_path, &m)) < 0)
+        if (is_writer(r) && (rc = lorad_metrics_append(r->metrics_path, &m)) < 0)
             return lorad_error_set(r->err, rc, "", "cannot append to %s: %s", r->metrics_path, strerror(-rc));
         r->res->steps_done = r->cur.step;
         r->res->trained_tokens = r->cur.tokens_seen;
@@ -617,7 +670,7 @@ static int run_steps(struct run *r) {
 }
 
 static int resume_or_start(struct run *r) {
-    int rc = lorad_checkpoint_clean_temp(r->ckpt_root);
+    int rc = is_writer(r) ? lorad_checkpoint_clean_temp(r->ckpt_root) : 0;
     if (rc < 0 && rc != -ENOENT) return lorad_error_set(r->err, rc, "", "cannot clean %s", r->ckpt_root);
     if (r->opt->resume) {
         int64_t step;
@@ -626,7 +679,7 @@ static int resume_or_start(struct run *r) {
         if (rc < 0) return lorad_error_set(r->err, rc, "", "cannot read %s: %s", r->ckpt_root, strerror(-rc));
         if (rc == 1) {
             if ((rc = restore(r, dir, step)) < 0) return rc;
-            if ((rc = lorad_metrics_truncate_after(r->metrics_path, step)) < 0)
+            if (is_writer(r) && (rc = lorad_metrics_truncate_after(r->metrics_path, step)) < 0)
                 return lorad_error_set(r->err, rc, "", "cannot truncate %s", r->metrics_path);
             r->res->steps_done = step;
             r->res->trained_tokens = r->cur.tokens_seen;
@@ -635,7 +688,7 @@ static int resume_or_start(struct run *r) {
         }
     }
     /* A fresh run owns its history: old metrics would otherwise interleave with the new ones. */
-    if ((rc = lorad_metrics_truncate_after(r->metrics_path, 0)) < 0)
+    if (is_writer(r) && (rc = lorad_metrics_truncate_after(r->metrics_path, 0)) < 0)
         return lorad_error_set(r->err, rc, "", "cannot reset %s", r->metrics_path);
     return load_init_adapter(r);
 }

@@ -37,6 +37,21 @@ struct lorad_train_callbacks {
     enum lorad_train_control (*poll)(void *ctx);
 };
 
+/* Data-parallel training across world_size processes (issue 16). Each process runs the same job
+ * with the same options and takes rows [n*rank/K, n*(rank+1)/K) of every n-row micro-batch; the
+ * hook sums across processes, so every step normalises by the labels of the whole global step
+ * and every process applies the same AdamW update. Only rank 0 writes metrics, checkpoints and the
+ * adapter (the others' out_dir must be the same directory or a scratch one). The engine knows
+ * nothing of the transport: the caller provides the sum (MPI in daemon/train_mpi.c). */
+struct lorad_train_collective {
+    int rank, world_size;
+    void *ctx;
+    /* buf (n) = the element-wise sum of every process's buf, bit-identical on all of them (so
+     * that their parameters never drift apart). 0 or -errno. */
+    int (*sum_f64)(void *ctx, double *buf, size_t n);
+    int (*sum_f32)(void *ctx, float *buf, size_t n);
+};
+
 struct lorad_train_options {
     const char *model_path;      /* resolved base model: HF dir, .gguf or llama2.c .bin */
     const char *training_path;   /* resolved dataset files */
@@ -47,6 +62,7 @@ struct lorad_train_options {
     int threads;                 /* 0: spec's hyperparameters.threads, else all cores */
     int64_t memory_limit_bytes;  /* 0: no limit; else the run refuses (-E2BIG) a job whose
                                   * lorad_train_memory_estimate exceeds it */
+    const struct lorad_train_collective *collective; /* NULL: this process alone */
 };
 
 enum lorad_train_outcome {
