@@ -17,6 +17,7 @@
 #include "config.h"
 #include "meminfo.h"
 #include "train.h"
+#include "train_mpi.h"
 
 static atomic_int stop_requested;
 
@@ -171,9 +172,28 @@ int lorad_cmd_train(int argc, char **argv) {
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
 
+    /* Under mpirun every rank runs this with the same arguments; rank 0 alone reports and writes. */
+    struct lorad_train_collective coll = {0};
+    bool ranks = lorad_mpi_launched();
+    if (ranks) {
+        char why[256];
+        if (lorad_mpi_start(&coll, &argc, &argv, why, sizeof why) < 0) {
+            fprintf(stderr, "lorad train: launched as one of several MPI ranks, but %s\n", why);
+            lorad_job_spec_clear(&spec);
+            return LORAD_EXIT_FAILURE;
+        }
+        opt.collective = &coll;
+        if (coll.rank == 0)
+            printf("data-parallel over %d MPI ranks: each takes 1/%d of every batch's rows\n", coll.world_size,
+                   coll.world_size);
+        else
+            cb = (struct lorad_train_callbacks){.ctx = &progress, .poll = poll_stop};
+        fflush(stdout);
+    }
     struct lorad_train_result *result = calloc(1, sizeof *result);
     if (!result) return LORAD_EXIT_FAILURE;
     r = lorad_train_run(&spec, &opt, &cb, result, &err);
+    if (ranks) lorad_mpi_finish();
     if (progress.tty) fprintf(stderr, "\n");
     int status = LORAD_EXIT_OK;
     if (r < 0) {
@@ -187,7 +207,7 @@ int lorad_cmd_train(int argc, char **argv) {
         fprintf(stderr, "lorad train: stopped after step %lld of %lld; continue with: lorad train %s --out %s --resume\n",
                 (long long)result->steps_done, (long long)result->total_steps, job_path, out);
         status = 130;
-    } else {
+    } else if (coll.rank == 0) {
         printf("done: %lld steps, %lld tokens, final train_loss %.4f%s -> %s/adapter\n", (long long)result->steps_done,
                (long long)result->trained_tokens, result->last.train_loss,
                result->truncated ? " (some samples truncated)" : "", out);

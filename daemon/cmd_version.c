@@ -3,6 +3,7 @@
 
 #include "cpu_features.h"
 #include "gemm.h"
+#include "train_mpi.h"
 
 #include <cblas.h>
 #include <jansson.h>
@@ -27,5 +28,6 @@ int lorad_cmd_version(int argc, char **argv) {
     printf("openblas %s\n", openblas_get_config());
     printf("isa %s (cpu %s)\n", lorad_isa_name(lorad_isa_active()), lorad_isa_name(lorad_isa_detected()));
     printf("gemm %s\n", lorad_gemm_kernel_description());
+    printf("mpi: %s\n", lorad_mpi_available() ? "yes (mpirun -np K lorad train trains data-parallel)" : "no (built without MPI)");
     return LORAD_EXIT_OK;
 }

@@ -1,0 +1,23 @@
+/* `lorad train` under mpirun (issue 16): whether this process was launched as one of several
+ * ranks, MPI's start and end, and the sums the engine's data-parallel hook takes
+ * (struct lorad_train_collective). Built with Open MPI when CMake finds it (LORAD_HAVE_MPI);
+ * without it the functions say so and a launch under mpirun is refused rather than trained K
+ * times over. */
+#pragma once
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "train.h"
+
+/* True when the environment says this process is one of several ranks (mpirun, srun). */
+bool lorad_mpi_launched(void);
+
+/* True when this binary was built with MPI. */
+bool lorad_mpi_available(void);
+
+/* Initialises MPI and fills *ret (rank, world size, the sums). 0, or -ENOTSUP without MPI with
+ * why saying so, or -EIO when MPI_Init fails. Call lorad_mpi_finish once after a 0. */
+int lorad_mpi_start(struct lorad_train_collective *ret, int *argc, char ***argv, char *why, size_t why_size);
+
+/* Ends MPI (MPI_Finalize). */
+void lorad_mpi_finish(void);
