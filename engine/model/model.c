@@ -231,7 +231,7 @@ static int validate_options(const struct lorad_run_options *o, const struct lora
 
 /* Whether every matrix a frozen-weight product reads is stored in bf16. */
 bool lorad_base_linears_bf16(const struct lorad_base_weights *w) {
-    if (!w->layers || w->lm_head.dtype != LORAD_DTYPE_BF16) return false;
+    if (w->lm_head.dtype != LORAD_DTYPE_BF16) return false;
     for (int l = 0; l < w->cfg.n_layers; l++) {
         const struct lorad_layer_weights *L = &w->layers[l];
         const struct lorad_tensor *t[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};

@@ -107,7 +107,8 @@ int lorad_model_merged_weight(const struct lorad_model *m, int layer, enum lorad
 float lorad_model_lora_scale(const struct lorad_model *m);
 const struct lorad_llama_config *lorad_model_config(const struct lorad_model *m);
 /* Whether every linear weight of w (the seven per layer and the LM head) is stored in BF16: what
- * compute_dtype "auto" turns into bf16 compute for (lorad_compute_dtype_resolve's base_is_bf16). */
+ * compute_dtype "auto" turns into bf16 compute for (lorad_compute_dtype_resolve's base_is_bf16).
+ * Reads dtypes only, so a probed model file's weights do. */
 bool lorad_base_linears_bf16(const struct lorad_base_weights *w);
 
 /* The dtype the frozen-weight products compute in: opts->compute_dtype resolved (never AUTO). */

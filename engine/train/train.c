@@ -381,13 +381,20 @@ static const struct lorad_train_collective *collective_of(const struct run *r) {
 /* Whether this process writes the run's files (rank 0, or the only process). */
 static bool is_writer(const struct run *r) { return !collective_of(r) || r->opt->collective->rank == 0; }
 
-static int sum_f64(struct run *r, double *buf, size_t n) {
+static int sum_failed(struct run *r, int rc, const char *what) {
+    return lorad_error_set(r->err, rc, "", "summing %s across %d processes failed: %s", what,
+                           r->opt->collective->world_size, strerror(-rc));
+}
+/* buf (n) summed across the processes (nothing to do alone); an error names `what`. */
+static int sum_f64(struct run *r, double *buf, size_t n, const char *what) {
     const struct lorad_train_collective *c = collective_of(r);
-    if (!c) return 0;
-    int rc = c->sum_f64(c->ctx, buf, n);
-    return rc < 0 ? lorad_error_set(r->err, rc, "", "summing across %d processes failed: %s", c->world_size,
-                                    strerror(-rc))
-                  : 0;
+    int rc = c ? c->sum_f64(c->ctx, buf, n) : 0;
+    return rc < 0 ? sum_failed(r, rc, what) : 0;
+}
+static int sum_f32(struct run *r, float *buf, size_t n, const char *what) {
+    const struct lorad_train_collective *c = collective_of(r);
+    int rc = c ? c->sum_f32(c->ctx, buf, n) : 0;
+    return rc < 0 ? sum_failed(r, rc, what) : 0;
 }
 
 static int checkpoint(struct run *r, const struct lorad_step_metrics *m) {
@@ -487,11 +494,11 @@ out:
 /* out_dir/adapter appears whole: written beside it, then swapped in by rename. */
 static int write_final_adapter(struct run *r) {
     char tmp[LORAD_CHECKPOINT_PATH_MAX], final[LORAD_CHECKPOINT_PATH_MAX], old[LORAD_CHECKPOINT_PATH_MAX];
+    if (!is_writer(r)) return 0;
     if (lorad_path_join(tmp, sizeof tmp, r->opt->out_dir, ".adapter.tmp") < 0 ||
         lorad_path_join(final, sizeof final, r->opt->out_dir, "adapter") < 0 ||
         lorad_path_join(old, sizeof old, r->opt->out_dir, ".adapter.old") < 0)
         return lorad_error_set(r->err, -ENAMETOOLONG, "", "output path too long");
-    if (!is_writer(r)) return 0;
     lorad_remove_tree(tmp);
     lorad_remove_tree(old);
     int rc = write_adapter_files(r, tmp);
@@ -559,7 +566,7 @@ static int train_step(struct run *r, struct lorad_step_metrics *m) {
         n_micro++;
     }
     double counts[2] = {(double)denom, (double)tokens}; /* exact: both far below 2^53 */
-    if ((rc = sum_f64(r, counts, 2)) < 0) return rc;
+    if ((rc = sum_f64(r, counts, 2, "label counts")) < 0) return rc;
     denom = (int64_t)counts[0];
     tokens = (int64_t)counts[1];
     double loss = 0;
@@ -576,11 +583,8 @@ static int train_step(struct run *r, struct lorad_step_metrics *m) {
     if (coll) {
         size_t n_grads;
         float *grads = lorad_model_grads(r->model, &n_grads);
-        if ((rc = coll->sum_f32(coll->ctx, grads, n_grads)) < 0)
-            return lorad_error_set(r->err, rc, "", "summing gradients across %d processes failed: %s", world,
-                                   strerror(-rc));
         double sums[2] = {loss, (double)correct};
-        if ((rc = sum_f64(r, sums, 2)) < 0) return rc;
+        if ((rc = sum_f32(r, grads, n_grads, "gradients")) < 0 || (rc = sum_f64(r, sums, 2, "losses")) < 0) return rc;
         loss = sums[0];
         correct = (int64_t)sums[1];
     }
@@ -630,7 +634,7 @@ static int run_steps(struct run *r) {
         enum lorad_train_control c = r->cb && r->cb->poll ? r->cb->poll(r->cb->ctx) : LORAD_TRAIN_CONTINUE;
         if (collective_of(r)) { /* every process stops together: the most drastic request wins */
             double v[2] = {c == LORAD_TRAIN_CANCEL, c == LORAD_TRAIN_PAUSE};
-            int rc = sum_f64(r, v, 2);
+            int rc = sum_f64(r, v, 2, "stop requests");
             if (rc < 0) return rc;
             c = v[0] > 0 ? LORAD_TRAIN_CANCEL : v[1] > 0 ? LORAD_TRAIN_PAUSE : LORAD_TRAIN_CONTINUE;
         }
