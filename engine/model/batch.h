@@ -15,6 +15,8 @@ struct lorad_batch {
     int32_t *positions; /* (B, T) or NULL */
     int32_t *seg_start; /* (B, T) or NULL */
     int B, T;           /* rows used, padded length */
+    int64_t row0;       /* this batch's row 0 within the batch it is a share of (0 if whole): dropout
+                         * masks are keyed by that row, so a process's share draws what the whole would */
     int cap_B, cap_T;   /* what lorad_batch_alloc allocated; 0 for a view over a caller's arrays */
     int64_t n_labels;   /* labels != -100, as lorad_batch_fill counted them (the model ignores it) */
     int64_t n_tokens;   /* non-padding tokens, likewise */

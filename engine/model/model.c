@@ -52,6 +52,7 @@ struct lorad_model {
     bool lora_enabled;
     bool dropout_active;
     uint64_t dropout_counter;
+    int64_t drop_batch_row0, drop_T; /* the batch being trained: its row0 and T key the masks */
     /* activations */
     struct block_acts *acts; /* n_layers entries, or 1 with activation checkpointing */
     float *xs;               /* (L+1, N, d) residual stream at each layer input, and the final one */
@@ -347,12 +348,15 @@ struct dropout_ctx {
     float *out;
     const float *in;
     int64_t cols, row0;
+    int64_t batch_row0, T; /* the batch's global first row and padded length */
     uint64_t seed, counter, layer, module;
     float p;
     bool accumulate;
 };
-/* out (M, cols) = in * mask / (1-p), or out += that with accumulate; mask bit of element
- * (row0+i, j) comes from the counters (seed, counter, layer, module, element). */
+/* out (M, cols) = in * mask / (1-p), or out += that with accumulate; the mask bit of element
+ * (row0+i, k) comes from the counters (seed, counter, layer, module, element), where element
+ * names (global batch row, position, k) and not the flat index, whose stride is the padded
+ * length: a process holding a share of the rows pads differently but must draw the same bits. */
 struct drop_job {
     struct dropout_ctx x;
     int64_t M;
@@ -365,7 +369,8 @@ static void drop_rows(void *c, int tid, int nt) {
     float keep = 1.0f / (1.0f - x->p);
     for (int64_t i = b; i < e; i++)
         for (int64_t k = 0; k < x->cols; k++) {
-            uint64_t elem = (uint64_t)(x->row0 + i) * (uint64_t)x->cols + (uint64_t)k;
+            int64_t flat = x->row0 + i, row = x->batch_row0 + flat / x->T, t = flat % x->T;
+            uint64_t elem = ((uint64_t)row * LORAD_MAX_SEQ_LEN + (uint64_t)t) * (uint64_t)x->cols + (uint64_t)k;
             float u = lorad_rng_uniform(lorad_rng_u64(x->seed, x->counter, x->layer, x->module, elem));
             float v = u >= x->p ? x->in[i * x->cols + k] * keep : 0.0f;
             if (x->accumulate) x->out[i * x->cols + k] += v;
@@ -415,7 +420,7 @@ static struct linear head_linear(const struct lorad_model *m) {
 /* out (rows.M, cols) = in * mask / (1-p), stored or added; the mask is lin's dropout stream. */
 static void apply_dropout(struct lorad_model *m, float *out, const float *in, int64_t cols, const struct linear *lin,
                           struct linear_rows rows, enum linear_out mode) {
-    struct drop_job j = {{out, in, cols, rows.row0, m->opts.seed, m->dropout_counter, (uint64_t)lin->layer + 1,
+    struct drop_job j = {{out, in, cols, rows.row0, m->drop_batch_row0, m->drop_T, m->opts.seed, m->dropout_counter, (uint64_t)lin->layer + 1,
                           (uint64_t)lin->module, m->lc.dropout, mode == LINEAR_ADD},
                          rows.M};
     lorad_pool_run(m->pool, drop_rows, &j);
@@ -688,6 +693,8 @@ int lorad_model_forward_backward(struct lorad_model *m, const struct lorad_batch
     if (denominator < 1)
         return lorad_error_set(err, -EINVAL, "denominator", "denominator must be >= 1 (unmasked labels of the step)");
     m->dropout_active = true;
+    m->drop_batch_row0 = b->row0;
+    m->drop_T = b->T;
     model_forward(m, b, &rn);
     double loss;
     int64_t correct;

@@ -114,7 +114,10 @@ bool lorad_base_linears_bf16(const struct lorad_base_weights *w);
 /* The dtype the frozen-weight products compute in: opts->compute_dtype resolved (never AUTO). */
 enum lorad_compute_dtype lorad_model_compute_dtype(const struct lorad_model *m);
 
-/* Dropout masks are drawn from (seed, micro-batch counter, layer, module, element); the counter
- * advances on every forward_backward. Save/restore it with a checkpoint for exact resume. */
+/* Dropout masks are drawn from (seed, micro-batch counter, layer, module, element), the element
+ * named by its row in the whole batch (lorad_batch.row0), its position and its column; the counter
+ * advances on every forward_backward, and a trainer holding a share of the batch sets it so every
+ * process draws the stream of the same micro-batch. Save/restore it with a checkpoint for exact
+ * resume. */
 uint64_t lorad_model_dropout_counter(const struct lorad_model *m);
 void lorad_model_set_dropout_counter(struct lorad_model *m, uint64_t counter);

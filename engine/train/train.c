@@ -559,6 +559,7 @@ static int train_step(struct run *r, struct lorad_step_metrics *m) {
         mine[k] = e > b;
         if (mine[k]) {
             if ((rc = lorad_batch_fill(&r->micro[k], r->train, &r->plan, b, (int)(e - b), r->err)) < 0) return rc;
+            r->micro[k].row0 = b - r->cur.row;
             denom += r->micro[k].n_labels;
             tokens += r->micro[k].n_tokens;
         }
@@ -571,15 +572,20 @@ static int train_step(struct run *r, struct lorad_step_metrics *m) {
     tokens = (int64_t)counts[1];
     double loss = 0;
     int64_t correct = 0;
+    /* Micro-batch k draws dropout stream first_stream + k on every process, whether or not this
+     * one holds any of its rows, so the masks do not depend on the number of processes. */
+    uint64_t first_stream = lorad_model_dropout_counter(r->model);
     for (int k = 0; k < n_micro; k++) {
         if (!mine[k]) continue;
         double l;
         int64_t c;
+        lorad_model_set_dropout_counter(r->model, first_stream + (uint64_t)k);
         rc = lorad_model_forward_backward(r->model, &r->micro[k], denom > 0 ? denom : 1, &l, &c, r->err);
         if (rc < 0) return rc;
         loss += l;
         correct += c;
     }
+    lorad_model_set_dropout_counter(r->model, first_stream + (uint64_t)n_micro);
     if (coll) {
         size_t n_grads;
         float *grads = lorad_model_grads(r->model, &n_grads);
