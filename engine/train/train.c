@@ -73,6 +73,8 @@ struct run {
     struct cursor cur;
     int64_t last_checkpoint_step;
     double t_start;
+    double step_sum_s;       /* this step's time in collective sums, and their payload bytes */
+    int64_t step_sum_bytes;
     int64_t steps_this_process;
 
     char ckpt_root[LORAD_CHECKPOINT_PATH_MAX];
@@ -381,20 +383,25 @@ static const struct lorad_train_collective *collective_of(const struct run *r) {
 /* Whether this process writes the run's files (rank 0, or the only process). */
 static bool is_writer(const struct run *r) { return !collective_of(r) || r->opt->collective->rank == 0; }
 
-static int sum_failed(struct run *r, int rc, const char *what) {
-    return lorad_error_set(r->err, rc, "", "summing %s across %d processes failed: %s", what,
-                           r->opt->collective->world_size, strerror(-rc));
+/* Books a finished sum that started at t0; an error names `what`. */
+static int sum_done(struct run *r, int rc, double t0, size_t bytes, const char *what) {
+    r->step_sum_s += now_s() - t0;
+    r->step_sum_bytes += (int64_t)bytes;
+    if (rc < 0)
+        return lorad_error_set(r->err, rc, "", "summing %s across %d processes failed: %s", what,
+                               r->opt->collective->world_size, strerror(-rc));
+    return 0;
 }
-/* buf (n) summed across the processes (nothing to do alone); an error names `what`. */
+/* buf (n) summed across the processes (nothing to do alone). */
 static int sum_f64(struct run *r, double *buf, size_t n, const char *what) {
     const struct lorad_train_collective *c = collective_of(r);
-    int rc = c ? c->sum_f64(c->ctx, buf, n) : 0;
-    return rc < 0 ? sum_failed(r, rc, what) : 0;
+    double t0 = now_s();
+    return c ? sum_done(r, c->sum_f64(c->ctx, buf, n), t0, n * sizeof *buf, what) : 0;
 }
 static int sum_f32(struct run *r, float *buf, size_t n, const char *what) {
     const struct lorad_train_collective *c = collective_of(r);
-    int rc = c ? c->sum_f32(c->ctx, buf, n) : 0;
-    return rc < 0 ? sum_failed(r, rc, what) : 0;
+    double t0 = now_s();
+    return c ? sum_done(r, c->sum_f32(c->ctx, buf, n), t0, n * sizeof *buf, what) : 0;
 }
 
 static int checkpoint(struct run *r, const struct lorad_step_metrics *m) {
@@ -637,6 +644,8 @@ static int run_steps(struct run *r) {
     int64_t tokens_at_start = r->cur.tokens_seen;
     struct lorad_step_metrics m = {0};
     while (r->cur.step < r->total_steps) {
+        r->step_sum_s = 0;
+        r->step_sum_bytes = 0;
         enum lorad_train_control c = r->cb && r->cb->poll ? r->cb->poll(r->cb->ctx) : LORAD_TRAIN_CONTINUE;
         if (collective_of(r)) { /* every process stops together: the most drastic request wins */
             double v[2] = {c == LORAD_TRAIN_CANCEL, c == LORAD_TRAIN_PAUSE};
@@ -658,6 +667,8 @@ static int run_steps(struct run *r) {
         }
         int rc = train_step(r, &m);
         if (rc < 0) return rc;
+        m.collective_s = r->step_sum_s;
+        m.collective_bytes = r->step_sum_bytes;
         double run_s = now_s() - r->t_start;
         m.tokens_per_s = run_s > 0 ? (double)(r->cur.tokens_seen - tokens_at_start) / run_s : 0;
         m.eta_s = run_s / (double)r->steps_this_process * (double)(r->total_steps - r->cur.step);

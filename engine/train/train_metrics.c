@@ -52,6 +52,10 @@ int lorad_step_metrics_from_json(const json_t *o, struct lorad_step_metrics *ret
 int lorad_metrics_append(const char *path, const struct lorad_step_metrics *m) {
     json_t *o = lorad_step_metrics_json(m);
     if (o && m->world_size > 0) json_object_set_new(o, "world_size", json_integer(m->world_size));
+    if (o && m->world_size > 1) {
+        json_object_set_new(o, "collective_s", json_real(m->collective_s));
+        json_object_set_new(o, "collective_bytes", json_integer(m->collective_bytes));
+    }
     char *text = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(10)) : NULL;
     json_decref(o);
     if (!text) return -ENOMEM;

@@ -2,7 +2,8 @@
  * One line per step:
  *   {"step","total_steps","epoch","train_loss","train_mean_token_accuracy","lr","grad_norm",
  *    "tokens_seen","tokens_per_s","elapsed_s","eta_s"[,"valid_loss","valid_mean_token_accuracy"]
- *    [,"world_size"]} (world_size in metrics.jsonl, not in the API's metric objects) */
+ *    [,"world_size"[,"collective_s","collective_bytes"]]} (these in metrics.jsonl, not in the
+ *    API's metric objects) */
 #pragma once
 #include <jansson.h>
 #include <stdbool.h>
@@ -24,6 +25,10 @@ struct lorad_step_metrics {
     double valid_loss;
     double valid_mean_token_accuracy;
     int world_size;      /* processes the step was trained on (metrics.jsonl only; 0: not recorded) */
+    /* With world_size > 1 (metrics.jsonl only): this process's seconds in the step's sums across
+     * processes, waiting for the slower ones included, and the bytes it handed to them. */
+    double collective_s;
+    int64_t collective_bytes;
 };
 
 /* The metrics as a JSON object with the keys above. New reference, caller owns; NULL on ENOMEM. */
