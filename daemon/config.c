@@ -40,6 +40,24 @@ const struct lorad_config_option lorad_config_options[] = {
     {"api_key_file", LORAD_CONFIG_STRING, FIELD(api_key_file), 0, 0, "", NULL,
      "file with one API key per line (at most 64 keys of at most 255 bytes); empty means no authentication"},
     {"log_level", LORAD_CONFIG_ENUM, FIELD(log_level), 0, 0, "info", "error|warning|info|debug", "log verbosity"},
+    /* [distributed]: the file's section; its keys are distributed.KEY as flags. Keep them last. */
+    {"distributed.enabled", LORAD_CONFIG_ENUM, FIELD(distributed.enabled), 0, 0, "no", "no|yes",
+     "train every job data-parallel through mpirun on the hosts below (docs/daemon.md#distributed)"},
+    {"distributed.hosts", LORAD_CONFIG_STRING, FIELD(distributed.hosts), 0, 0, "", NULL,
+     "comma-separated hosts that run ranks, this one first (rank 0 writes the job's files here); empty: the "
+     "hostfile, or the allocation mpirun finds itself (inside a Slurm job)"},
+    {"distributed.hostfile", LORAD_CONFIG_STRING, FIELD(distributed.hostfile), 0, 0, "", NULL,
+     "an MPI hostfile instead of hosts"},
+    {"distributed.ranks_per_host", LORAD_CONFIG_INT, FIELD(distributed.ranks_per_host), 1, 256, "1", NULL,
+     "ranks started on each host; each gets max_threads_per_job / ranks_per_host threads"},
+    {"distributed.mpirun", LORAD_CONFIG_STRING, FIELD(distributed.mpirun), 0, 0, "mpirun", NULL,
+     "the launcher (Open MPI's mpirun)"},
+    {"distributed.mpirun_args", LORAD_CONFIG_STRING, FIELD(distributed.mpirun_args), 0, 0, "", NULL,
+     "extra launcher arguments, split at spaces (e.g. --mca btl_tcp_if_include 10.0.0.0/24)"},
+    {"distributed.collective_timeout_s", LORAD_CONFIG_INT, FIELD(distributed.collective_timeout_s), 1, 86400, "600",
+     NULL, "a rank whose sum across ranks waits longer ends the run, which restarts from its last checkpoint"},
+    {"distributed.max_restarts", LORAD_CONFIG_INT, FIELD(distributed.max_restarts), 0, 1000, "3", NULL,
+     "times a job is restarted after losing a rank before it fails"},
     {NULL, 0, 0, 0, 0, 0, NULL, NULL, NULL},
 };
 
@@ -146,13 +164,20 @@ static char *trim(char *s) {
     return s;
 }
 
+/* Whether some option is named NAME.KEY (name: n bytes). */
+static bool section_known(const char *name, size_t n) {
+    for (const struct lorad_config_option *o = lorad_config_options; o->name; o++)
+        if (strncmp(o->name, name, n) == 0 && o->name[n] == '.') return true;
+    return false;
+}
+
 int lorad_config_load_file(struct lorad_config *cfg, const char *path, bool missing_ok, struct lorad_error *err) {
     FILE *f = fopen(path, "re");
     if (!f) {
         if (errno == ENOENT && missing_ok) return 0;
         return lorad_error_set(err, -errno, "config", "%s: %s", path, strerror(errno));
     }
-    char line[4096];
+    char line[4096], section[32] = "";
     int lineno = 0, r = 0;
     while (fgets(line, sizeof line, f)) {
         lineno++;
@@ -165,6 +190,16 @@ int lorad_config_load_file(struct lorad_config *cfg, const char *path, bool miss
         if (hash) *hash = '\0';
         char *s = trim(line);
         if (!*s) continue;
+        if (*s == '[') { /* [section]: the keys below are section.KEY */
+            size_t n = strlen(s);
+            if (s[n - 1] != ']' || n < 3 || n - 2 >= sizeof section || !section_known(s + 1, n - 2)) {
+                r = lorad_error_set(err, -EINVAL, "config", "%s:%d: unknown section %s (known: [distributed])", path,
+                                    lineno, s);
+                break;
+            }
+            snprintf(section, sizeof section, "%.*s", (int)(n - 2), s + 1);
+            continue;
+        }
         char *sep = s + strcspn(s, " \t=");
         char *value = sep;
         if (*sep) {
@@ -178,10 +213,15 @@ int lorad_config_load_file(struct lorad_config *cfg, const char *path, bool miss
             value[strlen(value) - 1] = '\0';
             value++;
         }
+        char key[128];
+        if (snprintf(key, sizeof key, "%s%s%s", section, section[0] ? "." : "", s) >= (int)sizeof key) {
+            r = lorad_error_set(err, -ENOENT, "config", "%s:%d: unknown option '%.64s'", path, lineno, s);
+            break;
+        }
         struct lorad_error e = {0};
-        r = lorad_config_set(cfg, s, value, &e);
+        r = lorad_config_set(cfg, key, value, &e);
         if (r < 0) {
-            lorad_error_set(err, r, e.param[0] ? e.param : s, "%s:%d: %s", path, lineno, e.message);
+            lorad_error_set(err, r, e.param[0] ? e.param : key, "%s:%d: %s", path, lineno, e.message);
             break;
         }
     }
@@ -242,12 +282,22 @@ int lorad_config_from_args(struct lorad_config *cfg, int argc, char **argv, cons
 void lorad_config_write_defaults(FILE *f) {
     fprintf(f, "# lorad configuration. Every key can also be given as a flag: --key value.\n"
                "# Unknown keys and bad values stop the daemon at start, naming the line.\n\n");
+    const char *section = "";
+    size_t section_len = 0;
     for (const struct lorad_config_option *o = lorad_config_options; o->name; o++) {
+        const char *dot = strchr(o->name, '.');
+        size_t len = dot ? (size_t)(dot - o->name) : 0;
+        if (len != section_len || strncmp(o->name, section, len) != 0) {
+            assert(len > 0); /* sectioned options come after the plain ones */
+            fprintf(f, "[%.*s]\n\n", (int)len, o->name);
+            section = o->name;
+            section_len = len;
+        }
         fprintf(f, "# %s", o->help);
         if (o->type == LORAD_CONFIG_ENUM) fprintf(f, " (%s)", o->choices);
         if (o->type == LORAD_CONFIG_INT || o->type == LORAD_CONFIG_BYTES)
             fprintf(f, " [%lld..%lld]", (long long)o->min, (long long)o->max);
-        fprintf(f, "\n#%s %s\n\n", o->name, o->def[0] ? o->def : "\"\"");
+        fprintf(f, "\n#%s %s\n\n", o->name + (len ? len + 1 : 0), o->def[0] ? o->def : "\"\"");
     }
 }
 

@@ -3,7 +3,9 @@
  *
  * File format (/etc/lorad/lorad.conf): one `key value` (or `key = value`) per line, '#' starts a
  * comment, blank lines are ignored. An unknown key or a bad value is fatal at start and names the
- * file and line. Every key is also a flag: `--state-dir DIR` or `--state-dir=DIR` sets state_dir. */
+ * file and line. Every key is also a flag: `--state-dir DIR` or `--state-dir=DIR` sets state_dir.
+ * A `[section]` line puts the keys below it in that section: `hosts` under `[distributed]` is the
+ * option distributed.hosts, flag `--distributed.hosts`. */
 #pragma once
 #include <stdbool.h>
 #include <stddef.h>
@@ -31,6 +33,16 @@ struct lorad_config {
     int max_queued_jobs;         /* jobs waiting at once; more get 429 */
     char api_key_file[LORAD_CONFIG_PATH_MAX]; /* one key per line; empty = no auth */
     char log_level[16];          /* error | warning | info | debug */
+    struct lorad_config_distributed { /* [distributed]: jobs trained through mpirun (issue 16) */
+        char enabled[4];             /* no | yes */
+        char hosts[LORAD_CONFIG_PATH_MAX]; /* comma-separated; empty: hostfile or mpirun's allocation */
+        char hostfile[LORAD_CONFIG_PATH_MAX];
+        int ranks_per_host;
+        char mpirun[LORAD_CONFIG_PATH_MAX];
+        char mpirun_args[LORAD_CONFIG_PATH_MAX]; /* split at spaces */
+        int collective_timeout_s;
+        int max_restarts;
+    } distributed;
 };
 
 enum lorad_config_type {

@@ -127,6 +127,49 @@ static void test_memory_limit_and_threads(void **state) {
     free(dir);
 }
 
+/* [distributed] in the file is the distributed.* keys; its flags are --distributed.KEY. */
+static void test_sections(void **state) {
+    (void)state;
+    char *dir = test_mkdtemp("config");
+    char *path = write_file(dir, "workers 2\n[distributed]\nenabled yes\nhosts = a,b\nranks-per-host 2\n");
+    struct lorad_config c;
+    lorad_config_defaults(&c);
+    struct lorad_error err = {0};
+    assert_int_equal(lorad_config_load_file(&c, path, false, &err), 0);
+    assert_int_equal(c.workers, 2);
+    assert_string_equal(c.distributed.enabled, "yes");
+    assert_string_equal(c.distributed.hosts, "a,b");
+    assert_int_equal(c.distributed.ranks_per_host, 2);
+    assert_int_equal(c.distributed.collective_timeout_s, 600);
+    free(path);
+
+    /* a key of the top level is unknown inside the section, and the error names the line */
+    path = write_file(dir, "[distributed]\nhosts a\nworkers 2\n");
+    assert_int_equal(lorad_config_load_file(&c, path, false, &err), -ENOENT);
+    assert_non_null(strstr(err.message, "lorad.conf:3"));
+    assert_non_null(strstr(err.message, "distributed.workers"));
+    free(path);
+
+    path = write_file(dir, "port 1\n[cluster]\n");
+    assert_int_equal(lorad_config_load_file(&c, path, false, &err), -EINVAL);
+    assert_non_null(strstr(err.message, "lorad.conf:2"));
+    assert_non_null(strstr(err.message, "[cluster]"));
+    free(path);
+
+    path = write_file(dir, "[distributed]\nranks_per_host 0\n");
+    assert_int_equal(lorad_config_load_file(&c, path, false, &err), -ERANGE);
+    assert_string_equal(err.param, "distributed.ranks_per_host");
+    free(path);
+
+    char *argv[] = {"serve", "--distributed.hosts=h1,h2", "--distributed.max-restarts", "5", NULL};
+    lorad_config_defaults(&c);
+    assert_int_equal(lorad_config_from_args(&c, 4, argv, NULL, &err), 0);
+    assert_string_equal(c.distributed.hosts, "h1,h2");
+    assert_int_equal(c.distributed.max_restarts, 5);
+    test_rmtree(dir);
+    free(dir);
+}
+
 static void test_written_defaults_parse_back(void **state) {
     (void)state;
     /* The commented default config that `cmake --install` ships, uncommented, must load. */
@@ -141,6 +184,7 @@ static void test_written_defaults_parse_back(void **state) {
     char line[4096];
     int keys = 0;
     while (fgets(line, sizeof line, in)) {
+        if (line[0] == '[') fputs(line, out); /* a section header */
         if (line[0] == '#' && line[1] != ' ' && line[1] != '\n' && line[1] != '\0') {
             fputs(line + 1, out);
             keys++;
@@ -170,6 +214,7 @@ int main(void) {
         cmocka_unit_test(test_file_parses_and_names_bad_line),
         cmocka_unit_test(test_flags_override_file),
         cmocka_unit_test(test_memory_limit_and_threads),
+        cmocka_unit_test(test_sections),
         cmocka_unit_test(test_written_defaults_parse_back),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
