@@ -291,11 +291,14 @@ int lorad_store_job_set_progress(struct lorad_store *store, const char *id,
 /* ---- events ------------------------------------------------------------------------------- */
 
 /* Appends an event with the job's next seq (1, 2, 3, … per job, no gaps). level "info" |
- * "warn" | "error"; type "message" | "metrics" | "checkpoint" | "status"; data borrowed, may be
- * NULL. *ret_seq optional. */
+ * "warn" | "error"; type "message" | "metrics" | "checkpoint" | "status" | "job_restarted"; data
+ * borrowed, may be NULL. *ret_seq optional. */
 int lorad_store_event_append(struct lorad_store *store, const char *job_id, const char *level,
                              const char *type, const char *message, json_t *data,
                              int64_t *ret_seq, struct lorad_error *err);
+/* *ret_count = the job's events of this type (0 for an unknown job). */
+int lorad_store_event_count(struct lorad_store *store, const char *job_id, const char *type, int64_t *ret_count,
+                            struct lorad_error *err);
 /* OpenAI page of events, newest first: {object:"list", data:[{object:"fine_tuning.job.event",
  * id, created_at, level, message, data, type}], has_more, first_id, last_id}. */
 int lorad_store_event_list(struct lorad_store *store, const char *job_id, const char *after,

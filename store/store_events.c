@@ -12,7 +12,7 @@ static bool level_valid(const char *l) {
 
 static bool type_valid(const char *t) {
     return t && (!strcmp(t, "message") || !strcmp(t, "metrics") || !strcmp(t, "checkpoint") ||
-                 !strcmp(t, "status"));
+                 !strcmp(t, "status") || !strcmp(t, "job_restarted"));
 }
 
 int store_event_append_tx(struct store_conn *c, const char *job_id, const char *level,
@@ -121,6 +121,27 @@ int lorad_store_event_since(struct lorad_store *s, const char *job_id, int64_t a
     *ret_events = events;
     if (ret_last_seq) *ret_last_seq = last;
 out:
+    store_release(s, c);
+    return r;
+}
+
+int lorad_store_event_count(struct lorad_store *s, const char *job_id, const char *type, int64_t *ret_count,
+                            struct lorad_error *err) {
+    struct store_conn *c = NULL;
+    int r = store_acquire(s, &c, err);
+    if (r < 0) return r;
+    sqlite3_stmt *st = store_stmt(c, "SELECT count(*) FROM events WHERE job_id = ?1 AND type = ?2", &r, err);
+    if (st) {
+        store_bind_text(c, st, 1, job_id);
+        store_bind_text(c, st, 2, type);
+        r = store_step(c, st, "cannot count events", err);
+        int64_t n = r == 1 ? sqlite3_column_int64(st, 0) : 0;
+        store_stmt_done(st);
+        if (r == 1) {
+            *ret_count = n;
+            r = 0;
+        }
+    }
     store_release(s, c);
     return r;
 }

@@ -107,6 +107,25 @@ static const char *const MIGRATIONS[] = {
      * for jobs made before it was recorded. */
     "ALTER TABLE jobs ADD COLUMN memory_bytes INTEGER CHECK (memory_bytes IS NULL OR memory_bytes >= 0);"
     "PRAGMA user_version = 4;",
+
+    /* 5: event type job_restarted (a data-parallel run lost a rank and goes back to its last
+     * checkpoint). SQLite cannot change a CHECK in place: the table is rebuilt, rows and pks kept. */
+    "CREATE TABLE events_v5("
+    "  pk INTEGER PRIMARY KEY,"
+    "  id TEXT NOT NULL UNIQUE,"
+    "  job_id TEXT NOT NULL REFERENCES jobs(id),"
+    "  seq INTEGER NOT NULL,"
+    "  created_at INTEGER NOT NULL,"
+    "  level TEXT NOT NULL CHECK (level IN ('info','warn','error')),"
+    "  type TEXT NOT NULL CHECK (type IN ('message','metrics','checkpoint','status','job_restarted')),"
+    "  message TEXT NOT NULL,"
+    "  data TEXT,"
+    "  UNIQUE (job_id, seq));"
+    "INSERT INTO events_v5(pk, id, job_id, seq, created_at, level, type, message, data)"
+    "  SELECT pk, id, job_id, seq, created_at, level, type, message, data FROM events;"
+    "DROP TABLE events;"
+    "ALTER TABLE events_v5 RENAME TO events;"
+    "PRAGMA user_version = 5;",
 };
 
 const int store_schema_latest = (int)(sizeof MIGRATIONS / sizeof MIGRATIONS[0]);
