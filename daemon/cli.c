@@ -18,11 +18,15 @@ const struct lorad_command lorad_commands[] = {
      lorad_cmd_serve},
     {"train", "run one fine-tuning job in the foreground",
      "usage: lorad train JOB.json --out DIR [--resume] [--skip-invalid] [--threads N] [--memory-limit SIZE]\n"
+     "                   [--collective-timeout S] [--jsonl]\n"
      "Runs the job spec JOB.json (the body of POST /v1/fine_tuning/jobs) and writes metrics,\n"
      "checkpoints and the final adapter under DIR. lora.init_adapter may name a PEFT directory,\n"
      "an adapter.tar (as GET /v1/models/{id}/adapter.tar serves it) or a GGUF LoRA.\n"
      "--memory-limit refuses a job whose memory estimate (lorad inspect --job) is larger\n"
-     "(default: 80% of MemAvailable; 0: no limit).\n",
+     "(default: 80% of MemAvailable; 0: no limit).\n"
+     "Under mpirun -np K (or srun --mpi=pmix) it trains data-parallel on K ranks; a rank whose sum\n"
+     "across ranks waits more than --collective-timeout seconds (a rank died or hangs) exits 75.\n"
+     "--jsonl speaks lorad serve's line protocol on stdin/stdout instead of printing progress.\n",
      lorad_cmd_train},
     {"generate", "generate text from a base model, optionally with an adapter",
      "usage: lorad generate [--model] MODEL [--adapter DIR|FILE] (--prompt TEXT | --prompt-ids 1,2,3)\n"

@@ -1,9 +1,12 @@
 /* lorad train JOB.json --out DIR [--resume] [--skip-invalid] [--threads N] [--memory-limit SIZE]
+ *             [--jsonl] [--collective-timeout S]
  * Runs one job in the foreground on the same code path as the daemon's workers. On a terminal it
  * draws a progress bar; otherwise it prints one plain line per step. SIGINT/SIGTERM pause the run
  * at the next step boundary: it checkpoints, so `--resume` continues exactly where it stopped (a
- * second signal exits at once). */
+ * second signal exits at once). --jsonl speaks the daemon's line protocol instead (train_wire.h):
+ * that is how `lorad serve` runs a job under mpirun. */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <limits.h>
 #include <signal.h>
@@ -18,6 +21,7 @@
 #include "meminfo.h"
 #include "train.h"
 #include "train_mpi.h"
+#include "train_wire.h"
 
 static atomic_int stop_requested;
 
@@ -85,6 +89,26 @@ static enum lorad_train_control poll_stop(void *ctx) {
     return atomic_load(&stop_requested) ? LORAD_TRAIN_PAUSE : LORAD_TRAIN_CONTINUE;
 }
 
+/* --jsonl: rank 0 reports through the wire, and takes requests from stdin as well as signals. */
+static struct lorad_wire_control wire_control;
+
+static void wire_step(void *ctx, const struct lorad_step_metrics *m) {
+    (void)ctx;
+    lorad_wire_step(stdout, m);
+}
+static void wire_checkpoint(void *ctx, int64_t step, const char *dir, const struct lorad_step_metrics *m) {
+    (void)ctx;
+    lorad_wire_checkpoint(stdout, step, dir, m);
+}
+static void wire_message(void *ctx, const char *level, const char *message) {
+    (void)ctx;
+    lorad_wire_message(stdout, level, message);
+}
+static enum lorad_train_control wire_poll(void *ctx) {
+    enum lorad_train_control c = lorad_wire_control_poll(&wire_control);
+    return c != LORAD_TRAIN_CONTINUE ? c : poll_stop(ctx);
+}
+
 /* Resolves a job-spec path relative to the job file's directory when it is not absolute and does
  * not exist relative to the working directory. */
 static void resolve(char *out, size_t n, const char *job_path, const char *ref) {
@@ -104,11 +128,13 @@ int lorad_cmd_train(int argc, char **argv) {
         {"skip-invalid", no_argument, NULL, 's'},
         {"threads", required_argument, NULL, 't'},
         {"memory-limit", required_argument, NULL, 'm'},
+        {"jsonl", no_argument, NULL, 'j'},
+        {"collective-timeout", required_argument, NULL, 'c'},
         {NULL, 0, NULL, 0},
     };
     const char *out = NULL;
-    bool resume = false, skip_invalid = false;
-    int threads = 0, c;
+    bool resume = false, skip_invalid = false, jsonl = false;
+    int threads = 0, collective_timeout_s = 0, c;
     int64_t memory_limit = -1; /* -1: the default share of MemAvailable */
     optind = 1;
     opterr = 0;
@@ -121,6 +147,14 @@ int lorad_cmd_train(int argc, char **argv) {
             threads = atoi(optarg);
             if (threads < 1 || threads > 256) {
                 fprintf(stderr, "lorad train: --threads must be between 1 and 256\n");
+                return LORAD_EXIT_USAGE;
+            }
+            break;
+        case 'j': jsonl = true; break;
+        case 'c':
+            collective_timeout_s = atoi(optarg);
+            if (collective_timeout_s < 1 || collective_timeout_s > 86400) {
+                fprintf(stderr, "lorad train: --collective-timeout must be between 1 and 86400 seconds\n");
                 return LORAD_EXIT_USAGE;
             }
             break;
@@ -162,8 +196,9 @@ int lorad_cmd_train(int argc, char **argv) {
     if (spec.validation_file[0]) resolve(valid, sizeof valid, job_path, spec.validation_file);
 
     if (memory_limit < 0 && lorad_default_memory_limit(&memory_limit) < 0) memory_limit = 0; /* unknown: none */
-    struct progress progress = {.tty = isatty(STDERR_FILENO) && isatty(STDOUT_FILENO)};
+    struct progress progress = {.tty = !jsonl && isatty(STDERR_FILENO) && isatty(STDOUT_FILENO)};
     struct lorad_train_callbacks cb = {&progress, on_step, on_checkpoint, on_message, poll_stop};
+    if (jsonl) cb = (struct lorad_train_callbacks){&progress, wire_step, wire_checkpoint, wire_message, wire_poll};
     struct lorad_train_options opt = {
         .model_path = model, .training_path = train, .validation_path = spec.validation_file[0] ? valid : NULL,
         .out_dir = out, .resume = resume, .skip_invalid = skip_invalid, .threads = threads,
@@ -177,18 +212,29 @@ int lorad_cmd_train(int argc, char **argv) {
     bool ranks = lorad_mpi_launched();
     if (ranks) {
         char why[256];
-        if (lorad_mpi_start(&coll, &argc, &argv, why, sizeof why) < 0) {
+        if (lorad_mpi_start(&coll, collective_timeout_s, &argc, &argv, why, sizeof why) < 0) {
             fprintf(stderr, "lorad train: launched as one of several MPI ranks, but %s\n", why);
             lorad_job_spec_clear(&spec);
             return LORAD_EXIT_FAILURE;
         }
         opt.collective = &coll;
-        if (coll.rank == 0)
-            printf("data-parallel over %d MPI ranks: each takes 1/%d of every batch's rows\n", coll.world_size,
-                   coll.world_size);
-        else
+        if (coll.rank == 0) {
+            char what[160];
+            snprintf(what, sizeof what, "data-parallel over %d MPI ranks: each takes 1/%d of every batch's rows",
+                     coll.world_size, coll.world_size);
+            if (jsonl) lorad_wire_message(stdout, "info", what);
+            else printf("%s\n", what);
+        } else {
             cb = (struct lorad_train_callbacks){.ctx = &progress, .poll = poll_stop};
+        }
         fflush(stdout);
+    }
+    if (jsonl && coll.rank == 0) {
+        fcntl(STDIN_FILENO, F_SETFL, fcntl(STDIN_FILENO, F_GETFL) | O_NONBLOCK);
+        lorad_wire_control_init(&wire_control, STDIN_FILENO);
+        /* After MPI_Init, which a lost rank can hang: silence then tells the daemon to end mpirun. */
+        if (lorad_wire_heartbeat_start(stdout, LORAD_WIRE_HEARTBEAT_S) < 0)
+            fprintf(stderr, "lorad train: cannot start the heartbeat thread\n");
     }
     struct lorad_train_result *result = calloc(1, sizeof *result);
     if (!result) return LORAD_EXIT_FAILURE;
@@ -196,7 +242,11 @@ int lorad_cmd_train(int argc, char **argv) {
     if (ranks) lorad_mpi_finish();
     if (progress.tty) fprintf(stderr, "\n");
     int status = LORAD_EXIT_OK;
-    if (r < 0) {
+    if (jsonl) {
+        /* The daemon reads the outcome from the wire; the exit status only says the run reported. */
+        if (coll.rank == 0 && !lorad_wire_result(stdout, r, &err, result)) status = LORAD_EXIT_FAILURE;
+        if (r < 0 && coll.rank != 0) fprintf(stderr, "lorad train: rank %d: %s\n", coll.rank, err.message);
+    } else if (r < 0) {
         if (err.param[0]) fprintf(stderr, "lorad train: %s [%s]\n", err.message, err.param);
         else fprintf(stderr, "lorad train: %s\n", err.message[0] ? err.message : strerror(-r));
         for (int i = 0; i < result->train_report.n_bad; i++)

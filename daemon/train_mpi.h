@@ -15,9 +15,15 @@ bool lorad_mpi_launched(void);
 /* True when this binary was built with MPI. */
 bool lorad_mpi_available(void);
 
-/* Initialises MPI and fills *ret (rank, world size, the sums). 0, or -ENOTSUP without MPI with
- * why saying so, or -EIO when MPI_Init fails. Call lorad_mpi_finish once after a 0. */
-int lorad_mpi_start(struct lorad_train_collective *ret, int *argc, char ***argv, char *why, size_t why_size);
+/* How a rank exits when its collective watchdog fires (EX_TEMPFAIL: a restart may succeed). */
+#define LORAD_MPI_EXIT_TIMEOUT 75
+
+/* Initialises MPI and fills *ret (rank, world size, the sums). With collective_timeout_s > 0 a
+ * rank whose sum waits longer exits LORAD_MPI_EXIT_TIMEOUT. 0, or -ENOTSUP without MPI with why
+ * saying so, -ENOTCONN when srun started tasks that MPI does not join, -EIO when MPI_Init fails.
+ * Call lorad_mpi_finish once after a 0. */
+int lorad_mpi_start(struct lorad_train_collective *ret, int collective_timeout_s, int *argc, char ***argv, char *why,
+                    size_t why_size);
 
 /* Ends MPI (MPI_Finalize). */
 void lorad_mpi_finish(void);
