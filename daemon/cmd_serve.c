@@ -39,6 +39,7 @@
 #include "cli.h"
 #include "fsutil.h"
 #include "config.h"
+#include "job_mpirun.h"
 #include "cpu_features.h"
 #include "gemm.h"
 #include "handlers.h"
@@ -68,6 +69,8 @@ struct listener {
 
 struct daemon {
     struct lorad_config cfg;
+    struct lorad_mpirun mpirun; /* with distributed_on: how jobs are launched */
+    bool distributed_on;
     int argc;
     char **argv;
     char files_dir[PATH_MAX], uploads_dir[PATH_MAX], jobs_dir[PATH_MAX], db_path[PATH_MAX];
@@ -581,6 +584,10 @@ int lorad_cmd_serve(int argc, char **argv) {
     int r = lorad_config_from_args(&d->cfg, argc, argv, LORAD_DEFAULT_CONFIG, &err);
     /* The key file is configuration: a bad one stops the start (and --check-config) before the
      * state directory is touched, like a bad config line. */
+    if (r == 0 && (r = lorad_mpirun_from_config(&d->cfg.distributed, &d->mpirun, &err)) >= 0) {
+        d->distributed_on = r == 1;
+        r = 0;
+    }
     if (r == 0) r = lorad_api_keys_open(d->cfg.api_key_file, &d->keys, &err);
     if (r < 0) {
         fprintf(stderr, "lorad serve: %s\n", err.message);
@@ -640,7 +647,13 @@ int lorad_cmd_serve(int argc, char **argv) {
     struct lorad_workers_options wo = {.store = d->store, .state_dir = d->cfg.state_dir,
                                        .models_dir = d->cfg.models_dir, .jobs_dir = d->jobs_dir,
                                        .workers = d->cfg.workers, .max_threads_per_job = threads,
-                                       .memory_limit = memory_limit};
+                                       .memory_limit = memory_limit,
+                                       .distributed = d->distributed_on ? &d->mpirun : NULL};
+    if (d->distributed_on) {
+        const struct lorad_mpirun *m = &d->mpirun;
+        log_info("distributed: jobs run through %s on %s with %d rank(s) per host", m->mpirun,
+                 m->hosts[0] ? m->hosts : m->hostfile[0] ? m->hostfile : "the hosts mpirun finds", m->ranks_per_host);
+    }
     if ((r = lorad_workers_start(&wo, &d->workers)) < 0) {
         log_error("cannot start the workers: %s", strerror(-r));
         goto out;

@@ -12,6 +12,7 @@
 
 #include "checkpoint_dir.h"
 #include "fsutil.h"
+#include "job_mpirun.h"
 #include "jobspec.h"
 #include "log.h"
 #include "model_dir.h"
@@ -343,6 +344,42 @@ static int finish(struct job_ctx *j, const json_t *job, int rc, const struct lor
     return status;
 }
 
+/* A data-parallel run lost a rank (it died, hung past the collective timeout, or mpirun failed):
+ * the job goes back to the queue and resumes from its last checkpoint, at most max_restarts times
+ * in its life, so a host that is gone for good ends in `failed` rather than a loop. */
+static int restart(struct job_ctx *j, const struct lorad_error *why) {
+    const struct lorad_mpirun *l = j->env->distributed;
+    int64_t restarts = 0, step = 0;
+    char *path = NULL;
+    struct lorad_error e = {0};
+    if (lorad_store_event_count(j->env->store, j->id, "job_restarted", &restarts, &e) < 0)
+        store_problem(j, 4, "cannot count the job's restarts", -EIO, &e);
+    if (lorad_store_checkpoint_latest(j->env->store, j->id, NULL, &step, &path, NULL) != 1) step = 0;
+    free(path);
+    char reason[sizeof why->message], msg[sizeof why->message + 256];
+    snprintf(reason, sizeof reason, "%s", why->message);
+    redact(j, reason, sizeof reason);
+    if (restarts >= l->max_restarts) {
+        snprintf(msg, sizeof msg, "lost a rank after %lld restarts (distributed.max_restarts): %s", (long long)restarts,
+                 reason);
+        return fail(j, "training_failed", msg, NULL);
+    }
+    log_warning("job %s: %s: restarting from step %lld (%lld of %d)", j->id, why->message, (long long)step,
+                (long long)restarts + 1, l->max_restarts);
+    snprintf(msg, sizeof msg, "Restarting from the checkpoint at step %lld (restart %lld of %d): %s", (long long)step,
+             (long long)restarts + 1, l->max_restarts, reason);
+    json_t *data = json_pack("{s:I, s:I, s:i}", "step", (json_int_t)step, "restart", (json_int_t)restarts + 1,
+                             "max_restarts", l->max_restarts);
+    int r = lorad_store_event_append(j->env->store, j->id, "warn", "job_restarted", msg, data, NULL, &e);
+    if (r < 0) store_problem(j, 4, "cannot record event", r, &e);
+    struct lorad_store_transition t = {.to = LORAD_JOB_QUEUED, .data = data,
+                                       .message = "A rank was lost: the job is queued again and resumes from its "
+                                                  "last checkpoint"};
+    int status = settle(j, &t);
+    json_decref(data);
+    return status;
+}
+
 /* ---- the run ---------------------------------------------------------------------------------- */
 
 int lorad_job_run(const struct lorad_job_env *env, const json_t *job) {
@@ -450,9 +487,11 @@ int lorad_job_run(const struct lorad_job_env *env, const json_t *job) {
     struct lorad_train_callbacks cb = {.ctx = &j, .on_step = on_step, .on_checkpoint = on_checkpoint,
                                        .on_message = on_message, .poll = poll_control};
     lorad_error_clear(&err);
-    r = lorad_train_run(&spec, &opt, &cb, res, &err);
+    if (env->distributed) r = lorad_mpirun_train(env->distributed, &spec, &opt, &cb, res, &err);
+    else r = lorad_train_run(&spec, &opt, &cb, res, &err);
     flush_metrics(&j);
-    status = finish(&j, job, r, &err, res);
+    if (r == -ECONNABORTED && env->distributed) status = restart(&j, &err);
+    else status = finish(&j, job, r, &err, res);
 out:
     if (env->on_rate) env->on_rate(env->rate_ctx, NAN);
     free(rel);

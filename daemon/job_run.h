@@ -11,6 +11,8 @@
  *   cancel request      -> cancelled
  *   pause request       -> paused
  *   daemon shutting down-> queued (the next start resumes it from its checkpoint)
+ *   a rank lost         -> queued with a job_restarted event (distributed runs; after
+ *                          distributed.max_restarts of them: failed)
  *   engine error        -> failed, with a code derived from the errno and param:
  *                          invalid_training_data, model_not_found, out_of_memory, memory_limit_exceeded,
  *                          loss_not_finite, disk_full, file_not_found, training_failed.
@@ -27,6 +29,7 @@
 #include "store.h"
 
 struct lorad_train_result;
+struct lorad_mpirun;
 
 struct lorad_job_env {
     struct lorad_store *store;
@@ -38,6 +41,7 @@ struct lorad_job_env {
     int64_t memory_limit;     /* > 0: the run refuses to start above it (0: no limit) */
     int metrics_batch_rows;   /* 0: flush metrics at most once a second or every 32 rows */
     const atomic_bool *shutdown; /* set: checkpoint and hand the job back to the queue */
+    const struct lorad_mpirun *distributed; /* non-NULL: jobs run through mpirun (job_mpirun.h) */
     /* Called after each step with the run's tokens/s (for /metrics). May be NULL. */
     void (*on_rate)(void *ctx, double tokens_per_s);
     void *rate_ctx;

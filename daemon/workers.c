@@ -78,6 +78,7 @@ static void *worker_main(void *arg) {
                                 .jobs_dir = p->opt.jobs_dir, .max_threads = p->opt.max_threads_per_job,
                                 .memory_limit = p->opt.memory_limit,
                                 .metrics_batch_rows = p->opt.metrics_batch_rows, .shutdown = &p->stopping,
+                                .distributed = p->opt.distributed,
                                 .on_rate = set_rate, .rate_ctx = w};
     unsigned poll_ms = p->opt.poll_ms ? p->opt.poll_ms : 1000;
     int claim_errors = 0;

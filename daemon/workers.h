@@ -18,6 +18,7 @@
 
 struct lorad_store;
 struct lorad_workers;
+struct lorad_mpirun;
 
 struct lorad_workers_options {
     struct lorad_store *store;  /* borrowed; must outlive the pool */
@@ -30,6 +31,7 @@ struct lorad_workers_options {
     int64_t memory_limit;       /* > 0: the running jobs' estimates stay within it; 0: no limit */
     unsigned poll_ms;           /* 0: look at the queue every 1000 ms when not woken */
     int metrics_batch_rows;     /* 0: the runner's default (see job_run.h) */
+    const struct lorad_mpirun *distributed; /* borrowed; non-NULL: jobs run through mpirun */
 };
 
 /* Starts the threads. Returns 0 and *ret_pool, or -errno (no thread is left running). */
