@@ -84,7 +84,7 @@ def same_run(ref, got, what):
         check(err <= REL * scale, f"{what}: {name} differs by {err} (largest value {scale})")
 
 
-def test(d):
+def skip_without_mpi():
     if not shutil.which("mpirun"):
         print("mpirun not found: skipped")
         sys.exit(77)
@@ -92,6 +92,10 @@ def test(d):
     if "mpi: yes" not in v:
         print(f"lorad built without MPI: skipped\n{v}")
         sys.exit(77)
+
+
+def make_job(d):
+    """The job both tests train: a small model, 70 random samples, dropout on; returns its path."""
     model = os.path.join(d, "m")
     subprocess.run([sys.executable, os.path.join(SOURCE, "scripts", "make-demo-model"), model, "--dim", "64",
                     "--layers", "2", "--heads", "4", "--kv-heads", "2", "--hidden", "128"], check=True,
@@ -108,6 +112,12 @@ def test(d):
                                        "max_seq_len": 64, "threads": 1, "learning_rate": 2e-3, "adam_epsilon": 1e-5,
                                        "checkpoint_every_steps": 4, "keep_checkpoints": 10},
                    "lora": {"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": "all-linear"}}, f)
+    return job
+
+
+def test(d):
+    skip_without_mpi()
+    job = make_job(d)
     ref = os.path.join(d, "one")
     run(job, ref, 1)
     for k in (2, 4):
