@@ -20,8 +20,8 @@ done
 sed -i "s#^ExecStart=[^ ]*#ExecStart=$tmp/usr/bin/lorad#" "$unit"
 out=$(systemd-analyze verify "$unit" "$tmp/usr/lib/systemd/system/lorad.socket" 2>&1 | grep -v -e "Failed to connect" -e "^$" || true)
 if [ -n "$out" ]; then echo "FAIL: systemd-analyze verify:"; echo "$out"; exit 1; fi
-# The shipped config, with every key uncommented, is accepted by the config parser.
-sed -n 's/^#\([a-z_][a-z_]* \)/\1/p' "$conf" > "$tmp/all.conf"
+# The shipped config, with every key uncommented (section headers kept), is accepted by the config parser.
+sed -n -e '/^\[[a-z_]*\]$/p' -e 's/^#\([a-z_][a-z_]* \)/\1/p' "$conf" > "$tmp/all.conf"
 test "$(wc -l < "$tmp/all.conf")" -ge 10
 "$tmp/usr/bin/lorad" serve --config "$tmp/all.conf" --check-config | grep -qx "configuration ok"
 printf 'workers 2\nno_such_key 1\n' > "$tmp/bad.conf"
