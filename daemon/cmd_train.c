@@ -239,6 +239,13 @@ int lorad_cmd_train(int argc, char **argv) {
     struct lorad_train_result *result = calloc(1, sizeof *result);
     if (!result) return LORAD_EXIT_FAILURE;
     r = lorad_train_run(&spec, &opt, &cb, result, &err);
+    if (ranks && coll.rank == 0 && lorad_mpi_repairs() > 0) {
+        char what[200];
+        snprintf(what, sizeof what, "%lld sums left the ranks with different bits after MPI_Allreduce; rank 0's "
+                 "were broadcast", lorad_mpi_repairs());
+        if (jsonl) lorad_wire_message(stdout, "info", what);
+        else fprintf(stderr, "lorad train: %s\n", what);
+    }
     if (ranks) lorad_mpi_finish();
     if (progress.tty) fprintf(stderr, "\n");
     int status = LORAD_EXIT_OK;

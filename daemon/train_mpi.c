@@ -1,10 +1,12 @@
 #include "train_mpi.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -32,6 +34,7 @@ bool lorad_mpi_available(void) { return true; }
  * its last checkpoint. The watchdog never calls MPI: it may run beside a blocked collective. */
 static atomic_llong deadline_ns; /* CLOCK_MONOTONIC ns, 0 = no sum running */
 static int timeout_s, my_rank;
+static long long repairs; /* sums whose ranks' bits differed after MPI_Allreduce */
 
 static long long mono_ns(void) {
     struct timespec ts;
@@ -53,27 +56,51 @@ static void *watchdog(void *arg) {
     return NULL;
 }
 
-/* Reduce to rank 0, then broadcast: MPI_Allreduce may add in a different order on different
- * ranks, and ranks whose gradients differ in the last bit would drift apart under AdamW. */
+/* FNV-1a over 8-byte words (and the tail): tells whether the ranks hold the same bits. */
+static uint64_t digest(const void *buf, size_t bytes) {
+    const unsigned char *p = buf;
+    uint64_t h = 1469598103934665603ULL, w;
+    size_t i = 0;
+    for (; i + 8 <= bytes; i += 8) {
+        memcpy(&w, p + i, 8);
+        h = (h ^ w) * 1099511628211ULL;
+    }
+    for (; i < bytes; i++) h = (h ^ p[i]) * 1099511628211ULL;
+    return h;
+}
+
+/* Set from LORAD_TEST_MPI_DIVERGE=1: rank 1 flips the top exponent bit of every sum's first
+ * element, so that without the repair below its run, and through its gradients rank 0's, would
+ * go wrong: the tests see the repair work. */
+static bool test_diverge;
+
+/* MPI_Allreduce, then a check that every rank holds the same bits. MPI does not promise that
+ * (an implementation may add in a different order on different ranks), and ranks whose gradients
+ * differ in the last bit would drift apart under AdamW; when the digests differ, rank 0's sum is
+ * broadcast. The check is one 16-byte allreduce. */
 static int sum(void *buf, size_t n, MPI_Datatype type) {
     int rank;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     if (timeout_s > 0) atomic_store(&deadline_ns, mono_ns() + (long long)timeout_s * 1000000000LL);
     const size_t chunk = (size_t)1 << 28; /* counts are int */
     size_t esz = type == MPI_DOUBLE ? sizeof(double) : sizeof(float);
-    for (size_t off = 0; off < n; off += chunk) {
+    int rc = MPI_SUCCESS;
+    for (size_t off = 0; off < n && rc == MPI_SUCCESS; off += chunk) {
         int cnt = (int)(n - off < chunk ? n - off : chunk);
-        char *p = (char *)buf + off * esz;
-        int rc = rank == 0 ? MPI_Reduce(MPI_IN_PLACE, p, cnt, type, MPI_SUM, 0, MPI_COMM_WORLD)
-                           : MPI_Reduce(p, NULL, cnt, type, MPI_SUM, 0, MPI_COMM_WORLD);
-        if (rc == MPI_SUCCESS) rc = MPI_Bcast(p, cnt, type, 0, MPI_COMM_WORLD);
-        if (rc != MPI_SUCCESS) {
-            atomic_store(&deadline_ns, 0);
-            return -EIO;
+        rc = MPI_Allreduce(MPI_IN_PLACE, (char *)buf + off * esz, cnt, type, MPI_SUM, MPI_COMM_WORLD);
+    }
+    if (rc == MPI_SUCCESS && test_diverge && rank == 1 && n > 0) ((unsigned char *)buf)[esz - 1] ^= 0x40;
+    uint64_t d = digest(buf, n * esz), v[2] = {d, ~d}; /* max of d and of ~d: max d == min d iff all equal */
+    if (rc == MPI_SUCCESS) rc = MPI_Allreduce(MPI_IN_PLACE, v, 2, MPI_UINT64_T, MPI_MAX, MPI_COMM_WORLD);
+    if (rc == MPI_SUCCESS && v[0] != ~v[1]) {
+        repairs++;
+        for (size_t off = 0; off < n && rc == MPI_SUCCESS; off += chunk) {
+            int cnt = (int)(n - off < chunk ? n - off : chunk);
+            rc = MPI_Bcast((char *)buf + off * esz, cnt, type, 0, MPI_COMM_WORLD);
         }
     }
     atomic_store(&deadline_ns, 0);
-    return 0;
+    return rc == MPI_SUCCESS ? 0 : -EIO;
 }
 
 static int sum_f64(void *ctx, double *buf, size_t n) {
@@ -109,6 +136,8 @@ int lorad_mpi_start(struct lorad_train_collective *ret, int collective_timeout_s
     }
     my_rank = rank;
     timeout_s = collective_timeout_s;
+    const char *diverge = getenv("LORAD_TEST_MPI_DIVERGE");
+    test_diverge = diverge && strcmp(diverge, "1") == 0;
     pthread_t t;
     if (timeout_s > 0 && pthread_create(&t, NULL, watchdog, NULL) == 0) pthread_detach(t);
     *ret = (struct lorad_train_collective){.rank = rank, .world_size = size, .sum_f64 = sum_f64, .sum_f32 = sum_f32};
@@ -116,6 +145,8 @@ int lorad_mpi_start(struct lorad_train_collective *ret, int collective_timeout_s
 }
 
 void lorad_mpi_finish(void) { MPI_Finalize(); }
+
+long long lorad_mpi_repairs(void) { return repairs; }
 #else
 bool lorad_mpi_available(void) { return false; }
 
@@ -127,4 +158,6 @@ int lorad_mpi_start(struct lorad_train_collective *ret, int collective_timeout_s
 }
 
 void lorad_mpi_finish(void) {}
+
+long long lorad_mpi_repairs(void) { return 0; }
 #endif

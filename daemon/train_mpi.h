@@ -1,5 +1,6 @@
 /* `lorad train` under mpirun (issue 16): whether this process was launched as one of several
- * ranks, MPI's start and end, and the sums the engine's data-parallel hook takes
+ * ranks, MPI's start and end, and the sums the engine's data-parallel hook takes: MPI_Allreduce,
+ * checked to leave every rank with the same bits
  * (struct lorad_train_collective). Built with Open MPI when CMake finds it (LORAD_HAVE_MPI);
  * without it the functions say so and a launch under mpirun is refused rather than trained K
  * times over. */
@@ -27,3 +28,7 @@ int lorad_mpi_start(struct lorad_train_collective *ret, int collective_timeout_s
 
 /* Ends MPI (MPI_Finalize). */
 void lorad_mpi_finish(void);
+
+/* How many sums left the ranks with different bits after MPI_Allreduce, so that rank 0's copy
+ * was broadcast (the same count on every rank). */
+long long lorad_mpi_repairs(void);

@@ -4,7 +4,8 @@
 The same job (same seed, same global batch) run as one process and as 2 and 4 MPI ranks must give
 the same loss at every step and the same adapter to 1e-5 relative: each rank trains on a disjoint
 share of every batch's rows and the gradients, label counts and losses are summed, so only the
-order of the sums differs. A checkpoint written by 2 ranks must resume on 4 ranks and on one
+order of the sums differs. When MPI_Allreduce leaves the ranks with different bits (forced here
+once with LORAD_TEST_MPI_DIVERGE), rank 0's sum is broadcast and the run is still the same. A checkpoint written by 2 ranks must resume on 4 ranks and on one
 process and end where the uninterrupted run ends. Only rank 0 writes: metrics hold every step
 once. Skipped (77) where mpirun is missing or lorad was built without MPI.
 
@@ -48,11 +49,11 @@ def read_safetensors(path):
     return out
 
 
-def run(job, out, ranks, *extra):
+def run(job, out, ranks, *extra, env=ENV):
     cmd = [LORAD, "train", job, "--out", out, *extra]
     if ranks > 1:
         cmd = ["mpirun", "--oversubscribe", "-np", str(ranks)] + cmd
-    p = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     if p.returncode != 0:
         raise Fail(f"{' '.join(cmd)} exited {p.returncode}:\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}")
     return p.stdout + p.stderr
@@ -125,6 +126,12 @@ def test(d):
         text = run(job, out, k)
         check(f"data-parallel over {k} MPI ranks" in text, f"{k} ranks: lorad train did not say it runs on {k} ranks:\n{text[-1500:]}")
         same_run(ref, out, f"{k} ranks")
+    # ranks whose sums differ in a bit are made equal (rank 1 flips one on purpose here)
+    out = os.path.join(d, "diverge")
+    text = run(job, out, 2, env={**ENV, "LORAD_TEST_MPI_DIVERGE": "1"})
+    check("left the ranks with different bits after MPI_Allreduce" in text,
+          f"2 ranks whose sums differ: the repair did not say so:\n{text[-1500:]}")
+    same_run(ref, out, "2 ranks made equal after diverging")
     # a checkpoint of the 2-rank run resumes on 4 ranks and on one process
     src = os.path.join(d, "ranks2")
     for k in (4, 1):
