@@ -8,7 +8,7 @@ tokens, so each of the two ranks trains 2 rows a step. Each round runs K=1 then 
 job (same seed and global batch, so the same tokens), and prints:
 - tokens/s of each (steps after the first, from metrics.jsonl's elapsed_s) and their ratio;
 - the payload each rank hands to the sums per step (metrics.jsonl's collective_bytes: the LoRA
-  gradients in f32 plus a few counters), which the reduce and the broadcast each move once;
+  gradients in f32 plus a few counters), which MPI_Allreduce sums;
 - the sums' share of rank 0's step time (collective_s / step time), waiting for the slower rank
   included, so it bounds what overlapping them with the backward pass could win.
 Rounds alternate so that a slow spell of the shared host falls on both; the median ratio is

@@ -1,123 +1,176 @@
 #!/usr/bin/env python3
-"""Data-parallel `lorad train` on two "hosts" (issue 16): two network namespaces joined by a veth
-pair, made by the test and removed on exit, each rank in its own, talking over Open MPI's TCP
-transport only. mpirun runs in the first namespace; it reaches the second through a launch agent
-that stands in for ssh (`ip netns exec` instead of a login), so nothing but the network separates
-the ranks, as between two machines.
+"""Data-parallel `lorad train` on two hosts over Open MPI's TCP transport (issue 16).
 
-The run must equal the single process's (train_mpi.py's job and tolerance), and the veth must
-have carried at least the gradients: rank 0 broadcasts the summed LoRA gradients to rank 1 every
-step. Skipped (77) where namespaces cannot be made (not root, no `ip`, a container without
-CAP_SYS_ADMIN) or without mpirun or an MPI build."""
+train_mpi runs its ranks on one host, where Open MPI may pass the sums through shared memory and
+never opens a socket between ranks. Here two network namespaces, joined by a veth pair, stand for
+two hosts: mpirun starts in the first and reaches the second through a generated rsh agent
+(`ip netns exec`) instead of ssh, and only the tcp (and self) transport is allowed. The 2-rank run
+must match one process as train_mpi requires (same job), Open MPI must report the tcp BTL between
+the ranks, and each direction of the veth must have carried at least every step's gradients.
+Skipped (77) unless root with `ip netns`, Open MPI's mpirun and a lorad built with MPI."""
 import atexit
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from train_common import LORAD, check, main  # noqa: E402
-from train_mpi import ENV, make_job, read_safetensors, run, same_run, skip_without_mpi  # noqa: E402
+from train_common import LORAD, Fail, check, main  # noqa: E402
+from train_mpi import ENV, losses, make_job, read_safetensors, run, same_run, skip_without_mpi  # noqa: E402
 
-NET = "10.77.{}.{}"
+PID = os.getpid()
+NS = [f"lorad-nt0-{PID}", f"lorad-nt1-{PID}"]  # nt: this test's; the pid tells a stale pair from a live one
+VETH = [f"lrdv0-{PID}", f"lrdv1-{PID}"]
+NET = f"10.77.{PID % 250}"
+IPS = [f"{NET}.1", f"{NET}.2"]
 
 
-def sh(*cmd):
-    return subprocess.run(list(cmd), capture_output=True, text=True)
+def skip(why):
+    print(f"{why}: skipped")
+    sys.exit(77)
 
 
-class Hosts:
-    """Two namespaces h0, h1 with addresses 10.77.N.1 and 10.77.N.2 on a veth pair."""
+def ip(*args, check_rc=True):
+    p = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+    if check_rc and p.returncode != 0:
+        raise Fail(f"ip {' '.join(args)} exited {p.returncode}: {p.stderr.strip()}")
+    return p
 
-    def __init__(self):
-        tag = os.getpid() % 100000
-        self.ns = [f"lorad-h0-{tag}", f"lorad-h1-{tag}"]
-        self.dev = [f"lrd0-{tag}", f"lrd1-{tag}"]
-        self.subnet = 1 + tag % 250
-        self.addr = [NET.format(self.subnet, 1), NET.format(self.subnet, 2)]
-        self.made = []
 
-    def make(self):
-        for ns in self.ns:
-            p = sh("ip", "netns", "add", ns)
-            if p.returncode != 0:
-                print(f"cannot make a network namespace ({p.stderr.strip()}): skipped")
-                self.remove()
-                sys.exit(77)
-            self.made.append(ns)
-        steps = [["ip", "link", "add", self.dev[0], "type", "veth", "peer", "name", self.dev[1]]]
-        for i in (0, 1):
-            steps += [["ip", "link", "set", self.dev[i], "netns", self.ns[i]],
-                      ["ip", "-n", self.ns[i], "addr", "add", f"{self.addr[i]}/24", "dev", self.dev[i]],
-                      ["ip", "-n", self.ns[i], "link", "set", "lo", "up"],
-                      ["ip", "-n", self.ns[i], "link", "set", self.dev[i], "up"]]
-        for cmd in steps:
-            p = sh(*cmd)
-            check(p.returncode == 0, f"{' '.join(cmd)}: {p.stderr}")
+def remove_namespace(ns):
+    """Ends what still runs in ns (our orted and lorad ranks after a failure), then deletes it."""
+    p = ip("netns", "pids", ns, check_rc=False)
+    for pid in p.stdout.split() if p.returncode == 0 else []:
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+    ip("netns", "del", ns, check_rc=False)
 
-    def remove(self):
-        for ns in self.made:  # deleting a namespace deletes its end of the veth, and so the pair
-            sh("ip", "netns", "del", ns)
-        self.made = []
 
-    def tx_bytes(self, i):
-        p = sh("ip", "netns", "exec", self.ns[i], "cat", f"/sys/class/net/{self.dev[i]}/statistics/tx_bytes")
-        check(p.returncode == 0, f"tx_bytes of {self.dev[i]}: {p.stderr}")
-        return int(p.stdout)
+def cleanup():
+    for ns in NS:
+        if os.path.exists(f"/run/netns/{ns}"):
+            remove_namespace(ns)
 
-    def agent(self, path):
-        """The launch agent mpirun calls as it would call ssh: [options] HOST COMMAND..."""
-        cases = "\n".join(f"{a}) ns={n};;" for a, n in zip(self.addr, self.ns))
-        with open(path, "w") as f:
-            f.write(f"""#!/bin/sh
-while [ "${{1#-}}" != "$1" ]; do shift; done
-host=$1; shift
-case $host in
-{cases}
-*) echo "launch agent: unknown host $host" >&2; exit 1;;
-esac
-exec ip netns exec "$ns" sh -c "$*"
-""")
-        os.chmod(path, 0o755)
-        return path
+
+def remove_stale():
+    """Namespaces left by a run of this test that was killed (SIGKILL, e.g. ctest's timeout)."""
+    for ns in os.listdir("/run/netns") if os.path.isdir("/run/netns") else []:
+        m = re.fullmatch(r"lorad-nt[01]-(\d+)", ns)
+        if m and int(m.group(1)) != PID and not os.path.exists(f"/proc/{m.group(1)}"):
+            remove_namespace(ns)
+
+
+def on_signal(sig, frame):
+    raise SystemExit(128 + sig)  # unwinds through guarded's finally
+
+
+def make_hosts():
+    """Two namespaces with lo up, joined by a veth pair: h0 holds IPS[0], h1 IPS[1]."""
+    for ns in NS:
+        p = ip("netns", "add", ns, check_rc=False)
+        if p.returncode != 0:
+            skip(f"ip netns add {ns} failed ({p.stderr.strip()})")
+        p = ip("netns", "exec", ns, "true", check_rc=False)
+        if p.returncode != 0:
+            skip(f"ip netns exec {ns} failed ({p.stderr.strip()})")
+    p = ip("link", "add", VETH[0], "netns", NS[0], "type", "veth", "peer", "name", VETH[1], "netns", NS[1],
+           check_rc=False)
+    if p.returncode != 0:
+        skip(f"cannot make a veth pair ({p.stderr.strip()})")
+    for ns, dev, addr in zip(NS, VETH, IPS):
+        ip("-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
+        ip("-n", ns, "link", "set", "lo", "up")
+        ip("-n", ns, "link", "set", dev, "up")
+
+
+def tx_bytes(i):
+    p = ip("-n", NS[i], "-j", "-s", "link", "show", "dev", VETH[i])
+    return json.loads(p.stdout)[0]["stats64"]["tx"]["bytes"]
+
+
+def write_agent(d):
+    """An ssh stand-in for Open MPI's rsh launcher: `agent [options] HOST command...` runs the
+    command in HOST's namespace."""
+    path = os.path.join(d, "netns-agent")
+    cases = "".join(f"  {addr}) ns={ns} ;;\n" for addr, ns in zip(IPS, NS))
+    with open(path, "w") as f:
+        f.write("#!/bin/sh\n"
+                "while [ $# -gt 0 ]; do case \"$1\" in -*) shift ;; *) break ;; esac; done\n"
+                "host=$1; shift\n"
+                f"case \"$host\" in\n{cases}"
+                "  *) echo \"netns-agent: unknown host $host\" >&2; exit 255 ;;\n"
+                "esac\n"
+                "exec ip netns exec \"$ns\" sh -c \"$*\"\n")
+    os.chmod(path, 0o755)
+    return path
 
 
 def test(d):
     skip_without_mpi()
-    if os.geteuid() != 0 or not shutil.which("ip"):
-        print("network namespaces need root and iproute2: skipped")
-        sys.exit(77)
-    hosts = Hosts()
-    atexit.register(hosts.remove)
-    for sig in (signal.SIGTERM, signal.SIGINT):  # ctest's timeout: still clean up
-        signal.signal(sig, lambda *_: sys.exit(1))
-    hosts.make()
+    if os.geteuid() != 0:
+        skip("network namespaces need root")
+    if not shutil.which("ip"):
+        skip("ip (iproute2) not found")
+    if "Open MPI" not in subprocess.run(["mpirun", "--version"], capture_output=True, text=True).stdout:
+        skip("mpirun is not Open MPI's (the launch below uses its rsh agent and --mca options)")
+    lorad = shutil.which(LORAD)  # absolute: orted starts rank 1 in h1
+    check(lorad is not None, f"{LORAD} not found")
+    remove_stale()
+    make_hosts()
     job = make_job(d)
     ref = os.path.join(d, "one")
     run(job, ref, 1)
 
     out = os.path.join(d, "two-hosts")
-    subnet = f"{NET.format(hosts.subnet, 0)}/24"
-    before = hosts.tx_bytes(0)
-    cmd = ["ip", "netns", "exec", hosts.ns[0], "mpirun", "--host", f"{hosts.addr[0]}:1,{hosts.addr[1]}:1", "-np", "2",
-           "--mca", "plm_rsh_agent", hosts.agent(os.path.join(d, "agent.sh")),
-           "--mca", "pml", "ob1", "--mca", "btl", "tcp,self", "--mca", "btl_tcp_if_include", subnet,
-           "--mca", "oob_tcp_if_include", subnet, LORAD, "train", job, "--out", out]
-    p = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=240)
-    check(p.returncode == 0, f"{' '.join(cmd)} exited {p.returncode}:\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}")
-    check("data-parallel over 2 MPI ranks" in p.stdout, f"lorad train did not run on 2 ranks:\n{p.stdout[-1500:]}")
-    sent = hosts.tx_bytes(0) - before
-    same_run(ref, out, "two hosts over TCP")
+    subnet = f"{NET}.0/24"
+    cmd = ["ip", "netns", "exec", NS[0], "mpirun", "-np", "2", "--host", ",".join(IPS),
+           "--mca", "plm_rsh_agent", write_agent(d), "--mca", "pml", "ob1", "--mca", "btl", "tcp,self",
+           "--mca", "btl_tcp_if_include", subnet, "--mca", "oob_tcp_if_include", subnet,
+           "--mca", "btl_base_verbose", "1", lorad, "train", job, "--out", out]
+    before = [tx_bytes(0), tx_bytes(1)]
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=120)
+    except subprocess.TimeoutExpired:
+        raise Fail(f"{' '.join(cmd)} did not finish in 120 s")
+    text = p.stdout + p.stderr
+    check(p.returncode == 0, f"{' '.join(cmd)} exited {p.returncode}:\n{text[-4000:]}")
+    sent = [tx_bytes(0) - before[0], tx_bytes(1) - before[1]]
 
+    check("data-parallel over 2 MPI ranks" in text, f"lorad train did not say it runs on 2 ranks:\n{text[-1500:]}")
+    # Open MPI names the transport to each peer; rank 0 must reach rank 1 at h1's address
+    check(re.search(rf"Using tcp btl for send to \[\S*,1\] on node {re.escape(IPS[1])}\b", text),
+          f"Open MPI did not report rank 0 sending to rank 1 on {IPS[1]} over tcp:\n{text[-3000:]}")
+    check(re.search(r"Using tcp btl for send to \[\S*,0\]", text),
+          f"Open MPI did not report rank 1 sending to rank 0 over tcp:\n{text[-3000:]}")
+    same_run(ref, out, "2 ranks in 2 namespaces")
+    # every step sums the float32 gradients (one per adapter element): whatever the allreduce
+    # algorithm, each rank's gradient must cross the veth in full
     grads = sum(t.size for t in read_safetensors(os.path.join(out, "adapter", "adapter_model.safetensors")).values())
-    with open(os.path.join(out, "metrics.jsonl")) as f:
-        steps = sum(1 for _ in f)
-    want = steps * grads * 4
-    check(sent >= want, f"the veth of host 0 sent {sent} bytes, less than the {steps} steps' broadcast "
-                        f"gradients ({want} bytes): the ranks did not talk over it")
-    print(f"two hosts over TCP: {steps} steps, {sent} bytes out of host 0 ({want} bytes of gradients)")
+    need = len(losses(out)) * grads * 4
+    for i in (0, 1):
+        check(sent[i] >= need, f"{VETH[i]} ({NS[i]}) sent {sent[i]} bytes during the run, less than the "
+                               f"{need} bytes of gradients its rank must send")
+    print(f"veth bytes sent h0->h1 {sent[0]}, h1->h0 {sent[1]}; gradients per direction {need}")
+
+
+def guarded(d):
+    atexit.register(cleanup)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    try:
+        test(d)
+    except SystemExit as e:
+        if e.code == 77:
+            shutil.rmtree(d, ignore_errors=True)
+        raise
+    finally:
+        cleanup()
 
 
 if __name__ == "__main__":
-    main(test)
+    main(guarded)
