@@ -1,20 +1,20 @@
-/* A base without an adapter still needs a model with some LoRA shape: it gets a rank-1 q_proj
- * LoRA that every call leaves unused (use_adapter false), so the base alone costs no extra
- * FLOPs. */
+/* One sequence through the decoder (decoder.h): the same code the inference service batches, so
+ * `lorad generate` and the routes give the same tokens. */
 #include "generate.h"
 
 #include <errno.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "adapter_apply.h"
-#include "model.h"
+#include "decoder.h"
 
 struct lorad_generator {
-    struct lorad_model *model;
+    struct lorad_decoder *dec;
+    struct lorad_lora_weights *lora; /* NULL: the base alone */
+    struct lorad_kv_cache *cache;
     struct lorad_generator_options opt;
-    bool use_adapter;
     int vocab;
     float *logits; /* (vocab) */
 };
@@ -29,20 +29,21 @@ int lorad_generator_new(struct lorad_generator **ret, const struct lorad_base_we
     if (opt->max_chunk < 1 || opt->max_chunk > opt->max_total || (opt->no_kv_cache && opt->max_chunk != opt->max_total))
         return lorad_error_set(err, -EINVAL, "max_chunk", "a chunk of %d tokens does not fit a sequence of %d",
                                opt->max_chunk, opt->max_total);
-    struct lorad_lora_config lc = {.r = 1, .alpha = 1.0f, .targets = 1u << LORAD_Q_PROJ};
-    int rc;
-    if (ad && (rc = lorad_adapter_lora_config(ad, &lc, err)) < 0) return rc;
     struct lorad_generator *g = calloc(1, sizeof *g);
     if (!g) return lorad_error_set(err, -ENOMEM, "", "out of memory");
     g->opt = *opt;
-    g->use_adapter = ad != NULL;
     g->vocab = w->cfg.vocab_size;
     g->logits = malloc((size_t)g->vocab * sizeof *g->logits);
-    struct lorad_run_options ro = {.threads = opt->threads, .max_batch = 1, .max_seq = opt->max_chunk,
-                                   .kv_cache_len = opt->max_total};
+    struct lorad_decoder_options dopt = {.threads = opt->threads, .max_rows = opt->max_chunk, .max_seqs = 1,
+                                         .max_pos = opt->max_total, .compute_dtype = LORAD_COMPUTE_FLOAT32};
+    int rc = 0;
     if (!g->logits) rc = lorad_error_set(err, -ENOMEM, "", "out of memory");
-    else if ((rc = lorad_model_new(&g->model, w, &lc, &ro, err)) == 0 && ad)
-        rc = lorad_adapter_install(ad, g->model, err);
+    if (rc == 0) rc = lorad_decoder_new(&g->dec, w, &dopt, err);
+    if (rc == 0 && ad) {
+        rc = lorad_lora_weights_new(&g->lora, ad, &w->cfg, err);
+        if (rc < 0) snprintf(err->param, sizeof err->param, "%s", "adapter");
+    }
+    if (rc == 0) rc = lorad_kv_cache_new(&g->cache, g->dec, opt->max_total, err);
     if (rc < 0) {
         lorad_generator_free(g);
         return rc;
@@ -53,7 +54,9 @@ int lorad_generator_new(struct lorad_generator **ret, const struct lorad_base_we
 
 void lorad_generator_free(struct lorad_generator *g) {
     if (!g) return;
-    lorad_model_free(g->model);
+    lorad_kv_cache_free(g->cache);
+    lorad_lora_weights_free(g->lora);
+    lorad_decoder_free(g->dec);
     free(g->logits);
     free(g);
 }
@@ -77,12 +80,14 @@ int lorad_generate_stop_ids(const struct lorad_llama_config *cfg, const struct l
     return n;
 }
 
-/* Runs seq[from, to) through the model in chunks the activation buffers hold; the logits of the
- * last token land in g->logits. */
+/* Runs seq[from, to) through the decoder in chunks its rows hold; the logits of the last token
+ * land in g->logits. */
 static int feed(struct lorad_generator *g, const int32_t *seq, int from, int to, struct lorad_error *err) {
     for (int i = from; i < to; i += g->opt.max_chunk) {
         int n = to - i < g->opt.max_chunk ? to - i : g->opt.max_chunk;
-        int rc = lorad_model_infer(g->model, seq + i, n, g->use_adapter, g->logits, err);
+        struct lorad_decode_item it = {.cache = g->cache, .lora = g->lora, .tokens = seq + i, .n = n,
+                                       .logits = i + n == to ? g->logits : NULL};
+        int rc = lorad_decoder_step(g->dec, &it, 1, err);
         if (rc < 0) return rc;
     }
     return 0;
@@ -107,7 +112,7 @@ int lorad_generate(struct lorad_generator *g, const struct lorad_generation *req
     struct lorad_sampler *s;
     int rc = lorad_sampler_new(&s, req->sampling, g->vocab, err);
     if (rc < 0) return rc;
-    lorad_model_reset_cache(g->model);
+    lorad_kv_cache_reset(g->cache);
     int n = n_prompt, n_gen = 0;
     bool at_stop = false;
     rc = feed(g, seq, 0, n, err);
@@ -126,7 +131,7 @@ int lorad_generate(struct lorad_generator *g, const struct lorad_generation *req
         if (req->on_token && (rc = req->on_token(req->ctx, seq, n, g->logits, at_stop)) < 0) break;
         if (at_stop || n_gen == req->max_tokens) break;
         if (g->opt.no_kv_cache) {
-            lorad_model_reset_cache(g->model);
+            lorad_kv_cache_reset(g->cache);
             rc = feed(g, seq, 0, n, err);
         } else {
             rc = feed(g, seq, n - 1, n, err);

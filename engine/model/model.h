@@ -75,8 +75,10 @@ int lorad_model_forward_backward(struct lorad_model *m, const struct lorad_batch
 int lorad_model_eval(struct lorad_model *m, const struct lorad_batch *b, double *ret_loss_sum,
                      int64_t *ret_correct, int64_t *ret_tokens, struct lorad_error *err);
 
-/* Inference for batch 1 with the KV cache: appends tokens (n) at positions cache_len.. and writes
- * the logits (V) of the last one. use_adapter false runs the base model alone. -ENOSPC when the
+/* Inference for batch 1 with the KV cache, through the training forward's own kernels: appends
+ * tokens (n) at positions cache_len.. and writes the logits (V) of the last one. Generation and
+ * serving use engine/infer/decoder.h; this path stays as the independent forward the decoder's
+ * tests compare with. use_adapter false runs the base model alone. -ENOSPC when the
  * cache is full, -EINVAL without a cache or for bad tokens. */
 int lorad_model_infer(struct lorad_model *m, const int32_t *tokens, int n, bool use_adapter, float *ret_logits,
                       struct lorad_error *err);

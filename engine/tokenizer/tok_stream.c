@@ -41,6 +41,7 @@ int lorad_text_stream_next(struct lorad_text_stream *ts, const int32_t *seq, int
     if (rc < 0) return rc;
     free(ts->text);
     ts->text = text;
+    ts->text_len = len;
     size_t upto = final ? len : complete_utf8(text, len), from = ts->emitted;
     if (upto > ts->emitted) ts->emitted = upto;
     *ret_new = text + (from < upto ? from : upto);

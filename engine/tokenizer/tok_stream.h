@@ -18,6 +18,7 @@ struct lorad_text_stream {
     int cap;
     size_t emitted;                    /* bytes of the decoded sequence already handed out */
     char *text;                        /* the last decode; owned */
+    size_t text_len;                   /* its bytes */
 };
 
 /* A stream over sequences of at most cap ids. Returns 0 or -ENOMEM. */

@@ -31,10 +31,16 @@ def llama2c_config(path):
 
 
 def two_float32_runs(path, tokens):
-    """How far two float32 computations of a llama2.c model's logits (say with and without the KV
-    cache, or adapter and merged weights) may differ relative to the row's scale: each within
-    the logits bound of the exact value."""
-    return 2 * float32_logits_bound(llama2c_config(path), tokens)
+    """How far two float32 computations of a model's logits (say with and without the KV cache, or
+    adapter and merged weights) may differ relative to the row's scale: each within the logits
+    bound of the exact value. path is a llama2.c .bin or an HF directory."""
+    if os.path.isdir(path):
+        import json
+        with open(os.path.join(path, "config.json")) as f:
+            cfg = json.load(f)
+    else:
+        cfg = llama2c_config(path)
+    return 2 * float32_logits_bound(cfg, tokens)
 
 failures = []
 

@@ -1,7 +1,9 @@
 #!/usr/bin/python3
 """Our reference for `lorad generate`: greedy decoding of a LlamaForCausalLM, optionally with a
 PEFT LoRA adapter, computed in float64 PyTorch by recomputing the whole sequence for every token
-(no KV cache), from the maths.
+(no KV cache), from the maths. lorad keeps its KV cache in bf16 when every linear weight of the
+base (the seven projections of every layer and the LM head) is stored in BF16; the reference then
+rounds keys (after RoPE) and values to bf16 at every position, which is what such a cache holds.
 
 The model itself is llama_lora_ref.LlamaLora (RMSNorm, RoPE, GQA attention, SwiGLU, LoRA delta
 scale * B (A x), scale = alpha/r or alpha/sqrt(r) with rsLoRA); the base is read by
@@ -56,7 +58,10 @@ def load_model(base, adapter):
     else:
         lcfg = LoraConfig({"r": 1, "alpha": 1, "target_modules": ["q_proj"]})
         lora = {}
-    return LlamaLora(cfg, lcfg, weights), lora, cfg
+    linears = [n for n in tensors if n.endswith("_proj.weight")]
+    head = "lm_head.weight" if "lm_head.weight" in tensors else "model.embed_tokens.weight"
+    kv_bf16 = all(tensors[n][0] == "BF16" for n in linears + [head])
+    return LlamaLora(cfg, lcfg, weights, kv_bf16=kv_bf16), lora, cfg
 
 
 def next_logits(model, lora, ids):

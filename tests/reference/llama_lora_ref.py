@@ -295,11 +295,14 @@ class LlamaLora:
 
     `base` holds frozen tensors; `lora` the adapters (callers set requires_grad). With
     bf16_products the frozen-weight products round their operands to bfloat16 (Bf16Product);
-    the LoRA path, norms, attention and the loss stay in the tensors' dtype."""
+    the LoRA path, norms, attention and the loss stay in the tensors' dtype. With kv_bf16 the keys
+    (after RoPE) and values are rounded to bfloat16 at every position, as a bf16 KV cache holds
+    them (lorad's inference on a base whose linear weights are all BF16, docs/engine.md)."""
 
-    def __init__(self, cfg, lcfg, base, bf16_products=False):
+    def __init__(self, cfg, lcfg, base, bf16_products=False, kv_bf16=False):
         self.cfg, self.lcfg, self.base = cfg, lcfg, base
         self.bf16_products = bf16_products
+        self.kv_bf16 = kv_bf16
 
     def linear(self, x, lora, prefix, weight=None):
         w = self.base[prefix + ".weight"] if weight is None else weight
@@ -347,6 +350,8 @@ class LlamaLora:
         v = self.linear(h, lora, p + "self_attn.v_proj").view(batch, seq, cfg.kv_heads, hd).transpose(1, 2)
         q = q * cos + rotate_half(q) * sin  # (B, H, T, hd)
         k = k * cos + rotate_half(k) * sin  # (B, KV, T, hd)
+        if self.kv_bf16:
+            k, v = round_bf16(k), round_bf16(v)
         # query head h reads kv head h // n_rep
         k = k.repeat_interleave(n_rep, dim=1)
         v = v.repeat_interleave(n_rep, dim=1)
