@@ -18,6 +18,7 @@
 
 struct lorad_store;
 struct lorad_api_metrics;
+struct lorad_infer;
 
 struct lorad_app {
     struct lorad_store *store;
@@ -30,6 +31,12 @@ struct lorad_app {
                                      * job may ask for (more is refused with 400) */
     int64_t memory_limit;           /* > 0: a job whose memory estimate exceeds it is refused (400) */
     struct lorad_api_metrics *metrics; /* Prometheus registry the /metrics handler renders */
+    /* The inference service of /v1/completions and /v1/chat/completions (engine/infer/
+     * infer_service.h), created before the HTTP servers start and freed after they stop. NULL:
+     * inference is disabled (inference.enabled no) and those routes answer 503. */
+    struct lorad_infer *infer;
+    int infer_max_generations;      /* its max_generations: a request needing more sequences than
+                                     * this can never run, so it is 400 rather than 429; 0: unknown */
     atomic_bool ready;              /* /readyz: true after recovery, false while stopping */
     atomic_bool stopping;           /* new jobs are refused with 503 while true */
 

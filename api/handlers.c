@@ -9,6 +9,7 @@ int lorad_api_handlers_install(void) {
         lorad_api_install_job_routes,
         lorad_api_install_model_routes,
         lorad_api_install_service_routes,
+        lorad_api_install_inference_routes,
     };
     for (size_t i = 0; i < sizeof groups / sizeof groups[0]; i++) {
         int r = groups[i]();

@@ -5,6 +5,7 @@
 #include <stdint.h>
 
 #include "app.h"
+#include "data_format.h"
 #include "error.h"
 #include "routes.h"
 
@@ -14,6 +15,7 @@ int lorad_api_install_file_routes(void);    /* handlers_files.c: /v1/files... */
 int lorad_api_install_job_routes(void);     /* handlers_jobs.c: /v1/fine_tuning/jobs... */
 int lorad_api_install_model_routes(void);   /* handlers_models.c: /v1/models... */
 int lorad_api_install_service_routes(void); /* handlers_service.c: /readyz, /metrics gauges */
+int lorad_api_install_inference_routes(void); /* handlers_inference.c: /v1/completions, /v1/chat/completions */
 
 static inline struct lorad_app *handler_app(const struct lorad_api_request *req) {
     return (struct lorad_app *)req->app;
@@ -54,3 +56,35 @@ int handler_reply_file(struct lorad_api_reply *ret_reply, const char *path, cons
 /* 503 {"code": "not_ready"}: the daemon has not opened the store yet (app or app->store NULL).
  * Returns 0. */
 int handler_reply_not_ready(struct lorad_api_reply *ret_reply);
+
+/* ---- model names (model_resolve.c) ------------------------------------------------------- */
+
+enum handler_model_kind {
+    HANDLER_MODEL_BASE,       /* an entry of the models directory */
+    HANDLER_MODEL_FINE_TUNED, /* a succeeded job's final adapter: ft:<base>:<suffix>:<job-id> */
+    HANDLER_MODEL_CHECKPOINT, /* a job's checkpoint: ft:<base>:<suffix>:<job-id>:ckpt-step-N */
+};
+
+/* What a model name of GET /v1/models runs: paths built by the server, never from the name. */
+struct handler_model {
+    enum handler_model_kind kind;
+    char base_id[256];             /* the base model's id (the name itself for a base) */
+    char base_path[4096];
+    char adapter_path[8192];       /* "" for a base model */
+    enum lorad_chat_template tmpl; /* the training job's data.template; AUTO for a base (its own) */
+};
+
+/* Resolves a model name. Returns 0 and *ret, -ENOENT (param "model", the message names the model)
+ * when name is no model, or its base model is no longer in the models directory, or other -errno
+ * from the store (err set). The caller checks that app->store is open. */
+int handler_model_resolve(const struct lorad_app *app, const char *name, struct handler_model *ret,
+                          struct lorad_error *err);
+
+/* True when name has a checkpoint's shape (ft:...:<job-id>:ckpt-step-N with a valid job id). */
+bool handler_model_is_checkpoint(const char *name);
+
+/* The checkpoint the store publishes as name (its fine_tuned_model_checkpoint): 0 with *ret_job
+ * (the job object) and *ret_checkpoint (its fine_tuning.job.checkpoint object), new references;
+ * -ENOENT, err untouched, when there is none; other -errno from the store (err set). */
+int handler_find_checkpoint(struct lorad_store *store, const char *name, json_t **ret_job, json_t **ret_checkpoint,
+                            struct lorad_error *err);

@@ -1,5 +1,6 @@
-/* /v1/models: the base models of the models directory and the adapters of succeeded jobs, in
- * OpenAI's model-list shape, plus the final adapter files of a fine-tuned model.
+/* /v1/models: the base models of the models directory, the adapters of succeeded jobs and the
+ * checkpoints of every job, in OpenAI's model-list shape (each one a model the inference routes
+ * run), plus the final adapter files of a fine-tuned model.
  *
  * Base models are described from their headers only (config.json, the llama2.c header, the GGUF
  * metadata and tensor table), never by loading the weights, and each description is cached by
@@ -8,7 +9,9 @@
  * A fine-tuned model is named "ft:<base>:<suffix|lorad>:<job-id>" (lorad_store_fine_tuned_model_name).
  * Only the job id (the last ':' component, checked by lorad_store_id_valid) is used to find it, and
  * the whole name must then equal the job's fine_tuned_model; its files are read from
- * jobs_dir/<job-id>/adapter/ under fixed names. No client string ever becomes a path. */
+ * jobs_dir/<job-id>/adapter/ under fixed names. A checkpoint is named by its
+ * fine_tuned_model_checkpoint ("ft:...:<job-id>:ckpt-step-N", model_resolve.c). No client string
+ * ever becomes a path. */
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -31,6 +34,7 @@
 #define MODELS_MAX_ADAPTER_PAGES 100 /* adapters listed: at most 100 pages of 100 succeeded jobs */
 #define MODELS_CONFIG_MAX (1 << 20)  /* config.json bytes read */
 #define MODELS_CACHE_SIZE 64
+#define MODELS_MAX_CHECKPOINT_PAGES 10 /* per job: keep_checkpoints is at most 1000 */
 
 /* Copies an engine message into out with every occurrence of path replaced by name: clients see
  * the entry's name, not where the state or models directory lies on the server. */
@@ -287,6 +291,82 @@ static json_t *adapter_model_object(const struct lorad_app *app, json_t *job) {
     return m;
 }
 
+/* The model object of a job's checkpoint (ckpt: its fine_tuning.job.checkpoint object): parent is
+ * the job's fine-tuned model once the job has succeeded, else the base. Returns a new reference or
+ * NULL. */
+static json_t *checkpoint_model_object(json_t *job, json_t *ckpt) {
+    const char *base = json_string_value(json_object_get(job, "model"));
+    const char *status = json_string_value(json_object_get(job, "status"));
+    json_t *id = json_object_get(ckpt, "fine_tuned_model_checkpoint"), *created = json_object_get(ckpt, "created_at");
+    json_t *job_id = json_object_get(job, "id"), *ck_id = json_object_get(ckpt, "id");
+    json_t *step = json_object_get(ckpt, "step_number");
+    char parent[512];
+    if (!base || !json_is_string(id) || !json_is_integer(created) || !json_is_string(job_id) || !json_is_string(ck_id) ||
+        !json_is_integer(step))
+        return NULL;
+    if (!status || strcmp(status, "succeeded") != 0 || lorad_store_job_fine_tuned_model(job, parent, sizeof parent) < 0)
+        snprintf(parent, sizeof parent, "%s", base);
+    return json_pack("{s:O, s:s, s:O, s:s, s:s, s:s, s:s, s:s, s:O, s:O, s:O}", "id", id, "object", "model", "created",
+                     created, "owned_by", "user", "kind", "checkpoint", "root", base, "parent", parent, "base_model",
+                     base, "fine_tuning_job_id", job_id, "checkpoint_id", ck_id, "step_number", step);
+}
+
+/* Appends the model object of every checkpoint of job to data, highest step first. */
+static int append_checkpoints(struct lorad_app *app, json_t *job, json_t *data, struct lorad_error *err) {
+    const char *job_id = json_string_value(json_object_get(job, "id"));
+    char after[LORAD_STORE_ID_MAX] = "";
+    for (int page_no = 0; job_id && page_no < MODELS_MAX_CHECKPOINT_PAGES; page_no++) {
+        json_t *page = NULL;
+        int r = lorad_store_checkpoint_list(app->store, job_id, after[0] ? after : NULL, 100, &page, err);
+        if (r == -ENOENT) return 0; /* deleted meanwhile */
+        if (r < 0) return r;
+        size_t i;
+        json_t *ck;
+        json_array_foreach(json_object_get(page, "data"), i, ck) {
+            json_t *m = checkpoint_model_object(job, ck);
+            if (m) json_array_append_new(data, m);
+        }
+        const char *last = json_string_value(json_object_get(page, "last_id"));
+        bool more = json_is_true(json_object_get(page, "has_more")) && last;
+        if (more) snprintf(after, sizeof after, "%s", last);
+        json_decref(page);
+        if (!more) break;
+    }
+    return 0;
+}
+
+/* Appends to data the model object of each job of status (-1: any), newest first, made by
+ * add(app, job, data). */
+static int append_jobs(struct lorad_app *app, int status, json_t *data,
+                       int (*add)(struct lorad_app *app, json_t *job, json_t *data, struct lorad_error *err),
+                       struct lorad_error *err) {
+    char after[LORAD_STORE_ID_MAX] = "";
+    for (int page_no = 0; page_no < MODELS_MAX_ADAPTER_PAGES; page_no++) {
+        json_t *page = NULL;
+        int r = lorad_store_job_list(app->store, status, after[0] ? after : NULL, 100, &page, err);
+        if (r < 0) return r;
+        size_t i;
+        json_t *job;
+        json_array_foreach(json_object_get(page, "data"), i, job) {
+            if ((r = add(app, job, data, err)) < 0) break;
+        }
+        const char *last = json_string_value(json_object_get(page, "last_id"));
+        bool more = r == 0 && json_is_true(json_object_get(page, "has_more")) && last;
+        if (more) snprintf(after, sizeof after, "%s", last);
+        json_decref(page);
+        if (r < 0) return r;
+        if (!more) break;
+    }
+    return 0;
+}
+
+static int append_adapter(struct lorad_app *app, json_t *job, json_t *data, struct lorad_error *err) {
+    (void)err;
+    json_t *m = adapter_model_object(app, job);
+    if (m) json_array_append_new(data, m);
+    return 0;
+}
+
 static int reply_no_model(struct lorad_api_reply *ret_reply, const char *name) {
     char msg[256];
     snprintf(msg, sizeof msg, "model '%.180s' does not exist", name);
@@ -301,33 +381,20 @@ static int add_base(void *ctx, const char *id, const char *path, enum lorad_mode
     return 0;
 }
 
-/* GET /v1/models: base models in name order, then adapters newest first. */
+/* GET /v1/models: base models in name order, then adapters newest first, then the checkpoints of
+ * every job (jobs newest first, each one's highest step first). */
 static int handle_list(const struct lorad_api_request *req, struct lorad_api_reply *ret_reply) {
     struct lorad_app *app = handler_app(req);
     if (!app || !app->store) return handler_reply_not_ready(ret_reply);
     json_t *data = json_array();
     if (!data) return handler_reply_oom(ret_reply);
     if (app->models_dir) lorad_model_dir_scan(app->models_dir, add_base, data); /* unreadable dir: no base models */
-    char after[LORAD_STORE_ID_MAX] = "";
-    for (int page_no = 0; page_no < MODELS_MAX_ADAPTER_PAGES; page_no++) {
-        struct lorad_error err = {0};
-        json_t *page = NULL;
-        int r = lorad_store_job_list(app->store, LORAD_JOB_SUCCEEDED, after[0] ? after : NULL, 100, &page, &err);
-        if (r < 0) {
-            json_decref(data);
-            return handler_reply_failure(ret_reply, r, &err, NULL);
-        }
-        size_t i;
-        json_t *job;
-        json_array_foreach(json_object_get(page, "data"), i, job) {
-            json_t *m = adapter_model_object(app, job);
-            if (m) json_array_append_new(data, m);
-        }
-        const char *last = json_string_value(json_object_get(page, "last_id"));
-        bool more = json_is_true(json_object_get(page, "has_more")) && last;
-        if (more) snprintf(after, sizeof after, "%s", last);
-        json_decref(page);
-        if (!more) break;
+    struct lorad_error err = {0};
+    int r = append_jobs(app, LORAD_JOB_SUCCEEDED, data, append_adapter, &err);
+    if (r == 0) r = append_jobs(app, -1, data, append_checkpoints, &err);
+    if (r < 0) {
+        json_decref(data);
+        return handler_reply_failure(ret_reply, r, &err, NULL);
     }
     json_t *first = json_array_get(data, 0), *lastm = json_array_get(data, json_array_size(data) - 1);
     return handler_reply_json(ret_reply, 200,
@@ -343,6 +410,16 @@ static int handle_get(const struct lorad_api_request *req, struct lorad_api_repl
     const char *name = lorad_route_param(&req->params, "model");
     if (!name) return reply_no_model(ret_reply, "");
     struct lorad_error err = {0};
+    if (handler_model_is_checkpoint(name)) {
+        json_t *job = NULL, *ck = NULL;
+        int r = handler_find_checkpoint(app->store, name, &job, &ck, &err);
+        if (r == -ENOENT) return reply_no_model(ret_reply, name);
+        if (r < 0) return handler_reply_failure(ret_reply, r, &err, NULL);
+        json_t *m = checkpoint_model_object(job, ck);
+        json_decref(job);
+        json_decref(ck);
+        return handler_reply_json(ret_reply, 200, m);
+    }
     if (strncmp(name, "ft:", 3) == 0) {
         json_t *job = NULL;
         int r = lorad_store_fine_tuned_job(app->store, name, &job, &err);

@@ -1,4 +1,4 @@
-/* /readyz and the job gauges of /metrics.
+/* /readyz and the job and inference gauges of /metrics.
  *
  * The gauges need the app (its store), which lorad_api_handlers_install() does not have. They are
  * registered with lorad_api_metrics_add_gauge() exactly once, on the first /metrics or /readyz
@@ -17,6 +17,7 @@
 #include "api_metrics.h"
 #include "handlers.h"
 #include "handlers_internal.h"
+#include "infer_service.h"
 #include "store.h"
 
 static _Atomic(struct lorad_app *) gauge_app;
@@ -93,9 +94,33 @@ static size_t gauge_rates(void *ctx, char *out, size_t cap) {
     return o.len;
 }
 
+/* The inference service's figures; nothing when inference is disabled. */
+static size_t gauge_inference(void *ctx, char *out, size_t cap) {
+    (void)ctx;
+    struct lorad_app *app = atomic_load(&gauge_app);
+    struct text_out o = {out, cap, 0};
+    if (cap) out[0] = '\0';
+    if (!app || !app->infer) return 0;
+    struct lorad_infer_stats st;
+    lorad_infer_get_stats(app->infer, &st);
+    out_line(&o, "# HELP lorad_inference_generations Sequences being generated now.\n"
+                 "# TYPE lorad_inference_generations gauge\nlorad_inference_generations %d\n", st.running);
+    out_line(&o, "# HELP lorad_inference_tokens_generated_total Tokens generated since the daemon started.\n"
+                 "# TYPE lorad_inference_tokens_generated_total counter\nlorad_inference_tokens_generated_total %llu\n",
+             (unsigned long long)st.tokens_generated);
+    out_line(&o, "# HELP lorad_inference_loaded Base models and adapters loaded for inference.\n"
+                 "# TYPE lorad_inference_loaded gauge\nlorad_inference_loaded{kind=\"base\"} %d\n"
+                 "lorad_inference_loaded{kind=\"adapter\"} %d\n", st.bases_loaded, st.adapters_loaded);
+    out_line(&o, "# HELP lorad_inference_memory_bytes Bytes of loaded bases, adapters and KV caches.\n"
+                 "# TYPE lorad_inference_memory_bytes gauge\nlorad_inference_memory_bytes %lld\n",
+             (long long)st.bytes_loaded);
+    return o.len;
+}
+
 static void gauge_register(void) {
     int r = lorad_api_metrics_add_gauge(gauge_jobs, NULL);
     if (r == 0) r = lorad_api_metrics_add_gauge(gauge_rates, NULL);
+    if (r == 0) r = lorad_api_metrics_add_gauge(gauge_inference, NULL);
     gauge_register_result = r;
 }
 

@@ -55,6 +55,8 @@ struct lorad_api_route lorad_api_routes[] = {
     {"GET", "/v1/models/{model}/adapter_config.json", NW, false, LORAD_BODY_NONE},
     {"GET", "/v1/models/{model}/adapter.tar", NW, false, LORAD_BODY_NONE},
     {"GET", "/v1/models/{model}/adapter.gguf", NW, false, LORAD_BODY_NONE},
+    {"POST", "/v1/chat/completions", NW, false, LORAD_BODY_JSON},
+    {"POST", "/v1/completions", NW, false, LORAD_BODY_JSON},
     {"GET", "/livez", handler_livez, true, LORAD_BODY_NONE},
     {"GET", "/readyz", NW, true, LORAD_BODY_NONE},
     {"GET", "/metrics", lorad_api_handler_metrics, false, LORAD_BODY_NONE},

@@ -32,7 +32,13 @@ struct lorad_api_request {
     /* Query argument / header lookups (case-insensitive for headers); NULL when absent. */
     const char *(*query)(const struct lorad_api_request *r, const char *name);
     const char *(*header)(const struct lorad_api_request *r, const char *name);
+    /* True once the server is stopping or the client has hung up (its end of the connection is
+     * closed or shut down for writing): a handler that works long before it answers (a generation
+     * without stream) polls it to give up early, since nobody will read the answer. A cheap
+     * non-blocking check. NULL in requests built without a transport (tests). */
+    bool (*gone)(const struct lorad_api_request *r);
     void *transport;                 /* private to the transport */
+    void *transport_state;           /* private to the transport */
 };
 
 /* Event source of an SSE stream. Called repeatedly from the connection's own thread; returns
@@ -41,7 +47,16 @@ struct lorad_api_request {
  * (the transport sends "data: [DONE]"), or -errno (the stream ends). */
 typedef int (*lorad_api_next_event_fn)(void *ctx, uint64_t after_seq, uint64_t *ret_seq, char **ret_json);
 
-/* A reply the handler fills in; the transport sends it. Exactly one of json / file / sse. */
+/* Source of a raw byte stream: text the handler formats itself (e.g. OpenAI's `data: {...}` chunks,
+ * no `id:` lines). Called repeatedly from the connection's own thread and may block up to
+ * timeout_ms, so bytes go out as soon as they exist. Returns 1 with *ret_bytes (malloc'd,
+ * NUL-terminated, non-empty; the transport frees it), 0 when nothing came within timeout_ms (the
+ * transport then checks for a stop or a hung-up client and sends ": keepalive" after a silence),
+ * 2 when the stream is over (nothing is added to it), or -errno (the connection is closed). */
+typedef int (*lorad_api_stream_next_fn)(void *ctx, int timeout_ms, char **ret_bytes);
+
+/* A reply the handler fills in; the transport sends it. Exactly one of json / text / file / sse /
+ * stream. */
 struct lorad_api_reply {
     unsigned status;
     json_t *json;                    /* owned: the transport decrefs it */
@@ -61,6 +76,15 @@ struct lorad_api_reply {
     void *sse_ctx;
     void (*sse_free)(void *ctx);
     uint64_t sse_after_seq;
+    /* Raw stream (content_type, default text/event-stream): set stream_next. The transport calls
+     * stream_free(stream_ctx) exactly once, as soon as the stream ends, the client hangs up (noticed
+     * within 100 ms, also while the source is silent) or the server stops, so what the stream holds
+     * (a generation's slots) is released at once. */
+    lorad_api_stream_next_fn stream_next;
+    void *stream_ctx;
+    void (*stream_free)(void *ctx);
+    /* > 0: the reply carries `Retry-After: <seconds>` (429 and 503 answers). */
+    unsigned retry_after_s;
 };
 
 typedef int (*lorad_api_handler_fn)(const struct lorad_api_request *req, struct lorad_api_reply *ret_reply);

@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -47,7 +48,10 @@ struct request_state {
     struct timespec started;
 };
 
-static enum MHD_Result send_json(struct request_state *st, struct MHD_Connection *c, unsigned status, json_t *body, const char *allow) {
+/* Sends body (stolen) as the JSON reply, with an Allow header when allow is set and Retry-After
+ * when retry_after_s > 0. */
+static enum MHD_Result send_json(struct request_state *st, struct MHD_Connection *c, unsigned status, json_t *body, const char *allow,
+                                 unsigned retry_after_s) {
     char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
     json_decref(body);
     if (!text) text = strdup("{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\",\"param\":null,\"code\":null}}");
@@ -59,6 +63,11 @@ static enum MHD_Result send_json(struct request_state *st, struct MHD_Connection
     }
     MHD_add_response_header(resp, "Content-Type", "application/json");
     if (allow) MHD_add_response_header(resp, "Allow", allow);
+    if (retry_after_s) {
+        char ra[16];
+        snprintf(ra, sizeof ra, "%u", retry_after_s);
+        MHD_add_response_header(resp, "Retry-After", ra);
+    }
     st->status = status;
     enum MHD_Result ret = MHD_queue_response(c, status, resp);
     MHD_destroy_response(resp);
@@ -68,7 +77,7 @@ static enum MHD_Result send_json(struct request_state *st, struct MHD_Connection
 /* The one error reply of the transport. */
 static enum MHD_Result send_error(struct request_state *st, struct MHD_Connection *c, unsigned status, const char *message, const char *param,
                                   const char *code, const char *allow) {
-    return send_json(st, c, status, lorad_api_error_body(status, message, param, code), allow);
+    return send_json(st, c, status, lorad_api_error_body(status, message, param, code), allow, 0);
 }
 
 /* Bracket nesting of the raw text, outside strings: refuses too-deep input before jansson
@@ -97,9 +106,31 @@ static const char *req_header(const struct lorad_api_request *r, const char *nam
     return MHD_lookup_connection_value(r->transport, MHD_HEADER_KIND, name);
 }
 
+/* The connection's socket, or -1 when MHD does not say. */
+static int connection_fd(struct MHD_Connection *c) {
+    const union MHD_ConnectionInfo *i = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    return i ? (int)i->connect_fd : -1;
+}
+
+/* Whether the client has closed its end (or shut it down for writing: an HTTP/1.1 client waiting
+ * for its answer does neither). Never reads: only MHD reads the socket, and the bytes of a
+ * pipelined request must stay for it. */
+static bool client_hung_up(int fd) {
+    if (fd < 0) return false;
+    struct pollfd p = {.fd = fd, .events = POLLRDHUP};
+    return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL));
+}
+
+static bool req_gone(const struct lorad_api_request *r) {
+    const struct request_state *st = r->transport_state;
+    return atomic_load(&st->server->stopping) || client_hung_up(connection_fd(r->transport));
+}
+
 static enum MHD_Result send_file(struct request_state *st, struct MHD_Connection *c, const struct lorad_api_reply *rp);
 static enum MHD_Result send_sse(struct lorad_api_server *s, struct request_state *st, struct MHD_Connection *c,
                                 const struct lorad_api_reply *rp);
+static enum MHD_Result send_stream(struct lorad_api_server *s, struct request_state *st, struct MHD_Connection *c,
+                                   const struct lorad_api_reply *rp);
 
 static void upload_write(struct lorad_api_server *s, struct request_state *st, const char *data, size_t n) {
     if (st->too_large || st->upload_failed) return;
@@ -274,7 +305,8 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
     }
     struct lorad_api_request req = {.app = s->opt.app, .method = method, .path = url,
                                     .route_template = st->route->path, .params = st->params,
-                                    .query = req_query, .header = req_header, .transport = c};
+                                    .query = req_query, .header = req_header, .gone = req_gone, .transport = c,
+                                    .transport_state = st};
     json_t *body = NULL;
     if (st->route->body == LORAD_BODY_JSON) {
         if (st->too_large) return send_error(st, c, 413, "request body too large", NULL, "body_too_large", NULL);
@@ -306,7 +338,13 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
     if (r < 0) {
         json_decref(reply.json);
         free(reply.text);
+        if (reply.stream_next && reply.stream_free) reply.stream_free(reply.stream_ctx);
         return send_error(st, c, 500, "internal error", NULL, NULL, NULL);
+    }
+    if (reply.stream_next) {
+        json_decref(reply.json);
+        free(reply.text);
+        return send_stream(s, st, c, &reply);
     }
     if (reply.next_event) {
         json_decref(reply.json);
@@ -327,7 +365,7 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
         MHD_destroy_response(resp);
         return ret;
     }
-    return send_json(st, c, reply.status ? reply.status : 200, reply.json, NULL);
+    return send_json(st, c, reply.status ? reply.status : 200, reply.json, NULL, reply.retry_after_s);
 }
 
 /* Parses a single "bytes=" range against size. Returns 1 with [*first, *last] for a satisfiable
@@ -413,98 +451,177 @@ static enum MHD_Result send_file(struct request_state *st, struct MHD_Connection
     return ret;
 }
 
-struct sse_stream {
+/* The longest a stop or a client's hang-up waits to be noticed while a stream's source is silent. */
+#define STREAM_SLICE_MS 100u
+
+static double mono_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return 1e3 * (double)ts.tv_sec + 1e-6 * (double)ts.tv_nsec;
+}
+
+/* A stream on the wire: a source's bytes as they come, keepalives in between. Both reply kinds
+ * (raw streams and SSE event sources, the latter through sse_source below) go out through it, so
+ * both end at a stop or a hang-up alike. */
+struct out_stream {
     struct lorad_api_server *server;
-    lorad_api_next_event_fn next_event;
+    lorad_api_stream_next_fn next;
     void *ctx;
     void (*ctx_free)(void *);
-    uint64_t after;
-    char *pending; /* formatted bytes not yet handed to MHD */
+    int fd;        /* the connection's socket, watched for a hang-up while the source is silent */
+    char *pending; /* bytes not yet handed to MHD */
     size_t pending_len, pending_off;
     bool done;
 };
 
-static void sse_set_pending(struct sse_stream *ss, char *text) {
-    free(ss->pending);
-    ss->pending = text;
-    ss->pending_len = text ? strlen(text) : 0;
-    ss->pending_off = 0;
+static void out_set_pending(struct out_stream *os, char *bytes) {
+    free(os->pending);
+    os->pending = bytes;
+    os->pending_len = bytes ? strlen(bytes) : 0;
+    os->pending_off = 0;
 }
 
-/* MHD content reader, run on the connection's own thread, so blocking between polls is fine. */
-static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max) {
+/* MHD content reader, run on the connection's own thread: it blocks in the source for at most a
+ * slice at a time, so a stop or a hung-up client ends the stream within the slice (MHD then
+ * destroys the response, whose free callback releases the source at once). A hang-up ends it as an
+ * end of stream, not an error: the bytes have nowhere to go either way. */
+static ssize_t out_read(void *cls, uint64_t pos, char *buf, size_t max) {
     (void)pos;
-    struct sse_stream *ss = cls;
-    unsigned poll_ms = ss->server->opt.sse_poll_ms ? ss->server->opt.sse_poll_ms : 250;
-    unsigned keepalive_ms = ss->server->opt.sse_keepalive_ms ? ss->server->opt.sse_keepalive_ms : 15000;
-    unsigned waited_ms = 0;
-    while (ss->pending_off == ss->pending_len) {
-        if (ss->done || atomic_load(&ss->server->stopping)) return MHD_CONTENT_READER_END_OF_STREAM;
-        uint64_t seq = 0;
-        char *json = NULL;
-        int r = ss->next_event(ss->ctx, ss->after, &seq, &json);
-        if (r == 1) {
-            char *text = NULL;
-            if (asprintf(&text, "id: %llu\ndata: %s\n\n", (unsigned long long)seq, json ? json : "null") < 0) text = NULL;
-            free(json);
-            if (!text) return MHD_CONTENT_READER_END_WITH_ERROR;
-            ss->after = seq;
-            sse_set_pending(ss, text);
-        } else if (r == 0) {
-            if (waited_ms >= keepalive_ms) {
-                sse_set_pending(ss, strdup(": keepalive\n\n"));
-                if (!ss->pending) return MHD_CONTENT_READER_END_WITH_ERROR;
-                break;
+    struct out_stream *os = cls;
+    unsigned keepalive_ms = os->server->opt.sse_keepalive_ms ? os->server->opt.sse_keepalive_ms : 15000;
+    unsigned slice_ms = os->server->opt.sse_poll_ms && os->server->opt.sse_poll_ms < STREAM_SLICE_MS
+                            ? os->server->opt.sse_poll_ms
+                            : STREAM_SLICE_MS;
+    double silent_since = mono_ms();
+    while (os->pending_off == os->pending_len) {
+        if (os->done || atomic_load(&os->server->stopping)) return MHD_CONTENT_READER_END_OF_STREAM;
+        if (client_hung_up(os->fd)) return MHD_CONTENT_READER_END_OF_STREAM;
+        char *bytes = NULL;
+        int r = os->next(os->ctx, (int)slice_ms, &bytes);
+        if (r == 1 && bytes && bytes[0]) {
+            out_set_pending(os, bytes);
+        } else if (r == 1 || r == 0) {
+            free(bytes);
+            if (mono_ms() - silent_since >= keepalive_ms) {
+                out_set_pending(os, strdup(": keepalive\n\n"));
+                if (!os->pending) return MHD_CONTENT_READER_END_WITH_ERROR;
             }
-            usleep(poll_ms * 1000u);
-            waited_ms += poll_ms;
         } else {
-            ss->done = true;
+            free(bytes);
+            os->done = true;
             if (r < 0) return MHD_CONTENT_READER_END_WITH_ERROR;
-            sse_set_pending(ss, strdup("data: [DONE]\n\n"));
-            if (!ss->pending) return MHD_CONTENT_READER_END_WITH_ERROR;
         }
     }
-    size_t n = ss->pending_len - ss->pending_off;
+    size_t n = os->pending_len - os->pending_off;
     if (n > max) n = max;
-    memcpy(buf, ss->pending + ss->pending_off, n);
-    ss->pending_off += n;
+    memcpy(buf, os->pending + os->pending_off, n);
+    os->pending_off += n;
     return (ssize_t)n;
 }
 
-static void sse_free(void *cls) {
-    struct sse_stream *ss = cls;
-    if (ss->ctx_free) ss->ctx_free(ss->ctx);
-    free(ss->pending);
-    free(ss);
+static void out_free(void *cls) {
+    struct out_stream *os = cls;
+    if (os->ctx_free) os->ctx_free(os->ctx);
+    free(os->pending);
+    free(os);
+}
+
+/* Queues a stream reply of next/ctx; ctx_free(ctx) is called exactly once, also when this fails. */
+static enum MHD_Result send_out_stream(struct lorad_api_server *s, struct request_state *st, struct MHD_Connection *c,
+                                       unsigned status, const char *content_type, lorad_api_stream_next_fn next,
+                                       void *ctx, void (*ctx_free)(void *)) {
+    struct out_stream *os = calloc(1, sizeof *os);
+    if (!os) {
+        if (ctx_free) ctx_free(ctx);
+        return MHD_NO;
+    }
+    *os = (struct out_stream){.server = s, .next = next, .ctx = ctx, .ctx_free = ctx_free, .fd = connection_fd(c)};
+    struct MHD_Response *r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, out_read, os, out_free);
+    if (!r) {
+        out_free(os);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, "Content-Type", content_type);
+    MHD_add_response_header(r, "Cache-Control", "no-cache");
+    st->status = status;
+    enum MHD_Result ret = MHD_queue_response(c, status, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+/* An SSE event source (lorad_api_next_event_fn) as a stream source: "id: <seq>\ndata: <json>\n\n"
+ * per event, the source polled every poll_ms while it has nothing, then "data: [DONE]". */
+struct sse_source {
+    lorad_api_next_event_fn next_event;
+    void *ctx;
+    void (*ctx_free)(void *);
+    uint64_t after;
+    unsigned poll_ms;
+    double next_poll; /* monotonic ms: an empty poll waits poll_ms before the next */
+    bool done;
+};
+
+static int sse_source_next(void *cls, int timeout_ms, char **ret_bytes) {
+    struct sse_source *src = cls;
+    if (src->done) return 2;
+    double wait = src->next_poll - mono_ms();
+    if (wait > 0) {
+        usleep((useconds_t)((wait < timeout_ms ? wait : timeout_ms) * 1000));
+        if (mono_ms() < src->next_poll) return 0;
+    }
+    uint64_t seq = 0;
+    char *json = NULL;
+    int r = src->next_event(src->ctx, src->after, &seq, &json);
+    if (r == 0) {
+        src->next_poll = mono_ms() + src->poll_ms;
+        return 0;
+    }
+    char *text = NULL;
+    if (r == 1) {
+        if (asprintf(&text, "id: %llu\ndata: %s\n\n", (unsigned long long)seq, json ? json : "null") < 0) text = NULL;
+        free(json);
+        src->after = seq;
+    } else if (r == 2) {
+        src->done = true;
+        text = strdup("data: [DONE]\n\n");
+    } else {
+        return r;
+    }
+    if (!text) return -ENOMEM;
+    *ret_bytes = text;
+    return 1;
+}
+
+static void sse_source_free(void *cls) {
+    struct sse_source *src = cls;
+    if (src->ctx_free) src->ctx_free(src->ctx);
+    free(src);
 }
 
 static enum MHD_Result send_sse(struct lorad_api_server *s, struct request_state *st, struct MHD_Connection *c,
                                 const struct lorad_api_reply *rp) {
-    struct sse_stream *ss = calloc(1, sizeof *ss);
-    if (!ss) {
+    struct sse_source *src = calloc(1, sizeof *src);
+    if (!src) {
         if (rp->sse_free) rp->sse_free(rp->sse_ctx);
         return MHD_NO;
     }
-    *ss = (struct sse_stream){.server = s, .next_event = rp->next_event, .ctx = rp->sse_ctx,
-                              .ctx_free = rp->sse_free, .after = rp->sse_after_seq};
+    *src = (struct sse_source){.next_event = rp->next_event, .ctx = rp->sse_ctx, .ctx_free = rp->sse_free,
+                               .after = rp->sse_after_seq,
+                               .poll_ms = s->opt.sse_poll_ms ? s->opt.sse_poll_ms : 250};
     const char *last = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Last-Event-ID");
     if (last && *last) {
         char *end;
         unsigned long long v = strtoull(last, &end, 10);
-        if (*end == '\0') ss->after = v;
+        if (*end == '\0') src->after = v;
     }
-    struct MHD_Response *r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, sse_read, ss, sse_free);
-    if (!r) {
-        sse_free(ss);
-        return MHD_NO;
-    }
-    MHD_add_response_header(r, "Content-Type", "text/event-stream");
-    MHD_add_response_header(r, "Cache-Control", "no-cache");
-    st->status = 200;
-    enum MHD_Result ret = MHD_queue_response(c, 200, r);
-    MHD_destroy_response(r);
-    return ret;
+    return send_out_stream(s, st, c, 200, "text/event-stream", sse_source_next, src, sse_source_free);
+}
+
+static enum MHD_Result send_stream(struct lorad_api_server *s, struct request_state *st, struct MHD_Connection *c,
+                                   const struct lorad_api_reply *rp) {
+    return send_out_stream(s, st, c, rp->status ? rp->status : 200,
+                           rp->content_type ? rp->content_type : "text/event-stream", rp->stream_next, rp->stream_ctx,
+                           rp->stream_free);
 }
 
 static void request_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode t) {

@@ -1,5 +1,5 @@
-/* The HTTP server: libmicrohttpd with one thread per connection, so an SSE stream or a large
- * download never blocks other requests; the connection limit bounds the thread count. */
+/* The HTTP server: libmicrohttpd with one thread per connection, so an SSE stream, a generation or
+ * a large download never blocks other requests; the connection limit bounds the thread count. */
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
@@ -22,7 +22,7 @@ struct lorad_api_server_options {
                                    * SIGHUP swaps the keys of all (api_keys.h); NULL: no auth */
     void *app;                    /* handed to every handler as req->app */
     unsigned sse_poll_ms;         /* wait between empty polls of an event source (0: 250) */
-    unsigned sse_keepalive_ms;    /* ": keepalive" after this much silence (0: 15000) */
+    unsigned sse_keepalive_ms;    /* ": keepalive" after this much silence on any stream (0: 15000) */
 };
 
 struct lorad_api_server;
@@ -31,8 +31,8 @@ struct lorad_api_server;
 int lorad_api_server_start(const struct lorad_api_server_options *o, struct lorad_api_server **ret_server);
 /* The port actually bound (useful with port 0). */
 uint16_t lorad_api_server_port(const struct lorad_api_server *s);
-/* Stops accepting (quiesce), ends open SSE streams at their next poll, closes the connections and
- * frees. Returns only after every handler, content reader and completion callback has returned
+/* Stops accepting (quiesce), ends open streams (SSE and raw) within 100 ms, makes req->gone true
+ * for handlers still working, closes the connections and frees. Returns only after every handler, content reader and completion callback has returned
  * (libmicrohttpd joins the connection threads), so what they use (the store, the workers, the key
  * set) may be freed afterwards. Closes the socket it bound itself; an options.listen_fd stays open
  * (the caller's). NULL is fine. */

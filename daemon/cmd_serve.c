@@ -2,8 +2,8 @@
  *
  * Start: configuration (/etc/lorad/lorad.conf, then flags, then the api_key_file they name) ->
  * state directory layout (api/app.h) -> the store opened with startup recovery (running jobs back
- * to queued) -> jobs left in validating_files settled -> handlers, worker pool, HTTP server(s) ->
- * sd_notify READY=1.
+ * to queued) -> jobs left in validating_files settled -> handlers, the inference service (unless
+ * inference.enabled is no), worker pool, HTTP server(s) -> sd_notify READY=1.
  * Listening: the inherited sockets of systemd socket activation ($LISTEN_FDS), else bind:port;
  * plus unix_socket when configured. Each listening socket gets its own libmicrohttpd daemon; all
  * of them check one shared API key set (api_keys.h), so a SIGHUP changes the keys of all at once.
@@ -12,7 +12,7 @@
  * signalfd: OpenBLAS starts its threads before main, so any thread may take a signal): SIGHUP
  * re-reads the API keys and the log level; SIGTERM/SIGINT refuse new jobs, ask running jobs to
  * checkpoint and go back to `queued`, keep systemd's stop timeout extended while they do, then stop
- * the HTTP servers, the workers and the store in that order, and exit 0. A second SIGTERM/SIGINT
+ * the HTTP servers, the inference service, the workers and the store in that order, and exit 0. A second SIGTERM/SIGINT
  * exits at once (startup recovery requeues whatever was running). The main loop also sends
  * WATCHDOG=1 and a STATUS= line with the queue. */
 #include <arpa/inet.h>
@@ -43,11 +43,13 @@
 #include "cpu_features.h"
 #include "gemm.h"
 #include "handlers.h"
+#include "infer_service.h"
 #include "log.h"
 #include "meminfo.h"
 #include "sd_notify.h"
 #include "server.h"
 #include "store.h"
+#include "threadpool.h"
 #include "workers.h"
 
 #ifndef LORAD_VERSION
@@ -77,6 +79,7 @@ struct daemon {
     struct lorad_store *store;
     struct lorad_app app;
     struct lorad_workers *workers;
+    struct lorad_infer *infer;   /* NULL with inference.enabled no */
     struct listener listeners[MAX_LISTENERS];
     int n_listeners;
     struct lorad_api_keys *keys; /* shared by every listener; freed only after they have stopped */
@@ -425,6 +428,57 @@ static void stop_servers(struct daemon *d) {
     d->n_listeners = 0;
 }
 
+/* ---- threads and inference ------------------------------------------------------------------- */
+
+struct thread_plan {
+    int inference_threads;     /* 0: inference is off */
+    int threads_per_job;       /* a job's threads when its spec leaves them null, and its ceiling */
+    bool jobs_leave_inference; /* threads_per_job was derived from what inference leaves */
+};
+
+/* How the cores are shared. Inference gets inference.threads (0: a quarter of the cores, at least
+ * 1), whatever the number of requests. A job gets max_threads_per_job; when that is 0 (auto), the
+ * cores inference does not take, divided among the workers (at least 1 each), so generation and
+ * training do not fight over the same cores. An explicit max_threads_per_job is the operator's
+ * choice and is kept even if it overlaps. */
+static void plan_threads(const struct lorad_config *cfg, long cores, struct thread_plan *ret) {
+    if (cores < 1) cores = 1;
+    struct thread_plan p = {0};
+    if (strcmp(cfg->inference.enabled, "yes") == 0) {
+        long t = cfg->inference.threads ? cfg->inference.threads : cores / 4;
+        p.inference_threads = (int)(t < 1 ? 1 : t > LORAD_MAX_THREADS ? LORAD_MAX_THREADS : t);
+    }
+    p.threads_per_job = cfg->max_threads_per_job;
+    if (p.threads_per_job == 0) {
+        long for_jobs = cores - p.inference_threads;
+        if (for_jobs < 1) for_jobs = 1;
+        p.threads_per_job = for_jobs > cfg->workers ? (int)(for_jobs / cfg->workers) : 1;
+        p.jobs_leave_inference = p.inference_threads > 0;
+    }
+    *ret = p;
+}
+
+/* Starts the inference service behind /v1/completions and /v1/chat/completions. Returns 0 or
+ * -errno (logged). */
+static int start_inference(struct daemon *d, int threads) {
+    const struct lorad_config_inference *c = &d->cfg.inference;
+    struct lorad_infer_options o = {.threads = threads, .max_generations = c->max_concurrent_generations,
+                                    .memory_budget = c->memory_budget, .max_context = c->max_context};
+    struct lorad_error err = {0};
+    int r = lorad_infer_new(&d->infer, &o, &err);
+    if (r < 0) {
+        log_error("cannot start the inference service: %s", err.message[0] ? err.message : strerror(-r));
+        return r;
+    }
+    d->app.infer = d->infer;
+    d->app.infer_max_generations = c->max_concurrent_generations;
+    char budget[32] = "none";
+    if (c->memory_budget) snprintf(budget, sizeof budget, "%.2f GiB", (double)c->memory_budget / (1 << 30));
+    log_info("inference: %d thread%s, %d generations at once, context %d tokens, memory budget %s", threads,
+             threads == 1 ? "" : "s", c->max_concurrent_generations, c->max_context, budget);
+    return 0;
+}
+
 /* ---- main loop ------------------------------------------------------------------------------- */
 
 static void notify_status(struct daemon *d, bool force) {
@@ -547,12 +601,16 @@ static void shutdown_daemon(struct daemon *d, int sig) {
 /* Frees what the daemon started, in the order that keeps every object alive while something can
  * still reach it: the HTTP servers first (their handlers check the API keys, wake the workers, read
  * their rates and use the store; stopping them returns only once every handler and SSE stream has
- * returned), then the key set, the workers (they use the store), then the store. Any of them may
- * not have been started. */
+ * returned), then the key set, the inference service (the streams that used it have been closed
+ * with their connections), the workers (they use the store), then the store. Any of them may not
+ * have been started. */
 static void teardown(struct daemon *d) {
     stop_servers(d);
     lorad_api_keys_free(d->keys); /* only the servers' handlers read them */
     d->keys = NULL;
+    lorad_infer_free(d->infer); /* only the servers' handlers and streams use it, and they have ended */
+    d->infer = NULL;
+    d->app.infer = NULL;
     lorad_workers_free(d->workers);
     d->workers = NULL;
     lorad_store_close(d->store);
@@ -614,17 +672,23 @@ int lorad_cmd_serve(int argc, char **argv) {
     sigaction(SIGHUP, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    int threads = d->cfg.max_threads_per_job;
-    if (threads == 0) threads = cores > d->cfg.workers ? (int)(cores / d->cfg.workers) : 1;
+    struct thread_plan plan;
+    plan_threads(&d->cfg, sysconf(_SC_NPROCESSORS_ONLN), &plan);
+    int threads = plan.threads_per_job;
     int64_t memory_limit = d->cfg.memory_limit;
     if (memory_limit == 0 && (r = lorad_default_memory_limit(&memory_limit)) < 0) {
         log_warning("cannot read MemAvailable (%s): jobs are not limited by memory; set memory_limit", strerror(-r));
         memory_limit = 0;
     }
-    log_info("lorad %s starting: state_dir %s, models_dir %s, %d worker%s x %d threads, memory_limit %.2f GiB%s",
+    char infer_desc[160] = "inference off";
+    if (plan.inference_threads > 0)
+        snprintf(infer_desc, sizeof infer_desc, "inference %d thread%s%s, %d generations at once", plan.inference_threads,
+                 plan.inference_threads == 1 ? "" : "s", d->cfg.inference.threads == 0 ? " (cores / 4)" : "",
+                 d->cfg.inference.max_concurrent_generations);
+    log_info("lorad %s starting: state_dir %s, models_dir %s, %d worker%s x %d threads%s, %s, memory_limit %.2f GiB%s",
              LORAD_VERSION, d->cfg.state_dir, d->cfg.models_dir, d->cfg.workers, d->cfg.workers == 1 ? "" : "s",
-             threads, (double)memory_limit / (1 << 30), d->cfg.memory_limit == 0 ? " (80% of MemAvailable)" : "");
+             threads, plan.jobs_leave_inference ? " (what inference leaves of the cores)" : "", infer_desc,
+             (double)memory_limit / (1 << 30), d->cfg.memory_limit == 0 ? " (80% of MemAvailable)" : "");
     log_info("matrix products: %s; instruction set %s (the CPU has %s)", lorad_gemm_kernel_description(),
              lorad_isa_name(lorad_isa_active()), lorad_isa_name(lorad_isa_detected()));
 
@@ -644,6 +708,7 @@ int lorad_cmd_serve(int argc, char **argv) {
         log_error("cannot register the job gauges of /metrics: %s", strerror(-r));
         goto out;
     }
+    if (plan.inference_threads > 0 && start_inference(d, plan.inference_threads) < 0) goto out;
     struct lorad_workers_options wo = {.store = d->store, .state_dir = d->cfg.state_dir,
                                        .models_dir = d->cfg.models_dir, .jobs_dir = d->jobs_dir,
                                        .workers = d->cfg.workers, .max_threads_per_job = threads,

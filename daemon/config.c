@@ -40,7 +40,8 @@ const struct lorad_config_option lorad_config_options[] = {
     {"api_key_file", LORAD_CONFIG_STRING, FIELD(api_key_file), 0, 0, "", NULL,
      "file with one API key per line (at most 64 keys of at most 255 bytes); empty means no authentication"},
     {"log_level", LORAD_CONFIG_ENUM, FIELD(log_level), 0, 0, "info", "error|warning|info|debug", "log verbosity"},
-    /* [distributed]: the file's section; its keys are distributed.KEY as flags. Keep them last. */
+    /* Sections ([distributed], [inference]): their keys are SECTION.KEY as flags. Keep them last, each
+     * section's keys together (lorad_config_write_defaults writes one header per run). */
     {"distributed.enabled", LORAD_CONFIG_ENUM, FIELD(distributed.enabled), 0, 0, "no", "no|yes",
      "train every job data-parallel through mpirun on the hosts below (docs/daemon.md#distributed)"},
     {"distributed.hosts", LORAD_CONFIG_STRING, FIELD(distributed.hosts), 0, 0, "", NULL,
@@ -58,6 +59,20 @@ const struct lorad_config_option lorad_config_options[] = {
      NULL, "a rank whose sum across ranks waits longer ends the run, which restarts from its last checkpoint"},
     {"distributed.max_restarts", LORAD_CONFIG_INT, FIELD(distributed.max_restarts), 0, 1000, "3", NULL,
      "times a job is restarted after losing a rank before it fails"},
+    /* [inference]: the OpenAI-compatible generation routes. */
+    {"inference.enabled", LORAD_CONFIG_ENUM, FIELD(inference.enabled), 0, 0, "yes", "no|yes",
+     "serve POST /v1/completions and /v1/chat/completions; with no they answer 503 and no thread is kept for them"},
+    {"inference.threads", LORAD_CONFIG_INT, FIELD(inference.threads), 0, 256, "0", NULL,
+     "compute threads all generations share, whatever the number of requests; training jobs whose threads are "
+     "automatic leave them free; 0 = a quarter of the cores (at least 1)"},
+    {"inference.max_concurrent_generations", LORAD_CONFIG_INT, FIELD(inference.max_concurrent_generations), 1, 1024,
+     "8", NULL, "sequences generated at once (a request with n choices holds n); more are refused with 429 and "
+     "Retry-After"},
+    {"inference.memory_budget", LORAD_CONFIG_BYTES, FIELD(inference.memory_budget), 0, INT64_C(1) << 50, "0", NULL,
+     "memory of the models, adapters and KV caches loaded for inference; past it the least recently used unused "
+     "ones are dropped, and a request that still does not fit is refused; 0 = no limit"},
+    {"inference.max_context", LORAD_CONFIG_INT, FIELD(inference.max_context), 16, 1048576, "4096", NULL,
+     "most prompt + completion tokens of one sequence (a model's own context length may lower it)"},
     {NULL, 0, 0, 0, 0, 0, NULL, NULL, NULL},
 };
 
@@ -193,8 +208,8 @@ int lorad_config_load_file(struct lorad_config *cfg, const char *path, bool miss
         if (*s == '[') { /* [section]: the keys below are section.KEY */
             size_t n = strlen(s);
             if (s[n - 1] != ']' || n < 3 || n - 2 >= sizeof section || !section_known(s + 1, n - 2)) {
-                r = lorad_error_set(err, -EINVAL, "config", "%s:%d: unknown section %s (known: [distributed])", path,
-                                    lineno, s);
+                r = lorad_error_set(err, -EINVAL, "config", "%s:%d: unknown section %s (known: [distributed], [inference])",
+                                    path, lineno, s);
                 break;
             }
             snprintf(section, sizeof section, "%.*s", (int)(n - 2), s + 1);

@@ -5,7 +5,7 @@
  * comment, blank lines are ignored. An unknown key or a bad value is fatal at start and names the
  * file and line. Every key is also a flag: `--state-dir DIR` or `--state-dir=DIR` sets state_dir.
  * A `[section]` line puts the keys below it in that section: `hosts` under `[distributed]` is the
- * option distributed.hosts, flag `--distributed.hosts`. */
+ * option distributed.hosts, flag `--distributed.hosts`; likewise `[inference]`. */
 #pragma once
 #include <stdbool.h>
 #include <stddef.h>
@@ -43,6 +43,13 @@ struct lorad_config {
         int collective_timeout_s;
         int max_restarts;
     } distributed;
+    struct lorad_config_inference { /* [inference]: /v1/completions and /v1/chat/completions (issue 17) */
+        char enabled[4];             /* no | yes */
+        int threads;                 /* compute threads of all generations; 0 = max(1, cores / 4) */
+        int max_concurrent_generations; /* sequences in flight (n choices hold n); more get 429 */
+        int64_t memory_budget;       /* bytes of loaded models, adapters and KV caches; 0 = no limit */
+        int max_context;             /* prompt + completion tokens of one sequence (the model's may be less) */
+    } inference;
 };
 
 enum lorad_config_type {

@@ -1,4 +1,4 @@
-/* The files, models and service handlers behind the REAL transport: lorad_api_server_start() on
+/* The files, models, inference and service handlers behind the REAL transport: lorad_api_server_start() on
  * 127.0.0.1 port 0, a real store in a temporary state directory, every handler installed, and
  * real HTTP from the curl tool. References are independent of our code: sha256sum for digests,
  * the uploaded bytes for downloads, the safetensors header (read by Python) and the llama2.c file
@@ -21,6 +21,7 @@
 #include "tar.h"
 #include "app.h"
 #include "handlers.h"
+#include "infer_service.h"
 #include "load_hf.h"
 #include "server.h"
 #include "store.h"
@@ -454,8 +455,8 @@ static long long safetensors_numel(const char *path) {
     return n;
 }
 
-/* Writes jobs/<job>/adapter/ the way a finished job does, with the engine's adapter writers. */
-static void write_adapter(const char *job_id, const char *base_dir) {
+/* Writes a PEFT + GGUF + tar adapter into dir the way a job does, with the engine's adapter writers. */
+static void write_adapter_dir(const char *dir, const char *base_dir) {
     struct lorad_llama_config cfg;
     struct lorad_error err = {0};
     assert_int_equal(lorad_hf_config_load(base_dir, &cfg, &err), 0);
@@ -478,8 +479,7 @@ static void write_adapter(const char *job_id, const char *base_dir) {
             }
     struct lorad_adapter_meta meta = {.r = r, .alpha = 8, .n_targets = 2, .targets = {"q_proj", "v_proj"}};
     snprintf(meta.base_model, sizeof meta.base_model, "demo-hf");
-    char dir[4096], path[4200];
-    snprintf(dir, sizeof dir, "%s/%s/adapter", jobs_dir, job_id);
+    char path[4200];
     assert_int_equal(lorad_adapter_write_peft(dir, &meta, t, n, &err), 0);
     snprintf(path, sizeof path, "%s/adapter.gguf", dir);
     assert_int_equal(lorad_adapter_write_gguf(path, &meta, t, n, &cfg, &err), 0);
@@ -487,6 +487,13 @@ static void write_adapter(const char *job_id, const char *base_dir) {
     const char *names[] = {"adapter_model.safetensors", "adapter_config.json"};
     assert_int_equal(lorad_tar_write(path, dir, names, 2, "adapter", &err), 0);
     for (int i = 0; i < n; i++) free(bufs[i]);
+}
+
+/* jobs/<job>/adapter/, as a finished job leaves it. */
+static void write_adapter(const char *job_id, const char *base_dir) {
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/%s/adapter", jobs_dir, job_id);
+    write_adapter_dir(dir, base_dir);
 }
 
 static json_t *find_model(json_t *list, const char *id) {
@@ -705,6 +712,370 @@ static void test_models(void **state) {
     free(broken);
 }
 
+
+/* ---- checkpoints as models ------------------------------------------------------------------ */
+
+static char ckpt_name[300], run_ckpt_name[300];
+
+/* Records a checkpoint at step of job, its adapter written under jobs/<job>/checkpoints/step-N,
+ * and returns its published name (ft:<model>:<suffix>:<job>:ckpt-step-N, the store's format). */
+static void add_checkpoint(const char *job, const char *suffix, int step, char *name, size_t cap) {
+    char rel[200], abs[4300];
+    snprintf(rel, sizeof rel, "jobs/%s/checkpoints/step-%d", job, step);
+    snprintf(abs, sizeof abs, "%s/%s", state_dir, rel);
+    char cmd[4400];
+    snprintf(cmd, sizeof cmd, "mkdir -p '%s'", abs);
+    assert_int_equal(system(cmd), 0);
+    char *hf = test_path(models_dir, "demo-hf");
+    write_adapter_dir(abs, hf);
+    free(hf);
+    struct lorad_metrics_writer *w = NULL;
+    struct lorad_error err = {0};
+    assert_int_equal(lorad_metrics_writer_new(store, job, 0, &w, &err), 0);
+    char id[LORAD_STORE_ID_MAX];
+    int r = lorad_metrics_writer_checkpoint(w, step, rel, NULL, 0, id, &err);
+    if (r < 0) fprintf(stderr, "%s\n", err.message);
+    assert_int_equal(r, 0);
+    lorad_metrics_writer_free(w);
+    snprintf(name, cap, "ft:demo-hf:%s:%s:ckpt-step-%d", suffix ? suffix : "lorad", job, step);
+}
+
+/* Every checkpoint is a model: listed after the adapters, its parent the fine-tuned model of a
+ * succeeded job or the base of one that has not finished; retrievable by its name. */
+static void test_checkpoint_models(void **state) {
+    (void)state;
+    add_checkpoint(ft_job, "mine", 3, ckpt_name, sizeof ckpt_name);
+    char running[LORAD_STORE_ID_MAX];
+    create_job("demo-hf", good_id, NULL, running);
+    move_job(running, LORAD_JOB_QUEUED, LORAD_JOB_RUNNING, NULL);
+    add_checkpoint(running, NULL, 7, run_ckpt_name, sizeof run_ckpt_name);
+
+    struct resp r = http("/v1/models");
+    assert_int_equal(r.status, 200);
+    json_t *m = find_model(r.json, ckpt_name);
+    if (!m) fprintf(stderr, "%s not in %s\n", ckpt_name, r.body);
+    assert_non_null(m);
+    assert_string_equal(jstr(m, "object"), "model");
+    assert_string_equal(jstr(m, "kind"), "checkpoint");
+    assert_string_equal(jstr(m, "owned_by"), "user");
+    assert_string_equal(jstr(m, "parent"), ft_name);
+    assert_string_equal(jstr(m, "root"), "demo-hf");
+    assert_string_equal(jstr(m, "fine_tuning_job_id"), ft_job);
+    assert_int_equal(jint(m, "step_number"), 3);
+    assert_true(lorad_store_id_valid("ftckpt-", jstr(m, "checkpoint_id")));
+    json_t *listed = json_deep_copy(m);
+    m = find_model(r.json, run_ckpt_name);
+    assert_non_null(m);
+    assert_string_equal(jstr(m, "parent"), "demo-hf"); /* its job has no fine-tuned model yet */
+    /* Order: base models, then adapters, then checkpoints. */
+    size_t i, at_ckpt = 0, at_adapter = 0;
+    json_array_foreach(json_object_get(r.json, "data"), i, m) {
+        if (!strcmp(jstr(m, "id"), ckpt_name)) at_ckpt = i;
+        if (!strcmp(jstr(m, "id"), ft_name)) at_adapter = i;
+    }
+    assert_true(at_adapter < at_ckpt);
+    resp_free(&r);
+
+    r = http("/v1/models/%s", ckpt_name);
+    assert_int_equal(r.status, 200);
+    assert_true(json_equal(r.json, listed));
+    resp_free(&r);
+    json_decref(listed);
+    char wrong[400];
+    const char *missing[] = {"ft:demo-hf:mine:%s:ckpt-step-4", "ft:other:mine:%s:ckpt-step-3", "ft:demo-hf:mine:%s:ckpt-step-"};
+    for (size_t k = 0; k < 3; k++) {
+        snprintf(wrong, sizeof wrong, missing[k], ft_job);
+        r = http("/v1/models/%s", wrong);
+        assert_int_equal(r.status, 404);
+        assert_string_equal(err_param(&r), "model");
+        resp_free(&r);
+    }
+}
+
+/* ---- inference ------------------------------------------------------------------------------ */
+
+/* POSTs body (a JSON text without single quotes) to path. */
+static struct resp post(const char *path, const char *body) {
+    char *f = write_scratch("req.json", body);
+    struct resp r = http("-H 'Content-Type: application/json' --data-binary @%s %s", f, path);
+    free(f);
+    return r;
+}
+
+/* The data events of an SSE body: each JSON chunk, then ends_done says whether the last event was
+ * [DONE]. Returns a new array. */
+static json_t *sse_chunks(const char *body, bool *ends_done) {
+    json_t *chunks = json_array();
+    *ends_done = false;
+    for (const char *p = body; p && *p;) {
+        const char *end = strstr(p, "\n\n");
+        assert_non_null(end); /* every event ends with a blank line */
+        if (strncmp(p, "data: ", 6) == 0) {
+            assert_false(*ends_done); /* nothing after [DONE] */
+            if (strncmp(p + 6, "[DONE]\n", 7) == 0) *ends_done = true;
+            else {
+                json_t *c = json_loadb(p + 6, (size_t)(end - p - 6), 0, NULL);
+                assert_non_null(c);
+                json_array_append_new(chunks, c);
+            }
+        } else {
+            assert_int_equal(p[0], ':'); /* a comment (keepalive); never an id: line */
+        }
+        p = end + 2;
+    }
+    return chunks;
+}
+
+static void test_inference_disabled(void **state) {
+    (void)state;
+    assert_null(app.infer);
+    const char *routes[] = {"/v1/completions", "/v1/chat/completions"};
+    for (int i = 0; i < 2; i++) {
+        struct resp r = post(routes[i], "{\"model\": \"demo-hf\", \"prompt\": \"x\"}");
+        assert_int_equal(r.status, 503);
+        assert_string_equal(err_code(&r), "inference_disabled");
+        resp_free(&r);
+    }
+}
+
+static struct lorad_infer *infer;
+
+static void test_inference_errors(void **state) {
+    (void)state;
+    struct lorad_infer_options o = {.threads = 1, .max_generations = 4, .max_context = 256};
+    struct lorad_error err = {0};
+    assert_int_equal(lorad_infer_new(&infer, &o, &err), 0);
+    app.infer = infer;
+    app.infer_max_generations = 4;
+    static const struct {
+        const char *path, *body, *param, *code;
+        int status;
+    } cases[] = {
+        {"/v1/completions", "{\"model\": \"nope\", \"prompt\": \"x\"}", "model", "model_not_found", 404},
+        {"/v1/completions", "{\"model\": \"ft:demo-hf:x:ftjob-AAAAAAAAAAAAAAAAAAAAAAAA\", \"prompt\": \"x\"}", "model",
+         "model_not_found", 404},
+        {"/v1/chat/completions", "{\"model\": \"../models/demo-hf\", \"messages\": [{\"role\": \"user\", \"content\": \"x\"}]}",
+         "model", "model_not_found", 404},
+        {"/v1/completions", "{\"model\": \"demo-hf\", \"prompt\": \"x\", \"temperature\": 3}", "temperature",
+         "invalid_value", 400},
+        {"/v1/completions", "{\"model\": \"demo-hf\", \"prompt\": \"x\", \"frobnicate\": 1}", "frobnicate",
+         "unsupported_parameter", 400},
+        {"/v1/completions", "{\"model\": \"demo-hf\", \"prompt\": [\"a\", \"b\"], \"n\": 3}", "n", "invalid_value", 400},
+        {"/v1/chat/completions", "{\"model\": \"demo-hf\", \"messages\": []}", "messages", "invalid_value", 400},
+        {"/v1/chat/completions",
+         "{\"model\": \"demo-hf\", \"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"tools\": [{}]}", "tools",
+         "unsupported_parameter", 400},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct resp r = post(cases[i].path, cases[i].body);
+        if (r.status != cases[i].status) fprintf(stderr, "%s %s: %s\n", cases[i].path, cases[i].body, r.body);
+        assert_int_equal(r.status, cases[i].status);
+        assert_string_equal(err_param(&r), cases[i].param);
+        assert_string_equal(err_code(&r), cases[i].code);
+        resp_free(&r);
+    }
+    struct lorad_infer_stats st;
+    lorad_infer_get_stats(infer, &st);
+    assert_int_equal(st.running, 0); /* nothing refused holds a slot */
+}
+
+/* The texts of a reply's choices by index, as a JSON array (chat: message.content). */
+static json_t *choice_texts(json_t *reply, bool chat) {
+    json_t *out = json_array();
+    size_t i;
+    json_t *c;
+    json_array_foreach(json_object_get(reply, "choices"), i, c) {
+        assert_int_equal(jint(c, "index"), (json_int_t)i);
+        const char *t = chat ? jstr(json_object_get(c, "message"), "content") : jstr(c, "text");
+        assert_non_null(t);
+        json_array_append_new(out, json_string(t));
+    }
+    return out;
+}
+
+/* Completions: the reply's shape and usage; the stream of the same seeded request gives the same
+ * texts in OpenAI's chunks; a prompt list numbers its choices prompt_index * n + choice. */
+static void test_completions(void **state) {
+    (void)state;
+    const char *body = "{\"model\": \"demo-hf\", \"prompt\": [\"abc\", \"hello\"], \"max_tokens\": 6, \"seed\": 5, \"n\": 2}";
+    struct resp r = post("/v1/completions", body);
+    if (r.status != 200) fprintf(stderr, "%s\n", r.body);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(jstr(r.json, "object"), "text_completion");
+    assert_true(lorad_store_id_valid("cmpl-", jstr(r.json, "id")));
+    assert_string_equal(jstr(r.json, "model"), "demo-hf");
+    assert_true(jint(r.json, "created") > 1700000000);
+    json_t *texts = choice_texts(r.json, false);
+    assert_int_equal(json_array_size(texts), 4);
+    json_t *usage = json_object_get(r.json, "usage");
+    /* make-demo-model's tokenizer is byte-level BPE without merges (one token per byte), and a
+     * prompt starts with BOS as a prompt/completion record does: 1 + 3 and 1 + 5 tokens. */
+    assert_int_equal(jint(usage, "prompt_tokens"), 4 + 6);
+    json_int_t completion = jint(usage, "completion_tokens");
+    assert_true(completion >= 4 && completion <= 4 * 6);
+    assert_int_equal(jint(usage, "total_tokens"), 10 + completion);
+    size_t i;
+    json_t *c;
+    json_array_foreach(json_object_get(r.json, "choices"), i, c) {
+        assert_true(json_is_null(json_object_get(c, "logprobs")));
+        const char *fr = jstr(c, "finish_reason");
+        assert_true(!strcmp(fr, "stop") || !strcmp(fr, "length"));
+    }
+    resp_free(&r);
+
+    /* The second prompt alone, seeded where its choices' seeds were (choice i draws with seed + i). */
+    r = post("/v1/completions", "{\"model\": \"demo-hf\", \"prompt\": \"hello\", \"max_tokens\": 6, \"seed\": 7, \"n\": 2}");
+    assert_int_equal(r.status, 200);
+    json_t *alone = choice_texts(r.json, false);
+    assert_true(json_equal(json_array_get(alone, 0), json_array_get(texts, 2)));
+    assert_true(json_equal(json_array_get(alone, 1), json_array_get(texts, 3)));
+    json_decref(alone);
+    resp_free(&r);
+
+    /* Streamed: same id and created on every chunk, the choices' texts concatenate to the same,
+     * each choice ends once with its finish_reason, usage null on each chunk and then alone. */
+    char sbody[400];
+    snprintf(sbody, sizeof sbody, "%.*s, \"stream\": true, \"stream_options\": {\"include_usage\": true}}",
+             (int)strlen(body) - 1, body);
+    r = post("/v1/completions", sbody);
+    assert_int_equal(r.status, 200);
+    assert_non_null(strcasestr(r.headers, "Content-Type: text/event-stream"));
+    bool done;
+    json_t *chunks = sse_chunks(r.body, &done);
+    assert_true(done);
+    char got[4][256] = {{0}};
+    int finished[4] = {0};
+    const char *id = jstr(json_array_get(chunks, 0), "id");
+    json_int_t created = jint(json_array_get(chunks, 0), "created");
+    size_t n_chunks = json_array_size(chunks);
+    json_array_foreach(chunks, i, c) {
+        assert_string_equal(jstr(c, "object"), "text_completion");
+        assert_string_equal(jstr(c, "id"), id);
+        assert_int_equal(jint(c, "created"), created);
+        json_t *ch = json_object_get(c, "choices");
+        if (i + 1 == n_chunks) { /* the usage chunk */
+            assert_int_equal(json_array_size(ch), 0);
+            assert_int_equal(jint(json_object_get(c, "usage"), "completion_tokens"), completion);
+            assert_int_equal(jint(json_object_get(c, "usage"), "prompt_tokens"), 10);
+            continue;
+        }
+        assert_true(json_is_null(json_object_get(c, "usage")));
+        assert_int_equal(json_array_size(ch), 1);
+        json_t *one = json_array_get(ch, 0);
+        json_int_t k = jint(one, "index");
+        assert_true(k >= 0 && k < 4);
+        assert_int_equal(finished[k], 0); /* nothing after a choice's finish */
+        strncat(got[k], jstr(one, "text"), sizeof got[k] - strlen(got[k]) - 1);
+        if (!json_is_null(json_object_get(one, "finish_reason"))) finished[k] = 1;
+    }
+    for (int k = 0; k < 4; k++) {
+        assert_int_equal(finished[k], 1);
+        assert_string_equal(got[k], json_string_value(json_array_get(texts, (size_t)k)));
+    }
+    json_decref(chunks);
+    json_decref(texts);
+    resp_free(&r);
+}
+
+/* Chat: the reply's shape; the stream's role chunk first and delta {} last for each choice;
+ * logprobs with their alternatives, the most likely first; adapters and checkpoints run. */
+static void test_chat_completions(void **state) {
+    (void)state;
+    const char *body = "{\"model\": \"demo-hf\", \"messages\": [{\"role\": \"system\", \"content\": \"Be brief.\"},"
+                       " {\"role\": \"user\", \"content\": \"hi\"}], \"max_completion_tokens\": 5, \"seed\": 1, \"n\": 2,"
+                       " \"logprobs\": true, \"top_logprobs\": 2}";
+    struct resp r = post("/v1/chat/completions", body);
+    if (r.status != 200) fprintf(stderr, "%s\n", r.body);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(jstr(r.json, "object"), "chat.completion");
+    assert_true(lorad_store_id_valid("chatcmpl-", jstr(r.json, "id")));
+    json_t *texts = choice_texts(r.json, true);
+    size_t i;
+    json_t *c;
+    json_array_foreach(json_object_get(r.json, "choices"), i, c) {
+        json_t *msg = json_object_get(c, "message");
+        assert_string_equal(jstr(msg, "role"), "assistant");
+        assert_true(json_is_null(json_object_get(msg, "refusal")));
+        json_t *content = json_object_get(json_object_get(c, "logprobs"), "content");
+        assert_true(json_array_size(content) >= 1 && json_array_size(content) <= 5);
+        size_t j;
+        json_t *e;
+        json_array_foreach(content, j, e) {
+            double lp = json_number_value(json_object_get(e, "logprob"));
+            assert_true(lp <= 0);
+            json_t *top = json_object_get(e, "top_logprobs");
+            assert_int_equal(json_array_size(top), 2);
+            double t0 = json_number_value(json_object_get(json_array_get(top, 0), "logprob"));
+            double t1 = json_number_value(json_object_get(json_array_get(top, 1), "logprob"));
+            assert_true(t0 >= t1 && t0 >= lp - 1e-6); /* the most likely token is no less likely than any */
+            /* bytes are the token's own; its text says the same unless it had to be mended */
+            const char *tok = jstr(e, "token");
+            json_t *bytes = json_object_get(e, "bytes");
+            if (!strstr(tok, "\xef\xbf\xbd")) {
+                assert_int_equal(json_array_size(bytes), strlen(tok));
+                for (size_t b = 0; b < strlen(tok); b++)
+                    assert_int_equal(json_integer_value(json_array_get(bytes, b)), (unsigned char)tok[b]);
+            }
+        }
+    }
+    resp_free(&r);
+
+    char sbody[600];
+    snprintf(sbody, sizeof sbody, "%.*s, \"stream\": true}", (int)strlen(body) - 1, body);
+    r = post("/v1/chat/completions", sbody);
+    assert_int_equal(r.status, 200);
+    bool done;
+    json_t *chunks = sse_chunks(r.body, &done);
+    assert_true(done);
+    int phase[2] = {0, 0}; /* 0: nothing yet, 1: role seen, 2: finished */
+    char got[2][256] = {{0}};
+    json_array_foreach(chunks, i, c) {
+        assert_string_equal(jstr(c, "object"), "chat.completion.chunk");
+        assert_null(json_object_get(c, "usage")); /* not asked for */
+        json_t *one = json_array_get(json_object_get(c, "choices"), 0);
+        json_int_t k = jint(one, "index");
+        assert_true(k == 0 || k == 1);
+        json_t *delta = json_object_get(one, "delta");
+        if (phase[k] == 0) {
+            assert_string_equal(jstr(delta, "role"), "assistant");
+            assert_string_equal(jstr(delta, "content"), "");
+            phase[k] = 1;
+        } else if (json_object_size(delta) == 0) {
+            assert_non_null(jstr(one, "finish_reason"));
+            phase[k] = 2;
+        } else {
+            assert_int_equal(phase[k], 1);
+            assert_true(json_is_null(json_object_get(one, "finish_reason")));
+            strncat(got[k], jstr(delta, "content"), sizeof got[k] - strlen(got[k]) - 1);
+        }
+    }
+    for (int k = 0; k < 2; k++) {
+        assert_int_equal(phase[k], 2);
+        assert_string_equal(got[k], json_string_value(json_array_get(texts, (size_t)k)));
+    }
+    json_decref(chunks);
+    json_decref(texts);
+    resp_free(&r);
+
+    /* The fine-tuned model (its adapter on demo-hf) and a checkpoint run too. */
+    const char *models[] = {ft_name, ckpt_name};
+    for (int k = 0; k < 2; k++) {
+        char b[600];
+        snprintf(b, sizeof b,
+                 "{\"model\": \"%s\", \"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"max_tokens\": 3}",
+                 models[k]);
+        r = post("/v1/chat/completions", b);
+        if (r.status != 200) fprintf(stderr, "%s: %s\n", models[k], r.body);
+        assert_int_equal(r.status, 200);
+        assert_string_equal(jstr(r.json, "model"), models[k]);
+        resp_free(&r);
+    }
+    struct lorad_infer_stats st;
+    lorad_infer_get_stats(infer, &st);
+    assert_int_equal(st.running, 0);
+    assert_true(st.adapters_loaded >= 1);
+}
+
 /* ---- service -------------------------------------------------------------------------------- */
 
 static bool live_rate(void *ctx, const char *job_id, double *ret) {
@@ -867,6 +1238,7 @@ static int setup(void **state) {
 static int teardown(void **state) {
     (void)state;
     lorad_api_server_stop(srv);
+    lorad_infer_free(infer); /* after the server: its connections have closed their streams */
     lorad_store_close(store);
     test_rmtree(state_dir);
     free(state_dir), free(files_dir), free(jobs_dir), free(uploads_dir), free(models_dir), free(scratch);
@@ -882,6 +1254,11 @@ int main(void) {
         cmocka_unit_test(test_delete),
         cmocka_unit_test(test_malformed_ids),
         cmocka_unit_test(test_models),
+        cmocka_unit_test(test_checkpoint_models),
+        cmocka_unit_test(test_inference_disabled),
+        cmocka_unit_test(test_inference_errors),
+        cmocka_unit_test(test_completions),
+        cmocka_unit_test(test_chat_completions),
         cmocka_unit_test(test_readyz),
         cmocka_unit_test(test_metrics),
         cmocka_unit_test(test_page_cap_and_long_name),

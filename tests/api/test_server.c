@@ -1,10 +1,14 @@
 /* A real server on 127.0.0.1 port 0 and a raw socket client: 404, 405 + Allow, 401/403 with a
- * key file, 415, 413, 400 for bad and too-deep JSON, public /livez, idle-client timeout. */
+ * key file, 415, 413, 400 for bad and too-deep JSON, public /livez, idle-client timeout, SSE and
+ * raw streams (keepalives, a hung-up client or a stop releasing the stream at once), Retry-After,
+ * and req->gone. */
 #include "testutil.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdatomic.h>
+#include <time.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -205,6 +209,203 @@ static void test_sse_stream(void **state) {
     lorad_api_set_handler("GET", route, lorad_api_handler_not_wired);
 }
 
+/* ---- raw streams ------------------------------------------------------------------------------ */
+
+struct fake_stream {
+    int calls;
+    bool endless;          /* after the first chunk, silence until the transport gives up */
+    atomic_bool freed;
+    struct timespec freed_at;
+};
+static struct fake_stream fake;
+
+static double ms_since(const struct timespec *t0) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return 1e3 * (double)(now.tv_sec - t0->tv_sec) + 1e-6 * (double)(now.tv_nsec - t0->tv_nsec);
+}
+
+/* A chunk, then silence (the source waits its whole timeout each call), then [DONE] and the end;
+ * or, endless, a chunk and then silence for ever. */
+static int fake_stream_next(void *ctx, int timeout_ms, char **ret_bytes) {
+    struct fake_stream *f = ctx;
+    int call = f->calls++;
+    if (call == 0) return (*ret_bytes = strdup("data: {\"a\":1}\n\n")) ? 1 : -ENOMEM;
+    if (f->endless || call < 4) {
+        usleep((useconds_t)timeout_ms * 1000u);
+        return 0;
+    }
+    if (call == 4) return (*ret_bytes = strdup("data: [DONE]\n\n")) ? 1 : -ENOMEM;
+    return 2;
+}
+
+static void fake_stream_free(void *ctx) {
+    struct fake_stream *f = ctx;
+    clock_gettime(CLOCK_MONOTONIC, &f->freed_at);
+    atomic_store(&f->freed, true);
+}
+
+static int handler_test_stream(const struct lorad_api_request *req, struct lorad_api_reply *ret_reply) {
+    (void)req;
+    ret_reply->status = 200;
+    ret_reply->stream_next = fake_stream_next;
+    ret_reply->stream_ctx = &fake;
+    ret_reply->stream_free = fake_stream_free;
+    return 0;
+}
+
+static const char STREAM_REQ[] = "POST /v1/completions HTTP/1.0\r\nHost: x\r\nAuthorization: Bearer k1\r\n"
+                                 "Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
+
+/* Bytes as the handler formatted them, keepalives in the silence, no id lines, free called once
+ * the stream is over. HTTP/1.0, so the body is not chunk-encoded. */
+static void test_raw_stream(void **state) {
+    (void)state;
+    memset(&fake, 0, sizeof fake);
+    assert_int_equal(lorad_api_set_handler("POST", "/v1/completions", handler_test_stream), 0);
+    assert_int_equal(http(STREAM_REQ, buf, sizeof buf), 200);
+    assert_non_null(strcasestr(buf, "Content-Type: text/event-stream"));
+    const char *a = strstr(buf, "data: {\"a\":1}\n\n"), *k = strstr(buf, ": keepalive\n\n");
+    const char *done = strstr(buf, "data: [DONE]\n\n");
+    if (!(a && k && done)) fprintf(stderr, "%s\n", buf);
+    assert_true(a && k && done && a < k && k < done);
+    assert_null(strstr(buf, "id:"));
+    assert_true(done[strlen("data: [DONE]\n\n")] == '\0'); /* nothing after the source said 2 */
+    for (int i = 0; i < 200 && !atomic_load(&fake.freed); i++) usleep(10000);
+    assert_true(atomic_load(&fake.freed));
+    assert_int_equal(fake.calls, 6);
+    lorad_api_set_handler("POST", "/v1/completions", lorad_api_handler_not_wired);
+}
+
+/* A second server whose keepalives are a minute apart, so during the silence nothing is written
+ * and only the transport's own watch can see the client go. */
+static struct lorad_api_server *quiet_server(void) {
+    struct lorad_api_server *s;
+    struct lorad_api_server_options o = {.bind_address = "127.0.0.1", .listen_fd = -1, .max_connections = 4,
+                                         .connection_timeout_s = 30, .max_request_body = 1024, .max_json_depth = 8,
+                                         .sse_keepalive_ms = 60000};
+    assert_int_equal(lorad_api_server_start(&o, &s), 0);
+    return s;
+}
+
+/* A socket connected to s with req sent. */
+static int send_request(struct lorad_api_server *s, const char *req) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(lorad_api_server_port(s))};
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    assert_int_equal(write(fd, req, strlen(req)), (ssize_t)strlen(req));
+    return fd;
+}
+
+/* The quiet server with the endless fake stream on /v1/completions. */
+static struct lorad_api_server *endless_stream_server(void) {
+    memset(&fake, 0, sizeof fake);
+    fake.endless = true;
+    assert_int_equal(lorad_api_set_handler("POST", "/v1/completions", handler_test_stream), 0);
+    return quiet_server();
+}
+
+/* Connects to s, sends req and reads until want has arrived. Returns the socket. */
+static int open_until(struct lorad_api_server *s, const char *req, const char *want) {
+    int fd = send_request(s, req);
+    struct timeval tv = {.tv_sec = 5};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    size_t got = 0;
+    buf[0] = '\0';
+    while (!strstr(buf, want)) {
+        ssize_t n = read(fd, buf + got, sizeof buf - 1 - got);
+        assert_true(n > 0);
+        got += (size_t)n;
+        buf[got] = '\0';
+    }
+    return fd;
+}
+
+/* A client that hangs up while the source is silent releases the stream within the transport's
+ * 100 ms watch, not at the next keepalive (a minute here) or never. */
+static void test_raw_stream_hangup_frees_at_once(void **state) {
+    (void)state;
+    struct lorad_api_server *s = endless_stream_server();
+    const char *req = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      "Content-Length: 2\r\n\r\n{}";
+    int fd = open_until(s, req, "data: {\"a\":1}");
+    usleep(300000); /* well into the silence */
+    assert_false(atomic_load(&fake.freed));
+    struct timespec closed;
+    clock_gettime(CLOCK_MONOTONIC, &closed);
+    close(fd);
+    for (int i = 0; i < 300 && !atomic_load(&fake.freed); i++) usleep(10000);
+    assert_true(atomic_load(&fake.freed));
+    double ms = 1e3 * (double)(fake.freed_at.tv_sec - closed.tv_sec) + 1e-6 * (double)(fake.freed_at.tv_nsec - closed.tv_nsec);
+    if (ms >= 1000) fprintf(stderr, "freed %.0f ms after the client closed\n", ms);
+    assert_true(ms < 1000);
+    lorad_api_server_stop(s);
+    lorad_api_set_handler("POST", "/v1/completions", lorad_api_handler_not_wired);
+}
+
+/* Stopping the server ends an endless stream (stop returns, the source is released, the client
+ * sees the end of the body). */
+static void test_raw_stream_ends_at_stop(void **state) {
+    (void)state;
+    struct lorad_api_server *s = endless_stream_server();
+    int fd = open_until(s, STREAM_REQ, "data: {\"a\":1}");
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    lorad_api_server_stop(s);
+    assert_true(ms_since(&t0) < 2000);
+    assert_true(atomic_load(&fake.freed));
+    char c;
+    ssize_t n;
+    while ((n = read(fd, &c, 1)) > 0) {
+    }
+    assert_true(n == 0 || errno == ECONNRESET); /* the end of the body, not our 5 s timeout */
+    close(fd);
+    lorad_api_set_handler("POST", "/v1/completions", lorad_api_handler_not_wired);
+}
+
+/* A handler that waits for req->gone: the client hangs up right after its request. */
+static atomic_bool gone_seen;
+static int handler_test_gone(const struct lorad_api_request *req, struct lorad_api_reply *ret_reply) {
+    for (int i = 0; i < 500 && !(req->gone && req->gone(req)); i++) usleep(10000);
+    atomic_store(&gone_seen, req->gone && req->gone(req));
+    return lorad_api_reply_error(ret_reply, 503, "abandoned", NULL, NULL);
+}
+
+static void test_request_gone(void **state) {
+    (void)state;
+    atomic_store(&gone_seen, false);
+    assert_int_equal(lorad_api_set_handler("POST", "/v1/chat/completions", handler_test_gone), 0);
+    int fd = send_request(srv, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k1\r\n"
+                               "Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}");
+    usleep(200000);
+    assert_false(atomic_load(&gone_seen)); /* still connected: not gone */
+    close(fd);
+    for (int i = 0; i < 200 && !atomic_load(&gone_seen); i++) usleep(10000);
+    assert_true(atomic_load(&gone_seen));
+    lorad_api_set_handler("POST", "/v1/chat/completions", lorad_api_handler_not_wired);
+}
+
+/* Retry-After goes out with a JSON reply that sets retry_after_s. */
+static int handler_test_retry(const struct lorad_api_request *req, struct lorad_api_reply *ret_reply) {
+    (void)req;
+    lorad_api_reply_error(ret_reply, 429, "busy", NULL, "rate_limit_exceeded");
+    ret_reply->retry_after_s = 3;
+    return 0;
+}
+
+static void test_retry_after(void **state) {
+    (void)state;
+    assert_int_equal(lorad_api_set_handler("POST", "/v1/completions", handler_test_retry), 0);
+    assert_int_equal(http(STREAM_REQ, buf, sizeof buf), 429);
+    assert_non_null(strcasestr(buf, "\r\nRetry-After: 3\r\n"));
+    assert_non_null(strstr(buf, "\"type\":\"rate_limit_error\""));
+    lorad_api_set_handler("POST", "/v1/completions", lorad_api_handler_not_wired);
+    assert_int_equal(http(STREAM_REQ, buf, sizeof buf), 503);
+    assert_null(strcasestr(buf, "Retry-After"));
+}
+
 static int handler_test_upload(const struct lorad_api_request *req, struct lorad_api_reply *ret_reply) {
     const struct lorad_api_upload *u = req->upload;
     if (!u) return -EINVAL;
@@ -384,6 +585,11 @@ int main(void) {
         cmocka_unit_test(test_idle_client_times_out),
         cmocka_unit_test(test_range_downloads),
         cmocka_unit_test(test_sse_stream),
+        cmocka_unit_test(test_raw_stream),
+        cmocka_unit_test(test_raw_stream_hangup_frees_at_once),
+        cmocka_unit_test(test_raw_stream_ends_at_stop),
+        cmocka_unit_test(test_request_gone),
+        cmocka_unit_test(test_retry_after),
         cmocka_unit_test(test_uploads),
         cmocka_unit_test(test_key_reload),
         cmocka_unit_test(test_key_file_switch),

@@ -170,6 +170,56 @@ static void test_sections(void **state) {
     free(dir);
 }
 
+/* [inference]: on by default with OpenAI-sized limits; bad values name the line and the key. */
+static void test_inference_section(void **state) {
+    (void)state;
+    struct lorad_config c;
+    lorad_config_defaults(&c);
+    assert_string_equal(c.inference.enabled, "yes");
+    assert_int_equal(c.inference.threads, 0);
+    assert_int_equal(c.inference.max_concurrent_generations, 8);
+    assert_true(c.inference.memory_budget == 0);
+    assert_int_equal(c.inference.max_context, 4096);
+    char *dir = test_mkdtemp("config");
+    char *path = write_file(dir, "[inference]\nenabled no\nthreads 3\nmax-concurrent-generations = 2\n"
+                                 "memory_budget 2g\nmax_context 16\n");
+    struct lorad_error err = {0};
+    assert_int_equal(lorad_config_load_file(&c, path, false, &err), 0);
+    assert_string_equal(c.inference.enabled, "no");
+    assert_int_equal(c.inference.threads, 3);
+    assert_int_equal(c.inference.max_concurrent_generations, 2);
+    assert_true(c.inference.memory_budget == (int64_t)2 << 30);
+    assert_int_equal(c.inference.max_context, 16);
+    free(path);
+    static const struct { const char *text, *param; int line; } bad[] = {
+        {"[inference]\nenabled maybe\n", "inference.enabled", 2},
+        {"[inference]\nthreads 257\n", "inference.threads", 2},
+        {"[inference]\n\nmax_concurrent_generations 0\n", "inference.max_concurrent_generations", 3},
+        {"[inference]\nmax_concurrent_generations 1025\n", "inference.max_concurrent_generations", 2},
+        {"[inference]\nmax_context 15\n", "inference.max_context", 2},
+        {"[inference]\nmax_context 1048577\n", "inference.max_context", 2},
+        {"[inference]\nmemory_budget -1\n", "inference.memory_budget", 2},
+        {"[inference]\nworkers 2\n", NULL, 2}, /* a top-level key inside the section */
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        path = write_file(dir, bad[i].text);
+        lorad_config_defaults(&c);
+        assert_true(lorad_config_load_file(&c, path, false, &err) < 0);
+        char at[32];
+        snprintf(at, sizeof at, "lorad.conf:%d", bad[i].line);
+        assert_non_null(strstr(err.message, at));
+        if (bad[i].param) assert_string_equal(err.param, bad[i].param);
+        free(path);
+    }
+    char *argv[] = {"serve", "--inference.enabled=no", "--inference.max-context", "512", NULL};
+    lorad_config_defaults(&c);
+    assert_int_equal(lorad_config_from_args(&c, 4, argv, NULL, &err), 0);
+    assert_string_equal(c.inference.enabled, "no");
+    assert_int_equal(c.inference.max_context, 512);
+    test_rmtree(dir);
+    free(dir);
+}
+
 static void test_written_defaults_parse_back(void **state) {
     (void)state;
     /* The commented default config that `cmake --install` ships, uncommented, must load. */
@@ -215,6 +265,7 @@ int main(void) {
         cmocka_unit_test(test_flags_override_file),
         cmocka_unit_test(test_memory_limit_and_threads),
         cmocka_unit_test(test_sections),
+        cmocka_unit_test(test_inference_section),
         cmocka_unit_test(test_written_defaults_parse_back),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
