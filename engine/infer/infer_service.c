@@ -287,6 +287,22 @@ static int acquire(struct lorad_infer *s, const struct lorad_infer_request *req,
 
 /* ---------------------------------------------------------------- sequences and events */
 
+/* Drops one reference to st (the caller's or a sequence's); the last frees it and its queued
+ * events. Called with the lock held. */
+static void stream_unref(struct lorad_infer_stream *st) {
+    if (--st->refs != 0) return;
+    for (struct event_node *e = st->head; e;) {
+        struct event_node *n = e->next;
+        free(e->text);
+        free(e);
+        e = n;
+    }
+    if (st->current) free(st->current->text);
+    free(st->current);
+    pthread_cond_destroy(&st->cond);
+    free(st);
+}
+
 /* Frees q and what it holds, and lets go of its stream. Called with the lock held; q is off the
  * list and not in a step. */
 static void seq_free(struct lorad_infer *s, struct seq *q) {
@@ -302,18 +318,7 @@ static void seq_free(struct lorad_infer *s, struct seq *q) {
     free(q->gen);
     struct lorad_infer_stream *st = q->st;
     free(q);
-    if (--st->refs == 0) {
-        for (struct event_node *e = st->head; e;) {
-            struct event_node *n = e->next;
-            free(e->text);
-            free(e);
-            e = n;
-        }
-        if (st->current) free(st->current->text);
-        free(st->current);
-        pthread_cond_destroy(&st->cond);
-        free(st);
-    }
+    stream_unref(st);
 }
 
 static void unlink_seq(struct lorad_infer *s, struct seq *q) {
@@ -878,18 +883,7 @@ void lorad_infer_stream_close(struct lorad_infer_stream *st) {
         *p = q->next;
         seq_free(s, q);
     }
-    if (--st->refs == 0) {
-        for (struct event_node *e = st->head; e;) {
-            struct event_node *n = e->next;
-            free(e->text);
-            free(e);
-            e = n;
-        }
-        if (st->current) free(st->current->text);
-        free(st->current);
-        pthread_cond_destroy(&st->cond);
-        free(st);
-    }
+    stream_unref(st);
     pthread_mutex_unlock(&s->lock);
 }
 
