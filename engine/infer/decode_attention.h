@@ -1,7 +1,7 @@
 /* One query row against the cached keys and values of its sequence: the attention of a decoding
- * token (or of a prompt chunk's row whose earlier positions are cached). Compiled with -O3 so the
- * fixed-width partial sums below vectorise (engine/CMakeLists.txt); the plain loop of the same
- * maths is lorad_decode_attend_ref, for the tests. */
+ * token (or of a prompt chunk's row whose earlier positions are cached). AVX-512, AVX2 and plain
+ * x86-64 kernels, picked by lorad_isa_active(); the double-precision loop of the same maths is
+ * lorad_decode_attend_ref, which tests/engine/test_decode_attention.c holds the kernels to. */
 #pragma once
 #include <stdint.h>
 
