@@ -113,6 +113,7 @@ int lorad_decoder_new(struct lorad_decoder **ret, const struct lorad_base_weight
         free(d);
         return lorad_error_set(err, rc, "threads", "cannot start %d threads", opt->threads);
     }
+    lorad_pool_set_spin(d->pool, true); /* a step is some 20 short products per layer */
     if (lorad_gemm_init(&d->gemm, d->pool, compute) < 0) goto oom;
     d->attn_norm = ALLOC_F(d, L * d->d);
     d->ffn_norm = ALLOC_F(d, L * d->d);

@@ -12,6 +12,7 @@
  * Work is split statically (thread t always gets the same slice for the same sizes), so results
  * are bit-identical for a fixed thread count regardless of scheduling. */
 #pragma once
+#include <stdbool.h>
 #include <stdint.h>
 
 struct lorad_pool;
@@ -29,6 +30,12 @@ int lorad_pool_new(struct lorad_pool **ret_pool, int n_threads);
 void lorad_pool_free(struct lorad_pool *pool);
 
 int lorad_pool_size(const struct lorad_pool *pool);
+
+/* With spin, the threads poll for up to ~100 µs after a run before sleeping (off by default).
+ * For callers that run many short products back to back, like a decode step, where waking
+ * sleeping workers costs more than the work; it burns that time on idle threads, so a training
+ * job, whose runs are long, leaves it off. */
+void lorad_pool_set_spin(struct lorad_pool *pool, bool spin);
 
 /* Runs fn(ctx, tid, n) on all threads and returns when every call has returned. Not reentrant:
  * fn must not call lorad_pool_run on the same pool. One caller at a time. */
