@@ -20,14 +20,16 @@
 #include "threadpool.h"
 
 #define N_MODULES LORAD_N_LORA_MODULES
+#define MAX_GROUP 3 /* products one single_rows call takes: q, k and v */
 #define LORA_U_FLOATS ((int64_t)1 << 16) /* per-thread scratch for x A^T, in row chunks */
 
 struct lorad_lora_weights {
     int r, n_layers;
     float scale;
-    /* A (r, in) and B (out, r) of (layer, module); the LM head's at layer n_layers. NULL: not
-     * adapted. All point into data. */
-    const float *(*A)[N_MODULES], *(*B)[N_MODULES];
+    /* A (r, in) and B transposed, Bt (r, out), of (layer, module); the LM head's at layer
+     * n_layers. NULL: not adapted. All point into data. Bt because a decode row's update
+     * y += s Bt^T u then runs along y in whole vectors (lorad_lowrank_add_rows). */
+    const float *(*A)[N_MODULES], *(*Bt)[N_MODULES];
     float *data;
     int64_t bytes;
 };
@@ -38,6 +40,14 @@ struct lorad_kv_cache {
     bool bf16;
     void *k, *v; /* (L, capacity, kvd) each, f32 or bf16 */
     const struct lorad_decoder *owner;
+};
+
+/* One (product, row) adapter update: u = A x_row, then y_row += scale * Bt^T u. */
+struct lora_task {
+    int product, row, r;
+    float scale;
+    const float *A, *Bt; /* (r, in), (r, out) */
+    float *u;            /* (r) in the decoder's u_rows buffer */
 };
 
 struct lorad_decoder {
@@ -64,11 +74,15 @@ struct lorad_decoder {
     float *hf, *logits;      /* (S, d), (S, V): last rows of the items that want logits */
     float *attn_scratch[LORAD_MAX_THREADS]; /* lorad_attention_scratch_floats(max_rows) or max_pos */
     float *u_scratch[LORAD_MAX_THREADS];    /* (LORA_U_FLOATS) */
+    struct lora_task *tasks;                /* (MAX_GROUP * S) of one single_rows call */
+    float *u_rows;                          /* (u_rows_cap) their u, grown by plan() */
+    int64_t u_rows_cap;
     int64_t bytes;
     /* the step being run */
     struct lorad_decode_item **order; /* (S) single-token items first */
     int *row0;                        /* (S) first row of each ordered item */
     int n_items, n_single, n_rows;
+    bool head_rows; /* lora_thread runs over the LM head's rows: one per item */
 };
 
 /* ---------------------------------------------------------------- construction */
@@ -146,6 +160,7 @@ int lorad_decoder_new(struct lorad_decoder **ret, const struct lorad_base_weight
     d->logits = ALLOC_F(d, S * d->V);
     d->order = alloc_counted(d, sizeof *d->order * (size_t)S);
     d->row0 = alloc_counted(d, sizeof *d->row0 * (size_t)S);
+    d->tasks = alloc_counted(d, sizeof *d->tasks * MAX_GROUP * (size_t)S);
     int64_t attn = lorad_attention_scratch_floats(opt->max_rows);
     if (attn < opt->max_pos) attn = opt->max_pos;
     for (int t = 0; t < opt->threads; t++) {
@@ -155,7 +170,7 @@ int lorad_decoder_new(struct lorad_decoder **ret, const struct lorad_base_weight
     }
     if (!d->attn_norm || !d->ffn_norm || !d->final_norm || !d->rope_cos || !d->rope_sin || !d->x || !d->h || !d->q ||
         !d->att || !d->k || !d->v || !d->gate || !d->up || !d->inv || !d->lse || !d->tok || !d->pos || !d->seg ||
-        !d->row_item || !d->task_row || !d->hf || !d->logits || !d->order || !d->row0)
+        !d->row_item || !d->task_row || !d->hf || !d->logits || !d->order || !d->row0 || !d->tasks)
         goto oom;
     d->bytes += (int64_t)lorad_gemm_scratch_floats(compute) * (int64_t)sizeof(float) * opt->threads;
     for (int l = 0; l < c->n_layers; l++) {
@@ -193,6 +208,8 @@ void lorad_decoder_free(struct lorad_decoder *d) {
     free(d->task_row);
     free(d->order);
     free(d->row0);
+    free(d->tasks);
+    free(d->u_rows);
     lorad_gemm_destroy(&d->gemm);
     lorad_pool_free(d->pool);
     free(d);
@@ -243,9 +260,9 @@ int lorad_lora_weights_new(struct lorad_lora_weights **ret, const struct lorad_a
     lw->n_layers = L;
     lw->scale = lorad_lora_scale(&lc);
     lw->A = calloc(n_rows, sizeof *lw->A);
-    lw->B = calloc(n_rows, sizeof *lw->B);
+    lw->Bt = calloc(n_rows, sizeof *lw->Bt);
     lw->data = malloc((size_t)(floats ? floats : 1) * sizeof(float));
-    if (!lw->A || !lw->B || !lw->data) {
+    if (!lw->A || !lw->Bt || !lw->data) {
         lorad_lora_weights_free(lw);
         return lorad_error_set(err, -ENOMEM, "adapter", "out of memory for %lld adapter floats", (long long)floats);
     }
@@ -262,8 +279,9 @@ int lorad_lora_weights_new(struct lorad_lora_weights **ret, const struct lorad_a
             memcpy(p, A->data, na * sizeof(float));
             lw->A[l][m] = p;
             p += na;
-            memcpy(p, B->data, nb * sizeof(float));
-            lw->B[l][m] = p;
+            for (int64_t o = 0; o < B->rows; o++) /* B (out, r) -> Bt (r, out) */
+                for (int k = 0; k < lc.r; k++) p[k * B->rows + o] = B->data[o * lc.r + k];
+            lw->Bt[l][m] = p;
             p += nb;
         }
     *ret = lw;
@@ -273,7 +291,7 @@ int lorad_lora_weights_new(struct lorad_lora_weights **ret, const struct lorad_a
 void lorad_lora_weights_free(struct lorad_lora_weights *lw) {
     if (!lw) return;
     free(lw->A);
-    free(lw->B);
+    free(lw->Bt);
     free(lw->data);
     free(lw);
 }
@@ -362,65 +380,150 @@ struct lora_job {
     int layer;
     enum lorad_lora_module module;
     int64_t in, out;
-    int row_stride_items; /* 1: rows are the items' rows; 0: row i is item i's (the LM head) */
+    int first_item; /* items before it were updated by the decode rows' job */
 };
 
-/* Each thread takes every nt-th item whose adapter carries this module and adds
- * scale * (x A^T) B^T to that item's rows, in chunks the u scratch holds. */
+/* The prompt chunks' adapters: each thread takes every nt-th item from first_item on whose
+ * adapter carries this module and adds scale * (x A^T) Bt to that item's rows, in chunks the u
+ * scratch holds. */
 static void lora_thread(void *ctx, int tid, int nt) {
     struct lora_job *j = ctx;
     struct lorad_decoder *d = j->d;
     float *u = d->u_scratch[tid];
-    for (int i = tid; i < d->n_items; i += nt) {
+    for (int i = j->first_item + tid; i < d->n_items; i += nt) {
         const struct lorad_decode_item *it = d->order[i];
         const struct lorad_lora_weights *lw = it->lora;
         if (!lw || !lw->A[j->layer][j->module]) continue;
-        const float *A = lw->A[j->layer][j->module], *B = lw->B[j->layer][j->module];
+        const float *A = lw->A[j->layer][j->module], *Bt = lw->Bt[j->layer][j->module];
         int r = lw->r;
-        int64_t row0 = j->row_stride_items ? d->row0[i] : i, rows = j->row_stride_items ? it->n : 1;
+        int64_t row0 = d->row0[i], rows = d->head_rows ? 1 : it->n;
         int64_t chunk = LORA_U_FLOATS / r;
         if (chunk < 1) chunk = 1; /* r <= LORAD_MAX_LORA_RANK < LORA_U_FLOATS */
         for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
             int64_t m = rows - r0 < chunk ? rows - r0 : chunk;
             const float *x = j->x + (row0 + r0) * j->in;
             float *y = j->y + (row0 + r0) * j->out;
-            // u (m, r) = x (m, in) A^T; y (m, out) += scale * u B^T
+            // u (m, r) = x (m, in) A^T; y (m, out) += scale * u Bt
             lorad_sgemm_1t(false, true, m, r, j->in, 1.0f, x, j->in, A, j->in, 0.0f, u, r, d->gemm.scratch[tid]);
-            lorad_sgemm_1t(false, true, m, j->out, r, lw->scale, u, r, B, r, 1.0f, y, j->out, d->gemm.scratch[tid]);
+            lorad_sgemm_1t(false, false, m, j->out, r, lw->scale, u, r, Bt, j->out, 1.0f, y, j->out,
+                           d->gemm.scratch[tid]);
         }
     }
 }
 
-/* y (rows, out) (+)= x (rows, in) W^T for the step's rows, then the items' adapters. Single-token
- * rows go through the small kernel LORAD_GEMM_SMALL_MAX_ROWS at a time; each prompt chunk alone. */
-static void linear(struct lorad_decoder *d, float *y, const float *x, int l, enum lorad_lora_module m, bool accumulate) {
-    const struct lorad_tensor *W = layer_weight(d, l, m);
-    int64_t in = W->cols, out = W->rows;
-    bool small = lorad_gemm_small_supports(W);
-    for (int r0 = 0; r0 < d->n_single; r0 += LORAD_GEMM_SMALL_MAX_ROWS) {
-        int n = d->n_single - r0 < LORAD_GEMM_SMALL_MAX_ROWS ? d->n_single - r0 : LORAD_GEMM_SMALL_MAX_ROWS;
-        if (small) lorad_gemm_xwt_small(&d->gemm, y + r0 * out, x + r0 * in, W, n, accumulate);
-        else
-            for (int i = 0; i < n; i++) lorad_gemm_xwt(&d->gemm, y + (r0 + i) * out, x + (r0 + i) * in, W, 1, accumulate);
+/* Products of one step that share their input, over single rows (decode tokens, or the last
+ * rows the LM head reads): row i's x is x + i * in and its y is y_p + i * out_p. */
+struct rows_job {
+    struct lorad_decoder *d;
+    int n_products, n_rows;
+    const float *x;
+    float *y[MAX_GROUP];
+    const struct lorad_tensor *W[MAX_GROUP];
+    bool accumulate;
+    /* the rows' adapter updates: task t is (product, row) with an adapter carrying the module */
+    int n_tasks;
+    int64_t u_rows; /* sum of the tasks' ranks */
+};
+
+/* Phase one: the tasks' u = A x, their A rows split evenly over the threads. */
+static void rows_u_thread(void *ctx, int tid, int nt) {
+    const struct rows_job *j = ctx;
+    struct lorad_decoder *d = j->d;
+    int64_t b, e, off = 0;
+    lorad_pool_slice(j->u_rows, tid, nt, 1, &b, &e);
+    for (int t = 0; t < j->n_tasks && off < e; off += d->tasks[t].r, t++) {
+        const struct lora_task *k = &d->tasks[t];
+        int64_t k0 = b > off ? b - off : 0, k1 = e - off < k->r ? e - off : k->r;
+        if (k0 >= k1) continue;
+        int64_t in = j->W[k->product]->cols;
+        struct lorad_tensor A = {k->A, LORAD_DTYPE_F32, k->r, in};
+        lorad_gemm_xwt_small_rows(k->u, 0, j->x + (int64_t)k->row * in, &A, 1, k0, k1, false);
     }
-    for (int i = d->n_single; i < d->n_items; i++) {
-        int64_t row0 = d->row0[i];
-        lorad_gemm_xwt(&d->gemm, y + row0 * out, x + row0 * in, W, d->order[i]->n, accumulate);
+}
+
+/* Phase two: every product over the thread's slice of its W rows, all rows at once through the
+ * small kernel, then the adapters' updates of that slice while it is in cache. */
+static void rows_thread(void *ctx, int tid, int nt) {
+    const struct rows_job *j = ctx;
+    struct lorad_decoder *d = j->d;
+    for (int p = 0; p < j->n_products; p++) {
+        const struct lorad_tensor *W = j->W[p];
+        int64_t in = W->cols, out = W->rows, n0, n1;
+        lorad_pool_slice(out, tid, nt, 16, &n0, &n1);
+        for (int r0 = 0; r0 < j->n_rows; r0 += LORAD_GEMM_SMALL_MAX_ROWS) {
+            int n = j->n_rows - r0 < LORAD_GEMM_SMALL_MAX_ROWS ? j->n_rows - r0 : LORAD_GEMM_SMALL_MAX_ROWS;
+            lorad_gemm_xwt_small_rows(j->y[p] + r0 * out, out, j->x + r0 * in, W, n, n0, n1, j->accumulate);
+        }
+        for (int t = 0; t < j->n_tasks; t++) {
+            const struct lora_task *k = &d->tasks[t];
+            if (k->product == p)
+                lorad_lowrank_add_rows(j->y[p] + (int64_t)k->row * out, k->u, k->Bt, k->r, out, n0, n1, k->scale);
+        }
     }
-    const float *bias = NULL;
-    if (d->cfg.attention_bias) {
-        if (m == LORAD_Q_PROJ) bias = d->bq + l * d->qd;
-        else if (m == LORAD_K_PROJ) bias = d->bk + l * d->kvd;
-        else if (m == LORAD_V_PROJ) bias = d->bv + l * d->kvd;
+}
+
+/* ys[p] (+)= x W_p^T (+ the rows' adapters) for the n_rows single rows, products mods[p] of
+ * layer l, row i's adapter lora_of[i]: two hand-offs to the pool whatever the number of products
+ * and adapters. All W must pass lorad_gemm_small_supports. */
+static void single_rows(struct lorad_decoder *d, int l, int n, const enum lorad_lora_module *mods, float *const *ys,
+                        const float *x, bool accumulate, int n_rows,
+                        const struct lorad_lora_weights *(*lora_of)(const struct lorad_decoder *, int)) {
+    assert(n >= 1 && n <= MAX_GROUP && n_rows >= 1);
+    struct rows_job j = {.d = d, .n_products = n, .n_rows = n_rows, .x = x, .accumulate = accumulate};
+    float *u = d->u_rows;
+    for (int p = 0; p < n; p++) {
+        j.y[p] = ys[p];
+        j.W[p] = layer_weight(d, l, mods[p]);
+        for (int i = 0; i < n_rows; i++) {
+            const struct lorad_lora_weights *lw = lora_of(d, i);
+            if (!lw || !lw->A[l][mods[p]]) continue;
+            assert(j.n_tasks < MAX_GROUP * d->opt.max_seqs && u + lw->r <= d->u_rows + d->u_rows_cap);
+            d->tasks[j.n_tasks++] = (struct lora_task){p, i, lw->r, lw->scale, lw->A[l][mods[p]], lw->Bt[l][mods[p]], u};
+            u += lw->r;
+            j.u_rows += lw->r;
+        }
     }
-    if (bias)
-        for (int64_t i = 0; i < d->n_rows; i++)
-            for (int64_t c = 0; c < out; c++) y[i * out + c] += bias[c];
-    bool any = false;
-    for (int i = 0; i < d->n_items && !any; i++) any = d->order[i]->lora && d->order[i]->lora->A[l][m];
-    if (!any) return;
-    struct lora_job j = {d, y, x, l, m, in, out, 1};
-    lorad_pool_run(d->pool, lora_thread, &j);
+    if (j.n_tasks) lorad_pool_run(d->pool, rows_u_thread, &j);
+    lorad_pool_run(d->pool, rows_thread, &j);
+}
+
+static const struct lorad_lora_weights *item_lora(const struct lorad_decoder *d, int i) { return d->order[i]->lora; }
+
+/* ys[p] (rows, out_p) (+)= x (rows, in) W_p^T for the step's rows, products mods[p] of layer l
+ * sharing the input x, then biases and the items' adapters. Single-token rows go through
+ * single_rows, or one at a time when a weight's dtype is not the small kernel's; each prompt
+ * chunk alone through lorad_gemm_xwt. */
+static void linears(struct lorad_decoder *d, int l, int n, const enum lorad_lora_module *mods, float *const *ys,
+                    const float *x, bool accumulate) {
+    bool small = true;
+    for (int p = 0; p < n; p++) small = small && lorad_gemm_small_supports(layer_weight(d, l, mods[p]));
+    if (small && d->n_single) single_rows(d, l, n, mods, ys, x, accumulate, d->n_single, item_lora);
+    for (int p = 0; p < n; p++) {
+        const struct lorad_tensor *W = layer_weight(d, l, mods[p]);
+        int64_t in = W->cols, out = W->rows;
+        float *y = ys[p];
+        if (!small)
+            for (int i = 0; i < d->n_single; i++) lorad_gemm_xwt(&d->gemm, y + i * out, x + i * in, W, 1, accumulate);
+        for (int i = d->n_single; i < d->n_items; i++) {
+            int64_t row0 = d->row0[i];
+            lorad_gemm_xwt(&d->gemm, y + row0 * out, x + row0 * in, W, d->order[i]->n, accumulate);
+        }
+        const float *bias = NULL;
+        if (d->cfg.attention_bias) {
+            if (mods[p] == LORAD_Q_PROJ) bias = d->bq + l * d->qd;
+            else if (mods[p] == LORAD_K_PROJ) bias = d->bk + l * d->kvd;
+            else if (mods[p] == LORAD_V_PROJ) bias = d->bv + l * d->kvd;
+        }
+        if (bias)
+            for (int64_t i = 0; i < d->n_rows; i++)
+                for (int64_t c = 0; c < out; c++) y[i * out + c] += bias[c];
+        int first = small ? d->n_single : 0;
+        bool any = false;
+        for (int i = first; i < d->n_items && !any; i++) any = d->order[i]->lora && d->order[i]->lora->A[l][mods[p]];
+        if (!any) continue;
+        struct lora_job j = {d, y, x, l, mods[p], in, out, first};
+        lorad_pool_run(d->pool, lora_thread, &j);
+    }
 }
 
 /* ---------------------------------------------------------------- attention */
@@ -508,6 +611,18 @@ static int plan(struct lorad_decoder *d, struct lorad_decode_item *items, int n_
     if (rows > d->opt.max_rows)
         return lorad_error_set(err, -EINVAL, "items", "a step takes at most %d tokens, got %lld", d->opt.max_rows,
                                (long long)rows);
+    /* the single rows' adapter vectors: at most MAX_GROUP products of every single row (the LM
+     * head's rows are at most one per item) */
+    int64_t u_need = 0;
+    for (int i = 0; i < n_items; i++)
+        if (items[i].lora && (items[i].n == 1 || items[i].logits)) u_need += (int64_t)MAX_GROUP * items[i].lora->r;
+    if (u_need > d->u_rows_cap) {
+        float *u = realloc(d->u_rows, sizeof(float) * (size_t)u_need);
+        if (!u) return lorad_error_set(err, -ENOMEM, "", "out of memory for %lld adapter floats", (long long)u_need);
+        d->bytes += (int64_t)sizeof(float) * (u_need - d->u_rows_cap);
+        d->u_rows = u;
+        d->u_rows_cap = u_need;
+    }
     int s = 0;
     for (int pass = 0; pass < 2; pass++)
         for (int i = 0; i < n_items; i++)
@@ -529,6 +644,8 @@ static int plan(struct lorad_decoder *d, struct lorad_decode_item *items, int n_
     return 0;
 }
 
+static const struct lorad_lora_weights *kept_lora(const struct lorad_decoder *d, int i) { return d->order[i]->lora; }
+
 /* Contract: items and their caches are the caller's; caches advance by their item's n. */
 int lorad_decoder_step(struct lorad_decoder *d, struct lorad_decode_item *items, int n_items,
                        struct lorad_error *err) {
@@ -536,14 +653,18 @@ int lorad_decoder_step(struct lorad_decoder *d, struct lorad_decode_item *items,
     if (rc < 0) return rc;
     const struct lorad_llama_config *c = &d->cfg;
     int64_t R = d->n_rows, D = d->d;
-    lorad_embedding_forward(d->pool, d->x, d->tok, &d->w->embed, R, D);
+    /* a few rows of elementwise work cost less on this thread than a hand-off (the kernels'
+     * results do not depend on the pool) */
+    struct lorad_pool *ew = R <= 2 * LORAD_GEMM_SMALL_MAX_ROWS ? NULL : d->pool;
+    static const enum lorad_lora_module qkv[] = {LORAD_Q_PROJ, LORAD_K_PROJ, LORAD_V_PROJ},
+                                        o[] = {LORAD_O_PROJ}, gate_up[] = {LORAD_GATE_PROJ, LORAD_UP_PROJ},
+                                        down[] = {LORAD_DOWN_PROJ};
+    lorad_embedding_forward(ew, d->x, d->tok, &d->w->embed, R, D);
     for (int l = 0; l < c->n_layers; l++) {
-        lorad_rmsnorm_forward(d->pool, d->h, d->inv, d->x, d->attn_norm + l * D, c->norm_eps, R, D);
-        linear(d, d->q, d->h, l, LORAD_Q_PROJ, false);
-        linear(d, d->k, d->h, l, LORAD_K_PROJ, false);
-        linear(d, d->v, d->h, l, LORAD_V_PROJ, false);
-        lorad_rope_forward(d->pool, d->q, d->pos, d->rope_cos, d->rope_sin, R, c->n_heads, c->head_dim);
-        lorad_rope_forward(d->pool, d->k, d->pos, d->rope_cos, d->rope_sin, R, c->n_kv_heads, c->head_dim);
+        lorad_rmsnorm_forward(ew, d->h, d->inv, d->x, d->attn_norm + l * D, c->norm_eps, R, D);
+        linears(d, l, 3, qkv, (float *const[]){d->q, d->k, d->v}, d->h, false);
+        lorad_rope_forward(ew, d->q, d->pos, d->rope_cos, d->rope_sin, R, c->n_heads, c->head_dim);
+        lorad_rope_forward(ew, d->k, d->pos, d->rope_cos, d->rope_sin, R, c->n_kv_heads, c->head_dim);
         if (d->kv_bf16) /* every position, this step's too, attends to what a bf16 cache holds */
             for (int64_t i = 0; i < R * d->kvd; i++) {
                 d->k[i] = lorad_bf16_to_f32(lorad_f32_to_bf16(d->k[i]));
@@ -552,41 +673,41 @@ int lorad_decoder_step(struct lorad_decoder *d, struct lorad_decode_item *items,
         for (int i = 0; i < d->n_items; i++)
             cache_store(d->order[i]->cache, l, d->k + d->row0[i] * d->kvd, d->v + d->row0[i] * d->kvd, d->order[i]->n);
         attention(d, l);
-        linear(d, d->x, d->att, l, LORAD_O_PROJ, true);
-        lorad_rmsnorm_forward(d->pool, d->h, d->inv, d->x, d->ffn_norm + l * D, c->norm_eps, R, D);
-        linear(d, d->gate, d->h, l, LORAD_GATE_PROJ, false);
-        linear(d, d->up, d->h, l, LORAD_UP_PROJ, false);
-        lorad_swiglu_forward(d->pool, d->up, d->gate, d->up, R * d->hid);
-        linear(d, d->x, d->up, l, LORAD_DOWN_PROJ, true);
+        linears(d, l, 1, o, (float *const[]){d->x}, d->att, true);
+        lorad_rmsnorm_forward(ew, d->h, d->inv, d->x, d->ffn_norm + l * D, c->norm_eps, R, D);
+        linears(d, l, 2, gate_up, (float *const[]){d->gate, d->up}, d->h, false);
+        lorad_swiglu_forward(ew, d->up, d->gate, d->up, R * d->hid);
+        linears(d, l, 1, down, (float *const[]){d->x}, d->up, true);
     }
-    /* The LM head over the last row of each item that wants logits, a small group at a time: the
-     * rows are gathered in item order, so row i of hf is item order[i]'s when all want logits. */
-    int n_out = 0;
+    /* The LM head over the last row of each item that wants logits: those items are compacted to
+     * the front of order, so row i of hf and of logits is order[i]'s. */
+    int kept = 0;
     for (int i = 0; i < d->n_items; i++) {
         if (!d->order[i]->logits) continue;
         int64_t last = d->row0[i] + d->order[i]->n - 1;
-        lorad_rmsnorm_forward(NULL, d->hf + n_out * D, d->inv, d->x + last * D, d->final_norm, c->norm_eps, 1, D);
-        n_out++;
+        lorad_rmsnorm_forward(NULL, d->hf + kept * D, d->inv, d->x + last * D, d->final_norm, c->norm_eps, 1, D);
+        d->order[kept++] = d->order[i];
     }
-    const struct lorad_tensor *head = &d->w->lm_head;
-    bool small = lorad_gemm_small_supports(head);
-    for (int r0 = 0; r0 < n_out; r0 += LORAD_GEMM_SMALL_MAX_ROWS) {
-        int n = n_out - r0 < LORAD_GEMM_SMALL_MAX_ROWS ? n_out - r0 : LORAD_GEMM_SMALL_MAX_ROWS;
-        if (small) lorad_gemm_xwt_small(&d->gemm, d->logits + r0 * d->V, d->hf + r0 * D, head, n, false);
-        else
-            for (int i = 0; i < n; i++)
-                lorad_gemm_xwt(&d->gemm, d->logits + (r0 + i) * d->V, d->hf + (r0 + i) * D, head, 1, false);
-    }
-    /* The head's adapters: compact the items that want logits so row i of logits is item i's. */
-    int kept = 0;
-    for (int i = 0; i < d->n_items; i++)
-        if (d->order[i]->logits) d->order[kept++] = d->order[i];
     d->n_items = kept;
-    bool any = false;
-    for (int i = 0; i < kept && !any; i++) any = d->order[i]->lora && d->order[i]->lora->A[c->n_layers][LORAD_LM_HEAD];
-    if (any) {
-        struct lora_job j = {d, d->logits, d->hf, c->n_layers, LORAD_LM_HEAD, D, d->V, 0};
-        lorad_pool_run(d->pool, lora_thread, &j);
+    if (kept) {
+        const struct lorad_tensor *head = &d->w->lm_head;
+        static const enum lorad_lora_module lm_head[] = {LORAD_LM_HEAD};
+        if (lorad_gemm_small_supports(head)) {
+            single_rows(d, c->n_layers, 1, lm_head, (float *const[]){d->logits}, d->hf, false, kept, kept_lora);
+        } else {
+            for (int i = 0; i < kept; i++)
+                lorad_gemm_xwt(&d->gemm, d->logits + i * d->V, d->hf + i * D, head, 1, false);
+            bool any = false;
+            for (int i = 0; i < kept && !any; i++) any = d->order[i]->lora && d->order[i]->lora->A[c->n_layers][LORAD_LM_HEAD];
+            if (any) {
+                /* each kept item is one row here: row0 and n describe hf, not the step's rows */
+                for (int i = 0; i < kept; i++) d->row0[i] = i;
+                struct lora_job j = {d, d->logits, d->hf, c->n_layers, LORAD_LM_HEAD, D, d->V, 0};
+                d->head_rows = true;
+                lorad_pool_run(d->pool, lora_thread, &j);
+                d->head_rows = false;
+            }
+        }
     }
     for (int i = 0; i < kept; i++) memcpy(d->order[i]->logits, d->logits + i * d->V, sizeof(float) * (size_t)d->V);
     for (int i = 0; i < n_items; i++) items[i].cache->len += items[i].n;

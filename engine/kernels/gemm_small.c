@@ -274,50 +274,108 @@ static void rows_scalar(float *y, int64_t ldy, const float *x, const struct lora
 
 /* ---- the product ---- */
 
+/* The kernels for one ISA and dtype, by rows of x; NULL: the scalar code. */
+static const struct variant *variants_for(const struct lorad_tensor *w) {
+    int dt = w->dtype == LORAD_DTYPE_BF16;
+    enum lorad_isa isa = lorad_isa_active();
+    return isa >= LORAD_ISA_AVX512 ? variants_avx512[dt] : isa >= LORAD_ISA_AVX2 ? variants_avx2[dt] : NULL;
+}
+
+/* Rows [m0, m0 + mg) of y (M, ldy) (+)= those rows of x (M, K) · W^T for W rows [n0, n1), v being
+ * the kernels for mg rows of x: the R-row body, then the remainder one row at a time. */
+static void rows_vector(float *y, int64_t ldy, const float *x, const struct lorad_tensor *W, const struct variant *v,
+                        int64_t m0, int64_t n0, int64_t n1, bool accumulate) {
+    int64_t K = W->cols;
+    size_t row_bytes = lorad_dtype_row_bytes(W->dtype, K);
+    const char *w = W->data;
+    y += m0 * ldy;
+    x += m0 * K;
+    int64_t n = n0;
+    for (; n + v->rows <= n1; n += v->rows) v->block(y + n, ldy, x, w + (size_t)n * row_bytes, row_bytes, K, accumulate);
+    for (; n < n1; n++) v->one(y + n, ldy, x, w + (size_t)n * row_bytes, row_bytes, K, accumulate);
+}
+
+void lorad_gemm_xwt_small_rows(float *y, int64_t ldy, const float *x, const struct lorad_tensor *w, int64_t M,
+                               int64_t n0, int64_t n1, bool accumulate) {
+    assert(lorad_gemm_small_supports(w));
+    assert(M >= 1 && M <= LORAD_GEMM_SMALL_MAX_ROWS && 0 <= n0 && n0 <= n1 && n1 <= w->rows);
+    if (n0 >= n1) return;
+    const struct variant *v = variants_for(w);
+    if (!v) {
+        rows_scalar(y, ldy, x, w, M, n0, n1, accumulate);
+        return;
+    }
+    if (M <= X_GROUP) {
+        rows_vector(y, ldy, x, w, &v[M - 1], 0, n0, n1, accumulate);
+        return;
+    }
+    for (int64_t t = n0; t < n1; t += TILE_ROWS) {
+        int64_t t1 = n1 - t < TILE_ROWS ? n1 : t + TILE_ROWS;
+        for (int64_t m0 = 0; m0 < M; m0 += X_GROUP) {
+            int64_t mg = M - m0 < X_GROUP ? M - m0 : X_GROUP;
+            rows_vector(y, ldy, x, w, &v[mg - 1], m0, t, t1, accumulate);
+        }
+    }
+}
+
 struct small_job {
     float *y;
     const float *x;
     const struct lorad_tensor *w;
     int64_t M;
     bool accumulate;
-    const struct variant *v; /* [rows of x - 1], up to X_GROUP; NULL: the scalar code */
 };
-
-/* Rows [m0, m0 + mg) of y (M, N) (+)= those rows of x (M, K) · W^T for W rows [n0, n1), v being
- * the kernels for mg rows of x: the R-row body, then the remainder one row at a time. */
-static void rows_vector(const struct small_job *j, const struct variant *v, int64_t m0, int64_t n0, int64_t n1) {
-    int64_t N = j->w->rows, K = j->w->cols;
-    size_t row_bytes = lorad_dtype_row_bytes(j->w->dtype, K);
-    const char *w = j->w->data;
-    float *y = j->y + m0 * N;
-    const float *x = j->x + m0 * K;
-    int64_t n = n0;
-    for (; n + v->rows <= n1; n += v->rows) v->block(y + n, N, x, w + (size_t)n * row_bytes, row_bytes, K, j->accumulate);
-    for (; n < n1; n++) v->one(y + n, N, x, w + (size_t)n * row_bytes, row_bytes, K, j->accumulate);
-}
 
 /* Thread tid's slice of W's rows, in 16-row units so neighbouring threads' parts of a row of y
  * rarely share a cache line. */
 static void small_thread(void *ctx, int tid, int n_threads) {
     const struct small_job *j = ctx;
-    int64_t N = j->w->rows, n0, n1;
-    lorad_pool_slice(N, tid, n_threads, 16, &n0, &n1);
-    if (n0 >= n1) return;
-    if (!j->v) {
-        rows_scalar(j->y, N, j->x, j->w, j->M, n0, n1, j->accumulate);
-        return;
+    int64_t n0, n1;
+    lorad_pool_slice(j->w->rows, tid, n_threads, 16, &n0, &n1);
+    lorad_gemm_xwt_small_rows(j->y, j->w->rows, j->x, j->w, j->M, n0, n1, j->accumulate);
+}
+
+/* ---- the low-rank update ---- */
+
+/* y[n] += scale * sum_k u[k] Bt[k, n] for n in [n0, n1): one FMA chain per element over k
+ * ascending, the same in every lane and in the masked tail, so an element's result does not
+ * depend on where a slice starts. */
+AVX512 static void lowrank_avx512(float *y, const float *u, const float *Bt, int r, int64_t ldb, int64_t n0,
+                                  int64_t n1, float scale) {
+    for (int64_t n = n0; n < n1; n += 16) {
+        __mmask16 m = n1 - n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n1 - n)) - 1);
+        __m512 acc = _mm512_setzero_ps();
+        for (int k = 0; k < r; k++)
+            acc = _mm512_fmadd_ps(_mm512_set1_ps(u[k]), _mm512_maskz_loadu_ps(m, Bt + k * ldb + n), acc);
+        __m512 yv = _mm512_maskz_loadu_ps(m, y + n);
+        _mm512_mask_storeu_ps(y + n, m, _mm512_fmadd_ps(_mm512_set1_ps(scale), acc, yv));
     }
-    if (j->M <= X_GROUP) {
-        rows_vector(j, &j->v[j->M - 1], 0, n0, n1);
-        return;
+}
+
+AVX2 static void lowrank_avx2(float *y, const float *u, const float *Bt, int r, int64_t ldb, int64_t n0, int64_t n1,
+                              float scale) {
+    for (int64_t n = n0; n < n1; n += 8) {
+        __m256i m = lanes_below_avx2(n1 - n < 8 ? n1 - n : 8);
+        __m256 acc = _mm256_setzero_ps();
+        for (int k = 0; k < r; k++)
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(u[k]), _mm256_maskload_ps(Bt + k * ldb + n, m), acc);
+        __m256 yv = _mm256_maskload_ps(y + n, m);
+        _mm256_maskstore_ps(y + n, m, _mm256_fmadd_ps(_mm256_set1_ps(scale), acc, yv));
     }
-    for (int64_t t = n0; t < n1; t += TILE_ROWS) {
-        int64_t t1 = n1 - t < TILE_ROWS ? n1 : t + TILE_ROWS;
-        for (int64_t m0 = 0; m0 < j->M; m0 += X_GROUP) {
-            int64_t mg = j->M - m0 < X_GROUP ? j->M - m0 : X_GROUP;
-            rows_vector(j, &j->v[mg - 1], m0, t, t1);
+}
+
+void lorad_lowrank_add_rows(float *y, const float *u, const float *Bt, int r, int64_t ldb, int64_t n0, int64_t n1,
+                            float scale) {
+    assert(r >= 1 && 0 <= n0 && n0 <= n1 && n1 <= ldb);
+    enum lorad_isa isa = lorad_isa_active();
+    if (isa >= LORAD_ISA_AVX512) lowrank_avx512(y, u, Bt, r, ldb, n0, n1, scale);
+    else if (isa >= LORAD_ISA_AVX2) lowrank_avx2(y, u, Bt, r, ldb, n0, n1, scale);
+    else
+        for (int64_t n = n0; n < n1; n++) {
+            float acc = 0.0f;
+            for (int k = 0; k < r; k++) acc += u[k] * Bt[k * ldb + n];
+            y[n] += scale * acc;
         }
-    }
 }
 
 bool lorad_gemm_small_supports(const struct lorad_tensor *w) {
@@ -328,12 +386,7 @@ void lorad_gemm_xwt_small(struct lorad_gemm *g, float *y, const float *x, const 
                           bool accumulate) {
     assert(lorad_gemm_small_supports(w));
     assert(M >= 1 && M <= LORAD_GEMM_SMALL_MAX_ROWS);
-    int dt = w->dtype == LORAD_DTYPE_BF16;
-    enum lorad_isa isa = lorad_isa_active();
-    const struct variant *v = isa >= LORAD_ISA_AVX512 ? variants_avx512[dt]
-                              : isa >= LORAD_ISA_AVX2 ? variants_avx2[dt]
-                                                      : NULL;
-    struct small_job j = {y, x, w, M, accumulate, v};
+    struct small_job j = {y, x, w, M, accumulate};
     lorad_pool_run(g->pool, small_thread, &j);
 }
 
@@ -345,4 +398,13 @@ void lorad_gemm_xwt_small_ref(float *y, const float *x, const struct lorad_tenso
             for (int64_t k = 0; k < K; k++) s += (double)x[m * K + k] * lorad_tensor_at(w, n, k);
             y[m * N + n] = accumulate ? (float)((double)y[m * N + n] + s) : (float)s;
         }
+}
+
+void lorad_lowrank_add_rows_ref(float *y, const float *u, const float *Bt, int r, int64_t ldb, int64_t n0, int64_t n1,
+                                float scale) {
+    for (int64_t n = n0; n < n1; n++) {
+        double acc = 0.0;
+        for (int k = 0; k < r; k++) acc += (double)u[k] * Bt[k * ldb + n];
+        y[n] = (float)((double)y[n] + (double)scale * acc);
+    }
 }

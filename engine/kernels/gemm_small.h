@@ -27,5 +27,20 @@ bool lorad_gemm_small_supports(const struct lorad_tensor *w);
 void lorad_gemm_xwt_small(struct lorad_gemm *g, float *y, const float *x, const struct lorad_tensor *w, int64_t M,
                           bool accumulate);
 
-/* The plain loop of the same contract, on the calling thread, for the tests. */
+/* Rows [n0, n1) of W only, on the calling thread: y[m * ldy + n] (+)= x row m · W row n. The
+ * same arithmetic as lorad_gemm_xwt_small, element for element, so callers can split W's rows
+ * over their own pool job (several products, or a product and its epilogue, in one hand-off). */
+void lorad_gemm_xwt_small_rows(float *y, int64_t ldy, const float *x, const struct lorad_tensor *w, int64_t M,
+                               int64_t n0, int64_t n1, bool accumulate);
+
+/* A low-rank update of one row, on the calling thread: y[n] += scale * sum_k u[k] Bt[k * ldb + n]
+ * for n in [n0, n1), u (r) and Bt (r, ldb) f32 (a LoRA's B stored transposed). Each element's
+ * arithmetic is fixed by r alone (one FMA chain over k ascending, then y += scale * sum), so it
+ * does not depend on the slice it falls in. */
+void lorad_lowrank_add_rows(float *y, const float *u, const float *Bt, int r, int64_t ldb, int64_t n0, int64_t n1,
+                            float scale);
+
+/* The plain loops of the same contracts, on the calling thread, in double, for the tests. */
+void lorad_lowrank_add_rows_ref(float *y, const float *u, const float *Bt, int r, int64_t ldb, int64_t n0, int64_t n1,
+                                float scale);
 void lorad_gemm_xwt_small_ref(float *y, const float *x, const struct lorad_tensor *w, int64_t M, bool accumulate);

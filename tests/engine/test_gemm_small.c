@@ -264,6 +264,70 @@ static void test_batch_invariance(void **state) {
     }
 }
 
+/* lorad_gemm_xwt_small_rows over slices that start anywhere (not only where the pool's 16-row
+ * units fall) and a strided y: bit-identical to the whole product. */
+static void test_rows_slices(void **state) {
+    (void)state;
+    int64_t N = 75, K = 67, ldy = N + 5;
+    struct weights w = weights_new(N, K);
+    float *x = randv(LORAD_GEMM_SMALL_MAX_ROWS * K);
+    for (int d = 0; d < 2; d++) {
+        struct lorad_tensor W = weights_view(&w, dtypes[d], 0, N);
+        for (int64_t M = 1; M <= LORAD_GEMM_SMALL_MAX_ROWS; M++) {
+            float *whole = nan_filled(M * N), *y = nan_filled(M * ldy);
+            lorad_gemm_xwt_small(&gemms[1], whole, x, &W, M, false);
+            const int64_t cuts[] = {0, 1, 7, 8, 30, 49, 74, 75};
+            for (size_t c = 0; c + 1 < sizeof cuts / sizeof cuts[0]; c++)
+                lorad_gemm_xwt_small_rows(y, ldy, x, &W, M, cuts[c], cuts[c + 1], false);
+            for (int64_t m = 0; m < M; m++)
+                assert_rows_identical(y, ldy, 0, whole, N, 0, m, m, N, "row slices", &W, M);
+            free(whole);
+            free(y);
+        }
+    }
+    free(x);
+    weights_free(&w);
+}
+
+/* lorad_lowrank_add_rows: y += scale * Bt^T u against the double loop within its bound (r
+ * products and r - 1 additions in the chain, the scale, the final add: r + 2 roundings on
+ * |scale| sum_k |u_k Bt_kn|, plus the add's on |y|), and bit-identical whatever the slicing. */
+static void test_lowrank(void **state) {
+    (void)state;
+    const int ranks[] = {1, 8, 16, 17};
+    const int64_t outs[] = {5, 16, 37, 2048};
+    const double u_ = 0x1p-24;
+    for (size_t a = 0; a < sizeof ranks / sizeof ranks[0]; a++)
+        for (size_t b = 0; b < sizeof outs / sizeof outs[0]; b++) {
+            int r = ranks[a];
+            int64_t out = outs[b];
+            float *u = randv(r), *Bt = randv(r * out), *y0 = randv(out), *y = malloc(sizeof(float) * (size_t)out),
+                  *yr = malloc(sizeof(float) * (size_t)out), *ys = malloc(sizeof(float) * (size_t)out);
+            float scale = 2.0f;
+            memcpy(y, y0, sizeof(float) * (size_t)out);
+            memcpy(yr, y0, sizeof(float) * (size_t)out);
+            memcpy(ys, y0, sizeof(float) * (size_t)out);
+            lorad_lowrank_add_rows(y, u, Bt, r, out, 0, out, scale);
+            lorad_lowrank_add_rows_ref(yr, u, Bt, r, out, 0, out, scale);
+            for (int64_t n = 0; n < out; n++) {
+                double s = 0;
+                for (int k = 0; k < r; k++) s += fabs((double)u[k] * Bt[k * out + n]);
+                double bound = 1.1 * (r + 3) * u_ * (scale * s + fabs((double)y0[n])) + u_ * fabs((double)yr[n]) + 1e-30;
+                double err = fabs((double)y[n] - (double)yr[n]);
+                if (!(err <= bound))
+                    fail_msg("lowrank r=%d out=%lld: y[%lld] = %.9g, reference %.9g, error %.3g > %.3g", r,
+                             (long long)out, (long long)n, (double)y[n], (double)yr[n], err, bound);
+            }
+            /* slices at odd places: each element the same bits */
+            for (int64_t n0 = 0; n0 < out; n0 += 3 + n0 % 5) {
+                int64_t n1 = n0 + 3 + n0 % 5 < out ? n0 + 3 + n0 % 5 : out;
+                lorad_lowrank_add_rows(ys, u, Bt, r, out, n0, n1, scale);
+            }
+            assert_memory_equal(ys, y, sizeof(float) * (size_t)out);
+            free(u); free(Bt); free(y0); free(y); free(yr); free(ys);
+        }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_isa_follows_env),
@@ -271,6 +335,8 @@ int main(void) {
         cmocka_unit_test(test_matches_reference),
         cmocka_unit_test(test_accumulate),
         cmocka_unit_test(test_batch_invariance),
+        cmocka_unit_test(test_rows_slices),
+        cmocka_unit_test(test_lowrank),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
