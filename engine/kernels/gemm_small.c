@@ -99,8 +99,14 @@ AVX512 ALWAYS_INLINE void block_avx512(float *y, int64_t ldy, const float *x, co
         __m512 wv[MAX_BLOCK];
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++) wv[r] = w16_avx512(w + r * row_bytes, k, bf16);
+        {
+            /* each row's stream looks PREFETCH_BYTES ahead, running on into the same row of the
+             * next block when this row ends (a row of 1.5 KB would otherwise start cold) */
+            size_t ahead = (size_t)k * (bf16 ? 2 : 4) + PREFETCH_BYTES;
+            if (ahead >= row_bytes) ahead += (size_t)(R - 1) * row_bytes;
 #pragma GCC unroll 8
-        for (int r = 0; r < R; r++) _mm_prefetch(w + r * row_bytes + k * (bf16 ? 2 : 4) + PREFETCH_BYTES, _MM_HINT_T0);
+            for (int r = 0; r < R; r++) _mm_prefetch(w + r * row_bytes + ahead, _MM_HINT_T0);
+        }
 #pragma GCC unroll 8
         for (int m = 0; m < M; m++) {
             __m512 xv = _mm512_loadu_ps(x + m * K + k);
