@@ -353,6 +353,11 @@ static int write_event(FILE *f, struct generation *g, int index, const struct lo
  * the server's fault, never the request's. Returns 0. */
 static int reply_generation_failure(struct lorad_api_reply *ret_reply, int r, const struct lorad_error *err) {
     if (r == -ESHUTDOWN) return lorad_api_reply_error(ret_reply, 503, "the server is stopping", NULL, "shutting_down");
+    /* the service's own refusal names the budget (inference.memory_budget): pass it on, a 503 the
+     * client may retry once other models are idle */
+    if (r == -ENOMEM && err->message[0])
+        return lorad_api_reply_error(ret_reply, 503, err->message, err->param[0] ? err->param : NULL,
+                                     "inference_memory_budget");
     if (r == -ENOMEM) return handler_reply_oom(ret_reply);
     char msg[sizeof err->message];
     snprintf(msg, sizeof msg, "%s", err->message[0] ? err->message : strerror(-r));
