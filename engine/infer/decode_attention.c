@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "cpu_features.h"
+#include "simd_sum.h"
 #include "vec_math.h"
 
 /* Every kernel below computes one (row, head) alone, in an order fixed by hd and n_keys: a score
@@ -52,15 +53,6 @@ AVX512 ALWAYS_INLINE __m512 load16_avx512(const void *row, int k, int n, bool bf
     return _mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), (const float *)row + k);
 }
 
-AVX512 ALWAYS_INLINE float hsum_avx512(__m512 v) {
-    __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
-    __m256 a = _mm256_add_ps(_mm512_castps512_ps256(v), hi);
-    __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    b = _mm_add_ps(b, _mm_movehl_ps(b, b));
-    b = _mm_add_ss(b, _mm_movehdup_ps(b));
-    return _mm_cvtss_f32(b);
-}
-
 AVX512 ALWAYS_INLINE void attend_avx512(float *out, float *scores, const float *q, const void *K, const void *V,
                                         int64_t stride, int n_keys, int hd, bool bf16) {
     size_t esz = bf16 ? 2 : 4;
@@ -74,7 +66,7 @@ AVX512 ALWAYS_INLINE void attend_avx512(float *out, float *scores, const float *
             __m512 qv = _mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), q + k);
             acc = _mm512_fmadd_ps(qv, load16_avx512(kr, k, n, bf16), acc);
         }
-        scores[j] = hsum_avx512(acc) * scale;
+        scores[j] = lorad_hsum_avx512(acc) * scale;
     }
     float inv = 1.0f / exp_scores(scores, n_keys);
     /* four vectors of the output at a time stay in registers over all the keys */
@@ -108,10 +100,6 @@ AVX512 static void attend_bf16_avx512(float *out, float *scores, const float *q,
 
 /* ---- AVX2 + FMA: the same with 8 lanes ---- */
 
-AVX2 ALWAYS_INLINE __m256i lanes_below_avx2(int n) {
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
-
 AVX2 ALWAYS_INLINE __m256 load8_avx2(const void *row, int k, int n, bool bf16) {
     if (bf16) {
         __m128i h;
@@ -124,14 +112,7 @@ AVX2 ALWAYS_INLINE __m256 load8_avx2(const void *row, int k, int n, bool bf16) {
         return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
     }
     if (n == 8) return _mm256_loadu_ps((const float *)row + k);
-    return _mm256_maskload_ps((const float *)row + k, lanes_below_avx2(n));
-}
-
-AVX2 ALWAYS_INLINE float hsum_avx2(__m256 v) {
-    __m128 b = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    b = _mm_add_ps(b, _mm_movehl_ps(b, b));
-    b = _mm_add_ss(b, _mm_movehdup_ps(b));
-    return _mm_cvtss_f32(b);
+    return _mm256_maskload_ps((const float *)row + k, lorad_lanes_below_avx2(n));
 }
 
 AVX2 ALWAYS_INLINE void attend_avx2(float *out, float *scores, const float *q, const void *K, const void *V,
@@ -144,10 +125,10 @@ AVX2 ALWAYS_INLINE void attend_avx2(float *out, float *scores, const float *q, c
         __m256 acc = _mm256_setzero_ps();
         for (int k = 0; k < hd; k += 8) {
             int n = hd - k < 8 ? hd - k : 8;
-            __m256 qv = _mm256_maskload_ps(q + k, lanes_below_avx2(n));
+            __m256 qv = _mm256_maskload_ps(q + k, lorad_lanes_below_avx2(n));
             acc = _mm256_fmadd_ps(qv, load8_avx2(kr, k, n, bf16), acc);
         }
-        scores[j] = hsum_avx2(acc) * scale;
+        scores[j] = lorad_hsum_avx2(acc) * scale;
     }
     float inv = 1.0f / exp_scores(scores, n_keys);
     for (int k0 = 0; k0 < hd; k0 += 32) {
@@ -164,7 +145,7 @@ AVX2 ALWAYS_INLINE void attend_avx2(float *out, float *scores, const float *q, c
         }
         for (int c = 0; c < nc; c++) {
             int k = k0 + 8 * c, n = hd - k < 8 ? hd - k : 8;
-            _mm256_maskstore_ps(out + k, lanes_below_avx2(n), _mm256_mul_ps(acc[c], _mm256_set1_ps(inv)));
+            _mm256_maskstore_ps(out + k, lorad_lanes_below_avx2(n), _mm256_mul_ps(acc[c], _mm256_set1_ps(inv)));
         }
     }
 }

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "cpu_features.h"
+#include "simd_sum.h"
 #include "threadpool.h"
 
 /* How the arithmetic stays independent of M, of the other rows of x, of the thread count and of
@@ -75,16 +76,6 @@ AVX512 ALWAYS_INLINE __m512 w_tail_avx512(const char *row, int64_t k, int64_t n,
     return w16_avx512((const char *)t, 0, true);
 }
 
-/* The one order every element's 16 lanes are summed in. */
-AVX512 ALWAYS_INLINE float hsum_avx512(__m512 v) {
-    __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
-    __m256 a = _mm256_add_ps(_mm512_castps512_ps256(v), hi);
-    __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    b = _mm_add_ps(b, _mm_movehl_ps(b, b));
-    b = _mm_add_ss(b, _mm_movehdup_ps(b));
-    return _mm_cvtss_f32(b);
-}
-
 /* y (M, R) (+)= x (M, K) · w^T for R rows of W: the rows_fn contract, with R, M and the dtype
  * constants once inlined so the accumulators live in registers. */
 AVX512 ALWAYS_INLINE void block_avx512(float *y, int64_t ldy, const float *x, const char *w, size_t row_bytes,
@@ -134,7 +125,7 @@ AVX512 ALWAYS_INLINE void block_avx512(float *y, int64_t ldy, const float *x, co
     for (int m = 0; m < M; m++)
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++) {
-            float s = hsum_avx512(acc[r][m]), *o = y + m * ldy + r;
+            float s = lorad_hsum_avx512(acc[r][m]), *o = y + m * ldy + r;
             *o = accumulate ? *o + s : s;
         }
 }
@@ -147,23 +138,11 @@ AVX2 ALWAYS_INLINE __m256 w8_avx2(const char *row, int64_t k, bool bf16) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
-/* Lanes [0, n) set, for vmaskmovps (which never faults on the lanes left out). */
-AVX2 ALWAYS_INLINE __m256i lanes_below_avx2(int64_t n) {
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
-
 AVX2 ALWAYS_INLINE __m256 w_tail_avx2(const char *row, int64_t k, int64_t n, bool bf16) {
-    if (!bf16) return _mm256_maskload_ps((const float *)row + k, lanes_below_avx2(n));
+    if (!bf16) return _mm256_maskload_ps((const float *)row + k, lorad_lanes_below_avx2(n));
     uint16_t t[8] = {0};
     memcpy(t, (const uint16_t *)row + k, (size_t)n * sizeof t[0]);
     return w8_avx2((const char *)t, 0, true);
-}
-
-AVX2 ALWAYS_INLINE float hsum_avx2(__m256 v) {
-    __m128 b = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    b = _mm_add_ps(b, _mm_movehl_ps(b, b));
-    b = _mm_add_ss(b, _mm_movehdup_ps(b));
-    return _mm_cvtss_f32(b);
 }
 
 /* block_avx512 with 8 lanes. */
@@ -188,7 +167,7 @@ AVX2 ALWAYS_INLINE void block_avx2(float *y, int64_t ldy, const float *x, const 
         }
     }
     if (kv < K) {
-        __m256i mask = lanes_below_avx2(K - kv);
+        __m256i mask = lorad_lanes_below_avx2(K - kv);
         __m256 wv[MAX_BLOCK];
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++) wv[r] = w_tail_avx2(w + r * row_bytes, kv, K - kv, bf16);
@@ -203,7 +182,7 @@ AVX2 ALWAYS_INLINE void block_avx2(float *y, int64_t ldy, const float *x, const 
     for (int m = 0; m < M; m++)
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++) {
-            float s = hsum_avx2(acc[r][m]), *o = y + m * ldy + r;
+            float s = lorad_hsum_avx2(acc[r][m]), *o = y + m * ldy + r;
             *o = accumulate ? *o + s : s;
         }
 }
@@ -361,7 +340,7 @@ AVX512 static void lowrank_avx512(float *y, const float *u, const float *Bt, int
 AVX2 static void lowrank_avx2(float *y, const float *u, const float *Bt, int r, int64_t ldb, int64_t n0, int64_t n1,
                               float scale) {
     for (int64_t n = n0; n < n1; n += 8) {
-        __m256i m = lanes_below_avx2(n1 - n < 8 ? n1 - n : 8);
+        __m256i m = lorad_lanes_below_avx2(n1 - n < 8 ? n1 - n : 8);
         __m256 acc = _mm256_setzero_ps();
         for (int k = 0; k < r; k++)
             acc = _mm256_fmadd_ps(_mm256_set1_ps(u[k]), _mm256_maskload_ps(Bt + k * ldb + n, m), acc);
