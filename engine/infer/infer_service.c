@@ -411,20 +411,42 @@ static int top_tokens(struct lorad_infer_top_logprob *top, int k, const float *r
     return n;
 }
 
-/* The bytes the tokenizer writes for token id in isolation (for logprob alternatives). */
-static void token_text(struct lorad_infer_top_logprob *t, const struct lorad_tokenizer *tok) {
-    t->text[0] = '\0';
-    t->text_len = 0;
-    if (!tok || t->id >= lorad_tokenizer_vocab_size(tok)) return;
-    char *text;
-    size_t len;
+/* Context tokens an alternative is decoded after: SentencePiece drops a leading space at the
+ * start of a text and byte tokens only become characters together, so a token decoded alone
+ * loses its space ("▁the" -> "the") or is half a character; after a few tokens of context it
+ * reads as it would in the text, the way the sampled token's text is measured. */
+#define ALT_CONTEXT 8
+
+/* The texts of the alternatives top (n), each the bytes decoding grows by when that token follows
+ * the last ALT_CONTEXT ids of ctx (n_ctx), past the longest common prefix. */
+static void top_texts(struct lorad_infer_top_logprob *top, int n, const struct lorad_tokenizer *tok,
+                      const int32_t *ctx, int n_ctx) {
+    int32_t ids[ALT_CONTEXT + 1];
+    int w = n_ctx < ALT_CONTEXT ? n_ctx : ALT_CONTEXT;
+    memcpy(ids, ctx + n_ctx - w, sizeof(int32_t) * (size_t)w);
+    char *base = NULL;
+    size_t base_len = 0;
     struct lorad_error err;
-    if (lorad_tokenizer_decode(tok, &t->id, 1, &text, &len, &err) < 0) return;
-    if (len > LORAD_INFER_MAX_TOKEN_BYTES) len = LORAD_INFER_MAX_TOKEN_BYTES;
-    memcpy(t->text, text, len);
-    t->text[len] = '\0';
-    t->text_len = (int)len;
-    free(text);
+    if (w > 0 && (!tok || lorad_tokenizer_decode(tok, ids, w, &base, &base_len, &err) < 0)) base = NULL, base_len = 0;
+    for (int i = 0; i < n; i++) {
+        struct lorad_infer_top_logprob *t = &top[i];
+        t->text[0] = '\0';
+        t->text_len = 0;
+        if (!tok || t->id >= lorad_tokenizer_vocab_size(tok)) continue;
+        ids[w] = t->id;
+        char *text;
+        size_t len;
+        if (lorad_tokenizer_decode(tok, ids, w + 1, &text, &len, &err) < 0) continue;
+        size_t p = 0;
+        while (p < len && p < base_len && text[p] == base[p]) p++;
+        size_t own = len - p;
+        if (own > LORAD_INFER_MAX_TOKEN_BYTES) own = LORAD_INFER_MAX_TOKEN_BYTES;
+        memcpy(t->text, text + p, own);
+        t->text[own] = '\0';
+        t->text_len = (int)own;
+        free(text);
+    }
+    free(base);
 }
 
 static bool is_stop_id(const struct base_entry *b, int32_t id) {
@@ -451,7 +473,7 @@ static int after_step(struct lorad_infer *s, struct seq *q, struct lorad_error *
         double lse = mx + log(sum);
         ev.token.logprob = (float)((double)q->logits[id] - lse);
         ev.n_top = top_tokens(ev.top, req->top_logprobs, q->logits, V, lse);
-        for (int i = 0; i < ev.n_top; i++) token_text(&ev.top[i], q->base->tok);
+        top_texts(ev.top, ev.n_top, q->base->tok, q->ids, q->n_ids);
     }
     q->ids[q->n_ids++] = id;
     q->n_gen++;
