@@ -85,7 +85,6 @@ struct lorad_decoder {
     struct lorad_decode_item **order; /* (S) single-token items first */
     int *row0;                        /* (S) first row of each ordered item */
     int n_items, n_single, n_rows;
-    bool head_rows; /* lora_thread runs over the LM head's rows: one per item */
 };
 
 /* ---------------------------------------------------------------- construction */
@@ -391,6 +390,7 @@ struct lora_job {
     enum lorad_lora_module module;
     int64_t in, out;
     int first_item; /* items before it were updated by the decode rows' job */
+    bool one_row;   /* the LM head: item i's one row is row i of x and y */
 };
 
 /* The prompt chunks' adapters: each thread takes every nt-th item from first_item on whose
@@ -406,7 +406,7 @@ static void lora_thread(void *ctx, int tid, int nt) {
         if (!lw || !lw->A[j->layer][j->module]) continue;
         const float *A = lw->A[j->layer][j->module], *Bt = lw->Bt[j->layer][j->module];
         int r = lw->r;
-        int64_t row0 = d->row0[i], rows = d->head_rows ? 1 : it->n;
+        int64_t row0 = j->one_row ? i : d->row0[i], rows = j->one_row ? 1 : it->n;
         int64_t chunk = LORA_U_FLOATS / r;
         if (chunk < 1) chunk = 1; /* r <= LORAD_MAX_LORA_RANK < LORA_U_FLOATS */
         for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
@@ -473,11 +473,11 @@ static void rows_thread(void *ctx, int tid, int nt) {
 }
 
 /* ys[p] (+)= x W_p^T (+ the rows' adapters) for the n_rows single rows, products mods[p] of
- * layer l, row i's adapter lora_of[i]: two hand-offs to the pool whatever the number of products
- * and adapters. All W must pass lorad_gemm_small_supports. */
+ * layer l; row i's adapter is order[i]'s (for the LM head, order is compacted first). Two
+ * hand-offs to the pool whatever the number of products and adapters. All W must pass
+ * lorad_gemm_small_supports. */
 static void single_rows(struct lorad_decoder *d, int l, int n, const enum lorad_lora_module *mods, float *const *ys,
-                        const float *x, bool accumulate, int n_rows,
-                        const struct lorad_lora_weights *(*lora_of)(const struct lorad_decoder *, int)) {
+                        const float *x, bool accumulate, int n_rows) {
     assert(n >= 1 && n <= MAX_GROUP && n_rows >= 1);
     struct rows_job j = {.d = d, .n_products = n, .n_rows = n_rows, .x = x, .accumulate = accumulate};
     float *u = d->u_rows;
@@ -485,7 +485,7 @@ static void single_rows(struct lorad_decoder *d, int l, int n, const enum lorad_
         j.y[p] = ys[p];
         j.W[p] = layer_weight(d, l, mods[p]);
         for (int i = 0; i < n_rows; i++) {
-            const struct lorad_lora_weights *lw = lora_of(d, i);
+            const struct lorad_lora_weights *lw = d->order[i]->lora;
             if (!lw || !lw->A[l][mods[p]]) continue;
             assert(j.n_tasks < MAX_GROUP * d->opt.max_seqs && u + lw->r <= d->u_rows + d->u_rows_cap);
             d->tasks[j.n_tasks++] = (struct lora_task){p, i, lw->r, lw->scale, lw->A[l][mods[p]], lw->Bt[l][mods[p]], u};
@@ -497,8 +497,6 @@ static void single_rows(struct lorad_decoder *d, int l, int n, const enum lorad_
     lorad_pool_run(d->pool, rows_thread, &j);
 }
 
-static const struct lorad_lora_weights *item_lora(const struct lorad_decoder *d, int i) { return d->order[i]->lora; }
-
 /* ys[p] (rows, out_p) (+)= x (rows, in) W_p^T for the step's rows, products mods[p] of layer l
  * sharing the input x, then biases and the items' adapters. Single-token rows go through
  * single_rows, or one at a time when a weight's dtype is not the small kernel's; each prompt
@@ -507,7 +505,7 @@ static void linears(struct lorad_decoder *d, int l, int n, const enum lorad_lora
                     const float *x, bool accumulate) {
     bool small = true;
     for (int p = 0; p < n; p++) small = small && lorad_gemm_small_supports(layer_weight(d, l, mods[p]));
-    if (small && d->n_single) single_rows(d, l, n, mods, ys, x, accumulate, d->n_single, item_lora);
+    if (small && d->n_single) single_rows(d, l, n, mods, ys, x, accumulate, d->n_single);
     for (int p = 0; p < n; p++) {
         const struct lorad_tensor *W = layer_weight(d, l, mods[p]);
         int64_t in = W->cols, out = W->rows;
@@ -531,7 +529,7 @@ static void linears(struct lorad_decoder *d, int l, int n, const enum lorad_lora
         bool any = false;
         for (int i = first; i < d->n_items && !any; i++) any = d->order[i]->lora && d->order[i]->lora->A[l][mods[p]];
         if (!any) continue;
-        struct lora_job j = {d, y, x, l, mods[p], in, out, first};
+        struct lora_job j = {d, y, x, l, mods[p], in, out, first, false};
         lorad_pool_run(d->pool, lora_thread, &j);
     }
 }
@@ -654,8 +652,6 @@ static int plan(struct lorad_decoder *d, struct lorad_decode_item *items, int n_
     return 0;
 }
 
-static const struct lorad_lora_weights *kept_lora(const struct lorad_decoder *d, int i) { return d->order[i]->lora; }
-
 /* Contract: items and their caches are the caller's; caches advance by their item's n. */
 int lorad_decoder_step(struct lorad_decoder *d, struct lorad_decode_item *items, int n_items,
                        struct lorad_error *err) {
@@ -703,19 +699,15 @@ int lorad_decoder_step(struct lorad_decoder *d, struct lorad_decode_item *items,
         const struct lorad_tensor *head = &d->w->lm_head;
         static const enum lorad_lora_module lm_head[] = {LORAD_LM_HEAD};
         if (lorad_gemm_small_supports(head)) {
-            single_rows(d, c->n_layers, 1, lm_head, (float *const[]){d->logits}, d->hf, false, kept, kept_lora);
+            single_rows(d, c->n_layers, 1, lm_head, (float *const[]){d->logits}, d->hf, false, kept);
         } else {
             for (int i = 0; i < kept; i++)
                 lorad_gemm_xwt(&d->gemm, d->logits + i * d->V, d->hf + i * D, head, 1, false);
             bool any = false;
             for (int i = 0; i < kept && !any; i++) any = d->order[i]->lora && d->order[i]->lora->A[c->n_layers][LORAD_LM_HEAD];
             if (any) {
-                /* each kept item is one row here: row0 and n describe hf, not the step's rows */
-                for (int i = 0; i < kept; i++) d->row0[i] = i;
-                struct lora_job j = {d, d->logits, d->hf, c->n_layers, LORAD_LM_HEAD, D, d->V, 0};
-                d->head_rows = true;
+                struct lora_job j = {d, d->logits, d->hf, c->n_layers, LORAD_LM_HEAD, D, d->V, 0, true};
                 lorad_pool_run(d->pool, lora_thread, &j);
-                d->head_rows = false;
             }
         }
     }
