@@ -8,6 +8,7 @@
 
 #include "api_error.h"
 #include "api_metrics.h"
+#include "web_assets.h"
 
 static int handler_livez(const struct lorad_api_request *req, struct lorad_api_reply *ret_reply) {
     (void)req;
@@ -60,6 +61,9 @@ struct lorad_api_route lorad_api_routes[] = {
     {"GET", "/livez", handler_livez, true, LORAD_BODY_NONE},
     {"GET", "/readyz", NW, true, LORAD_BODY_NONE},
     {"GET", "/metrics", lorad_api_handler_metrics, false, LORAD_BODY_NONE},
+    /* the dashboard's files are public: what they show comes from the API, which needs the key */
+    {"GET", "/", lorad_api_handler_ui_index, true, LORAD_BODY_NONE},
+    {"GET", "/ui/{asset}", lorad_api_handler_ui_asset, true, LORAD_BODY_NONE},
 };
 const size_t lorad_api_n_routes = sizeof lorad_api_routes / sizeof lorad_api_routes[0];
 

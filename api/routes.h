@@ -55,8 +55,8 @@ typedef int (*lorad_api_next_event_fn)(void *ctx, uint64_t after_seq, uint64_t *
  * 2 when the stream is over (nothing is added to it), or -errno (the connection is closed). */
 typedef int (*lorad_api_stream_next_fn)(void *ctx, int timeout_ms, char **ret_bytes);
 
-/* A reply the handler fills in; the transport sends it. Exactly one of json / text / file / sse /
- * stream. */
+/* A reply the handler fills in; the transport sends it. Exactly one of json / text / static body /
+ * file / sse / stream. */
 struct lorad_api_reply {
     unsigned status;
     json_t *json;                    /* owned: the transport decrefs it */
@@ -83,6 +83,12 @@ struct lorad_api_reply {
     lorad_api_stream_next_fn stream_next;
     void *stream_ctx;
     void (*stream_free)(void *ctx);
+    /* Static body (the embedded dashboard): static_len bytes sent as they are, never freed. */
+    const void *static_body;
+    size_t static_len;
+    /* The dashboard page's headers: a strict Content-Security-Policy (nothing but this origin's
+     * own scripts, styles and API), no framing, no MIME sniffing, no referrer. */
+    bool page;
     /* > 0: the reply carries `Retry-After: <seconds>` (429 and 503 answers). */
     unsigned retry_after_s;
 };

@@ -48,6 +48,48 @@ struct request_state {
     struct timespec started;
 };
 
+static int hex_value(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* MHD's percent-decoding of paths and query arguments, in place, except that "%00" stays as it
+ * is: decoded, a NUL would cut the string every handler sees short ("/ui/index.html%00.png" would
+ * read as "/ui/index.html"), so a client could make one name pass for another. Returns the new
+ * length. */
+static size_t unescape_keeping_nul(void *cls, struct MHD_Connection *c, char *s) {
+    (void)cls, (void)c;
+    char *out = s;
+    for (const char *p = s; *p;) {
+        int hi, lo;
+        if (p[0] == '%' && (hi = hex_value(p[1])) >= 0 && (lo = hex_value(p[2])) >= 0 && (hi | lo) != 0) {
+            *out++ = (char)(hi * 16 + lo);
+            p += 3;
+        } else {
+            *out++ = *p++;
+        }
+    }
+    *out = '\0';
+    return (size_t)(out - s);
+}
+
+/* The dashboard's page headers (lorad_api_reply.page). The policy lets the page load only this
+ * origin's own files and talk only to this origin's API, so an injected string can run nothing and
+ * send nothing elsewhere; no inline script or style is allowed, which web/ is written for. The
+ * files change with the binary, so the browser revalidates rather than caching a stale page. */
+static void add_page_headers(struct MHD_Response *resp) {
+    MHD_add_response_header(resp, "Content-Security-Policy",
+                            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                            "connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'none'; "
+                            "frame-ancestors 'none'");
+    MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
+    MHD_add_response_header(resp, "X-Frame-Options", "DENY");
+    MHD_add_response_header(resp, "Referrer-Policy", "no-referrer");
+    MHD_add_response_header(resp, "Cache-Control", "no-cache");
+}
+
 /* Sends body (stolen) as the JSON reply, with an Allow header when allow is set and Retry-After
  * when retry_after_s > 0. */
 static enum MHD_Result send_json(struct request_state *st, struct MHD_Connection *c, unsigned status, json_t *body, const char *allow,
@@ -356,6 +398,19 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
         free(reply.text);
         return send_file(st, c, &reply);
     }
+    if (reply.static_body) {
+        json_decref(reply.json);
+        free(reply.text);
+        struct MHD_Response *resp =
+            MHD_create_response_from_buffer(reply.static_len, (void *)reply.static_body, MHD_RESPMEM_PERSISTENT);
+        if (!resp) return MHD_NO;
+        MHD_add_response_header(resp, "Content-Type", reply.content_type ? reply.content_type : "application/octet-stream");
+        if (reply.page) add_page_headers(resp);
+        st->status = reply.status;
+        enum MHD_Result ret = MHD_queue_response(c, reply.status, resp);
+        MHD_destroy_response(resp);
+        return ret;
+    }
     if (reply.text) {
         struct MHD_Response *resp = MHD_create_response_from_buffer(reply.text_len, reply.text, MHD_RESPMEM_MUST_FREE);
         if (!resp) return MHD_NO;
@@ -656,11 +711,11 @@ int lorad_api_server_start(const struct lorad_api_server_options *o, struct lora
                  ? MHD_start_daemon(flags, 0, NULL, NULL, access_handler, s, MHD_OPTION_LISTEN_SOCKET, o->listen_fd,
                                     MHD_OPTION_CONNECTION_LIMIT, o->max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
                                     o->connection_timeout_s, MHD_OPTION_NOTIFY_COMPLETED, request_completed, s,
-                                    MHD_OPTION_END)
+                                    MHD_OPTION_UNESCAPE_CALLBACK, unescape_keeping_nul, NULL, MHD_OPTION_END)
                  : MHD_start_daemon(flags, o->port, NULL, NULL, access_handler, s, MHD_OPTION_SOCK_ADDR, &sa,
                                     MHD_OPTION_CONNECTION_LIMIT, o->max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
                                     o->connection_timeout_s, MHD_OPTION_NOTIFY_COMPLETED, request_completed, s,
-                                    MHD_OPTION_END);
+                                    MHD_OPTION_UNESCAPE_CALLBACK, unescape_keeping_nul, NULL, MHD_OPTION_END);
     if (!s->mhd) {
         free(s);
         return -EADDRINUSE;
