@@ -18,7 +18,7 @@ const struct lorad_command lorad_commands[] = {
      lorad_cmd_serve},
     {"train", "run one fine-tuning job in the foreground",
      "usage: lorad train JOB.json --out DIR [--resume] [--skip-invalid] [--threads N] [--memory-limit SIZE]\n"
-     "                   [--collective-timeout S] [--jsonl]\n"
+     "                   [--quiet | --json] [--collective-timeout S] [--jsonl]\n"
      "Runs the job spec JOB.json (the body of POST /v1/fine_tuning/jobs) and writes metrics,\n"
      "checkpoints and the final adapter under DIR. lora.init_adapter may name a PEFT directory,\n"
      "an adapter.tar (as GET /v1/models/{id}/adapter.tar serves it) or a GGUF LoRA.\n"
@@ -26,7 +26,10 @@ const struct lorad_command lorad_commands[] = {
      "(default: 80% of MemAvailable; 0: no limit).\n"
      "Under mpirun -np K (or srun --mpi=pmix) it trains data-parallel on K ranks; a rank whose sum\n"
      "across ranks waits more than --collective-timeout seconds (a rank died or hangs) exits 75.\n"
-     "--jsonl speaks lorad serve's line protocol on stdin/stdout instead of printing progress.\n",
+     "Progress: on a terminal one live line (bar, step/total, smoothed loss, tokens/s, elapsed<ETA);\n"
+     "otherwise a line at each evaluation and at most every 10 s. --quiet prints only warnings,\n"
+     "errors and the last line; --json one JSON object a line on stdout (step, checkpoint, message,\n"
+     "result) for scripts. --jsonl speaks lorad serve's line protocol on stdin/stdout instead.\n",
      lorad_cmd_train},
     {"generate", "generate text from a base model, optionally with an adapter",
      "usage: lorad generate [--model] MODEL [--adapter DIR|FILE] (--prompt TEXT | --prompt-ids 1,2,3)\n"

@@ -1,7 +1,7 @@
 /* lorad train JOB.json --out DIR [--resume] [--skip-invalid] [--threads N] [--memory-limit SIZE]
- *             [--jsonl] [--collective-timeout S]
- * Runs one job in the foreground on the same code path as the daemon's workers. On a terminal it
- * draws a progress bar; otherwise it prints one plain line per step. SIGINT/SIGTERM pause the run
+ *             [--quiet | --json | --jsonl] [--collective-timeout S]
+ * Runs one job in the foreground on the same code path as the daemon's workers, showing its
+ * progress as train_progress.h says (--quiet, --json or by the terminal). SIGINT/SIGTERM pause the run
  * at the next step boundary: it checkpoints, so `--resume` continues exactly where it stopped (a
  * second signal exits at once). --jsonl speaks the daemon's line protocol instead (train_wire.h):
  * that is how `lorad serve` runs a job under mpirun. */
@@ -21,6 +21,7 @@
 #include "meminfo.h"
 #include "train.h"
 #include "train_mpi.h"
+#include "train_progress.h"
 #include "train_wire.h"
 
 static atomic_int stop_requested;
@@ -30,58 +31,6 @@ static void on_signal(int sig) {
         signal(sig, SIG_DFL);
         raise(sig);
     }
-}
-
-struct progress {
-    bool tty;
-};
-
-static void format_duration(char *out, size_t n, double s) {
-    if (!(s >= 0) || s > 1e9) {
-        snprintf(out, n, "--:--");
-        return;
-    }
-    long t = (long)(s + 0.5);
-    if (t >= 3600) snprintf(out, n, "%ld:%02ld:%02ld", t / 3600, t / 60 % 60, t % 60);
-    else snprintf(out, n, "%02ld:%02ld", t / 60, t % 60);
-}
-
-static void on_step(void *ctx, const struct lorad_step_metrics *m) {
-    struct progress *p = ctx;
-    char eta[32], el[32], valid[64] = "";
-    format_duration(eta, sizeof eta, m->eta_s);
-    format_duration(el, sizeof el, m->elapsed_s);
-    if (m->has_valid) snprintf(valid, sizeof valid, " valid_loss %.4f valid_acc %.3f", m->valid_loss, m->valid_mean_token_accuracy);
-    if (p->tty) {
-        int width = 24, filled = m->total_steps ? (int)(width * m->step / m->total_steps) : 0;
-        char bar[32];
-        for (int i = 0; i < width; i++) bar[i] = i < filled ? '#' : '.';
-        bar[width] = '\0';
-        fprintf(stderr, "\r\033[K[%s] %lld/%lld ep %.2f loss %.4f acc %.3f lr %.2e gnorm %.3f %.0f tok/s %s<%s",
-                bar, (long long)m->step, (long long)m->total_steps, m->epoch, m->train_loss,
-                m->train_mean_token_accuracy, m->lr, m->grad_norm, m->tokens_per_s, el, eta);
-        if (m->has_valid) fprintf(stderr, "\n%s\n", valid + 1);
-        fflush(stderr);
-    } else {
-        printf("step %lld/%lld epoch %.2f train_loss %.4f train_acc %.3f lr %.3e grad_norm %.4f tokens %lld "
-               "tok/s %.1f elapsed %s eta %s%s\n",
-               (long long)m->step, (long long)m->total_steps, m->epoch, m->train_loss, m->train_mean_token_accuracy,
-               m->lr, m->grad_norm, (long long)m->tokens_seen, m->tokens_per_s, el, eta, valid);
-        fflush(stdout);
-    }
-}
-
-static void on_checkpoint(void *ctx, int64_t step, const char *dir, const struct lorad_step_metrics *m) {
-    struct progress *p = ctx;
-    (void)m;
-    if (p->tty) fprintf(stderr, "\r\033[Kcheckpoint step %lld -> %s\n", (long long)step, dir);
-    else printf("checkpoint step %lld %s\n", (long long)step, dir);
-}
-
-static void on_message(void *ctx, const char *level, const char *message) {
-    struct progress *p = ctx;
-    if (p->tty) fprintf(stderr, "\r\033[K");
-    fprintf(stderr, "%s: %s\n", level, message);
 }
 
 static enum lorad_train_control poll_stop(void *ctx) {
@@ -129,11 +78,13 @@ int lorad_cmd_train(int argc, char **argv) {
         {"threads", required_argument, NULL, 't'},
         {"memory-limit", required_argument, NULL, 'm'},
         {"jsonl", no_argument, NULL, 'j'},
+        {"json", no_argument, NULL, 'J'},
+        {"quiet", no_argument, NULL, 'q'},
         {"collective-timeout", required_argument, NULL, 'c'},
         {NULL, 0, NULL, 0},
     };
     const char *out = NULL;
-    bool resume = false, skip_invalid = false, jsonl = false;
+    bool resume = false, skip_invalid = false, jsonl = false, json_lines = false, quiet = false;
     int threads = 0, collective_timeout_s = 0, c;
     int64_t memory_limit = -1; /* -1: the default share of MemAvailable */
     optind = 1;
@@ -151,6 +102,8 @@ int lorad_cmd_train(int argc, char **argv) {
             }
             break;
         case 'j': jsonl = true; break;
+        case 'J': json_lines = true; break;
+        case 'q': quiet = true; break;
         case 'c':
             collective_timeout_s = atoi(optarg);
             if (collective_timeout_s < 1 || collective_timeout_s > 86400) {
@@ -196,8 +149,13 @@ int lorad_cmd_train(int argc, char **argv) {
     if (spec.validation_file[0]) resolve(valid, sizeof valid, job_path, spec.validation_file);
 
     if (memory_limit < 0 && lorad_default_memory_limit(&memory_limit) < 0) memory_limit = 0; /* unknown: none */
-    struct progress progress = {.tty = !jsonl && isatty(STDERR_FILENO) && isatty(STDOUT_FILENO)};
-    struct lorad_train_callbacks cb = {&progress, on_step, on_checkpoint, on_message, poll_stop};
+    struct lorad_progress progress;
+    lorad_progress_init(&progress, json_lines ? LORAD_PROGRESS_JSON
+                                   : quiet    ? LORAD_PROGRESS_QUIET
+                                   : isatty(STDERR_FILENO) && isatty(STDOUT_FILENO) ? LORAD_PROGRESS_TTY
+                                                                                    : LORAD_PROGRESS_LINES);
+    struct lorad_train_callbacks cb = {&progress, lorad_progress_step, lorad_progress_checkpoint,
+                                       lorad_progress_message, poll_stop};
     if (jsonl) cb = (struct lorad_train_callbacks){&progress, wire_step, wire_checkpoint, wire_message, wire_poll};
     struct lorad_train_options opt = {
         .model_path = model, .training_path = train, .validation_path = spec.validation_file[0] ? valid : NULL,
@@ -223,7 +181,7 @@ int lorad_cmd_train(int argc, char **argv) {
             snprintf(what, sizeof what, "data-parallel over %d MPI ranks: each takes 1/%d of every batch's rows",
                      coll.world_size, coll.world_size);
             if (jsonl) lorad_wire_message(stdout, "info", what);
-            else printf("%s\n", what);
+            else lorad_progress_message(&progress, "info", what);
         } else {
             cb = (struct lorad_train_callbacks){.ctx = &progress, .poll = poll_stop};
         }
@@ -247,9 +205,13 @@ int lorad_cmd_train(int argc, char **argv) {
         else fprintf(stderr, "lorad train: %s\n", what);
     }
     if (ranks) lorad_mpi_finish();
-    if (progress.tty) fprintf(stderr, "\n");
+    lorad_progress_finish(&progress);
     int status = LORAD_EXIT_OK;
-    if (jsonl) {
+    if (json_lines && coll.rank == 0) {
+        /* the result line says what happened; the status says it to a shell as well */
+        lorad_wire_result(stdout, r, &err, result);
+        status = r < 0 ? LORAD_EXIT_FAILURE : result->outcome != LORAD_TRAIN_FINISHED ? 130 : LORAD_EXIT_OK;
+    } else if (jsonl) {
         /* The daemon reads the outcome from the wire; the exit status only says the run reported. */
         if (coll.rank == 0 && !lorad_wire_result(stdout, r, &err, result)) status = LORAD_EXIT_FAILURE;
         if (r < 0 && coll.rank != 0) fprintf(stderr, "lorad train: rank %d: %s\n", coll.rank, err.message);
