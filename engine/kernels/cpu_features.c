@@ -1,5 +1,6 @@
 #include "cpu_features.h"
 
+#include <cpuid.h>
 #include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -25,16 +26,29 @@ static uint64_t os_saved_state(void) {
     return ((uint64_t)hi << 32) | lo;
 }
 
+/* CPUID bits read directly where compilers' __builtin_cpu_supports names differ (clang 14 knows
+ * neither "osxsave" nor "avx512bf16"), so the engine builds with both gcc and clang (fuzzing). */
+static bool cpuid_osxsave(void) {
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 27));
+}
+static bool cpuid_avx512_bf16(void) {
+    unsigned a, b, c, d;
+    if (__get_cpuid_max(0, NULL) < 7) return false;
+    __cpuid_count(7, 1, a, b, c, d);
+    return (a & (1u << 5)) != 0;
+}
+
 static enum lorad_isa detect(void) {
     __builtin_cpu_init();
-    if (!__builtin_cpu_supports("avx") || !__builtin_cpu_supports("osxsave")) return LORAD_ISA_BASELINE;
+    if (!__builtin_cpu_supports("avx") || !cpuid_osxsave()) return LORAD_ISA_BASELINE;
     uint64_t xcr0 = os_saved_state();
     if ((xcr0 & 0x6) != 0x6) return LORAD_ISA_BASELINE; /* SSE and AVX (ymm) state */
     if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return LORAD_ISA_BASELINE;
     /* opmask, upper halves of zmm0-15 and zmm16-31 */
     if (!__builtin_cpu_supports("avx512f") || (xcr0 & 0xE0) != 0xE0) return LORAD_ISA_AVX2;
     /* vdpbf16ps on zmm also needs AVX512BW for the 16-bit packing the kernel does */
-    if (__builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw")) return LORAD_ISA_AVX512_BF16;
+    if (cpuid_avx512_bf16() && __builtin_cpu_supports("avx512bw")) return LORAD_ISA_AVX512_BF16;
     return LORAD_ISA_AVX512;
 }
 
