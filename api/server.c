@@ -198,6 +198,9 @@ static enum MHD_Result multipart_field(void *cls, enum MHD_ValueKind kind, const
                                        uint64_t off, size_t size) {
     (void)kind, (void)content_type, (void)transfer_encoding, (void)off;
     struct request_state *st = cls;
+    /* a part whose Content-Disposition has no name reaches here with key NULL (found by fuzz_http:
+     * strcmp on it crashed the daemon); such a part is neither field, so it is skipped */
+    if (!key) return MHD_YES;
     if (strcmp(key, "file") == 0) {
         st->saw_file = true;
         if (filename && !st->up.filename[0]) snprintf(st->up.filename, sizeof st->up.filename, "%s", filename);

@@ -94,6 +94,13 @@ def test(d, daemons):
                 what="multipart upload without a file field")
     check_error(dm.post("/v1/files", b'{"text":"x"}\n', headers=["Content-Type: application/octet-stream"]), 400,
                 param="filename", what="raw upload without ?filename=")
+    # A part whose Content-Disposition has no name (fuzz_http's first finding crashed the daemon on
+    # it): skipped, so this body has no file field; the daemon answers and lives on.
+    unnamed = (b"--XyZ\r\nContent-Disposition: form-data\r\n\r\nx\r\n"
+               b"--XyZ\r\nContent-Disposition: formname=\"file\"; filename=\"a.jsonl\"\r\n\r\n{}\n\r\n--XyZ--\r\n")
+    check_error(dm.post("/v1/files", unnamed, headers=["Content-Type: multipart/form-data; boundary=XyZ"]), 400,
+                param="file", what="multipart part without a name")
+    check(dm.get("/livez", auth=False).status == 200, "the daemon stopped answering after a part without a name")
 
     # A dataset with bad lines is stored with status "error" and a report naming them (line numbers
     # counted here); a job on it is 400 naming training_file.
