@@ -54,7 +54,7 @@ static const char *job_id_param(const struct lorad_api_request *req, struct lora
  * such a job is refused now instead of failing later in a worker. */
 static int check_file(struct lorad_app *app, const char *id, const char *param, bool need_tokens,
                       int64_t *ret_lines, struct lorad_api_reply *ret_reply) {
-    char msg[320];
+    char msg[512];
     if (!lorad_store_id_valid("file-", id)) {
         /* In a job file for `lorad train` this may be a path; through the API only ids exist. */
         snprintf(msg, sizeof msg, "%s must be the id of an uploaded file (file-...), got '%.80s'", param, id);
@@ -78,9 +78,18 @@ static int check_file(struct lorad_app *app, const char *id, const char *param, 
     const char *format = json_string_value(json_object_get(file, "format"));
     r = 0;
     if (!status || strcmp(status, "processed") != 0) {
+        /* a file that failed validation: name its first bad line, as docs/api.md promises */
+        json_t *first = json_array_get(json_object_get(json_object_get(file, "validation"), "bad_lines"), 0);
+        char why[200] = "";
+        if (status && !strcmp(status, "error") && first)
+            snprintf(why, sizeof why, ": it failed validation; first bad line %lld (%s): %.120s",
+                     (long long)json_integer_value(json_object_get(first, "line")),
+                     json_string_value(json_object_get(first, "problem")) ? json_string_value(json_object_get(first, "problem")) : "?",
+                     json_string_value(json_object_get(first, "reason")) ? json_string_value(json_object_get(first, "reason")) : "");
+        else if (status && !strcmp(status, "error"))
+            snprintf(why, sizeof why, ": it failed validation; see the file's validation report");
         snprintf(msg, sizeof msg, "%s: file %s is not ready for training (status %s%s)", param, id,
-                 status ? status : "unknown",
-                 status && !strcmp(status, "error") ? ": it failed validation; see the file's validation report" : "");
+                 status ? status : "unknown", why);
         lorad_api_reply_error(ret_reply, 400, msg, param, "file_not_processed");
         r = -EINVAL;
     } else if (!purpose || strcmp(purpose, "fine-tune") != 0) {

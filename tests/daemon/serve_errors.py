@@ -112,8 +112,10 @@ def test(d, daemons):
     check(bf.get("status") == "error" and [b["line"] for b in v.get("bad_lines", [])] == [2, 3]
           and v.get("problems", {}).get("invalid_json") == 1 and v.get("problems", {}).get("wrong_type") == 1,
           f"the bad dataset's report: status {bf.get('status')}, {v}")
-    check_error(dm.create_job(dict(small, training_file=bf["id"])), 400, param="training_file",
-                code="file_not_processed", what="job on a file that failed validation")
+    e = check_error(dm.create_job(dict(small, training_file=bf["id"])), 400, param="training_file",
+                    code="file_not_processed", what="job on a file that failed validation")
+    check(bf["id"] in e["message"] and "line 2 (wrong_type)" in e["message"],
+          f"the refusal does not name the file and its first bad line (2, wrong_type): {e['message']}")
 
     # ---- 404 ----
     e = check_error(dm.get("/v1/no/such/route"), 404, param=None, what="unknown route")
