@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <assert.h>
 #include <string.h>
 
 #include "tok_internal.h"
@@ -173,8 +174,8 @@ static int decode_spm(const struct lorad_tokenizer *t, const int32_t *ids, size_
     for (size_t i = 0; i < n && rc == 0; i++) {
         const struct tok_piece *p = &t->pieces[ids[i]];
         if (p->type == TOK_BYTE) {
-            unsigned v = 0;
-            sscanf(p->text, "<0x%2X>", &v);
+            int v = tok_byte_piece_value(p->text, p->len);
+            assert(v >= 0); /* the loaders give TOK_BYTE only to such pieces */
             if (n_bytes == sizeof bytes && (rc = flush_bytes(b, bytes, n_bytes)) < 0) break;
             if (n_bytes == sizeof bytes) n_bytes = 0;
             bytes[n_bytes++] = (char)v;

@@ -225,9 +225,8 @@ static int load(struct lorad_tokenizer **ret, json_t *root, json_t *cfg, const c
     if (rc < 0) return lorad_error_set(err, rc, name, "out of memory");
     t->kind = byte_level ? LORAD_TOKENIZER_BYTE_LEVEL : LORAD_TOKENIZER_HF_SPM;
     json_object_foreach(vocab, key, v) {
-        unsigned b;
-        char tail;
-        int type = !byte_level && strlen(key) == 6 && sscanf(key, "<0x%2X>%c", &b, &tail) == 1 ? TOK_BYTE : TOK_NORMAL;
+        int b = byte_level ? -1 : tok_byte_piece_value(key, strlen(key));
+        int type = b >= 0 ? TOK_BYTE : TOK_NORMAL;
         if ((rc = set_entry(t, json_integer_value(v), key, type, name, err)) < 0) goto fail;
         if (type == TOK_BYTE) t->byte_ids[b] = (int32_t)json_integer_value(v);
     }

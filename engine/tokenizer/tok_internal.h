@@ -100,6 +100,10 @@ int tok_pair_map_put(struct tok_pair_map *m, int32_t left, int32_t right, int32_
 const struct tok_pair_entry *tok_pair_map_get(const struct tok_pair_map *m, int32_t left, int32_t right);
 
 /* Allocates t with n_vocab zeroed pieces and ids at -1. */
+/* The byte a piece spelled exactly "<0xNN>" (two hex digits) stands for, or -1. One strict parser
+ * for every loader: sscanf's %X also took a sign ("<0x-6>" read as 4294967290, an index far past
+ * byte_ids; found by fuzz_tokenizer_json). */
+int tok_byte_piece_value(const char *s, size_t len);
 int tok_alloc(struct lorad_tokenizer **ret, int n_vocab);
 /* Copies a piece string into piece id (the tokenizer owns the copy). */
 int tok_set_piece(struct lorad_tokenizer *t, int id, const char *s, size_t len, float score, int type);

@@ -271,14 +271,12 @@ int tok_load_llama2c_bin(struct lorad_tokenizer **ret, const uint8_t *data, size
             goto fail;
         }
         int type = TOK_NORMAL;
-        unsigned v;
-        char tail;
         buf[m] = '\0';
         if (id == 0) type = TOK_UNKNOWN;
         else if (id == 1 || id == 2) {
             type = TOK_CONTROL;
             if (m >= 2 && buf[0] == '\n' && buf[m - 1] == '\n') memmove(buf, buf + 1, m - 2), m -= 2;
-        } else if (m == 6 && sscanf(buf, "<0x%2X>%c", &v, &tail) == 1) {
+        } else if (tok_byte_piece_value(buf, m) >= 0) {
             type = TOK_BYTE;
             n_bytes++;
         }

@@ -186,9 +186,8 @@ int tok_finish_spm(struct lorad_tokenizer *t, const char *name, struct lorad_err
             return lorad_error_set(err, -EINVAL, name, "%s: piece %d is empty", name, id);
         if (p->type == TOK_USER_DEFINED) n_user++;
         if (p->type == TOK_BYTE) {
-            unsigned v;
-            char tail;
-            if (p->len != 6 || sscanf(p->text, "<0x%2X>%c", &v, &tail) != 1 || v > 255)
+            int v = tok_byte_piece_value(p->text, p->len);
+            if (v < 0)
                 return lorad_error_set(err, -EINVAL, name, "%s: byte piece %d is '%s', not <0xNN>", name, id, p->text);
             if (t->byte_ids[v] < 0) t->byte_ids[v] = id;
         }
@@ -251,4 +250,17 @@ int tok_ids_push(struct tok_ids *ids, int32_t id) {
     }
     ids->v[ids->n++] = id;
     return 0;
+}
+
+static int hex_digit(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+}
+
+int tok_byte_piece_value(const char *s, size_t len) {
+    if (len != 6 || memcmp(s, "<0x", 3) != 0 || s[5] != '>') return -1;
+    int hi = hex_digit(s[3]), lo = hex_digit(s[4]);
+    return hi < 0 || lo < 0 ? -1 : hi * 16 + lo;
 }

@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "testutil.h"
+#include "tok_internal.h"
 #include "tokenizer.h"
 
 static char *write_tmp(const char *dir, const char *name, const void *data, size_t len) {
@@ -198,8 +199,23 @@ static void test_from_vocab_user_defined_and_unknown(void **state) {
     assert_non_null(strstr(err.message, "bos"));
 }
 
+/* "<0xNN>" byte pieces: exactly two hex digits; a sign or a space is not one (sscanf's %X took
+ * "<0x-6>" as 4294967290 and the loader indexed byte_ids with it: fuzz_tokenizer_json's find). */
+static void test_byte_piece_spelling(void **state) {
+    (void)state;
+    assert_int_equal(tok_byte_piece_value("<0x00>", 6), 0);
+    assert_int_equal(tok_byte_piece_value("<0xFF>", 6), 255);
+    assert_int_equal(tok_byte_piece_value("<0x0a>", 6), 10);
+    static const char *const bad[] = {"<0x-6>", "<0x+6>", "<0x 6>", "<0x6>", "<0x100>", "<0xG0>", "<0X41>", "[0x41]", ""};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        if (tok_byte_piece_value(bad[i], strlen(bad[i])) != -1) fail_msg("'%s' was taken for a byte piece", bad[i]);
+    }
+    assert_int_equal(tok_byte_piece_value("<0x41>x", 7), -1);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_byte_piece_spelling),
         cmocka_unit_test(test_corrupt_model_files),
         cmocka_unit_test(test_corrupt_bin_files),
         cmocka_unit_test(test_decode_rejects_out_of_range_ids),
