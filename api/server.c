@@ -44,6 +44,7 @@ struct request_state {
     struct lorad_sha256 sha;
     struct lorad_api_upload up;
     bool upload_failed, saw_file;
+    int upload_errno;       /* what failed the upload's write (ENOSPC: the disk is full), 0 if not a write */
     struct lorad_api_server *server;
     struct timespec started;
 };
@@ -185,6 +186,7 @@ static void upload_write(struct lorad_api_server *s, struct request_state *st, c
         if (w < 0) {
             if (errno == EINTR) continue;
             st->upload_failed = true;
+            st->upload_errno = errno;
             return;
         }
         off += (size_t)w;
@@ -368,10 +370,15 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
     }
     if (st->route->body == LORAD_BODY_UPLOAD) {
         if (st->too_large) return send_error(st, c, 413, "upload larger than max_upload_bytes", "file", "file_too_large", NULL);
+        if (st->upload_failed && (st->upload_errno == ENOSPC || st->upload_errno == EDQUOT))
+            return send_error(st, c, 503, "cannot store the upload: no space left on the state directory's disk", NULL,
+                              "disk_full", NULL);
         if (st->upload_failed || !st->saw_file)
             return send_error(st, c, 400, st->saw_file ? "upload could not be read or stored" : "multipart body has no 'file' field",
                               "file", "invalid_upload", NULL);
-        if (fsync(st->upload_fd) < 0) return send_error(st, c, 503, "cannot store the upload", NULL, NULL, NULL);
+        if (fsync(st->upload_fd) < 0)
+            return send_error(st, c, 503, "cannot store the upload", NULL,
+                              errno == ENOSPC || errno == EDQUOT ? "disk_full" : NULL, NULL);
         uint8_t digest[32];
         lorad_sha256_final(&st->sha, digest);
         lorad_sha256_hex(digest, st->up.sha256_hex);
