@@ -115,7 +115,7 @@ const char *lorad_job_error_code(int rc, const struct lorad_error *err, const st
     if (strcmp(p, "model") == 0 && (rc == -ENOENT || rc == -ENOTDIR)) return "model_not_found";
     if (rc == -ENOMEM) return "out_of_memory";
     if (rc == -E2BIG && (strcmp(p, "model") == 0 || starts_with(p, "hyperparameters."))) return "memory_limit_exceeded";
-    if (rc == -ERANGE) return "loss_not_finite";
+    if (rc == -ERANGE) return "nan_loss";
     if (rc == -ENOSPC || rc == -EDQUOT) return "disk_full";
     return "training_failed";
 }

@@ -15,7 +15,7 @@
  *                          distributed.max_restarts of them: failed)
  *   engine error        -> failed, with a code derived from the errno and param:
  *                          invalid_training_data, model_not_found, out_of_memory, memory_limit_exceeded,
- *                          loss_not_finite, disk_full, file_not_found, training_failed.
+ *                          nan_loss, disk_full, file_not_found, training_failed.
  * A failing job never takes the process down: every error ends in a transition, and an error of
  * the store itself is logged. */
 #pragma once

@@ -328,7 +328,7 @@ static void test_error_codes(void **state) {
     err.param[0] = '\0';
     assert_string_equal(lorad_job_error_code(-ENOMEM, &err, res), "out_of_memory");
     snprintf(err.param, sizeof err.param, "hyperparameters.learning_rate");
-    assert_string_equal(lorad_job_error_code(-ERANGE, &err, res), "loss_not_finite");
+    assert_string_equal(lorad_job_error_code(-ERANGE, &err, res), "nan_loss");
     err.param[0] = '\0';
     assert_string_equal(lorad_job_error_code(-ENOSPC, &err, res), "disk_full");
     assert_string_equal(lorad_job_error_code(-EIO, &err, res), "training_failed");
