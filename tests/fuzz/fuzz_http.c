@@ -35,6 +35,27 @@ static void send_all(int fd, const void *p, size_t n) {
     }
 }
 
+/* A connection to the server, retried while it is refused (its connection limit, a busy accept
+ * queue), as a client would; aborts only when the server is gone. Closing it sends RST (linger 0),
+ * which leaves no TIME_WAIT behind: thousands of inputs a second would otherwise use up the
+ * ephemeral ports. */
+static int connect_to_server(void) {
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    for (int tries = 0; tries < 200; tries++) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        if (fd < 0) abort();
+        struct timeval tv = {2, 0};
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        struct linger lg = {1, 0};
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+        if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0) return fd;
+        close(fd);
+        usleep(10000);
+    }
+    abort();
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (!server) start();
     if (size < 1) return 0;
@@ -42,13 +63,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     int route = data[0] & 3;
     bool chunked = data[0] & 4, boundary_quoted = data[0] & 8;
     data++, size--;
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0) abort();
-    struct timeval tv = {2, 0};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) abort();
+    int fd = connect_to_server();
     char head[512];
     const char *ctype = route == 0 ? (boundary_quoted ? "multipart/form-data; boundary=\"XyZ\"" : "multipart/form-data; boundary=XyZ")
                                    : "application/json";
