@@ -49,11 +49,12 @@ static const char *job_id_param(const struct lorad_api_request *req, struct lora
 /* ---- create ------------------------------------------------------------------------------- */
 
 /* Checks that id names a stored, validated dataset — a pre-tokenised one ({"input_ids"}) when
- * need_tokens, because the model has no tokenizer. Fills a 400 naming param and returns -EINVAL
- * otherwise (an unknown file is the request's fault, hence 400 as OpenAI answers, not 404), so
- * such a job is refused now instead of failing later in a worker. */
+ * need_tokens, because the model has no tokenizer; preference pairs exactly when the job's method
+ * is DPO. Fills a 400 naming param and returns -EINVAL otherwise (an unknown file is the
+ * request's fault, hence 400 as OpenAI answers, not 404), so such a job is refused now instead of
+ * failing later in a worker. */
 static int check_file(struct lorad_app *app, const char *id, const char *param, bool need_tokens,
-                      int64_t *ret_lines, struct lorad_api_reply *ret_reply) {
+                      enum lorad_train_method method, int64_t *ret_lines, struct lorad_api_reply *ret_reply) {
     char msg[512];
     if (!lorad_store_id_valid("file-", id)) {
         /* In a job file for `lorad train` this may be a path; through the API only ids exist. */
@@ -101,6 +102,17 @@ static int check_file(struct lorad_app *app, const char *id, const char *param, 
                  "%s: the model has no tokenizer, so its datasets must be pre-tokenised ({\"input_ids\": [...]}); "
                  "file %s is '%s'", param, id, format ? format : "unknown");
         lorad_api_reply_error(ret_reply, 400, msg, param, "tokenizer_required");
+        r = -EINVAL;
+    } else if (method == LORAD_METHOD_DPO && (!format || strcmp(format, "preference") != 0)) {
+        snprintf(msg, sizeof msg,
+                 "%s: method dpo trains on preference pairs ({\"input\", \"preferred_output\", "
+                 "\"non_preferred_output\"} lines); file %s is '%s'", param, id, format ? format : "unknown");
+        lorad_api_reply_error(ret_reply, 400, msg, param, "invalid_file_format");
+        r = -EINVAL;
+    } else if (method != LORAD_METHOD_DPO && format && strcmp(format, "preference") == 0) {
+        snprintf(msg, sizeof msg, "%s: file %s holds preference pairs, which train with method.type \"dpo\"", param,
+                 id);
+        lorad_api_reply_error(ret_reply, 400, msg, param, "invalid_file_format");
         r = -EINVAL;
     }
     if (r == 0) *ret_lines = json_integer_value(json_object_get(file, "line_count"));
@@ -301,9 +313,10 @@ static int create_job(const struct lorad_api_request *req, struct lorad_api_repl
     /* A llama2.c file never carries a vocabulary (an HF dir or GGUF without one fails in the run). */
     bool need_tokens = model_format == LORAD_FORMAT_LLAMA2C;
     int64_t train_lines = 0, valid_lines = 0;
-    if (check_file(app, spec.training_file, "training_file", need_tokens, &train_lines, ret_reply) < 0) goto out;
-    if (spec.validation_file[0] &&
-        check_file(app, spec.validation_file, "validation_file", need_tokens, &valid_lines, ret_reply) < 0)
+    if (check_file(app, spec.training_file, "training_file", need_tokens, spec.method.type, &train_lines, ret_reply) < 0)
+        goto out;
+    if (spec.validation_file[0] && check_file(app, spec.validation_file, "validation_file", need_tokens,
+                                              spec.method.type, &valid_lines, ret_reply) < 0)
         goto out;
     int64_t memory_bytes = 0;
     if (check_resources(app, &spec, model_path, train_lines + valid_lines, &memory_bytes, ret_reply) < 0) goto out;
@@ -548,7 +561,8 @@ static int list_events(const struct lorad_api_request *req, struct lorad_api_rep
 static const char *const METRIC_COLUMNS[] = {
     "step",     "total_steps", "epoch",      "train_loss", "train_mean_token_accuracy",
     "lr",       "grad_norm",   "tokens_seen", "tokens_per_s", "elapsed_s",
-    "eta_s",    "valid_loss",  "valid_mean_token_accuracy",
+    "eta_s",    "valid_loss",  "valid_mean_token_accuracy", "rewards_margin", "rewards_accuracy",
+    "rewards_chosen", "rewards_rejected",
 };
 #define N_METRIC_COLUMNS (sizeof METRIC_COLUMNS / sizeof METRIC_COLUMNS[0])
 

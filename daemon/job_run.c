@@ -135,7 +135,9 @@ static void on_step(void *ctx, const struct lorad_step_metrics *m) {
         .train_mean_token_accuracy = m->train_mean_token_accuracy, .lr = m->lr, .grad_norm = m->grad_norm,
         .tokens_seen = m->tokens_seen, .tokens_per_s = m->tokens_per_s, .elapsed_s = m->elapsed_s, .eta_s = m->eta_s,
         .valid_loss = m->has_valid ? m->valid_loss : NAN,
-        .valid_mean_token_accuracy = m->has_valid ? m->valid_mean_token_accuracy : NAN};
+        .valid_mean_token_accuracy = m->has_valid ? m->valid_mean_token_accuracy : NAN,
+        .has_dpo = m->has_dpo, .rewards_margin = m->rewards_margin, .rewards_accuracy = m->rewards_accuracy,
+        .rewards_chosen = m->rewards_chosen, .rewards_rejected = m->rewards_rejected};
     struct lorad_error e = {0};
     int r = lorad_metrics_writer_append(j->mw, &row, &e);
     if (r < 0) store_problem(j, 1, "cannot record metrics (retried with the next step)", r, &e);

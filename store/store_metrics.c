@@ -24,8 +24,11 @@ struct lorad_metrics_writer {
 
 static json_t *real_or_null(double v) { return isfinite(v) ? json_real(v) : json_null(); }
 
+/* A row's DPO figure: NULL unless the row has them. */
+static double dpo_value(const struct lorad_metrics_row *m, double v) { return m->has_dpo ? v : NAN; }
+
 static json_t *row_to_json(const struct lorad_metrics_row *m) {
-    return json_pack("{s:I, s:I, s:o, s:o, s:o, s:o, s:o, s:I, s:o, s:o, s:o, s:o, s:o}",
+    json_t *o = json_pack("{s:I, s:I, s:o, s:o, s:o, s:o, s:o, s:I, s:o, s:o, s:o, s:o, s:o}",
                      "step", (json_int_t)m->step, "total_steps", (json_int_t)m->total_steps,
                      "epoch", real_or_null(m->epoch), "train_loss", real_or_null(m->train_loss),
                      "train_mean_token_accuracy", real_or_null(m->train_mean_token_accuracy),
@@ -34,6 +37,13 @@ static json_t *row_to_json(const struct lorad_metrics_row *m) {
                      real_or_null(m->tokens_per_s), "elapsed_s", real_or_null(m->elapsed_s),
                      "eta_s", real_or_null(m->eta_s), "valid_loss", real_or_null(m->valid_loss),
                      "valid_mean_token_accuracy", real_or_null(m->valid_mean_token_accuracy));
+    if (o && m->has_dpo) {
+        json_object_set_new(o, "rewards_margin", real_or_null(m->rewards_margin));
+        json_object_set_new(o, "rewards_accuracy", real_or_null(m->rewards_accuracy));
+        json_object_set_new(o, "rewards_chosen", real_or_null(m->rewards_chosen));
+        json_object_set_new(o, "rewards_rejected", real_or_null(m->rewards_rejected));
+    }
+    return o;
 }
 
 int lorad_metrics_writer_new(struct lorad_store *s, const char *job_id, int batch_rows,
@@ -71,15 +81,18 @@ static int write_row_tx(struct store_conn *c, const char *job_id, const struct l
     sqlite3_stmt *st = store_stmt(c,
         "INSERT INTO metrics(job_id, step, total_steps, epoch, train_loss,"
         " train_mean_token_accuracy, lr, grad_norm, tokens_seen, tokens_per_s, elapsed_s, eta_s,"
-        " valid_loss, valid_mean_token_accuracy)"
-        " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+        " valid_loss, valid_mean_token_accuracy, rewards_margin, rewards_accuracy, rewards_chosen,"
+        " rewards_rejected)"
+        " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
         " ON CONFLICT (job_id, step) DO UPDATE SET total_steps = excluded.total_steps,"
         " epoch = excluded.epoch, train_loss = excluded.train_loss,"
         " train_mean_token_accuracy = excluded.train_mean_token_accuracy, lr = excluded.lr,"
         " grad_norm = excluded.grad_norm, tokens_seen = excluded.tokens_seen,"
         " tokens_per_s = excluded.tokens_per_s, elapsed_s = excluded.elapsed_s,"
         " eta_s = excluded.eta_s, valid_loss = excluded.valid_loss,"
-        " valid_mean_token_accuracy = excluded.valid_mean_token_accuracy", &r, err);
+        " valid_mean_token_accuracy = excluded.valid_mean_token_accuracy,"
+        " rewards_margin = excluded.rewards_margin, rewards_accuracy = excluded.rewards_accuracy,"
+        " rewards_chosen = excluded.rewards_chosen, rewards_rejected = excluded.rewards_rejected", &r, err);
     if (!st) return r;
     store_bind_text(c, st, 1, job_id);
     store_bind_int64(c, st, 2, m->step);
@@ -95,6 +108,10 @@ static int write_row_tx(struct store_conn *c, const char *job_id, const struct l
     store_bind_double(c, st, 12, m->eta_s);
     store_bind_double(c, st, 13, m->valid_loss);
     store_bind_double(c, st, 14, m->valid_mean_token_accuracy);
+    store_bind_double(c, st, 15, dpo_value(m, m->rewards_margin));
+    store_bind_double(c, st, 16, dpo_value(m, m->rewards_accuracy));
+    store_bind_double(c, st, 17, dpo_value(m, m->rewards_chosen));
+    store_bind_double(c, st, 18, dpo_value(m, m->rewards_rejected));
     r = store_step(c, st, "cannot write metrics", err);
     store_stmt_done(st);
     if (r < 0) return r;
@@ -103,7 +120,10 @@ static int write_row_tx(struct store_conn *c, const char *job_id, const struct l
     int n = snprintf(message, sizeof message, "Step %lld/%lld: training loss=%.4f",
                      (long long)m->step, (long long)m->total_steps, m->train_loss);
     if (isfinite(m->valid_loss) && n > 0 && (size_t)n < sizeof message)
-        snprintf(message + n, sizeof message - (size_t)n, ", validation loss=%.4f", m->valid_loss);
+        n += snprintf(message + n, sizeof message - (size_t)n, ", validation loss=%.4f", m->valid_loss);
+    if (m->has_dpo && n > 0 && (size_t)n < sizeof message)
+        snprintf(message + n, sizeof message - (size_t)n, ", reward margin=%.4f, reward accuracy=%.3f",
+                 m->rewards_margin, m->rewards_accuracy);
     json_t *data = row_to_json(m);
     r = store_event_append_tx(c, job_id, "info", "metrics", message, data, NULL, err);
     json_decref(data);
@@ -283,7 +303,8 @@ static json_t *metrics_from_row(struct store_row *row) {
     static const char *const NAMES[] = {
         "step", "total_steps", "epoch", "train_loss", "train_mean_token_accuracy", "lr",
         "grad_norm", "tokens_seen", "tokens_per_s", "elapsed_s", "eta_s", "valid_loss",
-        "valid_mean_token_accuracy"};
+        "valid_mean_token_accuracy", "rewards_margin", "rewards_accuracy", "rewards_chosen",
+        "rewards_rejected"};
     json_t *obj = json_object();
     for (int i = 0; obj && i < (int)(sizeof NAMES / sizeof NAMES[0]); i++) {
         bool integer = i == 0 || i == 1 || i == 7;
@@ -306,7 +327,8 @@ int lorad_store_metrics_list(struct lorad_store *s, const char *job_id, int64_t 
     if (r < 0) goto out;
     sqlite3_stmt *st = store_stmt(c,
         "SELECT step, total_steps, epoch, train_loss, train_mean_token_accuracy, lr, grad_norm,"
-        " tokens_seen, tokens_per_s, elapsed_s, eta_s, valid_loss, valid_mean_token_accuracy"
+        " tokens_seen, tokens_per_s, elapsed_s, eta_s, valid_loss, valid_mean_token_accuracy,"
+        " rewards_margin, rewards_accuracy, rewards_chosen, rewards_rejected"
         " FROM metrics WHERE job_id = ?1 AND step > ?2 ORDER BY step LIMIT ?3", &r, err);
     if (!st) goto out;
     store_bind_text(c, st, 1, job_id);

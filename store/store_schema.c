@@ -126,6 +126,13 @@ static const char *const MIGRATIONS[] = {
     "DROP TABLE events;"
     "ALTER TABLE events_v5 RENAME TO events;"
     "PRAGMA user_version = 5;",
+
+    /* 6: the DPO figures of a step (NULL for other methods). */
+    "ALTER TABLE metrics ADD COLUMN rewards_margin REAL;"
+    "ALTER TABLE metrics ADD COLUMN rewards_accuracy REAL;"
+    "ALTER TABLE metrics ADD COLUMN rewards_chosen REAL;"
+    "ALTER TABLE metrics ADD COLUMN rewards_rejected REAL;"
+    "PRAGMA user_version = 6;",
 };
 
 const int store_schema_latest = (int)(sizeof MIGRATIONS / sizeof MIGRATIONS[0]);

@@ -152,6 +152,7 @@ int lorad_chat_render(struct lorad_rendered *ret, const struct lorad_record *rec
     case LORAD_DATA_PROMPT_COMPLETION: return render_plain(ret, rec, train_on_input);
     case LORAD_DATA_TOKENS: return -EINVAL; /* already tokens: nothing to render */
     case LORAD_DATA_MESSAGES:
+    case LORAD_DATA_PREFERENCE: /* its prompt and the selected output, as a messages record */
     case LORAD_DATA_AUTO: break;
     }
     switch (tmpl) {

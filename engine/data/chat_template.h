@@ -7,7 +7,9 @@
  *   llama3  <|begin_of_text|><|start_header_id|>{role}<|end_header_id|>\n\n{content}<|eot_id|>...
  *   chatml  <|im_start|>{role}\n{content}<|im_end|>\n...
  *   none    <s>{content}{content}...</s>
- * Alpaca records use the Alpaca prompt; text and prompt/completion records use none.
+ * Alpaca records use the Alpaca prompt; text and prompt/completion records use none. A preference
+ * record renders as a messages record of its prompt and its selected output: the prompt up to the
+ * assistant header (the generation prompt), then the output and the turn's end, trained.
  * Trained: assistant content and the end-of-turn token after it; with train_on_input, every
  * segment except the leading BOS. An assistant turn with weight 0 is never trained. */
 #pragma once

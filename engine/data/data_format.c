@@ -4,7 +4,7 @@
 #include <stddef.h>
 
 const char *const lorad_data_format_names[] = {"auto", "text", "prompt_completion", "alpaca", "messages", "tokens",
-                                               NULL};
+                                               "preference", NULL};
 const char *const lorad_chat_template_names[] = {"auto", "llama2", "llama3", "chatml", "none", NULL};
 
 const char *lorad_data_format_name(enum lorad_data_format f) { return lorad_data_format_names[f]; }

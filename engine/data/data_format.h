@@ -10,6 +10,7 @@ enum lorad_data_format {
     LORAD_DATA_ALPACA,            /* {"instruction","input","output"} */
     LORAD_DATA_MESSAGES,          /* {"messages":[{"role","content","weight"?}]} */
     LORAD_DATA_TOKENS,            /* {"input_ids":[...], "labels"?:[...]}: pre-tokenised, no template */
+    LORAD_DATA_PREFERENCE,        /* {"input":{"messages"},"preferred_output","non_preferred_output"}: DPO pairs */
 };
 enum lorad_chat_template {
     LORAD_TEMPLATE_AUTO = 0,
@@ -19,7 +20,7 @@ enum lorad_chat_template {
     LORAD_TEMPLATE_NONE,
 };
 
-/* The spec's name of each ("auto", "text", ..., "tokens"; "auto", "llama2", ..., "none"). */
+/* The spec's name of each ("auto", "text", ..., "preference"; "auto", "llama2", ..., "none"). */
 const char *lorad_data_format_name(enum lorad_data_format f);
 const char *lorad_chat_template_name(enum lorad_chat_template t);
 /* NULL-terminated lists of those names, in enum order (the spec parser's choices). */

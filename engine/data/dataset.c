@@ -1,12 +1,13 @@
 #include "dataset.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
 static const char *const problem_names[LORAD_PROBLEM_COUNT] = {
     "invalid_json", "wrong_type", "unknown_role", "no_assistant_turn", "empty_after_templating",
-    "line_too_long", "invalid_utf8",
+    "line_too_long", "invalid_utf8", "longer_than_max_seq_len",
 };
 
 const char *lorad_dataset_problem_name(enum lorad_dataset_problem p) {
@@ -49,6 +50,10 @@ static int bad(enum lorad_dataset_problem *ret_problem, enum lorad_dataset_probl
 static enum lorad_data_format detect_format(const json_t *o) {
     if (json_object_get(o, "messages")) return LORAD_DATA_MESSAGES;
     if (json_object_get(o, "prompt") || json_object_get(o, "completion")) return LORAD_DATA_PROMPT_COMPLETION;
+    /* before alpaca, whose "input" is a string */
+    if (json_object_get(o, "preferred_output") || json_object_get(o, "non_preferred_output") ||
+        json_is_object(json_object_get(o, "input")))
+        return LORAD_DATA_PREFERENCE;
     if (json_object_get(o, "instruction") || json_object_get(o, "output")) return LORAD_DATA_ALPACA;
     if (json_object_get(o, "text")) return LORAD_DATA_TEXT;
     if (json_object_get(o, "input_ids")) return LORAD_DATA_TOKENS;
@@ -92,31 +97,40 @@ static int check_keys(const json_t *o, const char *const *allowed, const char *p
     return 0;
 }
 
-static int parse_messages(struct lorad_record *r, const json_t *msgs, enum lorad_dataset_problem *p,
-                          struct lorad_error *err) {
+/* The turns of the messages array at `where` ("messages", or "input.messages" of a preference
+ * record). In a prompt nothing is trained, "weight" is not allowed and room is left for the output
+ * turn. *ret_assistant says whether there is an assistant turn, *ret_trainable whether one of them
+ * is trained and not empty. */
+static int parse_turns(struct lorad_record *r, const json_t *msgs, const char *where, bool prompt,
+                       enum lorad_dataset_problem *p, struct lorad_error *err, bool *ret_assistant,
+                       bool *ret_trainable) {
     if (!json_is_array(msgs) || json_array_size(msgs) == 0)
-        return bad(p, LORAD_PROBLEM_WRONG_TYPE, err, "messages", "\"%s\" must be a non-empty array", "messages");
-    if (json_array_size(msgs) > LORAD_DATASET_MAX_TURNS)
-        return bad(p, LORAD_PROBLEM_WRONG_TYPE, err, "messages", "\"%s\" has more than 1024 turns", "messages");
+        return bad(p, LORAD_PROBLEM_WRONG_TYPE, err, where, "\"%s\" must be a non-empty array", where);
+    int max_turns = LORAD_DATASET_MAX_TURNS - prompt; /* a prompt leaves room for its output */
+    if (json_array_size(msgs) > (size_t)max_turns) {
+        *p = LORAD_PROBLEM_WRONG_TYPE;
+        return lorad_error_set(err, -EINVAL, where, "\"%s\" has more than %d turns", where, max_turns);
+    }
     size_t i;
     const json_t *m;
     bool assistant = false, trainable = false;
     json_array_foreach((json_t *)msgs, i, m) {
-        char param[64];
-        snprintf(param, sizeof param, "messages[%zu]", i);
+        char param[96];
+        snprintf(param, sizeof param, "%s[%zu]", where, i);
         if (!json_is_object(m)) return bad(p, LORAD_PROBLEM_WRONG_TYPE, err, param, "%s must be an object", param);
         static const char *const allowed[] = {"role", "content", "weight", "name", NULL};
-        char prefix[48];
-        snprintf(prefix, sizeof prefix, "messages[%zu].", i);
-        int rc = check_keys(m, allowed, prefix, p, err);
+        static const char *const allowed_prompt[] = {"role", "content", "name", NULL};
+        char prefix[96];
+        snprintf(prefix, sizeof prefix, "%s[%zu].", where, i);
+        int rc = check_keys(m, prompt ? allowed_prompt : allowed, prefix, p, err);
         if (rc < 0) return rc;
         const json_t *role = json_object_get(m, "role"), *content = json_object_get(m, "content");
         if (!json_is_string(role)) {
-            snprintf(param, sizeof param, "messages[%zu].role", i);
+            snprintf(param, sizeof param, "%s[%zu].role", where, i);
             return bad(p, LORAD_PROBLEM_WRONG_TYPE, err, param, "%s must be a string", param);
         }
         if (!json_is_string(content)) {
-            snprintf(param, sizeof param, "messages[%zu].content", i);
+            snprintf(param, sizeof param, "%s[%zu].content", where, i);
             return bad(p, LORAD_PROBLEM_WRONG_TYPE, err, param, "%s must be a string", param);
         }
         const char *rs = json_string_value(role);
@@ -125,15 +139,15 @@ static int parse_messages(struct lorad_record *r, const json_t *msgs, enum lorad
         else if (strcmp(rs, "user") == 0) rl = LORAD_ROLE_USER;
         else if (strcmp(rs, "assistant") == 0) rl = LORAD_ROLE_ASSISTANT;
         else {
-            snprintf(param, sizeof param, "messages[%zu].role", i);
+            snprintf(param, sizeof param, "%s[%zu].role", where, i);
             *p = LORAD_PROBLEM_UNKNOWN_ROLE;
             return lorad_error_set(err, -EINVAL, param, "%s: unknown role \"%.64s\" (use system, user or assistant)",
                                    param, rs);
         }
-        bool train = rl == LORAD_ROLE_ASSISTANT;
+        bool train = rl == LORAD_ROLE_ASSISTANT && !prompt;
         const json_t *w = json_object_get(m, "weight");
         if (w && !json_is_null(w)) {
-            snprintf(param, sizeof param, "messages[%zu].weight", i);
+            snprintf(param, sizeof param, "%s[%zu].weight", where, i);
             if (!json_is_integer(w) || (json_integer_value(w) != 0 && json_integer_value(w) != 1))
                 return bad(p, LORAD_PROBLEM_WRONG_TYPE, err, param, "%s must be 0 or 1", param);
             if (rl != LORAD_ROLE_ASSISTANT)
@@ -144,11 +158,101 @@ static int parse_messages(struct lorad_record *r, const json_t *msgs, enum lorad
         trainable |= train && json_string_length(content) > 0;
         add_turn(r, rl, content, train);
     }
+    *ret_assistant = assistant;
+    *ret_trainable = trainable;
+    return 0;
+}
+
+static int parse_messages(struct lorad_record *r, const json_t *msgs, enum lorad_dataset_problem *p,
+                          struct lorad_error *err) {
+    bool assistant, trainable;
+    int rc = parse_turns(r, msgs, "messages", false, p, err, &assistant, &trainable);
+    if (rc < 0) return rc;
     if (!assistant) return bad(p, LORAD_PROBLEM_NO_ASSISTANT, err, "messages", "%s has no assistant turn", "messages");
     if (!trainable)
         return bad(p, LORAD_PROBLEM_EMPTY, err, "messages", "%s: every assistant turn is empty or has weight 0",
                    "messages");
     return 0;
+}
+
+/* One output of a preference record: [{"role": "assistant", "content": "..."}], exactly one
+ * message, as OpenAI's format has it. */
+static int parse_output(struct lorad_turn *ret, const json_t *root, const char *key, enum lorad_dataset_problem *p,
+                        struct lorad_error *err) {
+    const json_t *v = json_object_get(root, key);
+    if (!v) return bad(p, LORAD_PROBLEM_WRONG_TYPE, err, key, "missing key \"%s\"", key);
+    if (!json_is_array(v) || json_array_size(v) != 1)
+        return bad(p, LORAD_PROBLEM_WRONG_TYPE, err, key,
+                   "\"%s\" must be an array of one message {\"role\": \"assistant\", \"content\": ...}", key);
+    const json_t *m = json_array_get(v, 0);
+    char param[64];
+    snprintf(param, sizeof param, "%s[0]", key);
+    if (!json_is_object(m)) return bad(p, LORAD_PROBLEM_WRONG_TYPE, err, param, "%s must be an object", param);
+    static const char *const allowed[] = {"role", "content", NULL};
+    char prefix[64];
+    snprintf(prefix, sizeof prefix, "%s[0].", key);
+    int rc = check_keys(m, allowed, prefix, p, err);
+    if (rc < 0) return rc;
+    const json_t *role = json_object_get(m, "role"), *content = json_object_get(m, "content");
+    if (!json_is_string(role) || strcmp(json_string_value(role), "assistant") != 0) {
+        snprintf(param, sizeof param, "%s[0].role", key);
+        *p = json_is_string(role) ? LORAD_PROBLEM_UNKNOWN_ROLE : LORAD_PROBLEM_WRONG_TYPE;
+        return lorad_error_set(err, -EINVAL, param, "%s must be \"assistant\"", param);
+    }
+    snprintf(param, sizeof param, "%s[0].content", key);
+    if (!json_is_string(content)) return bad(p, LORAD_PROBLEM_WRONG_TYPE, err, param, "%s must be a string", param);
+    if (json_string_length(content) == 0) return bad(p, LORAD_PROBLEM_EMPTY, err, param, "%s is empty", param);
+    *ret = (struct lorad_turn){LORAD_ROLE_ASSISTANT, json_string_value(content), json_string_length(content), true};
+    return 0;
+}
+
+/* {"input": {"messages", "tools"?, "parallel_tool_calls"?}, "preferred_output",
+ * "non_preferred_output"}. The prompt must end with a user turn (the outputs answer it). Tool
+ * definitions would have to be rendered into the prompt, which no template here does, so only an
+ * empty list is accepted rather than silently dropped. */
+static int parse_preference(struct lorad_record *r, const json_t *root, enum lorad_dataset_problem *p,
+                            struct lorad_error *err) {
+    static const char *const allowed[] = {"input", "preferred_output", "non_preferred_output", NULL};
+    static const char *const allowed_input[] = {"messages", "tools", "parallel_tool_calls", NULL};
+    int rc = check_keys(root, allowed, "", p, err);
+    if (rc < 0) return rc;
+    const json_t *input = json_object_get(root, "input");
+    if (!json_is_object(input))
+        return bad(p, LORAD_PROBLEM_WRONG_TYPE, err, "input", "\"%s\" must be an object {\"messages\": [...]}",
+                   "input");
+    if ((rc = check_keys(input, allowed_input, "input.", p, err)) < 0) return rc;
+    const json_t *tools = json_object_get(input, "tools");
+    if (tools && !json_is_null(tools) && !(json_is_array(tools) && json_array_size(tools) == 0))
+        return bad(p, LORAD_PROBLEM_WRONG_TYPE, err, "input.tools",
+                   "%s: tool definitions are not supported (no chat template here renders them); use [] or leave it out",
+                   "input.tools");
+    const json_t *ptc = json_object_get(input, "parallel_tool_calls");
+    if (ptc && !json_is_null(ptc) && !json_is_boolean(ptc))
+        return bad(p, LORAD_PROBLEM_WRONG_TYPE, err, "input.parallel_tool_calls", "%s must be true or false",
+                   "input.parallel_tool_calls");
+    const json_t *msgs = json_object_get(input, "messages");
+    if (!msgs) return bad(p, LORAD_PROBLEM_WRONG_TYPE, err, "input.messages", "missing key \"%s\"", "input.messages");
+    bool assistant, trainable;
+    if ((rc = parse_turns(r, msgs, "input.messages", true, p, err, &assistant, &trainable)) < 0) return rc;
+    if (r->turns[r->n_turns - 1].role != LORAD_ROLE_USER)
+        return bad(p, LORAD_PROBLEM_WRONG_TYPE, err, "input.messages",
+                   "%s must end with a user turn (the outputs answer it)", "input.messages");
+    if ((rc = parse_output(&r->outputs[0], root, "preferred_output", p, err)) < 0 ||
+        (rc = parse_output(&r->outputs[1], root, "non_preferred_output", p, err)) < 0)
+        return rc;
+    if (r->outputs[0].len == r->outputs[1].len && memcmp(r->outputs[0].text, r->outputs[1].text, r->outputs[0].len) == 0)
+        return bad(p, LORAD_PROBLEM_EMPTY, err, "non_preferred_output",
+                   "%s is the same as preferred_output: the pair teaches nothing", "non_preferred_output");
+    r->n_prompt_turns = r->n_turns;
+    lorad_record_select_output(r, 0);
+    return 0;
+}
+
+void lorad_record_select_output(struct lorad_record *rec, int which) {
+    assert(rec->format == LORAD_DATA_PREFERENCE && (which == 0 || which == 1));
+    assert(rec->n_prompt_turns < LORAD_DATASET_MAX_TURNS);
+    rec->turns[rec->n_prompt_turns] = rec->outputs[which];
+    rec->n_turns = rec->n_prompt_turns + 1;
 }
 
 /* {"input_ids": [ids], "labels": [ids or -100]?}: labels, when given, are HF's (the same length,
@@ -207,7 +311,7 @@ int lorad_record_parse(const char *line, size_t len, enum lorad_data_format form
     case LORAD_DATA_AUTO:
         rc = bad(p, LORAD_PROBLEM_WRONG_TYPE, err, "", "%s",
                  "no known format: expected \"text\", \"prompt\"/\"completion\", \"instruction\"/\"output\", "
-                 "\"messages\" or \"input_ids\"");
+                 "\"messages\", \"input_ids\" or \"input\"/\"preferred_output\"/\"non_preferred_output\"");
         break;
     case LORAD_DATA_TEXT: {
         static const char *const allowed[] = {"text", NULL};
@@ -259,6 +363,7 @@ int lorad_record_parse(const char *line, size_t len, enum lorad_data_format form
         if (rc == 0) rc = parse_messages(r, json_object_get(root, "messages"), p, err);
         break;
     }
+    case LORAD_DATA_PREFERENCE: rc = parse_preference(r, root, p, err); break;
     }
 out:
     if (rc < 0) {

@@ -6,6 +6,10 @@
  *   alpaca             {"instruction", "input"?, "output"}       output trained
  *   messages           {"messages": [{"role", "content", "weight"?}, ...]}  assistant turns trained;
  *                      an assistant turn with "weight": 0 is masked
+ *   preference         {"input": {"messages": [...], "tools"?: []},
+ *                       "preferred_output": [{"role": "assistant", "content"}],
+ *                       "non_preferred_output": [{"role": "assistant", "content"}]}  (OpenAI's DPO
+ *                      format) two samples: the prompt followed by either output, the output trained
  * Blank lines are skipped. Each record becomes a list of turns; chat_template.h turns them into
  * token ids and labels. */
 #pragma once
@@ -30,6 +34,7 @@ enum lorad_dataset_problem {
     LORAD_PROBLEM_EMPTY,            /* nothing to train on after templating */
     LORAD_PROBLEM_LINE_TOO_LONG,
     LORAD_PROBLEM_INVALID_UTF8,
+    LORAD_PROBLEM_TOO_MANY_TOKENS,  /* a preference pair longer than max_seq_len (never cut) */
     LORAD_PROBLEM_COUNT
 };
 
@@ -45,11 +50,15 @@ struct lorad_turn {
     bool trainable;   /* assistant turns (weight != 0), completions, outputs, raw text */
 };
 
-/* One parsed line. Owns its JSON; turns point into it. */
+/* One parsed line. Owns its JSON; turns point into it. A preference record's turns are its prompt
+ * (n_prompt_turns, none of them trained) followed by one of its two outputs, the preferred one
+ * after parsing (lorad_record_select_output picks). */
 struct lorad_record {
     enum lorad_data_format format;
     int n_turns;
     struct lorad_turn turns[LORAD_DATASET_MAX_TURNS];
+    int n_prompt_turns;               /* preference only */
+    struct lorad_turn outputs[2];     /* preference only: preferred, non-preferred (trained) */
     const char *instruction, *input; /* alpaca only: the prompt fields, for the template */
     size_t instruction_len, input_len;
     const json_t *input_ids, *labels; /* tokens only: arrays of the root (labels may be NULL) */
@@ -62,6 +71,9 @@ struct lorad_record {
 int lorad_record_parse(const char *line, size_t len, enum lorad_data_format format, struct lorad_record *ret_record,
                        enum lorad_dataset_problem *ret_problem, struct lorad_error *err);
 void lorad_record_clear(struct lorad_record *rec);
+
+/* Which output of a preference record its last turn is: 0 the preferred, 1 the non-preferred. */
+void lorad_record_select_output(struct lorad_record *rec, int which);
 
 /* Strict UTF-8 check (no overlongs, surrogates or code points above U+10FFFF). */
 bool lorad_utf8_valid(const char *s, size_t len);

@@ -167,9 +167,12 @@ int lorad_sample_build(struct lorad_sample *ret, int cap, const struct lorad_rec
 struct corpus_record {
     int64_t offset;
     int64_t lineno;
-    int32_t n_tokens;
-    int32_t truncated;
+    int32_t n_tokens;          /* the sample's tokens; a preference record's preferred sample's */
+    uint32_t n_rejected : 31;  /* a preference record's non-preferred sample's tokens (<= max_seq_len) */
+    uint32_t truncated : 1;
 };
+
+static int64_t record_tokens(const struct corpus_record *cr) { return (int64_t)cr->n_tokens + cr->n_rejected; }
 
 struct lorad_corpus {
     struct lorad_corpus_options opt;
@@ -191,6 +194,43 @@ static int corpus_push(struct lorad_corpus *c, struct corpus_record r) {
         c->cap = cap;
     }
     c->rec[c->n++] = r;
+    return 0;
+}
+
+/* Sample `which` of rec (0 for a record of one sample; a preference record's 0 = preferred,
+ * 1 = non-preferred output) into s. A preference pair is never cut, since cutting one output's
+ * end would compare a whole answer with part of one: longer than max_seq_len is a bad line. */
+static int record_sample(const struct lorad_corpus *c, struct lorad_record *rec, int which, struct lorad_sample *s,
+                         enum lorad_dataset_problem *ret_problem, struct lorad_error *err) {
+    bool pair = rec->format == LORAD_DATA_PREFERENCE;
+    if (pair) lorad_record_select_output(rec, which);
+    enum lorad_dataset_problem p = LORAD_PROBLEM_WRONG_TYPE;
+    /* a pair's log-probabilities are those of its output alone, whatever train_on_input says */
+    int r = lorad_sample_build(s, c->opt.max_seq_len, rec, c->opt.tmpl, c->opt.train_on_input && !pair, c->enc,
+                               c->opt.max_seq_len, &p, err);
+    /* An output is never empty (the parser refuses that), so a pair with nothing trained was cut. */
+    if (pair && ((r == 0 && s->truncated) || (r == -EINVAL && p == LORAD_PROBLEM_EMPTY))) {
+        p = LORAD_PROBLEM_TOO_MANY_TOKENS;
+        r = lorad_error_set(err, -EINVAL, "hyperparameters.max_seq_len",
+                            "the prompt and %s are longer than max_seq_len (%d tokens); preference pairs are not "
+                            "cut: shorten the line or raise hyperparameters.max_seq_len",
+                            which ? "non_preferred_output" : "preferred_output", c->opt.max_seq_len);
+    }
+    if (r < 0 && ret_problem) *ret_problem = p;
+    return r;
+}
+
+/* Tokenises rec as batches will and fills the lengths of its index entry cr: its one sample, or
+ * both of a preference record's. */
+static int index_record(const struct lorad_corpus *c, struct lorad_record *rec, struct lorad_sample *s,
+                        struct corpus_record *cr, enum lorad_dataset_problem *ret_problem, struct lorad_error *err) {
+    int r = record_sample(c, rec, 0, s, ret_problem, err);
+    if (r < 0) return r;
+    cr->n_tokens = s->n;
+    cr->truncated = s->truncated;
+    if (rec->format != LORAD_DATA_PREFERENCE) return 0;
+    if ((r = record_sample(c, rec, 1, s, ret_problem, err)) < 0) return r;
+    cr->n_rejected = (uint32_t)s->n;
     return 0;
 }
 
@@ -240,8 +280,8 @@ int lorad_corpus_open(struct lorad_corpus **ret_corpus, const char *path, const 
             continue;
         }
         if (c->format == LORAD_DATA_AUTO) c->format = rep->format = rec.format;
-        int b = lorad_sample_build(&s, opt->max_seq_len, &rec, opt->tmpl, opt->train_on_input, enc, opt->max_seq_len,
-                                   &p, &e);
+        struct corpus_record cr = {.offset = offset, .lineno = lineno};
+        int b = index_record(c, &rec, &s, &cr, &p, &e);
         lorad_record_clear(&rec);
         if (b == -ENOMEM) {
             r = lorad_error_set(err, -ENOMEM, "", "out of memory tokenising %s", path);
@@ -251,13 +291,13 @@ int lorad_corpus_open(struct lorad_corpus **ret_corpus, const char *path, const 
             lorad_dataset_report_bad(rep, lineno, p, e.message);
             continue;
         }
-        if ((r = corpus_push(c, (struct corpus_record){offset, lineno, s.n, s.truncated})) < 0) {
+        if ((r = corpus_push(c, cr)) < 0) {
             lorad_error_set(err, r, "", "out of memory indexing %s", path);
             goto fail;
         }
         rep->n_records++;
-        c->n_truncated += s.truncated;
-        c->n_tokens += s.n;
+        c->n_truncated += cr.truncated;
+        c->n_tokens += record_tokens(&cr);
     }
     if (r < 0) {
         lorad_error_set(err, r, "", "%s: read error", path);
@@ -303,8 +343,12 @@ int64_t lorad_corpus_tokens(const struct lorad_corpus *c) { return c->n_tokens; 
 int lorad_corpus_sample_length(const struct lorad_corpus *c, int64_t i) { return c->rec[i].n_tokens; }
 enum lorad_data_format lorad_corpus_format(const struct lorad_corpus *c) { return c->format; }
 
-int lorad_corpus_sample(struct lorad_corpus *c, int64_t i, struct lorad_sample *ret, struct lorad_error *err) {
-    assert(i >= 0 && i < c->n);
+int lorad_corpus_rows_per_record(const struct lorad_corpus *c) { return c->format == LORAD_DATA_PREFERENCE ? 2 : 1; }
+
+/* Re-reads record i and builds its sample `which` (record_sample) into ret. */
+static int corpus_sample(struct lorad_corpus *c, int64_t i, int which, struct lorad_sample *ret,
+                         struct lorad_error *err) {
+    assert(i >= 0 && i < c->n && which < lorad_corpus_rows_per_record(c));
     const struct corpus_record *cr = &c->rec[i];
     int r = lorad_line_reader_seek(c->reader, cr->offset, cr->lineno - 1);
     if (r < 0) return lorad_error_set(err, r, "", "%s: seek failed", c->path);
@@ -317,12 +361,15 @@ int lorad_corpus_sample(struct lorad_corpus *c, int64_t i, struct lorad_sample *
     struct lorad_record rec;
     r = lorad_record_parse(line, len, c->format, &rec, NULL, err);
     if (r < 0) return lorad_error_set(err, -EIO, "", "%s: line %lld changed since it was indexed", c->path, (long long)cr->lineno);
-    r = lorad_sample_build(ret, c->opt.max_seq_len, &rec, c->opt.tmpl, c->opt.train_on_input, c->enc, c->opt.max_seq_len,
-                           NULL, err);
+    r = record_sample(c, &rec, which, ret, NULL, err);
     lorad_record_clear(&rec);
-    if (r == 0 && ret->n != cr->n_tokens)
+    if (r == 0 && ret->n != (which ? (int)cr->n_rejected : cr->n_tokens))
         return lorad_error_set(err, -EIO, "", "%s: line %lld changed since it was indexed", c->path, (long long)cr->lineno);
     return r;
+}
+
+int lorad_corpus_sample(struct lorad_corpus *c, int64_t i, struct lorad_sample *ret, struct lorad_error *err) {
+    return corpus_sample(c, i, 0, ret, err);
 }
 
 int lorad_corpus_split_holdout(struct lorad_corpus *train, int64_t n_holdout, struct lorad_corpus **ret_holdout,
@@ -352,9 +399,9 @@ int lorad_corpus_split_holdout(struct lorad_corpus *train, int64_t n_holdout, st
     h->n_truncated = h->n_tokens = 0;
     for (int64_t i = 0; i < h->n; i++) {
         h->n_truncated += h->rec[i].truncated;
-        h->n_tokens += h->rec[i].n_tokens;
+        h->n_tokens += record_tokens(&h->rec[i]);
         train->n_truncated -= h->rec[i].truncated;
-        train->n_tokens -= h->rec[i].n_tokens;
+        train->n_tokens -= record_tokens(&h->rec[i]);
     }
     *ret_holdout = h;
     return 0;
@@ -381,6 +428,7 @@ static uint64_t uniform_below(uint64_t *state, uint64_t n) {
 
 int lorad_epoch_plan_build(struct lorad_epoch_plan *ret, const struct lorad_corpus *c, uint64_t seed, int epoch,
                            bool shuffle, bool packing, int max_seq_len) {
+    if (packing && lorad_corpus_rows_per_record(c) > 1) return -EINVAL;
     int64_t n = c->n;
     int64_t *order = malloc((size_t)n * sizeof *order);
     int64_t *first = malloc((size_t)(n + 1) * sizeof *first);
@@ -421,9 +469,40 @@ void lorad_epoch_plan_clear(struct lorad_epoch_plan *p) {
 
 /* ---- batches ------------------------------------------------------------------------------ */
 
+/* Writes sample s into row r of b from position at (its own positions and segment start there);
+ * returns the position after it. */
+static int put_sample(struct lorad_batch *b, int r, int at, const struct lorad_sample *s) {
+    int32_t *tok = b->tokens + (size_t)r * b->T, *lab = b->labels + (size_t)r * b->T;
+    int32_t *pos = b->positions + (size_t)r * b->T, *seg = b->seg_start + (size_t)r * b->T;
+    assert(at + s->n <= b->T);
+    for (int i = 0; i < s->n; i++) {
+        tok[at + i] = s->tokens[i];
+        /* label[t] is the token that position t must predict, within the same sample. */
+        lab[at + i] = (i + 1 < s->n && s->train[i + 1]) ? s->tokens[i + 1] : -100;
+        pos[at + i] = i;
+        seg[at + i] = at;
+        b->n_labels += lab[at + i] != -100;
+    }
+    return at + s->n;
+}
+
+/* Pads row r of b from position at to the end. */
+static void pad_row(struct lorad_batch *b, int r, int at, int32_t pad) {
+    int32_t *tok = b->tokens + (size_t)r * b->T, *lab = b->labels + (size_t)r * b->T;
+    int32_t *pos = b->positions + (size_t)r * b->T, *seg = b->seg_start + (size_t)r * b->T;
+    b->n_tokens += at;
+    for (int i = at; i < b->T; i++) {
+        tok[i] = pad;
+        lab[i] = -100;
+        pos[i] = i - at;
+        seg[i] = at; /* padding attends only to padding */
+    }
+}
+
 int lorad_batch_fill(struct lorad_batch *b, struct lorad_corpus *c, const struct lorad_epoch_plan *plan,
                      int64_t first_row, int n_rows, struct lorad_error *err) {
-    assert(n_rows >= 1 && n_rows <= b->cap_B && first_row + n_rows <= plan->n_rows);
+    int per = lorad_corpus_rows_per_record(c);
+    assert(n_rows >= 1 && n_rows * per <= b->cap_B && first_row + n_rows <= plan->n_rows);
     int T = c->opt.max_seq_len;
     assert(T <= b->cap_T);
     struct lorad_sample s;
@@ -438,39 +517,35 @@ int lorad_batch_fill(struct lorad_batch *b, struct lorad_corpus *c, const struct
     int longest = 1;
     for (int r = 0; r < n_rows; r++) {
         int len = 0;
-        for (int64_t k = plan->row_first[first_row + r]; k < plan->row_first[first_row + r + 1]; k++)
-            len += c->rec[plan->order[k]].n_tokens;
+        for (int64_t k = plan->row_first[first_row + r]; k < plan->row_first[first_row + r + 1]; k++) {
+            const struct corpus_record *cr = &c->rec[plan->order[k]];
+            len += per == 2 && (int)cr->n_rejected > cr->n_tokens ? (int)cr->n_rejected : cr->n_tokens;
+        }
         if (len > longest) longest = len;
     }
-    b->B = n_rows;
+    b->B = n_rows * per;
     b->T = longest;
     b->n_labels = b->n_tokens = 0;
+    int32_t pad = c->enc->eos_id >= 0 ? c->enc->eos_id : 0;
     int rc = 0;
     for (int r = 0; r < n_rows && rc == 0; r++) {
-        int32_t *tok = b->tokens + (size_t)r * b->T, *lab = b->labels + (size_t)r * b->T;
-        int32_t *pos = b->positions + (size_t)r * b->T, *seg = b->seg_start + (size_t)r * b->T;
+        if (per == 2) {
+            /* a pair's two samples side by side: rows 2r (preferred) and 2r + 1 (non-preferred) */
+            int64_t rec = plan->order[plan->row_first[first_row + r]];
+            assert(plan->row_first[first_row + r + 1] == plan->row_first[first_row + r] + 1);
+            for (int side = 0; side < 2 && rc == 0; side++) {
+                if ((rc = corpus_sample(c, rec, side, &s, err)) < 0) break;
+                pad_row(b, 2 * r + side, put_sample(b, 2 * r + side, 0, &s), pad);
+            }
+            continue;
+        }
         int at = 0;
         for (int64_t k = plan->row_first[first_row + r]; k < plan->row_first[first_row + r + 1] && rc == 0; k++) {
-            rc = lorad_corpus_sample(c, plan->order[k], &s, err);
+            rc = corpus_sample(c, plan->order[k], 0, &s, err);
             if (rc < 0) break;
-            for (int i = 0; i < s.n; i++) {
-                tok[at + i] = s.tokens[i];
-                /* label[t] is the token that position t must predict, within the same sample. */
-                lab[at + i] = (i + 1 < s.n && s.train[i + 1]) ? s.tokens[i + 1] : -100;
-                pos[at + i] = i;
-                seg[at + i] = at;
-                b->n_labels += lab[at + i] != -100;
-            }
-            at += s.n;
+            at = put_sample(b, r, at, &s);
         }
-        b->n_tokens += at;
-        int32_t pad = c->enc->eos_id >= 0 ? c->enc->eos_id : 0;
-        for (int i = at; i < b->T; i++) {
-            tok[i] = pad;
-            lab[i] = -100;
-            pos[i] = i - at;
-            seg[i] = at; /* padding attends only to padding */
-        }
+        pad_row(b, r, at, pad);
     }
     free(s.tokens);
     free(s.train);

@@ -10,7 +10,12 @@
  * samples of the shuffled order share a row, positions restart at each sample and attention never
  * crosses a sample boundary (seg_start marks where each token's sample begins). The plan depends only
  * on (corpus, seed, epoch, packing, max_seq_len), so a resumed run rebuilds the same plan and
- * continues from a row index. */
+ * continues from a row index.
+ *
+ * A preference corpus (DPO) holds pairs: each record is a prompt with a preferred and a
+ * non-preferred output, and becomes two batch rows, the prompt followed by either output with
+ * only the output trained. Pairs are never cut at max_seq_len (a pair that does not fit is a bad
+ * line, problem longer_than_max_seq_len) and never packed. */
 #pragma once
 #include <stdbool.h>
 #include <stdint.h>
@@ -84,8 +89,11 @@ int64_t lorad_corpus_truncated(const struct lorad_corpus *c); /* records cut at 
 int64_t lorad_corpus_tokens(const struct lorad_corpus *c);    /* tokens after truncation */
 int lorad_corpus_sample_length(const struct lorad_corpus *c, int64_t i);
 enum lorad_data_format lorad_corpus_format(const struct lorad_corpus *c);
+/* Batch rows each record fills: 2 for a preference corpus (its two samples), else 1. */
+int lorad_corpus_rows_per_record(const struct lorad_corpus *c);
 
-/* Re-reads and tokenises record i into ret (buffers of at least max_seq_len entries). */
+/* Re-reads and tokenises record i into ret (buffers of at least max_seq_len entries); for a
+ * preference record, its preferred sample. */
 int lorad_corpus_sample(struct lorad_corpus *c, int64_t i, struct lorad_sample *ret, struct lorad_error *err);
 
 /* Records that are only evaluated: the last n_holdout records of the file's order are split off
@@ -104,12 +112,15 @@ struct lorad_epoch_plan {
     int64_t *order;      /* (n_samples) record indices in this epoch's order */
 };
 
-/* Builds the plan for epoch (0-based). shuffle=false keeps file order (validation). */
+/* Builds the plan for epoch (0-based). shuffle=false keeps file order (validation). -ENOMEM, or
+ * -EINVAL for packing a preference corpus. */
 int lorad_epoch_plan_build(struct lorad_epoch_plan *ret, const struct lorad_corpus *c, uint64_t seed, int epoch,
                            bool shuffle, bool packing, int max_seq_len);
 void lorad_epoch_plan_clear(struct lorad_epoch_plan *p);
 
 /* Fills b (from lorad_batch_alloc, model/batch.h) with rows [first_row, first_row + n_rows) of plan
- * (n_rows <= cap_B; fewer at the end), padded to the longest row, and counts n_labels and n_tokens. */
+ * (n_rows * rows_per_record <= cap_B; fewer at the end), padded to the longest row, and counts
+ * n_labels and n_tokens. A preference corpus's plan row r becomes batch rows 2r (the prompt and
+ * the preferred output) and 2r + 1 (the prompt and the non-preferred output), so b->B = 2 n_rows. */
 int lorad_batch_fill(struct lorad_batch *b, struct lorad_corpus *c, const struct lorad_epoch_plan *plan,
                      int64_t first_row, int n_rows, struct lorad_error *err);

@@ -67,6 +67,7 @@ struct lorad_model {
     float *logits;           /* (HEAD_CHUNK, V) */
     double *row_loss;        /* (HEAD_CHUNK) */
     uint8_t *row_correct;    /* (HEAD_CHUNK) */
+    float *row_weight;       /* (max_batch) per-row gradient weights of forward_backward_rows */
     int32_t *pos_default;    /* (N) */
     int32_t *seg_default;    /* (N) */
     float *attn_scratch[LORAD_MAX_THREADS];
@@ -155,6 +156,7 @@ static void carve_all(struct lorad_model *m, struct carver *c, const struct lora
     m->logits = CARVE_F(c, chunk * cfg->vocab_size);
     m->row_loss = carve(c, sizeof(double) * (size_t)chunk);
     m->row_correct = carve(c, (size_t)chunk);
+    m->row_weight = CARVE_F(c, o->max_batch);
     m->pos_default = carve(c, sizeof(int32_t) * (size_t)N);
     m->seg_default = carve(c, sizeof(int32_t) * (size_t)N);
     int64_t attn_floats = lorad_attention_scratch_floats(o->max_seq);
@@ -593,15 +595,43 @@ static void block_backward(struct lorad_model *m, int l, struct block_acts *a, c
 
 /* ---------------------------------------------------------------- the head, in token chunks */
 
-/* Evaluation wants the loss only; training also the gradient. */
+/* What one pass over the head computes. Evaluation wants the loss only; training also the
+ * gradient, every token's CE weighted by grad_scale or, with row_weight, by its row's weight. */
 enum head_mode { HEAD_LOSS, HEAD_LOSS_AND_GRAD };
+struct head_pass {
+    enum head_mode mode;
+    float grad_scale;        /* the weight of every token when row_weight is NULL */
+    const float *row_weight; /* (B) or NULL */
+    double *row_loss;        /* (B) or NULL: per-row CE sums are added here */
+    int64_t *row_correct;    /* (B) or NULL: per-row correct counts are added here */
+};
 
-/* Runs the final norm and the LM head chunk by chunk: CE sum and correct count; with
- * HEAD_LOSS_AND_GRAD also writes m->dres = d loss / d x_final (scaled by grad_scale = 1/denominator). */
+/* Cross-entropy (and with grad its logits gradient, in place) of the chunk's n tokens from token
+ * c0, each row's tokens with that row's weight. */
+static void head_chunk_crossentropy(struct lorad_model *m, const int32_t *labels, const struct run *rn,
+                                    const struct head_pass *hp, int64_t c0, int64_t n) {
+    bool grad = hp->mode == HEAD_LOSS_AND_GRAD;
+    int64_t V = m->V;
+    if (!hp->row_weight) {
+        lorad_crossentropy_forward_backward(m->pool, m->logits, m->row_loss, m->row_correct, labels + c0,
+                                            hp->grad_scale, grad, n, V);
+        return;
+    }
+    for (int64_t i = 0; i < n;) {
+        int64_t row = (c0 + i) / rn->T, end = (row + 1) * rn->T - c0; /* the row's tokens in the chunk */
+        int64_t k = (end < n ? end : n) - i;
+        lorad_crossentropy_forward_backward(m->pool, m->logits + i * V, m->row_loss + i, m->row_correct + i,
+                                            labels + c0 + i, hp->row_weight[row], grad, k, V);
+        i += k;
+    }
+}
+
+/* Runs the final norm and the LM head chunk by chunk: CE sum and correct count (and per row, when
+ * asked); with HEAD_LOSS_AND_GRAD also writes m->dres = d loss / d x_final. */
 static void head_forward_backward(struct lorad_model *m, const int32_t *labels, const struct run *rn,
-                                  enum head_mode mode, float grad_scale, double *ret_loss, int64_t *ret_correct) {
-    bool grad = mode == HEAD_LOSS_AND_GRAD;
-    int64_t N = rn->N, d = m->d, V = m->V;
+                                  const struct head_pass *hp, double *ret_loss, int64_t *ret_correct) {
+    bool grad = hp->mode == HEAD_LOSS_AND_GRAD;
+    int64_t N = rn->N, d = m->d;
     int L = m->cfg.n_layers;
     const float *xf = x_at(m, L);
     lorad_rmsnorm_forward(m->pool, m->hf, m->inv_f, xf, m->final_norm, m->cfg.norm_eps, N, d);
@@ -614,11 +644,12 @@ static void head_forward_backward(struct lorad_model *m, const int32_t *labels, 
         float *u = m->head_u ? m->head_u + c0 * m->r : NULL;
         const struct linear_rows rows = {u, n, c0};
         lora_linear_forward(m, m->logits, m->hf + c0 * d, head_linear(m), rows, LINEAR_STORE);
-        lorad_crossentropy_forward_backward(m->pool, m->logits, m->row_loss, m->row_correct, labels + c0, grad_scale,
-                                            grad, n, V);
+        head_chunk_crossentropy(m, labels, rn, hp, c0, n);
         for (int64_t i = 0; i < n; i++) {
             loss += m->row_loss[i];
             correct += m->row_correct[i];
+            if (hp->row_loss) hp->row_loss[(c0 + i) / rn->T] += m->row_loss[i];
+            if (hp->row_correct) hp->row_correct[(c0 + i) / rn->T] += m->row_correct[i];
         }
         if (grad)
             lora_linear_backward(m, m->dh + c0 * d, m->logits, m->hf + c0 * d, head_linear(m), rows, LINEAR_STORE);
@@ -685,6 +716,29 @@ static void model_forward(struct lorad_model *m, const struct lorad_batch *b, co
     for (int l = 0; l < m->cfg.n_layers; l++) block_forward(m, l, acts_of(m, l), x_at(m, l + 1), x_at(m, l), rn);
 }
 
+/* The decoder layers' backward from m->dres (d loss / d x_final), which the head pass wrote. */
+static void blocks_backward(struct lorad_model *m, const struct run *rn) {
+    for (int l = m->cfg.n_layers - 1; l >= 0; l--) {
+        struct block_acts *a = acts_of(m, l);
+        if (m->opts.activation_checkpointing) block_forward(m, l, a, NULL, x_at(m, l), rn); /* recompute */
+        block_backward(m, l, a, x_at(m, l), rn);
+    }
+}
+
+/* Forward with dropout masks of the current counter, keyed by b's rows. */
+static void training_forward(struct lorad_model *m, const struct lorad_batch *b, const struct run *rn) {
+    m->dropout_active = true;
+    m->drop_batch_row0 = b->row0;
+    m->drop_T = b->T;
+    model_forward(m, b, rn);
+}
+
+/* The end of a training pass: the next micro-batch draws new masks. */
+static void training_done(struct lorad_model *m) {
+    m->dropout_active = false;
+    m->dropout_counter++;
+}
+
 int lorad_model_forward_backward(struct lorad_model *m, const struct lorad_batch *b, int64_t denominator,
                                  double *ret_loss_sum, int64_t *ret_correct, struct lorad_error *err) {
     struct run rn;
@@ -692,22 +746,55 @@ int lorad_model_forward_backward(struct lorad_model *m, const struct lorad_batch
     if (r < 0) return r;
     if (denominator < 1)
         return lorad_error_set(err, -EINVAL, "denominator", "denominator must be >= 1 (unmasked labels of the step)");
-    m->dropout_active = true;
-    m->drop_batch_row0 = b->row0;
-    m->drop_T = b->T;
-    model_forward(m, b, &rn);
+    training_forward(m, b, &rn);
     double loss;
     int64_t correct;
-    head_forward_backward(m, b->labels, &rn, HEAD_LOSS_AND_GRAD, (float)(1.0 / (double)denominator), &loss, &correct);
-    for (int l = m->cfg.n_layers - 1; l >= 0; l--) {
-        struct block_acts *a = acts_of(m, l);
-        if (m->opts.activation_checkpointing) block_forward(m, l, a, NULL, x_at(m, l), &rn); /* recompute */
-        block_backward(m, l, a, x_at(m, l), &rn);
-    }
-    m->dropout_active = false;
-    m->dropout_counter++;
+    const struct head_pass hp = {.mode = HEAD_LOSS_AND_GRAD, .grad_scale = (float)(1.0 / (double)denominator)};
+    head_forward_backward(m, b->labels, &rn, &hp, &loss, &correct);
+    blocks_backward(m, &rn);
+    training_done(m);
     *ret_loss_sum = loss;
     *ret_correct = correct;
+    return 0;
+}
+
+int lorad_model_forward_backward_rows(struct lorad_model *m, const struct lorad_batch *b, lorad_row_weights_fn weights,
+                                      void *ctx, double *ret_row_loss, int64_t *ret_row_correct,
+                                      struct lorad_error *err) {
+    assert(weights);
+    struct run rn;
+    int r = check_batch(m, b, &rn, err);
+    if (r < 0) return r;
+    double row_loss[b->B], row_weight[b->B];
+    int64_t row_correct[b->B];
+    memset(row_loss, 0, sizeof row_loss);
+    memset(row_correct, 0, sizeof row_correct);
+    training_forward(m, b, &rn);
+    /* The weights depend on every chunk's loss, and the logits of a chunk do not outlive it, so
+     * the head runs twice: once for the losses the weights are computed from, once more for the
+     * gradient. Both see the same activations and the same dropout masks (the counter moves only
+     * in training_done), so the losses reported are those the gradient is taken of. */
+    double loss;
+    int64_t correct;
+    const struct head_pass first = {.mode = HEAD_LOSS, .row_loss = row_loss, .row_correct = row_correct};
+    head_forward_backward(m, b->labels, &rn, &first, &loss, &correct);
+    if ((r = weights(ctx, row_loss, b->B, row_weight)) < 0) {
+        training_done(m);
+        return lorad_error_set(err, r, "", "the row weights could not be computed");
+    }
+    for (int i = 0; i < b->B; i++) {
+        if (!isfinite(row_weight[i])) {
+            training_done(m);
+            return lorad_error_set(err, -ERANGE, "", "row %d has weight %g", i, row_weight[i]);
+        }
+        m->row_weight[i] = (float)row_weight[i];
+    }
+    const struct head_pass second = {.mode = HEAD_LOSS_AND_GRAD, .row_weight = m->row_weight};
+    head_forward_backward(m, b->labels, &rn, &second, &loss, &correct);
+    blocks_backward(m, &rn);
+    training_done(m);
+    memcpy(ret_row_loss, row_loss, sizeof row_loss);
+    if (ret_row_correct) memcpy(ret_row_correct, row_correct, sizeof row_correct);
     return 0;
 }
 
@@ -720,10 +807,33 @@ int lorad_model_eval(struct lorad_model *m, const struct lorad_batch *b, double 
     model_forward(m, b, &rn);
     double loss;
     int64_t correct;
-    head_forward_backward(m, b->labels, &rn, HEAD_LOSS, 0.0f, &loss, &correct);
+    const struct head_pass hp = {.mode = HEAD_LOSS};
+    head_forward_backward(m, b->labels, &rn, &hp, &loss, &correct);
     *ret_loss_sum = loss;
     *ret_correct = correct;
     *ret_tokens = lorad_count_labels(b->labels, rn.N);
+    return 0;
+}
+
+int lorad_model_eval_rows(struct lorad_model *m, const struct lorad_batch *b, bool use_adapter, double *ret_row_loss,
+                          int64_t *ret_row_correct, struct lorad_error *err) {
+    struct run rn;
+    int r = check_batch(m, b, &rn, err);
+    if (r < 0) return r;
+    double row_loss[b->B];
+    int64_t row_correct[b->B];
+    memset(row_loss, 0, sizeof row_loss);
+    memset(row_correct, 0, sizeof row_correct);
+    m->dropout_active = false;
+    m->lora_enabled = use_adapter;
+    model_forward(m, b, &rn);
+    double loss;
+    int64_t correct;
+    const struct head_pass hp = {.mode = HEAD_LOSS, .row_loss = row_loss, .row_correct = row_correct};
+    head_forward_backward(m, b->labels, &rn, &hp, &loss, &correct);
+    m->lora_enabled = true;
+    memcpy(ret_row_loss, row_loss, sizeof row_loss);
+    if (ret_row_correct) memcpy(ret_row_correct, row_correct, sizeof row_correct);
     return 0;
 }
 

@@ -75,6 +75,29 @@ int lorad_model_forward_backward(struct lorad_model *m, const struct lorad_batch
 int lorad_model_eval(struct lorad_model *m, const struct lorad_batch *b, double *ret_loss_sum,
                      int64_t *ret_correct, int64_t *ret_tokens, struct lorad_error *err);
 
+/* Called by lorad_model_forward_backward_rows between its forward and its backward pass with
+ * each row's CE sum (B) (minus the row's log-probability of its labels, under the dropout masks
+ * the backward uses); writes each row's weight (B). 0, or -errno to fail the call. */
+typedef int (*lorad_row_weights_fn)(void *ctx, const double *row_loss, int B, double *ret_weights);
+
+/* Forward and backward of one micro-batch with dropout active, for losses that are a function of
+ * whole rows (DPO): the gradient of sum over rows of w_row * (the row's CE sum) is ADDED into the
+ * grad buffer, where weights(ctx, ...) gives w from the forward's per-row CE sums. The head runs
+ * twice (the weights need every row's loss before any gradient), an extra LM-head forward per
+ * call. ret_row_loss (B) = the per-row CE sums the weights were computed from, ret_row_correct
+ * (B; may be NULL) the per-row argmax hits; both written only on success. Advances the dropout
+ * counter like lorad_model_forward_backward. -EINVAL on bad input (named as there), the
+ * callback's error, or -ERANGE for a weight that is not finite. */
+int lorad_model_forward_backward_rows(struct lorad_model *m, const struct lorad_batch *b, lorad_row_weights_fn weights,
+                                      void *ctx, double *ret_row_loss, int64_t *ret_row_correct,
+                                      struct lorad_error *err);
+
+/* Forward only, no dropout, no gradients, with the adapter on or (use_adapter false) off, i.e. the
+ * base model: per-row CE sums ret_row_loss (B) and argmax hits ret_row_correct (B; may be NULL),
+ * written only on success. */
+int lorad_model_eval_rows(struct lorad_model *m, const struct lorad_batch *b, bool use_adapter, double *ret_row_loss,
+                          int64_t *ret_row_correct, struct lorad_error *err);
+
 /* Inference for batch 1 with the KV cache, through the training forward's own kernels: appends
  * tokens (n) at positions cache_len.. and writes the logits (V) of the last one. Generation and
  * serving use engine/infer/decoder.h; this path stays as the independent forward the decoder's

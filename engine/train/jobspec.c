@@ -27,6 +27,7 @@ struct field {
 
 static const char *const schedule_names[] = {"constant", "linear", "cosine", NULL};
 static const char *const init_names[] = {"kaiming", "gaussian", NULL};
+static const char *const method_names[] = {"supervised", "dpo", NULL};
 
 #define HP(f) offsetof(struct lorad_job_spec, hp.f)
 static const struct field hyperparameter_fields[] = {
@@ -53,6 +54,11 @@ static const struct field hyperparameter_fields[] = {
     {"threads", F_INT, HP(threads), 1, 256, false, false, true, 0, true, NULL},
 };
 #undef HP
+
+/* The hyperparameters only DPO has (method.dpo.hyperparameters), beside the shared ones. */
+static const struct field dpo_fields[] = {
+    {"beta", F_NUM, offsetof(struct lorad_job_spec, method.beta), 0, 10, true, false, false, 0.1, false, NULL},
+};
 
 #define LO(f) offsetof(struct lorad_job_spec, lora.f)
 static const struct field lora_fields[] = {
@@ -255,6 +261,8 @@ static void spec_defaults(struct lorad_job_spec *s) {
     for (size_t i = 0; i < N(hyperparameter_fields); i++) set_default(s, &hyperparameter_fields[i]);
     for (size_t i = 0; i < N(lora_fields); i++) set_default(s, &lora_fields[i]);
     for (size_t i = 0; i < N(data_fields); i++) set_default(s, &data_fields[i]);
+    for (size_t i = 0; i < N(dpo_fields); i++) set_default(s, &dpo_fields[i]);
+    s->method.type = LORAD_METHOD_SUPERVISED;
     for (size_t i = 0; i < N(default_targets); i++)
         snprintf(s->lora.targets[s->lora.n_targets++], sizeof s->lora.targets[0], "%s", default_targets[i]);
 }
@@ -281,39 +289,138 @@ static int parse_hyperparameters(struct lorad_job_spec *s, const json_t *hp, con
     return apply_lr_multiplier(s, hp, prefix, err);
 }
 
-static int parse_method(struct lorad_job_spec *s, const json_t *method, bool have_top_hp, struct lorad_error *err) {
+/* Whether field f holds the same value in a and b. */
+static bool field_equal(const struct lorad_job_spec *a, const struct lorad_job_spec *b, const struct field *f) {
+    const char *pa = (const char *)a + f->offset, *pb = (const char *)b + f->offset;
+    switch (f->type) {
+    case F_INT:
+    case F_ENUM: return *(const int *)pa == *(const int *)pb;
+    case F_INT64: return *(const int64_t *)pa == *(const int64_t *)pb;
+    case F_NUM: return *(const double *)pa == *(const double *)pb;
+    case F_BOOL: return *(const bool *)pa == *(const bool *)pb;
+    }
+    return false;
+}
+
+/* Whether hp (an object or NULL) gives hyperparameter f (learning_rate also as its multiplier). */
+static bool gives(const json_t *hp, const struct field *f) {
+    if (!hp) return false;
+    if (json_object_get(hp, f->name)) return true;
+    return strcmp(f->name, "learning_rate") == 0 && json_object_get(hp, "learning_rate_multiplier");
+}
+
+/* The hyperparameters of method.<type> (at prefix) applied to s, which holds the top-level ones
+ * of top_hp (NULL when none): beta for DPO, the shared ones otherwise, each of which must agree
+ * with the top level where both give it (OpenAI's job object echoes both, and so does ours). */
+static int parse_method_hyperparameters(struct lorad_job_spec *s, const json_t *hp, const json_t *top_hp,
+                                        const char *prefix, struct lorad_error *err) {
+    if (!json_is_object(hp)) return lorad_error_set(err, -EINVAL, prefix, "%s must be an object", prefix);
+    json_t *shared = json_copy((json_t *)hp); /* shallow: only its keys change */
+    if (!shared) return lorad_error_set(err, -ENOMEM, "", "out of memory");
+    char path[256];
+    int r = 0;
+    for (size_t i = 0; r == 0 && s->method.type == LORAD_METHOD_DPO && i < N(dpo_fields); i++) {
+        const json_t *v = json_object_get(hp, dpo_fields[i].name);
+        if (!v) continue;
+        join_path(path, sizeof path, prefix, dpo_fields[i].name);
+        r = set_field(s, &dpo_fields[i], v, path, err);
+        json_object_del(shared, dpo_fields[i].name);
+    }
+    struct lorad_job_spec here;
+    spec_defaults(&here);
+    if (r == 0) r = parse_hyperparameters(&here, shared, prefix, err);
+    for (size_t i = 0; r == 0 && i < N(hyperparameter_fields); i++) {
+        const struct field *f = &hyperparameter_fields[i];
+        if (!gives(shared, f) || !gives(top_hp, f) || field_equal(s, &here, f)) continue;
+        join_path(path, sizeof path, prefix, f->name);
+        r = lorad_error_set(err, -EINVAL, path,
+                            "%s disagrees with hyperparameters.%s; give it in one place (method's hyperparameters "
+                            "replace the deprecated top-level ones)",
+                            path, f->name);
+    }
+    if (r == 0) r = parse_hyperparameters(s, shared, prefix, err);
+    json_decref(shared);
+    return r;
+}
+
+static int parse_method(struct lorad_job_spec *s, const json_t *method, const json_t *top_hp, struct lorad_error *err) {
     if (!json_is_object(method)) return lorad_error_set(err, -EINVAL, "method", "method must be an object");
+    const json_t *type = json_object_get(method, "type");
+    if (!type) return lorad_error_set(err, -EINVAL, "method.type", "missing required key 'method.type'");
+    int t = -1;
+    for (int i = 0; json_is_string(type) && method_names[i]; i++)
+        if (strcmp(json_string_value(type), method_names[i]) == 0) t = i;
+    if (t < 0) {
+        if (json_is_string(type) && strcmp(json_string_value(type), "reinforcement") == 0)
+            return lorad_error_set(err, -EINVAL, "method.type",
+                                   "method.type \"reinforcement\" is not supported; lorad trains \"supervised\" and "
+                                   "\"dpo\"");
+        return lorad_error_set(err, -EINVAL, "method.type", "method.type must be \"supervised\" or \"dpo\"");
+    }
+    const char *name = method_names[t];
     const char *key;
     const json_t *v;
     json_object_foreach((json_t *)method, key, v) {
-        if (strcmp(key, "type") != 0 && strcmp(key, "supervised") != 0) {
-            char path[128];
-            snprintf(path, sizeof path, "method.%s", key);
-            if (strcmp(key, "dpo") == 0 || strcmp(key, "reinforcement") == 0)
-                return lorad_error_set(err, -EINVAL, path, "method '%s' is not supported; lorad trains supervised", key);
-            return lorad_error_set(err, -EINVAL, path, "unknown key '%s'", path);
-        }
+        if (strcmp(key, "type") == 0 || strcmp(key, name) == 0) continue;
+        char path[128];
+        snprintf(path, sizeof path, "method.%.100s", key);
+        bool other = strcmp(key, "reinforcement") == 0;
+        for (int i = 0; method_names[i]; i++) other |= strcmp(key, method_names[i]) == 0;
+        if (other)
+            return lorad_error_set(err, -EINVAL, path, "%s does not apply to method.type \"%s\"", path, name);
+        return lorad_error_set(err, -EINVAL, path, "unknown key '%s'", path);
     }
-    const json_t *type = json_object_get(method, "type");
-    if (!json_is_string(type) || strcmp(json_string_value(type), "supervised") != 0)
-        return lorad_error_set(err, -EINVAL, "method.type", "method.type must be \"supervised\"");
-    const json_t *sup = json_object_get(method, "supervised");
-    if (!sup || json_is_null(sup)) return 0;
-    if (!json_is_object(sup))
-        return lorad_error_set(err, -EINVAL, "method.supervised", "method.supervised must be an object");
-    json_object_foreach((json_t *)sup, key, v) {
+    s->method.type = (enum lorad_train_method)t;
+    const json_t *body = json_object_get(method, name);
+    if (!body || json_is_null(body)) return 0;
+    char prefix[128];
+    snprintf(prefix, sizeof prefix, "method.%s", name);
+    if (!json_is_object(body)) return lorad_error_set(err, -EINVAL, prefix, "%s must be an object", prefix);
+    json_object_foreach((json_t *)body, key, v) {
         if (strcmp(key, "hyperparameters") != 0) {
-            char path[128];
-            snprintf(path, sizeof path, "method.supervised.%s", key);
+            char path[256];
+            snprintf(path, sizeof path, "%s.%.100s", prefix, key);
             return lorad_error_set(err, -EINVAL, path, "unknown key '%s'", path);
         }
     }
-    const json_t *hp = json_object_get(sup, "hyperparameters");
+    const json_t *hp = json_object_get(body, "hyperparameters");
     if (!hp || json_is_null(hp)) return 0;
-    if (have_top_hp)
-        return lorad_error_set(err, -EINVAL, "method.supervised.hyperparameters",
-                               "give hyperparameters at the top level or in method.supervised, not both");
-    return parse_hyperparameters(s, hp, "method.supervised.hyperparameters", err);
+    snprintf(prefix, sizeof prefix, "method.%s.hyperparameters", name);
+    return parse_method_hyperparameters(s, hp, top_hp, prefix, err);
+}
+
+/* Where the job gave hyperparameter `name`: in method's hyperparameters or at the top level. */
+static void hyperparameter_param(char *out, size_t n, const json_t *body, const struct lorad_job_spec *s,
+                                 const char *name) {
+    const char *m = method_names[s->method.type];
+    const json_t *hp = json_object_get(json_object_get(json_object_get(body, "method"), m), "hyperparameters");
+    if (json_is_object(hp) && json_object_get(hp, name)) snprintf(out, n, "method.%s.hyperparameters.%s", m, name);
+    else snprintf(out, n, "hyperparameters.%s", name);
+}
+
+/* The choices that do not go together with the method. */
+static int check_method(const struct lorad_job_spec *s, const json_t *body, struct lorad_error *err) {
+    char path[128];
+    if (s->method.type == LORAD_METHOD_SUPERVISED) {
+        if (s->data_format == LORAD_DATA_PREFERENCE)
+            return lorad_error_set(err, -EINVAL, "data.format",
+                                   "data.format \"preference\" trains with method.type \"dpo\"");
+        return 0;
+    }
+    if (s->data_format != LORAD_DATA_AUTO && s->data_format != LORAD_DATA_PREFERENCE)
+        return lorad_error_set(err, -EINVAL, "data.format",
+                               "method dpo trains on preference pairs: data.format must be \"preference\" or \"auto\", "
+                               "not \"%s\"", lorad_data_format_name(s->data_format));
+    if (s->hp.packing) {
+        hyperparameter_param(path, sizeof path, body, s, "packing");
+        return lorad_error_set(err, -EINVAL, path, "%s: a DPO pair's two rows are compared, not packed; use false", path);
+    }
+    if (s->hp.train_on_input) {
+        hyperparameter_param(path, sizeof path, body, s, "train_on_input");
+        return lorad_error_set(err, -EINVAL, path,
+                               "%s: DPO compares the log-probabilities of the outputs alone; use false", path);
+    }
+    return 0;
 }
 
 int lorad_job_spec_parse(const json_t *body, struct lorad_job_spec *ret_spec, struct lorad_error *err) {
@@ -363,12 +470,16 @@ int lorad_job_spec_parse(const json_t *body, struct lorad_job_spec *ret_spec, st
     const json_t *hp = json_object_get(body, "hyperparameters");
     bool have_top_hp = hp && !json_is_null(hp);
     if (have_top_hp && (r = parse_hyperparameters(&s, hp, "hyperparameters", err)) < 0) return r;
+    if (have_top_hp && json_object_get(hp, "beta"))
+        return lorad_error_set(err, -EINVAL, "hyperparameters.beta",
+                               "hyperparameters.beta belongs in method.dpo.hyperparameters");
     v = json_object_get(body, "method");
-    if (v && !json_is_null(v) && (r = parse_method(&s, v, have_top_hp, err)) < 0) return r;
+    if (v && !json_is_null(v) && (r = parse_method(&s, v, have_top_hp ? hp : NULL, err)) < 0) return r;
     v = json_object_get(body, "lora");
     if (v && !json_is_null(v) && (r = parse_lora(&s, v, err)) < 0) return r;
     v = json_object_get(body, "data");
     if (v && !json_is_null(v) && (r = parse_object(&s, v, data_fields, N(data_fields), "data", NULL, err)) < 0) return r;
+    if ((r = check_method(&s, body, err)) < 0) return r;
 
     const json_t *meta = json_object_get(body, "metadata");
     s.metadata = meta && !json_is_null(meta) ? json_deep_copy(meta) : NULL;
@@ -403,6 +514,19 @@ static json_t *string_or_null(const char *s) {
     return s[0] ? json_string(s) : json_null();
 }
 
+/* {"type": T, T: {"hyperparameters": {...}}} as OpenAI's job object has it. NULL on ENOMEM. */
+static json_t *method_json(const struct lorad_job_spec *s) {
+    json_t *hp = fields_json(s, hyperparameter_fields, N(hyperparameter_fields));
+    for (size_t i = 0; hp && s->method.type == LORAD_METHOD_DPO && i < N(dpo_fields); i++)
+        if (json_object_set_new(hp, dpo_fields[i].name, field_json(s, &dpo_fields[i])) < 0) {
+            json_decref(hp);
+            hp = NULL;
+        }
+    if (!hp) return NULL;
+    const char *name = method_names[s->method.type];
+    return json_pack("{s:s, s:{s:o}}", "type", name, name, "hyperparameters", hp);
+}
+
 json_t *lorad_job_spec_to_json(const struct lorad_job_spec *s) {
     json_t *hp = fields_json(s, hyperparameter_fields, N(hyperparameter_fields));
     json_t *lora = fields_json(s, lora_fields, N(lora_fields));
@@ -414,19 +538,21 @@ json_t *lorad_job_spec_to_json(const struct lorad_job_spec *s) {
         targets = NULL;
         json_object_set_new(lora, "init_adapter", string_or_null(s->lora.init_adapter));
     }
-    if (!hp || !lora || !data) {
+    json_t *method = method_json(s);
+    if (!hp || !lora || !data || !method) {
         json_decref(hp);
         json_decref(lora);
         json_decref(data);
         json_decref(targets);
+        json_decref(method);
         return NULL;
     }
     /* "o" steals each reference even when json_pack fails, so nothing is released here after it. */
-    json_t *o = json_pack("{s:s, s:s, s:o, s:I, s:o, s:o, s:o, s:o, s:o}", "model", s->model, "training_file",
+    json_t *o = json_pack("{s:s, s:s, s:o, s:I, s:o, s:o, s:o, s:o, s:o, s:o}", "model", s->model, "training_file",
                           s->training_file, "validation_file", string_or_null(s->validation_file), "seed",
                           (json_int_t)s->seed, "suffix", string_or_null(s->suffix), "metadata",
-                          s->metadata ? json_deep_copy(s->metadata) : json_null(), "hyperparameters", hp, "lora",
-                          lora, "data", data);
+                          s->metadata ? json_deep_copy(s->metadata) : json_null(), "hyperparameters", hp, "method",
+                          method, "lora", lora, "data", data);
     json_decref(targets);
     return o;
 }
@@ -437,6 +563,10 @@ void lorad_job_spec_clear(struct lorad_job_spec *spec) {
 }
 
 const char *lorad_lr_schedule_name(enum lorad_lr_schedule s) { return schedule_names[s]; }
+const char *lorad_train_method_name(enum lorad_train_method t) { return method_names[t]; }
+int lorad_job_rows_per_example(const struct lorad_job_spec *spec) {
+    return spec->method.type == LORAD_METHOD_DPO ? 2 : 1;
+}
 
 int lorad_job_lora_config(const struct lorad_job_spec *spec, struct lorad_lora_config *ret_config,
                           struct lorad_error *err) {

@@ -4,9 +4,12 @@
  * Accepted shape (OpenAI's names where OpenAI has one):
  *   {"model", "training_file", "validation_file"?, "seed"?, "suffix"?, "metadata"?,
  *    "hyperparameters"?: {...}, "lora"?: {...}, "data"?: {...},
- *    "method"?: {"type": "supervised", "supervised": {"hyperparameters": {...}}}}
- * Every hyperparameter may be given as "auto", meaning its default. Unknown keys are errors that
- * name the key. The defaults and bounds are the table in jobspec.c (documented in openapi.yaml). */
+ *    "method"?: {"type": "supervised", "supervised"?: {"hyperparameters": {...}}}
+ *             | {"type": "dpo", "dpo"?: {"hyperparameters": {"beta"?, ...}}}}
+ * The method's hyperparameters are the top-level ones (which OpenAI deprecates but still takes)
+ * plus, for DPO, beta; a key given in both places must have the same value in both. Every
+ * hyperparameter may be given as "auto", meaning its default. Unknown keys are errors that name
+ * the key. The defaults and bounds are the tables in jobspec.c (documented in openapi.yaml). */
 #pragma once
 #include <jansson.h>
 #include <stdbool.h>
@@ -57,6 +60,16 @@ struct lorad_lora_spec {
     char init_adapter[LORAD_JOB_REF_MAX];  /* "" = none */
 };
 
+enum lorad_train_method {
+    LORAD_METHOD_SUPERVISED = 0, /* mean token cross-entropy of the trained tokens */
+    LORAD_METHOD_DPO,            /* preference pairs (engine/train/dpo.h); the data must be "preference" */
+};
+
+struct lorad_method_spec {
+    enum lorad_train_method type;
+    double beta; /* DPO: the KL penalty's strength, (0, 10], default 0.1 */
+};
+
 struct lorad_job_spec {
     char model[LORAD_JOB_REF_MAX];
     char training_file[LORAD_JOB_REF_MAX];
@@ -65,6 +78,7 @@ struct lorad_job_spec {
     char suffix[LORAD_JOB_SUFFIX_MAX + 1];   /* "" = none */
     json_t *metadata;                        /* owned; NULL = none */
     struct lorad_hyperparameters hp;
+    struct lorad_method_spec method;
     struct lorad_lora_spec lora;
     enum lorad_data_format data_format;
     enum lorad_chat_template template;
@@ -76,9 +90,10 @@ struct lorad_job_spec {
  * lorad_job_spec_clear(). */
 int lorad_job_spec_parse(const json_t *body, struct lorad_job_spec *ret_spec, struct lorad_error *err);
 
-/* The normalised spec as JSON in the canonical shape above (every default filled in, no "method"
- * wrapper, nulls where a field is off). A new reference owned by the caller; NULL on ENOMEM.
- * Parsing this JSON again yields the same spec. */
+/* The normalised spec as JSON in the canonical shape above (every default filled in, nulls where
+ * a field is off), with the hyperparameters both at the top level and, as OpenAI's job object
+ * echoes them, in "method": {"type": T, T: {"hyperparameters": {..., "beta" for dpo}}}. A new
+ * reference owned by the caller; NULL on ENOMEM. Parsing this JSON again yields the same spec. */
 json_t *lorad_job_spec_to_json(const struct lorad_job_spec *spec);
 
 /* The engine's LoRA config for the spec's lora block (targets parsed into the module bit set).
@@ -90,3 +105,7 @@ int lorad_job_lora_config(const struct lorad_job_spec *spec, struct lorad_lora_c
 void lorad_job_spec_clear(struct lorad_job_spec *spec);
 
 const char *lorad_lr_schedule_name(enum lorad_lr_schedule s);
+/* "supervised" or "dpo". */
+const char *lorad_train_method_name(enum lorad_train_method t);
+/* Model rows per batch_size unit: a DPO pair is two rows (its two outputs). */
+int lorad_job_rows_per_example(const struct lorad_job_spec *spec);

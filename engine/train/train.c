@@ -23,6 +23,7 @@
 #include "adapter_apply.h"
 #include "adapter_read.h"
 #include "checkpoint_dir.h"
+#include "dpo.h"
 #include "fsutil.h"
 #include "model.h"
 #include "model_file.h"
@@ -64,7 +65,8 @@ struct run {
     char spec_hash[17];
 
     int64_t total_steps;
-    int rows_per_micro;    /* batch_size */
+    int rows_per_micro;    /* batch_size: plan rows (records, or packed rows) per micro-batch */
+    int rows_per_example;  /* model rows per plan row: 2 for DPO (a pair's two outputs), else 1 */
     int micro_per_step;    /* gradient_accumulation_steps */
     struct lorad_epoch_plan plan;
     int plan_epoch;        /* epoch plan currently holds; -1 none */
@@ -116,6 +118,23 @@ static int load_tokenizer(struct run *r) {
 
 /* ---- data ----------------------------------------------------------------------------------- */
 
+/* A DPO job trains on preference pairs and a supervised one on anything else; the file is named
+ * by param. */
+static int check_corpus_method(struct run *r, const struct lorad_corpus *c, const char *path, const char *param) {
+    bool pairs = lorad_corpus_format(c) == LORAD_DATA_PREFERENCE;
+    if (r->spec->method.type == LORAD_METHOD_DPO && !pairs)
+        return lorad_error_set(r->err, -EINVAL, param,
+                               "%s: method dpo trains on preference pairs ({\"input\", \"preferred_output\", "
+                               "\"non_preferred_output\"} lines), but the file is %s data",
+                               path, lorad_data_format_name(lorad_corpus_format(c)));
+    if (r->spec->method.type != LORAD_METHOD_DPO && pairs)
+        return lorad_error_set(r->err, -EINVAL, param,
+                               "%s holds preference pairs, which train with method.type \"dpo\" (this job is %s)",
+                               path, lorad_train_method_name(r->spec->method.type));
+    assert(lorad_corpus_rows_per_record(c) == r->rows_per_example);
+    return 0;
+}
+
 static int open_corpora(struct run *r) {
     const struct lorad_hyperparameters *hp = &r->spec->hp;
     enum lorad_chat_template tmpl = lorad_encoder_template(&r->enc, r->spec->template);
@@ -129,10 +148,11 @@ static int open_corpora(struct run *r) {
         if (!r->err->param[0]) snprintf(r->err->param, sizeof r->err->param, "training_file");
         return rc;
     }
-    say(r, "info", "training data: %" PRId64 " samples (%s, template %s), %" PRId64 " tokens, %" PRId64
-        " truncated to %d", lorad_corpus_size(r->train), lorad_data_format_name(lorad_corpus_format(r->train)),
-        lorad_chat_template_name(tmpl), lorad_corpus_tokens(r->train), lorad_corpus_truncated(r->train),
-        hp->max_seq_len);
+    if ((rc = check_corpus_method(r, r->train, r->opt->training_path, "training_file")) < 0) return rc;
+    say(r, "info", "training data: %" PRId64 " %s (%s, template %s), %" PRId64 " tokens, %" PRId64
+        " truncated to %d", lorad_corpus_size(r->train), r->rows_per_example > 1 ? "pairs" : "samples",
+        lorad_data_format_name(lorad_corpus_format(r->train)), lorad_chat_template_name(tmpl),
+        lorad_corpus_tokens(r->train), lorad_corpus_truncated(r->train), hp->max_seq_len);
     if (r->res->train_report.n_invalid > 0)
         say(r, "warning", "skipped %" PRId64 " invalid lines of the training file", r->res->train_report.n_invalid);
     r->res->truncated = lorad_corpus_truncated(r->train);
@@ -144,6 +164,7 @@ static int open_corpora(struct run *r) {
             if (!r->err->param[0]) snprintf(r->err->param, sizeof r->err->param, "validation_file");
             return rc;
         }
+        if ((rc = check_corpus_method(r, r->valid, r->opt->validation_path, "validation_file")) < 0) return rc;
     } else if (hp->eval_every_steps > 0 && lorad_corpus_size(r->train) >= 2) {
         /* A held-out tenth (at least one sample, at most 1000) measures generalisation. */
         int64_t n = lorad_corpus_size(r->train) / 10;
@@ -222,7 +243,7 @@ static int build_model(struct run *r) {
     int rc = lorad_job_lora_config(s, &lc, r->err);
     if (rc < 0) return rc;
     struct lorad_run_options ro = {.threads = r->threads,
-                                   .max_batch = r->rows_per_micro,
+                                   .max_batch = r->rows_per_micro * r->rows_per_example,
                                    .max_seq = s->hp.max_seq_len,
                                    .activation_checkpointing = s->hp.activation_checkpointing,
                                    .seed = (uint64_t)s->seed,
@@ -260,7 +281,7 @@ static int build_model(struct run *r) {
     r->micro = calloc((size_t)r->micro_per_step, sizeof *r->micro);
     if (!r->micro) return lorad_error_set(r->err, -ENOMEM, "", "out of memory for batches");
     for (int k = 0; k < r->micro_per_step; k++)
-        if (lorad_batch_alloc(&r->micro[k], r->rows_per_micro, s->hp.max_seq_len) < 0)
+        if (lorad_batch_alloc(&r->micro[k], r->rows_per_micro * r->rows_per_example, s->hp.max_seq_len) < 0)
             return lorad_error_set(r->err, -ENOMEM, "", "out of memory for batches");
     return 0;
 }
@@ -332,6 +353,9 @@ static void hash_spec(struct run *r) {
     json_t *j = lorad_job_spec_to_json(r->spec);
     json_t *hp = j ? json_object_get(j, "hyperparameters") : NULL;
     if (hp) json_object_del(hp, "compute_dtype");
+    /* A supervised job's method echoes its hyperparameters and nothing else: without it the hash
+     * stays that of checkpoints written before "method" was echoed. */
+    if (j && r->spec->method.type == LORAD_METHOD_SUPERVISED) json_object_del(j, "method");
     char *s = j ? json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
     uint64_t h = 1469598103934665603ull;
     for (const char *p = s ? s : ""; *p; p++) h = (h ^ (uint8_t)*p) * 1099511628211ull;
@@ -523,11 +547,17 @@ static int evaluate(struct run *r, double *ret_loss, double *ret_acc) {
     if (rc < 0) return lorad_error_set(r->err, rc, "", "cannot plan validation");
     double loss = 0;
     int64_t correct = 0, tokens = 0;
+    struct lorad_dpo_sums dpo = {0};
     struct lorad_batch *b = &r->micro[0];
     for (int64_t row = 0; row < p.n_rows && rc == 0; row += r->rows_per_micro) {
         int n = (int)(p.n_rows - row < r->rows_per_micro ? p.n_rows - row : r->rows_per_micro);
         rc = lorad_batch_fill(b, r->valid, &p, row, n, r->err);
         if (rc < 0) break;
+        if (r->rows_per_example > 1) {
+            /* DPO: the mean pair loss, and the token accuracy over the preferred outputs */
+            rc = lorad_dpo_eval(r->model, b, r->spec->method.beta, &dpo, &correct, &tokens, r->err);
+            continue;
+        }
         double l;
         int64_t c, t;
         rc = lorad_model_eval(r->model, b, &l, &c, &t, r->err);
@@ -538,14 +568,20 @@ static int evaluate(struct run *r, double *ret_loss, double *ret_acc) {
     }
     lorad_epoch_plan_clear(&p);
     if (rc < 0) return rc;
+    if (r->rows_per_example > 1) {
+        *ret_loss = dpo.pairs ? dpo.loss / (double)dpo.pairs : 0;
+        *ret_acc = tokens ? (double)correct / (double)tokens : 0;
+        return 0;
+    }
     *ret_loss = tokens ? loss / (double)tokens : 0;
     *ret_acc = tokens ? (double)correct / (double)tokens : 0;
     return 0;
 }
 
 /* One optimiser step: up to micro_per_step micro-batches from the cursor, normalised by the
- * labels of the whole step (torchtune), then AdamW. With several processes each fills its share
- * of every micro-batch's rows; label counts, losses and gradients are summed across them. */
+ * labels of the whole step (torchtune), or for DPO by its pairs, then AdamW. With several
+ * processes each fills its share of every micro-batch's rows; label counts, losses and gradients
+ * are summed across them. */
 static int train_step(struct run *r, struct lorad_step_metrics *m) {
     int rc;
     for (;;) {
@@ -556,8 +592,9 @@ static int train_step(struct run *r, struct lorad_step_metrics *m) {
     }
     const struct lorad_train_collective *coll = collective_of(r);
     int rank = coll ? coll->rank : 0, world = coll ? coll->world_size : 1;
+    bool dpo = r->rows_per_example > 1;
     int n_micro = 0;
-    int64_t denom = 0, tokens = 0;
+    int64_t denom = 0, tokens = 0, pairs = 0;
     bool mine[r->micro_per_step];
     for (int k = 0; k < r->micro_per_step && r->cur.row < r->plan.n_rows; k++) {
         int64_t left = r->plan.n_rows - r->cur.row;
@@ -566,11 +603,12 @@ static int train_step(struct run *r, struct lorad_step_metrics *m) {
         mine[k] = e > b;
         if (mine[k]) {
             if ((rc = lorad_batch_fill(&r->micro[k], r->train, &r->plan, b, (int)(e - b), r->err)) < 0) return rc;
-            r->micro[k].row0 = b - r->cur.row;
+            r->micro[k].row0 = (b - r->cur.row) * r->rows_per_example;
             denom += r->micro[k].n_labels;
             tokens += r->micro[k].n_tokens;
         }
         r->cur.row += n;
+        pairs += n; /* every process counts every pair of the step: the DPO loss is their mean */
         n_micro++;
     }
     double counts[2] = {(double)denom, (double)tokens}; /* exact: both far below 2^53 */
@@ -578,15 +616,26 @@ static int train_step(struct run *r, struct lorad_step_metrics *m) {
     denom = (int64_t)counts[0];
     tokens = (int64_t)counts[1];
     double loss = 0;
-    int64_t correct = 0;
+    int64_t correct = 0, chosen_labels = 0;
+    struct lorad_dpo_sums ds = {0};
     /* Micro-batch k draws dropout stream first_stream + k on every process, whether or not this
      * one holds any of its rows, so the masks do not depend on the number of processes. */
     uint64_t first_stream = lorad_model_dropout_counter(r->model);
     for (int k = 0; k < n_micro; k++) {
         if (!mine[k]) continue;
+        lorad_model_set_dropout_counter(r->model, first_stream + (uint64_t)k);
+        if (dpo) {
+            rc = lorad_dpo_forward_backward(r->model, &r->micro[k], r->spec->method.beta, 1.0 / (double)pairs, &ds,
+                                            &correct, &chosen_labels, r->err);
+            if (rc == -ERANGE) /* a weight was not finite: the policy's log-probabilities were not */
+                return lorad_error_set(r->err, rc, "hyperparameters.learning_rate",
+                                       "the loss became NaN/inf at step %" PRId64 ": lower the learning rate",
+                                       r->cur.step + 1);
+            if (rc < 0) return rc;
+            continue;
+        }
         double l;
         int64_t c;
-        lorad_model_set_dropout_counter(r->model, first_stream + (uint64_t)k);
         rc = lorad_model_forward_backward(r->model, &r->micro[k], denom > 0 ? denom : 1, &l, &c, r->err);
         if (rc < 0) return rc;
         loss += l;
@@ -596,10 +645,20 @@ static int train_step(struct run *r, struct lorad_step_metrics *m) {
     if (coll) {
         size_t n_grads;
         float *grads = lorad_model_grads(r->model, &n_grads);
-        double sums[2] = {loss, (double)correct};
-        if ((rc = sum_f32(r, grads, n_grads, "gradients")) < 0 || (rc = sum_f64(r, sums, 2, "losses")) < 0) return rc;
-        loss = sums[0];
-        correct = (int64_t)sums[1];
+        if ((rc = sum_f32(r, grads, n_grads, "gradients")) < 0) return rc;
+        if (dpo) {
+            double sums[7] = {ds.loss, ds.margin, ds.chosen, ds.rejected, (double)ds.correct, (double)correct,
+                              (double)chosen_labels};
+            if ((rc = sum_f64(r, sums, 7, "losses")) < 0) return rc;
+            ds = (struct lorad_dpo_sums){sums[0], sums[1], sums[2], sums[3], (int64_t)sums[4], pairs};
+            correct = (int64_t)sums[5];
+            chosen_labels = (int64_t)sums[6];
+        } else {
+            double sums[2] = {loss, (double)correct};
+            if ((rc = sum_f64(r, sums, 2, "losses")) < 0) return rc;
+            loss = sums[0];
+            correct = (int64_t)sums[1];
+        }
     }
     double norm, lr;
     rc = lorad_adamw_step(&r->adam, &r->ocfg, lorad_model_params(r->model, NULL), lorad_model_grads(r->model, NULL),
@@ -608,7 +667,8 @@ static int train_step(struct run *r, struct lorad_step_metrics *m) {
     r->cur.step++;
     r->cur.tokens_seen += tokens;
     r->steps_this_process++;
-    double train_loss = denom > 0 ? loss / (double)denom : 0;
+    double train_loss = dpo ? ds.loss / (double)pairs : denom > 0 ? loss / (double)denom : 0;
+    int64_t acc_denom = dpo ? chosen_labels : denom;
     if (!isfinite(train_loss) || !isfinite(norm))
         return lorad_error_set(r->err, -ERANGE, "hyperparameters.learning_rate",
                                "the loss became %s at step %" PRId64 " (grad norm %g): lower the learning rate",
@@ -620,12 +680,17 @@ static int train_step(struct run *r, struct lorad_step_metrics *m) {
         .total_steps = r->total_steps,
         .epoch = r->cur.epoch + (double)r->cur.row / (double)r->plan.n_rows,
         .train_loss = train_loss,
-        .train_mean_token_accuracy = denom > 0 ? (double)correct / (double)denom : 0,
+        .train_mean_token_accuracy = acc_denom > 0 ? (double)correct / (double)acc_denom : 0,
         .lr = lr,
         .grad_norm = norm,
         .tokens_seen = r->cur.tokens_seen,
         .elapsed_s = r->cur.elapsed_before + run_s,
         .world_size = world,
+        .has_dpo = dpo,
+        .rewards_margin = dpo ? ds.margin / (double)pairs : 0,
+        .rewards_accuracy = dpo ? (double)ds.correct / (double)pairs : 0,
+        .rewards_chosen = dpo ? ds.chosen / (double)pairs : 0,
+        .rewards_rejected = dpo ? ds.rejected / (double)pairs : 0,
     };
     return 0;
 }
@@ -725,6 +790,7 @@ int lorad_train_run(const struct lorad_job_spec *spec, const struct lorad_train_
     struct run r = {.spec = spec, .opt = opt, .cb = cb, .res = ret_result, .err = err, .plan_epoch = -1,
                     .last_checkpoint_step = -1};
     r.rows_per_micro = spec->hp.batch_size;
+    r.rows_per_example = lorad_job_rows_per_example(spec);
     r.micro_per_step = spec->hp.gradient_accumulation_steps;
     r.threads = threads_for(&r);
     r.t_start = now_s();

@@ -45,8 +45,9 @@ int lorad_train_memory_estimate(struct lorad_memory_estimate *ret, const struct 
     if (lorad_compute_dtype_resolve(hp->compute_dtype, lorad_base_linears_bf16(&mf->weights), "compute_dtype", &compute,
                                     &ignored) < 0)
         compute = LORAD_COMPUTE_BFLOAT16;
+    int rows = hp->batch_size * lorad_job_rows_per_example(spec); /* a DPO pair is two rows */
     struct lorad_run_options ro = {.threads = threads,
-                                   .max_batch = hp->batch_size,
+                                   .max_batch = rows,
                                    .max_seq = hp->max_seq_len,
                                    .activation_checkpointing = hp->activation_checkpointing,
                                    .compute_dtype = compute};
@@ -55,7 +56,7 @@ int lorad_train_memory_estimate(struct lorad_memory_estimate *ret, const struct 
     int n_tensors;
     size_t n_params;
     lorad_lora_layout_size(&mf->weights.cfg, &lc, &n_tensors, &n_params);
-    int64_t step_tokens = (int64_t)hp->batch_size * hp->max_seq_len * hp->gradient_accumulation_steps;
+    int64_t step_tokens = (int64_t)rows * hp->max_seq_len * hp->gradient_accumulation_steps;
     struct lorad_memory_estimate e = {
         .base_weights = (int64_t)(mf->mapped_bytes + mf->owned_bytes),
         .activations = mm.activations,

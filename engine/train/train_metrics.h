@@ -2,8 +2,12 @@
  * One line per step:
  *   {"step","total_steps","epoch","train_loss","train_mean_token_accuracy","lr","grad_norm",
  *    "tokens_seen","tokens_per_s","elapsed_s","eta_s"[,"valid_loss","valid_mean_token_accuracy"]
+ *    [,"rewards_margin","rewards_accuracy","rewards_chosen","rewards_rejected"]
  *    [,"world_size"[,"collective_s","collective_bytes"]]} (these in metrics.jsonl, not in the
- *    API's metric objects) */
+ *    API's metric objects)
+ * For a DPO job train_loss and valid_loss are the mean DPO loss of the step's (or the validation
+ * set's) pairs, the token accuracies are over the preferred outputs' tokens, and the rewards_*
+ * are means over the step's pairs (engine/train/dpo.h). */
 #pragma once
 #include <jansson.h>
 #include <stdbool.h>
@@ -24,6 +28,11 @@ struct lorad_step_metrics {
     bool has_valid;      /* valid_* are set on evaluation steps */
     double valid_loss;
     double valid_mean_token_accuracy;
+    bool has_dpo;            /* rewards_* are set (method dpo) */
+    double rewards_margin;   /* mean of beta ((pi_c - ref_c) - (pi_r - ref_r)) */
+    double rewards_accuracy; /* fraction of pairs whose margin is > 0 */
+    double rewards_chosen;   /* mean of beta (pi_c - ref_c): log-probabilities of the preferred outputs */
+    double rewards_rejected; /* mean of beta (pi_r - ref_r): of the non-preferred outputs */
     int world_size;      /* processes the step was trained on (metrics.jsonl only; 0: not recorded) */
     /* With world_size > 1 (metrics.jsonl only): this process's seconds in the step's sums across
      * processes, waiting for the slower ones included, and the bytes it handed to them. */

@@ -804,7 +804,10 @@ static void write_metrics(const char *job, int from, int to, int total) {
             .step = s, .total_steps = total, .epoch = s / 4.0, .train_loss = 4.0 - 0.125 * s,
             .train_mean_token_accuracy = s / 7.0, .lr = 1e-3, .grad_norm = 0.5 + s, .tokens_seen = 64 * s,
             .tokens_per_s = 100.5, .elapsed_s = 0.25 * s, .eta_s = 0.25 * (total - s),
-            .valid_loss = s % 2 == 0 ? 3.5 - 0.1 * s : NAN, .valid_mean_token_accuracy = s % 2 == 0 ? 0.02 * s : NAN};
+            .valid_loss = s % 2 == 0 ? 3.5 - 0.1 * s : NAN, .valid_mean_token_accuracy = s % 2 == 0 ? 0.02 * s : NAN,
+            /* a DPO step's figures on every third row; NULL elsewhere */
+            .has_dpo = s % 3 == 0, .rewards_margin = 0.5 * s, .rewards_accuracy = 0.75,
+            .rewards_chosen = 0.25 * s, .rewards_rejected = -0.25 * s};
         assert_int_equal(lorad_metrics_writer_append(w, &row, NULL), 0);
     }
     assert_int_equal(lorad_metrics_writer_flush(w, NULL), 0);
@@ -1055,7 +1058,10 @@ static void test_metrics(void **state) {
         assert_float_equal(json_real_value(json_object_get(row, "grad_norm")), 0.5 + s, 0);
         assert_float_equal(json_real_value(json_object_get(row, "eta_s")), 0.25 * (STEPS - s), 0);
         assert_int_equal(json_is_null(json_object_get(row, "valid_loss")), s % 2 != 0);
-        assert_int_equal(json_object_size(row), 13);
+        assert_int_equal(json_is_null(json_object_get(row, "rewards_margin")), s % 3 != 0);
+        assert_int_equal(json_is_null(json_object_get(row, "rewards_rejected")), s % 3 != 0);
+        if (s % 3 == 0) assert_true(json_real_value(json_object_get(row, "rewards_rejected")) == -0.25 * s);
+        assert_int_equal(json_object_size(row), 17);
     }
     json_decref(list);
 
@@ -1064,22 +1070,23 @@ static void test_metrics(void **state) {
     assert_int_equal(r.status, 200);
     assert_non_null(strcasestr(r.head, "Content-Type: text/csv"));
     const char *header = "step,total_steps,epoch,train_loss,train_mean_token_accuracy,lr,grad_norm,tokens_seen,"
-                         "tokens_per_s,elapsed_s,eta_s,valid_loss,valid_mean_token_accuracy\n";
+                         "tokens_per_s,elapsed_s,eta_s,valid_loss,valid_mean_token_accuracy,rewards_margin,"
+                         "rewards_accuracy,rewards_chosen,rewards_rejected\n";
     assert_memory_equal(r.body, header, strlen(header));
-    /* Each line: 13 cells; numbers read back exactly; nulls are empty cells. */
+    /* Each line: 17 cells; numbers read back exactly; nulls are empty cells. */
     char *save = NULL, *line = strtok_r(r.body + strlen(header), "\n", &save);
     for (int s = 1; s <= STEPS; s++, line = strtok_r(NULL, "\n", &save)) {
         assert_non_null(line);
-        char *cells[13];
+        char *cells[17];
         int nc = 0;
         for (char *c = line;; c++) {
             cells[nc++] = c;
             c = strchr(c, ',');
             if (!c) break;
             *c = '\0';
-            assert_true(nc < 13);
+            assert_true(nc < 17);
         }
-        assert_int_equal(nc, 13);
+        assert_int_equal(nc, 17);
         assert_int_equal(atoi(cells[0]), s);
         assert_int_equal(atoi(cells[1]), STEPS);
         assert_true(strtod(cells[2], NULL) == s / 4.0);
@@ -1094,6 +1101,14 @@ static void test_metrics(void **state) {
         } else {
             assert_true(strtod(cells[11], NULL) == 3.5 - 0.1 * s);
             assert_true(strtod(cells[12], NULL) == 0.02 * s);
+        }
+        if (s % 3) {
+            assert_string_equal(cells[13], "");
+            assert_string_equal(cells[16], "");
+        } else {
+            assert_true(strtod(cells[13], NULL) == 0.5 * s);
+            assert_true(strtod(cells[14], NULL) == 0.75);
+            assert_true(strtod(cells[16], NULL) == -0.25 * s);
         }
     }
     assert_null(line);

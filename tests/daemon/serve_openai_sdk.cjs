@@ -1,8 +1,10 @@
 // The official OpenAI Node SDK (the `openai` npm package pinned in tools/) against a real lorad
 // daemon: upload a file, create, list (with cursor pagination), retrieve and cancel jobs, list events
-// and checkpoints, and read an API error. Every answer is checked for the shape the SDK documents.
+// and checkpoints, and read an API error; then a DPO job with OpenAI's `method` form on a preference
+// file, read back with its method and trained to its DPO metrics. Every answer is checked for the
+// shape the SDK documents.
 //
-//   node serve_openai_sdk.cjs BASE_URL DATASET.jsonl MODEL
+//   node serve_openai_sdk.cjs BASE_URL DATASET.jsonl MODEL PAIRS.jsonl
 // BASE_URL is http://127.0.0.1:PORT/v1. Exits 0 and prints "sdk ok" when every check passes.
 'use strict';
 const assert = require('node:assert/strict');
@@ -12,7 +14,7 @@ const path = require('node:path');
 const source = process.env.LORAD_SOURCE_DIR || path.join(__dirname, '..', '..');
 const OpenAI = require(path.join(source, 'tools', 'node_modules', 'openai'));
 
-const [baseURL, dataset, model] = process.argv.slice(2);
+const [baseURL, dataset, model, pairs] = process.argv.slice(2);
 const client = new OpenAI({ apiKey: 'anything', baseURL, maxRetries: 0, timeout: 30000 });
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const STATUSES = ['validating_files', 'queued', 'running', 'paused', 'succeeded', 'failed', 'cancelled', 'cancelling'];
@@ -57,6 +59,10 @@ async function main() {
   checkJob(job);
   assert.equal(job.training_file, file.id);
   assert.equal(job.seed, 3);
+  // The job echoes its method as OpenAI's does, the deprecated top-level hyperparameters inside it.
+  assert.equal(job.method.type, 'supervised');
+  assert.equal(job.method.supervised.hyperparameters.n_epochs, 1000);
+  assert.equal(job.method.supervised.hyperparameters.batch_size, 4);
   const second = await client.fineTuning.jobs.create({ model, training_file: file.id, seed: 4,
                                                        hyperparameters: { n_epochs: 1, threads: 1 } });
   checkJob(second);
@@ -136,7 +142,57 @@ async function main() {
     assert.ok(e instanceof OpenAI.ConflictError, `want ConflictError, got ${e && e.constructor.name}: ${e}`);
     assert.equal(e.status, 409);
   }
+  await dpo(file);
   console.log('sdk ok');
+}
+
+// DPO: OpenAI's method form on a preference file, read back, trained, its metrics read; and the
+// refusals named by param: the wrong kind of file for the method, a beta out of bounds.
+async function dpo(textFile) {
+  const prefs = await client.files.create({ file: fs.createReadStream(pairs), purpose: 'fine-tune' });
+  assert.equal((await client.files.retrieve(prefs.id)).status, 'processed');
+  const method = { type: 'dpo', dpo: { hyperparameters: { beta: 0.25, n_epochs: 1, batch_size: 2,
+                                                          learning_rate_multiplier: 2 } } };
+  const job = await client.fineTuning.jobs.create({ model, training_file: prefs.id, method,
+                                                    hyperparameters: { threads: 1, max_seq_len: 64 } });
+  checkJob(job);
+  assert.equal(job.method.type, 'dpo');
+  assert.equal(job.method.dpo.hyperparameters.beta, 0.25);
+  assert.equal(job.method.dpo.hyperparameters.n_epochs, 1);
+  assert.equal(job.method.dpo.hyperparameters.batch_size, 2);
+  const got = await client.fineTuning.jobs.retrieve(job.id);
+  checkJob(got, job.id);
+  assert.deepEqual(got.method, job.method);
+  const done = await waitFor('the DPO job to succeed', async () => {
+    const j = await client.fineTuning.jobs.retrieve(job.id);
+    assert.ok(!['failed', 'cancelled'].includes(j.status), `DPO job ${j.status}: ${JSON.stringify(j.error)}`);
+    return j.status === 'succeeded' ? j : null;
+  }, 60000);
+  assert.match(done.fine_tuned_model, /^ft:/);
+  const metrics = await client.get(`/fine_tuning/jobs/${job.id}/metrics`);
+  assert.equal(metrics.data.length, 4, '8 pairs in steps of 2');
+  assert.ok(Math.abs(metrics.data[0].train_loss - Math.log(2)) < 1e-6, 'step 1: the policy is the reference');
+  for (const row of metrics.data) {
+    for (const k of ['rewards_margin', 'rewards_accuracy', 'rewards_chosen', 'rewards_rejected'])
+      assert.equal(typeof row[k], 'number', `metrics row ${row.step} lacks ${k}`);
+  }
+
+  const refused = [
+    [{ model, training_file: textFile.id, method: { type: 'dpo' } }, 'training_file'],
+    [{ model, training_file: prefs.id }, 'training_file'],
+    [{ model, training_file: prefs.id, method: { type: 'dpo', dpo: { hyperparameters: { beta: 0 } } } },
+     'method.dpo.hyperparameters.beta'],
+    [{ model, training_file: prefs.id, method: { type: 'reinforcement' } }, 'method.type'],
+  ];
+  for (const [body, param] of refused) {
+    try {
+      await client.fineTuning.jobs.create(body);
+      assert.fail(`${JSON.stringify(body)} was accepted`);
+    } catch (e) {
+      assert.ok(e instanceof OpenAI.BadRequestError, `want BadRequestError, got ${e && e.constructor.name}: ${e}`);
+      assert.equal(e.param, param);
+    }
+  }
 }
 
 main().catch((e) => {

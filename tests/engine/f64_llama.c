@@ -174,10 +174,11 @@ double f64_crossentropy_row(const double *logits, int32_t label, int64_t V) {
 
 /* ---------------------------------------------------------------- the model */
 
-/* y (N, out) = x (N, in) W^T (+ bias) + scale * (drop(x) A^T) B^T for module (layer, module). */
+/* y (N, out) = x (N, in) W^T (+ bias) + scale * (drop(x) A^T) B^T for module (layer, module), N
+ * the tokens of batch b, whose rows (from b->row0 in the whole batch) and positions key the masks. */
 static void linear(const struct f64_llama *f, double *y, const double *x, const struct lorad_tensor *W,
-                   const struct lorad_tensor *bias, int layer, int module, int64_t N) {
-    int64_t out = W->rows, in = W->cols;
+                   const struct lorad_tensor *bias, int layer, int module, const struct lorad_batch *b) {
+    int64_t out = W->rows, in = W->cols, N = (int64_t)b->B * b->T;
     for (int64_t i = 0; i < N; i++)
         for (int64_t o = 0; o < out; o++) {
             double s = bias ? at(bias, 0, o) : 0;
@@ -193,7 +194,9 @@ static void linear(const struct f64_llama *f, double *y, const double *x, const 
         for (int64_t j = 0; j < in; j++) {
             xd[j] = x[i * in + j];
             if (f->dropout > 0) {
-                uint64_t elem = (uint64_t)i * (uint64_t)in + (uint64_t)j;
+                /* docs/engine.md: the element is (row of the whole batch, position, column) */
+                uint64_t row = (uint64_t)(b->row0 + i / b->T), t = (uint64_t)(i % b->T);
+                uint64_t elem = (row * LORAD_MAX_SEQ_LEN + t) * (uint64_t)in + (uint64_t)j;
                 float draw = lorad_rng_uniform(
                     lorad_rng_u64(f->seed, f->counter, (uint64_t)layer + 1, (uint64_t)module, elem));
                 xd[j] = draw >= f->dropout ? xd[j] * keep : 0.0;
@@ -242,27 +245,27 @@ double f64_llama_loss_sum(const struct f64_llama *f, const struct lorad_batch *b
         double *wn = vec_of(&L->attn_norm);
         f64_rmsnorm(h, x, wn, c->norm_eps, N, d);
         free(wn);
-        linear(f, q, h, &L->wq, bias ? &L->bq : NULL, l, LORAD_Q_PROJ, N);
-        linear(f, k, h, &L->wk, bias ? &L->bk : NULL, l, LORAD_K_PROJ, N);
-        linear(f, v, h, &L->wv, bias ? &L->bv : NULL, l, LORAD_V_PROJ, N);
+        linear(f, q, h, &L->wq, bias ? &L->bq : NULL, l, LORAD_Q_PROJ, b);
+        linear(f, k, h, &L->wk, bias ? &L->bk : NULL, l, LORAD_K_PROJ, b);
+        linear(f, v, h, &L->wv, bias ? &L->bv : NULL, l, LORAD_V_PROJ, b);
         f64_rope(q, pos, inv_freq, N, c->n_heads, c->head_dim);
         f64_rope(k, pos, inv_freq, N, c->n_kv_heads, c->head_dim);
         f64_attention(att, q, k, v, b->seg_start, b->B, b->T, c->n_heads, c->n_kv_heads, c->head_dim);
-        linear(f, o, att, &L->wo, NULL, l, LORAD_O_PROJ, N);
+        linear(f, o, att, &L->wo, NULL, l, LORAD_O_PROJ, b);
         for (int64_t i = 0; i < N * d; i++) x[i] += o[i];
         wn = vec_of(&L->ffn_norm);
         f64_rmsnorm(h, x, wn, c->norm_eps, N, d);
         free(wn);
-        linear(f, g, h, &L->w_gate, NULL, l, LORAD_GATE_PROJ, N);
-        linear(f, up, h, &L->w_up, NULL, l, LORAD_UP_PROJ, N);
+        linear(f, g, h, &L->w_gate, NULL, l, LORAD_GATE_PROJ, b);
+        linear(f, up, h, &L->w_up, NULL, l, LORAD_UP_PROJ, b);
         for (int64_t i = 0; i < N * hid; i++) g[i] = f64_silu(g[i]) * up[i];
-        linear(f, o, g, &L->w_down, NULL, l, LORAD_DOWN_PROJ, N);
+        linear(f, o, g, &L->w_down, NULL, l, LORAD_DOWN_PROJ, b);
         for (int64_t i = 0; i < N * d; i++) x[i] += o[i];
     }
     double *wn = vec_of(&f->w->final_norm);
     f64_rmsnorm(h, x, wn, c->norm_eps, N, d);
     free(wn);
-    linear(f, logits, h, &f->w->lm_head, NULL, c->n_layers, LORAD_LM_HEAD, N);
+    linear(f, logits, h, &f->w->lm_head, NULL, c->n_layers, LORAD_LM_HEAD, b);
     double loss = 0;
     for (int64_t i = 0; i < N; i++) loss += f64_crossentropy_row(logits + i * V, b->labels[i], V);
     free(x); free(h); free(q); free(att); free(k); free(v); free(g); free(up); free(o); free(logits);

@@ -10,13 +10,22 @@
 
 struct loss_ctx {
     struct f64_llama *f;
-    const struct lorad_batch *b;
-    double denominator;
+    gradcheck_loss_fn loss;
+    void *user;
 };
 static double loss_of(void *ctx, const double *params) {
     struct loss_ctx *c = ctx;
     (void)params; /* f->params is the vector being perturbed */
-    return f64_llama_loss_sum(c->f, c->b) / c->denominator;
+    return c->loss(c->user, c->f);
+}
+
+struct mean_ce {
+    const struct lorad_batch *b;
+    double denominator;
+};
+static double mean_ce_of(void *ctx, const struct f64_llama *f) {
+    const struct mean_ce *c = ctx;
+    return f64_llama_loss_sum(f, c->b) / c->denominator;
 }
 
 double gradcheck_model_bound(const struct lorad_llama_config *c, int64_t tokens) {
@@ -35,18 +44,25 @@ double gradcheck_model_bound(const struct lorad_llama_config *c, int64_t tokens)
 int gradcheck_model(struct gradcheck_report *ret_report, struct lorad_model *m, const struct lorad_base_weights *w,
                     const struct lorad_lora_config *lc, uint64_t seed, uint64_t counter, const struct lorad_batch *b,
                     int64_t denominator, int stride) {
+    struct mean_ce ctx = {b, (double)denominator};
+    return gradcheck_model_loss(ret_report, m, w, lc, seed, counter, mean_ce_of, &ctx, (int64_t)b->B * b->T, stride);
+}
+
+int gradcheck_model_loss(struct gradcheck_report *ret_report, struct lorad_model *m, const struct lorad_base_weights *w,
+                         const struct lorad_lora_config *lc, uint64_t seed, uint64_t counter, gradcheck_loss_fn loss,
+                         void *ctx, int64_t tokens, int stride) {
     struct f64_llama f;
     int r = f64_llama_init(&f, m, w, lc, seed);
     if (r < 0) return r;
     f.counter = counter;
     const struct lorad_llama_config *c = &w->cfg;
     const float *grad = lorad_model_grads(m, NULL);
-    double bound = gradcheck_model_bound(c, (int64_t)b->B * b->T);
+    double bound = gradcheck_model_bound(c, tokens);
     /* Step: the parameters are O(0.1-1). With Richardson extrapolation the truncation error is
      * O(h^4 |L^(5)|) ~ 1e-16 and the float64 rounding ~1e-16 |L| / h ~ 1e-12, both reported per
      * probe by the difference estimate and added to the tolerance. */
     const double h = 1e-4;
-    struct loss_ctx lc_ctx = {&f, b, (double)denominator};
+    struct loss_ctx lc_ctx = {&f, loss, ctx};
     struct gradcheck_report rep = {0};
     for (int t = 0; t < lorad_model_n_lora_tensors(m); t++) {
         const struct lorad_lora_tensor *lt = lorad_model_lora_tensor(m, t);

@@ -4,6 +4,7 @@
 #pragma once
 #include <stdint.h>
 
+#include "f64_llama.h"
 #include "lora.h"
 #include "model.h"
 #include "weights.h"
@@ -28,3 +29,12 @@ double gradcheck_model_bound(const struct lorad_llama_config *c, int64_t tokens)
 int gradcheck_model(struct gradcheck_report *ret_report, struct lorad_model *m, const struct lorad_base_weights *w,
                     const struct lorad_lora_config *lc, uint64_t seed, uint64_t counter, const struct lorad_batch *b,
                     int64_t denominator, int stride);
+
+/* A loss of the float64 model f (its parameters are the ones being perturbed). */
+typedef double (*gradcheck_loss_fn)(void *ctx, const struct f64_llama *f);
+
+/* gradcheck_model for any loss: the engine's gradient in m's grads against the central
+ * differences of loss(ctx, f), with the bound of a batch of `tokens` tokens. */
+int gradcheck_model_loss(struct gradcheck_report *ret_report, struct lorad_model *m, const struct lorad_base_weights *w,
+                         const struct lorad_lora_config *lc, uint64_t seed, uint64_t counter, gradcheck_loss_fn loss,
+                         void *ctx, int64_t tokens, int stride);

@@ -1,5 +1,6 @@
 /* Dataset validation: every problem kind is detected on its line, counted, and reported with its
- * line number; formats are detected; records carry the right trainable turns. */
+ * line number; formats are detected (OpenAI's preference format too); records carry the right
+ * trainable turns. */
 #include "testutil.h"
 
 #include <stdio.h>
@@ -144,12 +145,85 @@ static void test_utf8_validator(void **state) {
     assert_true(lorad_utf8_valid("\xf4\x8f\xbf\xbf", 4));  /* U+10FFFF */
 }
 
+/* OpenAI's DPO lines: the good ones parse into a prompt (nothing trained) and two outputs, and
+ * each broken one is named with its line and the key at fault. */
+static void test_preference_file(void **state) {
+    (void)state;
+    char *dir = test_mkdtemp("dataset-pref");
+#define IN "\"input\":{\"messages\":[{\"role\":\"system\",\"content\":\"s\"},{\"role\":\"user\",\"content\":\"q\"}]}"
+#define PO "\"preferred_output\":[{\"role\":\"assistant\",\"content\":\"good\"}]"
+#define NPO "\"non_preferred_output\":[{\"role\":\"assistant\",\"content\":\"bad\"}]"
+    const char *text =
+        "{" IN "," PO "," NPO "}\n"                                                               /* 1 ok */
+        "{\"input\":{\"messages\":[{\"role\":\"user\",\"content\":\"q\"}],\"tools\":[]}," PO "," NPO "}\n" /* 2 ok */
+        "{" IN "," PO "}\n"                                                                       /* 3 missing npo */
+        "{" IN "," PO ",\"non_preferred_output\":[{\"role\":\"user\",\"content\":\"x\"}]}\n" /* 4 role */
+        "{\"input\":{\"messages\":[{\"role\":\"user\",\"content\":\"q\"},{\"role\":\"assistant\",\"content\":\"a\"}]},"
+        PO "," NPO "}\n"                                                                          /* 5 ends with assistant */
+        "{" IN "," PO ",\"non_preferred_output\":[{\"role\":\"assistant\",\"content\":\"good\"}]}\n" /* 6 same */
+        "{" IN "," PO ",\"non_preferred_output\":[{\"role\":\"assistant\",\"content\":\"\"}]}\n" /* 7 empty */
+        "{\"input\":{\"messages\":[{\"role\":\"user\",\"content\":\"q\"}],\"tools\":[{\"type\":\"function\"}]},"
+        PO "," NPO "}\n"                                                                          /* 8 tools */
+        "{" IN "," PO "," NPO ",\"extra\":1}\n"                                                  /* 9 unknown key */
+        "{\"input\":{\"messages\":[{\"role\":\"user\",\"content\":\"q\",\"weight\":1}]}," PO "," NPO "}\n" /* 10 */
+        "{" IN ",\"preferred_output\":[{\"role\":\"assistant\",\"content\":\"a\"},{\"role\":\"assistant\","
+        "\"content\":\"b\"}]," NPO "}\n"                                                         /* 11 two messages */
+        "{\"messages\":[{\"role\":\"user\",\"content\":\"q\"},{\"role\":\"assistant\",\"content\":\"a\"}]}\n"; /* 12 */
+    char *path = write_lines(dir, "p.jsonl", text);
+    struct lorad_dataset_report rep;
+    struct lorad_error err = {0};
+    assert_int_equal(lorad_dataset_validate_file(path, LORAD_DATA_AUTO, 0, &rep, &err), 0);
+    assert_int_equal(rep.format, LORAD_DATA_PREFERENCE);
+    assert_int_equal(rep.n_records, 2);
+    assert_int_equal(rep.n_invalid, 10);
+    const int64_t want_lines[] = {3, 4, 5, 6, 7, 8, 9, 10, 11, 12};
+    const char *const want_words[] = {"non_preferred_output", "non_preferred_output[0].role", "user turn",
+                                      "same as preferred_output", "non_preferred_output[0].content", "input.tools",
+                                      "extra", "input.messages[0].weight", "preferred_output", "messages"};
+    const enum lorad_dataset_problem want_problems[] = {
+        LORAD_PROBLEM_WRONG_TYPE, LORAD_PROBLEM_UNKNOWN_ROLE, LORAD_PROBLEM_WRONG_TYPE, LORAD_PROBLEM_EMPTY,
+        LORAD_PROBLEM_EMPTY, LORAD_PROBLEM_WRONG_TYPE, LORAD_PROBLEM_WRONG_TYPE, LORAD_PROBLEM_WRONG_TYPE,
+        LORAD_PROBLEM_WRONG_TYPE, LORAD_PROBLEM_WRONG_TYPE};
+    for (int i = 0; i < 10; i++) {
+        assert_int_equal(rep.bad[i].line, want_lines[i]);
+        assert_int_equal(rep.bad[i].problem, want_problems[i]);
+        if (!strstr(rep.bad[i].reason, want_words[i]))
+            fail_msg("line %lld: reason '%s' does not name '%s'", (long long)rep.bad[i].line, rep.bad[i].reason,
+                     want_words[i]);
+    }
+
+    /* The record: the prompt's turns untrained, then the selected output, trained. */
+    const char *line = "{" IN "," PO "," NPO "}";
+    struct lorad_record rec;
+    enum lorad_dataset_problem p;
+    assert_int_equal(lorad_record_parse(line, strlen(line), LORAD_DATA_AUTO, &rec, &p, &err), 0);
+    assert_int_equal(rec.format, LORAD_DATA_PREFERENCE);
+    assert_int_equal(rec.n_prompt_turns, 2);
+    assert_int_equal(rec.n_turns, 3);
+    assert_false(rec.turns[0].trainable);
+    assert_false(rec.turns[1].trainable);
+    assert_int_equal(rec.turns[2].role, LORAD_ROLE_ASSISTANT);
+    assert_true(rec.turns[2].trainable);
+    assert_memory_equal(rec.turns[2].text, "good", 4);
+    lorad_record_select_output(&rec, 1);
+    assert_int_equal(rec.n_turns, 3);
+    assert_memory_equal(rec.turns[2].text, "bad", 3);
+    lorad_record_clear(&rec);
+#undef IN
+#undef PO
+#undef NPO
+    free(path);
+    test_rmtree(dir);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_messages_file_with_every_problem),
         cmocka_unit_test(test_report_keeps_first_twenty),
         cmocka_unit_test(test_formats_and_turns),
         cmocka_unit_test(test_utf8_validator),
+        cmocka_unit_test(test_preference_file),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,5 +1,6 @@
 /* The job spec: the documented example parses to exactly its values, defaults fill the rest,
- * OpenAI's method form and "auto" work, and every bad field is named. */
+ * OpenAI's method form (supervised and dpo) and "auto" work, the normalised spec echoes the method
+ * as OpenAI's job object does, and every bad field is named. */
 #include "testutil.h"
 
 #include <errno.h>
@@ -180,15 +181,122 @@ static void test_errors_name_the_field(void **state) {
                  "lora.target_modules[1]");
     expect_error("{\"model\":\"m\",\"training_file\":\"t\",\"lora\":{\"target_modules\":[]}}", "lora.target_modules");
     expect_error("{\"model\":\"m\",\"training_file\":\"t\",\"data\":{\"template\":\"vicuna\"}}", "data.template");
-    expect_error("{\"model\":\"m\",\"training_file\":\"t\",\"method\":{\"type\":\"dpo\"}}", "method.type");
+    expect_error("{\"model\":\"m\",\"training_file\":\"t\",\"method\":{\"type\":\"reinforcement\"}}", "method.type");
     expect_error("{\"model\":\"m\",\"training_file\":\"t\",\"method\":{\"type\":\"supervised\",\"supervised\":"
                  "{\"hyperparameters\":{\"n_epochs\":0}}}}", "method.supervised.hyperparameters.n_epochs");
-    expect_error("{\"model\":\"m\",\"training_file\":\"t\",\"hyperparameters\":{},\"method\":{\"type\":\"supervised\","
-                 "\"supervised\":{\"hyperparameters\":{}}}}", "method.supervised.hyperparameters");
+    expect_error("{\"model\":\"m\",\"training_file\":\"t\",\"hyperparameters\":{\"n_epochs\":2},\"method\":{\"type\":"
+                 "\"supervised\",\"supervised\":{\"hyperparameters\":{\"n_epochs\":3}}}}",
+                 "method.supervised.hyperparameters.n_epochs");
     expect_error("{\"model\":\"m\",\"training_file\":\"t\",\"seed\":-1}", "seed");
     expect_error("{\"model\":\"m\",\"training_file\":\"t\",\"suffix\":\"a/b\"}", "suffix");
     expect_error("{\"model\":\"\",\"training_file\":\"t\"}", "model");
     expect_error("[1]", "");
+}
+
+static json_t *method_hp(json_t *spec_json, const char *type) {
+    json_t *method = json_object_get(spec_json, "method");
+    assert_string_equal(json_string_value(json_object_get(method, "type")), type);
+    json_t *hp = json_object_get(json_object_get(method, type), "hyperparameters");
+    assert_true(json_is_object(hp));
+    return hp;
+}
+
+/* OpenAI's DPO method: beta with its default, the shared hyperparameters inside the method, the
+ * echo in the normalised spec (both for dpo and supervised) and its round trip. */
+static void test_dpo_method(void **state) {
+    (void)state;
+    struct lorad_job_spec s, s2;
+    struct lorad_error err = {0};
+    assert_int_equal(parse("{\"model\":\"m\",\"training_file\":\"t\",\"method\":{\"type\":\"dpo\"}}", &s, &err), 0);
+    assert_int_equal(s.method.type, LORAD_METHOD_DPO);
+    assert_float_equal(s.method.beta, 0.1, 0);
+    assert_int_equal(lorad_job_rows_per_example(&s), 2);
+    lorad_job_spec_clear(&s);
+    assert_int_equal(parse("{\"model\":\"m\",\"training_file\":\"t\",\"method\":{\"type\":\"dpo\",\"dpo\":"
+                           "{\"hyperparameters\":{\"beta\":0.25,\"n_epochs\":2,\"batch_size\":3,"
+                           "\"learning_rate_multiplier\":2}}},\"data\":{\"format\":\"preference\"}}",
+                           &s, &err),
+                     0);
+    assert_int_equal(s.method.type, LORAD_METHOD_DPO);
+    assert_float_equal(s.method.beta, 0.25, 0);
+    assert_int_equal(s.hp.n_epochs, 2);
+    assert_int_equal(s.hp.batch_size, 3);
+    assert_float_equal(s.hp.learning_rate, 6e-4, 1e-15);
+    assert_int_equal(s.data_format, LORAD_DATA_PREFERENCE);
+    json_t *j = lorad_job_spec_to_json(&s);
+    assert_non_null(j);
+    json_t *hp = method_hp(j, "dpo");
+    assert_float_equal(json_real_value(json_object_get(hp, "beta")), 0.25, 0);
+    assert_int_equal(json_integer_value(json_object_get(hp, "n_epochs")), 2);
+    assert_int_equal(json_integer_value(json_object_get(hp, "batch_size")), 3);
+    assert_null(json_object_get(json_object_get(j, "hyperparameters"), "beta")); /* beta is DPO's alone */
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(j, "hyperparameters"), "batch_size")), 3);
+    assert_int_equal(lorad_job_spec_parse(j, &s2, &err), 0);
+    assert_memory_equal(&s.hp, &s2.hp, sizeof s.hp);
+    assert_memory_equal(&s.method, &s2.method, sizeof s.method);
+    json_decref(j);
+    lorad_job_spec_clear(&s);
+    lorad_job_spec_clear(&s2);
+
+    /* The top-level hyperparameters (deprecated) still work beside the method, where they agree. */
+    assert_int_equal(parse("{\"model\":\"m\",\"training_file\":\"t\",\"hyperparameters\":{\"n_epochs\":4,"
+                           "\"max_seq_len\":64},\"method\":{\"type\":\"dpo\",\"dpo\":{\"hyperparameters\":"
+                           "{\"beta\":\"auto\",\"n_epochs\":4,\"batch_size\":1}}},\"lora\":{\"r\":2}}",
+                           &s, &err),
+                     0);
+    assert_int_equal(s.hp.n_epochs, 4);
+    assert_int_equal(s.hp.max_seq_len, 64);
+    assert_int_equal(s.hp.batch_size, 1);
+    assert_float_equal(s.method.beta, 0.1, 0);
+    assert_int_equal(s.lora.r, 2);
+    lorad_job_spec_clear(&s);
+
+    /* A supervised job echoes its method too, without beta. */
+    assert_int_equal(parse("{\"model\":\"m\",\"training_file\":\"t\",\"hyperparameters\":{\"batch_size\":5}}", &s, &err), 0);
+    assert_int_equal(s.method.type, LORAD_METHOD_SUPERVISED);
+    assert_int_equal(lorad_job_rows_per_example(&s), 1);
+    j = lorad_job_spec_to_json(&s);
+    hp = method_hp(j, "supervised");
+    assert_int_equal(json_integer_value(json_object_get(hp, "batch_size")), 5);
+    assert_null(json_object_get(hp, "beta"));
+    assert_int_equal(lorad_job_spec_parse(j, &s2, &err), 0);
+    assert_memory_equal(&s.hp, &s2.hp, sizeof s.hp);
+    assert_int_equal(s2.method.type, LORAD_METHOD_SUPERVISED);
+    json_decref(j);
+    lorad_job_spec_clear(&s);
+    lorad_job_spec_clear(&s2);
+}
+
+static void test_dpo_errors_name_the_field(void **state) {
+    (void)state;
+#define DPO(hp) "{\"model\":\"m\",\"training_file\":\"t\",\"method\":{\"type\":\"dpo\",\"dpo\":{\"hyperparameters\":" hp "}}}"
+    expect_error(DPO("{\"beta\":0}"), "method.dpo.hyperparameters.beta");
+    expect_error(DPO("{\"beta\":10.5}"), "method.dpo.hyperparameters.beta");
+    expect_error(DPO("{\"beta\":\"high\"}"), "method.dpo.hyperparameters.beta");
+    expect_error(DPO("{\"beta\":null}"), "method.dpo.hyperparameters.beta");
+    expect_error(DPO("{\"bta\":0.1}"), "method.dpo.hyperparameters.bta");
+    expect_error(DPO("{\"batch_size\":0}"), "method.dpo.hyperparameters.batch_size");
+    expect_error(DPO("{\"packing\":true}"), "method.dpo.hyperparameters.packing");
+    expect_error(DPO("{\"train_on_input\":true}"), "method.dpo.hyperparameters.train_on_input");
+    expect_error(DPO("[]"), "method.dpo.hyperparameters");
+#undef DPO
+    expect_error("{\"model\":\"m\",\"training_file\":\"t\",\"method\":{\"type\":\"dpo\"},"
+                 "\"hyperparameters\":{\"packing\":true}}", "hyperparameters.packing");
+    expect_error("{\"model\":\"m\",\"training_file\":\"t\",\"method\":{\"type\":\"dpo\"},"
+                 "\"data\":{\"format\":\"messages\"}}", "data.format");
+    expect_error("{\"model\":\"m\",\"training_file\":\"t\",\"data\":{\"format\":\"preference\"}}", "data.format");
+    expect_error("{\"model\":\"m\",\"training_file\":\"t\",\"hyperparameters\":{\"beta\":0.2}}", "hyperparameters.beta");
+    expect_error("{\"model\":\"m\",\"training_file\":\"t\",\"method\":{\"type\":\"supervised\",\"supervised\":"
+                 "{\"hyperparameters\":{\"beta\":0.2}}}}", "method.supervised.hyperparameters.beta");
+    expect_error("{\"model\":\"m\",\"training_file\":\"t\",\"method\":{\"type\":\"dpo\",\"supervised\":{}}}",
+                 "method.supervised");
+    expect_error("{\"model\":\"m\",\"training_file\":\"t\",\"method\":{\"type\":\"dpo\",\"dpo\":{\"beta\":1}}}",
+                 "method.dpo.beta");
+    expect_error("{\"model\":\"m\",\"training_file\":\"t\",\"method\":{\"type\":7}}", "method.type");
+    expect_error("{\"model\":\"m\",\"training_file\":\"t\",\"method\":{\"dpo\":{}}}", "method.type");
+    expect_error("{\"model\":\"m\",\"training_file\":\"t\",\"hyperparameters\":{\"batch_size\":2},\"method\":"
+                 "{\"type\":\"dpo\",\"dpo\":{\"hyperparameters\":{\"batch_size\":4}}}}",
+                 "method.dpo.hyperparameters.batch_size");
 }
 
 int main(void) {
@@ -197,6 +305,8 @@ int main(void) {
         cmocka_unit_test(test_defaults_match_documentation),
         cmocka_unit_test(test_openai_method_form_and_auto),
         cmocka_unit_test(test_errors_name_the_field),
+        cmocka_unit_test(test_dpo_method),
+        cmocka_unit_test(test_dpo_errors_name_the_field),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

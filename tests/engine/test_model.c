@@ -532,6 +532,176 @@ static void test_bad_input_is_named(void **state) {
     tiny_model_free(&tm);
 }
 
+/* ---- per-row weights (the entry point DPO trains through) ---- */
+
+struct fixed_weights {
+    const double *w;   /* (B) */
+    double seen[8];    /* the row losses the callback was given */
+    int calls;
+};
+static int fixed_weights_fn(void *ctx, const double *row_loss, int B, double *ret_weights) {
+    struct fixed_weights *c = ctx;
+    assert_true(B <= 8);
+    for (int i = 0; i < B; i++) {
+        c->seen[i] = row_loss[i];
+        ret_weights[i] = c->w[i];
+    }
+    c->calls++;
+    return 0;
+}
+
+/* Row r of b alone, keyed as row r of the whole batch (row0), so it draws the same masks. */
+static struct lorad_batch row_view(const struct lorad_batch *b, int r) {
+    return (struct lorad_batch){.tokens = b->tokens + (size_t)r * b->T, .labels = b->labels + (size_t)r * b->T,
+                                .B = 1, .T = b->T, .row0 = b->row0 + r};
+}
+
+struct weighted_ce {
+    const struct lorad_batch *b;
+    const double *w;
+};
+/* sum over rows of w_r * (row r's CE sum), in float64 with the same masks */
+static double weighted_ce_of(void *ctx, const struct f64_llama *f) {
+    const struct weighted_ce *c = ctx;
+    double total = 0;
+    for (int r = 0; r < c->b->B; r++) {
+        struct lorad_batch v = row_view(c->b, r);
+        total += c->w[r] * f64_llama_loss_sum(f, &v);
+    }
+    return total;
+}
+
+/* forward_backward_rows with dropout on several rows: the losses handed to the weights come
+ * from the masks the backward uses (the float64 model with those masks, row by row), and the
+ * gradient is that of sum_r w_r CE_r, weights of both signs, against float64 central differences
+ * (with activation checkpointing too, whose recompute must draw the same masks again). */
+static void test_row_weights_finite_differences(void **state) {
+    (void)state;
+    struct lorad_llama_config c = tiny_config();
+    c.attention_bias = true;
+    struct tiny_model tm;
+    tiny_model_init(&tm, &c, 17, false, false);
+    struct lorad_lora_config lc = all_lora(0.3f);
+    enum { B = 3, T = 7 };
+    int32_t ids[B * T], labels[B * T];
+    random_batch(ids, labels, B * T, c.vocab_size);
+    labels[T] = 3;
+    labels[2 * T] = 4; /* every row has a label */
+    const double w[B] = {0.7, -0.45, 1.3};
+    for (int ckpt = 0; ckpt <= 1; ckpt++) {
+        struct lorad_run_options o = opts(2, B, T);
+        o.activation_checkpointing = ckpt;
+        struct lorad_model *m = new_model(&tm.w, lc, o);
+        randomize_lora(m, 0.2, 8);
+        struct lorad_batch b = {.tokens = ids, .labels = labels, .B = B, .T = T, .row0 = 2};
+        struct fixed_weights fw = {.w = w};
+        double row_loss[B];
+        int64_t row_correct[B];
+        struct lorad_error err = {0};
+        lorad_model_set_dropout_counter(m, 5);
+        assert_int_equal(lorad_model_forward_backward_rows(m, &b, fixed_weights_fn, &fw, row_loss, row_correct, &err), 0);
+        assert_int_equal(fw.calls, 1);
+        assert_true(lorad_model_dropout_counter(m) == 6);
+        struct f64_llama f;
+        assert_int_equal(f64_llama_init(&f, m, &tm.w, &lc, o.seed), 0);
+        f.counter = 5;
+        for (int r = 0; r < B; r++) {
+            struct lorad_batch v = row_view(&b, r);
+            double ref = f64_llama_loss_sum(&f, &v), bound = gradcheck_model_bound(&c, B * T) * fabs(ref);
+            assert_true(row_loss[r] == fw.seen[r]);
+            if (!(fabs(row_loss[r] - ref) <= bound))
+                fail_msg("row %d: CE sum %.9g, float64 with the same masks %.9g, bound %.3g", r, row_loss[r], ref, bound);
+            assert_true(row_correct[r] >= 0 && row_correct[r] <= T);
+        }
+        f64_llama_free(&f);
+        struct weighted_ce wc = {&b, w};
+        struct gradcheck_report rep;
+        assert_int_equal(gradcheck_model_loss(&rep, m, &tm.w, &lc, o.seed, 5, weighted_ce_of, &wc, B * T, 7), 0);
+        expect_gradients_pass(&rep, ckpt ? "row weights, dropout, checkpointing" : "row weights, dropout");
+        lorad_model_free(m);
+    }
+    tiny_model_free(&tm);
+}
+
+static int uniform_weights_fn(void *ctx, const double *row_loss, int B, double *ret_weights) {
+    (void)row_loss;
+    for (int i = 0; i < B; i++) ret_weights[i] = *(const double *)ctx;
+    return 0;
+}
+static int failing_weights_fn(void *ctx, const double *row_loss, int B, double *ret_weights) {
+    (void)ctx, (void)row_loss, (void)B, (void)ret_weights;
+    return -EDOM;
+}
+
+/* With every weight 1/denominator the per-row entry point is forward_backward: the same losses
+ * and, at the same dropout counter, the same gradient up to summation order; a failing callback
+ * fails the call and leaves the counter moving on. And eval_rows: with the adapter on, the
+ * float64 model's per-row CE sums; with it off, those of the base model (LoRA all zero). */
+static void test_rows_match_forward_backward_and_eval(void **state) {
+    (void)state;
+    struct lorad_llama_config c = tiny_config();
+    struct tiny_model tm;
+    tiny_model_init(&tm, &c, 19, false, false);
+    struct lorad_lora_config lc = all_lora(0.2f);
+    enum { B = 2, T = 150 }; /* more than one LM-head chunk, with a row boundary inside one */
+    c.max_seq_len = T;
+    struct lorad_run_options o = opts(2, B, T);
+    struct lorad_model *m = new_model(&tm.w, lc, o);
+    randomize_lora(m, 0.2, 9);
+    int32_t *ids = malloc(B * T * sizeof(int32_t)), *labels = malloc(B * T * sizeof(int32_t));
+    random_batch(ids, labels, B * T, c.vocab_size);
+    struct lorad_batch b = {.tokens = ids, .labels = labels, .B = B, .T = T};
+    int64_t denom = lorad_count_labels(labels, B * T), corr;
+    struct lorad_error err = {0};
+    size_t n;
+    float *grads = lorad_model_grads(m, &n), *g1 = malloc(n * sizeof(float));
+    double ls, row_loss[B], inv = 1.0 / (double)denom;
+    int64_t row_correct[B];
+    lorad_model_set_dropout_counter(m, 3);
+    assert_int_equal(lorad_model_forward_backward(m, &b, denom, &ls, &corr, &err), 0);
+    memcpy(g1, grads, n * sizeof(float));
+    lorad_model_zero_grads(m);
+    lorad_model_set_dropout_counter(m, 3);
+    assert_int_equal(lorad_model_forward_backward_rows(m, &b, uniform_weights_fn, &inv, row_loss, row_correct, &err), 0);
+    double two_runs = 2 * gradcheck_model_bound(&c, B * T);
+    assert_true(fabs(row_loss[0] + row_loss[1] - ls) <= two_runs * fabs(ls));
+    assert_int_equal(row_correct[0] + row_correct[1], corr);
+    double scale = 0, diff = 0;
+    for (size_t i = 0; i < n; i++) {
+        scale = fmax(scale, fabs(g1[i]));
+        diff = fmax(diff, fabs(g1[i] - grads[i]));
+    }
+    if (!(diff <= two_runs * scale)) fail_msg("gradients differ by %.3g of scale %.3g", diff, scale);
+    assert_int_equal(lorad_model_forward_backward_rows(m, &b, failing_weights_fn, NULL, row_loss, NULL, &err), -EDOM);
+    assert_true(lorad_model_dropout_counter(m) == 5);
+
+    struct f64_llama f;
+    assert_int_equal(f64_llama_init(&f, m, &tm.w, &lc, o.seed), 0);
+    f.dropout = 0; /* evaluation draws no masks */
+    for (int adapter = 1; adapter >= 0; adapter--) {
+        if (!adapter) memset(f.params, 0, f.n_params * sizeof *f.params); /* the base model */
+        assert_int_equal(lorad_model_eval_rows(m, &b, adapter, row_loss, row_correct, &err), 0);
+        for (int r = 0; r < B; r++) {
+            struct lorad_batch v = row_view(&b, r);
+            double ref = f64_llama_loss_sum(&f, &v), bound = gradcheck_model_bound(&c, B * T) * fabs(ref);
+            if (!(fabs(row_loss[r] - ref) <= bound))
+                fail_msg("adapter %s, row %d: %.9g, float64 %.9g", adapter ? "on" : "off", r, row_loss[r], ref);
+        }
+    }
+    f64_llama_free(&f);
+    /* switching the adapter off for one call leaves it on afterwards */
+    double on[B], again[B];
+    assert_int_equal(lorad_model_eval_rows(m, &b, true, on, NULL, &err), 0);
+    assert_int_equal(lorad_model_eval_rows(m, &b, false, again, NULL, &err), 0);
+    assert_int_equal(lorad_model_eval_rows(m, &b, true, again, NULL, &err), 0);
+    assert_memory_equal(on, again, sizeof on);
+    free(g1);
+    free(ids);
+    free(labels);
+    lorad_model_free(m);
+    tiny_model_free(&tm);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_whole_model_finite_differences),
@@ -543,6 +713,8 @@ int main(void) {
         cmocka_unit_test(test_lora_names_init_and_set),
         cmocka_unit_test(test_schedules_and_adamw),
         cmocka_unit_test(test_bad_input_is_named),
+        cmocka_unit_test(test_row_weights_finite_differences),
+        cmocka_unit_test(test_rows_match_forward_backward_and_eval),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,6 +1,7 @@
 /* From JSONL to batches with the real Llama 2 tokenizer: masking follows the format, epoch orders
  * are seeded permutations, packing keeps samples apart (positions restart, attention segments,
- * no label across a boundary), truncation is counted, and the hold-out is the file's tail.
+ * no label across a boundary), truncation is counted, the hold-out is the file's tail, and a
+ * preference pair becomes two rows with only its outputs trained.
  * Expected values come from the tokenizer alone (itself checked against SentencePiece in
  * tests/tokenizer) and from the definitions, never from the pipeline under test. */
 #include "testutil.h"
@@ -239,6 +240,82 @@ static void test_holdout_errors_say_why(void **state) {
     free(path);
 }
 
+/* Appends the ids of text (no BOS/EOS) to out at *n. */
+static void append(struct fixture *f, const char *text, int32_t *out, int *n, int cap) {
+    *n += encode(f, text, out + *n, cap - *n);
+}
+
+/* A preference record becomes two rows: the prompt in the llama2 template up to "[/INST] " (the
+ * generation prompt), then the output as the template ends an assistant turn (" " and EOS), only
+ * the output trained; a pair that does not fit is a bad line, never cut; pairs are not packed. */
+static void test_preference_pairs(void **state) {
+    struct fixture *f = *state;
+    char *path = write_file(f, "pref.jsonl",
+                            "{\"input\":{\"messages\":[{\"role\":\"system\",\"content\":\"Be brief.\"},"
+                            "{\"role\":\"user\",\"content\":\"Capital of France?\"}]},"
+                            "\"preferred_output\":[{\"role\":\"assistant\",\"content\":\"Paris.\"}],"
+                            "\"non_preferred_output\":[{\"role\":\"assistant\",\"content\":\"I think it is Lyon.\"}]}\n");
+    struct lorad_corpus *c = open_corpus(f, path, false, 64);
+    assert_int_equal(lorad_corpus_rows_per_record(c), 2);
+    assert_int_equal(lorad_corpus_size(c), 1);
+    int32_t bos = lorad_tokenizer_bos_id(f->tok), eos = lorad_tokenizer_eos_id(f->tok);
+    int32_t prompt[64];
+    int np = 0;
+    prompt[np++] = bos;
+    append(f, "[INST] ", prompt, &np, 64);
+    append(f, "<<SYS>>\n", prompt, &np, 64);
+    append(f, "Be brief.", prompt, &np, 64);
+    append(f, "\n<</SYS>>\n\n", prompt, &np, 64);
+    append(f, "Capital of France?", prompt, &np, 64);
+    append(f, " [/INST] ", prompt, &np, 64);
+    const char *outputs[2] = {"Paris.", "I think it is Lyon."};
+    int32_t want[2][64];
+    int nw[2] = {0, 0};
+    for (int k = 0; k < 2; k++) {
+        append(f, outputs[k], want[k], &nw[k], 64);
+        append(f, " ", want[k], &nw[k], 64);
+        want[k][nw[k]++] = eos;
+    }
+    assert_int_equal(lorad_corpus_tokens(c), 2 * np + nw[0] + nw[1]);
+    struct lorad_epoch_plan p;
+    assert_int_equal(lorad_epoch_plan_build(&p, c, 1, 0, true, true, 64), -EINVAL); /* no packing of pairs */
+    assert_int_equal(lorad_epoch_plan_build(&p, c, 1, 0, true, false, 64), 0);
+    struct lorad_batch b;
+    assert_int_equal(lorad_batch_alloc(&b, 2, 64), 0);
+    assert_int_equal(lorad_batch_fill(&b, c, &p, 0, 1, NULL), 0);
+    assert_int_equal(b.B, 2);
+    assert_int_equal(b.T, np + (nw[0] > nw[1] ? nw[0] : nw[1]));
+    assert_int_equal(b.n_labels, nw[0] + nw[1]);
+    for (int k = 0; k < 2; k++) {
+        const int32_t *tok = b.tokens + (size_t)k * b.T, *lab = b.labels + (size_t)k * b.T;
+        assert_memory_equal(tok, prompt, (size_t)np * sizeof *prompt);
+        assert_memory_equal(tok + np, want[k], (size_t)nw[k] * sizeof *want[k]);
+        /* position t predicts t + 1: the last prompt token predicts the output's first */
+        for (int t = 0; t < b.T; t++) {
+            bool trained = t >= np - 1 && t < np + nw[k] - 1;
+            assert_int_equal(lab[t], trained ? tok[t + 1] : -100);
+        }
+    }
+    lorad_batch_free(&b);
+    lorad_epoch_plan_clear(&p);
+    lorad_corpus_free(c);
+
+    /* max_seq_len that holds the preferred pair but not the other: that line is refused, named. */
+    struct lorad_corpus_options o = {.format = LORAD_DATA_AUTO, .tmpl = LORAD_TEMPLATE_LLAMA2,
+                                     .max_seq_len = np + nw[0]};
+    struct lorad_dataset_report rep;
+    struct lorad_error err = {0};
+    c = NULL;
+    assert_true(nw[1] > nw[0]);
+    assert_int_equal(lorad_corpus_open(&c, path, &o, &f->enc, &rep, &err), -EINVAL);
+    assert_null(c);
+    assert_int_equal(rep.counts[LORAD_PROBLEM_TOO_MANY_TOKENS], 1);
+    assert_int_equal(rep.bad[0].line, 1);
+    assert_non_null(strstr(rep.bad[0].reason, "non_preferred_output"));
+    assert_non_null(strstr(rep.bad[0].reason, "max_seq_len"));
+    free(path);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_prompt_completion_masks_the_prompt),
@@ -247,6 +324,7 @@ int main(void) {
         cmocka_unit_test(test_truncation_is_counted),
         cmocka_unit_test(test_holdout_is_the_tail),
         cmocka_unit_test(test_holdout_errors_say_why),
+        cmocka_unit_test(test_preference_pairs),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -1,4 +1,4 @@
-/* metrics.jsonl: every documented key is written, lines parse back, and truncation for a resume
+/* metrics.jsonl: every documented key is written (a DPO step's rewards too), lines parse back, and truncation for a resume
  * keeps exactly the steps up to the checkpoint, dropping a torn last line. */
 #include "testutil.h"
 
@@ -36,6 +36,22 @@ static void test_keys_and_round_trip(void **state) {
     m = sample(4, false);
     o = lorad_step_metrics_json(&m);
     assert_null(json_object_get(o, "valid_loss"));
+    assert_null(json_object_get(o, "rewards_margin"));
+    json_decref(o);
+
+    /* a DPO step's figures, and back */
+    m = sample(5, false);
+    m.has_dpo = true;
+    m.rewards_margin = 0.75;
+    m.rewards_accuracy = 0.5;
+    m.rewards_chosen = 0.25;
+    m.rewards_rejected = -0.5;
+    o = lorad_step_metrics_json(&m);
+    assert_int_equal(json_object_size(o), 15);
+    assert_int_equal(lorad_step_metrics_from_json(o, &back), 0);
+    assert_true(back.has_dpo);
+    assert_true(back.rewards_margin == 0.75 && back.rewards_accuracy == 0.5 && back.rewards_chosen == 0.25 &&
+                back.rewards_rejected == -0.5);
     json_decref(o);
 }
 

@@ -13,7 +13,9 @@
 #include <sys/stat.h>
 
 #include "model.h"
+#include "model_file.h"
 #include "train.h"
+#include "train_memory.h"
 
 /* The run's calls to lorad_model_eval go through this wrapper (-Wl,--wrap, see CMakeLists.txt):
  * call number eval_fail_at (1-based; 0 = never) fails with -EIO and leaves its outputs unwritten,
@@ -260,11 +262,48 @@ static void test_evaluation_failure_fails_the_run(void **state) {
     free(dir);
 }
 
+/* A DPO job on data that is not preference pairs stops before any step, naming the file; and a
+ * DPO pair is two rows, so its memory estimate is that of a supervised job with twice the batch. */
+static void test_dpo_refuses_other_data_and_counts_two_rows(void **state) {
+    (void)state;
+    char *dir = test_mkdtemp("train-dpo");
+    char *data = write_ids(dir, 4, -1);
+    struct lorad_job_spec spec;
+    parse_spec(&spec, "{\"model\":\"stories\",\"training_file\":\"ids\",\"method\":{\"type\":\"dpo\",\"dpo\":"
+                      "{\"hyperparameters\":{\"batch_size\":3,\"max_seq_len\":16,\"threads\":1}}}}");
+    struct lorad_train_options opt = {.model_path = test_shared_data("stories260K.bin"), .training_path = data,
+                                      .out_dir = dir};
+    struct lorad_train_result *res = calloc(1, sizeof *res);
+    struct lorad_error err = {0};
+    assert_int_equal(lorad_train_run(&spec, &opt, NULL, res, &err), -EINVAL);
+    assert_string_equal(err.param, "training_file");
+    assert_non_null(strstr(err.message, "preference pairs"));
+    assert_int_equal(res->steps_done, 0);
+
+    struct lorad_job_spec sft;
+    parse_spec(&sft, "{\"model\":\"stories\",\"training_file\":\"ids\",\"hyperparameters\":{\"batch_size\":6,"
+                     "\"max_seq_len\":16,\"threads\":1}}");
+    struct lorad_model_file *mf = NULL;
+    assert_int_equal(lorad_model_file_open(opt.model_path, &mf, &err), 0);
+    struct lorad_memory_estimate e_dpo, e_sft;
+    assert_int_equal(lorad_train_memory_estimate(&e_dpo, &spec, mf, 1, 4, &err), 0);
+    assert_int_equal(lorad_train_memory_estimate(&e_sft, &sft, mf, 1, 4, &err), 0);
+    assert_true(e_dpo.activations == e_sft.activations && e_dpo.batches == e_sft.batches);
+    lorad_model_file_close(mf);
+    lorad_job_spec_clear(&sft);
+    lorad_job_spec_clear(&spec);
+    free(res);
+    free(data);
+    test_rmtree(dir);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_steps_cancel_pause_resume),
         cmocka_unit_test(test_nan_loss_fails_with_erange),
         cmocka_unit_test(test_evaluation_failure_fails_the_run),
+        cmocka_unit_test(test_dpo_refuses_other_data_and_counts_two_rows),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -10,7 +10,7 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size < 1) return 0;
-    enum lorad_data_format format = (enum lorad_data_format)(data[0] % (LORAD_DATA_TOKENS + 1));
+    enum lorad_data_format format = (enum lorad_data_format)(data[0] % (LORAD_DATA_PREFERENCE + 1));
     enum lorad_chat_template tmpl = (enum lorad_chat_template)(LORAD_TEMPLATE_LLAMA2 + (data[0] >> 4) % 3);
     bool train_on_input = data[0] & 8;
     data++, size--;
