@@ -116,6 +116,10 @@ int lorad_checkpoint_latest(const char *root, int64_t *ret_step, char *ret_path,
     return 1;
 }
 
+int lorad_checkpoint_steps(const char *root, int64_t **ret_steps, size_t *ret_n) {
+    return list_steps(root, ret_steps, ret_n);
+}
+
 int lorad_checkpoint_clean_temp(const char *root) {
     DIR *d = opendir(root);
     if (!d) return errno == ENOENT ? 0 : -errno;

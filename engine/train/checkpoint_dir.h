@@ -30,6 +30,10 @@ void lorad_checkpoint_prune(const char *root, int keep);
  * none (or ROOT does not exist), -errno on error. */
 int lorad_checkpoint_latest(const char *root, int64_t *ret_step, char *ret_path, size_t cap);
 
+/* The steps of ROOT's complete checkpoints, newest first, in a malloc'd array the caller frees
+ * (*ret_steps NULL when there are none, or ROOT does not exist). 0 or -errno. */
+int lorad_checkpoint_steps(const char *root, int64_t **ret_steps, size_t *ret_n);
+
 /* Removes leftover ROOT/.step-*.tmp directories of an interrupted run. */
 int lorad_checkpoint_clean_temp(const char *root);
 

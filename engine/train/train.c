@@ -468,11 +468,16 @@ static int read_f32(const struct lorad_st_file *f, const char *name, float *dst,
 }
 
 /* Restores everything a checkpoint holds; refuses one written for another spec or dataset. */
-static int restore(struct run *r, const char *dir, int64_t step) {
+/* Restores the run from checkpoint dir (of step). On failure *ret_damaged says whether the fault
+ * is the checkpoint's own bytes (unreadable, truncated, inconsistent: an older checkpoint may
+ * do) rather than the job's (another spec, changed data: no checkpoint will do). */
+static int restore(struct run *r, const char *dir, int64_t step, bool *ret_damaged) {
     char path[LORAD_CHECKPOINT_PATH_MAX];
+    *ret_damaged = false;
     int rc = lorad_path_join(path, sizeof path, dir, STATE_FILE);
     if (rc < 0) return lorad_error_set(r->err, rc, "", "checkpoint path too long");
     struct lorad_st_file *f;
+    *ret_damaged = true;
     if ((rc = lorad_st_open(path, &f, r->err)) < 0) return rc;
     const char *fmt = lorad_st_metadata(f, "format"), *hash = lorad_st_metadata(f, "spec_hash");
     int64_t v[8];
@@ -483,6 +488,7 @@ static int restore(struct run *r, const char *dir, int64_t step) {
         goto out;
     }
     if (!hash || strcmp(hash, r->spec_hash) != 0) {
+        *ret_damaged = false;
         rc = lorad_error_set(r->err, -EINVAL, "", "%s was written for a different job spec; cannot resume", dir);
         goto out;
     }
@@ -493,6 +499,7 @@ static int restore(struct run *r, const char *dir, int64_t step) {
         goto out;
     }
     if (v[7] != lorad_corpus_size(r->train)) {
+        *ret_damaged = false;
         rc = lorad_error_set(r->err, -EINVAL, "training_file",
                              "the training data changed since %s (%" PRId64 " samples then, %" PRId64 " now)", dir,
                              v[7], lorad_corpus_size(r->train));
@@ -764,7 +771,29 @@ static int resume_or_start(struct run *r) {
         rc = lorad_checkpoint_latest(r->ckpt_root, &step, dir, sizeof dir);
         if (rc < 0) return lorad_error_set(r->err, rc, "", "cannot read %s: %s", r->ckpt_root, strerror(-rc));
         if (rc == 1) {
-            if ((rc = restore(r, dir, step)) < 0) return rc;
+            /* newest first; a damaged one (a truncated file, a disk that lied about a sync) gives
+             * way to the one before it, which the run then repeats the steps from */
+            int64_t *steps;
+            size_t n;
+            if ((rc = lorad_checkpoint_steps(r->ckpt_root, &steps, &n)) < 0)
+                return lorad_error_set(r->err, rc, "", "cannot read %s: %s", r->ckpt_root, strerror(-rc));
+            bool damaged = false;
+            for (size_t i = 0; i < n; i++) {
+                step = steps[i];
+                snprintf(dir, sizeof dir, "%s/step-%" PRId64, r->ckpt_root, step);
+                if ((rc = restore(r, dir, step, &damaged)) == 0 || !damaged) break;
+                if (i + 1 < n)
+                    say(r, "warning", "checkpoint %s is damaged (%s); resuming from the one before it, step %" PRId64,
+                        dir, r->err->message, steps[i + 1]);
+            }
+            free(steps);
+            if (rc < 0 && damaged) {
+                char last[sizeof r->err->message];
+                snprintf(last, sizeof last, "%s", r->err->message); /* not formatted into itself */
+                return lorad_error_set(r->err, rc, "", "every checkpoint of %s is damaged; the last: %s", r->ckpt_root,
+                                       last);
+            }
+            if (rc < 0) return rc;
             if (is_writer(r) && (rc = lorad_metrics_truncate_after(r->metrics_path, step)) < 0)
                 return lorad_error_set(r->err, rc, "", "cannot truncate %s", r->metrics_path);
             r->res->steps_done = step;
