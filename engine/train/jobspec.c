@@ -67,6 +67,8 @@ static const struct field lora_fields[] = {
     {"dropout", F_NUM, LO(dropout), 0, 1, false, true, false, 0.0, false, NULL},
     {"use_rslora", F_BOOL, LO(use_rslora), 0, 0, false, false, false, 0, false, NULL},
     {"init", F_ENUM, LO(init), 0, 0, false, false, false, LORAD_LORA_INIT_KAIMING, false, init_names},
+    /* LoRA+: B's learning rate over A's (the paper suggests 2^4 for most models); 1 is plain LoRA */
+    {"lr_ratio", F_NUM, LO(lr_ratio), 0, 1e4, true, false, false, 1.0, false, NULL},
 };
 #undef LO
 

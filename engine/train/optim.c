@@ -85,11 +85,13 @@ int lorad_adamw_step(struct lorad_adamw *a, const struct lorad_optim_config *c, 
     float b1 = (float)c->beta1, b2 = (float)c->beta2;
     for (size_t i = 0; i < a->n; i++) {
         float g = (float)(grads[i] * clip);
-        float p = (float)(params[i] * decay);
+        /* a scaled element computes its group's lr, decay and step size the same way */
+        double s = a->lr_scale ? (double)a->lr_scale[i] : 1.0;
+        float p = (float)(params[i] * (a->lr_scale ? 1.0 - lr * s * c->weight_decay : decay));
         a->m[i] = b1 * a->m[i] + (1.0f - b1) * g;
         a->v[i] = b2 * a->v[i] + (1.0f - b2) * g * g;
         double denom = sqrt((double)a->v[i]) / sqrt_bc2 + c->eps;
-        params[i] = (float)(p - step_size * a->m[i] / denom);
+        params[i] = (float)(p - (a->lr_scale ? lr * s / bc1 : step_size) * a->m[i] / denom);
         grads[i] = 0.0f;
     }
     a->step = t;

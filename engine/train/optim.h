@@ -40,6 +40,8 @@ struct lorad_adamw {
     float *m;      /* (n) first moment */
     float *v;      /* (n) second moment */
     int64_t step;  /* optimiser steps taken so far */
+    const float *lr_scale; /* (n) or NULL: element i's learning rate is lr * lr_scale[i], as if it were
+                            * in its own torch param group (LoRA+: B at lr_ratio times A's); borrowed */
 };
 
 /* 0 or -ENOMEM. Moments start at zero. */
@@ -51,7 +53,8 @@ typedef int (*lorad_grad_reduce_fn)(float *grads, size_t n, void *user);
 
 /* One optimiser step on params (n) with grads (n), in this order: reduce hook (if any), global
  * norm (returned in *ret_norm, before clipping), clip by max_grad_norm/(norm+1e-6) when the norm
- * exceeds max_grad_norm, AdamW with lorad_lr_at(c, a->step) (returned in *ret_lr), step += 1,
+ * exceeds max_grad_norm, AdamW with lorad_lr_at(c, a->step) (returned in *ret_lr; times lr_scale[i]
+ * for element i, weight decay included, when a->lr_scale is set), step += 1,
  * grads zeroed for the next accumulation. Returns 0 or the hook's error (nothing updated). */
 int lorad_adamw_step(struct lorad_adamw *a, const struct lorad_optim_config *c, float *params, float *grads,
                      lorad_grad_reduce_fn reduce, void *reduce_user, double *ret_norm, double *ret_lr);

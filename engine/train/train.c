@@ -48,6 +48,7 @@ struct cursor {
 };
 
 struct run {
+    float *lr_scale;                     /* (n_params) LoRA+ learning-rate scales, or NULL */
     const struct lorad_job_spec *spec;
     const struct lorad_train_options *opt;
     const struct lorad_train_callbacks *cb;
@@ -264,6 +265,19 @@ static int build_model(struct run *r) {
     size_t n;
     lorad_model_params(r->model, &n);
     if (lorad_adamw_init(&r->adam, n) < 0) return lorad_error_set(r->err, -ENOMEM, "", "out of memory for AdamW state");
+    if (s->lora.lr_ratio != 1.0) {
+        /* LoRA+ (Hayou et al.): every lora_B element at lr_ratio times the learning rate */
+        float *scale = malloc(sizeof(float) * (n ? n : 1));
+        if (!scale) return lorad_error_set(r->err, -ENOMEM, "", "out of memory for the LoRA+ learning rates");
+        for (size_t i = 0; i < n; i++) scale[i] = 1.0f;
+        for (int t = 0; t < lorad_model_n_lora_tensors(r->model); t++) {
+            const struct lorad_lora_tensor *lt = lorad_model_lora_tensor(r->model, t);
+            if (!lt->is_b) continue;
+            for (int64_t i = 0; i < lt->rows * lt->cols; i++) scale[lt->offset + (size_t)i] = (float)s->lora.lr_ratio;
+        }
+        r->lr_scale = scale;
+        r->adam.lr_scale = scale;
+    }
 
     lorad_optim_config_defaults(&r->ocfg);
     r->ocfg.lr = s->hp.learning_rate;
@@ -356,6 +370,8 @@ static void hash_spec(struct run *r) {
     /* A supervised job's method echoes its hyperparameters and nothing else: without it the hash
      * stays that of checkpoints written before "method" was echoed. */
     if (j && r->spec->method.type == LORAD_METHOD_SUPERVISED) json_object_del(j, "method");
+    /* likewise lora.lr_ratio at its default: checkpoints from before LoRA+ still resume */
+    if (j && r->spec->lora.lr_ratio == 1.0) json_object_del(json_object_get(j, "lora"), "lr_ratio");
     char *s = j ? json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
     uint64_t h = 1469598103934665603ull;
     for (const char *p = s ? s : ""; *p; p++) h = (h ^ (uint8_t)*p) * 1099511628211ull;
@@ -866,6 +882,7 @@ out:
     free(r.micro);
     lorad_epoch_plan_clear(&r.plan);
     lorad_adamw_destroy(&r.adam);
+    free(r.lr_scale);
     lorad_model_free(r.model);
     lorad_corpus_free(r.valid);
     lorad_corpus_free(r.train);

@@ -124,6 +124,7 @@ static void test_defaults_match_documentation(void **state) {
     assert_string_equal(s.lora.targets[0], "q_proj");
     assert_string_equal(s.lora.targets[1], "v_proj");
     assert_int_equal(s.lora.init, LORAD_LORA_INIT_KAIMING);
+    assert_float_equal(s.lora.lr_ratio, 1.0, 0); /* plain LoRA unless LoRA+ is asked for */
     assert_string_equal(s.validation_file, "");
     assert_int_equal(s.data_format, LORAD_DATA_AUTO);
     assert_int_equal(s.template, LORAD_TEMPLATE_AUTO);
@@ -156,6 +157,8 @@ static void test_errors_name_the_field(void **state) {
     (void)state;
     expect_error("{\"training_file\":\"t\"}", "model");
     expect_error("{\"model\":\"m\"}", "training_file");
+    expect_error("{\"model\":\"m\",\"training_file\":\"t\",\"lora\":{\"lr_ratio\":0}}", "lora.lr_ratio");
+    expect_error("{\"model\":\"m\",\"training_file\":\"t\",\"lora\":{\"lr_ratio\":1e5}}", "lora.lr_ratio");
     expect_error("{\"model\":\"m\",\"training_file\":\"t\",\"bogus\":1}", "bogus");
     expect_error("{\"model\":\"m\",\"training_file\":\"t\",\"hyperparameters\":{\"batch_sise\":1}}",
                  "hyperparameters.batch_sise");

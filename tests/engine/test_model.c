@@ -702,6 +702,41 @@ static void test_rows_match_forward_backward_and_eval(void **state) {
     tiny_model_free(&tm);
 }
 
+/* LoRA+'s per-element learning rates are torch's param groups: one AdamW whose second half is
+ * scaled by 16 moves every element bit for bit as two AdamWs would, the second at 16x the lr
+ * (weight decay on, clipping off: torch clips over all groups at once, which one optimiser does). */
+static void test_adamw_lr_scale_is_param_groups(void **state) {
+    (void)state;
+    enum { N = 64, H = 32 };
+    struct lorad_optim_config c;
+    lorad_optim_config_defaults(&c);
+    c.lr = 3e-3, c.weight_decay = 0.05, c.max_grad_norm = 0, c.warmup_steps = 0;
+    struct lorad_optim_config c16 = c;
+    c16.lr = c.lr * 16.0;
+    struct lorad_adamw one, lo, hi;
+    assert_int_equal(lorad_adamw_init(&one, N), 0);
+    assert_int_equal(lorad_adamw_init(&lo, H), 0);
+    assert_int_equal(lorad_adamw_init(&hi, N - H), 0);
+    float scale[N], p[N], q[N], g[N], h[N];
+    for (int i = 0; i < N; i++) scale[i] = i < H ? 1.0f : 16.0f, p[i] = q[i] = (float)sin(i + 1.0);
+    one.lr_scale = scale;
+    for (int step = 0; step < 6; step++) {
+        for (int i = 0; i < N; i++) g[i] = h[i] = (float)cos(7.0 * i + step);
+        double n1, l1;
+        assert_int_equal(lorad_adamw_step(&one, &c, p, g, NULL, NULL, &n1, &l1), 0);
+        assert_int_equal(lorad_adamw_step(&lo, &c, q, h, NULL, NULL, &n1, &l1), 0);
+        assert_int_equal(lorad_adamw_step(&hi, &c16, q + H, h + H, NULL, NULL, &n1, &l1), 0);
+        for (int i = 0; i < N; i++)
+            if (memcmp(&p[i], &q[i], sizeof p[i]) != 0)
+                fail_msg("step %d element %d: one optimiser with scales %.9g, two groups %.9g", step, i, (double)p[i],
+                         (double)q[i]);
+    }
+    assert_true(fabs(p[N - 1] - (float)sin(N)) > 4 * fabs(p[0] - (float)sin(1.0))); /* the scale acted */
+    lorad_adamw_destroy(&one);
+    lorad_adamw_destroy(&lo);
+    lorad_adamw_destroy(&hi);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_whole_model_finite_differences),
@@ -712,6 +747,7 @@ int main(void) {
         cmocka_unit_test(test_packing_equals_separate_rows),
         cmocka_unit_test(test_lora_names_init_and_set),
         cmocka_unit_test(test_schedules_and_adamw),
+        cmocka_unit_test(test_adamw_lr_scale_is_param_groups),
         cmocka_unit_test(test_bad_input_is_named),
         cmocka_unit_test(test_row_weights_finite_differences),
         cmocka_unit_test(test_rows_match_forward_backward_and_eval),
