@@ -19,7 +19,7 @@ import re
 import socket
 import time
 
-from serve_common import Daemon, check, check_error, log, main, make_model
+from serve_common import Daemon, api_spec, check, check_error, log, main, make_model
 
 KEY = "security-test-key-0123456789"
 PUBLIC_OK = {"/livez", "/readyz", "/", "/ui/{asset}"}
@@ -30,28 +30,13 @@ EVIL = ["..", "%2e%2e", "..%2f..%2f..%2fetc%2fpasswd", "%2fetc%2fpasswd", "file-
 
 
 def operations():
-    """(method, path, public) for every operation of openapi.yaml's paths."""
-    ops, cur, method, in_paths = [], None, None, False
-    with open(os.path.join(os.environ.get("LORAD_SOURCE_DIR", "."), "openapi.yaml")) as f:
-        for line in f:
-            if re.match(r"^\S", line):
-                in_paths = line.startswith("paths:")
-                continue
-            if not in_paths:
-                continue
-            m = re.match(r"^  (/\S*):\s*$", line)
-            if m:
-                cur = m.group(1)
-                continue
-            m = re.match(r"^    (get|put|post|delete|patch):\s*$", line)
-            if m and cur:
-                method = m.group(1).upper()
-                ops.append([method, cur, False])
-                continue
-            if method and re.match(r"^      security: \[\]\s*$", line):
-                ops[-1][2] = True
+    """(method, path, public) for every operation of openapi.yaml, from the spec serve_common
+    already loads; public means `security: []` on the operation."""
+    ops = [(method.upper(), path, op.get("security") == [])
+           for path, item in api_spec().doc["paths"].items()
+           for method, op in item.items() if method in ("get", "put", "post", "delete", "patch")]
     check(len(ops) >= 25, f"parsed only {len(ops)} operations from openapi.yaml")
-    return [tuple(o) for o in ops]
+    return ops
 
 
 def fill(path, **override):
