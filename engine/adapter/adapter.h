@@ -22,13 +22,15 @@ struct lorad_adapter_meta {
     double alpha;
     double dropout;
     bool use_rslora;
+    bool use_dora;                               /* DoRA: every module has a lora_magnitude_vector */
     int n_targets;
     char targets[LORAD_ADAPTER_MAX_TARGETS][16]; /* q_proj ... down_proj, lm_head */
     char base_model[1024];                       /* base_model_name_or_path */
 };
 
 /* One LoRA matrix, named as in PEFT without the "base_model.model." prefix, e.g.
- * "model.layers.3.self_attn.q_proj.lora_A.weight" (r, in) or "lm_head.lora_B.weight" (out, r).
+ * "model.layers.3.self_attn.q_proj.lora_A.weight" (r, in) or "lm_head.lora_B.weight" (out, r),
+ * or DoRA's "....q_proj.lora_magnitude_vector" (out), held as (out, 1) and stored 1-D.
  * data is row-major f32, borrowed for the duration of the call. */
 struct lorad_adapter_tensor {
     char name[128];
@@ -41,7 +43,8 @@ struct lorad_adapter_tensor {
 int lorad_adapter_write_peft(const char *dir, const struct lorad_adapter_meta *meta,
                              const struct lorad_adapter_tensor *tensors, int n_tensors, struct lorad_error *err);
 
-/* Writes a llama.cpp LoRA GGUF (v3) for a base with config cfg. lora_B rows of q_proj / k_proj are
+/* Writes a llama.cpp LoRA GGUF (v3) for a base with config cfg; a DoRA adapter (meta->use_dora)
+ * is refused with -EOPNOTSUPP and param "format", as the format cannot hold it. lora_B rows of q_proj / k_proj are
  * permuted from HF's rotate_half order to GGUF's interleaved order. With use_rslora the stored alpha
  * is alpha*sqrt(r), because llama.cpp scales by alpha/r. */
 int lorad_adapter_write_gguf(const char *path, const struct lorad_adapter_meta *meta,

@@ -25,6 +25,7 @@ int lorad_adapter_lora_config(const struct lorad_adapter *a, struct lorad_lora_c
                                    .dropout = 0.0f,
                                    .targets = targets,
                                    .use_rslora = a->meta.use_rslora,
+                                   .use_dora = a->meta.use_dora,
                                    .init = LORAD_LORA_INIT_KAIMING};
     int rc = lorad_lora_config_validate(&lc, err);
     if (rc < 0) {

@@ -86,6 +86,10 @@ static int gguf_name(const char *hf, char *out, size_t n, int *ret_rope_heads_ki
 int lorad_adapter_write_gguf(const char *path, const struct lorad_adapter_meta *meta,
                              const struct lorad_adapter_tensor *tensors, int n_tensors,
                              const struct lorad_llama_config *cfg, struct lorad_error *err) {
+    if (meta->use_dora)
+        return lorad_error_set(err, -EOPNOTSUPP, "format",
+                               "a DoRA adapter cannot be written as a GGUF LoRA: llama.cpp applies W + scale*B*A and "
+                               "has no magnitude vectors; export the merged model (format merged) or PEFT instead");
     struct buf h = {0};
     put(&h, "GGUF", 4);
     put_u32(&h, 3);

@@ -9,6 +9,7 @@
 
 #include "adapter.h"
 #include "fsutil.h"
+#include "lora.h"
 #include "safetensors_write.h"
 
 #define PEFT_PREFIX "base_model.model."
@@ -28,7 +29,7 @@ static json_t *peft_config_json(const struct lorad_adapter_meta *m) {
                      "lora_dropout", m->dropout, "target_modules", targets, "use_rslora", m->use_rslora, "bias",
                      "none", "fan_in_fan_out", 0, "inference_mode", 1, "base_model_name_or_path", m->base_model,
                      "init_lora_weights", 1, "modules_to_save", "layers_to_transform", "rank_pattern",
-                     "alpha_pattern", "use_dora", 0, "revision");
+                     "alpha_pattern", "use_dora", m->use_dora, "revision");
 }
 
 static int write_text_atomic(const char *path, const char *text, struct lorad_error *err) {
@@ -50,7 +51,8 @@ int lorad_adapter_write_peft(const char *dir, const struct lorad_adapter_meta *m
         char name[256];
         snprintf(name, sizeof name, PEFT_PREFIX "%s", tensors[i].name);
         int64_t shape[2] = {tensors[i].rows, tensors[i].cols};
-        r = lorad_st_writer_add(w, name, "F32", shape, 2, tensors[i].data,
+        int ndim = lorad_lora_is_magnitude_name(tensors[i].name) ? 1 : 2; /* PEFT's magnitude is (out) */
+        r = lorad_st_writer_add(w, name, "F32", shape, ndim, tensors[i].data,
                                 (size_t)(tensors[i].rows * tensors[i].cols) * sizeof(float));
     }
     if (r < 0) {
@@ -119,7 +121,7 @@ static int parse_config(json_t *root, const char *path, struct lorad_adapter_met
     v = json_object_get(root, "fan_in_fan_out");
     if (json_is_true(v)) FAIL("fan_in_fan_out", "%s: fan_in_fan_out adapters are not supported", path);
     v = json_object_get(root, "use_dora");
-    if (json_is_true(v)) FAIL("use_dora", "%s: DoRA adapters are not supported", path);
+    m.use_dora = json_is_true(v);
     v = json_object_get(root, "bias");
     if (json_is_string(v) && strcmp(json_string_value(v), "none") != 0)
         FAIL("bias", "%s: bias \"%s\" is not supported (only \"none\")", path, json_string_value(v));

@@ -7,6 +7,7 @@
 
 #include "adapter_read.h"
 #include "gguf.h"
+#include "lora.h"
 #include "load_common.h"
 #include "safetensors_read.h"
 #include "tar.h"
@@ -25,10 +26,11 @@ static const struct {
     {"mlp.down_proj", "ffn_down", "down_proj"}, {"lm_head", "output", "lm_head"},
 };
 
+enum { PART_A, PART_B, PART_MAGNITUDE };
 struct parsed_name {
     int layer;  /* -1 for lm_head */
     int module; /* index into modules[] */
-    int is_B;
+    int part;   /* PART_* */
 };
 
 /* Parses a decimal layer index without sign or leading zeros; returns the chars consumed or 0. */
@@ -41,7 +43,8 @@ static int parse_index(const char *s, int *ret) {
     return n;
 }
 
-/* "model.layers.N.<module>.lora_{A,B}.weight" or "lm_head.lora_{A,B}.weight"; -EINVAL otherwise. */
+/* "model.layers.N.<module>.lora_{A,B}.weight" or "lm_head.lora_{A,B}.weight", or the same with
+ * DoRA's "lora_magnitude_vector" (PEFT saves it without ".weight"); -EINVAL otherwise. */
 static int parse_peft_name(const char *name, struct parsed_name *p) {
     const char *rest = NULL;
     if (strncmp(name, "lm_head.", 8) == 0) {
@@ -64,8 +67,9 @@ static int parse_peft_name(const char *name, struct parsed_name *p) {
         }
         if (p->module < 0) return -EINVAL;
     }
-    if (strcmp(rest, "lora_A.weight") == 0) p->is_B = 0;
-    else if (strcmp(rest, "lora_B.weight") == 0) p->is_B = 1;
+    if (strcmp(rest, "lora_A.weight") == 0) p->part = PART_A;
+    else if (strcmp(rest, "lora_B.weight") == 0) p->part = PART_B;
+    else if (strcmp(rest, "lora_magnitude_vector") == 0) p->part = PART_MAGNITUDE;
     else return -EINVAL;
     return 0;
 }
@@ -115,8 +119,8 @@ int lorad_adapter_validate(const struct lorad_adapter_tensor *tensors, int n_ten
         struct parsed_name p;
         if (parse_peft_name(t->name, &p) < 0)
             return lorad_error_set(err, -EINVAL, t->name,
-                                   "%s: unknown adapter tensor %s (lorad applies only lora_A/lora_B of "
-                                   "q/k/v/o/gate/up/down_proj and lm_head)",
+                                   "%s: unknown adapter tensor %s (lorad applies only lora_A/lora_B and DoRA's "
+                                   "lora_magnitude_vector of q/k/v/o/gate/up/down_proj and lm_head)",
                                    source, t->name);
         if (cfg && p.layer >= cfg->n_layers)
             return lorad_error_set(err, -EINVAL, t->name, "%s: tensor %s: layer %d out of range (the base has %d layers)",
@@ -128,19 +132,23 @@ int lorad_adapter_validate(const struct lorad_adapter_tensor *tensors, int n_ten
         int64_t want_rows = -1, want_cols = -1, in, out;
         if (cfg) {
             module_shape(cfg, p.module, &in, &out);
-            want_rows = p.is_B ? out : r;
-            want_cols = p.is_B ? r : in;
+            want_rows = p.part == PART_A ? r : out;
+            want_cols = p.part == PART_A ? in : p.part == PART_B ? r : 1;
         } else {
-            want_rows = p.is_B ? t->rows : r;
-            want_cols = p.is_B ? r : t->cols;
+            want_rows = p.part == PART_A ? r : t->rows;
+            want_cols = p.part == PART_A ? t->cols : p.part == PART_B ? r : 1;
         }
+        if (p.part == PART_MAGNITUDE && (t->rows != want_rows || t->cols != 1))
+            return lorad_error_set(err, -EINVAL, t->name, "%s: tensor %s has %lld elements, expected (%lld) (the module's "
+                                   "outputs)", source, t->name, (long long)(t->rows * t->cols), (long long)want_rows);
         if (t->rows != want_rows || t->cols != want_cols)
             return lorad_error_set(err, -EINVAL, t->name, "%s: tensor %s has shape (%lld, %lld), expected (%lld, %lld)%s",
                                    source, t->name, (long long)t->rows, (long long)t->cols, (long long)want_rows,
                                    (long long)want_cols,
-                                   (p.is_B ? t->cols != r : t->rows != r) ? " (rank differs from r)" : "");
+                                   (p.part == PART_B ? t->cols != r : t->rows != r) ? " (rank differs from r)" : "");
     }
-    /* Each (layer, module) must have exactly one A and one B. */
+    /* Each (layer, module) must have exactly one A and one B, and a magnitude either in every
+     * module (DoRA) or in none. */
     size_t n_slots = ((size_t)max_layer + 2) * 8;
     unsigned char *seen = calloc(n_slots, 1);
     if (!seen) return lorad_error_set(err, -ENOMEM, "", "out of memory");
@@ -149,21 +157,27 @@ int lorad_adapter_validate(const struct lorad_adapter_tensor *tensors, int n_ten
         struct parsed_name p;
         parse_peft_name(tensors[i].name, &p);
         size_t slot = (size_t)(p.layer + 1) * 8 + (size_t)p.module;
-        unsigned char bit = (unsigned char)(1u << p.is_B);
+        unsigned char bit = (unsigned char)(1u << p.part);
         if (seen[slot] & bit)
             rc = lorad_error_set(err, -EINVAL, tensors[i].name, "%s: tensor %s appears twice", source, tensors[i].name);
         seen[slot] |= bit;
     }
+    bool dora = false;
+    for (int i = 0; i < n_tensors; i++) dora = dora || lorad_lora_is_magnitude_name(tensors[i].name);
     for (int i = 0; i < n_tensors && rc == 0; i++) {
         struct parsed_name p;
         parse_peft_name(tensors[i].name, &p);
-        if (seen[(size_t)(p.layer + 1) * 8 + (size_t)p.module] != 3) {
-            char module[96];
-            if (p.layer < 0) snprintf(module, sizeof module, "lm_head");
-            else snprintf(module, sizeof module, "model.layers.%d.%s", p.layer, modules[p.module].hf);
+        unsigned char have = seen[(size_t)(p.layer + 1) * 8 + (size_t)p.module];
+        char module[96];
+        if (p.layer < 0) snprintf(module, sizeof module, "lm_head");
+        else snprintf(module, sizeof module, "model.layers.%d.%s", p.layer, modules[p.module].hf);
+        if ((have & 3) != 3)
             rc = lorad_error_set(err, -EINVAL, tensors[i].name, "%s: %s has %s but no %s.lora_%c.weight", source, module,
-                                 tensors[i].name, module, p.is_B ? 'A' : 'B');
-        }
+                                 tensors[i].name, module, (have & 1) ? 'B' : 'A');
+        else if (dora && !(have & 4))
+            rc = lorad_error_set(err, -EINVAL, tensors[i].name,
+                                 "%s: %s has no %s.lora_magnitude_vector, which DoRA needs in every adapted module "
+                                 "(other modules have one)", source, module, module);
     }
     free(seen);
     return rc;
@@ -264,17 +278,29 @@ static int load_peft_tensors(struct lorad_adapter *a, const struct lorad_llama_c
                                  t->name, t->dtype);
             goto out;
         }
-        if (t->ndim != 2) {
-            rc = lorad_error_set(err, -EINVAL, dst->name, "%s: tensor %s has %d dimensions, expected 2", path, t->name,
-                                 t->ndim);
+        int want_ndim = lorad_lora_is_magnitude_name(dst->name) ? 1 : 2;
+        if (t->ndim != want_ndim) {
+            rc = lorad_error_set(err, -EINVAL, dst->name, "%s: tensor %s has %d dimensions, expected %d", path, t->name,
+                                 t->ndim, want_ndim);
             goto out;
         }
         dst->rows = t->shape[0];
-        dst->cols = t->shape[1];
+        dst->cols = want_ndim == 2 ? t->shape[1] : 1;
         src[a->n_tensors] = (struct source_tensor){t->data, t->dtype};
         a->n_tensors++;
     }
     if ((rc = lorad_adapter_validate(a->tensors, a->n_tensors, a->meta.r, cfg, path, err)) < 0) goto out;
+    bool has_magnitudes = false;
+    for (int i = 0; i < a->n_tensors; i++) has_magnitudes = has_magnitudes || lorad_lora_is_magnitude_name(a->tensors[i].name);
+    if (has_magnitudes != a->meta.use_dora) {
+        rc = lorad_error_set(err, -EINVAL, "use_dora",
+                             a->meta.use_dora ? "%s: adapter_config.json has use_dora true but the tensors hold no "
+                                                "lora_magnitude_vector"
+                                              : "%s: the tensors hold DoRA's lora_magnitude_vector but adapter_config.json "
+                                                "has use_dora false",
+                             path);
+        goto out;
+    }
     rc = fill_tensors(a, src, err);
 out:
     free(src);
@@ -617,7 +643,7 @@ static int load_gguf(struct lorad_adapter *a, const struct lorad_llama_config *c
         struct lorad_adapter_tensor *t = &a->tensors[i];
         struct parsed_name p;
         parse_peft_name(t->name, &p);
-        if (!p.is_B || p.module > 1) continue;
+        if (p.part != PART_B || p.module > 1) continue;
         size_t bytes = (size_t)(t->rows * t->cols) * sizeof(float);
         float *hf = malloc(bytes);
         if (!hf) {

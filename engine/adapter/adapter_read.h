@@ -5,17 +5,18 @@
  * order (GGUF's q/k lora_B rows are moved back from Meta's interleaved RoPE order).
  *
  * Validation (against a base config when one is given) refuses anything lorad would not apply
- * exactly as PEFT does: unknown tensors (lora_embedding_*, modules_to_save, DoRA magnitudes,
- * biases), layer indices out of range, a module with only one of lora_A / lora_B, a rank other
- * than r, or in/out sizes that do not match the base projection. */
+ * exactly as PEFT does: unknown tensors (lora_embedding_*, modules_to_save, biases), layer
+ * indices out of range, a module with only one of lora_A / lora_B, DoRA magnitudes in some
+ * modules but not all or against the config's use_dora, a rank other than r, or in/out sizes
+ * that do not match the base projection. */
 #pragma once
 #include "adapter.h"
 #include "error.h"
 #include "llama_config.h"
 
-/* Upper bound on the tensors an adapter may hold: A and B for 7 projections of every layer and
- * for lm_head. */
-#define LORAD_ADAPTER_MAX_TENSORS (2 * (7 * LORAD_MAX_LAYERS + 1))
+/* Upper bound on the tensors an adapter may hold: A, B and a DoRA magnitude for 7 projections of
+ * every layer and for lm_head. */
+#define LORAD_ADAPTER_MAX_TENSORS (3 * (7 * LORAD_MAX_LAYERS + 1))
 
 /* Upper bound on one member of an adapter.tar (the safetensors of a rank-1024 all-linear adapter of a
  * 70B base is ~16 GB in F32; anything bigger is not an adapter). */

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dora.h"
 #include "merge.h"
 #include "safetensors_write.h"
 
@@ -72,6 +73,13 @@ static int add_tensor(struct lorad_st_writer *w, struct out_buffers *bufs, const
         if (adapted) {
             assert(A->cols == t->cols && B->rows == t->rows && A->rows == B->cols);
             lorad_merge_matrix(f, B->data, A->data, (float)lorad_adapter_scale(&adapter->meta), t->rows, t->cols, A->rows);
+            if (adapter->meta.use_dora) {
+                char mag_name[160];
+                snprintf(mag_name, sizeof mag_name, "%s.lora_magnitude_vector", module);
+                const struct lorad_adapter_tensor *mag = lorad_adapter_find(adapter, mag_name);
+                assert(mag && mag->rows == t->rows); /* lorad_adapter_load checked every module has one */
+                lorad_dora_scale_rows(f, mag->data, t->rows, t->cols);
+            }
         }
         data = f;
         if (dtype == LORAD_DTYPE_BF16) {

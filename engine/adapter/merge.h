@@ -1,6 +1,7 @@
 /* Merging a LoRA adapter into its base: W' = W + scale * B @ A for every adapted projection, as
- * PEFT's merge_and_unload does (scale = alpha / r, or alpha / sqrt(r) with rsLoRA), computed in f32
- * and stored back in the base tensor's dtype (BF16 rounded to nearest even).
+ * PEFT's merge_and_unload does (scale = alpha / r, or alpha / sqrt(r) with rsLoRA), and for a
+ * DoRA adapter each row of that then scaled to its magnitude, m_j / ||W'_j||; computed in f32 and
+ * stored back in the base tensor's dtype (BF16 rounded to nearest even).
  *
  * A tied base whose lm_head is adapted cannot stay tied: the merged head differs from the
  * embeddings, so the merged model gets its own lm_head.weight and must be described with

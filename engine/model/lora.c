@@ -57,6 +57,18 @@ int lorad_lora_config_validate(const struct lorad_lora_config *lc, struct lorad_
     return 0;
 }
 
+int lorad_lora_tensor_shape(const struct lorad_lora_tensor *t, int64_t shape[2]) {
+    shape[0] = t->rows;
+    shape[1] = t->cols;
+    return t->is_magnitude ? 1 : 2;
+}
+
+bool lorad_lora_is_magnitude_name(const char *name) {
+    static const char leaf[] = ".lora_magnitude_vector";
+    size_t n = strlen(name), k = sizeof leaf - 1;
+    return n > k && strcmp(name + n - k, leaf) == 0;
+}
+
 float lorad_lora_scale(const struct lorad_lora_config *lc) {
     return lc->use_rslora ? (float)(lc->alpha / sqrt((double)lc->r)) : (float)((double)lc->alpha / lc->r);
 }
@@ -93,23 +105,26 @@ static void layout(struct lorad_lora_tensor *table, const struct lorad_llama_con
             if ((l == c->n_layers) != head || !(lc->targets & (1u << m))) continue;
             int64_t out, in;
             lorad_lora_module_shape(c, (enum lorad_lora_module)m, &out, &in);
-            for (int isb = 0; isb < 2; isb++) {
+            /* part 0: A (r, in), 1: B (out, r), 2: the DoRA magnitude (out) */
+            for (int part = 0; part < (lc->use_dora ? 3 : 2); part++) {
+                int64_t rows = part == 0 ? lc->r : out, cols = part == 0 ? in : part == 1 ? lc->r : 1;
                 if (table) {
                     struct lorad_lora_tensor *t = &table[n];
                     memset(t, 0, sizeof *t);
+                    const char *leaf = part == 0 ? "lora_A.weight" : part == 1 ? "lora_B.weight" : "lora_magnitude_vector";
                     if (head)
-                        snprintf(t->name, sizeof t->name, "lm_head.lora_%c.weight", isb ? 'B' : 'A');
+                        snprintf(t->name, sizeof t->name, "lm_head.%s", leaf);
                     else
-                        snprintf(t->name, sizeof t->name, "model.layers.%d.%s.lora_%c.weight", l, module_paths[m],
-                                 isb ? 'B' : 'A');
+                        snprintf(t->name, sizeof t->name, "model.layers.%d.%s.%s", l, module_paths[m], leaf);
                     t->layer = head ? -1 : l;
                     t->module = (enum lorad_lora_module)m;
-                    t->is_b = isb;
-                    t->rows = isb ? out : lc->r;
-                    t->cols = isb ? lc->r : in;
+                    t->is_b = part == 1;
+                    t->is_magnitude = part == 2;
+                    t->rows = rows;
+                    t->cols = cols;
                     t->offset = off;
                 }
-                off += (size_t)(isb ? out : in) * (size_t)lc->r;
+                off += (size_t)rows * (size_t)cols;
                 n++;
             }
         }
@@ -134,7 +149,7 @@ void lorad_lora_init_params(float *params, const struct lorad_lora_tensor *table
         const struct lorad_lora_tensor *t = &table[i];
         float *p = params + t->offset;
         int64_t n = t->rows * t->cols;
-        if (t->is_b) {
+        if (t->is_b || t->is_magnitude) {
             memset(p, 0, sizeof(float) * (size_t)n);
             continue;
         }

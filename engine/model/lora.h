@@ -1,7 +1,11 @@
 /* LoRA configuration and the flat parameter layout of an adapter.
  *
  * y = W x (+ b) + scale * B (A (dropout(x))), A (r, in), B (out, r), scale = alpha / r, or
- * alpha / sqrt(r) with use_rslora. Every LoRA tensor lives in ONE flat f32 buffer and its gradient
+ * alpha / sqrt(r) with use_rslora. With use_dora (DoRA, Liu et al. 2024, as PEFT defines it) each
+ * adapted module also has a magnitude vector m (out) and
+ *   y = W x (+ b) + (m/n - 1) * W d + (m/n) * scale * B (A d),   d = dropout(x),
+ * n = the row norms of W + scale * B A, treated as a constant in backward (the paper's section
+ * 4.3); m starts at the row norms of W, so an untrained DoRA adapter leaves the base unchanged. Every LoRA tensor lives in ONE flat f32 buffer and its gradient
  * in one flat buffer of the same layout (the single place a distributed allreduce would wrap);
  * a table maps PEFT names (without the "base_model.model." prefix) to offsets and shapes. */
 #pragma once
@@ -36,6 +40,7 @@ struct lorad_lora_config {
     float dropout;     /* probability in [0, 1) */
     uint32_t targets;  /* bit set of enum lorad_lora_module */
     bool use_rslora;
+    bool use_dora;
     enum lorad_lora_init init;
 };
 
@@ -56,13 +61,21 @@ float lorad_lora_scale(const struct lorad_lora_config *lc);
 
 /* One LoRA tensor of the flat buffer. */
 struct lorad_lora_tensor {
-    char name[96];   /* PEFT name, e.g. "model.layers.3.self_attn.q_proj.lora_A.weight" */
-    int layer;       /* -1 for lm_head */
+    char name[96];     /* PEFT name, e.g. "model.layers.3.self_attn.q_proj.lora_A.weight" */
+    int layer;         /* -1 for lm_head */
     enum lorad_lora_module module;
-    bool is_b;       /* lora_B (out, r) rather than lora_A (r, in) */
+    bool is_b;         /* lora_B (out, r) rather than lora_A (r, in) */
+    bool is_magnitude; /* DoRA's lora_magnitude_vector (out): rows = out, cols = 1 */
     int64_t rows, cols;
-    size_t offset;   /* in floats, into the flat parameter and gradient buffers */
+    size_t offset;     /* in floats, into the flat parameter and gradient buffers */
 };
+
+/* The tensor's shape as PEFT stores it: 2 dimensions, or 1 (rows) for a magnitude vector.
+ * Returns the number of dimensions written to shape. */
+int lorad_lora_tensor_shape(const struct lorad_lora_tensor *t, int64_t shape[2]);
+
+/* True when name (with or without "base_model.model.") ends as a DoRA magnitude vector does. */
+bool lorad_lora_is_magnitude_name(const char *name);
 
 /* (out, in) of a module for cfg. */
 void lorad_lora_module_shape(const struct lorad_llama_config *cfg, enum lorad_lora_module m, int64_t *ret_out,
@@ -73,10 +86,11 @@ void lorad_lora_layout_size(const struct lorad_llama_config *cfg, const struct l
                             int *ret_n_tensors, size_t *ret_n_floats);
 
 /* Fills table (lorad_lora_layout_size entries) in a fixed order: layers ascending, modules in enum
- * order, A before B; lm_head last. */
+ * order, A before B before the magnitude (with use_dora); lm_head last. */
 void lorad_lora_layout(struct lorad_lora_tensor *table, const struct lorad_llama_config *cfg,
                        const struct lorad_lora_config *lc);
 
-/* Initialises params per lc->init from counters (seed, tensor index, element): deterministic. */
+/* Initialises params per lc->init from counters (seed, tensor index, element): deterministic.
+ * Magnitude vectors are set to 0: they depend on the base, which the model fills in. */
 void lorad_lora_init_params(float *params, const struct lorad_lora_tensor *table, int n_tensors,
                             const struct lorad_lora_config *lc, uint64_t seed);

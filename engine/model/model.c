@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dora.h"
 #include "gemm.h"
 #include "kernels.h"
 #include "rng.h"
@@ -49,6 +50,14 @@ struct lorad_model {
     int lora_a[LORAD_MAX_LAYERS + 1][LORAD_N_LORA_MODULES]; /* table index of A (B follows), or -1 */
     size_t n_params;
     float *params, *grads;
+    /* DoRA (lc.use_dora): per adapted module, at dora_off into the two vectors below, the scale
+     * m/n its forward applies and 1/n (n the row norms of W + scale B A), both refreshed from the
+     * parameters at the start of every pass (dora_refresh) and constant through its backward */
+    int64_t dora_off[LORAD_MAX_LAYERS + 1][LORAD_N_LORA_MODULES];
+    float *dora_ms, *dora_inv_n; /* (sum of adapted modules' out) */
+    float *dora_tmp;             /* (N, max out) or (HEAD_CHUNK, V) with lm_head: W d + scale u B^T */
+    double *dora_colsum;         /* (max out) the magnitude gradient's column sums */
+    float *dora_rows[LORAD_MAX_THREADS]; /* lorad_dora_scratch_floats(max_in) each */
     bool lora_enabled;
     bool dropout_active;
     uint64_t dropout_counter;
@@ -152,6 +161,23 @@ static void carve_all(struct lorad_model *m, struct carver *c, const struct lora
     if (lc->dropout > 0) {
         m->xd = CARVE_F(c, N * max_in);
         m->dtmp = CARVE_F(c, N * max_in);
+    }
+    if (lc->use_dora) {
+        int64_t n_mag = 0, max_out = 0, tmp = 0;
+        for (int k = 0; k < LORAD_N_LORA_MODULES; k++) {
+            if (!(lc->targets & (1u << k))) continue;
+            int64_t out, in;
+            lorad_lora_module_shape(cfg, (enum lorad_lora_module)k, &out, &in);
+            n_mag += k == LORAD_LM_HEAD ? out : L * out;
+            if (out > max_out) max_out = out;
+            int64_t rows_out = (k == LORAD_LM_HEAD ? chunk : N) * out;
+            if (rows_out > tmp) tmp = rows_out;
+        }
+        m->dora_ms = CARVE_F(c, n_mag);
+        m->dora_inv_n = CARVE_F(c, n_mag);
+        m->dora_tmp = CARVE_F(c, tmp);
+        m->dora_colsum = carve(c, sizeof(double) * (size_t)max_out);
+        for (int t = 0; t < o->threads; t++) m->dora_rows[t] = CARVE_F(c, lorad_dora_scratch_floats(max_in));
     }
     m->logits = CARVE_F(c, chunk * cfg->vocab_size);
     m->row_loss = carve(c, sizeof(double) * (size_t)chunk);
@@ -326,12 +352,17 @@ int lorad_model_new(struct lorad_model **ret_model, const struct lorad_base_weig
     lorad_lora_layout(m->table, cfg, lc);
     for (int l = 0; l <= cfg->n_layers; l++)
         for (int k = 0; k < LORAD_N_LORA_MODULES; k++) m->lora_a[l][k] = -1;
-    for (int i = 0; i < m->n_lora; i++)
-        if (!m->table[i].is_b) {
-            int l = m->table[i].layer < 0 ? cfg->n_layers : m->table[i].layer;
-            m->lora_a[l][m->table[i].module] = i;
+    int64_t mag_off = 0;
+    for (int i = 0; i < m->n_lora; i++) {
+        int l = m->table[i].layer < 0 ? cfg->n_layers : m->table[i].layer;
+        if (!m->table[i].is_b && !m->table[i].is_magnitude) m->lora_a[l][m->table[i].module] = i;
+        if (m->table[i].is_magnitude) {
+            m->dora_off[l][m->table[i].module] = mag_off;
+            mag_off += m->table[i].rows;
         }
+    }
     lorad_lora_init_params(m->params, m->table, m->n_lora, lc, opts->seed);
+    lorad_model_dora_reset_magnitudes(m);
     *ret_model = m;
     return 0;
 }
@@ -433,6 +464,130 @@ static int lora_index(const struct lorad_model *m, int layer, int module) {
     return m->lora_a[layer][module];
 }
 
+/* ---------------------------------------------------------------- DoRA */
+
+/* The frozen linear of module in layer l (0..L-1), or of the head (l == L). */
+static struct linear module_linear(const struct lorad_model *m, int l, enum lorad_lora_module module) {
+    return l == m->cfg.n_layers ? head_linear(m) : layer_linear(m, l, module);
+}
+
+/* norm (out) = the row norms of module's W + scale B A, for an adapted module (A at table[a]). */
+static void module_row_norms(struct lorad_model *m, int l, enum lorad_lora_module module, int a, float *norm) {
+    const float *A = m->params + m->table[a].offset, *B = m->params + m->table[a + 1].offset;
+    lorad_dora_row_norms(&m->gemm, m->dora_rows, norm, module_linear(m, l, module).W, B, A, m->scale, m->r);
+}
+
+void lorad_model_dora_reset_magnitudes(struct lorad_model *m) {
+    if (!m->lc.use_dora) return;
+    for (int l = 0; l <= m->cfg.n_layers; l++)
+        for (int k = 0; k < LORAD_N_LORA_MODULES; k++) {
+            int a = m->lora_a[l][k];
+            if (a < 0) continue;
+            assert(m->table[a + 2].is_magnitude);
+            module_row_norms(m, l, (enum lorad_lora_module)k, a, m->params + m->table[a + 2].offset);
+        }
+}
+
+/* The scales m/n and 1/n of every adapted module from the current parameters: a pass calls it
+ * once before its forward, so the backward of each call sees the norms its forward used. A zero
+ * row (n = 0) gets scale 0: its W and B A rows are zero, so its output is the bias either way. */
+static void dora_refresh(struct lorad_model *m) {
+    if (!m->lc.use_dora) return;
+    for (int l = 0; l <= m->cfg.n_layers; l++)
+        for (int k = 0; k < LORAD_N_LORA_MODULES; k++) {
+            int a = m->lora_a[l][k];
+            if (a < 0) continue;
+            const struct lorad_lora_tensor *mag = &m->table[a + 2];
+            float *inv = m->dora_inv_n + m->dora_off[l][k], *ms = m->dora_ms + m->dora_off[l][k];
+            module_row_norms(m, l, (enum lorad_lora_module)k, a, inv);
+            for (int64_t j = 0; j < mag->rows; j++) {
+                inv[j] = inv[j] > 0 ? 1.0f / inv[j] : 0.0f;
+                ms[j] = m->params[mag->offset + (size_t)j] * inv[j];
+            }
+        }
+}
+
+/* y (M, out) = x W^T + bias + (ms - 1) * d W^T + ms * scale * (d A^T) B^T, stored or added to y,
+ * with d = drop(x) and ms = m/n per output (PEFT's DoRA); rows.u keeps d A^T. Without dropout
+ * d = x and it folds into ms * (x W^T + scale u B^T) + bias, one product of W; with dropout the
+ * second product W d is needed, as in PEFT. */
+static void dora_linear_forward(struct lorad_model *m, float *y, const float *x, struct linear lin,
+                                struct linear_rows rows, enum linear_out mode, int a) {
+    const struct lorad_tensor *W = lin.W;
+    int64_t out = W->rows, in = W->cols, M = rows.M, r = m->r;
+    const float *A = m->params + m->table[a].offset, *B = m->params + m->table[a + 1].offset;
+    const float *ms = m->dora_ms + m->dora_off[lin.layer][lin.module]; // (out)
+    float *u = rows.u, *tmp = m->dora_tmp;                             // (M, r), (M, out)
+    if (!(m->dropout_active && m->lc.dropout > 0)) {
+        float *z = mode == LINEAR_ADD ? tmp : y;
+        lorad_gemm_xwt(&m->gemm, z, x, W, M, false);
+        lorad_sgemm_par(&m->gemm, false, true, M, r, in, 1.0f, x, in, A, in, 0.0f, u, r);
+        lorad_sgemm_par(&m->gemm, false, true, M, out, r, m->scale, u, r, B, r, 1.0f, z, out);
+        for (int64_t i = 0; i < M; i++)
+            for (int64_t j = 0; j < out; j++) {
+                float v = ms[j] * z[i * out + j] + (lin.bias ? lin.bias[j] : 0.0f);
+                y[i * out + j] = mode == LINEAR_ADD ? y[i * out + j] + v : v;
+            }
+        return;
+    }
+    apply_dropout(m, m->xd, x, in, &lin, rows, LINEAR_STORE);
+    lorad_gemm_xwt(&m->gemm, y, x, W, M, mode == LINEAR_ADD);
+    lorad_gemm_xwt(&m->gemm, tmp, m->xd, W, M, false);
+    lorad_sgemm_par(&m->gemm, false, true, M, r, in, 1.0f, m->xd, in, A, in, 0.0f, u, r);
+    for (int64_t i = 0; i < M; i++)
+        for (int64_t j = 0; j < out; j++) y[i * out + j] += (lin.bias ? lin.bias[j] : 0.0f) - tmp[i * out + j];
+    lorad_sgemm_par(&m->gemm, false, true, M, out, r, m->scale, u, r, B, r, 1.0f, tmp, out);
+    for (int64_t i = 0; i < M; i++)
+        for (int64_t j = 0; j < out; j++) y[i * out + j] += ms[j] * tmp[i * out + j];
+}
+
+/* The backward of dora_linear_forward: dx (M, in) stored or added; the grads of A, B and the
+ * magnitude accumulate. With z = d W^T + scale u B^T (recomputed: one product of W) and
+ * g' = ms * dy: d magnitude_j += sum_i dy_ij z_ij / n_j, A and B get LoRA's gradients of g', and
+ * dx = g' W + du A without dropout, dy W + drop'((ms - 1) dy W + du A) with it. */
+static void dora_linear_backward(struct lorad_model *m, float *dx, const float *dy, const float *x, struct linear lin,
+                                 struct linear_rows rows, enum linear_out mode, int a) {
+    const struct lorad_tensor *W = lin.W;
+    int64_t out = W->rows, in = W->cols, r = m->r, M = rows.M;
+    const float *A = m->params + m->table[a].offset, *B = m->params + m->table[a + 1].offset;
+    float *dA = m->grads + m->table[a].offset, *dB = m->grads + m->table[a + 1].offset;
+    float *dmag = m->grads + m->table[a + 2].offset;
+    const float *ms = m->dora_ms + m->dora_off[lin.layer][lin.module];
+    const float *inv_n = m->dora_inv_n + m->dora_off[lin.layer][lin.module];
+    const float *u = rows.u;
+    float *tmp = m->dora_tmp; // (M, out)
+    bool drop = m->dropout_active && m->lc.dropout > 0;
+    const float *xin = x;
+    if (drop) {
+        apply_dropout(m, m->xd, x, in, &lin, rows, LINEAR_STORE);
+        xin = m->xd;
+    }
+    lorad_gemm_xwt(&m->gemm, tmp, xin, W, M, false);
+    lorad_sgemm_par(&m->gemm, false, true, M, out, r, m->scale, u, r, B, r, 1.0f, tmp, out);
+    double *colsum = m->dora_colsum;
+    for (int64_t j = 0; j < out; j++) colsum[j] = 0.0;
+    for (int64_t i = 0; i < M; i++)
+        for (int64_t j = 0; j < out; j++) colsum[j] += (double)dy[i * out + j] * tmp[i * out + j];
+    for (int64_t j = 0; j < out; j++) dmag[j] += (float)(colsum[j] * inv_n[j]);
+    for (int64_t i = 0; i < M; i++)
+        for (int64_t j = 0; j < out; j++) tmp[i * out + j] = ms[j] * dy[i * out + j];
+    /* dB (out, r) += scale g'^T u; du (M, r) = scale g' B; dA (r, in) += du^T d */
+    lorad_sgemm_par(&m->gemm, true, false, out, r, M, m->scale, tmp, out, u, r, 1.0f, dB, r);
+    lorad_sgemm_par(&m->gemm, false, false, M, r, out, m->scale, tmp, out, B, r, 0.0f, m->du, r);
+    lorad_sgemm_par(&m->gemm, true, false, r, in, M, 1.0f, m->du, r, xin, in, 1.0f, dA, in);
+    if (!drop) {
+        lorad_gemm_dyw(&m->gemm, dx, tmp, W, M, mode == LINEAR_ADD);
+        lorad_sgemm_par(&m->gemm, false, false, M, in, r, 1.0f, m->du, r, A, in, 1.0f, dx, in);
+        return;
+    }
+    lorad_gemm_dyw(&m->gemm, dx, dy, W, M, mode == LINEAR_ADD);
+    for (int64_t i = 0; i < M; i++)
+        for (int64_t j = 0; j < out; j++) tmp[i * out + j] = (ms[j] - 1.0f) * dy[i * out + j];
+    lorad_gemm_dyw(&m->gemm, m->dtmp, tmp, W, M, false);
+    lorad_sgemm_par(&m->gemm, false, false, M, in, r, 1.0f, m->du, r, A, in, 1.0f, m->dtmp, in);
+    apply_dropout(m, dx, m->dtmp, in, &lin, rows, LINEAR_ADD);
+}
+
 /* y (M, out) = x (M, in) W^T + bias + scale * (drop(x) A^T) B^T, stored or added to y; rows.u
  * (M, r) keeps drop(x) A^T. */
 static void lora_linear_forward(struct lorad_model *m, float *y, const float *x, struct linear lin,
@@ -440,11 +595,15 @@ static void lora_linear_forward(struct lorad_model *m, float *y, const float *x,
     const struct lorad_tensor *W = lin.W;
     int64_t out = W->rows, in = W->cols, M = rows.M;
     float *u = rows.u;
+    int a = lora_index(m, lin.layer, lin.module);
+    if (a >= 0 && m->lc.use_dora) {
+        dora_linear_forward(m, y, x, lin, rows, mode, a);
+        return;
+    }
     lorad_gemm_xwt(&m->gemm, y, x, W, M, mode == LINEAR_ADD);
     if (lin.bias)
         for (int64_t i = 0; i < M; i++)
             for (int64_t j = 0; j < out; j++) y[i * out + j] += lin.bias[j];
-    int a = lora_index(m, lin.layer, lin.module);
     if (a < 0) return;
     const float *A = m->params + m->table[a].offset, *B = m->params + m->table[a + 1].offset;
     const float *xin = x;
@@ -463,8 +622,12 @@ static void lora_linear_backward(struct lorad_model *m, float *dx, const float *
     const struct lorad_tensor *W = lin.W;
     int64_t out = W->rows, in = W->cols, r = m->r, M = rows.M;
     const float *u = rows.u;
-    lorad_gemm_dyw(&m->gemm, dx, dy, W, M, mode == LINEAR_ADD);
     int a = lora_index(m, lin.layer, lin.module);
+    if (a >= 0 && m->lc.use_dora) {
+        dora_linear_backward(m, dx, dy, x, lin, rows, mode, a);
+        return;
+    }
+    lorad_gemm_dyw(&m->gemm, dx, dy, W, M, mode == LINEAR_ADD);
     if (a < 0) return;
     const float *A = m->params + m->table[a].offset, *B = m->params + m->table[a + 1].offset;
     float *dA = m->grads + m->table[a].offset, *dB = m->grads + m->table[a + 1].offset;
@@ -712,6 +875,7 @@ static int check_batch(struct lorad_model *m, const struct lorad_batch *b, struc
 }
 
 static void model_forward(struct lorad_model *m, const struct lorad_batch *b, const struct run *rn) {
+    if (m->lora_enabled) dora_refresh(m);
     lorad_embedding_forward(m->pool, x_at(m, 0), b->tokens, &m->w->embed, rn->N, m->d);
     for (int l = 0; l < m->cfg.n_layers; l++) block_forward(m, l, acts_of(m, l), x_at(m, l + 1), x_at(m, l), rn);
 }
@@ -887,6 +1051,8 @@ int lorad_model_infer(struct lorad_model *m, const int32_t *tokens, int n, bool 
                                    (long long)m->V);
     m->lora_enabled = use_adapter;
     m->dropout_active = false;
+    /* the parameters stay put while a sequence is generated: the norms of its first call serve */
+    if (use_adapter && m->cache_len == 0) dora_refresh(m);
     struct block_acts *a = &m->acts[0];
     int64_t d = m->d;
     for (int i = 0; i < n; i++) m->pos_default[i] = m->cache_len + i;
@@ -989,5 +1155,6 @@ int lorad_model_merged_weight(const struct lorad_model *m, int layer, enum lorad
     const float *A = m->params + m->table[a].offset, *B = m->params + m->table[a + 1].offset;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)W->rows, (int)W->cols, (int)m->r, m->scale, B,
                 (int)m->r, A, (int)W->cols, 1.0f, out, (int)W->cols);
+    if (m->lc.use_dora) lorad_dora_scale_rows(out, m->params + m->table[a + 2].offset, W->rows, W->cols);
     return 0;
 }

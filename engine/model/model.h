@@ -124,8 +124,15 @@ int lorad_model_find_lora(const struct lorad_model *m, const char *name);
 int lorad_model_set_lora_tensor(struct lorad_model *m, const char *name, const float *data, int64_t rows,
                                 int64_t cols, struct lorad_error *err);
 
+/* With DoRA: sets every magnitude vector to the row norms of W + scale B A of the current A and
+ * B, where PEFT starts it (at B = 0, the norms of W), so the adapter leaves the base unchanged.
+ * lorad_model_new calls it; so does whoever installs A and B without magnitudes. No-op without
+ * DoRA. */
+void lorad_model_dora_reset_magnitudes(struct lorad_model *m);
+
 /* out (out_features, in_features) = W + scale * B A of module (layer; -1 for lm_head), in f32;
- * plain W when the module is not adapted. */
+ * with DoRA each row then scaled by magnitude / its norm; plain W when the module is not
+ * adapted. */
 int lorad_model_merged_weight(const struct lorad_model *m, int layer, enum lorad_lora_module module, float *out,
                               struct lorad_error *err);
 

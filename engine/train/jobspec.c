@@ -66,6 +66,8 @@ static const struct field lora_fields[] = {
     {"alpha", F_NUM, LO(alpha), 0, 1e6, true, false, false, 16, false, NULL},
     {"dropout", F_NUM, LO(dropout), 0, 1, false, true, false, 0.0, false, NULL},
     {"use_rslora", F_BOOL, LO(use_rslora), 0, 0, false, false, false, 0, false, NULL},
+    /* DoRA: a trained magnitude per output beside the low-rank direction (lora.h) */
+    {"use_dora", F_BOOL, LO(use_dora), 0, 0, false, false, false, 0, false, NULL},
     {"init", F_ENUM, LO(init), 0, 0, false, false, false, LORAD_LORA_INIT_KAIMING, false, init_names},
     /* LoRA+: B's learning rate over A's (the paper suggests 2^4 for most models); 1 is plain LoRA */
     {"lr_ratio", F_NUM, LO(lr_ratio), 0, 1e4, true, false, false, 1.0, false, NULL},
@@ -577,6 +579,7 @@ int lorad_job_lora_config(const struct lorad_job_spec *spec, struct lorad_lora_c
                                    .alpha = (float)l->alpha,
                                    .dropout = (float)l->dropout,
                                    .use_rslora = l->use_rslora,
+                                   .use_dora = l->use_dora,
                                    .init = l->init};
     const char *names[LORAD_JOB_MAX_TARGETS];
     for (int i = 0; i < l->n_targets; i++) names[i] = l->targets[i];

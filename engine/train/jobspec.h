@@ -56,6 +56,7 @@ struct lorad_lora_spec {
     int n_targets;
     char targets[LORAD_JOB_MAX_TARGETS][16]; /* expanded: "all-linear" becomes the seven projections */
     bool use_rslora;
+    bool use_dora;    /* DoRA (PEFT's use_dora) */
     enum lorad_lora_init init;
     double lr_ratio;  /* LoRA+: lr of lora_B / lr of lora_A; 1 = plain LoRA */
     char init_adapter[LORAD_JOB_REF_MAX];  /* "" = none */

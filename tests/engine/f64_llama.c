@@ -31,8 +31,10 @@ static const char *const module_names[LORAD_N_LORA_MODULES] = {
     "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj",    "lm_head",
 };
 
-/* Layer (n_layers for lm_head), module and A/B of a PEFT name, or -1. */
-static int place(const char *name, int n_layers, int *ret_layer, int *ret_module, bool *ret_b) {
+enum { PART_A, PART_B, PART_MAGNITUDE };
+
+/* Layer (n_layers for lm_head), module and part (A, B or DoRA's magnitude) of a PEFT name, or -1. */
+static int place(const char *name, int n_layers, int *ret_layer, int *ret_module, int *ret_part) {
     int layer = n_layers, used = 0;
     const char *rest = name;
     if (sscanf(name, "model.layers.%d.%n", &layer, &used) == 1 && used > 0) rest = name + used;
@@ -40,8 +42,9 @@ static int place(const char *name, int n_layers, int *ret_layer, int *ret_module
     for (int m = 0; m < LORAD_N_LORA_MODULES; m++) {
         size_t n = strlen(module_names[m]);
         if (strncmp(rest, module_names[m], n) != 0) continue;
-        if (strcmp(rest + n, ".lora_A.weight") == 0) *ret_b = false;
-        else if (strcmp(rest + n, ".lora_B.weight") == 0) *ret_b = true;
+        if (strcmp(rest + n, ".lora_A.weight") == 0) *ret_part = PART_A;
+        else if (strcmp(rest + n, ".lora_B.weight") == 0) *ret_part = PART_B;
+        else if (strcmp(rest + n, ".lora_magnitude_vector") == 0) *ret_part = PART_MAGNITUDE;
         else return -1;
         if ((m == LORAD_LM_HEAD) != (layer == n_layers) || layer < 0 || layer > n_layers) return -1;
         *ret_layer = layer;
@@ -49,6 +52,14 @@ static int place(const char *name, int n_layers, int *ret_layer, int *ret_module
         return 0;
     }
     return -1;
+}
+
+/* The frozen weight of module k in layer l (l == n_layers: the LM head). */
+static const struct lorad_tensor *module_weight(const struct lorad_base_weights *w, int l, int k) {
+    if (l == w->cfg.n_layers) return &w->lm_head;
+    const struct lorad_layer_weights *L = &w->layers[l];
+    const struct lorad_tensor *all[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+    return all[k];
 }
 
 int f64_llama_init(struct f64_llama *f, struct lorad_model *m, const struct lorad_base_weights *w,
@@ -60,30 +71,54 @@ int f64_llama_init(struct f64_llama *f, struct lorad_model *m, const struct lora
     f->dropout = lc->dropout;
     f->seed = seed;
     for (int l = 0; l <= LORAD_MAX_LAYERS; l++)
-        for (int k = 0; k < LORAD_N_LORA_MODULES; k++) f->off_a[l][k] = f->off_b[l][k] = -1;
+        for (int k = 0; k < LORAD_N_LORA_MODULES; k++) f->off_a[l][k] = f->off_b[l][k] = f->off_m[l][k] = -1;
     size_t n;
     const float *p = lorad_model_params(m, &n);
     f->params = malloc(sizeof(double) * (n ? n : 1));
-    if (!f->params) return -ENOMEM;
+    f->norms = calloc(n ? n : 1, sizeof(double));
+    if (!f->params || !f->norms) {
+        f64_llama_free(f);
+        return -ENOMEM;
+    }
     f->n_params = n;
     for (size_t i = 0; i < n; i++) f->params[i] = p[i];
     for (int i = 0; i < lorad_model_n_lora_tensors(m); i++) {
         const struct lorad_lora_tensor *t = lorad_model_lora_tensor(m, i);
-        int layer, module;
-        bool is_b;
-        if (place(t->name, w->cfg.n_layers, &layer, &module, &is_b) < 0) {
+        int layer, module, part;
+        if (place(t->name, w->cfg.n_layers, &layer, &module, &part) < 0) {
             f64_llama_free(f);
             return -EINVAL;
         }
-        if (is_b) f->off_b[layer][module] = (int64_t)t->offset;
-        else f->off_a[layer][module] = (int64_t)t->offset;
+        int64_t(*off)[LORAD_N_LORA_MODULES] = part == PART_A ? f->off_a : part == PART_B ? f->off_b : f->off_m;
+        off[layer][module] = (int64_t)t->offset;
     }
+    /* DoRA's row norms ||W + scale B A|| at these parameters, held there: the engine treats them
+     * as constants in backward (the paper's section 4.3), so the central differences of a loss
+     * with them held are the derivative it computes */
+    for (int l = 0; l <= w->cfg.n_layers; l++)
+        for (int k = 0; k < LORAD_N_LORA_MODULES; k++) {
+            if (f->off_m[l][k] < 0) continue;
+            const struct lorad_tensor *W = module_weight(w, l, k);
+            const double *A = f->params + f->off_a[l][k], *B = f->params + f->off_b[l][k];
+            for (int64_t o = 0; o < W->rows; o++) {
+                double ss = 0;
+                for (int64_t j = 0; j < W->cols; j++) {
+                    double ba = 0;
+                    for (int q = 0; q < f->r; q++) ba += B[o * f->r + q] * A[q * W->cols + j];
+                    double v = at(W, o, j) + f->scale * ba;
+                    ss += v * v;
+                }
+                f->norms[f->off_m[l][k] + o] = sqrt(ss);
+            }
+        }
     return 0;
 }
 
 void f64_llama_free(struct f64_llama *f) {
     free(f->params);
+    free(f->norms);
     f->params = NULL;
+    f->norms = NULL;
 }
 
 /* ---------------------------------------------------------------- operations */
@@ -185,7 +220,7 @@ static void linear(const struct f64_llama *f, double *y, const double *x, const 
             for (int64_t j = 0; j < in; j++) s += x[i * in + j] * at(W, o, j);
             y[i * out + o] = s;
         }
-    int64_t oa = f->off_a[layer][module], ob = f->off_b[layer][module];
+    int64_t oa = f->off_a[layer][module], ob = f->off_b[layer][module], om = f->off_m[layer][module];
     if (oa < 0) return;
     const double *A = f->params + oa, *Bm = f->params + ob;
     double *u = zeros(f->r), *xd = zeros(in);
@@ -210,7 +245,14 @@ static void linear(const struct f64_llama *f, double *y, const double *x, const 
         for (int64_t o = 0; o < out; o++) {
             double s = 0;
             for (int k = 0; k < f->r; k++) s += u[k] * Bm[o * f->r + k];
-            y[i * out + o] += f->scale * s;
+            if (om < 0) {
+                y[i * out + o] += f->scale * s;
+                continue;
+            }
+            /* DoRA as PEFT: + (m/n - 1) W drop(x) + (m/n) scale B A drop(x) */
+            double wd = 0, ms = f->params[om + o] / f->norms[om + o];
+            for (int64_t j = 0; j < in; j++) wd += xd[j] * at(W, o, j);
+            y[i * out + o] += (ms - 1) * wd + ms * f->scale * s;
         }
     }
     free(u);

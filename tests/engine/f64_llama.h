@@ -30,6 +30,10 @@ struct f64_llama {
     /* offsets of A (r, in) and B (out, r) into params, -1 when the module is not adapted; index
      * [n_layers][LORAD_LM_HEAD] for lm_head */
     int64_t off_a[LORAD_MAX_LAYERS + 1][LORAD_N_LORA_MODULES], off_b[LORAD_MAX_LAYERS + 1][LORAD_N_LORA_MODULES];
+    /* DoRA: offsets of the magnitudes (out), -1 without; norms (n_params) holds, at the same
+     * offsets, the row norms of W + scale B A at the parameters f64_llama_init copied */
+    int64_t off_m[LORAD_MAX_LAYERS + 1][LORAD_N_LORA_MODULES];
+    double *norms;
 };
 
 /* Copies m's LoRA parameters (by PEFT name) into a float64 model on w with lc's scale and

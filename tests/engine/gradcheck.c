@@ -28,12 +28,14 @@ static double mean_ce_of(void *ctx, const struct f64_llama *f) {
     return f64_llama_loss_sum(f, c->b) / c->denominator;
 }
 
-double gradcheck_model_bound(const struct lorad_llama_config *c, int64_t tokens) {
+double gradcheck_model_bound(const struct lorad_llama_config *c, int64_t tokens, bool dora) {
     /* The deepest parameter (layer 0's q_proj) sits behind the loss, the LM head, the final norm,
      * and per layer up to 12 stages (down, SwiGLU, gate/up, norm, o, PV, softmax, QK^T, RoPE,
      * q/k/v, norm, and the residual sum), plus its own A/B product; the longest sum is over the
-     * widest dimension or the batch's tokens (the LoRA weight gradients sum over tokens). */
-    int stages = 4 + 12 * c->n_layers + 2;
+     * widest dimension or the batch's tokens (the LoRA weight gradients sum over tokens). DoRA
+     * adds one stage to each of a layer's four linear stages and to the head: the row norm its
+     * scale divides by (and in backward the recomputed W x + scale B A x). */
+    int stages = 4 + (dora ? 16 : 12) * c->n_layers + (dora ? 3 : 2);
     int64_t n = c->dim;
     int64_t widths[] = {c->hidden_dim, c->vocab_size, (int64_t)c->n_heads * c->head_dim, tokens};
     for (size_t i = 0; i < sizeof widths / sizeof widths[0]; i++)
@@ -57,7 +59,7 @@ int gradcheck_model_loss(struct gradcheck_report *ret_report, struct lorad_model
     f.counter = counter;
     const struct lorad_llama_config *c = &w->cfg;
     const float *grad = lorad_model_grads(m, NULL);
-    double bound = gradcheck_model_bound(c, tokens);
+    double bound = gradcheck_model_bound(c, tokens, lc->use_dora);
     /* Step: the parameters are O(0.1-1). With Richardson extrapolation the truncation error is
      * O(h^4 |L^(5)|) ~ 1e-16 and the float64 rounding ~1e-16 |L| / h ~ 1e-12, both reported per
      * probe by the difference estimate and added to the tolerance. */

@@ -2,6 +2,7 @@
  * differences of the same loss (f64_llama.h), within a stated float32 error bound. Shared by the
  * model tests and by the test that shows the check fails when a backward term is wrong. */
 #pragma once
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "f64_llama.h"
@@ -20,7 +21,7 @@ struct gradcheck_report {
  * config c on a batch of `tokens` tokens, relative to the scale of the compared values: the
  * deepest parameter's chain of stages and the longest sum along it. Two float32 runs that sum in
  * different orders (threads, kernels, packing) may differ by twice this. */
-double gradcheck_model_bound(const struct lorad_llama_config *c, int64_t tokens);
+double gradcheck_model_bound(const struct lorad_llama_config *c, int64_t tokens, bool dora);
 
 /* Probes every `stride`-th entry (and the first and last) of every LoRA tensor of m. The engine's
  * gradient is taken from m's grads as left by one forward_backward of b with `denominator` at

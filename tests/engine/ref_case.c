@@ -46,15 +46,17 @@ void ref_case_write_model(struct lorad_st_writer *w, const struct tiny_model *tm
              c->max_seq_len);
     assert_int_equal(lorad_st_writer_metadata(w, "config", buf), 0);
     targets_json(tj, sizeof tj, lc->targets);
-    snprintf(buf, sizeof buf, "{\"r\":%d,\"alpha\":%.9g,\"dropout\":0,\"target_modules\":%s,\"use_rslora\":%s}",
-             lc->r, lc->alpha, tj, lc->use_rslora ? "true" : "false");
+    snprintf(buf, sizeof buf,
+             "{\"r\":%d,\"alpha\":%.9g,\"dropout\":0,\"target_modules\":%s,\"use_rslora\":%s,\"use_dora\":%s}",
+             lc->r, lc->alpha, tj, lc->use_rslora ? "true" : "false", lc->use_dora ? "true" : "false");
     assert_int_equal(lorad_st_writer_metadata(w, "lora", buf), 0);
     tiny_model_foreach(tm, add_base, w);
     int n_lora = lorad_model_n_lora_tensors(m);
     for (int i = 0; i < n_lora; i++) {
         const struct lorad_lora_tensor *t = lorad_model_lora_tensor(m, i);
-        int64_t shape[2] = {t->rows, t->cols};
-        assert_int_equal(lorad_st_writer_add(w, t->name, "F32", shape, 2, init + t->offset,
+        int64_t shape[2];
+        int ndim = lorad_lora_tensor_shape(t, shape);
+        assert_int_equal(lorad_st_writer_add(w, t->name, "F32", shape, ndim, init + t->offset,
                                              (size_t)(t->rows * t->cols) * 4), 0);
     }
 }

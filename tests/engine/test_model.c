@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "f64_llama.h"
@@ -88,7 +89,7 @@ static void test_whole_model_finite_differences(void **state) {
     assert_int_equal(f64_llama_init(&f, m, &tm.w, &lc, o.seed), 0);
     double ref = f64_llama_loss_sum(&f, &b) / (double)denom;
     f64_llama_free(&f);
-    double loss_bound = gradcheck_model_bound(&c, 18) * fabs(ref);
+    double loss_bound = gradcheck_model_bound(&c, 18, false) * fabs(ref);
     if (!(fabs(ls / denom - ref) <= loss_bound))
         fail_msg("loss %.9g, float64 reference %.9g, bound %.3g", ls / denom, ref, loss_bound);
     assert_true(fabs(eval_loss(m, &b) - ref) <= loss_bound);
@@ -131,7 +132,7 @@ static void test_dropout_gradients_finite_differences(void **state) {
     f.counter = 7;
     double ref = f64_llama_loss_sum(&f, &b) / (double)denom;
     f64_llama_free(&f);
-    assert_true(fabs(ls / denom - ref) <= gradcheck_model_bound(&c, 11) * fabs(ref));
+    assert_true(fabs(ls / denom - ref) <= gradcheck_model_bound(&c, 11, false) * fabs(ref));
     lorad_model_free(m);
     tiny_model_free(&tm);
 }
@@ -184,7 +185,7 @@ static void test_merge_identity(void **state) {
         mdb = fmax(mdb, fabs(lbase[i] - lb[i]));
     }
     /* two float32 computations of the same logits (the merge adds one rounding per weight) */
-    double two_runs = 2 * gradcheck_model_bound(&c, 12);
+    double two_runs = 2 * gradcheck_model_bound(&c, 12, false);
     if (md > two_runs * mx) fail_msg("adapted vs merged logits differ by %.3g (max %.3g)", md, mx);
     assert_true(mdb > 1e-2 * mx); /* the adapter really changes the output */
     /* the training forward agrees too */
@@ -225,7 +226,7 @@ static void test_infer_matches_training_forward(void **state) {
     for (int i = 0; i < 97; i++) s += exp(logits[i] - mx);
     double ce = mx + log(s) - logits[11];
     struct lorad_batch b = {.tokens = ids, .labels = labels, .B = 1, .T = 10};
-    assert_true(fabs(ce - eval_loss(m, &b)) <= 2 * gradcheck_model_bound(&c, 10) * fabs(ce));
+    assert_true(fabs(ce - eval_loss(m, &b)) <= 2 * gradcheck_model_bound(&c, 10, false) * fabs(ce));
     lorad_model_free(m);
     tiny_model_free(&tm);
 }
@@ -285,7 +286,7 @@ static void test_bf16_storage_and_determinism(void **state) {
     assert_true(l1 == l2);
     grads_of(g3, &bf16m.w, lc, opts(2, B, T), ids, labels, B, T, &l3);
     /* the same values stored two ways take different kernel paths: two float32 runs */
-    double two_runs = 2 * gradcheck_model_bound(&c, (int64_t)B * T);
+    double two_runs = 2 * gradcheck_model_bound(&c, (int64_t)B * T, false);
     if (rel_diff(g3, g1, n) > two_runs || fabs(l3 - l1) > two_runs * fabs(l1))
         fail_msg("bf16 vs f32 storage: grads rel %.3g, loss %.9g vs %.9g", rel_diff(g3, g1, n), l3, l1);
     grads_of(g4, &f32m.w, lc, opts(1, B, T), ids, labels, B, T, &l4);
@@ -332,7 +333,7 @@ static void test_packing_equals_separate_rows(void **state) {
     struct lorad_error err = {0};
     assert_int_equal(lorad_model_forward_backward(m, &b, lorad_count_labels(pk_lab, 12), &l2, &corr, &err), 0);
     memcpy(g2, lorad_model_grads(m, NULL), n * 4);
-    double two_runs = 2 * gradcheck_model_bound(&c, 14);
+    double two_runs = 2 * gradcheck_model_bound(&c, 14, false);
     assert_true(fabs(l1 - l2) <= two_runs * fabs(l1));
     if (rel_diff(g2, g1, n) > two_runs) fail_msg("packed vs separate grads rel %.3g", rel_diff(g2, g1, n));
     /* and the packed gradients are those of the float64 model with positions and seg_start */
@@ -607,7 +608,7 @@ static void test_row_weights_finite_differences(void **state) {
         f.counter = 5;
         for (int r = 0; r < B; r++) {
             struct lorad_batch v = row_view(&b, r);
-            double ref = f64_llama_loss_sum(&f, &v), bound = gradcheck_model_bound(&c, B * T) * fabs(ref);
+            double ref = f64_llama_loss_sum(&f, &v), bound = gradcheck_model_bound(&c, B * T, false) * fabs(ref);
             assert_true(row_loss[r] == fw.seen[r]);
             if (!(fabs(row_loss[r] - ref) <= bound))
                 fail_msg("row %d: CE sum %.9g, float64 with the same masks %.9g, bound %.3g", r, row_loss[r], ref, bound);
@@ -663,7 +664,7 @@ static void test_rows_match_forward_backward_and_eval(void **state) {
     lorad_model_zero_grads(m);
     lorad_model_set_dropout_counter(m, 3);
     assert_int_equal(lorad_model_forward_backward_rows(m, &b, uniform_weights_fn, &inv, row_loss, row_correct, &err), 0);
-    double two_runs = 2 * gradcheck_model_bound(&c, B * T);
+    double two_runs = 2 * gradcheck_model_bound(&c, B * T, false);
     assert_true(fabs(row_loss[0] + row_loss[1] - ls) <= two_runs * fabs(ls));
     assert_int_equal(row_correct[0] + row_correct[1], corr);
     double scale = 0, diff = 0;
@@ -683,7 +684,7 @@ static void test_rows_match_forward_backward_and_eval(void **state) {
         assert_int_equal(lorad_model_eval_rows(m, &b, adapter, row_loss, row_correct, &err), 0);
         for (int r = 0; r < B; r++) {
             struct lorad_batch v = row_view(&b, r);
-            double ref = f64_llama_loss_sum(&f, &v), bound = gradcheck_model_bound(&c, B * T) * fabs(ref);
+            double ref = f64_llama_loss_sum(&f, &v), bound = gradcheck_model_bound(&c, B * T, false) * fabs(ref);
             if (!(fabs(row_loss[r] - ref) <= bound))
                 fail_msg("adapter %s, row %d: %.9g, float64 %.9g", adapter ? "on" : "off", r, row_loss[r], ref);
         }
@@ -737,6 +738,108 @@ static void test_adamw_lr_scale_is_param_groups(void **state) {
     lorad_adamw_destroy(&hi);
 }
 
+/* Random A and B, and DoRA magnitudes 20% off where DoRA would start them for those, so every
+ * scale m/n differs from 1. */
+static void randomize_dora(struct lorad_model *m, double std, uint64_t seed) {
+    randomize_lora(m, std, seed);
+    lorad_model_dora_reset_magnitudes(m);
+    size_t n;
+    float *p = lorad_model_params(m, &n);
+    uint64_t s = seed + 1;
+    for (int i = 0; i < lorad_model_n_lora_tensors(m); i++) {
+        const struct lorad_lora_tensor *t = lorad_model_lora_tensor(m, i);
+        if (!t->is_magnitude) continue;
+        for (int64_t j = 0; j < t->rows; j++) p[t->offset + (size_t)j] *= (float)(1.0 + 0.2 * tiny_normal(&s));
+    }
+}
+
+/* DoRA with dropout, where PEFT's formula needs W drop(x) beside W x: the engine's gradient of
+ * every A, B and magnitude (residual-fused o/down, the head, two threads, checkpointing or not)
+ * against the float64 model's central differences with the same masks and the norms held (the
+ * engine's backward treats them as constants, as the paper's section 4.3 prescribes). */
+static void test_dora_dropout_gradients_finite_differences(void **state) {
+    (void)state;
+    struct lorad_llama_config c = tiny_config();
+    struct tiny_model tm;
+    tiny_model_init(&tm, &c, 17, false, false);
+    for (int ckpt = 0; ckpt < 2; ckpt++) {
+        for (int drop = 0; drop < 2; drop++) {
+            struct lorad_lora_config lc = all_lora(drop ? 0.3f : 0.0f);
+            lc.use_dora = true;
+            struct lorad_run_options o = opts(2, 1, 11);
+            o.activation_checkpointing = ckpt;
+            struct lorad_model *m = new_model(&tm.w, lc, o);
+            randomize_dora(m, 0.2, 8);
+            int32_t ids[11], labels[11];
+            random_batch(ids, labels, 11, c.vocab_size);
+            struct lorad_batch b = {.tokens = ids, .labels = labels, .B = 1, .T = 11};
+            int64_t denom = lorad_count_labels(labels, 11), corr;
+            struct lorad_error err = {0};
+            double ls;
+            lorad_model_set_dropout_counter(m, 3);
+            assert_int_equal(lorad_model_forward_backward(m, &b, denom, &ls, &corr, &err), 0);
+            struct gradcheck_report rep;
+            assert_int_equal(gradcheck_model(&rep, m, &tm.w, &lc, o.seed, 3, &b, denom, 5), 0);
+            char what[64];
+            snprintf(what, sizeof what, "DoRA, dropout %s, checkpointing %s", drop ? "on" : "off", ckpt ? "on" : "off");
+            expect_gradients_pass(&rep, what);
+            lorad_model_free(m);
+        }
+    }
+    tiny_model_free(&tm);
+}
+
+/* A DoRA adapter equals its merge, each row of W + s B A scaled to its magnitude; and a fresh one
+ * (B = 0, magnitudes = the row norms of W) leaves the base's output as it is. */
+static void test_dora_merge_and_fresh_identity(void **state) {
+    (void)state;
+    struct lorad_llama_config c = tiny_config();
+    c.attention_bias = true; /* the biases stay outside DoRA's scale */
+    struct tiny_model tm, merged;
+    tiny_model_init(&tm, &c, 21, false, false);
+    tiny_model_init(&merged, &c, 21, false, false);
+    struct lorad_lora_config lc = all_lora(0);
+    lc.use_dora = true;
+    struct lorad_run_options o = opts(2, 1, 12);
+    o.kv_cache_len = 12;
+    struct lorad_model *fresh = new_model(&tm.w, lc, o), *m = new_model(&tm.w, lc, o);
+    randomize_dora(m, 0.3, 4);
+    merge_into(&merged, m);
+    struct lorad_model *mm = new_model(&merged.w, all_lora(0), o);
+    int32_t ids[12], labels[12];
+    random_batch(ids, labels, 12, c.vocab_size);
+    float la[97], lb[97], lbase[97], lfresh[97];
+    struct lorad_error err = {0};
+    assert_int_equal(lorad_model_infer(m, ids, 7, true, la, &err), 0);
+    assert_int_equal(lorad_model_infer(m, ids + 7, 5, true, la, &err), 0);
+    assert_int_equal(lorad_model_infer(mm, ids, 12, false, lb, &err), 0);
+    assert_int_equal(lorad_model_infer(fresh, ids, 12, false, lbase, &err), 0);
+    lorad_model_reset_cache(fresh);
+    assert_int_equal(lorad_model_infer(fresh, ids, 12, true, lfresh, &err), 0);
+    double mx = 0, md = 0, mdb = 0, mdf = 0;
+    for (int i = 0; i < 97; i++) {
+        mx = fmax(mx, fabs(lb[i]));
+        md = fmax(md, fabs(la[i] - lb[i]));
+        mdb = fmax(mdb, fabs(lbase[i] - lb[i]));
+        mdf = fmax(mdf, fabs(lfresh[i] - lbase[i]));
+    }
+    double two_runs = 2 * gradcheck_model_bound(&c, 12, true);
+    if (md > two_runs * mx) fail_msg("DoRA vs merged logits differ by %.3g (max %.3g)", md, mx);
+    if (mdf > two_runs * mx) fail_msg("a fresh DoRA adapter moved the logits by %.3g (max %.3g)", mdf, mx);
+    assert_true(mdb > 1e-2 * mx); /* the adapter really changes the output */
+    struct lorad_batch b = {.tokens = ids, .labels = labels, .B = 1, .T = 12};
+    double l1 = eval_loss(m, &b);
+    size_t n;
+    float *mp = lorad_model_params(mm, &n);
+    memset(mp, 0, n * sizeof(float));
+    assert_true(fabs(l1 - eval_loss(mm, &b)) <= two_runs * fabs(l1));
+    lorad_model_free(m);
+    lorad_model_free(mm);
+    lorad_model_free(fresh);
+    tiny_model_free(&tm);
+    tiny_model_free(&merged);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_whole_model_finite_differences),
@@ -751,6 +854,8 @@ int main(void) {
         cmocka_unit_test(test_bad_input_is_named),
         cmocka_unit_test(test_row_weights_finite_differences),
         cmocka_unit_test(test_rows_match_forward_backward_and_eval),
+        cmocka_unit_test(test_dora_dropout_gradients_finite_differences),
+        cmocka_unit_test(test_dora_merge_and_fresh_identity),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -50,6 +50,16 @@ static void run_case(const struct ref_case *rc) {
     size_t np;
     float *params = lorad_model_params(m, &np);
     for (size_t i = 0; i < np; i++) params[i] = (float)((rc->steps ? 0.05 : 0.3) * tiny_normal(&rng));
+    if (rc->lora.use_dora) {
+        /* magnitudes where DoRA starts them for these A and B, then moved by 20% so that every
+         * scale m/n differs from 1 and the (m/n - 1) W x term is exercised */
+        lorad_model_dora_reset_magnitudes(m);
+        for (int i = 0; i < lorad_model_n_lora_tensors(m); i++) {
+            const struct lorad_lora_tensor *t = lorad_model_lora_tensor(m, i);
+            if (!t->is_magnitude) continue;
+            for (int64_t j = 0; j < t->rows; j++) params[t->offset + (size_t)j] *= (float)(1.0 + 0.2 * tiny_normal(&rng));
+        }
+    }
     float *init = malloc(np * sizeof(float));
     memcpy(init, params, np * sizeof(float));
 
@@ -121,10 +131,11 @@ static void run_case(const struct ref_case *rc) {
     char (*names)[128] = calloc((size_t)n_lora, 128);
     for (int i = 0; i < n_lora; i++) {
         const struct lorad_lora_tensor *t = lorad_model_lora_tensor(m, i);
-        int64_t shape[2] = {t->rows, t->cols};
+        int64_t shape[2];
+        int ndim = lorad_lora_tensor_shape(t, shape);
         snprintf(names[i], 128, "%s.%s", rc->steps ? "final" : "grad", t->name);
         const float *src = (rc->steps ? params : grads) + t->offset;
-        assert_int_equal(lorad_st_writer_add(rw, names[i], "F32", shape, 2, src, (size_t)(t->rows * t->cols) * 4), 0);
+        assert_int_equal(lorad_st_writer_add(rw, names[i], "F32", shape, ndim, src, (size_t)(t->rows * t->cols) * 4), 0);
     }
     if (rc->steps) {
         assert_int_equal(lorad_st_writer_add(rw, "step_loss", "F32", &ns, 1, step_loss, (size_t)ns * 4), 0);
@@ -227,6 +238,45 @@ static void test_grads_bf16_compute(void **state) {
     run_case(&rc2);
 }
 
+static struct lorad_lora_config dora(struct lorad_lora_config l) {
+    l.use_dora = true;
+    return l;
+}
+
+/* DoRA (PEFT's definition, tests/reference/llama_lora_ref.py): the magnitudes' gradients beside
+ * A's and B's, on every module and the tied head, with biases (which DoRA leaves unscaled). */
+static void test_grads_dora_gqa_tied_bias_all_targets(void **state) {
+    (void)state;
+    struct lorad_llama_config c = tiny_config();
+    c.tie_embeddings = true; c.attention_bias = true;
+    c.rope_scaling = (struct lorad_rope_scaling){LORAD_ROPE_LLAMA3, 8, 1, 4, 64};
+    struct ref_case rc = {"ref-dora", c, dora(lora(3, 5, LORAD_LORA_ALL_LINEAR | (1u << LORAD_LM_HEAD), true)), 3, 2, 13,
+                          0, 1, 0, "constant", 1e-3, 0, 0, 2, false, LORAD_COMPUTE_FLOAT32, false};
+    run_case(&rc);
+}
+
+/* DoRA with activation checkpointing (the recomputed forward) and an LM head of more tokens than
+ * one chunk, so the head's magnitude gradient sums over chunks. */
+static void test_grads_dora_checkpointing_chunks(void **state) {
+    (void)state;
+    struct lorad_llama_config c = tiny_config();
+    c.n_kv_heads = 1; c.max_seq_len = 160;
+    struct ref_case rc = {"ref-dora-ckpt", c, dora(lora(2, 4, (1u << LORAD_K_PROJ) | (1u << LORAD_O_PROJ) |
+                                                              (1u << LORAD_DOWN_PROJ) | (1u << LORAD_LM_HEAD), false)),
+                          2, 2, 150, 0, 1, 0, "constant", 1e-3, 0, 0, 2, true, LORAD_COMPUTE_FLOAT32, false};
+    run_case(&rc);
+}
+
+/* 20 AdamW steps of a DoRA adapter: the magnitudes train with A and B (weight decay on all). */
+static void test_train_dora_cosine_clip(void **state) {
+    (void)state;
+    struct lorad_llama_config c = tiny_config();
+    c.attention_bias = true;
+    struct ref_case rc = {"ref-train-dora", c, dora(lora(4, 8, LORAD_LORA_ALL_LINEAR, false)), 40, 1,
+                          13, 20, 2, 3, "cosine", 1e-2, 0.01, 0.5, 2, false, LORAD_COMPUTE_FLOAT32, false};
+    run_case(&rc);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_grads_mha_untied),
@@ -236,6 +286,9 @@ int main(void) {
         cmocka_unit_test(test_grads_bf16_compute),
         cmocka_unit_test(test_train_cosine_clip_accum),
         cmocka_unit_test(test_train_linear_tied_mha),
+        cmocka_unit_test(test_grads_dora_gqa_tied_bias_all_targets),
+        cmocka_unit_test(test_grads_dora_checkpointing_chunks),
+        cmocka_unit_test(test_train_dora_cosine_clip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -165,6 +165,7 @@ class LoraConfig:
             raise CaseError(f"lora: missing or bad field {e}") from e
         self.dropout = float(d.get("dropout") or 0.0)
         self.use_rslora = bool(d.get("use_rslora", False))
+        self.use_dora = bool(d.get("use_dora", False))
         if self.r <= 0:
             raise CaseError(f"lora: r must be positive, got {self.r}")
         if not self.targets:
@@ -187,6 +188,8 @@ class LoraConfig:
             for p in module_prefixes(cfg, module):
                 shapes[p + ".lora_A.weight"] = (self.r, in_f)
                 shapes[p + ".lora_B.weight"] = (out_f, self.r)
+                if self.use_dora:
+                    shapes[p + ".lora_magnitude_vector"] = (out_f,)
         return shapes
 
 
@@ -303,20 +306,30 @@ class LlamaLora:
         self.cfg, self.lcfg, self.base = cfg, lcfg, base
         self.bf16_products = bf16_products
         self.kv_bf16 = kv_bf16
+        self.dora_norms = None  # prefix -> ||W + scale B A|| held fixed (the selftest's finite differences)
 
     def linear(self, x, lora, prefix, weight=None):
         w = self.base[prefix + ".weight"] if weight is None else weight
-        if self.bf16_products:
-            y = Bf16Product.apply(x, w)
-            bias = self.base.get(prefix + ".bias")
-            if bias is not None:
-                y = y + bias
-        else:
-            y = F.linear(x, w, self.base.get(prefix + ".bias"))
+        base_out = Bf16Product.apply(x, w) if self.bf16_products else F.linear(x, w)
+        bias = self.base.get(prefix + ".bias")
+        y = base_out if bias is None else base_out + bias
         a = lora.get(prefix + ".lora_A.weight")
-        if a is not None:
-            y = y + self.lcfg.scale * F.linear(F.linear(x, a), lora[prefix + ".lora_B.weight"])
-        return y
+        if a is None:
+            return y
+        b = lora[prefix + ".lora_B.weight"]
+        delta = self.lcfg.scale * F.linear(F.linear(x, a), b)
+        mag = lora.get(prefix + ".lora_magnitude_vector")
+        if mag is None:
+            return y + delta
+        # DoRA (Liu et al. 2024, eq. 5 with section 4.3's detached norm): the adapted weight is
+        # m * V / ||V||_c with V = W + scale B A and ||.||_c the norm of each output row; with
+        # s = m / ||V|| that is y = W x + b + (s - 1) W x + s * scale B A x.
+        if self.dora_norms is not None:
+            norm = self.dora_norms[prefix]
+        else:
+            norm = torch.linalg.vector_norm(w + self.lcfg.scale * (b @ a), dim=1).detach()
+        s = mag / norm
+        return y + (s - 1) * base_out + s * delta
 
     def logits(self, lora, input_ids, run_layer=None):
         """input_ids (B, T) int64 -> logits (B, T, V). run_layer(fn, *args), if given, calls each
@@ -550,7 +563,7 @@ def step_tokens(c):
 
 def float32_tolerance(name, c):
     if name == "loss" or name.startswith("grad."):
-        return float32_bound(c.cfg, step_tokens(c))
+        return float32_bound(c.cfg, step_tokens(c), dora=c.lcfg.use_dora)
     return TRAIN_TOL
 
 
@@ -733,9 +746,19 @@ def random_weights(cfg, lcfg, gen, dtype=torch.float64):
             base[name] = randn(*shape, std=1.0 / math.sqrt(shape[1]))
     lora = {}
     for name, shape in lcfg.shapes(cfg).items():
+        if name.endswith(".lora_magnitude_vector"):
+            continue
         fan_in = shape[1]
         std = 1.0 / math.sqrt(fan_in) if ".lora_A." in name else 0.5 / math.sqrt(fan_in)
         lora[name] = randn(*shape, std=std)
+    for name, shape in lcfg.shapes(cfg).items():
+        if not name.endswith(".lora_magnitude_vector"):
+            continue
+        # where DoRA starts (the adapted weight's row norms), moved by 20% so that m / ||V|| != 1
+        prefix = name[: -len(".lora_magnitude_vector")]
+        w = base[prefix + ".weight"] if prefix + ".weight" in base else base["model.embed_tokens.weight"]
+        v = w + lcfg.scale * (lora[prefix + ".lora_B.weight"] @ lora[prefix + ".lora_A.weight"])
+        lora[name] = torch.linalg.vector_norm(v, dim=1) * (1.0 + randn(*shape, std=0.2))
     return base, lora
 
 
@@ -878,6 +901,62 @@ def selftest_gradients(ck):
     for name, hf, targets, rslora in cases:
         lora_d = {"r": 3, "alpha": 5.0, "dropout": 0.0, "target_modules": targets, "use_rslora": rslora}
         fd_check(ck, name, hf, lora_d, gen)
+
+
+def selftest_dora(ck):
+    """DoRA's forward against the two facts that define it, and its gradients against finite
+    differences of the function autograd differentiates: the norm held at its value (the paper's
+    section 4.3 makes it a constant in backward), so the check is exact for A, B and m alike."""
+    gen = torch.Generator().manual_seed(4242)
+    close = lambda a, b: float((a - b).abs().max()) <= 1e-10 * max(1.0, float(b.abs().max()))  # noqa: E731
+    hf = random_config(gen, attention_bias=True, tie_word_embeddings=False)
+    cfg = ModelConfig(hf)
+    lora_d = {"r": 3, "alpha": 6.0, "target_modules": list(ALL_TARGETS), "use_dora": True}
+    lcfg, plain = LoraConfig(lora_d), LoraConfig(dict(lora_d, use_dora=False))
+    base, lora = random_weights(cfg, lcfg, gen)
+    ids, labels = random_data(cfg, gen, (2, 2, 5), mask_fraction=0.4)
+
+    def adapted(prefix):
+        w = base[prefix + ".weight"]
+        return w + lcfg.scale * lora[prefix + ".lora_B.weight"] @ lora[prefix + ".lora_A.weight"]
+
+    prefixes = [n[: -len(".lora_magnitude_vector")] for n in lora if n.endswith(".lora_magnitude_vector")]
+    # the merged weight m * V / ||V||_c (rows), biases untouched
+    merged = dict(base)
+    for p in prefixes:
+        v = adapted(p)
+        merged[p + ".weight"] = lora[p + ".lora_magnitude_vector"].unsqueeze(1) * v / torch.linalg.vector_norm(
+            v, dim=1, keepdim=True)
+    ck.check("DoRA == merged m * V / ||V||", close(LlamaLora(cfg, lcfg, base).logits(lora, ids[0]),
+                                                  LlamaLora(cfg, lcfg, merged).logits({}, ids[0])))
+    # at m = ||V|| (where PEFT starts it, at B = 0) DoRA is plain LoRA
+    at_norm = dict(lora)
+    for p in prefixes:
+        at_norm[p + ".lora_magnitude_vector"] = torch.linalg.vector_norm(adapted(p), dim=1)
+    plain_lora = {n: t for n, t in lora.items() if not n.endswith(".lora_magnitude_vector")}
+    ck.check("DoRA at m = ||V|| == LoRA", close(LlamaLora(cfg, lcfg, base).logits(at_norm, ids[0]),
+                                               LlamaLora(cfg, plain, base).logits(plain_lora, ids[0])))
+
+    model = LlamaLora(cfg, lcfg, base)
+    params = {n: t.clone().requires_grad_(True) for n, t in lora.items()}
+    model.step_loss(params, ids, labels)
+    model.dora_norms = {p: torch.linalg.vector_norm(adapted(p), dim=1) for p in prefixes}
+    h, worst = 1e-6, 0.0
+    with torch.no_grad():
+        for n, t in lora.items():
+            g = params[n].grad
+            for j in (int(torch.randint(t.numel(), (1,), generator=gen)), int(g.abs().argmax())):
+                plus, minus = dict(lora), dict(lora)
+                plus[n] = t.clone().view(-1)
+                plus[n][j] += h
+                minus[n] = t.clone().view(-1)
+                minus[n][j] -= h
+                plus[n], minus[n] = plus[n].view_as(t), minus[n].view_as(t)
+                fd = (model.step_loss(plus, ids, labels, backward=False)
+                      - model.step_loss(minus, ids, labels, backward=False)) / (2 * h)
+                worst = max(worst, abs(fd - float(g.view(-1)[j])) / max(float(g.abs().max()), 1e-12))
+    ck.check("DoRA finite differences (norm held)", worst < 1e-6,
+             f"(max entry rel.err {worst:.1e}, {len(lora)} tensors)")
 
 
 def selftest_properties(ck):
@@ -1144,6 +1223,7 @@ def cmd_selftest():
     start = time.time()
     ck = Checker()
     selftest_gradients(ck)
+    selftest_dora(ck)
     selftest_properties(ck)
     selftest_optimizer(ck)
     selftest_roundtrip(ck)
