@@ -110,6 +110,23 @@ def main():
         lorad("--adapter", ad_fx, "--format", "peft", "--out", again)
         ref("same-adapter", ad_fx, again)
 
+        # DoRA (PEFT's lora_magnitude_vector): merged on an F32 and a BF16 base, PEFT round trip,
+        # and GGUF refused with the reason, leaving no file behind
+        ad_dora = os.path.join(tmp, "ad_dora")
+        ref("make-adapter", os.path.join(fx, "hf_f32", "config.json"), ad_dora, "3", "6", "0", "4", "none", "1")
+        for base in ("hf_f32", "hf_bf16"):
+            out = os.path.join(tmp, "merged_dora_" + base)
+            lorad("--adapter", ad_dora, "--format", "merged", "--out", out, "--model", os.path.join(fx, base))
+            ref("check-merged", os.path.join(fx, base), ad_dora, out)
+        again = os.path.join(tmp, "again_dora")
+        lorad("--adapter", ad_dora, "--format", "peft", "--out", again)
+        ref("same-adapter", ad_dora, again)
+        gg_dora = os.path.join(tmp, "dora.gguf")
+        lorad("--adapter", ad_dora, "--format", "gguf", "--out", gg_dora, "--model", os.path.join(fx, "hf_f32"),
+              status=1, text="DoRA adapter cannot be written as a GGUF LoRA")
+        if os.path.exists(gg_dora):
+            failures.append("a refused DoRA GGUF export left a file")
+
         # adapter.tar (the API's one-file download), made by GNU tar as an independent producer:
         # every format from the archive equals the same export from the directory, byte for byte
         def make_tar(src, tar_path, *extra):

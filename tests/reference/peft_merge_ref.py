@@ -5,6 +5,9 @@ and the safetensors/GGUF specs, not from lorad's C code.
 PEFT LoRA (LoraLayer): a module W (out, in) gets lora_A.weight (r, in) and lora_B.weight (out, r);
 merging adds delta = scaling * (B @ A) with scaling = lora_alpha / r, or lora_alpha / sqrt(r) when
 use_rslora is set. Tensors are saved as "base_model.model.<module>.lora_{A,B}.weight".
+With use_dora (DoRA, Liu et al. 2024) the module also has "<module>.lora_magnitude_vector" (out),
+1-D and without ".weight" in the saved file, and the merged weight is m * V / ||V|| row by row,
+V = W + delta (the DoRA paper's eq. 5; PEFT's merge scales W + delta by m / its row norms).
 
 lorad's merge contract (docs in engine/adapter/merge.h): the sum W + delta is formed in f32 and rounded
 ONCE to the base dtype (BF16: round to nearest even). PEFT itself, on a bf16 base, adds a bf16
@@ -12,8 +15,9 @@ delta to the bf16 weight (two roundings); we check lorad's single rounding, comp
 float64 and rounded to f32 then bf16.
 
 usage:
-  peft_merge_ref.py make-adapter CONFIG_JSON OUT_DIR R ALPHA RSLORA SEED [BASE]
-      writes a PEFT adapter (all seven projections of every layer + lm_head, random A and B).
+  peft_merge_ref.py make-adapter CONFIG_JSON OUT_DIR R ALPHA RSLORA SEED [BASE [DORA]]
+      writes a PEFT adapter (all seven projections of every layer + lm_head, random A and B; with
+      DORA = 1 random magnitudes in [0.5, 2] too, and use_dora in the config).
   peft_merge_ref.py check-merged BASE ADAPTER_DIR MERGED_DIR
       BASE is an HF dir (config.json + model.safetensors), a llama2.c .bin, or a write_fixtures.py
       output dir with truth.f32 / truth_order.txt / hf_f32/config.json (for GGUF and llama2.c bases,
@@ -96,17 +100,20 @@ def shapes(cfg):
     return out
 
 
-def make_adapter(config_json, out_dir, r, alpha, rslora, seed, base):
+def make_adapter(config_json, out_dir, r, alpha, rslora, seed, base, dora=False):
     cfg = json.load(open(config_json))
     rng = np.random.default_rng(seed)
     t = {}
     for module, (i, o) in shapes(cfg).items():
         t[PREFIX + module + ".lora_A.weight"] = rng.uniform(-0.5, 0.5, (r, i)).astype(np.float32)
         t[PREFIX + module + ".lora_B.weight"] = rng.uniform(-0.5, 0.5, (o, r)).astype(np.float32)
+        if dora:
+            t[PREFIX + module + ".lora_magnitude_vector"] = rng.uniform(0.5, 2.0, (o,)).astype(np.float32)
     os.makedirs(out_dir, exist_ok=True)
     write_safetensors(os.path.join(out_dir, "adapter_model.safetensors"), t)
     conf = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": alpha, "lora_dropout": 0.0,
-            "use_rslora": rslora, "bias": "none", "fan_in_fan_out": False, "base_model_name_or_path": base,
+            "use_rslora": rslora, "use_dora": dora, "bias": "none", "fan_in_fan_out": False,
+            "base_model_name_or_path": base,
             "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
                                "lm_head"]}
     json.dump(conf, open(os.path.join(out_dir, "adapter_config.json"), "w"), indent=2)
@@ -242,19 +249,34 @@ def check_merged(base, adapter_dir, merged_dir):
         # (Higham, "Accuracy and Stability of Numerical Algorithms", sec. 3.1), u = 2^-24.
         k = A.shape[0] + 2
         gamma = k * 2.0 ** -24 / (1 - k * 2.0 ** -24)
+        tol = gamma * bound
+        if conf.get("use_dora"):
+            # DoRA: f = m / ||V|| per row, then f * V. An error e (|e| <= tol) in V moves f * V by
+            # at most f (|e| + |V| ||e|| / ||V||) to first order (the norm's own change), and f's
+            # division and the product round once each (2u of the result, plus slack for the norm's
+            # square root and sum, which run in double or as one more float32 rounding).
+            mag = ad[module + ".lora_magnitude_vector"].astype(np.float64)
+            if mag.shape != (exact.shape[0],):
+                fail(f"{module}.lora_magnitude_vector has shape {mag.shape}, want ({exact.shape[0]},)")
+            norm = np.linalg.norm(exact, axis=1, keepdims=True)
+            f = mag[:, None] / norm
+            e_norm = np.linalg.norm(tol, axis=1, keepdims=True)
+            exact = f * exact
+            tol = np.abs(f) * (tol + np.abs(exact / f) * e_norm / norm) + 4 * 2.0 ** -24 * np.abs(exact)
         if gdtype == "F32":
             err = np.abs(got.astype(np.float64) - exact)
-            worst = float(np.max(err / np.maximum(bound, 1e-30)))
-            if worst > gamma:
-                fail(f"{name}: merged F32 off by {worst:.3g} relative to |W| + scale*|B||A| (bound {gamma:.3g})")
+            worst = float(np.max(err / np.maximum(tol, 1e-30)))
+            if worst > 1.0:
+                fail(f"{name}: merged F32 off by {worst:.3g} times its bound (|W| + scale*|B||A| times {gamma:.3g}"
+                     f"{', through DoRA' if conf.get('use_dora') else ''})")
         else:
             want = f32_to_bf16(exact.astype(np.float32))
             diff = got != want
             if diff.any():
-                # Only where the f32 sum's own rounding error (<= gamma of |W| + scale*|B||A|, e.g.
-                # after cancellation) straddles a bf16 rounding boundary may the result differ.
-                lo = bf16_to_f32(f32_to_bf16((exact - gamma * bound).astype(np.float32)))
-                hi = bf16_to_f32(f32_to_bf16((exact + gamma * bound).astype(np.float32)))
+                # Only where the f32 computation's own rounding error (tol, e.g. after
+                # cancellation) straddles a bf16 rounding boundary may the result differ.
+                lo = bf16_to_f32(f32_to_bf16((exact - tol).astype(np.float32)))
+                hi = bf16_to_f32(f32_to_bf16((exact + tol).astype(np.float32)))
                 g = bf16_to_f32(got)
                 ok = (g >= lo) & (g <= hi)
                 if not ok[diff].all():
@@ -303,6 +325,8 @@ def same_adapter(d1, d2):
             fail(f"{n} differs")
     if abs(s1 - s2) > 1e-6 * s1:
         fail(f"scale {s1} vs {s2}")
+    if bool(c1.get("use_dora")) != bool(c2.get("use_dora")):
+        fail(f"use_dora {c1.get('use_dora')} vs {c2.get('use_dora')}")
     print(f"{d1} and {d2}: same {len(t1)} tensors")
 
 
@@ -310,7 +334,7 @@ def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "make-adapter":
         make_adapter(args[0], args[1], int(args[2]), float(args[3]), args[4] == "1", int(args[5]),
-                     args[6] if len(args) > 6 else "none")
+                     args[6] if len(args) > 6 else "none", len(args) > 7 and args[7] == "1")
     elif cmd == "check-merged":
         check_merged(*args)
     elif cmd == "check-gguf":
