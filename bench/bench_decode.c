@@ -266,8 +266,9 @@ static int64_t lora_floats(const struct lorad_llama_config *c, int r) {
  * names as lorad_adapter_load would hand it over; buf (lora_floats) holds its tensors until
  * lorad_lora_weights_new has copied them. B is random, not PEFT's zeros, so that the products
  * are not of zeros (the timing does not depend on it; finite logits do). */
-static int make_lora(struct lorad_lora_weights **ret, const struct lorad_llama_config *c, int r, float *buf, int id,
+static int make_lora(struct lorad_lora_weights **ret, const struct lorad_base_weights *w, int r, float *buf, int id,
                      struct lorad_error *err) {
+    const struct lorad_llama_config *c = &w->cfg;
     int n = 2 * LORAD_LM_HEAD * c->n_layers;
     struct lorad_adapter_tensor *t = calloc((size_t)n, sizeof *t);
     if (!t) return lorad_error_set(err, -ENOMEM, "", "out of memory");
@@ -292,7 +293,7 @@ static int make_lora(struct lorad_lora_weights **ret, const struct lorad_llama_c
                 p += rows * cols;
             }
         }
-    int rc = lorad_lora_weights_new(ret, &ad, c, err);
+    int rc = lorad_lora_weights_new(ret, &ad, w, err);
     free(t);
     return rc;
 }
@@ -406,7 +407,7 @@ static int bench_shape(const struct shape *s, const struct args *a, struct lorad
         goto fail;
     }
     for (int i = 0; i < MAX_STREAMS; i++)
-        if ((rc = make_lora(&loras[i], c, a->r, abuf, i, &err)) < 0) goto fail;
+        if ((rc = make_lora(&loras[i], &b.w, a->r, abuf, i, &err)) < 0) goto fail;
     free(abuf);
     abuf = NULL;
     enum lorad_compute_dtype compute;

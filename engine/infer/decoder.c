@@ -13,6 +13,7 @@
 
 #include "adapter_apply.h"
 #include "decode_attention.h"
+#include "dora.h"
 #include "gemm_small.h"
 #include "kernels.h"
 #include "lora.h"
@@ -30,6 +31,10 @@ struct lorad_lora_weights {
      * n_layers. NULL: not adapted. All point into data. Bt because a decode row's update
      * y += s Bt^T u then runs along y in whole vectors (lorad_lowrank_add_rows). */
     const float *(*A)[N_MODULES], *(*Bt)[N_MODULES];
+    /* DoRA: per adapted module the scale m / ||W + s B A|| of each output (fixed while the
+     * adapter is loaded), which the output takes before the bias: y = ms (W x + s B A x) + b.
+     * NULL without DoRA. */
+    const float *(*ms)[N_MODULES];
     float *data;
     int64_t bytes;
 };
@@ -75,6 +80,7 @@ struct lorad_decoder {
     int *row_item;           /* (R) index into the step's ordered items */
     int *task_row;           /* (R) rows whose attention reads the cache */
     float *hf, *logits;      /* (S, d), (S, V): last rows of the items that want logits */
+    float *dora_keep;        /* (R, d) the residual rows of DoRA items, before an accumulating product */
     float *attn_scratch[LORAD_MAX_THREADS]; /* lorad_attention_scratch_floats(max_rows) or max_pos */
     float *u_scratch[LORAD_MAX_THREADS];    /* (LORA_U_FLOATS) */
     struct lora_task *tasks;                /* (MAX_GROUP * S) of one single_rows call */
@@ -160,6 +166,7 @@ int lorad_decoder_new(struct lorad_decoder **ret, const struct lorad_base_weight
     d->task_row = alloc_counted(d, sizeof(int) * (size_t)R);
     d->hf = ALLOC_F(d, S * d->d);
     d->logits = ALLOC_F(d, S * d->V);
+    d->dora_keep = ALLOC_F(d, R * d->d);
     d->order = alloc_counted(d, sizeof *d->order * (size_t)S);
     d->row0 = alloc_counted(d, sizeof *d->row0 * (size_t)S);
     d->tasks = alloc_counted(d, sizeof *d->tasks * MAX_GROUP * (size_t)S);
@@ -172,7 +179,7 @@ int lorad_decoder_new(struct lorad_decoder **ret, const struct lorad_base_weight
     }
     if (!d->attn_norm || !d->ffn_norm || !d->final_norm || !d->rope_cos || !d->rope_sin || !d->x || !d->h || !d->q ||
         !d->att || !d->k || !d->v || !d->gate || !d->up || !d->inv || !d->lse || !d->tok || !d->pos || !d->seg ||
-        !d->row_item || !d->task_row || !d->hf || !d->logits || !d->order || !d->row0 || !d->tasks)
+        !d->row_item || !d->task_row || !d->hf || !d->logits || !d->dora_keep || !d->order || !d->row0 || !d->tasks)
         goto oom;
     d->bytes += (int64_t)lorad_gemm_scratch_floats(compute) * (int64_t)sizeof(float) * opt->threads;
     for (int l = 0; l < c->n_layers; l++) {
@@ -229,9 +236,18 @@ static void module_path(char *out, size_t cap, int layer, enum lorad_lora_module
                   lorad_lora_module_name(m));
 }
 
-/* Contract: ad and cfg are borrowed for the call; the result owns copies of the tensors. */
+/* The frozen weight of module m in layer l of w (l == n_layers: the LM head). */
+static const struct lorad_tensor *base_weight(const struct lorad_base_weights *w, int l, enum lorad_lora_module m) {
+    if (l == w->cfg.n_layers) return &w->lm_head;
+    const struct lorad_layer_weights *L = &w->layers[l];
+    const struct lorad_tensor *all[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+    return all[m];
+}
+
+/* Contract: ad and base are borrowed for the call; the result owns copies of the tensors. */
 int lorad_lora_weights_new(struct lorad_lora_weights **ret, const struct lorad_adapter *ad,
-                           const struct lorad_llama_config *cfg, struct lorad_error *err) {
+                           const struct lorad_base_weights *base, struct lorad_error *err) {
+    const struct lorad_llama_config *cfg = &base->cfg;
     struct lorad_lora_config lc;
     int rc = lorad_adapter_lora_config(ad, &lc, err);
     if (rc < 0) return rc;
@@ -254,7 +270,7 @@ int lorad_lora_weights_new(struct lorad_lora_weights **ret, const struct lorad_a
                                        "needs [%d, %lld] and [%lld, %d]", ad->path, name, (long long)A->rows,
                                        (long long)A->cols, (long long)B->rows, (long long)B->cols, lc.r, (long long)in,
                                        (long long)out, lc.r);
-            floats += A->rows * A->cols + B->rows * B->cols;
+            floats += A->rows * A->cols + B->rows * B->cols + (lc.use_dora ? out : 0);
         }
     struct lorad_lora_weights *lw = calloc(1, sizeof *lw);
     if (!lw) return lorad_error_set(err, -ENOMEM, "", "out of memory");
@@ -263,8 +279,14 @@ int lorad_lora_weights_new(struct lorad_lora_weights **ret, const struct lorad_a
     lw->scale = lorad_lora_scale(&lc);
     lw->A = calloc(n_rows, sizeof *lw->A);
     lw->Bt = calloc(n_rows, sizeof *lw->Bt);
+    if (lc.use_dora) lw->ms = calloc(n_rows, sizeof *lw->ms);
     lw->data = malloc((size_t)(floats ? floats : 1) * sizeof(float));
-    if (!lw->A || !lw->Bt || !lw->data) {
+    int64_t max_in = cfg->dim, qd = (int64_t)cfg->n_heads * cfg->head_dim;
+    if (qd > max_in) max_in = qd;
+    if (cfg->hidden_dim > max_in) max_in = cfg->hidden_dim;
+    float *rows = lc.use_dora ? malloc(sizeof(float) * (size_t)lorad_dora_scratch_floats(max_in)) : NULL;
+    if (!lw->A || !lw->Bt || !lw->data || (lc.use_dora && (!lw->ms || !rows))) {
+        free(rows);
         lorad_lora_weights_free(lw);
         return lorad_error_set(err, -ENOMEM, "adapter", "out of memory for %lld adapter floats", (long long)floats);
     }
@@ -285,7 +307,18 @@ int lorad_lora_weights_new(struct lorad_lora_weights **ret, const struct lorad_a
                 for (int k = 0; k < lc.r; k++) p[k * B->rows + o] = B->data[o * lc.r + k];
             lw->Bt[l][m] = p;
             p += nb;
+            if (!lc.use_dora) continue;
+            char mag_name[128];
+            snprintf(mag_name, sizeof mag_name, "%s.lora_magnitude_vector", name);
+            const struct lorad_adapter_tensor *mag = lorad_adapter_find(ad, mag_name);
+            assert(mag && mag->rows == B->rows); /* lorad_adapter_load: a magnitude in every module */
+            lorad_dora_row_norms_1t(p, base_weight(base, l, (enum lorad_lora_module)m), B->data, A->data, lw->scale,
+                                    lc.r, rows);
+            for (int64_t o = 0; o < B->rows; o++) p[o] = p[o] > 0 ? mag->data[o] / p[o] : 0.0f;
+            lw->ms[l][m] = p;
+            p += B->rows;
         }
+    free(rows);
     *ret = lw;
     return 0;
 }
@@ -294,6 +327,7 @@ void lorad_lora_weights_free(struct lorad_lora_weights *lw) {
     if (!lw) return;
     free(lw->A);
     free(lw->Bt);
+    free(lw->ms);
     free(lw->data);
     free(lw);
 }
@@ -497,12 +531,44 @@ static void single_rows(struct lorad_decoder *d, int l, int n, const enum lorad_
     lorad_pool_run(d->pool, rows_thread, &j);
 }
 
+/* The DoRA scale (lorad_lora_weights.ms) of module mod in layer l of the items whose adapter has
+ * it: each of their rows of y (out) becomes keep + ms * (y - keep), keep being what the row holds
+ * besides the module's product: the residual the product was added to (keep_rows, the same rows)
+ * or the bias (or nothing). one_row: item i's only row is row i (the LM head's compacted rows). */
+static void dora_scale(struct lorad_decoder *d, int l, enum lorad_lora_module mod, float *y, int64_t out,
+                       const float *keep_rows, const float *bias, bool one_row) {
+    for (int i = 0; i < d->n_items; i++) {
+        const struct lorad_lora_weights *lw = d->order[i]->lora;
+        if (!lw || !lw->ms || !lw->ms[l][mod]) continue;
+        const float *ms = lw->ms[l][mod];
+        int64_t r0 = one_row ? i : d->row0[i], r1 = one_row ? i + 1 : d->row0[i] + d->order[i]->n;
+        for (int64_t row = r0; row < r1; row++)
+            for (int64_t c = 0; c < out; c++) {
+                float keep = keep_rows ? keep_rows[row * out + c] : bias ? bias[c] : 0.0f;
+                y[row * out + c] = keep + ms[c] * (y[row * out + c] - keep);
+            }
+    }
+}
+
+/* Whether an item of the step has a DoRA adapter on module mod of layer l. */
+static bool any_dora(const struct lorad_decoder *d, int l, enum lorad_lora_module mod) {
+    for (int i = 0; i < d->n_items; i++) {
+        const struct lorad_lora_weights *lw = d->order[i]->lora;
+        if (lw && lw->ms && lw->ms[l][mod]) return true;
+    }
+    return false;
+}
+
 /* ys[p] (rows, out_p) (+)= x (rows, in) W_p^T for the step's rows, products mods[p] of layer l
  * sharing the input x, then biases and the items' adapters. Single-token rows go through
  * single_rows, or one at a time when a weight's dtype is not the small kernel's; each prompt
  * chunk alone through lorad_gemm_xwt. */
 static void linears(struct lorad_decoder *d, int l, int n, const enum lorad_lora_module *mods, float *const *ys,
                     const float *x, bool accumulate) {
+    /* an accumulating product adds to the residual, which DoRA's scale must leave out */
+    bool keep = accumulate && any_dora(d, l, mods[0]);
+    assert(!accumulate || n == 1);
+    if (keep) memcpy(d->dora_keep, ys[0], sizeof(float) * (size_t)(d->n_rows * layer_weight(d, l, mods[0])->rows));
     bool small = true;
     for (int p = 0; p < n; p++) small = small && lorad_gemm_small_supports(layer_weight(d, l, mods[p]));
     if (small && d->n_single) single_rows(d, l, n, mods, ys, x, accumulate, d->n_single);
@@ -528,9 +594,11 @@ static void linears(struct lorad_decoder *d, int l, int n, const enum lorad_lora
         int first = small ? d->n_single : 0;
         bool any = false;
         for (int i = first; i < d->n_items && !any; i++) any = d->order[i]->lora && d->order[i]->lora->A[l][mods[p]];
-        if (!any) continue;
-        struct lora_job j = {d, y, x, l, mods[p], in, out, first, false};
-        lorad_pool_run(d->pool, lora_thread, &j);
+        if (any) {
+            struct lora_job j = {d, y, x, l, mods[p], in, out, first, false};
+            lorad_pool_run(d->pool, lora_thread, &j);
+        }
+        if (keep || any_dora(d, l, mods[p])) dora_scale(d, l, mods[p], y, out, keep ? d->dora_keep : NULL, bias, false);
     }
 }
 
@@ -710,6 +778,7 @@ int lorad_decoder_step(struct lorad_decoder *d, struct lorad_decode_item *items,
                 lorad_pool_run(d->pool, lora_thread, &j);
             }
         }
+        dora_scale(d, c->n_layers, LORAD_LM_HEAD, d->logits, d->V, NULL, NULL, true);
     }
     for (int i = 0; i < kept; i++) memcpy(d->order[i]->logits, d->logits + i * d->V, sizeof(float) * (size_t)d->V);
     for (int i = 0; i < n_items; i++) items[i].cache->len += items[i].n;

@@ -50,14 +50,18 @@ const struct lorad_llama_config *lorad_decoder_config(const struct lorad_decoder
 /* Bytes the decoder allocated (activations for max_rows, RoPE tables, scratch). */
 int64_t lorad_decoder_bytes(const struct lorad_decoder *d);
 
-/* An adapter laid out for unmerged application to a base of config cfg: per (layer, module) the
- * A (r, in) and B (out, r) it carries, in f32, and its PEFT scale. */
+/* An adapter laid out for unmerged application to a base: per (layer, module) the A (r, in) and
+ * B (out, r) it carries, in f32, its PEFT scale and, for DoRA, each output's scale m / ||W + s B A||
+ * (fixed for the adapter's life, so a step costs what a plain LoRA's does plus one multiply an
+ * output). */
 struct lorad_lora_weights;
 
-/* Copies what ad carries (checked against cfg: modules, shapes) into a new lorad_lora_weights; ad
- * may be freed after. Returns 0 and *ret, or -errno with err (param "adapter"). */
+/* Copies what ad carries (checked against base's config: modules, shapes) into a new
+ * lorad_lora_weights; a DoRA adapter's scales are computed from base's weights. ad may be freed
+ * after; base must be the one the decoder runs. Returns 0 and *ret, or -errno with err (param
+ * "adapter"). */
 int lorad_lora_weights_new(struct lorad_lora_weights **ret, const struct lorad_adapter *ad,
-                           const struct lorad_llama_config *cfg, struct lorad_error *err);
+                           const struct lorad_base_weights *base, struct lorad_error *err);
 void lorad_lora_weights_free(struct lorad_lora_weights *lw);
 int64_t lorad_lora_weights_bytes(const struct lorad_lora_weights *lw);
 

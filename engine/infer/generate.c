@@ -40,7 +40,7 @@ int lorad_generator_new(struct lorad_generator **ret, const struct lorad_base_we
     if (!g->logits) rc = lorad_error_set(err, -ENOMEM, "", "out of memory");
     if (rc == 0) rc = lorad_decoder_new(&g->dec, w, &dopt, err);
     if (rc == 0 && ad) {
-        rc = lorad_lora_weights_new(&g->lora, ad, &w->cfg, err);
+        rc = lorad_lora_weights_new(&g->lora, ad, w, err);
         if (rc < 0) snprintf(err->param, sizeof err->param, "%s", "adapter");
     }
     if (rc == 0) rc = lorad_kv_cache_new(&g->cache, g->dec, opt->max_total, err);

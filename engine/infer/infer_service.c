@@ -248,7 +248,7 @@ static int acquire(struct lorad_infer *s, const struct lorad_infer_request *req,
             struct adapter_entry *na = calloc(1, sizeof *na);
             if (!na || !(na->path = strdup(req->adapter_path))) rc = lorad_error_set(err, -ENOMEM, "", "out of memory");
             if (rc == 0) rc = lorad_adapter_load(req->adapter_path, &b->mf->weights.cfg, &ad, err);
-            if (rc == 0) rc = lorad_lora_weights_new(&na->lw, ad, &b->mf->weights.cfg, err);
+            if (rc == 0) rc = lorad_lora_weights_new(&na->lw, ad, &b->mf->weights, err);
             lorad_adapter_free(ad);
             if (rc == 0) {
                 na->base = b;

@@ -1,5 +1,6 @@
 #include "dora.h"
 
+#include <cblas.h>
 #include <math.h>
 
 #include "threadpool.h"
@@ -14,30 +15,44 @@ struct norms_job {
     int64_t r;
 };
 
-static void norms_thread(void *ctx, int tid, int nt) {
-    struct norms_job *j = ctx;
-    const struct lorad_tensor *W = j->W;
-    int64_t in = W->cols, b, e;
-    lorad_pool_slice(W->rows, tid, nt, 1, &b, &e);
-    float *rows = j->row_scratch[tid]; // (LORAD_DORA_ROWS, in)
+/* norm[b..e) from rows b..e of W + scale B A, formed LORAD_DORA_ROWS at a time in rows; work is
+ * the gemm scratch of the calling pool thread, or NULL to use OpenBLAS directly. */
+static void norms_of_rows(float *norm, const struct lorad_tensor *W, const float *B, const float *A, float scale,
+                          int64_t r, int64_t b, int64_t e, float *rows, float *work) {
+    int64_t in = W->cols;
     for (int64_t j0 = b; j0 < e; j0 += LORAD_DORA_ROWS) {
         int64_t n = e - j0 < LORAD_DORA_ROWS ? e - j0 : LORAD_DORA_ROWS;
-        lorad_tensor_rows_f32(rows, W, j0, n, 0, in);
+        lorad_tensor_rows_f32(rows, W, j0, n, 0, in); // (n, in)
         /* rows += scale * B[j0 : j0+n] (n, r) @ A (r, in) */
-        lorad_sgemm_1t(false, false, n, in, j->r, j->scale, j->B + j0 * j->r, j->r, j->A, in, 1.0f, rows, in,
-                       j->g->scratch[tid]);
+        if (work)
+            lorad_sgemm_1t(false, false, n, in, r, scale, B + j0 * r, r, A, in, 1.0f, rows, in, work);
+        else
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)in, (int)r, scale, B + j0 * r, (int)r,
+                        A, (int)in, 1.0f, rows, (int)in);
         for (int64_t i = 0; i < n; i++) {
             double s = 0.0;
             for (int64_t k = 0; k < in; k++) s += (double)rows[i * in + k] * rows[i * in + k];
-            j->norm[j0 + i] = (float)sqrt(s);
+            norm[j0 + i] = (float)sqrt(s);
         }
     }
+}
+
+static void norms_thread(void *ctx, int tid, int nt) {
+    struct norms_job *j = ctx;
+    int64_t b, e;
+    lorad_pool_slice(j->W->rows, tid, nt, 1, &b, &e);
+    norms_of_rows(j->norm, j->W, j->B, j->A, j->scale, j->r, b, e, j->row_scratch[tid], j->g->scratch[tid]);
 }
 
 void lorad_dora_row_norms(struct lorad_gemm *g, float *const *row_scratch, float *norm, const struct lorad_tensor *W,
                           const float *B, const float *A, float scale, int64_t r) {
     struct norms_job j = {g, row_scratch, norm, W, B, A, scale, r};
     lorad_pool_run(g->pool, norms_thread, &j);
+}
+
+void lorad_dora_row_norms_1t(float *norm, const struct lorad_tensor *W, const float *B, const float *A, float scale,
+                             int64_t r, float *row_scratch) {
+    norms_of_rows(norm, W, B, A, scale, r, 0, W->rows, row_scratch, NULL);
 }
 
 void lorad_dora_row_norms_ref(float *norm, const struct lorad_tensor *W, const float *B, const float *A, float scale,

@@ -19,6 +19,11 @@ static inline int64_t lorad_dora_scratch_floats(int64_t in) { return (int64_t)LO
 void lorad_dora_row_norms(struct lorad_gemm *g, float *const *row_scratch, float *norm, const struct lorad_tensor *W,
                           const float *B, const float *A, float scale, int64_t r);
 
+/* The same on the calling thread (OpenBLAS for the products), for callers without a pool: row_scratch
+ * holds lorad_dora_scratch_floats(in) floats. */
+void lorad_dora_row_norms_1t(float *norm, const struct lorad_tensor *W, const float *B, const float *A, float scale,
+                             int64_t r, float *row_scratch);
+
 /* The same with plain loops (double throughout), the reference for tests. */
 void lorad_dora_row_norms_ref(float *norm, const struct lorad_tensor *W, const float *B, const float *A, float scale,
                               int64_t r);

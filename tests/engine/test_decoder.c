@@ -23,9 +23,11 @@ static struct lorad_lora_config lora_all(void) {
     return (struct lorad_lora_config){.r = 3, .alpha = 6, .targets = LORAD_LORA_ALL_LINEAR | (1u << LORAD_LM_HEAD)};
 }
 
-/* A training model with random LoRA tensors: the source of adapters and of merged weights. */
-static struct lorad_model *random_lora_model(const struct lorad_base_weights *w, uint64_t seed, int kv) {
+/* A training model with random LoRA tensors: the source of adapters and of merged weights. With
+ * dora, its magnitudes are 20% off their starting norms, so every DoRA scale differs from 1. */
+static struct lorad_model *random_lora_model_of(const struct lorad_base_weights *w, uint64_t seed, int kv, bool dora) {
     struct lorad_lora_config lc = lora_all();
+    lc.use_dora = dora;
     struct lorad_run_options o = {.threads = 1, .max_batch = 1, .max_seq = 16, .seed = 1, .kv_cache_len = kv};
     struct lorad_model *m = NULL;
     struct lorad_error err = {0};
@@ -33,7 +35,16 @@ static struct lorad_model *random_lora_model(const struct lorad_base_weights *w,
     size_t n;
     float *p = lorad_model_params(m, &n);
     for (size_t i = 0; i < n; i++) p[i] = (float)(0.3 * tiny_normal(&seed));
+    lorad_model_dora_reset_magnitudes(m);
+    for (int i = 0; i < lorad_model_n_lora_tensors(m); i++) {
+        const struct lorad_lora_tensor *t = lorad_model_lora_tensor(m, i);
+        if (!t->is_magnitude) continue;
+        for (int64_t j = 0; j < t->rows; j++) p[t->offset + (size_t)j] *= (float)(1.0 + 0.2 * tiny_normal(&seed));
+    }
     return m;
+}
+static struct lorad_model *random_lora_model(const struct lorad_base_weights *w, uint64_t seed, int kv) {
+    return random_lora_model_of(w, seed, kv, false);
 }
 
 /* m's LoRA tensors as an adapter (borrowing m's buffer; free with free_view). */
@@ -48,6 +59,7 @@ static struct lorad_adapter *adapter_view(struct lorad_model *m) {
     float *p = lorad_model_params(m, NULL);
     for (int i = 0; i < n; i++) {
         const struct lorad_lora_tensor *t = lorad_model_lora_tensor(m, i);
+        a->meta.use_dora = a->meta.use_dora || t->is_magnitude;
         snprintf(a->tensors[i].name, sizeof a->tensors[i].name, "%s", t->name);
         a->tensors[i].data = p + t->offset;
         a->tensors[i].rows = t->rows;
@@ -60,11 +72,11 @@ static void free_view(struct lorad_adapter *a) {
     free(a);
 }
 
-static struct lorad_lora_weights *lora_of(struct lorad_model *m, const struct lorad_llama_config *c) {
+static struct lorad_lora_weights *lora_of(struct lorad_model *m, const struct lorad_base_weights *w) {
     struct lorad_adapter *a = adapter_view(m);
     struct lorad_lora_weights *lw = NULL;
     struct lorad_error err = {0};
-    if (lorad_lora_weights_new(&lw, a, c, &err) < 0) fail_msg("lora_weights_new: %s", err.message);
+    if (lorad_lora_weights_new(&lw, a, w, &err) < 0) fail_msg("lora_weights_new: %s", err.message);
     free_view(a);
     return lw;
 }
@@ -130,12 +142,14 @@ static void run_three(const struct lorad_base_weights *w, struct lorad_lora_weig
     lorad_decoder_free(d);
 }
 
-static void check_batch_invariance(bool bf16) {
+/* dora: sequence 0's adapter is DoRA (its per-row scale beside a plain adapter's rows). */
+static void check_batch_invariance(bool bf16, bool dora) {
     struct lorad_llama_config c = tiny_config();
+    c.attention_bias = dora; /* DoRA's scale leaves the bias out */
     struct tiny_model tm;
     tiny_model_init(&tm, &c, 3, bf16, bf16);
-    struct lorad_model *m1 = random_lora_model(&tm.w, 11, 0), *m2 = random_lora_model(&tm.w, 12, 0);
-    struct lorad_lora_weights *l1 = lora_of(m1, &c), *l2 = lora_of(m2, &c);
+    struct lorad_model *m1 = random_lora_model_of(&tm.w, 11, 0, dora), *m2 = random_lora_model(&tm.w, 12, 0);
+    struct lorad_lora_weights *l1 = lora_of(m1, &tm.w), *l2 = lora_of(m2, &tm.w);
     size_t n = 3 * 5 * V;
     float *alone = malloc(n * sizeof(float)), *together = malloc(n * sizeof(float)), *stagger = malloc(n * sizeof(float));
     float *threads3 = malloc(n * sizeof(float));
@@ -157,12 +171,17 @@ static void check_batch_invariance(bool bf16) {
 
 static void test_batching_never_changes_an_answer(void **state) {
     (void)state;
-    check_batch_invariance(false);
+    check_batch_invariance(false, false);
 }
 
 static void test_batching_never_changes_an_answer_bf16(void **state) {
     (void)state;
-    check_batch_invariance(true);
+    check_batch_invariance(true, false);
+}
+
+static void test_batching_never_changes_a_dora_answer(void **state) {
+    (void)state;
+    check_batch_invariance(false, true);
 }
 
 /* Replaces each adapted matrix of tm by W + scale B A (what an export merges). */
@@ -217,7 +236,7 @@ static void test_unmerged_adapter_equals_merged_base(void **state) {
     tiny_model_init(&merged, &c, 4, false, false);
     struct lorad_model *m = random_lora_model(&tm.w, 9, 12);
     merge_into(&merged, m);
-    struct lorad_lora_weights *lw = lora_of(m, &c);
+    struct lorad_lora_weights *lw = lora_of(m, &tm.w);
     int32_t ids[12] = {3, 14, 15, 92, 65, 35, 89, 79, 32, 38, 46, 26};
     float la[V], lb[V], lbase[V], lref[V];
     decode_12(&tm.w, lw, ids, la);
@@ -228,6 +247,35 @@ static void test_unmerged_adapter_equals_merged_base(void **state) {
     if (max_diff(la, lb, V) > bound) fail_msg("adapted vs merged logits differ by %.3g > %.3g", max_diff(la, lb, V), bound);
     assert_true(max_diff(lbase, lb, V) > 1e-2 * max_abs(lb, V)); /* the adapter really changes the output */
     /* and the training model's forward (its own kernels) gives the same logits */
+    struct lorad_error err = {0};
+    assert_int_equal(lorad_model_infer(m, ids, 12, true, lref, &err), 0);
+    if (max_diff(la, lref, V) > bound) fail_msg("decoder vs model forward differ by %.3g > %.3g", max_diff(la, lref, V), bound);
+    lorad_lora_weights_free(lw);
+    lorad_model_free(m);
+    tiny_model_free(&tm);
+    tiny_model_free(&merged);
+}
+
+/* A DoRA adapter unmerged (each output scaled by m / ||W + s B A||, the bias left out) gives the
+ * logits of its merge and of the training model's forward. */
+static void test_unmerged_dora_equals_merged_base(void **state) {
+    (void)state;
+    struct lorad_llama_config c = tiny_config();
+    c.attention_bias = true;
+    struct tiny_model tm, merged;
+    tiny_model_init(&tm, &c, 4, false, false);
+    tiny_model_init(&merged, &c, 4, false, false);
+    struct lorad_model *m = random_lora_model_of(&tm.w, 9, 12, true);
+    merge_into(&merged, m);
+    struct lorad_lora_weights *lw = lora_of(m, &tm.w);
+    int32_t ids[12] = {3, 14, 15, 92, 65, 35, 89, 79, 32, 38, 46, 26};
+    float la[V], lb[V], lbase[V], lref[V];
+    decode_12(&tm.w, lw, ids, la);
+    decode_12(&merged.w, NULL, ids, lb);
+    decode_12(&tm.w, NULL, ids, lbase);
+    double bound = 2 * gradcheck_model_bound(&c, 12, true) * max_abs(lb, V);
+    if (max_diff(la, lb, V) > bound) fail_msg("DoRA unmerged vs merged logits differ by %.3g > %.3g", max_diff(la, lb, V), bound);
+    assert_true(max_diff(lbase, lb, V) > 1e-2 * max_abs(lb, V));
     struct lorad_error err = {0};
     assert_int_equal(lorad_model_infer(m, ids, 12, true, lref, &err), 0);
     if (max_diff(la, lref, V) > bound) fail_msg("decoder vs model forward differ by %.3g > %.3g", max_diff(la, lref, V), bound);
@@ -280,6 +328,8 @@ int main(void) {
         cmocka_unit_test(test_batching_never_changes_an_answer),
         cmocka_unit_test(test_batching_never_changes_an_answer_bf16),
         cmocka_unit_test(test_unmerged_adapter_equals_merged_base),
+        cmocka_unit_test(test_batching_never_changes_a_dora_answer),
+        cmocka_unit_test(test_unmerged_dora_equals_merged_base),
         cmocka_unit_test(test_bad_items_are_refused_with_nothing_cached),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
