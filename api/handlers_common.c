@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "adapter.h"
 #include "handlers.h"
 #include "handlers_internal.h"
 #include "store.h"
@@ -79,6 +80,29 @@ const char *handler_id_param(const struct lorad_api_request *req, const char *na
 
 int handler_reply_oom(struct lorad_api_reply *ret_reply) {
     return lorad_api_reply_error(ret_reply, 503, "out of memory", NULL, "out_of_memory");
+}
+
+int handler_reply_adapter_file(struct lorad_api_reply *ret_reply, const char *path, const char *content_type,
+                               const char *download_name, const char *param) {
+    static const char gguf[] = "/adapter.gguf";
+    size_t n = strlen(path), k = sizeof gguf - 1;
+    struct stat st;
+    if (n > k && strcmp(path + n - k, gguf) == 0 && stat(path, &st) < 0 && errno == ENOENT) {
+        char dir[4096];
+        struct lorad_adapter_meta meta;
+        struct lorad_error err = {0};
+        if (n - k < sizeof dir) {
+            memcpy(dir, path, n - k);
+            dir[n - k] = '\0';
+            if (lorad_adapter_read_config(dir, &meta, &err) == 0 && meta.use_dora)
+                return lorad_api_reply_error(ret_reply, 404,
+                                             "this is a DoRA adapter, which has no adapter.gguf: llama.cpp's GGUF LoRA "
+                                             "cannot hold its magnitude vectors; download adapter_model.safetensors "
+                                             "(PEFT) or merge it (lorad export --format merged)",
+                                             param, "not_available_for_dora");
+        }
+    }
+    return handler_reply_file(ret_reply, path, content_type, download_name, param);
 }
 
 int handler_reply_json(struct lorad_api_reply *ret_reply, unsigned status, json_t *obj) {

@@ -53,6 +53,12 @@ int handler_reply_json(struct lorad_api_reply *ret_reply, unsigned status, json_
 int handler_reply_file(struct lorad_api_reply *ret_reply, const char *path, const char *content_type,
                        const char *download_name, const char *param);
 
+/* handler_reply_file for a file of an adapter directory; an adapter.gguf that a DoRA adapter
+ * (use_dora in its adapter_config.json) lacks gets a 404 saying why (code
+ * "not_available_for_dora"). Returns 0. */
+int handler_reply_adapter_file(struct lorad_api_reply *ret_reply, const char *path, const char *content_type,
+                               const char *download_name, const char *param);
+
 /* 503 {"code": "not_ready"}: the daemon has not opened the store yet (app or app->store NULL).
  * Returns 0. */
 int handler_reply_not_ready(struct lorad_api_reply *ret_reply);

@@ -562,7 +562,7 @@ static const char *const METRIC_COLUMNS[] = {
     "step",     "total_steps", "epoch",      "train_loss", "train_mean_token_accuracy",
     "lr",       "grad_norm",   "tokens_seen", "tokens_per_s", "elapsed_s",
     "eta_s",    "valid_loss",  "valid_mean_token_accuracy", "rewards_margin", "rewards_accuracy",
-    "rewards_chosen", "rewards_rejected",
+    "rewards_chosen", "rewards_rejected", "full_valid_loss", "full_valid_mean_token_accuracy",
 };
 #define N_METRIC_COLUMNS (sizeof METRIC_COLUMNS / sizeof METRIC_COLUMNS[0])
 
@@ -713,7 +713,7 @@ static int get_checkpoint_file(const struct lorad_api_request *req, struct lorad
     snprintf(name, sizeof name, "%s-step-%" PRId64 "-%s", job_id, step, cf->name);
     /* Rows of pruned checkpoints are forgotten with their directories; a download racing the
      * pruning finds no files: 404. */
-    return handler_reply_file(ret_reply, path, cf->content_type, name, "checkpoint_id");
+    return handler_reply_adapter_file(ret_reply, path, cf->content_type, name, "checkpoint_id");
 }
 
 /* ---- install ------------------------------------------------------------------------------ */

@@ -269,9 +269,9 @@ static json_t *adapter_model_object(const struct lorad_app *app, json_t *job) {
             json_t *targets = json_array();
             for (int i = 0; i < meta.n_targets; i++) json_array_append_new(targets, json_string(meta.targets[i]));
             json_decref(adapter);
-            adapter = json_pack("{s:i, s:f, s:f, s:b, s:f, s:o}", "r", meta.r, "alpha", meta.alpha, "dropout",
-                                meta.dropout, "use_rslora", meta.use_rslora, "scale", lorad_adapter_scale(&meta),
-                                "target_modules", targets);
+            adapter = json_pack("{s:i, s:f, s:f, s:b, s:b, s:f, s:o}", "r", meta.r, "alpha", meta.alpha, "dropout",
+                                meta.dropout, "use_rslora", meta.use_rslora, "use_dora", meta.use_dora, "scale",
+                                lorad_adapter_scale(&meta), "target_modules", targets);
         } else {
             char msg[sizeof err.message];
             redact_path(err.message, dir, "adapter", msg, sizeof msg);
@@ -460,7 +460,7 @@ static int serve_adapter_file(const struct lorad_api_request *req, struct lorad_
     snprintf(download, sizeof download, "%s-%s", job_id, adapter_file_names[which]);
     json_decref(job);
     if (n < 0 || (size_t)n >= sizeof path) return lorad_api_reply_error(ret_reply, 500, "path too long", NULL, "internal_error");
-    return handler_reply_file(ret_reply, path, content_type, download, "model");
+    return handler_reply_adapter_file(ret_reply, path, content_type, download, "model");
 }
 
 static int handle_safetensors(const struct lorad_api_request *req, struct lorad_api_reply *ret_reply) {

@@ -137,7 +137,9 @@ static void on_step(void *ctx, const struct lorad_step_metrics *m) {
         .valid_loss = m->has_valid ? m->valid_loss : NAN,
         .valid_mean_token_accuracy = m->has_valid ? m->valid_mean_token_accuracy : NAN,
         .has_dpo = m->has_dpo, .rewards_margin = m->rewards_margin, .rewards_accuracy = m->rewards_accuracy,
-        .rewards_chosen = m->rewards_chosen, .rewards_rejected = m->rewards_rejected};
+        .rewards_chosen = m->rewards_chosen, .rewards_rejected = m->rewards_rejected,
+        .has_full_valid = m->has_full_valid, .full_valid_loss = m->full_valid_loss,
+        .full_valid_mean_token_accuracy = m->full_valid_mean_token_accuracy};
     struct lorad_error e = {0};
     int r = lorad_metrics_writer_append(j->mw, &row, &e);
     if (r < 0) store_problem(j, 1, "cannot record metrics (retried with the next step)", r, &e);

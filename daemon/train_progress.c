@@ -46,6 +46,18 @@ static void redraw_live_line(struct lorad_progress *p) {
     fflush(p->out);
 }
 
+/* The step's evaluation figures as " valid_loss X valid_acc Y full_valid_loss Z full_valid_acc W",
+ * each pair only when the step has it; "" when it has neither. */
+static void format_eval(char *out, size_t n, const struct lorad_step_metrics *m) {
+    int k = 0;
+    out[0] = '\0';
+    if (m->has_valid)
+        k = snprintf(out, n, " valid_loss %.4f valid_acc %.3f", m->valid_loss, m->valid_mean_token_accuracy);
+    if (m->has_full_valid && k >= 0 && (size_t)k < n)
+        snprintf(out + k, n - (size_t)k, " full_valid_loss %.4f full_valid_acc %.3f", m->full_valid_loss,
+                 m->full_valid_mean_token_accuracy);
+}
+
 void lorad_progress_step(void *ctx, const struct lorad_step_metrics *m) {
     struct lorad_progress *p = ctx;
     double loss = lorad_progress_smooth(p, m->train_loss);
@@ -54,14 +66,14 @@ void lorad_progress_step(void *ctx, const struct lorad_step_metrics *m) {
         return;
     }
     if (p->mode == LORAD_PROGRESS_QUIET) return;
-    char eta[32], el[32];
+    char eta[32], el[32], eval[160];
     format_duration(eta, sizeof eta, m->eta_s);
     format_duration(el, sizeof el, m->elapsed_s);
+    format_eval(eval, sizeof eval, m);
     if (p->mode == LORAD_PROGRESS_TTY) {
-        if (m->has_valid) {
+        if (eval[0]) {
             clear_live_line(p); /* the new live line follows at once */
-            fprintf(p->out, "step %lld: valid_loss %.4f valid_acc %.3f\n", (long long)m->step, m->valid_loss,
-                    m->valid_mean_token_accuracy);
+            fprintf(p->out, "step %lld:%s\n", (long long)m->step, eval);
         }
         enum { WIDTH = 24 };
         int filled = m->total_steps > 0 ? (int)(WIDTH * m->step / m->total_steps) : 0;
@@ -74,17 +86,14 @@ void lorad_progress_step(void *ctx, const struct lorad_step_metrics *m) {
         redraw_live_line(p);
         return;
     }
-    bool due = p->last_line_s < 0 || m->has_valid || m->step == m->total_steps ||
+    bool due = p->last_line_s < 0 || eval[0] || m->step == m->total_steps ||
                m->elapsed_s - p->last_line_s >= LORAD_PROGRESS_LINE_S;
     if (!due) return;
     p->last_line_s = m->elapsed_s;
-    char valid[80] = "";
-    if (m->has_valid)
-        snprintf(valid, sizeof valid, " valid_loss %.4f valid_acc %.3f", m->valid_loss, m->valid_mean_token_accuracy);
     fprintf(p->out, "step %lld/%lld epoch %.2f loss %.4f (smoothed %.4f) acc %.3f lr %.3e grad_norm %.4f %.0f tok/s "
                     "elapsed %s eta %s%s\n",
             (long long)m->step, (long long)m->total_steps, m->epoch, m->train_loss, loss, m->train_mean_token_accuracy,
-            m->lr, m->grad_norm, m->tokens_per_s, el, eta, valid);
+            m->lr, m->grad_norm, m->tokens_per_s, el, eta, eval);
     fflush(p->out);
 }
 

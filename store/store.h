@@ -313,7 +313,8 @@ int lorad_store_event_since(struct lorad_store *store, const char *job_id, int64
 /* ---- metrics and checkpoints -------------------------------------------------------------- */
 
 /* One line of metrics.jsonl. Doubles that are NAN are stored as NULL (not evaluated); the rewards_*
- * only when has_dpo (a DPO job's step), NULL otherwise. */
+ * only when has_dpo (a DPO job's step), the full_valid_* only when has_full_valid (a step that
+ * checkpointed on schedule, with a validation set), NULL otherwise. */
 struct lorad_metrics_row {
     int64_t step, total_steps;
     double epoch, train_loss, train_mean_token_accuracy, lr, grad_norm;
@@ -321,6 +322,8 @@ struct lorad_metrics_row {
     double tokens_per_s, elapsed_s, eta_s, valid_loss, valid_mean_token_accuracy;
     bool has_dpo;
     double rewards_margin, rewards_accuracy, rewards_chosen, rewards_rejected;
+    bool has_full_valid;
+    double full_valid_loss, full_valid_mean_token_accuracy; /* over the whole validation set */
 };
 
 /* Buffers a job's per-step metrics and writes them in batches: each row becomes a metrics row

@@ -27,6 +27,9 @@ static json_t *real_or_null(double v) { return isfinite(v) ? json_real(v) : json
 /* A row's DPO figure: NULL unless the row has them. */
 static double dpo_value(const struct lorad_metrics_row *m, double v) { return m->has_dpo ? v : NAN; }
 
+/* A row's whole-validation-set figure: NULL unless the row has them. */
+static double full_valid_value(const struct lorad_metrics_row *m, double v) { return m->has_full_valid ? v : NAN; }
+
 static json_t *row_to_json(const struct lorad_metrics_row *m) {
     json_t *o = json_pack("{s:I, s:I, s:o, s:o, s:o, s:o, s:o, s:I, s:o, s:o, s:o, s:o, s:o}",
                      "step", (json_int_t)m->step, "total_steps", (json_int_t)m->total_steps,
@@ -42,6 +45,10 @@ static json_t *row_to_json(const struct lorad_metrics_row *m) {
         json_object_set_new(o, "rewards_accuracy", real_or_null(m->rewards_accuracy));
         json_object_set_new(o, "rewards_chosen", real_or_null(m->rewards_chosen));
         json_object_set_new(o, "rewards_rejected", real_or_null(m->rewards_rejected));
+    }
+    if (o && m->has_full_valid) {
+        json_object_set_new(o, "full_valid_loss", real_or_null(m->full_valid_loss));
+        json_object_set_new(o, "full_valid_mean_token_accuracy", real_or_null(m->full_valid_mean_token_accuracy));
     }
     return o;
 }
@@ -82,8 +89,8 @@ static int write_row_tx(struct store_conn *c, const char *job_id, const struct l
         "INSERT INTO metrics(job_id, step, total_steps, epoch, train_loss,"
         " train_mean_token_accuracy, lr, grad_norm, tokens_seen, tokens_per_s, elapsed_s, eta_s,"
         " valid_loss, valid_mean_token_accuracy, rewards_margin, rewards_accuracy, rewards_chosen,"
-        " rewards_rejected)"
-        " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
+        " rewards_rejected, full_valid_loss, full_valid_mean_token_accuracy)"
+        " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
         " ON CONFLICT (job_id, step) DO UPDATE SET total_steps = excluded.total_steps,"
         " epoch = excluded.epoch, train_loss = excluded.train_loss,"
         " train_mean_token_accuracy = excluded.train_mean_token_accuracy, lr = excluded.lr,"
@@ -92,7 +99,9 @@ static int write_row_tx(struct store_conn *c, const char *job_id, const struct l
         " eta_s = excluded.eta_s, valid_loss = excluded.valid_loss,"
         " valid_mean_token_accuracy = excluded.valid_mean_token_accuracy,"
         " rewards_margin = excluded.rewards_margin, rewards_accuracy = excluded.rewards_accuracy,"
-        " rewards_chosen = excluded.rewards_chosen, rewards_rejected = excluded.rewards_rejected", &r, err);
+        " rewards_chosen = excluded.rewards_chosen, rewards_rejected = excluded.rewards_rejected,"
+        " full_valid_loss = excluded.full_valid_loss,"
+        " full_valid_mean_token_accuracy = excluded.full_valid_mean_token_accuracy", &r, err);
     if (!st) return r;
     store_bind_text(c, st, 1, job_id);
     store_bind_int64(c, st, 2, m->step);
@@ -112,6 +121,8 @@ static int write_row_tx(struct store_conn *c, const char *job_id, const struct l
     store_bind_double(c, st, 16, dpo_value(m, m->rewards_accuracy));
     store_bind_double(c, st, 17, dpo_value(m, m->rewards_chosen));
     store_bind_double(c, st, 18, dpo_value(m, m->rewards_rejected));
+    store_bind_double(c, st, 19, full_valid_value(m, m->full_valid_loss));
+    store_bind_double(c, st, 20, full_valid_value(m, m->full_valid_mean_token_accuracy));
     r = store_step(c, st, "cannot write metrics", err);
     store_stmt_done(st);
     if (r < 0) return r;
@@ -121,6 +132,8 @@ static int write_row_tx(struct store_conn *c, const char *job_id, const struct l
                      (long long)m->step, (long long)m->total_steps, m->train_loss);
     if (isfinite(m->valid_loss) && n > 0 && (size_t)n < sizeof message)
         n += snprintf(message + n, sizeof message - (size_t)n, ", validation loss=%.4f", m->valid_loss);
+    if (m->has_full_valid && isfinite(m->full_valid_loss) && n > 0 && (size_t)n < sizeof message)
+        n += snprintf(message + n, sizeof message - (size_t)n, ", full validation loss=%.4f", m->full_valid_loss);
     if (m->has_dpo && n > 0 && (size_t)n < sizeof message)
         snprintf(message + n, sizeof message - (size_t)n, ", reward margin=%.4f, reward accuracy=%.3f",
                  m->rewards_margin, m->rewards_accuracy);
@@ -187,14 +200,15 @@ int lorad_metrics_writer_append(struct lorad_metrics_writer *w, const struct lor
     return 0;
 }
 
-/* A checkpoint's own metrics from its step's metrics row (columns step, train_loss,
- * train_mean_token_accuracy, valid_loss, valid_mean_token_accuracy). */
+/* A checkpoint's own metrics, OpenAI's seven keys, from its step's metrics row (columns step,
+ * train_loss, train_mean_token_accuracy, valid_loss, valid_mean_token_accuracy, full_valid_loss,
+ * full_valid_mean_token_accuracy); null where the step did not evaluate. */
 static json_t *checkpoint_metrics_from_row(struct store_row *row) {
-    return json_pack("{s:o, s:o, s:o, s:o, s:o, s:n, s:n}", "step", store_col_int(row, 0),
+    return json_pack("{s:o, s:o, s:o, s:o, s:o, s:o, s:o}", "step", store_col_int(row, 0),
                      "train_loss", store_col_real(row, 1), "train_mean_token_accuracy",
                      store_col_real(row, 2), "valid_loss", store_col_real(row, 3),
                      "valid_mean_token_accuracy", store_col_real(row, 4), "full_valid_loss",
-                     "full_valid_mean_token_accuracy");
+                     store_col_real(row, 5), "full_valid_mean_token_accuracy", store_col_real(row, 6));
 }
 
 static int checkpoint_tx(struct lorad_metrics_writer *w, struct store_conn *c, int64_t step,
@@ -205,7 +219,8 @@ static int checkpoint_tx(struct lorad_metrics_writer *w, struct store_conn *c, i
     json_t *own = NULL;
     if (!metrics) {
         sqlite3_stmt *st = store_stmt(c,
-            "SELECT step, train_loss, train_mean_token_accuracy, valid_loss, valid_mean_token_accuracy"
+            "SELECT step, train_loss, train_mean_token_accuracy, valid_loss, valid_mean_token_accuracy,"
+            " full_valid_loss, full_valid_mean_token_accuracy"
             " FROM metrics WHERE job_id = ?1 AND step = ?2", &r, err);
         if (!st) return r;
         store_bind_text(c, st, 1, w->job_id);
@@ -304,7 +319,7 @@ static json_t *metrics_from_row(struct store_row *row) {
         "step", "total_steps", "epoch", "train_loss", "train_mean_token_accuracy", "lr",
         "grad_norm", "tokens_seen", "tokens_per_s", "elapsed_s", "eta_s", "valid_loss",
         "valid_mean_token_accuracy", "rewards_margin", "rewards_accuracy", "rewards_chosen",
-        "rewards_rejected"};
+        "rewards_rejected", "full_valid_loss", "full_valid_mean_token_accuracy"};
     json_t *obj = json_object();
     for (int i = 0; obj && i < (int)(sizeof NAMES / sizeof NAMES[0]); i++) {
         bool integer = i == 0 || i == 1 || i == 7;
@@ -328,7 +343,8 @@ int lorad_store_metrics_list(struct lorad_store *s, const char *job_id, int64_t 
     sqlite3_stmt *st = store_stmt(c,
         "SELECT step, total_steps, epoch, train_loss, train_mean_token_accuracy, lr, grad_norm,"
         " tokens_seen, tokens_per_s, elapsed_s, eta_s, valid_loss, valid_mean_token_accuracy,"
-        " rewards_margin, rewards_accuracy, rewards_chosen, rewards_rejected"
+        " rewards_margin, rewards_accuracy, rewards_chosen, rewards_rejected, full_valid_loss,"
+        " full_valid_mean_token_accuracy"
         " FROM metrics WHERE job_id = ?1 AND step > ?2 ORDER BY step LIMIT ?3", &r, err);
     if (!st) goto out;
     store_bind_text(c, st, 1, job_id);

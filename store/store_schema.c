@@ -133,6 +133,12 @@ static const char *const MIGRATIONS[] = {
     "ALTER TABLE metrics ADD COLUMN rewards_chosen REAL;"
     "ALTER TABLE metrics ADD COLUMN rewards_rejected REAL;"
     "PRAGMA user_version = 6;",
+
+    /* 7: the loss and token accuracy over the whole validation set, at the steps that checkpoint
+     * on schedule (NULL elsewhere). */
+    "ALTER TABLE metrics ADD COLUMN full_valid_loss REAL;"
+    "ALTER TABLE metrics ADD COLUMN full_valid_mean_token_accuracy REAL;"
+    "PRAGMA user_version = 7;",
 };
 
 const int store_schema_latest = (int)(sizeof MIGRATIONS / sizeof MIGRATIONS[0]);

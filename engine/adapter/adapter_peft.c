@@ -121,6 +121,7 @@ static int parse_config(json_t *root, const char *path, struct lorad_adapter_met
     v = json_object_get(root, "fan_in_fan_out");
     if (json_is_true(v)) FAIL("fan_in_fan_out", "%s: fan_in_fan_out adapters are not supported", path);
     v = json_object_get(root, "use_dora");
+    if (v && !json_is_boolean(v) && !json_is_null(v)) FAIL("use_dora", "%s: use_dora must be true or false", path);
     m.use_dora = json_is_true(v);
     v = json_object_get(root, "bias");
     if (json_is_string(v) && strcmp(json_string_value(v), "none") != 0)

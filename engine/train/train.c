@@ -315,11 +315,20 @@ static int load_init_adapter(struct run *r) {
                              r->spec->lora.r);
         goto out;
     }
+    if (a->meta.use_dora && !r->spec->lora.use_dora) {
+        rc = lorad_error_set(r->err, -EINVAL, "lora.init_adapter",
+                             "%s is a DoRA adapter (use_dora in its adapter_config.json): set lora.use_dora to continue "
+                             "training it", path);
+        goto out;
+    }
     rc = lorad_adapter_copy_into(a, r->model, r->err);
     if (rc < 0) {
         snprintf(r->err->param, sizeof r->err->param, "lora.init_adapter");
         goto out;
     }
+    /* a plain LoRA adapter continued as DoRA: the magnitudes start where PEFT puts them, at the
+     * norms of the adapted weight, so the first step starts from the adapter's own outputs */
+    if (r->spec->lora.use_dora && !a->meta.use_dora) lorad_model_dora_reset_magnitudes(r->model);
     say(r, "info", "initialised LoRA weights from %s (%d tensors)", path, a->n_tensors);
 out:
     lorad_adapter_free(a);
@@ -344,13 +353,16 @@ static int write_adapter_files(struct run *r, const char *dir) {
                                       .alpha = r->spec->lora.alpha,
                                       .dropout = r->spec->lora.dropout,
                                       .use_rslora = r->spec->lora.use_rslora,
+                                      .use_dora = r->spec->lora.use_dora,
                                       .n_targets = r->spec->lora.n_targets};
     for (int i = 0; i < meta.n_targets; i++) snprintf(meta.targets[i], sizeof meta.targets[i], "%s", r->spec->lora.targets[i]);
     snprintf(meta.base_model, sizeof meta.base_model, "%s", r->spec->model);
 
     char path[LORAD_CHECKPOINT_PATH_MAX];
     int rc = lorad_adapter_write_peft(dir, &meta, ts, n, r->err);
-    if (rc == 0 && (rc = lorad_path_join(path, sizeof path, dir, "adapter.gguf")) == 0)
+    /* llama.cpp's LoRA format has no magnitude vectors: a DoRA adapter has no adapter.gguf (the
+     * download and `lorad export` say why; the merged model is the way into llama.cpp) */
+    if (rc == 0 && !meta.use_dora && (rc = lorad_path_join(path, sizeof path, dir, "adapter.gguf")) == 0)
         rc = lorad_adapter_write_gguf(path, &meta, ts, n, lorad_model_config(r->model), r->err);
     if (rc == 0 && (rc = lorad_path_join(path, sizeof path, dir, "adapter.tar")) == 0) {
         const char *names[] = {"adapter_model.safetensors", "adapter_config.json"};
@@ -372,6 +384,8 @@ static void hash_spec(struct run *r) {
     if (j && r->spec->method.type == LORAD_METHOD_SUPERVISED) json_object_del(j, "method");
     /* likewise lora.lr_ratio at its default: checkpoints from before LoRA+ still resume */
     if (j && r->spec->lora.lr_ratio == 1.0) json_object_del(json_object_get(j, "lora"), "lr_ratio");
+    /* and lora.use_dora when off: checkpoints from before DoRA still resume */
+    if (j && !r->spec->lora.use_dora) json_object_del(json_object_get(j, "lora"), "use_dora");
     char *s = j ? json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
     uint64_t h = 1469598103934665603ull;
     for (const char *p = s ? s : ""; *p; p++) h = (h ^ (uint8_t)*p) * 1099511628211ull;
@@ -564,7 +578,19 @@ static int write_final_adapter(struct run *r) {
 
 /* ---- steps ---------------------------------------------------------------------------------- */
 
-static int evaluate(struct run *r, double *ret_loss, double *ret_acc) {
+/* The figures of one pass over the validation set. */
+struct eval_figures {
+    double loss;  /* mean CE over its trained tokens; DPO: mean pair loss */
+    double acc;   /* argmax hits over those tokens (DPO: the preferred outputs' tokens) */
+    int64_t n;    /* what loss is the mean over: trained tokens, or pairs */
+};
+
+/* The model as it stands (adapter on, no dropout, no gradients) over every row of the validation
+ * set in file order, in micro-batches of batch_size rows: the token losses are summed over the
+ * whole set before the one division, so the result is the exact mean however the rows fall into
+ * batches. Touches nothing training reads next (micro[0] is refilled by the next step, and an
+ * evaluation draws no dropout), so evaluating never changes the run. *ret written on success. */
+static int evaluate(struct run *r, struct eval_figures *ret) {
     struct lorad_epoch_plan p;
     int rc = lorad_epoch_plan_build(&p, r->valid, 0, 0, false, false, r->spec->hp.max_seq_len);
     if (rc < 0) return lorad_error_set(r->err, rc, "", "cannot plan validation");
@@ -591,13 +617,11 @@ static int evaluate(struct run *r, double *ret_loss, double *ret_acc) {
     }
     lorad_epoch_plan_clear(&p);
     if (rc < 0) return rc;
-    if (r->rows_per_example > 1) {
-        *ret_loss = dpo.pairs ? dpo.loss / (double)dpo.pairs : 0;
-        *ret_acc = tokens ? (double)correct / (double)tokens : 0;
-        return 0;
-    }
-    *ret_loss = tokens ? loss / (double)tokens : 0;
-    *ret_acc = tokens ? (double)correct / (double)tokens : 0;
+    double acc = tokens ? (double)correct / (double)tokens : 0;
+    if (r->rows_per_example > 1)
+        *ret = (struct eval_figures){.loss = dpo.pairs ? dpo.loss / (double)dpo.pairs : 0, .acc = acc, .n = dpo.pairs};
+    else
+        *ret = (struct eval_figures){.loss = tokens ? loss / (double)tokens : 0, .acc = acc, .n = tokens};
     return 0;
 }
 
@@ -727,6 +751,35 @@ static int threads_for(const struct run *r) {
     return n > 0 ? (int)n : 1;
 }
 
+/* The validation figures of step m->step, into *m: valid_* every eval_every_steps and at the
+ * last step, full_valid_* at the steps that checkpoint on schedule (so a checkpoint's metrics
+ * carry them, and the cost is one pass per checkpoint), with an event giving the count it is the
+ * mean over. A pause checkpoint gets none: its step's metrics are already written, and a paused
+ * then resumed run must record what an uninterrupted one does. Both figures come from the same
+ * pass over the whole set, so a step due both makes it once. */
+static int validate(struct run *r, struct lorad_step_metrics *m, bool last, bool scheduled_checkpoint) {
+    if (!r->valid) return 0;
+    int64_t every = r->spec->hp.eval_every_steps;
+    bool eval = last || (every > 0 && m->step % every == 0);
+    if (!eval && !scheduled_checkpoint) return 0;
+    struct eval_figures ev = {0}; /* written on success only, which gcc cannot see */
+    int rc = evaluate(r, &ev);
+    if (rc < 0) return rc;
+    if (eval) {
+        m->has_valid = true;
+        m->valid_loss = ev.loss;
+        m->valid_mean_token_accuracy = ev.acc;
+    }
+    if (scheduled_checkpoint) {
+        m->has_full_valid = true;
+        m->full_valid_loss = ev.loss;
+        m->full_valid_mean_token_accuracy = ev.acc;
+        say(r, "info", "full validation loss %.4f (token accuracy %.4f) over %" PRId64 " %s at step %" PRId64, ev.loss,
+            ev.acc, ev.n, r->rows_per_example > 1 ? "pairs" : "tokens", m->step);
+    }
+    return 0;
+}
+
 static int run_steps(struct run *r) {
     const struct lorad_hyperparameters *hp = &r->spec->hp;
     int64_t tokens_at_start = r->cur.tokens_seen;
@@ -761,18 +814,16 @@ static int run_steps(struct run *r) {
         m.tokens_per_s = run_s > 0 ? (double)(r->cur.tokens_seen - tokens_at_start) / run_s : 0;
         m.eta_s = run_s / (double)r->steps_this_process * (double)(r->total_steps - r->cur.step);
         bool last = r->cur.step == r->total_steps;
-        if (r->valid && (last || (hp->eval_every_steps > 0 && r->cur.step % hp->eval_every_steps == 0))) {
-            if ((rc = evaluate(r, &m.valid_loss, &m.valid_mean_token_accuracy)) < 0) return rc;
-            m.has_valid = true;
-        }
+        bool scheduled_checkpoint =
+            last || (hp->checkpoint_every_steps > 0 && r->cur.step % hp->checkpoint_every_steps == 0);
+        if ((rc = validate(r, &m, last, scheduled_checkpoint)) < 0) return rc;
         if (is_writer(r) && (rc = lorad_metrics_append(r->metrics_path, &m)) < 0)
             return lorad_error_set(r->err, rc, "", "cannot append to %s: %s", r->metrics_path, strerror(-rc));
         r->res->steps_done = r->cur.step;
         r->res->trained_tokens = r->cur.tokens_seen;
         r->res->last = m;
         if (r->cb && r->cb->on_step) r->cb->on_step(r->cb->ctx, &m);
-        if (last || (hp->checkpoint_every_steps > 0 && r->cur.step % hp->checkpoint_every_steps == 0))
-            if ((rc = checkpoint(r, &m)) < 0) return rc;
+        if (scheduled_checkpoint && (rc = checkpoint(r, &m)) < 0) return rc;
     }
     r->res->outcome = LORAD_TRAIN_FINISHED;
     return write_final_adapter(r);

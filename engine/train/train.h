@@ -6,9 +6,11 @@
  *   checkpoints/step-N/                 adapter_model.safetensors, adapter_config.json,
  *                                       adapter.gguf, adapter.tar, training_state.safetensors
  *   adapter/                            the final adapter (PEFT directory)
- * Every `checkpoint_every_steps` and at the end it checkpoints atomically; with resume it continues
- * from the newest complete checkpoint and produces bit-identical results to an uninterrupted run
- * with the same seed and threads. The engine never prints: it reports through the callbacks. */
+ * Every `checkpoint_every_steps` and at the end it checkpoints atomically (with a validation set,
+ * after a pass over the whole of it, whose loss the step's metrics carry as full_valid_loss); with
+ * resume it continues from the newest complete checkpoint and produces bit-identical results to an
+ * uninterrupted run with the same seed and threads. The engine never prints: it reports through
+ * the callbacks. */
 #pragma once
 #include <stdbool.h>
 #include <stdint.h>

@@ -19,6 +19,10 @@ json_t *lorad_step_metrics_json(const struct lorad_step_metrics *m) {
         json_object_set_new(o, "valid_loss", json_real(m->valid_loss));
         json_object_set_new(o, "valid_mean_token_accuracy", json_real(m->valid_mean_token_accuracy));
     }
+    if (o && m->has_full_valid) {
+        json_object_set_new(o, "full_valid_loss", json_real(m->full_valid_loss));
+        json_object_set_new(o, "full_valid_mean_token_accuracy", json_real(m->full_valid_mean_token_accuracy));
+    }
     if (o && m->has_dpo) {
         json_object_set_new(o, "rewards_margin", json_real(m->rewards_margin));
         json_object_set_new(o, "rewards_accuracy", json_real(m->rewards_accuracy));
@@ -51,6 +55,9 @@ int lorad_step_metrics_from_json(const json_t *o, struct lorad_step_metrics *ret
     if (get_number(o, "valid_loss", &m.valid_loss) == 0 &&
         get_number(o, "valid_mean_token_accuracy", &m.valid_mean_token_accuracy) == 0)
         m.has_valid = true;
+    if (get_number(o, "full_valid_loss", &m.full_valid_loss) == 0 &&
+        get_number(o, "full_valid_mean_token_accuracy", &m.full_valid_mean_token_accuracy) == 0)
+        m.has_full_valid = true;
     if (get_number(o, "rewards_margin", &m.rewards_margin) == 0 &&
         get_number(o, "rewards_accuracy", &m.rewards_accuracy) == 0 &&
         get_number(o, "rewards_chosen", &m.rewards_chosen) == 0 &&

@@ -2,12 +2,15 @@
  * One line per step:
  *   {"step","total_steps","epoch","train_loss","train_mean_token_accuracy","lr","grad_norm",
  *    "tokens_seen","tokens_per_s","elapsed_s","eta_s"[,"valid_loss","valid_mean_token_accuracy"]
+ *    [,"full_valid_loss","full_valid_mean_token_accuracy"]
  *    [,"rewards_margin","rewards_accuracy","rewards_chosen","rewards_rejected"]
  *    [,"world_size"[,"collective_s","collective_bytes"]]} (these in metrics.jsonl, not in the
  *    API's metric objects)
  * For a DPO job train_loss and valid_loss are the mean DPO loss of the step's (or the validation
  * set's) pairs, the token accuracies are over the preferred outputs' tokens, and the rewards_*
- * are means over the step's pairs (engine/train/dpo.h). */
+ * are means over the step's pairs (engine/train/dpo.h). The full_valid_* figures are those of the
+ * whole validation set with the step's weights, at the steps that checkpoint on schedule
+ * (checkpoint_every_steps, and the last). */
 #pragma once
 #include <jansson.h>
 #include <stdbool.h>
@@ -28,6 +31,9 @@ struct lorad_step_metrics {
     bool has_valid;      /* valid_* are set on evaluation steps */
     double valid_loss;
     double valid_mean_token_accuracy;
+    bool has_full_valid;     /* full_valid_* are set on scheduled checkpoint steps and the last */
+    double full_valid_loss;  /* mean over every trained token (DPO: pair) of the validation set */
+    double full_valid_mean_token_accuracy;
     bool has_dpo;            /* rewards_* are set (method dpo) */
     double rewards_margin;   /* mean of beta ((pi_c - ref_c) - (pi_r - ref_r)) */
     double rewards_accuracy; /* fraction of pairs whose margin is > 0 */

@@ -807,7 +807,9 @@ static void write_metrics(const char *job, int from, int to, int total) {
             .valid_loss = s % 2 == 0 ? 3.5 - 0.1 * s : NAN, .valid_mean_token_accuracy = s % 2 == 0 ? 0.02 * s : NAN,
             /* a DPO step's figures on every third row; NULL elsewhere */
             .has_dpo = s % 3 == 0, .rewards_margin = 0.5 * s, .rewards_accuracy = 0.75,
-            .rewards_chosen = 0.25 * s, .rewards_rejected = -0.25 * s};
+            .rewards_chosen = 0.25 * s, .rewards_rejected = -0.25 * s,
+            /* the whole validation set's on every fifth (a checkpoint step); NULL elsewhere */
+            .has_full_valid = s % 5 == 0, .full_valid_loss = 3.25 - 0.1 * s, .full_valid_mean_token_accuracy = s / 30.0};
         assert_int_equal(lorad_metrics_writer_append(w, &row, NULL), 0);
     }
     assert_int_equal(lorad_metrics_writer_flush(w, NULL), 0);
@@ -1061,9 +1063,43 @@ static void test_metrics(void **state) {
         assert_int_equal(json_is_null(json_object_get(row, "rewards_margin")), s % 3 != 0);
         assert_int_equal(json_is_null(json_object_get(row, "rewards_rejected")), s % 3 != 0);
         if (s % 3 == 0) assert_true(json_real_value(json_object_get(row, "rewards_rejected")) == -0.25 * s);
-        assert_int_equal(json_object_size(row), 17);
+        assert_int_equal(json_is_null(json_object_get(row, "full_valid_loss")), s % 5 != 0);
+        assert_int_equal(json_is_null(json_object_get(row, "full_valid_mean_token_accuracy")), s % 5 != 0);
+        if (s % 5 == 0) {
+            assert_true(json_real_value(json_object_get(row, "full_valid_loss")) == 3.25 - 0.1 * s);
+            assert_true(json_real_value(json_object_get(row, "full_valid_mean_token_accuracy")) == s / 30.0);
+        }
+        assert_int_equal(json_object_size(row), 19);
     }
     json_decref(list);
+
+    /* The metrics events say the whole validation set's loss where a step has it (OpenAI's
+     * "full validation loss=" wording), and their data carries it; other steps' do not. */
+    snprintf(target, sizeof target, "/v1/fine_tuning/jobs/%s/events?limit=100", id);
+    r = get(target);
+    assert_int_equal(r.status, 200);
+    json_t *events = json_of(&r);
+    resp_free(&r);
+    int seen_full = 0;
+    size_t ei;
+    json_t *ev;
+    json_array_foreach(json_object_get(events, "data"), ei, ev) {
+        if (strcmp(jstr(ev, "type"), "metrics") != 0) continue;
+        json_t *d = json_object_get(ev, "data");
+        int s = (int)json_integer_value(json_object_get(d, "step"));
+        const char *full = strstr(jstr(ev, "message"), ", full validation loss=");
+        assert_int_equal(full != NULL, s % 5 == 0);
+        assert_int_equal(json_object_get(d, "full_valid_loss") != NULL, s % 5 == 0);
+        if (s % 5) continue;
+        char want[64];
+        snprintf(want, sizeof want, ", full validation loss=%.4f", 3.25 - 0.1 * s);
+        assert_string_equal(full, want);
+        assert_true(json_real_value(json_object_get(d, "full_valid_loss")) == 3.25 - 0.1 * s);
+        assert_true(json_real_value(json_object_get(d, "full_valid_mean_token_accuracy")) == s / 30.0);
+        seen_full++;
+    }
+    assert_int_equal(seen_full, 1); /* step 5 of 9 */
+    json_decref(events);
 
     snprintf(target, sizeof target, "/v1/fine_tuning/jobs/%s/metrics?format=csv", id);
     r = get(target);
@@ -1071,22 +1107,23 @@ static void test_metrics(void **state) {
     assert_non_null(strcasestr(r.head, "Content-Type: text/csv"));
     const char *header = "step,total_steps,epoch,train_loss,train_mean_token_accuracy,lr,grad_norm,tokens_seen,"
                          "tokens_per_s,elapsed_s,eta_s,valid_loss,valid_mean_token_accuracy,rewards_margin,"
-                         "rewards_accuracy,rewards_chosen,rewards_rejected\n";
+                         "rewards_accuracy,rewards_chosen,rewards_rejected,full_valid_loss,"
+                         "full_valid_mean_token_accuracy\n";
     assert_memory_equal(r.body, header, strlen(header));
-    /* Each line: 17 cells; numbers read back exactly; nulls are empty cells. */
+    /* Each line: 19 cells; numbers read back exactly; nulls are empty cells. */
     char *save = NULL, *line = strtok_r(r.body + strlen(header), "\n", &save);
     for (int s = 1; s <= STEPS; s++, line = strtok_r(NULL, "\n", &save)) {
         assert_non_null(line);
-        char *cells[17];
+        char *cells[19];
         int nc = 0;
         for (char *c = line;; c++) {
             cells[nc++] = c;
             c = strchr(c, ',');
             if (!c) break;
             *c = '\0';
-            assert_true(nc < 17);
+            assert_true(nc < 19);
         }
-        assert_int_equal(nc, 17);
+        assert_int_equal(nc, 19);
         assert_int_equal(atoi(cells[0]), s);
         assert_int_equal(atoi(cells[1]), STEPS);
         assert_true(strtod(cells[2], NULL) == s / 4.0);
@@ -1109,6 +1146,13 @@ static void test_metrics(void **state) {
             assert_true(strtod(cells[13], NULL) == 0.5 * s);
             assert_true(strtod(cells[14], NULL) == 0.75);
             assert_true(strtod(cells[16], NULL) == -0.25 * s);
+        }
+        if (s % 5) {
+            assert_string_equal(cells[17], "");
+            assert_string_equal(cells[18], "");
+        } else {
+            assert_true(strtod(cells[17], NULL) == 3.25 - 0.1 * s);
+            assert_true(strtod(cells[18], NULL) == s / 30.0); /* needs all 17 digits */
         }
     }
     assert_null(line);
@@ -1237,6 +1281,19 @@ static void test_checkpoints(void **state) {
     assert_string_equal(jstr(json_array_get(data, 1), "fine_tuning_job_id"), id);
     assert_float_equal(json_real_value(json_object_get(json_object_get(json_array_get(data, 1), "metrics"), "train_loss")),
                        4.0 - 0.125 * 5, 0);
+    /* OpenAI's seven metrics keys; step 5 has the whole validation set's figures only (valid_*
+     * null), step 10 both */
+    for (int i = 0; i < 2; i++) {
+        json_t *m = json_object_get(json_array_get(data, (size_t)i), "metrics");
+        int step = i ? 5 : 10;
+        assert_int_equal(json_object_size(m), 7);
+        assert_int_equal(json_integer_value(json_object_get(m, "step")), step);
+        assert_true(json_real_value(json_object_get(m, "train_mean_token_accuracy")) == step / 7.0);
+        assert_true(json_real_value(json_object_get(m, "full_valid_loss")) == 3.25 - 0.1 * step);
+        assert_true(json_real_value(json_object_get(m, "full_valid_mean_token_accuracy")) == step / 30.0);
+        assert_int_equal(json_is_null(json_object_get(m, "valid_loss")), step == 5);
+        assert_int_equal(json_is_null(json_object_get(m, "valid_mean_token_accuracy")), step == 5);
+    }
     json_decref(page);
     snprintf(target, sizeof target, "/v1/fine_tuning/jobs/%s/checkpoints?limit=1", id);
     r = get(target);

@@ -59,12 +59,15 @@ def write_text_dataset(path, n, seed=5):
     return path
 
 
-def reference_run(workdir, name, model_path, data_path, spec):
-    """Trains spec with `lorad train` (model and training_file as local paths) into workdir/name and
-    returns that directory: the uninterrupted run a daemon job of the same spec must equal."""
+def reference_run(workdir, name, model_path, data_path, spec, valid_path=None):
+    """Trains spec with `lorad train` (model, training_file and, with valid_path, validation_file as
+    local paths) into workdir/name and returns that directory: the uninterrupted run a daemon job of
+    the same spec must equal."""
     job = dict(spec)
     job["model"] = model_path
     job["training_file"] = data_path
+    if valid_path:
+        job["validation_file"] = valid_path
     path = os.path.join(workdir, name + ".json")
     with open(path, "w") as f:
         json.dump(job, f)

@@ -1,6 +1,7 @@
 """The daemon end to end, as a user drives it with curl: start `lorad serve` on an ephemeral port with
 a temporary state directory, upload a JSONL dataset, create a job, poll it, stream its events (SSE,
-with Last-Event-ID resume), read the metrics as CSV, list checkpoints, download adapter.tar (the final
+with Last-Event-ID resume), read the metrics as CSV, list checkpoints (their metrics with the whole
+validation set's loss, full_valid_loss), download adapter.tar (the final
 one through the fine-tuned model, and a checkpoint's), untar it and run `lorad generate --adapter`
 with it; byte ranges; cancel; pause and resume; idempotency.
 
@@ -74,14 +75,17 @@ def test(d, daemons):
     check(listed["object"] == "list" and f["id"] in [x["id"] for x in listed["data"]], f"file list: {listed}")
 
     # ---- a small job: create, stream events while it runs, poll to succeeded ----
-    spec = {"model": "tiny", "training_file": f["id"], "seed": 7, "suffix": "e2e",
-            "hyperparameters": hp(2, checkpoint_every_steps=8, keep_checkpoints=10), "lora": LORA}
+    # With a validation file, evaluated every 5 steps; checkpoints every 8 carry the whole set's loss.
+    valid = write_text_dataset(os.path.join(d, "valid.jsonl"), 10, seed=6)
+    vf = dm.upload_ok(valid)
+    spec = {"model": "tiny", "training_file": f["id"], "validation_file": vf["id"], "seed": 7, "suffix": "e2e",
+            "hyperparameters": hp(2, checkpoint_every_steps=8, keep_checkpoints=10, eval_every_steps=5), "lora": LORA}
     job = dm.create_job_ok(spec)
     jid = job["id"]
     check(job["model"] == "tiny" and job["training_file"] == f["id"] and job["seed"] == 7, f"job object: {job}")
     check(job["status"] in ("validating_files", "queued", "running"), f"new job status {job['status']}")
     stream = dm.sse_start(jid)
-    ref = reference_run(d, "ref-small", model, data, spec)  # meanwhile: the CLI's run of the same spec
+    ref = reference_run(d, "ref-small", model, data, spec, valid)  # meanwhile: the CLI's run of the same spec
     ref_metrics = read_metrics_jsonl(ref)
     total = ref_metrics[-1]["step"]
     final = dm.wait_job(jid, "succeeded", timeout=120)
@@ -112,6 +116,16 @@ def test(d, daemons):
     check(ids == sorted(set(ids)), f"SSE ids are not strictly increasing: {ids}")
     check(metric_steps == list(range(1, total + 1)),
           f"metrics events cover steps {metric_steps}, want 1..{total} once each")
+    # each checkpoint step's whole-validation-set pass is an event naming its token count, and its
+    # metrics event says the loss as OpenAI's does ("full validation loss=")
+    ckpt_steps = sorted(set(range(8, total + 1, 8)) | {total})
+    said = sorted(int(g.group(1)) for g in (re.search(r"^full validation loss [0-9.]+ \(token accuracy [0-9.]+\) over "
+                                                      r"\d+ tokens at step (\d+)$", json.loads(t)["message"])
+                                            for _, t in body) if g)
+    check(said == ckpt_steps, f"full validation events at steps {said}, want the checkpoint steps {ckpt_steps}")
+    full_said = sorted(json.loads(t)["data"]["step"] for _, t in body if json.loads(t).get("type") == "metrics"
+                       and ", full validation loss=" in json.loads(t)["message"])
+    check(full_said == ckpt_steps, f"metrics events with a full validation loss at {full_said}, want {ckpt_steps}")
     check(any(re.match(r"computing in (float32|bfloat16) \(auto requested", json.loads(t)["message"]) for _, t in body),
           "no event says which dtype the job computed in")
     check(any("succe" in json.loads(t)["message"].lower() for _, t in body[-2:]),
@@ -138,6 +152,13 @@ def test(d, daemons):
     table = list(csv.DictReader(io.StringIO(r.body.decode())))
     check(table and "step" in table[0] and "train_loss" in table[0], f"CSV header: {r.body[:200]!r}")
     check_metric_history(table, ref_metrics, "metrics csv")
+    # full_valid_* where the CLI's run has them (its checkpoint steps), null (an empty cell) elsewhere
+    for what, got in (("json", rows), ("csv", table)):
+        for row, m in zip(got, ref_metrics):
+            for key in ("full_valid_loss", "full_valid_mean_token_accuracy", "valid_loss"):
+                v = row.get(key)
+                v = None if v in (None, "") else float(v)
+                check(close(v, m.get(key)), f"metrics {what}: step {row['step']} {key} {v}, the CLI's run {m.get(key)}")
 
     # ---- the final adapter, through the fine-tuned model ----
     models_list = dm.ok("GET", "/v1/models", schema="ModelList")
@@ -179,6 +200,15 @@ def test(d, daemons):
     for c in ckpts:
         check(re.fullmatch(r"ftckpt-[A-Za-z0-9]{1,64}", c["id"]) and c["object"] == "fine_tuning.job.checkpoint"
               and c["fine_tuning_job_id"] == jid, f"checkpoint object: {c}")
+        # OpenAI's metrics object: the whole validation set's loss at every checkpoint, the periodic
+        # evaluation's (valid_*) only where one ran (step 24, not 8 or 16), each the CLI's run's figure
+        cm, m = c.get("metrics") or {}, ref_metrics[c["step_number"] - 1]
+        check(sorted(cm) == sorted(["step", "train_loss", "train_mean_token_accuracy", "valid_loss",
+                                    "valid_mean_token_accuracy", "full_valid_loss", "full_valid_mean_token_accuracy"]),
+              f"checkpoint {c['step_number']}: metrics keys {sorted(cm)}")
+        check(cm["step"] == c["step_number"] and cm["full_valid_loss"] is not None, f"checkpoint metrics: {cm}")
+        for key in cm:
+            check(close(cm[key], m.get(key)), f"checkpoint {c['step_number']}: {key} {cm[key]}, the CLI's run {m.get(key)}")
     c16 = next(c for c in ckpts if c["step_number"] == 16)
     ctar = os.path.join(d, "ckpt16.tar")
     r = dm.get(f"/v1/fine_tuning/jobs/{jid}/checkpoints/{c16['id']}/adapter.tar", out=ctar)
@@ -274,7 +304,7 @@ def test(d, daemons):
     check(prom.get("lorad_train_tokens_total") == tokens,
           f"lorad_train_tokens_total {prom.get('lorad_train_tokens_total')} != the jobs' trained_tokens sum {tokens}")
     uploads = prom.get('lorad_http_requests_total{method="POST",route="/v1/files",status="200"}')
-    check(uploads == 2, f"POST /v1/files 200 counted {uploads} times, this test made 2")
+    check(uploads == 3, f"POST /v1/files 200 counted {uploads} times, this test made 3")
 
     rc = dm.stop()
     check(rc == 0, f"lorad serve exited {rc} on SIGTERM")

@@ -92,7 +92,7 @@ static void test_config_rejects(void **state) {
     struct { const char *text, *param; } cases[] = {
         {"{\"peft_type\":\"PREFIX_TUNING\"}", "peft_type"},
         {"{\"peft_type\":\"LORA\",\"r\":0,\"lora_alpha\":1,\"target_modules\":[\"q_proj\"]}", "r"},
-        {"{\"peft_type\":\"LORA\",\"r\":4,\"lora_alpha\":1,\"target_modules\":[\"q_proj\"],\"use_dora\":true}", "use_dora"},
+        {"{\"peft_type\":\"LORA\",\"r\":4,\"lora_alpha\":1,\"target_modules\":[\"q_proj\"],\"use_dora\":\"yes\"}", "use_dora"},
         {"{\"peft_type\":\"LORA\",\"r\":4,\"lora_alpha\":1,\"target_modules\":\"q_proj\"}", "target_modules"},
         {"{\"peft_type\":\"LORA\",\"r\":4,\"lora_alpha\":1,\"target_modules\":[\"q_proj\"],\"bias\":\"all\"}", "bias"},
         {"{not json", "adapter_config.json"},

@@ -52,6 +52,30 @@ static void test_keys_and_round_trip(void **state) {
     assert_true(back.has_dpo);
     assert_true(back.rewards_margin == 0.75 && back.rewards_accuracy == 0.5 && back.rewards_chosen == 0.25 &&
                 back.rewards_rejected == -0.5);
+    assert_false(back.has_full_valid);
+    json_decref(o);
+
+    /* a scheduled checkpoint's whole-validation-set figures, with or without valid_*, and back */
+    for (int with_valid = 0; with_valid < 2; with_valid++) {
+        m = sample(6, with_valid);
+        m.has_full_valid = true;
+        m.full_valid_loss = 1.75;
+        m.full_valid_mean_token_accuracy = 0.375;
+        o = lorad_step_metrics_json(&m);
+        assert_int_equal(json_object_size(o), with_valid ? 15 : 13);
+        assert_true(json_real_value(json_object_get(o, "full_valid_loss")) == 1.75);
+        assert_true(json_real_value(json_object_get(o, "full_valid_mean_token_accuracy")) == 0.375);
+        assert_int_equal(lorad_step_metrics_from_json(o, &back), 0);
+        assert_true(back.has_full_valid && back.full_valid_loss == 1.75 && back.full_valid_mean_token_accuracy == 0.375);
+        assert_int_equal(back.has_valid, with_valid);
+        json_decref(o);
+    }
+    /* one of the pair alone is not the figures */
+    m = sample(7, false);
+    o = lorad_step_metrics_json(&m);
+    json_object_set_new(o, "full_valid_loss", json_real(1.0));
+    assert_int_equal(lorad_step_metrics_from_json(o, &back), 0);
+    assert_false(back.has_full_valid);
     json_decref(o);
 }
 

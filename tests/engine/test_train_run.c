@@ -117,6 +117,16 @@ static void run(const struct lorad_job_spec *spec, const char *data, const char 
     assert_int_equal(rc, want_rc);
 }
 
+/* Files a and b hold the same bytes. */
+static void assert_same_file(const char *a, const char *b) {
+    size_t na, nb;
+    char *da = test_read_file(a, &na), *db = test_read_file(b, &nb);
+    assert_int_equal(na, nb);
+    assert_memory_equal(da, db, na);
+    free(da);
+    free(db);
+}
+
 static void test_steps_cancel_pause_resume(void **state) {
     (void)state;
     char *dir = test_mkdtemp("train-run");
@@ -171,12 +181,7 @@ static void test_steps_cancel_pause_resume(void **state) {
     assert_int_equal(rc->steps[0], 7);
     /* ... and ends where the uninterrupted run ended, byte for byte. */
     char *a = test_path(out_full, "adapter/adapter_model.safetensors"), *b = test_path(out_pause, "adapter/adapter_model.safetensors");
-    size_t na, nb;
-    char *da = test_read_file(a, &na), *db = test_read_file(b, &nb);
-    assert_int_equal(na, nb);
-    assert_memory_equal(da, db, na);
-    free(da);
-    free(db);
+    assert_same_file(a, b);
     free(a);
     free(b);
 
@@ -298,12 +303,175 @@ static void test_dpo_refuses_other_data_and_counts_two_rows(void **state) {
     free(dir);
 }
 
+/* What a run with a validation set reports, step by step; it pauses once pause_after steps are
+ * reported (0: never). */
+struct eval_log {
+    struct lorad_step_metrics m[64];
+    int n;
+    char messages[16][256];
+    int n_messages;
+    int pause_after;
+};
+
+/* on_step: keeps a copy of every step's metrics. */
+static void log_step(void *ctx, const struct lorad_step_metrics *m) {
+    struct eval_log *l = ctx;
+    assert_true(l->n < 64);
+    l->m[l->n++] = *m;
+}
+
+/* on_message: keeps the full validation events. */
+static void log_message(void *ctx, const char *level, const char *message) {
+    (void)level;
+    struct eval_log *l = ctx;
+    if (strncmp(message, "full validation", 15) != 0) return;
+    assert_true(l->n_messages < 16);
+    snprintf(l->messages[l->n_messages++], sizeof l->messages[0], "%s", message);
+}
+
+/* poll: pauses once pause_after steps are reported. */
+static enum lorad_train_control log_poll(void *ctx) {
+    struct eval_log *l = ctx;
+    return l->pause_after > 0 && l->n >= l->pause_after ? LORAD_TRAIN_PAUSE : LORAD_TRAIN_CONTINUE;
+}
+
+/* Runs spec on stories260K (valid may be NULL) into out, logging into l; the run must return 0 with
+ * outcome want. */
+static void run_logged(const struct lorad_job_spec *spec, const char *data, const char *valid, const char *out,
+                       bool resume, struct eval_log *l, enum lorad_train_outcome want) {
+    struct lorad_train_options opt = {.model_path = test_shared_data("stories260K.bin"), .training_path = data,
+                                      .validation_path = valid, .out_dir = out, .resume = resume};
+    struct lorad_train_callbacks cb = {.ctx = l, .on_step = log_step, .on_message = log_message, .poll = log_poll};
+    struct lorad_train_result *res = calloc(1, sizeof *res);
+    struct lorad_error err = {0};
+    int rc = lorad_train_run(spec, &opt, &cb, res, &err);
+    if (rc < 0) fprintf(stderr, "%s\n", err.message);
+    assert_int_equal(rc, 0);
+    assert_int_equal(res->outcome, want);
+    free(res);
+}
+
+/* full_valid_* come at the steps that checkpoint on schedule and at the last, from one pass over
+ * every batch of the validation set (shared with valid_* when both are due), with an event naming
+ * the count of tokens the mean is over; and evaluating changes nothing the run trains: the adapter
+ * is the one of the same run without a validation set, bit for bit, even with dropout. */
+static void test_full_validation_at_checkpoints(void **state) {
+    (void)state;
+    char *dir = test_mkdtemp("train-fullvalid");
+    char *vdir = test_path(dir, "v");
+    assert_int_equal(mkdir(vdir, 0755), 0);
+    char *data = write_ids(dir, 10, -1);
+    char *valid = write_ids(vdir, 5, -1); /* 5 records of 13 ids: batches of 2, 2 and 1 */
+    struct lorad_job_spec spec, plain;
+    const char *hp = "\"n_epochs\":2,\"batch_size\":2,\"max_seq_len\":16,\"threads\":1,\"checkpoint_every_steps\":3,"
+                     "\"keep_checkpoints\":10";
+    char json[512];
+    snprintf(json, sizeof json, "{\"model\":\"stories\",\"training_file\":\"ids\",\"validation_file\":\"v\","
+             "\"seed\":5,\"hyperparameters\":{%s,\"eval_every_steps\":4},\"lora\":{\"r\":4,\"dropout\":0.2}}", hp);
+    parse_spec(&spec, json);
+    snprintf(json, sizeof json, "{\"model\":\"stories\",\"training_file\":\"ids\",\"seed\":5,"
+             "\"hyperparameters\":{%s},\"lora\":{\"r\":4,\"dropout\":0.2}}", hp);
+    parse_spec(&plain, json);
+
+    struct eval_log *l = calloc(1, sizeof *l);
+    char *out = test_path(dir, "valid");
+    eval_calls = 0;
+    run_logged(&spec, data, valid, out, false, l, LORAD_TRAIN_FINISHED);
+    assert_int_equal(l->n, 10);
+    int passes = 0;
+    for (int i = 0; i < l->n; i++) {
+        const struct lorad_step_metrics *m = &l->m[i];
+        int64_t s = m->step;
+        assert_int_equal(m->has_full_valid, s % 3 == 0 || s == 10);
+        assert_int_equal(m->has_valid, s % 4 == 0 || s == 10);
+        passes += m->has_full_valid || m->has_valid;
+        if (m->has_full_valid) {
+            assert_true(isfinite(m->full_valid_loss) && m->full_valid_loss > 0);
+            assert_true(m->full_valid_mean_token_accuracy >= 0 && m->full_valid_mean_token_accuracy <= 1);
+        }
+        if (m->has_full_valid && m->has_valid) { /* the same pass */
+            assert_true(m->full_valid_loss == m->valid_loss);
+            assert_true(m->full_valid_mean_token_accuracy == m->valid_mean_token_accuracy);
+        }
+    }
+    /* steps 3, 4, 6, 8, 9 and 10: six passes of three batches, none twice and none cut short */
+    assert_int_equal(passes, 6);
+    assert_int_equal(eval_calls, 6 * 3);
+    /* each record's 13 ids predict 12 labels: 60 tokens, named in one event per checkpoint step */
+    assert_int_equal(l->n_messages, 4);
+    const int64_t want_steps[4] = {3, 6, 9, 10};
+    for (int k = 0; k < 4; k++) {
+        char tail[64];
+        snprintf(tail, sizeof tail, " over 60 tokens at step %lld", (long long)want_steps[k]);
+        const char *msg = l->messages[k];
+        assert_true(strlen(msg) > strlen(tail));
+        assert_string_equal(msg + strlen(msg) - strlen(tail), tail);
+        char loss[32];
+        snprintf(loss, sizeof loss, "full validation loss %.4f ", l->m[want_steps[k] - 1].full_valid_loss);
+        assert_true(strncmp(msg, loss, strlen(loss)) == 0);
+    }
+
+    /* the same run without a validation set trains the same adapter */
+    struct eval_log *lp = calloc(1, sizeof *lp);
+    char *out_plain = test_path(dir, "plain");
+    run_logged(&plain, data, NULL, out_plain, false, lp, LORAD_TRAIN_FINISHED);
+    assert_int_equal(lp->n, 10);
+    for (int i = 0; i < lp->n; i++) {
+        assert_false(lp->m[i].has_full_valid || lp->m[i].has_valid);
+        assert_true(lp->m[i].train_loss == l->m[i].train_loss);
+    }
+    assert_int_equal(lp->n_messages, 0);
+    char *a = test_path(out, "adapter/adapter_model.safetensors"), *b = test_path(out_plain, "adapter/adapter_model.safetensors");
+    assert_same_file(a, b);
+
+    /* paused after step 5 (its checkpoint makes no pass) and resumed: steps 6 to 10 report what the
+     * uninterrupted run did, bit for bit, and end on its adapter */
+    struct eval_log *lr = calloc(1, sizeof *lr);
+    lr->pause_after = 5;
+    char *out_paused = test_path(dir, "paused");
+    run_logged(&spec, data, valid, out_paused, false, lr, LORAD_TRAIN_PAUSED);
+    assert_int_equal(lr->n, 5);
+    assert_int_equal(lr->n_messages, 1); /* step 3 */
+    memset(lr, 0, sizeof *lr);
+    run_logged(&spec, data, valid, out_paused, true, lr, LORAD_TRAIN_FINISHED);
+    assert_int_equal(lr->n, 5);
+    for (int i = 0; i < lr->n; i++) {
+        const struct lorad_step_metrics *g = &lr->m[i], *w = &l->m[i + 5];
+        assert_int_equal(g->step, w->step);
+        assert_int_equal(g->has_full_valid, w->has_full_valid);
+        assert_true(g->full_valid_loss == w->full_valid_loss);
+        assert_true(g->full_valid_mean_token_accuracy == w->full_valid_mean_token_accuracy);
+        assert_true(g->valid_loss == w->valid_loss && g->train_loss == w->train_loss);
+    }
+    assert_int_equal(lr->n_messages, 3); /* steps 6, 9 and 10 */
+    free(b);
+    b = test_path(out_paused, "adapter/adapter_model.safetensors");
+    assert_same_file(a, b);
+
+    free(a);
+    free(b);
+    free(out_paused);
+    free(lr);
+    free(out);
+    free(out_plain);
+    free(l);
+    free(lp);
+    lorad_job_spec_clear(&spec);
+    lorad_job_spec_clear(&plain);
+    free(data);
+    free(valid);
+    free(vdir);
+    test_rmtree(dir);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_steps_cancel_pause_resume),
         cmocka_unit_test(test_nan_loss_fails_with_erange),
         cmocka_unit_test(test_evaluation_failure_fails_the_run),
         cmocka_unit_test(test_dpo_refuses_other_data_and_counts_two_rows),
+        cmocka_unit_test(test_full_validation_at_checkpoints),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

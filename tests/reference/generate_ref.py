@@ -53,6 +53,7 @@ def load_model(base, adapter):
     if adapter:
         conf, lora_np, _ = load_adapter(adapter)
         lcfg = LoraConfig({"r": conf["r"], "alpha": conf["lora_alpha"], "use_rslora": conf.get("use_rslora", False),
+                           "use_dora": conf.get("use_dora", False),
                            "target_modules": sorted({n.split(".lora_")[0].split(".")[-1] for n in lora_np})})
         lora = {n: torch.from_numpy(a.astype(np.float64)) for n, a in lora_np.items()}
     else:

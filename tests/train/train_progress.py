@@ -5,12 +5,13 @@ four ways, each checked against the run's own metrics.jsonl:
 - stdout not a terminal: a line at the first step, at each evaluation and at the last, and between
   them at most one per 10 s of elapsed time; each line's "smoothed" loss is the bias-corrected
   exponential moving average (weight 0.9 on the past) of metrics.jsonl's train_loss up to that
-  step, computed here;
+  step, computed here; the last step's line (it checkpoints) has full_valid_loss and full_valid_acc;
 - on a terminal (a pty from util-linux's `script`): the live line is redrawn in place (a carriage
   return per step, a handful of newlines in all) and ends at 100% with step total/total;
 - --quiet: stdout is only the final "done:" line;
 - --json: every line of stdout is a JSON object; one "step" event per step whose metrics equal
-  metrics.jsonl's line for that step, and a last "result" event with rc 0."""
+  metrics.jsonl's line for that step (full_valid_* at the last step only), and a last "result"
+  event with rc 0."""
 import json
 import os
 import re
@@ -70,6 +71,12 @@ def check_lines(d, j):
         check(abs(float(g.group(1)) - ms[s - 1]["train_loss"]) <= 6e-5, f"step {s}: loss {g.group(1)}, metrics {ms[s - 1]['train_loss']}")
         check(abs(float(g.group(2)) - ema[s - 1]) <= 6e-5, f"step {s}: smoothed {g.group(2)}, the moving average is {ema[s - 1]:.5f}")
     check(p.stdout.rstrip().splitlines()[-1].startswith("done: "), f"last line: {p.stdout.rstrip().splitlines()[-1]!r}")
+    # the last step checkpoints: its line has the whole validation set's figures, as metrics.jsonl
+    g = re.search(r" full_valid_loss ([0-9.]+) full_valid_acc ([0-9.]+)$", rows[-1])
+    check(g, f"the last step's line has no full_valid_loss: {rows[-1]}")
+    check(abs(float(g.group(1)) - ms[-1]["full_valid_loss"]) <= 6e-5
+          and abs(float(g.group(2)) - ms[-1]["full_valid_mean_token_accuracy"]) <= 6e-4,
+          f"last line {rows[-1]!r} vs metrics {ms[-1]}")
     print(f"not a terminal: {len(rows)} progress lines for {STEPS} steps ({len(evals)} evaluations, {elapsed:.1f} s)")
     return ms
 
@@ -113,8 +120,13 @@ def check_json(d, j):
     for a, b in zip(steps, ms):
         for key in ("step", "total_steps", "tokens_seen"):
             check(a.get(key) == b.get(key), f"--json step {b['step']}: {key} {a.get(key)} vs metrics.jsonl {b.get(key)}")
-        for key in ("train_loss", "lr", "grad_norm"):  # metrics.jsonl keeps 10 significant digits
-            check(abs(a[key] - b[key]) <= 1e-9 * max(1.0, abs(b[key])),
+        check(("full_valid_loss" in a) == ("full_valid_loss" in b) == (b["step"] == STEPS),
+              f"--json step {b['step']}: full_valid_loss in the event: {'full_valid_loss' in a}, in metrics.jsonl: "
+              f"{'full_valid_loss' in b} (want them at the last step, the only checkpoint)")
+        for key in ("train_loss", "lr", "grad_norm", "full_valid_loss", "full_valid_mean_token_accuracy"):
+            if key not in b:
+                continue
+            check(abs(a[key] - b[key]) <= 1e-9 * max(1.0, abs(b[key])),  # metrics.jsonl keeps 10 digits
                   f"--json step {b['step']}: {key} {a[key]} vs metrics.jsonl {b[key]}")
     check(events[-1].get("event") == "result" and events[-1].get("rc") == 0, f"--json last event: {events[-1]}")
 

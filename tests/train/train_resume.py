@@ -1,6 +1,8 @@
 """Exact resume: a run killed with SIGKILL at random moments (and one paused with SIGINT), then
 resumed with --resume, must end with adapter files byte-identical to an uninterrupted run's, and its
-metrics history must be the uninterrupted one's: every step once, the same losses."""
+metrics history must be the uninterrupted one's: every step once, the same losses (the whole
+held-out set's at the checkpoints too, so a run killed and resumed around its full validation passes
+reports what the uninterrupted one does)."""
 import os
 import random
 import signal
@@ -66,6 +68,10 @@ def test(d):
     total = want[-1]["total_steps"]
     check(total >= 12, f"the test needs a longer run, got {total} steps")
     check([m["step"] for m in want] == list(range(1, total + 1)), "uninterrupted run has a gap in metrics.jsonl")
+    # the held-out set's whole-set figures at every scheduled checkpoint (every 3 steps) and the last
+    full = [m["step"] for m in want if "full_valid_loss" in m]
+    check(full == [s for s in range(1, total + 1) if s % 3 == 0 or s == total],
+          f"full_valid_loss at steps {full}, want every checkpoint step")
 
     def same_as_ref(out, what):
         for name in ("adapter_model.safetensors", "adapter.gguf", "adapter_config.json"):
@@ -76,7 +82,8 @@ def test(d):
         check([m["step"] for m in got] == list(range(1, total + 1)),
               f"{what}: metrics steps are {[m['step'] for m in got]}, want 1..{total} once each")
         for g, w in zip(got, want):
-            for key in ("train_loss", "grad_norm", "lr", "tokens_seen", "valid_loss"):
+            for key in ("train_loss", "grad_norm", "lr", "tokens_seen", "valid_loss", "full_valid_loss",
+                        "full_valid_mean_token_accuracy"):
                 check(g.get(key) == w.get(key), f"{what}: step {g['step']} {key} {g.get(key)} != {w.get(key)}")
 
     # Two SIGKILLs at random steps, then a resume to the end.
