@@ -204,7 +204,7 @@ void lorad_decoder_free(struct lorad_decoder *d) {
     if (!d) return;
     float **bufs[] = {&d->attn_norm, &d->ffn_norm, &d->final_norm, &d->bq, &d->bk, &d->bv, &d->rope_cos,
                       &d->rope_sin, &d->x, &d->h, &d->q, &d->att, &d->k, &d->v, &d->gate, &d->up, &d->inv,
-                      &d->lse, &d->hf, &d->logits};
+                      &d->lse, &d->hf, &d->logits, &d->dora_keep};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(*bufs[i]);
     for (int t = 0; t < LORAD_MAX_THREADS; t++) {
         free(d->attn_scratch[t]);
