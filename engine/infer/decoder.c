@@ -236,12 +236,22 @@ static void module_path(char *out, size_t cap, int layer, enum lorad_lora_module
                   lorad_lora_module_name(m));
 }
 
-/* The frozen weight of module m in layer l of w (l == n_layers: the LM head). */
-static const struct lorad_tensor *base_weight(const struct lorad_base_weights *w, int l, enum lorad_lora_module m) {
-    if (l == w->cfg.n_layers) return &w->lm_head;
-    const struct lorad_layer_weights *L = &w->layers[l];
-    const struct lorad_tensor *all[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
-    return all[m];
+/* The frozen weight of module m in layer l of w (the LM head's whatever l). */
+static const struct lorad_tensor *module_weight(const struct lorad_base_weights *w, int l, enum lorad_lora_module m) {
+    const struct lorad_layer_weights *W = &w->layers[l < w->cfg.n_layers ? l : 0];
+    switch (m) {
+    case LORAD_Q_PROJ: return &W->wq;
+    case LORAD_K_PROJ: return &W->wk;
+    case LORAD_V_PROJ: return &W->wv;
+    case LORAD_O_PROJ: return &W->wo;
+    case LORAD_GATE_PROJ: return &W->w_gate;
+    case LORAD_UP_PROJ: return &W->w_up;
+    case LORAD_DOWN_PROJ: return &W->w_down;
+    case LORAD_LM_HEAD: return &w->lm_head;
+    case LORAD_N_LORA_MODULES: break;
+    }
+    assert(!"no such module");
+    return NULL;
 }
 
 /* Contract: ad and base are borrowed for the call; the result owns copies of the tensors. */
@@ -312,7 +322,7 @@ int lorad_lora_weights_new(struct lorad_lora_weights **ret, const struct lorad_a
             snprintf(mag_name, sizeof mag_name, "%s.lora_magnitude_vector", name);
             const struct lorad_adapter_tensor *mag = lorad_adapter_find(ad, mag_name);
             assert(mag && mag->rows == B->rows); /* lorad_adapter_load: a magnitude in every module */
-            lorad_dora_row_norms_1t(p, base_weight(base, l, (enum lorad_lora_module)m), B->data, A->data, lw->scale,
+            lorad_dora_row_norms_1t(p, module_weight(base, l, (enum lorad_lora_module)m), B->data, A->data, lw->scale,
                                     lc.r, rows);
             for (int64_t o = 0; o < B->rows; o++) p[o] = p[o] > 0 ? mag->data[o] / p[o] : 0.0f;
             lw->ms[l][m] = p;
@@ -400,20 +410,7 @@ static void cache_store(struct lorad_kv_cache *c, int l, const float *k, const f
 /* ---------------------------------------------------------------- the step's products */
 
 static const struct lorad_tensor *layer_weight(const struct lorad_decoder *d, int l, enum lorad_lora_module m) {
-    const struct lorad_layer_weights *W = &d->w->layers[l];
-    switch (m) {
-    case LORAD_Q_PROJ: return &W->wq;
-    case LORAD_K_PROJ: return &W->wk;
-    case LORAD_V_PROJ: return &W->wv;
-    case LORAD_O_PROJ: return &W->wo;
-    case LORAD_GATE_PROJ: return &W->w_gate;
-    case LORAD_UP_PROJ: return &W->w_up;
-    case LORAD_DOWN_PROJ: return &W->w_down;
-    case LORAD_LM_HEAD: return &d->w->lm_head;
-    case LORAD_N_LORA_MODULES: break;
-    }
-    assert(!"no such module");
-    return NULL;
+    return module_weight(d->w, l, m);
 }
 
 struct lora_job {

@@ -1141,14 +1141,7 @@ int lorad_model_merged_weight(const struct lorad_model *m, int layer, enum lorad
     if (layer < -1 || layer >= c->n_layers || (layer == -1) != (module == LORAD_LM_HEAD) ||
         (int)module < 0 || module >= LORAD_N_LORA_MODULES)
         return lorad_error_set(err, -EINVAL, "layer", "no module %s in layer %d", lorad_lora_module_name(module), layer);
-    const struct lorad_tensor *W = NULL;
-    if (layer < 0) {
-        W = &m->w->lm_head;
-    } else {
-        const struct lorad_layer_weights *L = &m->w->layers[layer];
-        const struct lorad_tensor *all[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
-        W = all[module];
-    }
+    const struct lorad_tensor *W = module_linear(m, layer < 0 ? c->n_layers : layer, module).W;
     lorad_tensor_rows_f32(out, W, 0, W->rows, 0, W->cols);
     int a = m->lora_a[layer < 0 ? c->n_layers : layer][module];
     if (a < 0) return 0;

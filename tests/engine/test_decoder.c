@@ -35,12 +35,7 @@ static struct lorad_model *random_lora_model_of(const struct lorad_base_weights 
     size_t n;
     float *p = lorad_model_params(m, &n);
     for (size_t i = 0; i < n; i++) p[i] = (float)(0.3 * tiny_normal(&seed));
-    lorad_model_dora_reset_magnitudes(m);
-    for (int i = 0; i < lorad_model_n_lora_tensors(m); i++) {
-        const struct lorad_lora_tensor *t = lorad_model_lora_tensor(m, i);
-        if (!t->is_magnitude) continue;
-        for (int64_t j = 0; j < t->rows; j++) p[t->offset + (size_t)j] *= (float)(1.0 + 0.2 * tiny_normal(&seed));
-    }
+    if (dora) tiny_perturb_dora_magnitudes(m, 0.2, &seed);
     return m;
 }
 static struct lorad_model *random_lora_model(const struct lorad_base_weights *w, uint64_t seed, int kv) {
@@ -228,13 +223,16 @@ static void decode_12(const struct lorad_base_weights *w, struct lorad_lora_weig
     lorad_decoder_free(d);
 }
 
-static void test_unmerged_adapter_equals_merged_base(void **state) {
-    (void)state;
+/* An adapter unmerged gives the logits of its merge and of the training model's forward. With
+ * dora, a DoRA adapter (each output scaled by m / ||W + s B A||) on a base with biases, which
+ * DoRA's scale leaves out. */
+static void check_unmerged_equals_merged(bool dora) {
     struct lorad_llama_config c = tiny_config();
+    c.attention_bias = dora;
     struct tiny_model tm, merged;
     tiny_model_init(&tm, &c, 4, false, false);
     tiny_model_init(&merged, &c, 4, false, false);
-    struct lorad_model *m = random_lora_model(&tm.w, 9, 12);
+    struct lorad_model *m = random_lora_model_of(&tm.w, 9, 12, dora);
     merge_into(&merged, m);
     struct lorad_lora_weights *lw = lora_of(m, &tm.w);
     int32_t ids[12] = {3, 14, 15, 92, 65, 35, 89, 79, 32, 38, 46, 26};
@@ -243,46 +241,30 @@ static void test_unmerged_adapter_equals_merged_base(void **state) {
     decode_12(&merged.w, NULL, ids, lb);
     decode_12(&tm.w, NULL, ids, lbase);
     /* two float32 computations of the same logits (the merge adds one rounding per weight) */
-    double bound = 2 * gradcheck_model_bound(&c, 12, false) * max_abs(lb, V);
-    if (max_diff(la, lb, V) > bound) fail_msg("adapted vs merged logits differ by %.3g > %.3g", max_diff(la, lb, V), bound);
+    double bound = 2 * gradcheck_model_bound(&c, 12, dora) * max_abs(lb, V);
+    const char *what = dora ? "DoRA" : "LoRA";
+    if (max_diff(la, lb, V) > bound)
+        fail_msg("%s: adapted vs merged logits differ by %.3g > %.3g", what, max_diff(la, lb, V), bound);
     assert_true(max_diff(lbase, lb, V) > 1e-2 * max_abs(lb, V)); /* the adapter really changes the output */
     /* and the training model's forward (its own kernels) gives the same logits */
     struct lorad_error err = {0};
     assert_int_equal(lorad_model_infer(m, ids, 12, true, lref, &err), 0);
-    if (max_diff(la, lref, V) > bound) fail_msg("decoder vs model forward differ by %.3g > %.3g", max_diff(la, lref, V), bound);
+    if (max_diff(la, lref, V) > bound)
+        fail_msg("%s: decoder vs model forward differ by %.3g > %.3g", what, max_diff(la, lref, V), bound);
     lorad_lora_weights_free(lw);
     lorad_model_free(m);
     tiny_model_free(&tm);
     tiny_model_free(&merged);
 }
 
-/* A DoRA adapter unmerged (each output scaled by m / ||W + s B A||, the bias left out) gives the
- * logits of its merge and of the training model's forward. */
+static void test_unmerged_adapter_equals_merged_base(void **state) {
+    (void)state;
+    check_unmerged_equals_merged(false);
+}
+
 static void test_unmerged_dora_equals_merged_base(void **state) {
     (void)state;
-    struct lorad_llama_config c = tiny_config();
-    c.attention_bias = true;
-    struct tiny_model tm, merged;
-    tiny_model_init(&tm, &c, 4, false, false);
-    tiny_model_init(&merged, &c, 4, false, false);
-    struct lorad_model *m = random_lora_model_of(&tm.w, 9, 12, true);
-    merge_into(&merged, m);
-    struct lorad_lora_weights *lw = lora_of(m, &tm.w);
-    int32_t ids[12] = {3, 14, 15, 92, 65, 35, 89, 79, 32, 38, 46, 26};
-    float la[V], lb[V], lbase[V], lref[V];
-    decode_12(&tm.w, lw, ids, la);
-    decode_12(&merged.w, NULL, ids, lb);
-    decode_12(&tm.w, NULL, ids, lbase);
-    double bound = 2 * gradcheck_model_bound(&c, 12, true) * max_abs(lb, V);
-    if (max_diff(la, lb, V) > bound) fail_msg("DoRA unmerged vs merged logits differ by %.3g > %.3g", max_diff(la, lb, V), bound);
-    assert_true(max_diff(lbase, lb, V) > 1e-2 * max_abs(lb, V));
-    struct lorad_error err = {0};
-    assert_int_equal(lorad_model_infer(m, ids, 12, true, lref, &err), 0);
-    if (max_diff(la, lref, V) > bound) fail_msg("decoder vs model forward differ by %.3g > %.3g", max_diff(la, lref, V), bound);
-    lorad_lora_weights_free(lw);
-    lorad_model_free(m);
-    tiny_model_free(&tm);
-    tiny_model_free(&merged);
+    check_unmerged_equals_merged(true);
 }
 
 static void test_bad_items_are_refused_with_nothing_cached(void **state) {

@@ -742,15 +742,8 @@ static void test_adamw_lr_scale_is_param_groups(void **state) {
  * scale m/n differs from 1. */
 static void randomize_dora(struct lorad_model *m, double std, uint64_t seed) {
     randomize_lora(m, std, seed);
-    lorad_model_dora_reset_magnitudes(m);
-    size_t n;
-    float *p = lorad_model_params(m, &n);
     uint64_t s = seed + 1;
-    for (int i = 0; i < lorad_model_n_lora_tensors(m); i++) {
-        const struct lorad_lora_tensor *t = lorad_model_lora_tensor(m, i);
-        if (!t->is_magnitude) continue;
-        for (int64_t j = 0; j < t->rows; j++) p[t->offset + (size_t)j] *= (float)(1.0 + 0.2 * tiny_normal(&s));
-    }
+    tiny_perturb_dora_magnitudes(m, 0.2, &s);
 }
 
 /* DoRA with dropout, where PEFT's formula needs W drop(x) beside W x: the engine's gradient of

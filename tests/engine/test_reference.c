@@ -53,12 +53,7 @@ static void run_case(const struct ref_case *rc) {
     if (rc->lora.use_dora) {
         /* magnitudes where DoRA starts them for these A and B, then moved by 20% so that every
          * scale m/n differs from 1 and the (m/n - 1) W x term is exercised */
-        lorad_model_dora_reset_magnitudes(m);
-        for (int i = 0; i < lorad_model_n_lora_tensors(m); i++) {
-            const struct lorad_lora_tensor *t = lorad_model_lora_tensor(m, i);
-            if (!t->is_magnitude) continue;
-            for (int64_t j = 0; j < t->rows; j++) params[t->offset + (size_t)j] *= (float)(1.0 + 0.2 * tiny_normal(&rng));
-        }
+        tiny_perturb_dora_magnitudes(m, 0.2, &rng);
     }
     float *init = malloc(np * sizeof(float));
     memcpy(init, params, np * sizeof(float));

@@ -115,3 +115,13 @@ void tiny_model_foreach(const struct tiny_model *tm, tiny_tensor_fn fn, void *us
     fn(user, "model.norm.weight", &tm->w.final_norm);
     if (!c->tie_embeddings) fn(user, "lm_head.weight", &tm->w.lm_head);
 }
+
+void tiny_perturb_dora_magnitudes(struct lorad_model *m, double frac, uint64_t *state) {
+    lorad_model_dora_reset_magnitudes(m);
+    float *p = lorad_model_params(m, NULL);
+    for (int i = 0; i < lorad_model_n_lora_tensors(m); i++) {
+        const struct lorad_lora_tensor *t = lorad_model_lora_tensor(m, i);
+        if (!t->is_magnitude) continue;
+        for (int64_t j = 0; j < t->rows; j++) p[t->offset + (size_t)j] *= (float)(1.0 + frac * tiny_normal(state));
+    }
+}

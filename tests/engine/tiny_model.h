@@ -5,6 +5,7 @@
 #include <stdint.h>
 
 #include "llama_config.h"
+#include "model.h"
 #include "weights.h"
 
 struct tiny_model {
@@ -24,6 +25,10 @@ double tiny_normal(uint64_t *state);
 void tiny_model_init(struct tiny_model *tm, const struct lorad_llama_config *cfg, uint64_t seed, bool round_bf16,
                      bool bf16_matrices);
 void tiny_model_free(struct tiny_model *tm);
+
+/* DoRA magnitudes where DoRA starts them for m's current A and B, each then times
+ * (1 + frac * N(0, 1)) from state, so every scale m/n differs from 1. No-op without DoRA. */
+void tiny_perturb_dora_magnitudes(struct lorad_model *m, double frac, uint64_t *state);
 
 /* Calls fn for every base tensor with its HF name (lm_head skipped when tied). */
 typedef void (*tiny_tensor_fn)(void *user, const char *name, const struct lorad_tensor *t);
