@@ -52,8 +52,12 @@ int lorad_lora_config_validate(const struct lorad_lora_config *lc, struct lorad_
         return lorad_error_set(err, -EINVAL, "lora.dropout", "lora.dropout must be in [0, 1), got %g", lc->dropout);
     if (lc->targets == 0 || (lc->targets >> LORAD_N_LORA_MODULES) != 0)
         return lorad_error_set(err, -EINVAL, "lora.target_modules", "lora.target_modules selects no known module");
-    if (lc->init != LORAD_LORA_INIT_KAIMING && lc->init != LORAD_LORA_INIT_GAUSSIAN)
-        return lorad_error_set(err, -EINVAL, "lora.init_lora_weights", "lora.init_lora_weights is unknown");
+    if (lc->init != LORAD_LORA_INIT_KAIMING && lc->init != LORAD_LORA_INIT_GAUSSIAN && !lorad_lora_init_from_base(lc->init))
+        return lorad_error_set(err, -EINVAL, "lora.init", "lora.init is unknown");
+    if (lorad_lora_init_from_base(lc->init) && lc->use_dora)
+        return lorad_error_set(err, -EINVAL, "lora.init",
+                               "lora.init %s does not combine with lora.use_dora: choose one of them",
+                               lc->init == LORAD_LORA_INIT_PISSA ? "pissa" : "olora");
     return 0;
 }
 
@@ -149,7 +153,7 @@ void lorad_lora_init_params(float *params, const struct lorad_lora_tensor *table
         const struct lorad_lora_tensor *t = &table[i];
         float *p = params + t->offset;
         int64_t n = t->rows * t->cols;
-        if (t->is_b || t->is_magnitude) {
+        if (t->is_b || t->is_magnitude || lorad_lora_init_from_base(lc->init)) {
             memset(p, 0, sizeof(float) * (size_t)n);
             continue;
         }

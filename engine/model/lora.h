@@ -32,7 +32,16 @@ enum lorad_lora_module {
 enum lorad_lora_init {
     LORAD_LORA_INIT_KAIMING = 0, /* PEFT default: A ~ U(-1/sqrt(in), 1/sqrt(in)), B = 0 */
     LORAD_LORA_INIT_GAUSSIAN,    /* PEFT "gaussian": A ~ N(0, std = 1/r), B = 0 */
+    LORAD_LORA_INIT_PISSA,       /* PEFT "pissa": A, B from the SVD of W (lora_init_decomp.h) */
+    LORAD_LORA_INIT_OLORA,       /* PEFT "olora": A, B from the QR of W */
 };
+
+/* Whether init derives A and B from the base weights (PiSSA, OLoRA). Such an adapter trains on the
+ * residual base W - scale B0 A0, with A0, B0 its initial values held frozen beside the parameters
+ * (lorad_model_init_from_base), so it starts from exactly the base model's outputs. */
+static inline bool lorad_lora_init_from_base(enum lorad_lora_init init) {
+    return init == LORAD_LORA_INIT_PISSA || init == LORAD_LORA_INIT_OLORA;
+}
 
 struct lorad_lora_config {
     int r;
@@ -54,7 +63,8 @@ const char *lorad_lora_module_name(enum lorad_lora_module m);
  * -EINVAL with err naming "lora.target_modules" and the bad name. */
 int lorad_lora_parse_targets(uint32_t *ret_targets, const char *const *names, int n_names, struct lorad_error *err);
 
-/* Checks r, alpha, dropout, targets; -EINVAL naming "lora.<field>". */
+/* Checks r, alpha, dropout, targets, init (PiSSA and OLoRA do not combine with DoRA, whose
+ * magnitudes would have to start from the residual's norms); -EINVAL naming "lora.<field>". */
 int lorad_lora_config_validate(const struct lorad_lora_config *lc, struct lorad_error *err);
 
 float lorad_lora_scale(const struct lorad_lora_config *lc);
@@ -91,6 +101,7 @@ void lorad_lora_layout(struct lorad_lora_tensor *table, const struct lorad_llama
                        const struct lorad_lora_config *lc);
 
 /* Initialises params per lc->init from counters (seed, tensor index, element): deterministic.
- * Magnitude vectors are set to 0: they depend on the base, which the model fills in. */
+ * Magnitude vectors are set to 0, and so are A and B of the inits from the base (PiSSA, OLoRA):
+ * they depend on the base, which the model fills in. */
 void lorad_lora_init_params(float *params, const struct lorad_lora_tensor *table, int n_tensors,
                             const struct lorad_lora_config *lc, uint64_t seed);

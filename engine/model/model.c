@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "dora.h"
+#include "lora_init_decomp.h"
 #include "gemm.h"
 #include "kernels.h"
 #include "rng.h"
@@ -50,6 +51,11 @@ struct lorad_model {
     int lora_a[LORAD_MAX_LAYERS + 1][LORAD_N_LORA_MODULES]; /* table index of A (B follows), or -1 */
     size_t n_params;
     float *params, *grads;
+    /* PiSSA / OLoRA (lorad_lora_init_from_base): the initial A0, B0 in the params layout, frozen;
+     * every adapted linear subtracts scale B0 A0 x, so the base it trains on is the residual
+     * W - scale B0 A0 without a copy of W. NULL for the other inits. */
+    float *init_params;
+    float *init_u; /* (N, r) x A0^T, or dy B0 in backward */
     /* DoRA (lc.use_dora): per adapted module, at dora_off into the two vectors below, the scale
      * m/n its forward applies and 1/n (n the row norms of W + scale B A), both refreshed from the
      * parameters at the start of every pass (dora_refresh) and constant through its backward */
@@ -126,6 +132,10 @@ static void carve_all(struct lorad_model *m, struct carver *c, const struct lora
     m->table = carve(c, sizeof(struct lorad_lora_tensor) * (size_t)n_lora);
     m->params = CARVE_F(c, n_params);
     m->grads = CARVE_F(c, n_params);
+    if (lorad_lora_init_from_base(lc->init)) {
+        m->init_params = CARVE_F(c, n_params);
+        m->init_u = CARVE_F(c, N * r); /* the head's chunks have at most N rows too */
+    }
     m->acts = carve(c, sizeof(struct block_acts) * (size_t)n_acts);
     for (int l = 0; l < n_acts; l++) {
         struct block_acts a = {0};
@@ -204,7 +214,8 @@ void lorad_model_memory_of(struct lorad_model_memory *ret, const struct lorad_ll
     int64_t attn_floats = lorad_attention_scratch_floats(opts->max_seq);
     if (opts->kv_cache_len > attn_floats) attn_floats = opts->kv_cache_len;
     /* the carver rounds every piece up to 64 bytes */
-    int64_t lora = 2 * (((int64_t)n_params * 4 + 63) & ~(int64_t)63);
+    int64_t copies = lorad_lora_init_from_base(lc->init) ? 3 : 2; /* params, grads, init factors */
+    int64_t lora = copies * (((int64_t)n_params * 4 + 63) & ~(int64_t)63);
     int64_t attn = (int64_t)opts->threads * ((attn_floats * 4 + 63) & ~(int64_t)63);
     int64_t gemm = (int64_t)opts->threads * (int64_t)(lorad_gemm_scratch_floats(opts->compute_dtype) * sizeof(float));
     assert((int64_t)c.used >= lora + attn);
@@ -588,6 +599,25 @@ static void dora_linear_backward(struct lorad_model *m, float *dx, const float *
     apply_dropout(m, dx, m->dtmp, in, &lin, rows, LINEAR_ADD);
 }
 
+/* ---------------------------------------------------------------- the residual base of PiSSA / OLoRA */
+
+/* y (M, out) -= scale * (x A0^T) B0^T for the adapted module whose A is table[a]: the part of the
+ * residual base W - scale B0 A0 beyond W. It sees x undropped, as PEFT's residual weight does. */
+static void init_residual_forward(struct lorad_model *m, float *y, const float *x, int64_t M, int64_t out, int64_t in,
+                                  int a) {
+    const float *A0 = m->init_params + m->table[a].offset, *B0 = m->init_params + m->table[a + 1].offset;
+    lorad_sgemm_par(&m->gemm, false, true, M, m->r, in, 1.0f, x, in, A0, in, 0.0f, m->init_u, m->r);
+    lorad_sgemm_par(&m->gemm, false, true, M, out, m->r, -m->scale, m->init_u, m->r, B0, m->r, 1.0f, y, out);
+}
+
+/* Its backward: dx (M, in) -= scale * (dy B0) A0. A0 and B0 are frozen: no gradients. */
+static void init_residual_backward(struct lorad_model *m, float *dx, const float *dy, int64_t M, int64_t out,
+                                   int64_t in, int a) {
+    const float *A0 = m->init_params + m->table[a].offset, *B0 = m->init_params + m->table[a + 1].offset;
+    lorad_sgemm_par(&m->gemm, false, false, M, m->r, out, 1.0f, dy, out, B0, m->r, 0.0f, m->init_u, m->r);
+    lorad_sgemm_par(&m->gemm, false, false, M, in, m->r, -m->scale, m->init_u, m->r, A0, in, 1.0f, dx, in);
+}
+
 /* y (M, out) = x (M, in) W^T + bias + scale * (drop(x) A^T) B^T, stored or added to y; rows.u
  * (M, r) keeps drop(x) A^T. */
 static void lora_linear_forward(struct lorad_model *m, float *y, const float *x, struct linear lin,
@@ -605,6 +635,7 @@ static void lora_linear_forward(struct lorad_model *m, float *y, const float *x,
         for (int64_t i = 0; i < M; i++)
             for (int64_t j = 0; j < out; j++) y[i * out + j] += lin.bias[j];
     if (a < 0) return;
+    if (m->init_params) init_residual_forward(m, y, x, M, out, in, a);
     const float *A = m->params + m->table[a].offset, *B = m->params + m->table[a + 1].offset;
     const float *xin = x;
     if (m->dropout_active && m->lc.dropout > 0) {
@@ -629,6 +660,7 @@ static void lora_linear_backward(struct lorad_model *m, float *dx, const float *
     }
     lorad_gemm_dyw(&m->gemm, dx, dy, W, M, mode == LINEAR_ADD);
     if (a < 0) return;
+    if (m->init_params) init_residual_backward(m, dx, dy, M, out, in, a);
     const float *A = m->params + m->table[a].offset, *B = m->params + m->table[a + 1].offset;
     float *dA = m->grads + m->table[a].offset, *dB = m->grads + m->table[a + 1].offset;
     bool drop = m->dropout_active && m->lc.dropout > 0;
@@ -1148,6 +1180,63 @@ int lorad_model_merged_weight(const struct lorad_model *m, int layer, enum lorad
     const float *A = m->params + m->table[a].offset, *B = m->params + m->table[a + 1].offset;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)W->rows, (int)W->cols, (int)m->r, m->scale, B,
                 (int)m->r, A, (int)W->cols, 1.0f, out, (int)W->cols);
+    if (m->init_params)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)W->rows, (int)W->cols, (int)m->r, -m->scale,
+                    m->init_params + m->table[a + 1].offset, (int)m->r, m->init_params + m->table[a].offset,
+                    (int)W->cols, 1.0f, out, (int)W->cols);
     if (m->lc.use_dora) lorad_dora_scale_rows(out, m->params + m->table[a + 2].offset, W->rows, W->cols);
     return 0;
+}
+
+/* ---------------------------------------------------------------- inits from the base */
+
+int lorad_model_init_from_base(struct lorad_model *m, struct lorad_error *err) {
+    if (!m->init_params) return 0;
+    const struct lorad_llama_config *c = &m->cfg;
+    int64_t max_w = 0;
+    for (int k = 0; k < LORAD_N_LORA_MODULES; k++) {
+        if (!(m->lc.targets & (1u << k))) continue;
+        int64_t out, in;
+        lorad_lora_module_shape(c, (enum lorad_lora_module)k, &out, &in);
+        int64_t least = out < in ? out : in;
+        if (m->r > least)
+            return lorad_error_set(err, -EINVAL, "lora.r",
+                                   "lora.r %lld exceeds %s's smaller dimension %lld: lora.init %s takes r singular "
+                                   "directions of each adapted weight",
+                                   (long long)m->r, lorad_lora_module_name((enum lorad_lora_module)k), (long long)least,
+                                   m->lc.init == LORAD_LORA_INIT_PISSA ? "pissa" : "olora");
+        if (out * in > max_w) max_w = out * in;
+    }
+    float *W = malloc(sizeof(float) * (size_t)max_w); // (out, in) of the module at hand
+    if (!W) return lorad_error_set(err, -ENOMEM, "", "out of memory for a %lld-element weight", (long long)max_w);
+    int rc = 0;
+    for (int l = 0; l <= c->n_layers && rc == 0; l++)
+        for (int k = 0; k < LORAD_N_LORA_MODULES && rc == 0; k++) {
+            int a = m->lora_a[l][k];
+            if (a < 0) continue;
+            const struct lorad_tensor *t = module_linear(m, l, (enum lorad_lora_module)k).W;
+            lorad_tensor_rows_f32(W, t, 0, t->rows, 0, t->cols);
+            float *A0 = m->init_params + m->table[a].offset, *B0 = m->init_params + m->table[a + 1].offset;
+            rc = m->lc.init == LORAD_LORA_INIT_PISSA
+                     ? lorad_lora_init_pissa(A0, B0, W, t->rows, t->cols, m->lc.r, m->scale, err)
+                     : lorad_lora_init_olora(A0, B0, W, t->rows, t->cols, m->lc.r, m->scale, err);
+            if (rc < 0) {
+                char what[sizeof err->message], param[sizeof err->param]; /* not formatted into themselves */
+                snprintf(what, sizeof what, "%s", err->message);
+                snprintf(param, sizeof param, "%s", err->param);
+                lorad_error_set(err, rc, param, "%s: %s", m->table[a].name, what);
+            }
+        }
+    free(W);
+    if (rc < 0) {
+        memset(m->init_params, 0, sizeof(float) * m->n_params);
+        return rc;
+    }
+    memcpy(m->params, m->init_params, sizeof(float) * m->n_params);
+    return 0;
+}
+
+float *lorad_model_init_factors(struct lorad_model *m, size_t *ret_n) {
+    if (ret_n) *ret_n = m->init_params ? m->n_params : 0;
+    return m->init_params;
 }

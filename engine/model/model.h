@@ -130,9 +130,25 @@ int lorad_model_set_lora_tensor(struct lorad_model *m, const char *name, const f
  * DoRA. */
 void lorad_model_dora_reset_magnitudes(struct lorad_model *m);
 
+/* For an init from the base (lc.init PiSSA or OLoRA, lorad_lora_init_from_base): computes every
+ * adapted module's factors A0, B0 from its base weight (lora_init_decomp.h), sets A and B to them,
+ * and keeps them frozen as the residual base W - scale B0 A0 that training fits, so that the model
+ * starts from the base model's outputs (to rounding). lorad_model_new leaves such a model at
+ * A = B = A0 = B0 = 0, the base model, until this call or a restore of lorad_model_init_factors():
+ * the factorisations take seconds to minutes at real sizes, which a resumed run need not pay.
+ * -EINVAL naming "lora.r" when r exceeds an adapted weight's smaller dimension, -ENOMEM, or
+ * -ERANGE when a factorisation fails (err names the tensor); on failure the model is unchanged.
+ * No-op (0) for the other inits. */
+int lorad_model_init_from_base(struct lorad_model *m, struct lorad_error *err);
+
+/* The frozen initial factors of an init from the base (n floats in the params layout: A0 where
+ * each A is, B0 where each B is), or NULL (n = 0) for the other inits. Owned by the model; a
+ * trainer saves them with its checkpoints and writes them back on resume. */
+float *lorad_model_init_factors(struct lorad_model *m, size_t *ret_n);
+
 /* out (out_features, in_features) = W + scale * B A of module (layer; -1 for lm_head), in f32;
- * with DoRA each row then scaled by magnitude / its norm; plain W when the module is not
- * adapted. */
+ * minus scale B0 A0 for an init from the base; with DoRA each row then scaled by magnitude / its
+ * norm; plain W when the module is not adapted. */
 int lorad_model_merged_weight(const struct lorad_model *m, int layer, enum lorad_lora_module module, float *out,
                               struct lorad_error *err);
 

@@ -26,7 +26,7 @@ struct field {
 };
 
 static const char *const schedule_names[] = {"constant", "linear", "cosine", NULL};
-static const char *const init_names[] = {"kaiming", "gaussian", NULL};
+static const char *const init_names[] = {"kaiming", "gaussian", "pissa", "olora", NULL}; /* enum lorad_lora_init */
 static const char *const method_names[] = {"supervised", "dpo", NULL};
 
 #define HP(f) offsetof(struct lorad_job_spec, hp.f)
@@ -255,8 +255,20 @@ static int parse_lora(struct lorad_job_spec *s, const json_t *lora, struct lorad
         r = parse_targets(&s->lora, t, err);
         if (r < 0) return r;
     }
-    return copy_string(s->lora.init_adapter, sizeof s->lora.init_adapter, json_object_get(lora, "init_adapter"),
-                       "lora.init_adapter", true, false, err);
+    r = copy_string(s->lora.init_adapter, sizeof s->lora.init_adapter, json_object_get(lora, "init_adapter"),
+                    "lora.init_adapter", true, false, err);
+    if (r < 0) return r;
+    /* PiSSA and OLoRA start from factors of the base weights: an adapter to start from instead
+     * leaves nothing for them to do, and DoRA's magnitudes would start from the wrong norms */
+    if (lorad_lora_init_from_base(s->lora.init) && s->lora.init_adapter[0])
+        return lorad_error_set(err, -EINVAL, "lora.init",
+                               "lora.init %s computes the initial weights from the base model; it does not combine "
+                               "with lora.init_adapter", init_names[s->lora.init]);
+    if (lorad_lora_init_from_base(s->lora.init) && s->lora.use_dora)
+        return lorad_error_set(err, -EINVAL, "lora.init",
+                               "lora.init %s does not combine with lora.use_dora: choose one of them",
+                               init_names[s->lora.init]);
+    return 0;
 }
 
 static void spec_defaults(struct lorad_job_spec *s) {

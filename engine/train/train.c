@@ -337,6 +337,49 @@ out:
 
 /* ---- adapter files and checkpoints --------------------------------------------------------- */
 
+/* An adapter trained from PiSSA / OLoRA factors fits the residual base W - s B0 A0, which no other
+ * tool has. As PEFT's save_pretrained(path_initial_model_for_weight_conversion=...) does, it is
+ * written as the plain LoRA of rank 2r on the original base that computes the same weight:
+ *   W + s B A - s B0 A0 = W + s' [B, -B0] [A; A0],
+ * with s' = s, so alpha doubles with r (alpha/r), or grows by sqrt(2) with rsLoRA (alpha/sqrt(r)).
+ * ts[i].data then points into *ret_buf (2 n floats), which the caller frees. */
+static int residual_free_tensors(struct run *r, struct lorad_adapter_tensor *ts, int n, float **ret_buf,
+                                 struct lorad_adapter_meta *meta) {
+    size_t n_floats;
+    const float *params = lorad_model_params(r->model, &n_floats);
+    const float *init = lorad_model_init_factors(r->model, NULL);
+    float *buf = malloc(sizeof(float) * 2 * (n_floats ? n_floats : 1));
+    if (!buf) return lorad_error_set(r->err, -ENOMEM, "", "out of memory for the rank-%d adapter", 2 * meta->r);
+    size_t at = 0;
+    int64_t k = meta->r;
+    for (int i = 0; i < n; i++) {
+        const struct lorad_lora_tensor *t = lorad_model_lora_tensor(r->model, i);
+        const float *p = params + t->offset, *p0 = init + t->offset;
+        float *o = buf + at;
+        if (!t->is_b) { /* A' (2r, in) = [A; A0] */
+            memcpy(o, p, sizeof(float) * (size_t)(t->rows * t->cols));
+            memcpy(o + t->rows * t->cols, p0, sizeof(float) * (size_t)(t->rows * t->cols));
+            ts[i].rows = 2 * t->rows;
+            ts[i].cols = t->cols;
+        } else { /* B' (out, 2r) = [B, -B0] */
+            for (int64_t j = 0; j < t->rows; j++)
+                for (int64_t c = 0; c < k; c++) {
+                    o[j * 2 * k + c] = p[j * k + c];
+                    o[j * 2 * k + k + c] = -p0[j * k + c];
+                }
+            ts[i].rows = t->rows;
+            ts[i].cols = 2 * k;
+        }
+        ts[i].data = o;
+        at += (size_t)(2 * t->rows * t->cols);
+    }
+    assert(at == 2 * n_floats);
+    meta->r = 2 * meta->r;
+    meta->alpha = meta->use_rslora ? meta->alpha * sqrt(2.0) : 2.0 * meta->alpha;
+    *ret_buf = buf;
+    return 0;
+}
+
 static int write_adapter_files(struct run *r, const char *dir) {
     int n = lorad_model_n_lora_tensors(r->model);
     const float *params = lorad_model_params(r->model, NULL);
@@ -357,6 +400,11 @@ static int write_adapter_files(struct run *r, const char *dir) {
                                       .n_targets = r->spec->lora.n_targets};
     for (int i = 0; i < meta.n_targets; i++) snprintf(meta.targets[i], sizeof meta.targets[i], "%s", r->spec->lora.targets[i]);
     snprintf(meta.base_model, sizeof meta.base_model, "%s", r->spec->model);
+    float *converted = NULL;
+    if (lorad_model_init_factors(r->model, NULL) && residual_free_tensors(r, ts, n, &converted, &meta) < 0) {
+        free(ts);
+        return -ENOMEM;
+    }
 
     char path[LORAD_CHECKPOINT_PATH_MAX];
     int rc = lorad_adapter_write_peft(dir, &meta, ts, n, r->err);
@@ -368,6 +416,7 @@ static int write_adapter_files(struct run *r, const char *dir) {
         const char *names[] = {"adapter_model.safetensors", "adapter_config.json"};
         rc = lorad_tar_write(path, dir, names, 2, "adapter", r->err);
     }
+    free(converted);
     free(ts);
     return rc;
 }
@@ -422,6 +471,8 @@ static int write_state(struct run *r, const char *dir) {
     if (rc == 0) rc = lorad_st_writer_add(w, "lora.params", "F32", shape, 1, params, n * sizeof(float));
     if (rc == 0) rc = lorad_st_writer_add(w, "adamw.m", "F32", shape, 1, r->adam.m, n * sizeof(float));
     if (rc == 0) rc = lorad_st_writer_add(w, "adamw.v", "F32", shape, 1, r->adam.v, n * sizeof(float));
+    const float *init = lorad_model_init_factors(r->model, NULL);
+    if (rc == 0 && init) rc = lorad_st_writer_add(w, "lora.init_factors", "F32", shape, 1, init, n * sizeof(float));
     if (rc < 0) {
         lorad_st_writer_free(w);
         return lorad_error_set(r->err, rc, "", "cannot build %s", path);
@@ -547,6 +598,8 @@ static int restore(struct run *r, const char *dir, int64_t step, bool *ret_damag
     if ((rc = read_f32(f, "lora.params", params, n, r->err)) < 0 || (rc = read_f32(f, "adamw.m", r->adam.m, n, r->err)) < 0 ||
         (rc = read_f32(f, "adamw.v", r->adam.v, n, r->err)) < 0)
         goto out;
+    float *init = lorad_model_init_factors(r->model, NULL);
+    if (init && (rc = read_f32(f, "lora.init_factors", init, n, r->err)) < 0) goto out;
     const char *el = lorad_st_metadata(f, "elapsed_s");
     r->cur = (struct cursor){.step = v[0], .epoch = (int)v[1], .row = v[2], .tokens_seen = v[3],
                              .elapsed_before = el ? strtod(el, NULL) : 0};
@@ -829,6 +882,29 @@ static int run_steps(struct run *r) {
     return write_final_adapter(r);
 }
 
+/* PiSSA / OLoRA: the factors of the base weights, computed by one process and summed into the
+ * others' zeros, so that every process holds the same bits whatever its LAPACK rounds. */
+static int init_from_base(struct run *r) {
+    size_t n;
+    float *init = lorad_model_init_factors(r->model, &n);
+    if (!init) return 0;
+    const char *name = r->spec->lora.init == LORAD_LORA_INIT_PISSA ? "PiSSA" : "OLoRA";
+    double t0 = now_s();
+    if (is_writer(r)) {
+        say(r, "info", "computing %s factors of the %d adapted weights", name, lorad_model_n_lora_tensors(r->model) / 2);
+        int rc = lorad_model_init_from_base(r->model, r->err);
+        if (rc < 0) {
+            if (strcmp(r->err->param, "") == 0) snprintf(r->err->param, sizeof r->err->param, "lora.init");
+            return rc;
+        }
+    }
+    int rc = sum_f32(r, init, n, "the initial factors");
+    if (rc < 0) return rc;
+    memcpy(lorad_model_params(r->model, NULL), init, sizeof(float) * n);
+    say(r, "info", "%s factors ready in %.1f s", name, now_s() - t0);
+    return 0;
+}
+
 static int resume_or_start(struct run *r) {
     int rc = is_writer(r) ? lorad_checkpoint_clean_temp(r->ckpt_root) : 0;
     if (rc < 0 && rc != -ENOENT) return lorad_error_set(r->err, rc, "", "cannot clean %s", r->ckpt_root);
@@ -872,6 +948,7 @@ static int resume_or_start(struct run *r) {
     /* A fresh run owns its history: old metrics would otherwise interleave with the new ones. */
     if (is_writer(r) && (rc = lorad_metrics_truncate_after(r->metrics_path, 0)) < 0)
         return lorad_error_set(r->err, rc, "", "cannot reset %s", r->metrics_path);
+    if ((rc = init_from_base(r)) < 0) return rc;
     return load_init_adapter(r);
 }
 

@@ -46,9 +46,11 @@ void ref_case_write_model(struct lorad_st_writer *w, const struct tiny_model *tm
              c->max_seq_len);
     assert_int_equal(lorad_st_writer_metadata(w, "config", buf), 0);
     targets_json(tj, sizeof tj, lc->targets);
+    static const char *const inits[] = {"kaiming", "gaussian", "pissa", "olora"}; /* enum lorad_lora_init */
     snprintf(buf, sizeof buf,
-             "{\"r\":%d,\"alpha\":%.9g,\"dropout\":0,\"target_modules\":%s,\"use_rslora\":%s,\"use_dora\":%s}",
-             lc->r, lc->alpha, tj, lc->use_rslora ? "true" : "false", lc->use_dora ? "true" : "false");
+             "{\"r\":%d,\"alpha\":%.9g,\"dropout\":0,\"target_modules\":%s,\"use_rslora\":%s,\"use_dora\":%s,"
+             "\"init\":\"%s\"}",
+             lc->r, lc->alpha, tj, lc->use_rslora ? "true" : "false", lc->use_dora ? "true" : "false", inits[lc->init]);
     assert_int_equal(lorad_st_writer_metadata(w, "lora", buf), 0);
     tiny_model_foreach(tm, add_base, w);
     int n_lora = lorad_model_n_lora_tensors(m);

@@ -151,6 +151,19 @@ static void test_openai_method_form_and_auto(void **state) {
                            "\"max_steps\":null}}", &s, &err), 0);
     assert_float_equal(s.hp.max_grad_norm, 0, 0);
     lorad_job_spec_clear(&s);
+    /* the inits from the base weights, by PEFT's names, echoed as given */
+    const char *names[] = {"pissa", "olora"};
+    enum lorad_lora_init want[] = {LORAD_LORA_INIT_PISSA, LORAD_LORA_INIT_OLORA};
+    for (int i = 0; i < 2; i++) {
+        char text[160];
+        snprintf(text, sizeof text, "{\"model\":\"m\",\"training_file\":\"t\",\"lora\":{\"init\":\"%s\"}}", names[i]);
+        assert_int_equal(parse(text, &s, &err), 0);
+        assert_int_equal(s.lora.init, want[i]);
+        json_t *j = lorad_job_spec_to_json(&s);
+        assert_string_equal(json_string_value(json_object_get(json_object_get(j, "lora"), "init")), names[i]);
+        json_decref(j);
+        lorad_job_spec_clear(&s);
+    }
 }
 
 static void test_errors_name_the_field(void **state) {
@@ -183,6 +196,11 @@ static void test_errors_name_the_field(void **state) {
     expect_error("{\"model\":\"m\",\"training_file\":\"t\",\"lora\":{\"target_modules\":[\"q_proj\",\"qkv\"]}}",
                  "lora.target_modules[1]");
     expect_error("{\"model\":\"m\",\"training_file\":\"t\",\"lora\":{\"target_modules\":[]}}", "lora.target_modules");
+    expect_error("{\"model\":\"m\",\"training_file\":\"t\",\"lora\":{\"init\":\"svd\"}}", "lora.init");
+    expect_error("{\"model\":\"m\",\"training_file\":\"t\",\"lora\":{\"init\":\"pissa\",\"use_dora\":true}}",
+                 "lora.init");
+    expect_error("{\"model\":\"m\",\"training_file\":\"t\",\"lora\":{\"init\":\"olora\",\"init_adapter\":\"/a\"}}",
+                 "lora.init");
     expect_error("{\"model\":\"m\",\"training_file\":\"t\",\"data\":{\"template\":\"vicuna\"}}", "data.template");
     expect_error("{\"model\":\"m\",\"training_file\":\"t\",\"method\":{\"type\":\"reinforcement\"}}", "method.type");
     expect_error("{\"model\":\"m\",\"training_file\":\"t\",\"method\":{\"type\":\"supervised\",\"supervised\":"

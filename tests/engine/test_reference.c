@@ -42,6 +42,9 @@ static void run_case(const struct ref_case *rc) {
     struct lorad_error err = {0};
     int r = lorad_model_new(&m, &tm.w, &rc->lora, &o, &err);
     if (r < 0) fail_msg("model_new: %s", err.message);
+    /* PiSSA / OLoRA: the frozen factors from the base; the trained A and B are then set below like
+     * any case's, and the reference builds the residual base from the maths */
+    if (lorad_model_init_from_base(m, &err) < 0) fail_msg("init_from_base: %s", err.message);
 
     /* LoRA initial values: B nonzero too, so every gradient is informative. Training cases start
      * smaller: with large adapters the 20-step trajectory is chaotic (grad norms ~70) and float32
@@ -262,6 +265,46 @@ static void test_grads_dora_checkpointing_chunks(void **state) {
     run_case(&rc);
 }
 
+static struct lorad_lora_config init_from(struct lorad_lora_config l, enum lorad_lora_init init) {
+    l.init = init;
+    return l;
+}
+
+/* PiSSA's residual base (W - scale B0 A0 with B0 A0 the truncated SVD of W / scale, built by the
+ * reference from torch's SVD): forward and the input gradients through it, on every module and
+ * the tied head, with biases and GQA. */
+static void test_grads_pissa_gqa_tied_bias_all_targets(void **state) {
+    (void)state;
+    struct lorad_llama_config c = tiny_config();
+    c.tie_embeddings = true; c.attention_bias = true;
+    struct ref_case rc = {"ref-pissa", c, init_from(lora(3, 5, LORAD_LORA_ALL_LINEAR | (1u << LORAD_LM_HEAD), false),
+                                                    LORAD_LORA_INIT_PISSA),
+                          3, 2, 13, 0, 1, 0, "constant", 1e-3, 0, 0, 2, false, LORAD_COMPUTE_FLOAT32, false};
+    run_case(&rc);
+}
+
+/* OLoRA with rsLoRA (scale alpha / sqrt(r) enters the residual) and activation checkpointing (the
+ * recomputed forward), an LM head of more tokens than one chunk. */
+static void test_grads_olora_rslora_checkpointing(void **state) {
+    (void)state;
+    struct lorad_llama_config c = tiny_config();
+    c.max_seq_len = 160;
+    struct ref_case rc = {"ref-olora", c, init_from(lora(2, 4, (1u << LORAD_Q_PROJ) | (1u << LORAD_V_PROJ) |
+                                                                    (1u << LORAD_UP_PROJ) | (1u << LORAD_LM_HEAD), true),
+                                                    LORAD_LORA_INIT_OLORA),
+                          2, 2, 150, 0, 1, 0, "constant", 1e-3, 0, 0, 2, true, LORAD_COMPUTE_FLOAT32, false};
+    run_case(&rc);
+}
+
+/* 20 AdamW steps on a PiSSA residual base. */
+static void test_train_pissa_cosine_clip(void **state) {
+    (void)state;
+    struct lorad_llama_config c = tiny_config();
+    struct ref_case rc = {"ref-train-pissa", c, init_from(lora(4, 8, LORAD_LORA_ALL_LINEAR, false), LORAD_LORA_INIT_PISSA),
+                          40, 1, 13, 20, 2, 3, "cosine", 1e-2, 0.01, 0.5, 2, false, LORAD_COMPUTE_FLOAT32, false};
+    run_case(&rc);
+}
+
 /* 20 AdamW steps of a DoRA adapter: the magnitudes train with A and B (weight decay on all). */
 static void test_train_dora_cosine_clip(void **state) {
     (void)state;
@@ -284,6 +327,9 @@ int main(void) {
         cmocka_unit_test(test_grads_dora_gqa_tied_bias_all_targets),
         cmocka_unit_test(test_grads_dora_checkpointing_chunks),
         cmocka_unit_test(test_train_dora_cosine_clip),
+        cmocka_unit_test(test_grads_pissa_gqa_tied_bias_all_targets),
+        cmocka_unit_test(test_grads_olora_rslora_checkpointing),
+        cmocka_unit_test(test_train_pissa_cosine_clip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -25,16 +25,19 @@ def _dims(cfg):
     return cfg.layers, cfg.dim, cfg.hidden, cfg.vocab, cfg.heads * cfg.head_dim
 
 
-def float32_bound(cfg, tokens, dora=False):
+def float32_bound(cfg, tokens, dora=False, residual=False):
     """The loss or a LoRA gradient: the deepest parameter (layer 0) sits behind the loss, the LM
     head, the final norm and 12 stages per layer (norm, q/k/v, RoPE, scores, softmax, values, o,
     residual, norm, gate/up, SwiGLU, down) plus its own A/B product; the widest sum is over the
     largest dimension, the vocabulary (the head's input gradient) or the step's tokens (the weight
     gradients sum over them). DoRA adds to each of a layer's four linear stages (q/k/v, o,
     gate/up, down) and to the head one more: the row norm its scale m/n divides by, and in
-    backward the recomputed W x + scale B A x the magnitude's gradient sums."""
+    backward the recomputed W x + scale B A x the magnitude's gradient sums. A residual base
+    (PiSSA, OLoRA: W x - scale B0 A0 x computed as two terms) adds one stage to the same five."""
     layers, dim, hidden, vocab, qdim = _dims(cfg)
     per_layer, head = (16, 7) if dora else (12, 6)
+    if residual:
+        per_layer, head = per_layer + 4, head + 1
     return (head + per_layer * layers) * LAMBDA * max(dim, hidden, vocab, qdim, tokens) * U32
 
 
