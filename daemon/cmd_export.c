@@ -213,6 +213,7 @@ int lorad_cmd_export(int argc, char **argv) {
                 "lorad export: %s: --format %s needs the base model: pass --model PATH (the adapter's "
                 "base_model_name_or_path is not a readable path)\n",
                 adapter_path, format);
+        lorad_adapter_free(probe);
         return LORAD_EXIT_FAILURE;
     }
     struct lorad_model_file *mf = NULL;
