@@ -37,3 +37,12 @@ void lorad_unmap(struct lorad_mapping *map) {
     if (map->data) munmap((void *)map->data, map->size);
     *map = (struct lorad_mapping){0};
 }
+
+void *lorad_anon_alloc(size_t bytes) {
+    void *p = mmap(NULL, bytes ? bytes : 1, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+void lorad_anon_free(void *p, size_t bytes) {
+    if (p) munmap(p, bytes ? bytes : 1);
+}

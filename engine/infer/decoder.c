@@ -17,6 +17,7 @@
 #include "gemm_small.h"
 #include "kernels.h"
 #include "lora.h"
+#include "map_file.h"
 #include "model.h"
 #include "threadpool.h"
 
@@ -46,7 +47,8 @@ struct lorad_kv_cache {
     /* (L, n_kv_heads, capacity, head_dim) each, f32 or bf16: one head's keys are contiguous, so
      * a decode row's attention streams them (position-major rows kvd apart left every key a
      * cache miss the prefetchers did not cover: half the attention's time) */
-    void *k, *v;
+    void *k, *v;       /* mapped, not malloc'd: a finished request's cache leaves the process */
+    size_t half_bytes; /* of each */
     const struct lorad_decoder *owner;
 };
 
@@ -366,8 +368,9 @@ int lorad_kv_cache_new(struct lorad_kv_cache **ret, const struct lorad_decoder *
     c->bf16 = d->kv_bf16;
     c->owner = d;
     size_t half = (size_t)lorad_kv_cache_bytes_per_token(d) / 2 * (size_t)capacity;
-    c->k = malloc(half);
-    c->v = malloc(half);
+    c->half_bytes = half;
+    c->k = lorad_anon_alloc(half);
+    c->v = lorad_anon_alloc(half);
     if (!c->k || !c->v) {
         lorad_kv_cache_free(c);
         return lorad_error_set(err, -ENOMEM, "", "out of memory for a KV cache of %d tokens", capacity);
@@ -378,8 +381,8 @@ int lorad_kv_cache_new(struct lorad_kv_cache **ret, const struct lorad_decoder *
 
 void lorad_kv_cache_free(struct lorad_kv_cache *c) {
     if (!c) return;
-    free(c->k);
-    free(c->v);
+    lorad_anon_free(c->k, c->half_bytes);
+    lorad_anon_free(c->v, c->half_bytes);
     free(c);
 }
 
