@@ -4,6 +4,7 @@
 #include <immintrin.h>
 
 #include "cpu_features.h"
+#include "sanitizer.h"
 #include "sgemm_avx512.h"
 #include "transpose_avx512.h"
 
@@ -173,8 +174,9 @@ BF16_TARGET static void pack_b(uint32_t *bp, float *tmp, bool trans_b, enum lora
 }
 
 /* C[0:mr, 0:nr] (ldc) = beta * C + Ap · Bp over kc2 pairs for one MR x NR tile; beta == 0 does
- * not read C. ap (kc2, MR), bp (kc2, NR), both 64-byte aligned. */
-BF16_TARGET static void kernel_12x32(int64_t kc2, const uint32_t *restrict ap, const uint32_t *restrict bp,
+ * not read C. ap (kc2, MR), bp (kc2, NR), both 64-byte aligned. Uninstrumented: the caller checks
+ * the bytes it touches (sanitizer.h). */
+BF16_TARGET LORAD_UNINSTRUMENTED static void kernel_12x32(int64_t kc2, const uint32_t *restrict ap, const uint32_t *restrict bp,
                                      float *restrict C, int64_t ldc, int mr, int nr, float beta) {
     __m512 c0[MR], c1[MR];
 #pragma GCC unroll 12
@@ -227,15 +229,18 @@ void lorad_gemm_bf16_avx512(bool trans_b, enum lorad_dtype b_dtype, int64_t M, i
             int64_t kc = K - k0 < KC ? K - k0 : KC, kc2 = (kc + 1) / 2;
             float b = k0 == 0 ? beta : 1.0f;
             pack_b(bp, tmp, trans_b, b_dtype, B, ldb, b_col0, k0, kc, j0, nc);
+            lorad_asan_check_region(bp, (size_t)((nc + NR - 1) / NR * NR * kc2) * sizeof *bp);
             for (int64_t i0 = 0; i0 < M; i0 += MC) {
                 int64_t mc = M - i0 < MC ? M - i0 : MC;
                 pack_a(ap, A, lda, i0, mc, k0, kc);
+                lorad_asan_check_region(ap, (size_t)((mc + MR - 1) / MR * MR * kc2) * sizeof *ap);
                 for (int64_t jr = 0; jr < nc; jr += NR) {
                     int nr = (int)(nc - jr < NR ? nc - jr : NR);
                     for (int64_t ir = 0; ir < mc; ir += MR) {
                         int mr = (int)(mc - ir < MR ? mc - ir : MR);
-                        kernel_12x32(kc2, ap + ir * kc2, bp + jr * kc2, C + (i0 + ir) * ldc + j0 + jr, ldc, mr, nr,
-                                     b);
+                        float *c = C + (i0 + ir) * ldc + j0 + jr;
+                        for (int i = 0; i < mr; i++) lorad_asan_check_region(c + i * ldc, (size_t)nr * sizeof *c);
+                        kernel_12x32(kc2, ap + ir * kc2, bp + jr * kc2, c, ldc, mr, nr, b);
                     }
                 }
             }

@@ -4,6 +4,7 @@
 #include <immintrin.h>
 
 #include "cpu_features.h"
+#include "sanitizer.h"
 #include "transpose_avx512.h"
 
 /* Register tile and cache blocks. MR x NR = 12 x 32 takes 24 of the 32 zmm registers as
@@ -166,8 +167,9 @@ __attribute__((target("avx512f"))) static void pack_b(float *bp, float *tmp, boo
 }
 
 /* C[0:mr, 0:nr] (ldc) = beta * C + Ap · Bp over kc, for one MR x NR tile; beta == 0 does not read
- * C. ap (kc, MR), bp (kc, NR), both 64-byte aligned. */
-__attribute__((target("avx512f"))) static void kernel_12x32(int64_t kc, const float *restrict ap,
+ * C. ap (kc, MR), bp (kc, NR), both 64-byte aligned. Uninstrumented: the caller checks the bytes
+ * it touches (sanitizer.h). */
+__attribute__((target("avx512f"))) LORAD_UNINSTRUMENTED static void kernel_12x32(int64_t kc, const float *restrict ap,
                                                            const float *restrict bp, float *restrict C, int64_t ldc,
                                                            int mr, int nr, float beta) {
     __m512 c0[MR], c1[MR];
@@ -222,14 +224,18 @@ void lorad_sgemm_avx512(bool trans_a, bool trans_b, enum lorad_dtype b_dtype, in
             int64_t kc = K - k0 < KC ? K - k0 : KC;
             float b = k0 == 0 ? beta : 1.0f;
             pack_b(bp, tmp, trans_b, b_dtype, B, ldb, b_col0, k0, kc, j0, nc);
+            lorad_asan_check_region(bp, (size_t)((nc + NR - 1) / NR * NR * kc) * sizeof *bp);
             for (int64_t i0 = 0; i0 < M; i0 += MC) {
                 int64_t mc = M - i0 < MC ? M - i0 : MC;
                 pack_a(ap, trans_a, A, lda, i0, mc, k0, kc, alpha);
+                lorad_asan_check_region(ap, (size_t)((mc + MR - 1) / MR * MR * kc) * sizeof *ap);
                 for (int64_t jr = 0; jr < nc; jr += NR) {
                     int nr = (int)(nc - jr < NR ? nc - jr : NR);
                     for (int64_t ir = 0; ir < mc; ir += MR) {
                         int mr = (int)(mc - ir < MR ? mc - ir : MR);
-                        kernel_12x32(kc, ap + ir * kc, bp + jr * kc, C + (i0 + ir) * ldc + j0 + jr, ldc, mr, nr, b);
+                        float *c = C + (i0 + ir) * ldc + j0 + jr;
+                        for (int i = 0; i < mr; i++) lorad_asan_check_region(c + i * ldc, (size_t)nr * sizeof *c);
+                        kernel_12x32(kc, ap + ir * kc, bp + jr * kc, c, ldc, mr, nr, b);
                     }
                 }
             }

@@ -15,6 +15,8 @@ import time
 LORAD = os.environ.get("LORAD_BIN", "lorad")
 SOURCE = os.environ.get("LORAD_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", ".."))
 SHARED = os.environ.get("LORAD_SHARED_DATA", os.path.join(SOURCE, "..", "shared", "data"))
+# the ASan+UBSan build (tests/CMakeLists.txt): trim shapes, keep every check
+SANITIZED = os.environ.get("LORAD_TEST_SANITIZED") == "1"
 PYTHON = os.environ.get("LORAD_PYTHON", "/usr/bin/python3")
 
 ERROR_TYPES = {"invalid_request_error", "authentication_error", "permission_error", "rate_limit_error",

@@ -11,7 +11,7 @@ memory may grow by less than one copy of the file from idle to two jobs running.
 import os
 import time
 
-from serve_common import PYTHON, SOURCE, Daemon, check, log, main, write_text_dataset
+from serve_common import PYTHON, SANITIZED, SOURCE, Daemon, check, log, main, write_text_dataset
 
 import subprocess
 
@@ -94,7 +94,9 @@ def test(d, daemons):
     # and nothing in the process holds a second, converted copy of the weights
     grown = rollup(dm.proc.pid).get("Anonymous", 0) - idle_anon_kb
     log(f"anonymous memory: {idle_anon_kb} kB idle, +{grown} kB with the two jobs running")
-    check(grown < file_kb,
+    # Under ASan freed blocks wait in its quarantine (256 MB) and every heap byte has shadow, so the
+    # anonymous total says nothing about copies there; the release run checks it.
+    check(SANITIZED or grown < file_kb,
           f"the daemon's anonymous memory grew by {grown} kB with two jobs on a {file_kb:.0f} kB model: a copy of "
           "the weights?")
     for j in jobs:

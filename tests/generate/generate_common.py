@@ -10,6 +10,8 @@ LORAD = os.environ.get("LORAD_BIN", "lorad")
 PY = os.environ.get("LORAD_PYTHON", "/usr/bin/python3")
 SOURCE = os.environ.get("LORAD_SOURCE_DIR", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 SHARED = os.environ.get("LORAD_SHARED_DATA", os.path.join(SOURCE, "..", "shared", "data"))
+# the ASan+UBSan build (tests/CMakeLists.txt): trim shapes, keep every check
+SANITIZED = os.environ.get("LORAD_TEST_SANITIZED") == "1"
 REF = os.path.join(SOURCE, "tests", "reference", "generate_ref.py")
 STORIES = os.path.join(SHARED, "stories260K.bin")
 STORIES_EOS = 2  # llama2.c's convention: 1 is BOS, 2 is EOS

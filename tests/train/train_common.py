@@ -9,6 +9,8 @@ import tempfile
 LORAD = os.environ.get("LORAD_BIN", "lorad")
 SOURCE = os.environ.get("LORAD_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", ".."))
 SHARED = os.environ.get("LORAD_SHARED_DATA", os.path.join(SOURCE, "..", "shared", "data"))
+# the ASan+UBSan build (tests/CMakeLists.txt): trim shapes, keep every check
+SANITIZED = os.environ.get("LORAD_TEST_SANITIZED") == "1"
 
 
 class Fail(Exception):

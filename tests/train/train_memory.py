@@ -20,7 +20,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from train_common import LORAD, SHARED, SOURCE, Fail, check, main, write_job  # noqa: E402
+from train_common import LORAD, SANITIZED, SHARED, SOURCE, Fail, check, main, write_job  # noqa: E402
 
 TOLERANCE = 0.15
 N_LINES = 48
@@ -130,7 +130,9 @@ def test(d):
         ratio = (est + baseline) / peak
         print(f"case {i} {os.path.basename(model)} {hp} {lora}: peak {peak / 2**20:.1f} MiB, "
               f"estimate + baseline {(est + baseline) / 2**20:.1f} MiB, ratio {ratio:.3f}")
-        check(abs(ratio - 1) <= TOLERANCE,
+        # Under ASan the peak is its shadow and quarantine more than lorad's: every other check runs
+        # there, the kernel's count is compared in the release run.
+        check(SANITIZED or abs(ratio - 1) <= TOLERANCE,
               f"case {i}: estimate {est} + baseline {baseline} is {ratio:.3f} x the measured peak {peak}")
 
         mem = inspect_total(model, job)
@@ -147,7 +149,7 @@ def test(d):
         check(rc != 0, f"case {i}: a --memory-limit of {limit} below the estimate {est} was not refused")
         check(f"({limit} bytes)" in out and f"({est} bytes" in out and "[hyperparameters.batch_size]" in out,
               f"case {i}: the refusal does not name both sizes and the field:\n{out[-1500:]}")
-        check(refused_peak < baseline + est - mem["activation_bytes"],
+        check(SANITIZED or refused_peak < baseline + est - mem["activation_bytes"],
               f"case {i}: the refused run peaked at {refused_peak} bytes: it allocated before checking")
         check(not os.path.exists(os.path.join(out_dir + "-refused", "adapter")), "a refused run wrote an adapter")
 

@@ -30,12 +30,19 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from train_common import LORAD, SOURCE, Fail, check, main  # noqa: E402
+from train_common import LORAD, SANITIZED, SOURCE, Fail, check, main  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 ENV = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
        "OMPI_MCA_btl": "self,vader,tcp", "OMPI_MCA_rmaps_base_oversubscribe": "1"}
+if SANITIZED:
+    # Open MPI leaks ~120 kB at MPI_Finalize (37 direct leaks, none with a lorad frame, measured
+    # 2026-12-07), most of it in MCA components it has dlclose()d by then, so LeakSanitizer can
+    # neither name them nor be told to suppress them. The ranks run with ASan and UBSan as ever, but
+    # without the exit-time leak check; lorad's own train path is leak-checked by every
+    # single-process train_* test.
+    ENV["ASAN_OPTIONS"] = ENV.get("ASAN_OPTIONS", "abort_on_error=1") + ":detect_leaks=0"
 REL = 1e-5
 
 
