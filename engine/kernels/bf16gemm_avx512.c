@@ -239,7 +239,7 @@ void lorad_gemm_bf16_avx512(bool trans_b, enum lorad_dtype b_dtype, int64_t M, i
                     for (int64_t ir = 0; ir < mc; ir += MR) {
                         int mr = (int)(mc - ir < MR ? mc - ir : MR);
                         float *c = C + (i0 + ir) * ldc + j0 + jr;
-                        for (int i = 0; i < mr; i++) lorad_asan_check_region(c + i * ldc, (size_t)nr * sizeof *c);
+                        lorad_asan_check_tile(c, ldc, mr, nr);
                         kernel_12x32(kc2, ap + ir * kc2, bp + jr * kc2, c, ldc, mr, nr, b);
                     }
                 }

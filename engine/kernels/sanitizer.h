@@ -38,4 +38,9 @@ static inline void lorad_asan_check_region(const void *p, size_t n) {
 }
 #endif
 
+/* The rows [0, mr) x columns [0, nr) of a C tile with row stride ldc, as a microkernel writes them. */
+static inline void lorad_asan_check_tile(const float *c, int64_t ldc, int mr, int nr) {
+    for (int i = 0; i < mr; i++) lorad_asan_check_region(c + i * ldc, (size_t)nr * sizeof *c);
+}
+
 #endif

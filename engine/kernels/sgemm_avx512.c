@@ -234,7 +234,7 @@ void lorad_sgemm_avx512(bool trans_a, bool trans_b, enum lorad_dtype b_dtype, in
                     for (int64_t ir = 0; ir < mc; ir += MR) {
                         int mr = (int)(mc - ir < MR ? mc - ir : MR);
                         float *c = C + (i0 + ir) * ldc + j0 + jr;
-                        for (int i = 0; i < mr; i++) lorad_asan_check_region(c + i * ldc, (size_t)nr * sizeof *c);
+                        lorad_asan_check_tile(c, ldc, mr, nr);
                         kernel_12x32(kc, ap + ir * kc, bp + jr * kc, c, ldc, mr, nr, b);
                     }
                 }

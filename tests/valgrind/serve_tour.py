@@ -22,7 +22,7 @@ STEPS = 6
 def test(d, daemons):
     models = os.path.join(d, "models")
     make_model(os.path.join(models, "tiny"))
-    data = write_text_dataset(os.path.join(d, "train.jsonl"), 24) or os.path.join(d, "train.jsonl")
+    data = write_text_dataset(os.path.join(d, "train.jsonl"), 24)
     dm = Daemon(d, models, api_key="sk-tour", extra=["--threads-per-job", "1"])
     daemons.append(dm)
     dm.start(timeout=120)
