@@ -16,12 +16,14 @@
  * exits at once (startup recovery requeues whatever was running). The main loop also sends
  * WATCHDOG=1 and a STATUS= line with the queue. */
 #include <arpa/inet.h>
+#include <assert.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <netdb.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -39,6 +41,7 @@
 #include "cli.h"
 #include "fsutil.h"
 #include "config.h"
+#include "cpulist.h"
 #include "job_mpirun.h"
 #include "cpu_features.h"
 #include "gemm.h"
@@ -73,6 +76,8 @@ struct daemon {
     struct lorad_config cfg;
     struct lorad_mpirun mpirun; /* with distributed_on: how jobs are launched */
     bool distributed_on;
+    cpu_set_t http_cpus, training_cpus; /* meaningful when the matching *_pinned is set */
+    bool http_pinned, training_pinned;
     int argc;
     char **argv;
     char files_dir[PATH_MAX], uploads_dir[PATH_MAX], jobs_dir[PATH_MAX], db_path[PATH_MAX];
@@ -380,7 +385,8 @@ static int open_listeners(struct daemon *d) {
     return 0;
 }
 
-static int start_servers(struct daemon *d) {
+static int start_servers(struct daemon *d, const void *unused) {
+    (void)unused;
     for (int i = 0; i < d->n_listeners; i++) {
         struct listener *l = &d->listeners[i];
         struct lorad_api_server_options o = {
@@ -430,6 +436,57 @@ static void stop_servers(struct daemon *d) {
 
 /* ---- threads and inference ------------------------------------------------------------------- */
 
+/* The CPUs option NAME (its TEXT already checked by the config parser) names, which must all be
+ * CPUs this process may run on (taskset, systemd's CPUAffinity=). Returns 1 and *ret_set, 0 when
+ * TEXT is empty (any CPU: *ret_set untouched), or -EINVAL with err naming the option and the CPUs
+ * there are. */
+static int resolve_cpus(const char *name, const char *text, cpu_set_t *ret_set, struct lorad_error *err) {
+    if (!text[0]) return 0;
+    cpu_set_t want, allowed, outside;
+    int r = lorad_cpulist_parse(text, &want);
+    if (r < 0) return lorad_error_set(err, r, name, "%s: '%s' is not a CPU list", name, text);
+    if (sched_getaffinity(0, sizeof allowed, &allowed) < 0)
+        return lorad_error_set(err, -errno, name, "%s: cannot read the CPUs lorad may run on: %s", name, strerror(errno));
+    CPU_XOR(&outside, &want, &allowed);
+    CPU_AND(&outside, &outside, &want);
+    if (CPU_COUNT(&outside) > 0) {
+        char bad[128], there[128];
+        lorad_cpulist_format(&outside, bad, sizeof bad);
+        lorad_cpulist_format(&allowed, there, sizeof there);
+        return lorad_error_set(err, -EINVAL, name, "%s names CPU %s, but lorad may run on %s only", name, bad, there);
+    }
+    *ret_set = want;
+    return 1;
+}
+
+static int start_workers(struct daemon *d, const void *options) {
+    int r = lorad_workers_start(options, &d->workers);
+    if (r < 0) log_error("cannot start the workers: %s", strerror(-r));
+    return r;
+}
+
+/* Runs start(d, arg) with the calling thread on CPUS (NULL: as it is), so the threads start()
+ * creates inherit them, then puts the caller's CPUs back. NAME is the option and WHAT the threads,
+ * for the log. Returns start's result, or -errno (logged) when the CPUs cannot be set. */
+static int start_pinned(const cpu_set_t *cpus, const char *name, const char *what,
+                        int (*start)(struct daemon *, const void *), struct daemon *d, const void *arg) {
+    if (!cpus) return start(d, arg);
+    cpu_set_t saved;
+    int r = lorad_cpulist_pin_self(cpus, &saved);
+    if (r < 0) {
+        log_error("cannot run threads on the CPUs of %s: %s", name, strerror(-r));
+        return r;
+    }
+    char list[128];
+    lorad_cpulist_format(cpus, list, sizeof list);
+    log_info("%s: %s on CPU %s", name, what, list);
+    r = start(d, arg);
+    int rr = lorad_cpulist_pin_self(&saved, NULL);
+    assert(rr == 0); /* the set the thread had a moment ago is valid */
+    (void)rr;
+    return r;
+}
+
 struct thread_plan {
     int inference_threads;     /* 0: inference is off */
     int threads_per_job;       /* a job's threads when its spec leaves them null, and its ceiling */
@@ -442,9 +499,10 @@ struct thread_plan {
  * training do not fight over the same cores. Below 4 cores an automatic inference share is not
  * set aside: a quarter would be a whole core of two, idle whenever nobody asks for text, and a
  * job with half the cores trains half as fast (the demo adapter learned 10 of 32 codes instead
- * of ~28); there the one inference thread shares the cores with the job. An explicit
+ * of ~28); there the one inference thread shares the cores with the job. With training_cpus set
+ * (training_cores > 0), an automatic share divides those CPUs among the workers. An explicit
  * max_threads_per_job is the operator's choice and is kept even if it overlaps. */
-static void plan_threads(const struct lorad_config *cfg, long cores, struct thread_plan *ret) {
+static void plan_threads(const struct lorad_config *cfg, long cores, long training_cores, struct thread_plan *ret) {
     if (cores < 1) cores = 1;
     struct thread_plan p = {0};
     if (strcmp(cfg->inference.enabled, "yes") == 0) {
@@ -453,8 +511,9 @@ static void plan_threads(const struct lorad_config *cfg, long cores, struct thre
     }
     p.threads_per_job = cfg->max_threads_per_job;
     if (p.threads_per_job == 0) {
-        bool reserve = cfg->inference.threads > 0 || cores >= 4;
-        long for_jobs = cores - (reserve ? p.inference_threads : 0);
+        /* CPUs given to training (training_cpus) are the jobs' own: nothing is set aside there */
+        bool reserve = training_cores == 0 && (cfg->inference.threads > 0 || cores >= 4);
+        long for_jobs = (training_cores ? training_cores : cores) - (reserve ? p.inference_threads : 0);
         if (for_jobs < 1) for_jobs = 1;
         p.threads_per_job = for_jobs > cfg->workers ? (int)(for_jobs / cfg->workers) : 1;
         p.jobs_leave_inference = reserve && p.inference_threads > 0;
@@ -650,6 +709,14 @@ int lorad_cmd_serve(int argc, char **argv) {
         d->distributed_on = r == 1;
         r = 0;
     }
+    if (r == 0 && (r = resolve_cpus("http_cpus", d->cfg.http_cpus, &d->http_cpus, &err)) >= 0) {
+        d->http_pinned = r == 1;
+        r = 0;
+    }
+    if (r == 0 && (r = resolve_cpus("training_cpus", d->cfg.training_cpus, &d->training_cpus, &err)) >= 0) {
+        d->training_pinned = r == 1;
+        r = 0;
+    }
     if (r == 0) r = lorad_api_keys_open(d->cfg.api_key_file, &d->keys, &err);
     if (r < 0) {
         fprintf(stderr, "lorad serve: %s\n", err.message);
@@ -677,7 +744,7 @@ int lorad_cmd_serve(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
 
     struct thread_plan plan;
-    plan_threads(&d->cfg, sysconf(_SC_NPROCESSORS_ONLN), &plan);
+    plan_threads(&d->cfg, sysconf(_SC_NPROCESSORS_ONLN), d->training_pinned ? CPU_COUNT(&d->training_cpus) : 0, &plan);
     int threads = plan.threads_per_job;
     int64_t memory_limit = d->cfg.memory_limit;
     if (memory_limit == 0 && (r = lorad_default_memory_limit(&memory_limit)) < 0) {
@@ -723,15 +790,16 @@ int lorad_cmd_serve(int argc, char **argv) {
         log_info("distributed: jobs run through %s on %s with %d rank(s) per host", m->mpirun,
                  m->hosts[0] ? m->hosts : m->hostfile[0] ? m->hostfile : "the hosts mpirun finds", m->ranks_per_host);
     }
-    if ((r = lorad_workers_start(&wo, &d->workers)) < 0) {
-        log_error("cannot start the workers: %s", strerror(-r));
+    if ((r = start_pinned(d->training_pinned ? &d->training_cpus : NULL, "training_cpus",
+                          "job workers and their compute threads", start_workers, d, &wo)) < 0)
         goto out;
-    }
     d->app.jobs_changed = lorad_workers_wake;
     d->app.jobs_changed_ctx = d->workers;
     d->app.job_live_rate = lorad_workers_live_rate;
     d->app.job_live_rate_ctx = d->workers;
-    if (open_listeners(d) < 0 || start_servers(d) < 0) goto out;
+    if (open_listeners(d) < 0 ||
+        start_pinned(d->http_pinned ? &d->http_cpus : NULL, "http_cpus", "HTTP threads", start_servers, d, NULL) < 0)
+        goto out;
     atomic_store(&d->app.ready, true);
     notify_status(d, true);
     lorad_sd_notifyf("READY=1\nSTATUS=%s", d->last_status);

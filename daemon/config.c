@@ -1,4 +1,5 @@
 #include "config.h"
+#include "cpulist.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -39,6 +40,12 @@ const struct lorad_config_option lorad_config_options[] = {
      "jobs waiting at once; further jobs are refused with 429"},
     {"api_key_file", LORAD_CONFIG_STRING, FIELD(api_key_file), 0, 0, "", NULL,
      "file with one API key per line (at most 64 keys of at most 255 bytes); empty means no authentication"},
+    {"http_cpus", LORAD_CONFIG_CPULIST, FIELD(http_cpus), 0, 0, "", NULL,
+     "CPUs the HTTP connection threads run on, as a list like 1 or 4-7,12; empty: any. With training_cpus "
+     "it keeps API load off the cores jobs train on (docs/daemon.md#cpus)"},
+    {"training_cpus", LORAD_CONFIG_CPULIST, FIELD(training_cpus), 0, 0, "", NULL,
+     "CPUs the job workers and their compute threads (and mpirun) run on; empty: any. When set, an automatic "
+     "max_threads_per_job counts these CPUs, not all of them"},
     {"log_level", LORAD_CONFIG_ENUM, FIELD(log_level), 0, 0, "info", "error|warning|info|debug", "log verbosity"},
     /* Sections ([distributed], [inference]): their keys are SECTION.KEY as flags. Keep them last, each
      * section's keys together (lorad_config_write_defaults writes one header per run). */
@@ -139,9 +146,19 @@ int lorad_config_set(struct lorad_config *cfg, const char *name, const char *val
     switch (o->type) {
     case LORAD_CONFIG_STRING:
     case LORAD_CONFIG_ENUM:
+    case LORAD_CONFIG_CPULIST:
         if (o->type == LORAD_CONFIG_ENUM && !choice_allowed(o->choices, value))
             return lorad_error_set(err, -EINVAL, o->name, "%s must be one of %s, got '%s'", o->name, o->choices,
                                    value);
+        if (o->type == LORAD_CONFIG_CPULIST && value[0]) {
+            cpu_set_t set;
+            int r = lorad_cpulist_parse(value, &set);
+            if (r < 0)
+                return lorad_error_set(err, r, o->name,
+                                       "%s must be CPU numbers below %d and ranges LO-HI separated by commas "
+                                       "(e.g. 0-3,8), or empty for any; got '%s'",
+                                       o->name, CPU_SETSIZE, value);
+        }
         if (strlen(value) >= o->size)
             return lorad_error_set(err, -ERANGE, o->name, "%s is longer than %zu bytes", o->name, o->size - 1);
         memcpy(field, value, strlen(value) + 1);

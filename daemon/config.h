@@ -33,6 +33,8 @@ struct lorad_config {
     int max_queued_jobs;         /* jobs waiting at once; more get 429 */
     char api_key_file[LORAD_CONFIG_PATH_MAX]; /* one key per line; empty = no auth */
     char log_level[16];          /* error | warning | info | debug */
+    char http_cpus[256];         /* CPUs of the HTTP threads (cpulist.h); empty = any */
+    char training_cpus[256];     /* CPUs of the job workers and their compute threads; empty = any */
     struct lorad_config_distributed { /* [distributed]: jobs trained through mpirun (issue 16) */
         char enabled[4];             /* no | yes */
         char hosts[LORAD_CONFIG_PATH_MAX]; /* comma-separated; empty: hostfile or mpirun's allocation */
@@ -57,6 +59,7 @@ enum lorad_config_type {
     LORAD_CONFIG_INT,
     LORAD_CONFIG_BYTES, /* integer with optional k/m/g suffix (powers of 1024) */
     LORAD_CONFIG_ENUM,  /* string restricted to `choices` */
+    LORAD_CONFIG_CPULIST, /* string: empty, or CPUs as "1" or "0-3,8" (cpulist.h) */
 };
 
 struct lorad_config_option {

@@ -74,6 +74,9 @@ static void set_rate(void *ctx, double tokens_per_s) {
 static void *worker_main(void *arg) {
     struct worker *w = arg;
     struct lorad_workers *p = w->pool;
+    char name[16]; /* the kernel's limit: top -H and /proc/PID/task/TID/comm show it */
+    snprintf(name, sizeof name, "lorad-job-%d", w->index);
+    pthread_setname_np(pthread_self(), name);
     struct lorad_job_env env = {.store = p->opt.store, .state_dir = p->opt.state_dir, .models_dir = p->opt.models_dir,
                                 .jobs_dir = p->opt.jobs_dir, .max_threads = p->opt.max_threads_per_job,
                                 .memory_limit = p->opt.memory_limit,

@@ -52,6 +52,7 @@ static void *worker_main(void *arg_) {
     free(arg_);
     struct lorad_pool *p = arg.pool;
     uint64_t seen = 0;
+    pthread_setname_np(pthread_self(), "lorad-compute"); /* for top -H; it cannot fail at this length */
     for (;;) {
         if (!spin_for_work(p, seen)) {
             pthread_mutex_lock(&p->mu);
