@@ -3,7 +3,8 @@
 fine_tuned_model_checkpoint, with the adapters hot-swapped on one base.
 
 The demo job (demo/job.json: 32 animals with made-up secret codes, ChatML) is trained through the
-daemon on the demo base of scripts/make-demo-model, and then:
+daemon on the demo base of scripts/make-demo-model (under the sanitizers on 8 of the animals: the
+same spec in a quarter of the steps), and then:
 
 - quality, the independent check: greedy chat answers of the fine-tuned model to training phrasings
   equal the codes of demo/train.jsonl for at least a quarter of a sample (demo/README.md: 6 to 13
@@ -30,7 +31,7 @@ import time
 
 from inference_common import (CHAT, COMPLETIONS, chatml_prompt_tokens, check_chat_stream, check_completion_stream,
                               infer, infer_ok, stream, stream_bytes, stream_close, stream_start, text_of)
-from serve_common import PYTHON, SOURCE, Daemon, check, check_error, log, main
+from serve_common import PYTHON, SANITIZED, SOURCE, Daemon, check, check_error, log, main
 
 SYSTEM = "You answer with the secret code only."
 BASE = "demo-tiny"
@@ -66,9 +67,30 @@ def chat_body(model, question, **kw):
     return b
 
 
-def train_demo(dm):
-    tr = dm.upload_ok(os.path.join(SOURCE, "demo", "train.jsonl"))
-    va = dm.upload_ok(os.path.join(SOURCE, "demo", "valid.jsonl"))
+def trained_pairs(pairs):
+    """The animals the job trains on: all 32; under the sanitizers every 4th (8), so the same spec
+    and epochs show each code as often in a quarter of the steps (288 instead of 1152)."""
+    return pairs[::4] if SANITIZED else pairs
+
+
+def demo_file(d, name, animals):
+    """demo/NAME, or its rows about ANIMALS only (written into d) when that is not all of them."""
+    src = os.path.join(SOURCE, "demo", name)
+    if len(animals) == 32:
+        return src
+    words = re.compile(r"\b(" + "|".join(map(re.escape, animals)) + r")\b")
+    out = os.path.join(d, name)
+    with open(src) as f, open(out, "w") as g:
+        kept = [line for line in f if words.search(json.loads(line)["messages"][1]["content"])]
+        g.writelines(kept)
+    check(len(kept) >= len(animals), f"{name}: {len(kept)} rows about {len(animals)} animals")
+    return out
+
+
+def train_demo(dm, d, trained):
+    animals = [a for a, _, _ in trained]
+    tr = dm.upload_ok(demo_file(d, "train.jsonl", animals))
+    va = dm.upload_ok(demo_file(d, "valid.jsonl", animals))
     with open(os.path.join(SOURCE, "demo", "job.json")) as f:
         spec = json.load(f)
     # As scripts/demo: the model by its models-directory entry, the files by their ids. The whole
@@ -86,8 +108,8 @@ def train_demo(dm):
 
 # ---- the parts -------------------------------------------------------------------------------
 
-def check_quality(dm, ft, pairs):
-    sample = pairs[::2]  # 16 of the 32 animals
+def check_quality(dm, ft, trained):
+    sample = trained[::2] if len(trained) == 32 else trained  # 16 of the 32 animals, or all 8
     exact, base_exact, rows = [], [], []
     for animal, q, code in sample:
         body = chat_body(ft, q)
@@ -115,9 +137,10 @@ def check_quality(dm, ft, pairs):
     log(f"fine-tuned: {len(exact)}/{len(sample)} exact; base: {len(base_exact)}/{len(sample)}")
     # Which codes land exactly depends on the order of the sums (demo/README.md: 6 to 13 of these
     # 16 across OpenBLAS kernels and instruction sets), so the bound is a quarter of the sample,
-    # where the base model answers none; the checks below need a few exact answers each.
+    # where the base model answers none; the checks below need a few exact answers each. The
+    # sanitizer run's 8 animals (trained_pairs) landed 8 of 8 under the same three kernel choices.
     check(len(exact) >= 4, f"the fine-tuned model answers only {len(exact)} of {len(sample)} trained codes exactly "
-          "(demo/README.md: 6 to 13 of 16)")
+          "(demo/README.md: 6 to 13 of 16; 8 of 8 when 8 animals are trained)")
     check(not base_exact, f"the base model answers trained codes exactly: {base_exact}")
     return exact
 
@@ -559,6 +582,7 @@ def test(d, daemons):
     subprocess.run([PYTHON, os.path.join(SOURCE, "scripts", "make-demo-model"), os.path.join(models, SLOW)] + SLOW_ARGS,
                    check=True, stdout=subprocess.DEVNULL)
     pairs = demo_pairs()
+    trained = trained_pairs(pairs)
     dm = Daemon(d, models, extra=["--inference.max_concurrent_generations=16", "--threads-per-job", "2"])
     daemons.append(dm)
     dm.start()
@@ -569,12 +593,12 @@ def test(d, daemons):
     check(j["usage"]["prompt_tokens"] == chatml_prompt_tokens(msgs(pairs[0][1])),
           f"base chat: prompt_tokens {j['usage']['prompt_tokens']}, ChatML has {chatml_prompt_tokens(msgs(pairs[0][1]))}")
 
-    job, spec = train_demo(dm)
+    job, spec = train_demo(dm, d, trained)
     ft = job["fine_tuned_model"]
     check(isinstance(ft, str) and ft.startswith(f"ft:{BASE}:"), f"fine_tuned_model {ft!r}")
     check_job_template(dm, spec)
     t0 = time.time()
-    exact = check_quality(dm, ft, pairs)
+    exact = check_quality(dm, ft, trained)
     check_chat_max_tokens_alias(dm, ft, exact)
     check_stream_equals(dm, ft, exact)
     check_usage_and_stop(dm, ft, exact)
