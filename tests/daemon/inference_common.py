@@ -5,9 +5,13 @@ OpenAI uses for `stream: true` (`data: {chunk}\\n\\n` lines, then `data: [DONE]\
 The checks follow OpenAI's API reference for these two routes, not lorad's output."""
 import json
 import os
+import random
+import re
 import shutil
+import socket
 import subprocess
 import tempfile
+import threading
 import time
 
 from serve_common import Fail, check, parse_headers, read_bytes
@@ -18,6 +22,45 @@ COMPLETIONS = "/v1/completions"
 
 
 # ---- requests --------------------------------------------------------------------------------
+
+def cut_off_streams(dm, model, n=200, max_cut_s=3.0, max_tokens=400, seed=None):
+    """N streaming chat completions at once over raw sockets, each closed by its client at a random
+    moment within max_cut_s of its first bytes (most mid-stream). Returns the N status codes (the
+    first line's; "err" when the connection failed)."""
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Tell me a long story."}],
+                       "max_tokens": max_tokens, "stream": True}).encode()
+    auth = f"Authorization: Bearer {dm.api_key}\r\n" if dm.api_key else ""
+    req = (f"POST {CHAT} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\n"
+           f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    codes, lock = [], threading.Lock()
+    rng = random.Random(seed)
+    cuts = [rng.uniform(0, max_cut_s) for _ in range(n)]
+
+    def one(cut):
+        code = "err"
+        try:
+            with socket.create_connection(("127.0.0.1", dm.port), timeout=60) as s:
+                s.sendall(req)
+                code = s.recv(256)[9:12].decode(errors="replace")
+                time.sleep(cut)
+        except OSError:
+            pass
+        with lock:
+            codes.append(code)
+    ts = [threading.Thread(target=one, args=(c,)) for c in cuts]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return codes
+
+
+def generations_in_flight(dm):
+    """The daemon's lorad_inference_generations gauge (/metrics), or -1 when it is missing."""
+    text = dm.get("/metrics").body.decode()
+    m = re.search(r"^lorad_inference_generations (\d+)", text, re.M)
+    return int(m.group(1)) if m else -1
+
 
 def infer(dm, path, body, timeout=120):
     """One non-streaming POST; returns serve_common.Resp."""
