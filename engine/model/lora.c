@@ -15,6 +15,20 @@ static const char *const module_paths[LORAD_N_LORA_MODULES] = {
     "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj",    "lm_head",
 };
 
+const char *const lorad_lora_init_names[] = {"kaiming", "gaussian", "pissa", "olora", NULL};
+
+const char *lorad_lora_init_name(enum lorad_lora_init init) {
+    return (unsigned)init <= LORAD_LORA_INIT_OLORA ? lorad_lora_init_names[init] : "?";
+}
+
+int lorad_lora_init_check_dora(enum lorad_lora_init init, bool use_dora, struct lorad_error *err) {
+    if (lorad_lora_init_from_base(init) && use_dora)
+        return lorad_error_set(err, -EINVAL, "lora.init",
+                               "lora.init %s does not combine with lora.use_dora: choose one of them",
+                               lorad_lora_init_name(init));
+    return 0;
+}
+
 const char *lorad_lora_module_name(enum lorad_lora_module m) {
     return m < LORAD_N_LORA_MODULES ? module_names[m] : "?";
 }
@@ -54,11 +68,7 @@ int lorad_lora_config_validate(const struct lorad_lora_config *lc, struct lorad_
         return lorad_error_set(err, -EINVAL, "lora.target_modules", "lora.target_modules selects no known module");
     if (lc->init != LORAD_LORA_INIT_KAIMING && lc->init != LORAD_LORA_INIT_GAUSSIAN && !lorad_lora_init_from_base(lc->init))
         return lorad_error_set(err, -EINVAL, "lora.init", "lora.init is unknown");
-    if (lorad_lora_init_from_base(lc->init) && lc->use_dora)
-        return lorad_error_set(err, -EINVAL, "lora.init",
-                               "lora.init %s does not combine with lora.use_dora: choose one of them",
-                               lc->init == LORAD_LORA_INIT_PISSA ? "pissa" : "olora");
-    return 0;
+    return lorad_lora_init_check_dora(lc->init, lc->use_dora, err);
 }
 
 int lorad_lora_tensor_shape(const struct lorad_lora_tensor *t, int64_t shape[2]) {

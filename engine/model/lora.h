@@ -55,6 +55,18 @@ struct lorad_lora_config {
 
 #define LORAD_MAX_LORA_RANK 4096
 
+/* PEFT's init_lora_weights names, indexed by enum lorad_lora_init and NULL-terminated (the job
+ * spec parses lora.init against it). */
+extern const char *const lorad_lora_init_names[];
+
+/* The name of init ("kaiming", "gaussian", "pissa", "olora"). */
+const char *lorad_lora_init_name(enum lorad_lora_init init);
+
+/* The one refusal of an init that does not combine with DoRA (PiSSA, OLoRA: DoRA's magnitudes
+ * would start from the norms of a weight the initialisation then changes). Returns 0, or -EINVAL
+ * with err on param "lora.init". The job spec checks it at creation, the model again at build. */
+int lorad_lora_init_check_dora(enum lorad_lora_init init, bool use_dora, struct lorad_error *err);
+
 /* Module name ("q_proj", ..., "lm_head"), the HF name of the module within a layer. */
 const char *lorad_lora_module_name(enum lorad_lora_module m);
 

@@ -1204,7 +1204,7 @@ int lorad_model_init_from_base(struct lorad_model *m, struct lorad_error *err) {
                                    "lora.r %lld exceeds %s's smaller dimension %lld: lora.init %s takes r singular "
                                    "directions of each adapted weight",
                                    (long long)m->r, lorad_lora_module_name((enum lorad_lora_module)k), (long long)least,
-                                   m->lc.init == LORAD_LORA_INIT_PISSA ? "pissa" : "olora");
+                                   lorad_lora_init_name(m->lc.init));
         if (out * in > max_w) max_w = out * in;
     }
     float *W = malloc(sizeof(float) * (size_t)max_w); // (out, in) of the module at hand

@@ -26,7 +26,6 @@ struct field {
 };
 
 static const char *const schedule_names[] = {"constant", "linear", "cosine", NULL};
-static const char *const init_names[] = {"kaiming", "gaussian", "pissa", "olora", NULL}; /* enum lorad_lora_init */
 static const char *const method_names[] = {"supervised", "dpo", NULL};
 
 #define HP(f) offsetof(struct lorad_job_spec, hp.f)
@@ -68,7 +67,7 @@ static const struct field lora_fields[] = {
     {"use_rslora", F_BOOL, LO(use_rslora), 0, 0, false, false, false, 0, false, NULL},
     /* DoRA: a trained magnitude per output beside the low-rank direction (lora.h) */
     {"use_dora", F_BOOL, LO(use_dora), 0, 0, false, false, false, 0, false, NULL},
-    {"init", F_ENUM, LO(init), 0, 0, false, false, false, LORAD_LORA_INIT_KAIMING, false, init_names},
+    {"init", F_ENUM, LO(init), 0, 0, false, false, false, LORAD_LORA_INIT_KAIMING, false, lorad_lora_init_names},
     /* LoRA+: B's learning rate over A's (the paper suggests 2^4 for most models); 1 is plain LoRA */
     {"lr_ratio", F_NUM, LO(lr_ratio), 0, 1e4, true, false, false, 1.0, false, NULL},
 };
@@ -263,12 +262,8 @@ static int parse_lora(struct lorad_job_spec *s, const json_t *lora, struct lorad
     if (lorad_lora_init_from_base(s->lora.init) && s->lora.init_adapter[0])
         return lorad_error_set(err, -EINVAL, "lora.init",
                                "lora.init %s computes the initial weights from the base model; it does not combine "
-                               "with lora.init_adapter", init_names[s->lora.init]);
-    if (lorad_lora_init_from_base(s->lora.init) && s->lora.use_dora)
-        return lorad_error_set(err, -EINVAL, "lora.init",
-                               "lora.init %s does not combine with lora.use_dora: choose one of them",
-                               init_names[s->lora.init]);
-    return 0;
+                               "with lora.init_adapter", lorad_lora_init_name(s->lora.init));
+    return lorad_lora_init_check_dora(s->lora.init, s->lora.use_dora, err);
 }
 
 static void spec_defaults(struct lorad_job_spec *s) {
