@@ -139,6 +139,9 @@ static size_t gauge_process(void *ctx, char *out, size_t cap) {
     struct mallinfo2 mi = mallinfo2();
     out_line(&o, "# HELP lorad_malloc_in_use_bytes Bytes malloc has handed out and not had back (all arenas).\n"
                  "# TYPE lorad_malloc_in_use_bytes gauge\nlorad_malloc_in_use_bytes %zu\n", mi.uordblks + mi.hblkhd);
+    out_line(&o, "# HELP lorad_sqlite_memory_bytes Bytes of those SQLite holds (page caches of the pooled connections, "
+                 "statements).\n# TYPE lorad_sqlite_memory_bytes gauge\nlorad_sqlite_memory_bytes %lld\n",
+             (long long)lorad_store_sqlite_memory_used());
     return o.len;
 }
 

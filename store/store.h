@@ -50,6 +50,10 @@ int lorad_store_new_id(const char *prefix, char out[LORAD_STORE_ID_MAX]);
 /* True iff str is exactly prefix followed by 24 [A-Za-z0-9]: safe to use in a path. */
 bool lorad_store_id_valid(const char *prefix, const char *str);
 
+/* Bytes SQLite has allocated now, over every connection of every store of the process (its page
+ * caches, prepared statements, schema): sqlite3_memory_used(). For /metrics. */
+int64_t lorad_store_sqlite_memory_used(void);
+
 /* ---- open / close ------------------------------------------------------------------------- */
 
 enum {

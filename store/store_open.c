@@ -93,3 +93,5 @@ void lorad_store_close(struct lorad_store *s) {
     free(s->path);
     free(s);
 }
+
+int64_t lorad_store_sqlite_memory_used(void) { return (int64_t)sqlite3_memory_used(); }
