@@ -310,7 +310,7 @@ int store_conn_open(struct lorad_store *s, bool first, struct store_conn **ret_c
     /* FULL: a committed transaction survives power loss too, not only a process crash. */
     if (r == 0) r = conn_exec(c, "PRAGMA synchronous = FULL", s->path, "synchronous", err);
     /* 512 KiB of page cache per connection instead of SQLite's 2 MB: the pool keeps up to pool_max
-     * (16) connections open, each filling its own cache as the database grows, which held 32 MB
+     * (16) connections open, each filling its own cache as the database grows, which could hold 32 MB
      * after a burst of SSE clients; a page not cached is a pread from the kernel's page cache. */
     if (r == 0) r = conn_exec(c, "PRAGMA cache_size = -512", s->path, "cache_size", err);
     if (r == 0 && s->opts.max_pages > 0) {
