@@ -9,6 +9,7 @@ open stream adds one there; the main thread keeps every CPU. Needs two CPUs (els
 import os
 import subprocess
 import sys
+import time
 
 from serve_common import LORAD, Daemon, check, log, main, make_model, write_text_dataset
 
@@ -91,6 +92,12 @@ def test(d, daemons):
                                                 "checkpoint_every_steps": 100000}})
     dm.wait_step(job["id"], 2, timeout=120)
     pid = dm.proc.pid
+    on_http = lambda snapshot: [r for r in snapshot if r[2] == str(http_cpu)]
+    # the connection threads of the requests above end a moment after curl closes them: wait until
+    # only the listener is left on the HTTP CPU, so the stream's thread is the one that appears
+    deadline = time.time() + 10
+    while len(on_http(threads(pid))) > 1 and time.time() < deadline:
+        time.sleep(0.05)
     before = threads(pid)
     stream = dm.sse_start(job["id"])
     try:
@@ -114,7 +121,8 @@ def test(d, daemons):
           f"the job's worker should be allowed and have run on CPU {train_cpu} only:\n{rows}")
     compute = [r for r in during if r[1] == "lorad-compute"]
     check(all(r[2] == str(train_cpu) for r in compute), f"compute threads off the training CPU:\n{rows}")
-    on_http = lambda snapshot: [r for r in snapshot if r[2] == str(http_cpu)]
+    check(all(r[1].startswith("MHD-") for r in on_http(during)),
+          f"only libmicrohttpd's threads (MHD-listen, MHD-connection) belong on the HTTP CPU:\n{rows}")
     check(len(on_http(during)) == len(on_http(before)) + 1,
           f"the open stream should add one thread on the HTTP CPU {http_cpu} "
           f"({len(on_http(before))} before, {len(on_http(during))} with it):\n{rows}")
