@@ -765,8 +765,9 @@ int lorad_cmd_serve(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
 
     struct thread_plan plan;
-    limit_malloc_arenas(sysconf(_SC_NPROCESSORS_ONLN));
-    plan_threads(&d->cfg, sysconf(_SC_NPROCESSORS_ONLN), d->training_pinned ? CPU_COUNT(&d->training_cpus) : 0, &plan);
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    limit_malloc_arenas(cores);
+    plan_threads(&d->cfg, cores, d->training_pinned ? CPU_COUNT(&d->training_cpus) : 0, &plan);
     int threads = plan.threads_per_job;
     int64_t memory_limit = d->cfg.memory_limit;
     if (memory_limit == 0 && (r = lorad_default_memory_limit(&memory_limit)) < 0) {

@@ -6,7 +6,6 @@ The checks follow OpenAI's API reference for these two routes, not lorad's outpu
 import json
 import os
 import random
-import re
 import shutil
 import socket
 import subprocess
@@ -14,7 +13,7 @@ import tempfile
 import threading
 import time
 
-from serve_common import Fail, check, parse_headers, read_bytes
+from serve_common import Fail, check, metrics_gauge, parse_headers, read_bytes
 
 FINISH = {"stop", "length"}
 CHAT = "/v1/chat/completions"
@@ -57,9 +56,8 @@ def cut_off_streams(dm, model, n=200, max_cut_s=3.0, max_tokens=400, seed=None):
 
 def generations_in_flight(dm):
     """The daemon's lorad_inference_generations gauge (/metrics), or -1 when it is missing."""
-    text = dm.get("/metrics").body.decode()
-    m = re.search(r"^lorad_inference_generations (\d+)", text, re.M)
-    return int(m.group(1)) if m else -1
+    n = metrics_gauge(dm, "lorad_inference_generations")
+    return -1 if n is None else n
 
 
 def infer(dm, path, body, timeout=120):

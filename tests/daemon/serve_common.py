@@ -37,6 +37,18 @@ def log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def proc_status(pid, field):
+    """An integer field of /proc/PID/status (Threads, VmRSS in kB, ...)."""
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(rf"{field}:\s+(\d+)", f.read()).group(1))
+
+
+def metrics_gauge(dm, name):
+    """The value of an unlabelled series of the daemon's /metrics, or None when it has none."""
+    m = re.search(rf"^{name} (\d+)$", dm.get("/metrics").body.decode(), re.M)
+    return int(m.group(1)) if m else None
+
+
 # ---- models and data -------------------------------------------------------------------------
 
 def make_model(out, dim=32, layers=2, hidden=64, seed=1234):

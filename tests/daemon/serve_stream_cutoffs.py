@@ -16,24 +16,18 @@ it includes what glibc keeps free for reuse in its per-thread arenas (measured 1
 cache off (tcache_count=0): the up to 7 freed blocks per size that each thread keeps there count as
 in use, which made the figure wander by up to 128 kB a round with no leak."""
 import os
-import re
 import time
 
 from inference_common import cut_off_streams, generations_in_flight, infer_ok, CHAT
-from serve_common import SANITIZED, Daemon, check, log, main, make_model
+from serve_common import SANITIZED, Daemon, check, log, main, make_model, metrics_gauge, proc_status
 
 N = 200
 
 
-def proc_status(pid, field):
-    with open(f"/proc/{pid}/status") as f:
-        return int(re.search(rf"{field}:\s+(\d+)", f.read()).group(1))
-
-
 def malloc_in_use(dm):
-    m = re.search(r"^lorad_malloc_in_use_bytes (\d+)", dm.get("/metrics").body.decode(), re.M)
-    check(m, "/metrics has no lorad_malloc_in_use_bytes")
-    return int(m.group(1))
+    n = metrics_gauge(dm, "lorad_malloc_in_use_bytes")
+    check(n is not None, "/metrics has no lorad_malloc_in_use_bytes")
+    return n
 
 
 def settle(dm, idle_threads, what):
